@@ -1,0 +1,373 @@
+//! A burrow endpoint: the shared UDP socket, the QUIC endpoint on it, and the STUN
+//! client (and, on servers, responder) reading the socket's non-QUIC datagrams.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use burrow_proto::stun::{self, TransactionId};
+use burrow_proto::{NodeId, SecretKey};
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rand::RngCore;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::socket::{DemuxSocket, RawDatagram, RawSender};
+use crate::tls;
+
+/// Most STUN queries waiting for an answer at once.
+const MAX_STUN_WAITERS: usize = 64;
+
+/// How an endpoint is set up. Defaults suit a node on the internet.
+#[derive(Clone, Debug)]
+pub struct EndpointConfig {
+    /// Address to bind the UDP socket to. Default `0.0.0.0:0` (any port).
+    pub bind: SocketAddr,
+    /// ALPNs accepted on incoming connections. Empty: accept none.
+    pub alpns: Vec<&'static [u8]>,
+    /// QUIC keepalive interval. Default 10 s: under the 30 s UDP mapping timeout
+    /// common on home routers, with room for one lost keepalive.
+    pub keepalive: Option<Duration>,
+    /// A connection with no packets for this long is dead. Default 30 s (three
+    /// keepalives missed). The smaller of the two ends' values applies.
+    pub idle_timeout: Duration,
+    /// Handshake deadline for outgoing connections. Default 10 s.
+    pub connect_timeout: Duration,
+    /// Answer STUN Binding requests (servers do; nodes don't).
+    pub answer_stun: bool,
+}
+
+impl Default for EndpointConfig {
+    fn default() -> Self {
+        EndpointConfig {
+            bind: SocketAddr::from(([0, 0, 0, 0], 0)),
+            alpns: Vec::new(),
+            keepalive: Some(Duration::from_secs(10)),
+            idle_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            answer_stun: false,
+        }
+    }
+}
+
+/// Why an endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    /// The UDP socket could not be bound.
+    #[error("cannot bind UDP {addr}: {source}")]
+    Bind {
+        /// What we tried to bind.
+        addr: SocketAddr,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// The QUIC endpoint could not start on the socket.
+    #[error("cannot start QUIC on the socket: {0}")]
+    Quic(std::io::Error),
+}
+
+/// Why an outgoing connection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// quinn refused to start the attempt (e.g. an invalid address).
+    #[error("cannot connect: {0}")]
+    Start(#[from] quinn::ConnectError),
+    /// The handshake or connection failed.
+    #[error("{0}")]
+    Connection(#[from] quinn::ConnectionError),
+    /// No answer within the connect timeout.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The other end proved a key, but not the one we wanted.
+    #[error("{addr} presented key {actual}, expected {expected}")]
+    WrongKey {
+        /// Who we dialed.
+        addr: SocketAddr,
+        /// The key we wanted.
+        expected: NodeId,
+        /// The key it proved.
+        actual: NodeId,
+    },
+    /// The handshake finished without a usable key (cannot happen with our verifiers).
+    #[error("peer presented no key")]
+    NoKey,
+}
+
+/// Why a STUN query got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum StunQueryError {
+    /// No response within the deadline.
+    #[error("no STUN answer from {0} within {1:?}")]
+    Timeout(SocketAddr, Duration),
+    /// Too many queries in flight.
+    #[error("too many STUN queries in flight")]
+    Busy,
+}
+
+type Waiters = Arc<Mutex<HashMap<TransactionId, oneshot::Sender<SocketAddr>>>>;
+
+/// The shared socket with QUIC and STUN on it.
+#[derive(Debug)]
+pub struct Endpoint {
+    quic: quinn::Endpoint,
+    secret: SecretKey,
+    raw: RawSender,
+    transport: Arc<quinn::TransportConfig>,
+    connect_timeout: Duration,
+    waiters: Waiters,
+    dispatcher: JoinHandle<()>,
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        self.dispatcher.abort();
+    }
+}
+
+impl Endpoint {
+    /// Binds the socket and starts QUIC and the datagram dispatcher. Must be called
+    /// inside a tokio runtime.
+    pub fn bind(secret: &SecretKey, config: EndpointConfig) -> Result<Self, EndpointError> {
+        let socket = std::net::UdpSocket::bind(config.bind).map_err(|source| EndpointError::Bind {
+            addr: config.bind,
+            source,
+        })?;
+        socket.set_nonblocking(true).map_err(EndpointError::Quic)?;
+        let (demux, raw, raw_rx) = DemuxSocket::wrap(socket).map_err(EndpointError::Quic)?;
+
+        let mut transport = quinn::TransportConfig::default();
+        transport.keep_alive_interval(config.keepalive);
+        transport.max_idle_timeout(Some(
+            config
+                .idle_timeout
+                .try_into()
+                .expect("idle timeout fits QUIC's varint range"),
+        ));
+        let transport = Arc::new(transport);
+
+        let server = if config.alpns.is_empty() {
+            None
+        } else {
+            let tls = tls::server_config(secret, &config.alpns);
+            let crypto = QuicServerConfig::try_from(tls).expect("TLS 1.3 with an initial suite is QUIC-capable");
+            let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+            server.transport_config(transport.clone());
+            Some(server)
+        };
+        let quic = quinn::Endpoint::new_with_abstract_socket(
+            quinn::EndpointConfig::default(),
+            server,
+            demux,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(EndpointError::Quic)?;
+
+        let waiters: Waiters = Arc::default();
+        let dispatcher = tokio::spawn(dispatch(raw_rx, raw.clone(), waiters.clone(), config.answer_stun));
+        Ok(Endpoint {
+            quic,
+            secret: secret.clone(),
+            raw,
+            transport,
+            connect_timeout: config.connect_timeout,
+            waiters,
+            dispatcher,
+        })
+    }
+
+    /// The QUIC endpoint (for `accept`, `close`, `wait_idle`).
+    pub fn quic(&self) -> &quinn::Endpoint {
+        &self.quic
+    }
+
+    /// This endpoint's own key.
+    pub fn id(&self) -> NodeId {
+        self.secret.public()
+    }
+
+    /// The bound socket address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.quic.local_addr()
+    }
+
+    /// Sender for raw datagrams on the shared socket.
+    pub fn raw_sender(&self) -> &RawSender {
+        &self.raw
+    }
+
+    /// Dials `addr` for service `alpn`. With `expected`, a peer proving any other key
+    /// is refused with [`ConnectError::WrongKey`] before anything is sent to it.
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        alpn: &[u8],
+        expected: Option<NodeId>,
+    ) -> Result<(quinn::Connection, NodeId), ConnectError> {
+        let tls = tls::client_config(&self.secret, alpn);
+        let crypto = QuicClientConfig::try_from(tls).expect("TLS 1.3 with an initial suite is QUIC-capable");
+        let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
+        cfg.transport_config(self.transport.clone());
+        let connecting = self.quic.connect_with(cfg, addr, tls::SERVER_NAME)?;
+        let conn = tokio::time::timeout(self.connect_timeout, connecting)
+            .await
+            .map_err(|_| ConnectError::Timeout(self.connect_timeout))??;
+        let actual = tls::peer_id(&conn).ok_or(ConnectError::NoKey)?;
+        if let Some(expected) = expected {
+            if expected != actual {
+                conn.close(quinn::VarInt::from_u32(1), b"unexpected key");
+                return Err(ConnectError::WrongKey { addr, expected, actual });
+            }
+        }
+        Ok((conn, actual))
+    }
+
+    /// Asks the STUN server at `server` which address our socket appears from,
+    /// retransmitting (RFC 8489 style, doubling from 250 ms) until `deadline`.
+    pub async fn stun(&self, server: SocketAddr, deadline: Duration) -> Result<SocketAddr, StunQueryError> {
+        let mut id = [0u8; 12];
+        rand::thread_rng().fill_bytes(&mut id);
+        let tx = TransactionId::new(id);
+        let (answer_tx, mut answer_rx) = oneshot::channel();
+        {
+            let mut w = self.waiters.lock().expect("waiters lock is never poisoned");
+            if w.len() >= MAX_STUN_WAITERS {
+                return Err(StunQueryError::Busy);
+            }
+            w.insert(tx, answer_tx);
+        }
+        let request = stun::binding_request(tx);
+        let result = tokio::time::timeout(deadline, async {
+            let mut wait = Duration::from_millis(250);
+            loop {
+                if let Err(e) = self.raw.send(server, &request) {
+                    tracing::debug!(%server, error = %e, "STUN send failed");
+                }
+                match tokio::time::timeout(wait, &mut answer_rx).await {
+                    Ok(Ok(addr)) => return Some(addr),
+                    Ok(Err(_)) => return None,
+                    Err(_) => wait = (wait * 2).min(Duration::from_secs(2)),
+                }
+            }
+        })
+        .await;
+        self.waiters.lock().expect("waiters lock is never poisoned").remove(&tx);
+        match result {
+            Ok(Some(addr)) => Ok(addr),
+            _ => Err(StunQueryError::Timeout(server, deadline)),
+        }
+    }
+}
+
+/// Routes the socket's non-QUIC datagrams: STUN responses to their waiting query,
+/// STUN requests to the responder (when answering), anything else is dropped.
+async fn dispatch(mut rx: mpsc::Receiver<RawDatagram>, raw: RawSender, waiters: Waiters, answer_stun: bool) {
+    while let Some(RawDatagram { from, data }) = rx.recv().await {
+        if !stun::looks_like_stun(&data) {
+            tracing::debug!(%from, len = data.len(), "dropping unknown datagram");
+            continue;
+        }
+        if answer_stun {
+            if let Ok(tx) = stun::parse_request(&data) {
+                if let Err(e) = raw.send(from, &stun::binding_response(tx, from)) {
+                    tracing::debug!(%from, error = %e, "STUN answer not sent");
+                }
+                continue;
+            }
+        }
+        match stun::parse_response(&data) {
+            Ok((tx, addr)) => {
+                let waiter = waiters.lock().expect("waiters lock is never poisoned").remove(&tx);
+                if let Some(w) = waiter {
+                    let _ = w.send(addr);
+                }
+            }
+            Err(e) => tracing::debug!(%from, error = %e, "dropping STUN datagram"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn key(seed: u64) -> SecretKey {
+        SecretKey::generate(&mut rand::rngs::StdRng::seed_from_u64(seed))
+    }
+
+    fn local() -> EndpointConfig {
+        EndpointConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn stun_and_quic_share_one_port() {
+        let server = Endpoint::bind(&key(1), EndpointConfig { alpns: vec![b"t/1"], answer_stun: true, ..local() }).unwrap();
+        let client = Endpoint::bind(&key(2), local()).unwrap();
+        let server_addr = server.local_addr().unwrap();
+
+        let seen = client.stun(server_addr, Duration::from_secs(2)).await.unwrap();
+        assert_eq!(seen, client.local_addr().unwrap());
+
+        let accept = tokio::spawn(async move {
+            let conn = server.quic().accept().await.unwrap().await.unwrap();
+            let who = tls::peer_id(&conn);
+            let mut s = conn.accept_uni().await.unwrap();
+            (who, s.read_to_end(100).await.unwrap())
+        });
+        let (conn, server_id) = client.connect(server_addr, b"t/1", Some(key(1).public())).await.unwrap();
+        assert_eq!(server_id, key(1).public());
+        let mut s = conn.open_uni().await.unwrap();
+        s.write_all(b"hi").await.unwrap();
+        s.finish().unwrap();
+        let (who, data) = accept.await.unwrap();
+        assert_eq!(who, Some(key(2).public()));
+        assert_eq!(data, b"hi");
+    }
+
+    #[tokio::test]
+    async fn wrong_key_is_refused_with_both_keys_named() {
+        let server = Endpoint::bind(&key(1), EndpointConfig { alpns: vec![b"t/1"], ..local() }).unwrap();
+        let addr = server.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Some(i) = server.quic().accept().await {
+                let _ = i.await;
+            }
+        });
+        let client = Endpoint::bind(&key(2), local()).unwrap();
+        match client.connect(addr, b"t/1", Some(key(3).public())).await {
+            Err(ConnectError::WrongKey { expected, actual, .. }) => {
+                assert_eq!((expected, actual), (key(3).public(), key(1).public()));
+            }
+            other => panic!("expected WrongKey, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn garbage_datagrams_do_not_stop_the_endpoint() {
+        let server = Endpoint::bind(&key(1), EndpointConfig { alpns: vec![b"t/1"], answer_stun: true, ..local() }).unwrap();
+        let addr = server.local_addr().unwrap();
+        let junk = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        for i in 0..500usize {
+            let mut d = vec![0u8; 1 + (i * 7) % 1400];
+            rng.fill_bytes(&mut d);
+            if i % 3 == 0 && d.len() >= 20 {
+                d[0] &= 0x3f;
+                d[4..8].copy_from_slice(&stun::MAGIC_COOKIE);
+            }
+            junk.send_to(&d, addr).unwrap();
+        }
+        tokio::spawn(async move {
+            while let Some(i) = server.quic().accept().await {
+                let _ = i.await;
+            }
+        });
+        let client = Endpoint::bind(&key(2), local()).unwrap();
+        assert!(client.stun(addr, Duration::from_secs(2)).await.is_ok());
+        assert!(client.connect(addr, b"t/1", None).await.is_ok());
+    }
+}

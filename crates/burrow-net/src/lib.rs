@@ -1,0 +1,22 @@
+//! burrow's networking: one UDP socket per node, carrying QUIC and STUN.
+//!
+//! - [`socket`]: a quinn [`AsyncUdpSocket`](quinn::AsyncUdpSocket) wrapper that hands
+//!   every datagram that isn't QUIC (STUN now, punch probes later) to burrow instead
+//!   of quinn, and lets burrow send raw datagrams from the same port. Because the
+//!   port is shared, the address a STUN server observes is the one peers reach.
+//! - [`tls`]: QUIC's TLS 1.3 with raw Ed25519 public keys (RFC 7250) on both sides:
+//!   every handshake proves both ends' [`NodeId`](burrow_proto::NodeId)s.
+//! - [`endpoint`]: binds the socket, the QUIC endpoint and the STUN client/responder
+//!   together ([`Endpoint`]).
+//! - [`framed`]: length-prefixed, versioned frames on QUIC streams.
+//! - [`iface`]: the machine's own addresses, offered to peers as LAN candidates.
+
+pub mod endpoint;
+pub mod framed;
+pub mod iface;
+pub mod socket;
+pub mod tls;
+
+pub use endpoint::{ConnectError, Endpoint, EndpointConfig, EndpointError, StunQueryError};
+pub use framed::{FrameReader, FrameWriter, FramedError};
+pub use tls::peer_id;

@@ -1,0 +1,28 @@
+//! burrow's pure core: everything two burrow programs must agree on, with no I/O.
+//!
+//! - [`id`]: Ed25519 identities. A [`NodeId`] is a public key; a [`SecretKey`] signs
+//!   and proves it in TLS (raw public keys, RFC 7250).
+//! - [`addr`]: how a person writes a server address (`burrow://<id>@host:port`).
+//! - [`name`]: the names people register ([`Name`]).
+//! - [`frame`]: the framing every stream uses: a length prefix, a version byte and a
+//!   postcard body, with explicit maximum sizes checked before anything is allocated.
+//! - [`rendezvous`]: node ↔ server messages (registration, presence, connect broker).
+//! - [`chat`]: the chat service's messages.
+//! - [`stun`]: STUN Binding requests and responses (RFC 8489), on top of `stun_codec`.
+//!
+//! Nothing here depends on an async runtime or opens a socket; the crates above it
+//! (`burrow-net`, `burrow-node`, `burrow-server`) do that.
+
+pub mod addr;
+pub mod chat;
+pub mod frame;
+pub mod id;
+pub mod name;
+pub mod rendezvous;
+pub mod stun;
+pub mod time;
+
+pub use addr::{ServerAddr, ServerAddrError};
+pub use frame::DecodeError;
+pub use id::{NodeId, NodeIdError, SecretKey};
+pub use name::{Name, NameError};

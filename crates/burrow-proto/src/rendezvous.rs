@@ -1,0 +1,327 @@
+//! Node ↔ server messages: registration, presence and the connect broker.
+//!
+//! One QUIC connection per node (ALPN [`ALPN`]); the node opens one bidirectional
+//! control stream and both sides send [`frame`](crate::frame)s on it.
+//!
+//! ```text
+//! node                                   server
+//!  |-- Hello{name, lan_addrs} ------------>|  binds name to key (or Refused)
+//!  |<----------- Welcome{observed, peers} -|
+//!  |<---------- PeerJoined / PeerLeft -----|  live presence, no polling
+//!
+//! bob                       server                      alice
+//!  |-- Connect{alice} ------->|                            |
+//!  |<-- Pending{alice} -------|-- Incoming{bob} ---------->|
+//!  |                          |<------- Accept{bob} -------|   (or Reject / expiry)
+//!  |<-- Accepted{alice, cands}|-- PeerCandidates{bob, ..}->|
+//!  |== direct QUIC (burrow/chat/1) to alice's candidates ==>|
+//! ```
+//!
+//! The requester may `Cancel` while the request is pending; the server expires
+//! requests nobody answered and tells both sides. A request is named by its two
+//! ends: there is at most one pending request from one node to another.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::NodeId;
+use crate::name::Name;
+
+/// ALPN of the node ↔ server connection.
+pub const ALPN: &[u8] = b"burrow/rendezvous/1";
+/// Version byte of every control-stream frame.
+pub const VERSION: u8 = 1;
+/// Largest control frame either side accepts. A welcome lists online peers
+/// (about 80 bytes each), so this bounds one snapshot to roughly 12 000 peers;
+/// larger registries send the snapshot in several [`ServerMsg::PeerJoined`] frames.
+pub const MAX_FRAME: usize = 1 << 20;
+/// Most addresses a node may offer as its own candidates.
+pub const MAX_CANDIDATES: usize = 16;
+
+/// A node as everyone else sees it in the presence list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    /// The node's key.
+    pub id: NodeId,
+    /// The name bound to that key.
+    pub name: Name,
+}
+
+/// What a node sends the server.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientMsg {
+    /// First message: register under `name`, offering `lan_addrs` as candidates.
+    Hello {
+        /// The name to register (bound to the connection's key on first use).
+        name: Name,
+        /// The node's own interface addresses with its UDP port.
+        lan_addrs: Vec<SocketAddr>,
+    },
+    /// Ask `peer` for a connection.
+    Connect {
+        /// Who to connect to.
+        peer: NodeId,
+    },
+    /// Accept the pending request from `peer`.
+    Accept {
+        /// The requester.
+        peer: NodeId,
+    },
+    /// Refuse the pending request from `peer`.
+    Reject {
+        /// The requester.
+        peer: NodeId,
+    },
+    /// Withdraw our pending request to `peer`.
+    Cancel {
+        /// The node we asked.
+        peer: NodeId,
+    },
+    /// Leaving now (the server says so to the others at once).
+    Bye,
+}
+
+/// Why the server refused something.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Refusal {
+    /// The name is bound to another key.
+    NameTaken,
+    /// The first message was not `Hello`.
+    HelloExpected,
+    /// The target is not online.
+    PeerOffline,
+    /// There is no pending request to answer or cancel.
+    NoSuchRequest,
+    /// A node can't connect to itself.
+    SelfConnect,
+    /// The same request is already pending.
+    AlreadyPending,
+    /// The node has too many requests pending.
+    TooManyRequests,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Refusal::NameTaken => "that name is registered to another key",
+            Refusal::HelloExpected => "the first message must be Hello",
+            Refusal::PeerOffline => "that peer is not online",
+            Refusal::NoSuchRequest => "there is no such pending request",
+            Refusal::SelfConnect => "a node cannot connect to itself",
+            Refusal::AlreadyPending => "a request to that peer is already pending",
+            Refusal::TooManyRequests => "too many requests pending",
+        })
+    }
+}
+
+/// Which side of a request a message concerns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Direction {
+    /// We asked the peer.
+    Outgoing,
+    /// The peer asked us.
+    Incoming,
+}
+
+/// What the server sends a node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServerMsg {
+    /// Registration succeeded.
+    Welcome {
+        /// The node's address as the server saw it (its public address).
+        observed: SocketAddr,
+        /// Everyone else online now.
+        peers: Vec<PeerInfo>,
+        /// How long a connect request waits for an answer, in milliseconds.
+        request_ttl_ms: u64,
+    },
+    /// Something the node asked for was refused. Refusing `Hello` ends the session.
+    Refused {
+        /// The peer a request concerned, if any.
+        peer: Option<NodeId>,
+        /// Why.
+        reason: Refusal,
+    },
+    /// A node came online.
+    PeerJoined(PeerInfo),
+    /// A node went offline (said goodbye, or stopped answering keepalives).
+    PeerLeft {
+        /// Who left.
+        id: NodeId,
+    },
+    /// Our request to `peer` is pending: they have been asked.
+    Pending {
+        /// The node asked.
+        peer: NodeId,
+    },
+    /// `peer` asks to connect to us.
+    Incoming {
+        /// The requester.
+        peer: PeerInfo,
+    },
+    /// A request was accepted; here are the other side's candidate addresses. The
+    /// requester receives this and dials; the acceptor receives it too (for
+    /// punching toward the requester).
+    Accepted {
+        /// The other side.
+        peer: NodeId,
+        /// Which side of the request we are.
+        direction: Direction,
+        /// The other side's addresses: server-observed first, then LAN.
+        candidates: Vec<SocketAddr>,
+    },
+    /// The request between us and `peer` is over without a connection.
+    Closed {
+        /// The other side.
+        peer: NodeId,
+        /// Which side of the request we are.
+        direction: Direction,
+        /// What ended it.
+        reason: CloseReason,
+    },
+}
+
+/// Why a pending request ended without a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CloseReason {
+    /// The asked node refused.
+    Rejected,
+    /// The requester withdrew it.
+    Cancelled,
+    /// Nobody answered in time.
+    Expired,
+    /// The other side went offline.
+    PeerLeft,
+}
+
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CloseReason::Rejected => "rejected",
+            CloseReason::Cancelled => "cancelled",
+            CloseReason::Expired => "expired",
+            CloseReason::PeerLeft => "peer went offline",
+        })
+    }
+}
+
+/// Encodes a node → server message as a frame.
+pub fn encode_client(msg: &ClientMsg) -> Result<Vec<u8>, crate::frame::EncodeError> {
+    crate::frame::encode(VERSION, msg, MAX_FRAME)
+}
+
+/// Encodes a server → node message as a frame.
+pub fn encode_server(msg: &ServerMsg) -> Result<Vec<u8>, crate::frame::EncodeError> {
+    crate::frame::encode(VERSION, msg, MAX_FRAME)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{decode, DecodeError};
+    use crate::id::SecretKey;
+    use proptest::prelude::*;
+    use rand::SeedableRng;
+
+    fn arb_id() -> impl Strategy<Value = NodeId> {
+        any::<u64>().prop_map(|s| SecretKey::generate(&mut rand::rngs::StdRng::seed_from_u64(s)).public())
+    }
+    fn arb_name() -> impl Strategy<Value = Name> {
+        "[a-z][a-z0-9_-]{0,31}".prop_map(|s| s.parse().expect("regex yields valid names"))
+    }
+    /// Addresses as they exist on the wire: no IPv6 scope id or flow label, which
+    /// mean nothing on another machine.
+    fn arb_addr() -> impl Strategy<Value = SocketAddr> {
+        any::<SocketAddr>().prop_map(|a| SocketAddr::new(a.ip(), a.port()))
+    }
+    fn arb_addrs() -> impl Strategy<Value = Vec<SocketAddr>> {
+        proptest::collection::vec(arb_addr(), 0..MAX_CANDIDATES)
+    }
+    fn arb_client() -> impl Strategy<Value = ClientMsg> {
+        prop_oneof![
+            (arb_name(), arb_addrs()).prop_map(|(name, lan_addrs)| ClientMsg::Hello { name, lan_addrs }),
+            arb_id().prop_map(|peer| ClientMsg::Connect { peer }),
+            arb_id().prop_map(|peer| ClientMsg::Accept { peer }),
+            arb_id().prop_map(|peer| ClientMsg::Reject { peer }),
+            arb_id().prop_map(|peer| ClientMsg::Cancel { peer }),
+            Just(ClientMsg::Bye),
+        ]
+    }
+    fn arb_server() -> impl Strategy<Value = ServerMsg> {
+        let info = || (arb_id(), arb_name()).prop_map(|(id, name)| PeerInfo { id, name });
+        let dir = prop_oneof![Just(Direction::Outgoing), Just(Direction::Incoming)];
+        prop_oneof![
+            (arb_addr(), proptest::collection::vec(info(), 0..8), any::<u64>())
+                .prop_map(|(observed, peers, request_ttl_ms)| ServerMsg::Welcome { observed, peers, request_ttl_ms }),
+            (proptest::option::of(arb_id()), prop_oneof![Just(Refusal::NameTaken), Just(Refusal::PeerOffline), Just(Refusal::NoSuchRequest)])
+                .prop_map(|(peer, reason)| ServerMsg::Refused { peer, reason }),
+            info().prop_map(ServerMsg::PeerJoined),
+            arb_id().prop_map(|id| ServerMsg::PeerLeft { id }),
+            arb_id().prop_map(|peer| ServerMsg::Pending { peer }),
+            info().prop_map(|peer| ServerMsg::Incoming { peer }),
+            (arb_id(), dir.clone(), arb_addrs()).prop_map(|(peer, direction, candidates)| ServerMsg::Accepted { peer, direction, candidates }),
+            (arb_id(), dir, prop_oneof![Just(CloseReason::Rejected), Just(CloseReason::Expired)])
+                .prop_map(|(peer, direction, reason)| ServerMsg::Closed { peer, direction, reason }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn client_messages_round_trip(msg in arb_client()) {
+            let frame = encode_client(&msg).unwrap();
+            prop_assert_eq!(decode::<ClientMsg>(VERSION, &frame, MAX_FRAME), Ok(msg));
+        }
+
+        #[test]
+        fn server_messages_round_trip(msg in arb_server()) {
+            let frame = encode_server(&msg).unwrap();
+            prop_assert_eq!(decode::<ServerMsg>(VERSION, &frame, MAX_FRAME), Ok(msg));
+        }
+
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode::<ClientMsg>(VERSION, &bytes, MAX_FRAME);
+            let _ = decode::<ServerMsg>(VERSION, &bytes, MAX_FRAME);
+            if bytes.len() > 1 {
+                let _ = crate::frame::decode_body::<ClientMsg>(VERSION, &bytes);
+                let _ = crate::frame::decode_body::<ServerMsg>(VERSION, &bytes);
+            }
+        }
+
+        #[test]
+        fn truncated_frames_are_errors(msg in arb_client(), cut in 1usize..64) {
+            let frame = encode_client(&msg).unwrap();
+            let cut = cut.min(frame.len() - 1);
+            prop_assert!(decode::<ClientMsg>(VERSION, &frame[..frame.len() - cut], MAX_FRAME).is_err());
+        }
+    }
+
+    #[test]
+    fn unknown_version_and_oversize_are_named() {
+        let mut frame = encode_client(&ClientMsg::Bye).unwrap();
+        frame[4] = 9;
+        assert_eq!(
+            decode::<ClientMsg>(VERSION, &frame, MAX_FRAME),
+            Err(DecodeError::UnknownVersion { got: 9, expected: VERSION })
+        );
+        let big = ((MAX_FRAME + 1) as u32).to_be_bytes();
+        assert_eq!(
+            crate::frame::decode_len(big, MAX_FRAME),
+            Err(DecodeError::TooLarge { len: MAX_FRAME + 1, max: MAX_FRAME })
+        );
+    }
+
+    #[test]
+    fn invalid_name_in_hello_is_malformed() {
+        // A hand-built Hello whose name breaks the rules must not decode into a Name.
+        let mut body = vec![VERSION, 0]; // variant 0 = Hello
+        body.push(3);
+        body.extend_from_slice(b"../");
+        body.push(0); // no lan addrs
+        assert!(matches!(
+            crate::frame::decode_body::<ClientMsg>(VERSION, &body),
+            Err(DecodeError::Malformed(_))
+        ));
+    }
+}
