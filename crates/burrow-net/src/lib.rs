@@ -14,6 +14,7 @@
 pub mod endpoint;
 pub mod framed;
 pub mod iface;
+pub mod keyfile;
 pub mod socket;
 pub mod tls;
 

@@ -1,1 +1,29 @@
-// placeholder
+//! burrow's node daemon.
+//!
+//! A [`Node`] owns one [`burrow_net::Endpoint`] (one UDP socket) and composes:
+//!
+//! - the server session ([`session`]): registration, live presence, the connect
+//!   broker; it reconnects with jittered exponential backoff when the server goes;
+//! - peer links ([`peers`]): dialing an accepted peer's candidates, accepting the
+//!   connections of peers we accepted, and tracking each link's state;
+//! - services, each on its own ALPN: [`chat`] (`burrow/chat/1`) for now;
+//! - the control API ([`control`]): a Unix socket in the home directory, readable by
+//!   its owner only, that every CLI command talks to.
+//!
+//! State lives in [`burrow_store::NodeStore`] (chat history) and in memory (who is
+//! online, links). Every protocol step is logged with `tracing`; what a person
+//! should see is published as a [`NodeEvent`].
+
+pub mod api;
+pub mod chat;
+pub mod config;
+pub mod control;
+pub mod event;
+mod node;
+pub mod peers;
+pub mod session;
+pub mod trust;
+
+pub use config::NodeConfig;
+pub use event::NodeEvent;
+pub use node::{ApiError, Node, StartError};

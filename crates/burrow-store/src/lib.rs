@@ -1,1 +1,51 @@
-// placeholder
+//! burrow's persistence: SQLite (bundled), one database per home directory.
+//!
+//! Each store opens its file in WAL mode with `synchronous=FULL`, applies its
+//! numbered migrations ([`migrate`]) in one transaction, and writes in transactions:
+//! once a call returns, what it wrote survives a crash of the process or machine.
+//!
+//! - [`ServerStore`]: name → key bindings.
+//! - [`NodeStore`]: chat history.
+//!
+//! The API is synchronous; async callers run it on a blocking thread.
+
+pub mod migrate;
+pub mod node;
+pub mod server;
+
+pub use node::{NodeStore, StoredMessage};
+pub use server::{NameBinding, ServerStore};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite reported an error.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The file was written by a newer burrow with a schema this one doesn't know.
+    #[error("the store is at schema version {found}, newer than this burrow's {known}: upgrade burrow")]
+    TooNew {
+        /// Version found in the file.
+        found: usize,
+        /// Newest version this build knows.
+        known: usize,
+    },
+    /// A row holds a value that can't be valid (the file was edited or corrupted).
+    #[error("corrupt row in {table}: {what}")]
+    Corrupt {
+        /// Table name.
+        table: &'static str,
+        /// What was wrong.
+        what: String,
+    },
+}
+
+fn open(path: &std::path::Path, migrations: &[&str]) -> Result<rusqlite::Connection, StoreError> {
+    let mut conn = rusqlite::Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    migrate::apply(&mut conn, migrations)?;
+    Ok(conn)
+}

@@ -1,0 +1,89 @@
+//! The key file in a home directory: the 32-byte Ed25519 seed as hex, mode 0600.
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use burrow_proto::SecretKey;
+
+/// Why the key file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    /// Reading or writing failed.
+    #[error("key file {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// The file does not hold a key.
+    #[error("key file {0} is not a burrow key (64 hex digits); move it away to make a new identity")]
+    Malformed(String),
+    /// Others can read the file.
+    #[error("key file {0} is readable by other users: run chmod 600 on it")]
+    TooOpen(String),
+}
+
+/// Loads the key at `path`, creating a fresh one (and its directory, mode 0700) if
+/// there is none. Returns the key and whether it was just created.
+pub fn load_or_create(path: &Path) -> Result<(SecretKey, bool), KeyFileError> {
+    let show = || path.display().to_string();
+    let io_err = |source| KeyFileError::Io { path: show(), source };
+    match fs::read_to_string(path) {
+        Ok(text) => {
+            let mode = fs::metadata(path).map_err(io_err)?.permissions().mode();
+            if mode & 0o077 != 0 {
+                return Err(KeyFileError::TooOpen(show()));
+            }
+            let mut seed = [0u8; 32];
+            hex::decode_to_slice(text.trim(), &mut seed).map_err(|_| KeyFileError::Malformed(show()))?;
+            Ok((SecretKey::from_bytes(&seed), false))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent() {
+                create_private_dir(dir).map_err(io_err)?;
+            }
+            let key = SecretKey::generate(&mut rand::rngs::OsRng);
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(io_err)?;
+            f.write_all(hex::encode(key.to_bytes()).as_bytes()).map_err(io_err)?;
+            f.write_all(b"\n").map_err(io_err)?;
+            f.sync_all().map_err(io_err)?;
+            Ok((key, true))
+        }
+        Err(e) => Err(io_err(e)),
+    }
+}
+
+/// Creates `dir` (and parents) readable by its owner only, if it doesn't exist.
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    if dir.as_os_str().is_empty() || dir.exists() {
+        return Ok(());
+    }
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn creates_once_then_loads_the_same_key_with_owner_only_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("home/key");
+        let (k1, created) = load_or_create(&path).unwrap();
+        assert!(created);
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let (k2, created) = load_or_create(&path).unwrap();
+        assert!(!created);
+        assert_eq!(k1.public(), k2.public());
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(load_or_create(&path), Err(KeyFileError::TooOpen(_))));
+    }
+}

@@ -1,0 +1,110 @@
+//! The chat service: one bidirectional stream per message, acknowledged once the
+//! receiver has stored it (see [`burrow_proto::chat`] for the flow).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use burrow_net::{FrameReader, FrameWriter, FramedError};
+use burrow_proto::chat::{self, ChatFrame};
+use burrow_proto::NodeId;
+use burrow_store::StoredMessage;
+use tracing::{debug, warn};
+
+use crate::event::NodeEvent;
+use crate::node::Inner;
+
+/// How long a sender waits for the ack.
+const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a message was not delivered.
+#[derive(Debug, thiserror::Error)]
+pub enum ChatError {
+    /// The connection failed.
+    #[error("connection: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    /// The stream failed.
+    #[error("{0}")]
+    Framed(#[from] FramedError),
+    /// No ack in time.
+    #[error("no acknowledgement within {ACK_TIMEOUT:?}")]
+    Timeout,
+    /// The peer answered something other than our ack.
+    #[error("the peer answered with something other than an ack")]
+    BadAck,
+}
+
+/// Sends `m` over `conn` and waits for the receiver's ack.
+pub(crate) async fn send(conn: &quinn::Connection, m: &StoredMessage) -> Result<(), ChatError> {
+    let (send, recv) = conn.open_bi().await?;
+    let mut writer = FrameWriter::new(send, chat::VERSION, chat::MAX_FRAME);
+    let mut reader = FrameReader::new(recv, chat::VERSION, chat::MAX_FRAME);
+    writer
+        .write(&ChatFrame::Message {
+            id: m.id,
+            text: m.text.clone(),
+            sent_at_ms: m.sent_at_ms,
+        })
+        .await?;
+    writer.finish();
+    match tokio::time::timeout(ACK_TIMEOUT, reader.read::<ChatFrame>()).await {
+        Err(_) => Err(ChatError::Timeout),
+        Ok(Ok(Some(ChatFrame::Ack { id }))) if id == m.id => Ok(()),
+        Ok(Ok(_)) => Err(ChatError::BadAck),
+        Ok(Err(e)) => Err(e.into()),
+    }
+}
+
+/// Receives messages on `conn` from `peer` until the connection closes.
+pub(crate) async fn serve(inner: &Arc<Inner>, peer: NodeId, conn: &quinn::Connection) {
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            if let Err(e) = receive(&inner, peer, send, recv).await {
+                warn!(peer = %peer.short(), error = %e, "bad chat stream");
+            }
+        });
+    }
+}
+
+async fn receive(
+    inner: &Arc<Inner>,
+    peer: NodeId,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+) -> Result<(), FramedError> {
+    let mut reader = FrameReader::new(recv, chat::VERSION, chat::MAX_FRAME);
+    let mut writer = FrameWriter::new(send, chat::VERSION, chat::MAX_FRAME);
+    let Some(ChatFrame::Message { id, text, sent_at_ms }) = reader.read::<ChatFrame>().await? else {
+        debug!(peer = %peer.short(), "chat stream without a message");
+        return Ok(());
+    };
+    if text.is_empty() || text.len() > chat::MAX_TEXT {
+        warn!(peer = %peer.short(), len = text.len(), "refusing chat message of bad length");
+        return Ok(());
+    }
+    let from_name = inner.state().name_of(&peer);
+    let m = StoredMessage {
+        id,
+        from: peer,
+        from_name,
+        to: inner.id,
+        text,
+        sent_at_ms,
+        received_at_ms: burrow_proto::time::unix_ms(SystemTime::now()),
+    };
+    let stored = m.clone();
+    let fresh = match inner.with_store(move |s| s.insert_message(&stored)).await {
+        Ok(fresh) => fresh,
+        Err(e) => {
+            // Not stored, so not acknowledged: the sender reports it undelivered.
+            warn!(error = %e, "cannot store a received message");
+            return Ok(());
+        }
+    };
+    writer.write(&ChatFrame::Ack { id }).await?;
+    writer.finish();
+    if fresh {
+        inner.emit(NodeEvent::Message(inner.message_view(&m)));
+    }
+    Ok(())
+}

@@ -1,0 +1,227 @@
+//! The local control API on `home/control.sock` (see [`crate::api`] for the format).
+//!
+//! The socket file is created with mode 0600 inside the 0700 home directory: only
+//! its owner can talk to the node. Request lines are bounded ([`MAX_LINE`]).
+
+use std::collections::HashSet;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tracing::{debug, warn};
+
+use crate::api::{Reply, Request};
+use crate::event::NodeEvent;
+use crate::node::{ApiError, Node};
+
+/// Longest request line accepted.
+pub const MAX_LINE: usize = 64 * 1024;
+/// Default number of messages `messages` returns.
+pub const DEFAULT_MESSAGES: usize = 100;
+
+/// The control socket's path in `home`.
+pub fn socket_path(home: &Path) -> PathBuf {
+    home.join("control.sock")
+}
+
+/// Binds the control socket, replacing a stale one (the caller holds the home lock,
+/// so no live node owns it).
+pub(crate) fn bind(home: &Path) -> std::io::Result<UnixListener> {
+    let path = socket_path(home);
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Removes the socket file.
+pub(crate) fn unlink(home: &Path) {
+    let _ = std::fs::remove_file(socket_path(home));
+}
+
+/// Serves control clients until shutdown.
+pub(crate) async fn serve(node: Node, listener: UnixListener) {
+    loop {
+        let stream = tokio::select! {
+            _ = node.inner.shutdown.cancelled() => return,
+            s = listener.accept() => s,
+        };
+        match stream {
+            Ok((stream, _)) => {
+                let node = node.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = client(node, stream).await {
+                        debug!(error = %e, "control client ended");
+                    }
+                });
+            }
+            Err(e) => {
+                warn!(error = %e, "control socket accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+fn ok<T: Serialize>(data: T) -> Reply {
+    Reply {
+        ok: true,
+        data: Some(serde_json::to_value(data).expect("API views serialize to JSON")),
+        error: None,
+        hint: None,
+    }
+}
+
+fn err(e: ApiError) -> Reply {
+    Reply {
+        ok: false,
+        data: None,
+        error: Some(e.to_string()),
+        hint: e.hint(),
+    }
+}
+
+fn done(r: Result<(), ApiError>) -> Reply {
+    r.map(|()| ok(serde_json::Value::Null)).unwrap_or_else(err)
+}
+
+async fn write_reply(stream: &mut (impl AsyncWriteExt + Unpin), reply: &Reply) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(reply).expect("replies serialize to JSON");
+    line.push(b'\n');
+    stream.write_all(&line).await
+}
+
+async fn client(node: Node, stream: UnixStream) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read.take(MAX_LINE as u64 * 64));
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = (&mut lines).take(MAX_LINE as u64).read_line(&mut line).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        let request: Request = match serde_json::from_str(&line) {
+            Ok(r) => r,
+            Err(e) => {
+                let reply = Reply {
+                    ok: false,
+                    data: None,
+                    error: Some(format!("bad request: {e}")),
+                    hint: Some("the CLI and the node may be different versions".into()),
+                };
+                write_reply(&mut write, &reply).await?;
+                return Ok(());
+            }
+        };
+        let reply = match request {
+            Request::Status => ok(node.status()),
+            Request::Peers => ok(node.peers()),
+            Request::Connect { peer } => done(node.connect(&peer).await),
+            Request::Accept { peer } => done(node.accept(&peer).await),
+            Request::Reject { peer } => done(node.reject(&peer).await),
+            Request::Cancel { peer } => done(node.cancel(&peer).await),
+            Request::Send { peer, text } => node.send(&peer, &text).await.map(ok).unwrap_or_else(err),
+            Request::Messages { limit, follow } => {
+                let limit = limit.unwrap_or(DEFAULT_MESSAGES);
+                if follow {
+                    return follow_messages(node, limit, &mut write).await;
+                }
+                node.messages(limit).await.map(ok).unwrap_or_else(err)
+            }
+        };
+        write_reply(&mut write, &reply).await?;
+    }
+}
+
+/// Sends the history, then every new message, until the client or node goes away.
+async fn follow_messages(
+    node: Node,
+    limit: usize,
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+) -> std::io::Result<()> {
+    let mut events = node.subscribe();
+    let history = match node.messages(limit).await {
+        Ok(h) => h,
+        Err(e) => return write_reply(write, &err(e)).await,
+    };
+    let seen: HashSet<String> = history.iter().map(|m| m.id.clone()).collect();
+    write_reply(write, &ok(history)).await?;
+    loop {
+        let event = tokio::select! {
+            _ = node.inner.shutdown.cancelled() => return Ok(()),
+            e = events.recv() => e,
+        };
+        match event {
+            Ok(NodeEvent::Message(m)) if !seen.contains(&m.id) => write_reply(write, &ok(m)).await?,
+            Ok(_) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                warn!(missed = n, "a follower fell behind");
+            }
+            Err(_) => return Ok(()),
+        }
+    }
+}
+
+/// Why the CLI could not talk to a node.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing listens on the socket.
+    #[error("no node is running in {0}")]
+    NoNode(PathBuf),
+    /// The socket failed.
+    #[error("control socket: {0}")]
+    Io(#[from] std::io::Error),
+    /// The node's reply was not valid.
+    #[error("bad reply from the node: {0}")]
+    BadReply(String),
+}
+
+/// A connection to a running node's control socket.
+pub struct ControlClient {
+    lines: tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
+    write: tokio::net::unix::OwnedWriteHalf,
+}
+
+impl ControlClient {
+    /// Connects to the node in `home`.
+    pub async fn connect(home: &Path) -> Result<Self, ClientError> {
+        let stream = match UnixStream::connect(socket_path(home)).await {
+            Ok(s) => s,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                return Err(ClientError::NoNode(home.to_path_buf()))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let (read, write) = stream.into_split();
+        Ok(ControlClient {
+            lines: BufReader::new(read).lines(),
+            write,
+        })
+    }
+
+    /// Sends `request` and reads the first reply.
+    pub async fn request(&mut self, request: &Request) -> Result<Reply, ClientError> {
+        let mut line = serde_json::to_vec(request).expect("requests serialize to JSON");
+        line.push(b'\n');
+        self.write.write_all(&line).await?;
+        self.next_reply().await?.ok_or_else(|| ClientError::BadReply("the node closed the connection".into()))
+    }
+
+    /// The next reply line (for `follow` streams); `None` when the node hung up.
+    pub async fn next_reply(&mut self) -> Result<Option<Reply>, ClientError> {
+        match self.lines.next_line().await? {
+            Some(line) => serde_json::from_str(&line)
+                .map(Some)
+                .map_err(|e| ClientError::BadReply(e.to_string())),
+            None => Ok(None),
+        }
+    }
+}

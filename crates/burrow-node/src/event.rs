@@ -1,0 +1,77 @@
+//! What a node tells whoever watches it (`burrow up` prints these in plain words).
+
+use std::net::SocketAddr;
+
+use burrow_proto::rendezvous::{CloseReason, Direction};
+
+use crate::api::{ConnectionState, MessageView};
+
+/// Something that happened on the node.
+#[derive(Debug, Clone)]
+pub enum NodeEvent {
+    /// Registered with the server.
+    ServerConnected {
+        /// The server's address.
+        server: String,
+        /// Our address as the server sees it.
+        public_addr: SocketAddr,
+    },
+    /// Lost the server; retrying in the background.
+    ServerLost {
+        /// Why.
+        error: String,
+        /// When the next attempt is, in milliseconds.
+        retry_in_ms: u64,
+    },
+    /// A peer came online.
+    PeerOnline {
+        /// Its name.
+        name: String,
+    },
+    /// A peer went offline.
+    PeerOffline {
+        /// Its name.
+        name: String,
+    },
+    /// A peer asks to connect.
+    IncomingRequest {
+        /// Its name.
+        name: String,
+    },
+    /// A request ended without a connection.
+    RequestClosed {
+        /// The other side's name.
+        name: String,
+        /// Our side of it.
+        direction: Direction,
+        /// Why.
+        reason: CloseReason,
+    },
+    /// A connection came up.
+    Connected {
+        /// Peer name.
+        name: String,
+        /// How.
+        path: ConnectionState,
+        /// Peer address.
+        remote: SocketAddr,
+        /// Round-trip time, ms.
+        rtt_ms: f64,
+    },
+    /// A connection could not be made.
+    ConnectFailed {
+        /// Peer name.
+        name: String,
+        /// Why.
+        error: String,
+    },
+    /// A connection went away.
+    Disconnected {
+        /// Peer name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// A chat message arrived or was delivered.
+    Message(MessageView),
+}

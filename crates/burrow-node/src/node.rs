@@ -1,0 +1,550 @@
+//! The node itself: shared state, start-up, the operations the control API exposes,
+//! and shutdown.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use burrow_net::{Endpoint, EndpointConfig};
+use burrow_proto::chat::{self, MessageId};
+use burrow_proto::rendezvous::{ClientMsg, Direction, Refusal};
+use burrow_proto::{Name, NodeId};
+use burrow_store::{NodeStore, StoredMessage};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{ConnectionState, ConnectionView, MessageView, PeerView, StatusView};
+use crate::config::NodeConfig;
+use crate::event::NodeEvent;
+use crate::session::{self, SessionError};
+use crate::{control, peers};
+
+/// Most peers the node tracks (the server's presence list can be long).
+pub(crate) const MAX_PEERS: usize = 100_000;
+/// How long an operation waits for the server's answer.
+const SERVER_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Events buffered for slow watchers before they miss some.
+const EVENT_BUFFER: usize = 1024;
+
+/// A peer as this node knows it.
+#[derive(Debug, Default)]
+pub(crate) struct Peer {
+    pub name: Option<Name>,
+    pub online: bool,
+    /// A request between us that is waiting for an answer, and which side we are.
+    pub request: Option<Direction>,
+    /// We accepted this peer: its incoming connections are let in.
+    pub accepted: bool,
+    pub conn: Option<quinn::Connection>,
+}
+
+/// Everything that changes while the node runs. Locked only for short sections.
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    /// Sender to the current server session, while registered.
+    pub server_tx: Option<mpsc::Sender<ClientMsg>>,
+    pub server_id: Option<NodeId>,
+    pub public_addr: Option<SocketAddr>,
+    pub peers: HashMap<NodeId, Peer>,
+    /// Operations waiting for the server's answer about a peer.
+    pub waiters: HashMap<NodeId, oneshot::Sender<Result<(), Refusal>>>,
+}
+
+impl State {
+    pub fn name_of(&self, id: &NodeId) -> String {
+        self.peers
+            .get(id)
+            .and_then(|p| p.name.as_ref())
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| id.short())
+    }
+
+    /// Drops peers we know nothing useful about any more.
+    pub fn forget_idle(&mut self, id: &NodeId) {
+        if self
+            .peers
+            .get(id)
+            .is_some_and(|p| !p.online && p.conn.is_none() && p.request.is_none() && !p.accepted)
+        {
+            self.peers.remove(id);
+        }
+    }
+}
+
+pub(crate) struct Inner {
+    pub config: NodeConfig,
+    pub id: NodeId,
+    pub endpoint: Endpoint,
+    pub store: Arc<Mutex<NodeStore>>,
+    pub state: Mutex<State>,
+    pub events: broadcast::Sender<NodeEvent>,
+    pub shutdown: CancellationToken,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    _lock: File,
+}
+
+impl Inner {
+    pub fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().expect("state lock is never poisoned")
+    }
+
+    pub fn emit(&self, event: NodeEvent) {
+        let _ = self.events.send(event);
+    }
+
+    pub fn spawn(self: &Arc<Self>, fut: impl std::future::Future<Output = ()> + Send + 'static) {
+        let handle = tokio::spawn(fut);
+        let mut tasks = self.tasks.lock().expect("tasks lock is never poisoned");
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(handle);
+    }
+
+    /// Runs a store operation on a blocking thread.
+    pub async fn with_store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut NodeStore) -> Result<T, burrow_store::StoreError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&mut store.lock().expect("store lock is never poisoned")))
+            .await
+            .map_err(|e| ApiError::Store(e.to_string()))?
+            .map_err(|e| ApiError::Store(e.to_string()))
+    }
+
+    pub fn message_view(&self, m: &StoredMessage) -> MessageView {
+        let rfc3339 = |ms| humantime::format_rfc3339_millis(burrow_proto::time::from_unix_ms(ms)).to_string();
+        MessageView {
+            id: m.id.to_string(),
+            from: m.from.to_string(),
+            from_name: m.from_name.clone(),
+            to: m.to.to_string(),
+            text: m.text.clone(),
+            sent_at: rfc3339(m.sent_at_ms),
+            received_at: rfc3339(m.received_at_ms),
+        }
+    }
+}
+
+/// Why a node could not start. Each says what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Another node holds the home directory.
+    #[error("a node is already running in {0}")]
+    AlreadyRunning(PathBuf),
+    /// The home directory is unusable.
+    #[error("cannot use home directory {path}: {source}")]
+    Home {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The store could not be opened.
+    #[error("cannot open the node store: {0}")]
+    Store(#[from] burrow_store::StoreError),
+    /// The socket could not be bound.
+    #[error(transparent)]
+    Endpoint(#[from] burrow_net::EndpointError),
+    /// The first registration with the server failed.
+    #[error(transparent)]
+    Server(#[from] SessionError),
+}
+
+impl StartError {
+    /// What the user can do.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            StartError::AlreadyRunning(home) => Some(format!(
+                "stop it first, or talk to it: burrow --home {} status",
+                home.display()
+            )),
+            StartError::Server(e) => e.hint(),
+            _ => None,
+        }
+    }
+}
+
+/// Why an operation on a running node failed. Each has a hint for the user.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No peer by that name or id.
+    #[error("no peer called {0:?} is known")]
+    UnknownPeer(String),
+    /// An id prefix matching several peers.
+    #[error("{0:?} matches several peers: {1}")]
+    AmbiguousPeer(String, String),
+    /// The node is between server sessions.
+    #[error("not registered with the server right now")]
+    ServerUnavailable,
+    /// The server did not answer in time.
+    #[error("the server did not answer")]
+    NoAnswer,
+    /// The server refused.
+    #[error("{name}: {reason}")]
+    Refused {
+        /// The peer concerned.
+        name: String,
+        /// Why.
+        reason: Refusal,
+    },
+    /// Another operation on this peer is waiting for the server.
+    #[error("another request about {0} is in progress")]
+    Busy(String),
+    /// No request to answer or withdraw.
+    #[error("there is no pending request {0}")]
+    NoRequest(String),
+    /// Already connected.
+    #[error("already connected to {0}")]
+    AlreadyConnected(String),
+    /// No connection to send over.
+    #[error("not connected to {0}")]
+    NotConnected(String),
+    /// The message is empty or too long.
+    #[error("message must have 1 to {} bytes", chat::MAX_TEXT)]
+    BadText,
+    /// The message did not reach the peer (it was not stored there).
+    #[error("message to {name} not delivered: {reason}")]
+    NotDelivered {
+        /// The peer.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// The node's store failed.
+    #[error("store error: {0}")]
+    Store(String),
+}
+
+impl ApiError {
+    /// What the user can do about it.
+    pub fn hint(&self) -> Option<String> {
+        Some(match self {
+            ApiError::UnknownPeer(_) => "burrow peers lists who is online".into(),
+            ApiError::AmbiguousPeer(..) => "type more of the id, or use the name".into(),
+            ApiError::ServerUnavailable | ApiError::NoAnswer => {
+                "the node reconnects by itself; try again in a moment (burrow status shows the server link)".into()
+            }
+            ApiError::Refused { reason: Refusal::PeerOffline, .. } => "wait until they are online (burrow peers)".into(),
+            ApiError::NoRequest(_) => "burrow peers shows pending requests".into(),
+            ApiError::AlreadyConnected(n) => format!("burrow send {n} \"...\""),
+            ApiError::NotConnected(n) => format!("run burrow connect {n} first; {n} must accept"),
+            ApiError::NotDelivered { .. } => "nothing was stored on either side; send it again".into(),
+            _ => return None,
+        })
+    }
+}
+
+/// A running node. Cheap to clone: clones share the node.
+#[derive(Clone)]
+pub struct Node {
+    pub(crate) inner: Arc<Inner>,
+}
+
+/// The operations that ask the server about a request.
+#[derive(Clone, Copy, Debug)]
+enum RequestOp {
+    Connect,
+    Accept,
+    Reject,
+    Cancel,
+}
+
+impl Node {
+    /// Starts a node: locks the home directory, opens the store, binds the socket,
+    /// registers with the server (failing if that is refused), and opens the
+    /// control socket.
+    pub async fn start(config: NodeConfig) -> Result<Node, StartError> {
+        let home = config.home.clone();
+        let home_err = |source| StartError::Home {
+            path: home.clone(),
+            source,
+        };
+        burrow_net::keyfile::create_private_dir(&home).map_err(home_err)?;
+        let lock = File::create(home.join("node.lock")).map_err(home_err)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(StartError::AlreadyRunning(home)),
+            Err(std::fs::TryLockError::Error(e)) => return Err(home_err(e)),
+        }
+        let store = NodeStore::open(&home.join("node.db"))?;
+        let endpoint = Endpoint::bind(
+            &config.secret,
+            EndpointConfig {
+                bind: config.bind,
+                alpns: vec![chat::ALPN],
+                keepalive: Some(config.keepalive),
+                idle_timeout: config.idle_timeout,
+                ..EndpointConfig::default()
+            },
+        )?;
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let inner = Arc::new(Inner {
+            id: config.secret.public(),
+            config,
+            endpoint,
+            store: Arc::new(Mutex::new(store)),
+            state: Mutex::new(State::default()),
+            events,
+            shutdown: CancellationToken::new(),
+            tasks: Mutex::new(Vec::new()),
+            _lock: lock,
+        });
+        let first = session::connect(&inner).await?;
+        let listener = control::bind(&home).map_err(home_err)?;
+        let node = Node { inner: inner.clone() };
+        inner.spawn(session::run(inner.clone(), first));
+        inner.spawn(peers::accept_loop(inner.clone()));
+        inner.spawn(control::serve(node.clone(), listener));
+        Ok(node)
+    }
+
+    /// Our id.
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    /// Our registered name.
+    pub fn name(&self) -> &Name {
+        &self.inner.config.name
+    }
+
+    /// Watch what happens. Subscribe before acting to see the results.
+    pub fn subscribe(&self) -> broadcast::Receiver<NodeEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Own id, name, server, public address, live connections.
+    pub fn status(&self) -> StatusView {
+        let st = self.inner.state();
+        let mut connections: Vec<ConnectionView> = st
+            .peers
+            .iter()
+            .filter_map(|(id, p)| {
+                let c = p.conn.as_ref()?;
+                Some(ConnectionView {
+                    peer: id.to_string(),
+                    name: p.name.as_ref().map(|n| n.to_string()),
+                    path: ConnectionState::Direct,
+                    remote_addr: c.remote_address().to_string(),
+                    rtt_ms: c.rtt().as_secs_f64() * 1000.0,
+                })
+            })
+            .collect();
+        connections.sort_by(|a, b| a.name.cmp(&b.name));
+        let server = match (&self.inner.config.server.key, st.server_id) {
+            (Some(_), _) | (None, None) => self.inner.config.server.to_string(),
+            (None, Some(k)) => burrow_proto::ServerAddr {
+                key: Some(k),
+                ..self.inner.config.server.clone()
+            }
+            .to_string(),
+        };
+        StatusView {
+            id: self.inner.id.to_string(),
+            name: self.inner.config.name.to_string(),
+            server,
+            server_connected: st.server_tx.is_some(),
+            public_addr: st.public_addr.map(|a| a.to_string()),
+            local_addr: self
+                .inner
+                .endpoint
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            connections,
+        }
+    }
+
+    /// Everyone known, by name.
+    pub fn peers(&self) -> Vec<PeerView> {
+        let st = self.inner.state();
+        let mut out: Vec<PeerView> = st
+            .peers
+            .iter()
+            .map(|(id, p)| PeerView {
+                id: id.to_string(),
+                name: p.name.as_ref().map(|n| n.to_string()),
+                online: p.online,
+                connection: match (&p.conn, p.request) {
+                    (Some(_), _) => ConnectionState::Direct,
+                    (None, Some(Direction::Outgoing)) => ConnectionState::PendingOut,
+                    (None, Some(Direction::Incoming)) => ConnectionState::PendingIn,
+                    (None, None) => ConnectionState::None,
+                },
+                rtt_ms: p.conn.as_ref().map(|c| c.rtt().as_secs_f64() * 1000.0),
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+        out
+    }
+
+    /// Asks `peer` (name or id prefix) for a connection.
+    pub async fn connect(&self, peer: &str) -> Result<(), ApiError> {
+        self.request(peer, RequestOp::Connect).await
+    }
+
+    /// Accepts `peer`'s pending request.
+    pub async fn accept(&self, peer: &str) -> Result<(), ApiError> {
+        self.request(peer, RequestOp::Accept).await
+    }
+
+    /// Refuses `peer`'s pending request.
+    pub async fn reject(&self, peer: &str) -> Result<(), ApiError> {
+        self.request(peer, RequestOp::Reject).await
+    }
+
+    /// Withdraws our pending request to `peer`.
+    pub async fn cancel(&self, peer: &str) -> Result<(), ApiError> {
+        self.request(peer, RequestOp::Cancel).await
+    }
+
+    async fn request(&self, peer: &str, op: RequestOp) -> Result<(), ApiError> {
+        let (id, name, tx, rx) = {
+            let mut st = self.inner.state();
+            let id = resolve(&st, peer)?;
+            let name = st.name_of(&id);
+            let p = st.peers.get(&id);
+            let request = p.and_then(|p| p.request);
+            match op {
+                RequestOp::Connect if p.is_some_and(|p| p.conn.is_some()) => {
+                    return Err(ApiError::AlreadyConnected(name))
+                }
+                RequestOp::Accept | RequestOp::Reject if request != Some(Direction::Incoming) => {
+                    return Err(ApiError::NoRequest(format!("from {name}")))
+                }
+                RequestOp::Cancel if request != Some(Direction::Outgoing) => {
+                    return Err(ApiError::NoRequest(format!("to {name}")))
+                }
+                _ => {}
+            }
+            let tx = st.server_tx.clone().ok_or(ApiError::ServerUnavailable)?;
+            if st.waiters.contains_key(&id) {
+                return Err(ApiError::Busy(name));
+            }
+            let (wtx, wrx) = oneshot::channel();
+            st.waiters.insert(id, wtx);
+            if matches!(op, RequestOp::Accept | RequestOp::Connect) {
+                // Let its connection in from now on: it may arrive before the
+                // server's confirmation does.
+                if let Some(p) = st.peers.get_mut(&id) {
+                    p.accepted = true;
+                }
+            }
+            (id, name, tx, wrx)
+        };
+        let msg = match op {
+            RequestOp::Connect => ClientMsg::Connect { peer: id },
+            RequestOp::Accept => ClientMsg::Accept { peer: id },
+            RequestOp::Reject => ClientMsg::Reject { peer: id },
+            RequestOp::Cancel => ClientMsg::Cancel { peer: id },
+        };
+        if tx.send(msg).await.is_err() {
+            self.inner.state().waiters.remove(&id);
+            return Err(ApiError::ServerUnavailable);
+        }
+        match tokio::time::timeout(SERVER_ANSWER_TIMEOUT, rx).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(reason))) => Err(ApiError::Refused { name, reason }),
+            Ok(Err(_)) => Err(ApiError::ServerUnavailable),
+            Err(_) => {
+                self.inner.state().waiters.remove(&id);
+                Err(ApiError::NoAnswer)
+            }
+        }
+    }
+
+    /// Sends `text` to `peer` over our connection. Returns once the peer has
+    /// stored it; only then is it stored here as sent.
+    pub async fn send(&self, peer: &str, text: &str) -> Result<MessageView, ApiError> {
+        if text.is_empty() || text.len() > chat::MAX_TEXT {
+            return Err(ApiError::BadText);
+        }
+        let (id, name, conn) = {
+            let st = self.inner.state();
+            let id = resolve(&st, peer)?;
+            let name = st.name_of(&id);
+            let conn = st.peers.get(&id).and_then(|p| p.conn.clone());
+            (id, name.clone(), conn.ok_or(ApiError::NotConnected(name))?)
+        };
+        let mut msg = StoredMessage {
+            id: MessageId::random(&mut rand::thread_rng()),
+            from: self.inner.id,
+            from_name: self.inner.config.name.to_string(),
+            to: id,
+            text: text.to_string(),
+            sent_at_ms: burrow_proto::time::unix_ms(SystemTime::now()),
+            received_at_ms: 0,
+        };
+        crate::chat::send(&conn, &msg)
+            .await
+            .map_err(|e| ApiError::NotDelivered {
+                name,
+                reason: e.to_string(),
+            })?;
+        msg.received_at_ms = burrow_proto::time::unix_ms(SystemTime::now());
+        let stored = msg.clone();
+        self.inner.with_store(move |s| s.insert_message(&stored)).await?;
+        let view = self.inner.message_view(&msg);
+        self.inner.emit(NodeEvent::Message(view.clone()));
+        Ok(view)
+    }
+
+    /// The newest `limit` messages, oldest first.
+    pub async fn messages(&self, limit: usize) -> Result<Vec<MessageView>, ApiError> {
+        let stored = self.inner.with_store(move |s| s.messages(limit)).await?;
+        Ok(stored.iter().map(|m| self.inner.message_view(m)).collect())
+    }
+
+    /// Says goodbye to the server, closes every connection and the socket.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+        let tasks: Vec<JoinHandle<()>> = std::mem::take(&mut *self.inner.tasks.lock().expect("tasks lock is never poisoned"));
+        for t in tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+        }
+        let conns: Vec<quinn::Connection> = self.inner.state().peers.values().filter_map(|p| p.conn.clone()).collect();
+        for c in conns {
+            c.close(quinn::VarInt::from_u32(0), b"node shutting down");
+        }
+        self.inner.endpoint.quic().close(quinn::VarInt::from_u32(0), b"node shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.inner.endpoint.quic().wait_idle()).await;
+        control::unlink(&self.inner.config.home);
+    }
+}
+
+/// Finds the peer a person means: a name, or a unique id prefix.
+pub(crate) fn resolve(st: &State, peer: &str) -> Result<NodeId, ApiError> {
+    let wanted = peer.trim().to_ascii_lowercase();
+    if let Some((id, _)) = st
+        .peers
+        .iter()
+        .find(|(_, p)| p.name.as_ref().is_some_and(|n| n.as_str() == wanted))
+    {
+        return Ok(*id);
+    }
+    if !wanted.is_empty() && wanted.chars().all(|c| c.is_ascii_hexdigit()) {
+        let matches: Vec<NodeId> = st
+            .peers
+            .keys()
+            .filter(|id| id.to_string().starts_with(&wanted))
+            .copied()
+            .collect();
+        match matches.len() {
+            1 => return Ok(matches[0]),
+            0 => {
+                if let Ok(id) = wanted.parse::<NodeId>() {
+                    return Ok(id);
+                }
+            }
+            _ => {
+                let names: Vec<String> = matches.iter().map(|id| st.name_of(id)).collect();
+                return Err(ApiError::AmbiguousPeer(peer.to_string(), names.join(", ")));
+            }
+        }
+    }
+    Err(ApiError::UnknownPeer(peer.to_string()))
+}

@@ -1,0 +1,400 @@
+//! The node's session with the rendezvous server.
+//!
+//! [`connect`] dials the server (checking its key: pinned by the address, or
+//! trusted on first use via [`KnownServers`]), says Hello and waits for Welcome.
+//! [`run`] then reads the server's messages into the node's state until the
+//! session is lost, and reconnects with jittered exponential backoff. Direct peer
+//! connections don't depend on the session and survive its loss.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use burrow_net::{iface, ConnectError, FrameReader, FrameWriter};
+use burrow_proto::rendezvous::{self, ClientMsg, Direction, Refusal, ServerMsg};
+use burrow_proto::NodeId;
+use rand::Rng;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::event::NodeEvent;
+use crate::node::{Inner, MAX_PEERS};
+use crate::peers;
+use crate::trust::KnownServers;
+
+/// How long the server has to answer Hello.
+const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
+/// Messages queued for the server before senders wait.
+const OUTBOX: usize = 64;
+/// First retry delay after losing the server.
+const BACKOFF_BASE: Duration = Duration::from_millis(250);
+
+/// Why a session could not be set up or was lost.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The server's host name did not resolve.
+    #[error("cannot resolve {host}: {reason}")]
+    Resolve {
+        /// host:port.
+        host: String,
+        /// Why.
+        reason: String,
+    },
+    /// The server could not be reached.
+    #[error("cannot reach the server at {addr}: {source}")]
+    Unreachable {
+        /// Where we dialed.
+        addr: SocketAddr,
+        /// Why.
+        source: ConnectError,
+    },
+    /// The server proved a key other than the one its address pins.
+    #[error("the server at {addr} presented key {actual}, but the address pins {expected}")]
+    PinnedKeyMismatch {
+        /// Where we dialed.
+        addr: SocketAddr,
+        /// Pinned key.
+        expected: NodeId,
+        /// Presented key.
+        actual: NodeId,
+    },
+    /// The server's key differs from the one recorded on first use.
+    #[error("server key changed since last time: {host} now presents {actual}, but {file} records {expected}")]
+    KeyChanged {
+        /// host:port.
+        host: String,
+        /// Recorded key.
+        expected: NodeId,
+        /// Presented key.
+        actual: NodeId,
+        /// The known_servers file.
+        file: String,
+    },
+    /// The server refused our registration.
+    #[error("the server refused to register us: {0}")]
+    Refused(Refusal),
+    /// The session broke.
+    #[error("lost the server: {0}")]
+    Lost(String),
+}
+
+impl SessionError {
+    /// What the user can do about it.
+    pub fn hint(&self) -> Option<String> {
+        Some(match self {
+            SessionError::Unreachable { .. } => "is `burrow server` running there, and is its UDP port open?".into(),
+            SessionError::PinnedKeyMismatch { .. } => {
+                "check the server id in the address with the server's operator".into()
+            }
+            SessionError::KeyChanged { file, host, .. } => format!(
+                "if you trust the new key, remove the line for {host} from {file}"
+            ),
+            SessionError::Refused(Refusal::NameTaken) => {
+                "that name belongs to another key on this server: pick another with --name".into()
+            }
+            _ => return None,
+        })
+    }
+}
+
+impl From<burrow_net::FramedError> for SessionError {
+    fn from(e: burrow_net::FramedError) -> Self {
+        SessionError::Lost(e.to_string())
+    }
+}
+
+/// A registered session, ready to run.
+pub(crate) struct Session {
+    conn: quinn::Connection,
+    reader: FrameReader,
+    writer: FrameWriter,
+}
+
+/// Dials the server, checks its key, registers, and applies the Welcome.
+pub(crate) async fn connect(inner: &Arc<Inner>) -> Result<Session, SessionError> {
+    let server = &inner.config.server;
+    let host = server.host_port();
+    let local = inner
+        .endpoint
+        .local_addr()
+        .map_err(|e| SessionError::Lost(e.to_string()))?;
+    let addr = tokio::net::lookup_host(&host)
+        .await
+        .map_err(|e| SessionError::Resolve {
+            host: host.clone(),
+            reason: e.to_string(),
+        })?
+        .find(|a| a.is_ipv4() == local.is_ipv4())
+        .ok_or_else(|| SessionError::Resolve {
+            host: host.clone(),
+            reason: "no address of the socket's family".into(),
+        })?;
+
+    let known = KnownServers::new(&inner.config.home);
+    let remembered = known.lookup(&host);
+    let expected = server.key.or(remembered);
+    let (conn, key) = match inner.endpoint.connect(addr, rendezvous::ALPN, expected).await {
+        Ok(ok) => ok,
+        Err(ConnectError::WrongKey { expected, actual, .. }) => {
+            return Err(match server.key {
+                Some(_) => SessionError::PinnedKeyMismatch { addr, expected, actual },
+                None => SessionError::KeyChanged {
+                    host,
+                    expected,
+                    actual,
+                    file: known.path().display().to_string(),
+                },
+            })
+        }
+        Err(source) => return Err(SessionError::Unreachable { addr, source }),
+    };
+    if server.key.is_none() && remembered.is_none() {
+        info!(server = %host, key = %key, "trusting server key on first use");
+        if let Err(e) = known.remember(&host, &key) {
+            warn!(error = %e, "cannot record the server key");
+        }
+    }
+
+    let (send, recv) = conn.open_bi().await.map_err(|e| SessionError::Lost(e.to_string()))?;
+    let mut reader = FrameReader::new(recv, rendezvous::VERSION, rendezvous::MAX_FRAME);
+    let mut writer = FrameWriter::new(send, rendezvous::VERSION, rendezvous::MAX_FRAME);
+    let mut lan_addrs = iface::lan_candidates(local);
+    lan_addrs.truncate(rendezvous::MAX_CANDIDATES);
+    writer
+        .write(&ClientMsg::Hello {
+            name: inner.config.name.clone(),
+            lan_addrs,
+        })
+        .await?;
+    let first = tokio::time::timeout(WELCOME_TIMEOUT, reader.read::<ServerMsg>())
+        .await
+        .map_err(|_| SessionError::Lost("no answer to Hello".into()))??;
+    match first {
+        Some(ServerMsg::Welcome { observed, peers, .. }) => {
+            {
+                let mut st = inner.state();
+                st.server_id = Some(key);
+                st.public_addr = Some(observed);
+                for p in st.peers.values_mut() {
+                    p.online = false;
+                }
+                for info in peers.into_iter().take(MAX_PEERS) {
+                    let p = st.peers.entry(info.id).or_default();
+                    p.name = Some(info.name);
+                    p.online = true;
+                }
+                let ids: Vec<NodeId> = st.peers.keys().copied().collect();
+                for id in ids {
+                    st.forget_idle(&id);
+                }
+            }
+            // Ask STUN too: it is what peers will see once punching needs it, and
+            // it checks the shared socket end to end.
+            let stun_inner = inner.clone();
+            inner.spawn(async move {
+                if let Ok(seen) = stun_inner.endpoint.stun(addr, Duration::from_secs(3)).await {
+                    stun_inner.state().public_addr = Some(seen);
+                }
+            });
+            inner.emit(NodeEvent::ServerConnected {
+                server: host,
+                public_addr: observed,
+            });
+            Ok(Session { conn, reader, writer })
+        }
+        Some(ServerMsg::Refused { reason, .. }) => {
+            conn.close(quinn::VarInt::from_u32(0), b"refused");
+            Err(SessionError::Refused(reason))
+        }
+        Some(other) => Err(SessionError::Lost(format!("expected Welcome, got {other:?}"))),
+        None => Err(SessionError::Lost("server closed the session".into())),
+    }
+}
+
+/// Runs sessions until shutdown: serves one, and when it is lost, reconnects.
+pub(crate) async fn run(inner: Arc<Inner>, first: Session) {
+    let mut session = first;
+    loop {
+        let error = serve(&inner, session).await;
+        if inner.shutdown.is_cancelled() {
+            return;
+        }
+        forget_session(&inner);
+        let mut error = error.to_string();
+        let mut attempt = 0u32;
+        session = loop {
+            attempt += 1;
+            let delay = backoff(attempt, inner.config.max_backoff);
+            warn!(%error, retry_in = ?delay, "server session lost");
+            inner.emit(NodeEvent::ServerLost {
+                error: error.clone(),
+                retry_in_ms: delay.as_millis() as u64,
+            });
+            tokio::select! {
+                _ = inner.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            match connect(&inner).await {
+                Ok(s) => break s,
+                Err(e) => error = e.to_string(),
+            }
+        };
+    }
+}
+
+/// Jittered exponential backoff: 250 ms doubling to `max`, each delay drawn
+/// uniformly from its upper half so that nodes don't retry in lockstep.
+fn backoff(attempt: u32, max: Duration) -> Duration {
+    let d = BACKOFF_BASE.saturating_mul(1 << attempt.min(16).saturating_sub(1)).min(max);
+    rand::thread_rng().gen_range(d / 2..=d)
+}
+
+/// Forgets what only the server session vouched for: presence and pending requests.
+fn forget_session(inner: &Inner) {
+    let mut st = inner.state();
+    st.server_tx = None;
+    st.waiters.clear();
+    for p in st.peers.values_mut() {
+        p.online = false;
+        p.request = None;
+    }
+    let ids: Vec<NodeId> = st.peers.keys().copied().collect();
+    for id in ids {
+        st.forget_idle(&id);
+    }
+}
+
+/// Serves one session until it is lost (or shutdown): returns why it ended.
+async fn serve(inner: &Arc<Inner>, session: Session) -> SessionError {
+    let Session { conn, mut reader, mut writer } = session;
+    let (tx, mut rx) = mpsc::channel::<ClientMsg>(OUTBOX);
+    inner.state().server_tx = Some(tx.clone());
+    // Writes run in their own task: a read cancelled mid-frame would corrupt the stream.
+    let writer_task = tokio::spawn(async move {
+        while let Some(msg) = rx.recv().await {
+            let bye = msg == ClientMsg::Bye;
+            if writer.write(&msg).await.is_err() || bye {
+                break;
+            }
+        }
+        writer.finish();
+    });
+    let error = loop {
+        let msg = tokio::select! {
+            _ = inner.shutdown.cancelled() => {
+                let _ = tx.send(ClientMsg::Bye).await;
+                drop(tx);
+                let _ = tokio::time::timeout(Duration::from_millis(500), writer_task).await;
+                conn.close(quinn::VarInt::from_u32(0), b"bye");
+                return SessionError::Lost("shutting down".into());
+            }
+            m = reader.read::<ServerMsg>() => m,
+        };
+        match msg {
+            Ok(Some(m)) => handle(inner, m),
+            Ok(None) => break SessionError::Lost("the server closed the session".into()),
+            Err(e) => break e.into(),
+        }
+    };
+    writer_task.abort();
+    conn.close(quinn::VarInt::from_u32(0), b"session lost");
+    error
+}
+
+/// Applies one server message to the node's state.
+fn handle(inner: &Arc<Inner>, msg: ServerMsg) {
+    debug!(?msg, "from server");
+    let mut st = inner.state();
+    match msg {
+        ServerMsg::Welcome { .. } => warn!("unexpected second Welcome"),
+        ServerMsg::PeerJoined(info) => {
+            if st.peers.len() >= MAX_PEERS && !st.peers.contains_key(&info.id) {
+                return;
+            }
+            let name = info.name.to_string();
+            let p = st.peers.entry(info.id).or_default();
+            p.name = Some(info.name);
+            p.online = true;
+            drop(st);
+            inner.emit(NodeEvent::PeerOnline { name });
+        }
+        ServerMsg::PeerLeft { id } => {
+            let name = st.name_of(&id);
+            if let Some(p) = st.peers.get_mut(&id) {
+                p.online = false;
+                p.request = None;
+            }
+            st.forget_idle(&id);
+            drop(st);
+            inner.emit(NodeEvent::PeerOffline { name });
+        }
+        ServerMsg::Pending { peer } => {
+            if let Some(p) = st.peers.get_mut(&peer) {
+                p.request = Some(Direction::Outgoing);
+            }
+            resolve_waiter(&mut st, peer, Ok(()));
+        }
+        ServerMsg::Incoming { peer } => {
+            let name = peer.name.to_string();
+            let p = st.peers.entry(peer.id).or_default();
+            p.name = Some(peer.name);
+            p.online = true;
+            p.request = Some(Direction::Incoming);
+            drop(st);
+            inner.emit(NodeEvent::IncomingRequest { name });
+        }
+        ServerMsg::Accepted { peer, direction, candidates } => {
+            if let Some(p) = st.peers.get_mut(&peer) {
+                p.accepted = true;
+            }
+            resolve_waiter(&mut st, peer, Ok(()));
+            drop(st);
+            if direction == Direction::Outgoing {
+                inner.spawn(peers::dial(inner.clone(), peer, candidates));
+            }
+        }
+        ServerMsg::Closed { peer, direction, reason } => {
+            let name = st.name_of(&peer);
+            if let Some(p) = st.peers.get_mut(&peer) {
+                p.request = None;
+                // The request is over: only a live connection keeps the peer admitted.
+                p.accepted = p.conn.is_some();
+            }
+            resolve_waiter(&mut st, peer, Ok(()));
+            st.forget_idle(&peer);
+            drop(st);
+            inner.emit(NodeEvent::RequestClosed { name, direction, reason });
+        }
+        ServerMsg::Refused { peer: Some(peer), reason } => {
+            if let Some(p) = st.peers.get_mut(&peer) {
+                if p.conn.is_none() {
+                    p.accepted = false;
+                }
+            }
+            resolve_waiter(&mut st, peer, Err(reason));
+        }
+        ServerMsg::Refused { peer: None, reason } => warn!(%reason, "server refused a message"),
+    }
+}
+
+fn resolve_waiter(st: &mut crate::node::State, peer: NodeId, result: Result<(), Refusal>) {
+    if let Some(w) = st.waiters.remove(&peer) {
+        let _ = w.send(result);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_the_cap_with_jitter() {
+        let max = Duration::from_secs(30);
+        for attempt in 1..40 {
+            let d = backoff(attempt, max);
+            let ceiling = BACKOFF_BASE.saturating_mul(1 << attempt.min(16) - 1).min(max);
+            assert!(d >= ceiling / 2 && d <= ceiling, "attempt {attempt}: {d:?}");
+        }
+        assert!(backoff(1, max) <= BACKOFF_BASE);
+    }
+}

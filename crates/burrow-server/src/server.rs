@@ -1,0 +1,311 @@
+//! The server's driver: accepts node connections and runs the registry.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use burrow_net::{Endpoint, EndpointConfig, FrameReader, FrameWriter};
+use burrow_proto::rendezvous::{self, ClientMsg, PeerInfo, Refusal, ServerMsg, MAX_CANDIDATES};
+use burrow_proto::{NodeId, SecretKey};
+use burrow_store::{NameBinding, ServerStore};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::broker::{BrokerConfig, Out, Registry};
+
+/// How many messages wait for a slow node before the server drops its session.
+const SESSION_QUEUE: usize = 256;
+/// How long a new connection has to open its control stream and say Hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How the server runs. Parsed by the binary; defaults suit a public server.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// UDP address for QUIC and STUN. Default `0.0.0.0:7700`.
+    pub listen: SocketAddr,
+    /// Directory holding `server.db`.
+    pub home: PathBuf,
+    /// Broker limits.
+    pub broker: BrokerConfig,
+    /// A node silent for this long is gone (it stopped without saying goodbye).
+    /// Default 30 s, three of the node's default 10 s keepalives.
+    pub idle_timeout: Duration,
+}
+
+impl ServerConfig {
+    /// Defaults with `home` as the state directory.
+    pub fn new(home: PathBuf) -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 7700)),
+            home,
+            broker: BrokerConfig::default(),
+            idle_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The store could not be opened.
+    #[error("cannot open the server store: {0}")]
+    Store(#[from] burrow_store::StoreError),
+    /// The socket could not be bound.
+    #[error(transparent)]
+    Endpoint(#[from] burrow_net::EndpointError),
+}
+
+struct Session {
+    id: u64,
+    tx: mpsc::Sender<ServerMsg>,
+    conn: quinn::Connection,
+}
+
+struct Shared {
+    registry: Mutex<Registry>,
+    sessions: Mutex<HashMap<NodeId, Session>>,
+    store: Arc<Mutex<ServerStore>>,
+    next_session: AtomicU64,
+}
+
+impl Shared {
+    /// Delivers the registry's output. A node whose queue is full is too slow to
+    /// keep up: its connection is closed, and its leave is handled when its task ends.
+    fn deliver(&self, out: Vec<Out>) {
+        if out.is_empty() {
+            return;
+        }
+        let sessions = self.sessions.lock().expect("sessions lock is never poisoned");
+        for (to, msg) in out {
+            if let Some(s) = sessions.get(&to) {
+                if s.tx.try_send(msg).is_err() {
+                    warn!(node = %to.short(), "node is not reading its messages; disconnecting it");
+                    s.conn.close(quinn::VarInt::from_u32(2), b"too slow");
+                }
+            }
+        }
+    }
+
+    fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.registry.lock().expect("registry lock is never poisoned")
+    }
+}
+
+/// A running rendezvous server.
+pub struct Server {
+    endpoint: Endpoint,
+    shared: Arc<Shared>,
+}
+
+impl Server {
+    /// Opens the store and binds the socket. Call inside a tokio runtime.
+    pub fn bind(secret: &SecretKey, config: ServerConfig) -> Result<Self, ServerError> {
+        let store = ServerStore::open(&config.home.join("server.db"))?;
+        let endpoint = Endpoint::bind(
+            secret,
+            EndpointConfig {
+                bind: config.listen,
+                alpns: vec![rendezvous::ALPN],
+                // The server doesn't keep nodes' mappings alive; nodes do.
+                keepalive: None,
+                idle_timeout: config.idle_timeout,
+                answer_stun: true,
+                ..EndpointConfig::default()
+            },
+        )?;
+        Ok(Server {
+            endpoint,
+            shared: Arc::new(Shared {
+                registry: Mutex::new(Registry::new(config.broker)),
+                sessions: Mutex::new(HashMap::new()),
+                store: Arc::new(Mutex::new(store)),
+                next_session: AtomicU64::new(1),
+            }),
+        })
+    }
+
+    /// The server's key.
+    pub fn id(&self) -> NodeId {
+        self.endpoint.id()
+    }
+
+    /// The bound UDP address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.endpoint
+            .local_addr()
+            .expect("a bound socket has a local address")
+    }
+
+    /// How many nodes are online.
+    pub fn online(&self) -> usize {
+        self.shared.registry().online()
+    }
+
+    /// Serves until `shutdown` fires, then closes every connection.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let timer = tokio::spawn(expire_requests(self.shared.clone(), shutdown.clone()));
+        loop {
+            let incoming = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                i = self.endpoint.quic().accept() => i,
+            };
+            let Some(incoming) = incoming else { break };
+            let shared = self.shared.clone();
+            let remote = incoming.remote_address();
+            tokio::spawn(
+                async move {
+                    if let Err(e) = serve_node(incoming, shared).await {
+                        debug!(error = %e, "session ended");
+                    }
+                }
+                .instrument(tracing::debug_span!("conn", %remote)),
+            );
+        }
+        timer.abort();
+        self.endpoint.quic().close(quinn::VarInt::from_u32(0), b"server shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.quic().wait_idle()).await;
+    }
+}
+
+async fn expire_requests(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let out = shared.registry().handle_timeout(Instant::now());
+        shared.deliver(out);
+    }
+}
+
+/// Why a node's session ended early.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("handshake: {0}")]
+    Handshake(#[from] quinn::ConnectionError),
+    #[error("no key in handshake")]
+    NoKey,
+    #[error("no Hello within {HELLO_TIMEOUT:?}")]
+    HelloTimeout,
+    #[error("stream: {0}")]
+    Framed(#[from] burrow_net::FramedError),
+    #[error("refused: {0}")]
+    Refused(Refusal),
+    #[error("store: {0}")]
+    Store(String),
+}
+
+async fn serve_node(incoming: quinn::Incoming, shared: Arc<Shared>) -> Result<(), SessionError> {
+    let conn = incoming.await?;
+    let id = burrow_net::peer_id(&conn).ok_or(SessionError::NoKey)?;
+    let observed = conn.remote_address();
+    let (send, recv) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi())
+        .await
+        .map_err(|_| SessionError::HelloTimeout)??;
+    let mut reader = FrameReader::new(recv, rendezvous::VERSION, rendezvous::MAX_FRAME);
+    let mut writer = FrameWriter::new(send, rendezvous::VERSION, rendezvous::MAX_FRAME);
+
+    let hello = tokio::time::timeout(HELLO_TIMEOUT, reader.read::<ClientMsg>())
+        .await
+        .map_err(|_| SessionError::HelloTimeout);
+    let (name, lan_addrs) = match hello {
+        Ok(Ok(Some(ClientMsg::Hello { name, lan_addrs }))) => (name, lan_addrs),
+        Ok(Err(e)) => {
+            warn!(node = %id.short(), error = %e, "bad first frame");
+            conn.close(quinn::VarInt::from_u32(3), b"bad frame");
+            return Err(e.into());
+        }
+        Err(e) => return Err(e),
+        Ok(Ok(_)) => {
+            refuse(&conn, &mut writer, Refusal::HelloExpected).await;
+            return Err(SessionError::Refused(Refusal::HelloExpected));
+        }
+    };
+
+    let binding = {
+        let store = shared.store.clone();
+        let name = name.clone();
+        let now = burrow_proto::time::unix_ms(SystemTime::now());
+        tokio::task::spawn_blocking(move || store.lock().expect("store lock is never poisoned").bind_name(&name, &id, now))
+            .await
+            .map_err(|e| SessionError::Store(e.to_string()))?
+            .map_err(|e| SessionError::Store(e.to_string()))?
+    };
+    if let NameBinding::Taken { owner } = binding {
+        info!(node = %id.short(), %name, owner = %owner.short(), "refused: name taken");
+        refuse(&conn, &mut writer, Refusal::NameTaken).await;
+        return Err(SessionError::Refused(Refusal::NameTaken));
+    }
+
+    let lan: Vec<SocketAddr> = lan_addrs
+        .into_iter()
+        .filter(|a| !a.ip().is_unspecified() && !a.ip().is_multicast() && a.port() != 0)
+        .take(MAX_CANDIDATES)
+        .collect();
+    let session = shared.next_session.fetch_add(1, Ordering::Relaxed);
+    let (tx, mut rx) = mpsc::channel(SESSION_QUEUE);
+    {
+        let mut sessions = shared.sessions.lock().expect("sessions lock is never poisoned");
+        if let Some(old) = sessions.insert(id, Session { id: session, tx, conn: conn.clone() }) {
+            old.conn.close(quinn::VarInt::from_u32(4), b"replaced by a newer session");
+        }
+    }
+    let out = shared.registry().handle_join(PeerInfo { id, name: name.clone() }, session, observed, lan);
+    shared.deliver(out);
+    info!(node = %id.short(), %name, %observed, "online");
+
+    let writer_task = tokio::spawn(async move {
+        while let Some(msg) = rx.recv().await {
+            if writer.write(&msg).await.is_err() {
+                break;
+            }
+        }
+    });
+
+    let result = loop {
+        match reader.read::<ClientMsg>().await {
+            Ok(Some(ClientMsg::Bye)) | Ok(None) => break Ok(()),
+            Ok(Some(msg)) => {
+                debug!(node = %id.short(), ?msg, "message");
+                let out = shared.registry().handle_msg(Instant::now(), id, msg);
+                shared.deliver(out);
+            }
+            Err(burrow_net::FramedError::Read(e)) => {
+                debug!(node = %id.short(), error = %e, "connection lost");
+                break Ok(());
+            }
+            Err(e) => {
+                warn!(node = %id.short(), error = %e, "bad frame; closing the session");
+                conn.close(quinn::VarInt::from_u32(3), b"bad frame");
+                break Err(e.into());
+            }
+        }
+    };
+
+    {
+        let mut sessions = shared.sessions.lock().expect("sessions lock is never poisoned");
+        if sessions.get(&id).is_some_and(|s| s.id == session) {
+            sessions.remove(&id);
+        }
+    }
+    let out = shared.registry().handle_leave(id, session);
+    shared.deliver(out);
+    writer_task.abort();
+    conn.close(quinn::VarInt::from_u32(0), b"bye");
+    info!(node = %id.short(), %name, "offline");
+    result
+}
+
+/// Sends a refusal and closes the connection once the peer has read it.
+async fn refuse(conn: &quinn::Connection, writer: &mut FrameWriter, reason: Refusal) {
+    let _ = writer.write(&ServerMsg::Refused { peer: None, reason }).await;
+    writer.finish();
+    // Give the refusal time to arrive before the close overtakes it.
+    let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+    conn.close(quinn::VarInt::from_u32(5), b"refused");
+}
