@@ -155,8 +155,12 @@ impl Endpoint {
             server.transport_config(transport.clone());
             Some(server)
         };
+        let mut endpoint_config = quinn::EndpointConfig::default();
+        // Keep the fixed bit set in every packet we send, so that the socket's
+        // demultiplexer and middleboxes can always tell QUIC from STUN.
+        endpoint_config.grease_quic_bit(false);
         let quic = quinn::Endpoint::new_with_abstract_socket(
-            quinn::EndpointConfig::default(),
+            endpoint_config,
             server,
             demux,
             Arc::new(quinn::TokioRuntime),

@@ -1,9 +1,11 @@
 //! The one UDP socket a node (or server) owns, shared by QUIC and burrow's own
 //! datagrams.
 //!
-//! quinn reads the socket through [`DemuxSocket`]. Every received datagram whose
-//! first byte lacks QUIC's fixed bit (0x40, set in every QUIC v1 packet) is copied to
-//! burrow's channel instead: STUN today, punch probes in the traversal layer. Sends
+//! quinn reads the socket through [`DemuxSocket`]. Every received datagram that is
+//! burrow's own ([`is_burrow_datagram`]: STUN today, punch probes in the traversal
+//! layer) goes to burrow's channel instead. Those all clear QUIC's fixed bit (0x40)
+//! and carry a 32-bit magic value; burrow endpoints don't grease the fixed bit
+//! (RFC 9287), so no QUIC packet of ours can be mistaken for one. Sends
 //! of raw datagrams go through [`RawSender`] on the same socket, so they leave from
 //! the port peers and the server already know.
 //!
@@ -26,7 +28,7 @@ use tokio::sync::mpsc;
 /// How many non-QUIC datagrams wait for burrow before new ones are dropped.
 pub const RAW_QUEUE: usize = 1024;
 
-/// A datagram that was not QUIC.
+/// A datagram for burrow rather than quinn.
 #[derive(Debug, Clone)]
 pub struct RawDatagram {
     /// Where it came from.
@@ -103,9 +105,9 @@ impl DemuxSocket {
     }
 }
 
-/// True for datagrams quinn should see: QUIC v1 sets the fixed bit in every packet.
-fn is_quic(datagram: &[u8]) -> bool {
-    datagram.first().is_some_and(|b| b & 0x40 != 0)
+/// True for datagrams burrow handles itself rather than quinn.
+pub fn is_burrow_datagram(datagram: &[u8]) -> bool {
+    burrow_proto::stun::looks_like_stun(datagram)
 }
 
 /// Errors an unconnected UDP socket may report because of ICMP from the network.
@@ -157,15 +159,15 @@ impl AsyncUdpSocket for DemuxSocket {
                 let m = meta[i];
                 let data = &bufs[i][..m.len];
                 if m.len <= m.stride {
-                    if !is_quic(data) {
+                    if is_burrow_datagram(data) {
                         self.divert(m.addr, data);
                         continue;
                     }
                 } else {
-                    // A GRO batch: divert copies of any non-QUIC segments and leave
-                    // them in place, where quinn discards them (no fixed bit).
+                    // A GRO batch: divert copies of burrow's segments and leave them
+                    // in place, where quinn discards them (fixed bit clear).
                     for seg in data.chunks(m.stride.max(1)) {
-                        if !is_quic(seg) {
+                        if is_burrow_datagram(seg) {
                             self.divert(m.addr, seg);
                         }
                     }
@@ -205,10 +207,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn quic_is_told_from_stun() {
-        assert!(is_quic(&[0xc0, 0, 0, 1]));
-        assert!(is_quic(&[0x40, 1, 2]));
-        assert!(!is_quic(&[0x00, 0x01, 0, 0]));
-        assert!(!is_quic(&[]));
+    fn only_stun_is_diverted() {
+        let stun = burrow_proto::stun::binding_request(burrow_proto::stun::TransactionId::new([1; 12]));
+        assert!(is_burrow_datagram(&stun));
+        let mut quic = vec![0xc0u8; 1200];
+        quic[4..8].copy_from_slice(&burrow_proto::stun::MAGIC_COOKIE);
+        assert!(!is_burrow_datagram(&quic));
+        assert!(!is_burrow_datagram(&[0x00, 0x01, 0, 0]));
+        assert!(!is_burrow_datagram(&[]));
     }
 }

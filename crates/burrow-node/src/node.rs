@@ -502,13 +502,14 @@ impl Node {
     /// Says goodbye to the server, closes every connection and the socket.
     pub async fn shutdown(&self) {
         self.inner.shutdown.cancel();
-        let tasks: Vec<JoinHandle<()>> = std::mem::take(&mut *self.inner.tasks.lock().expect("tasks lock is never poisoned"));
-        for t in tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
-        }
+        // Close peer links first: their tasks end when the connections do.
         let conns: Vec<quinn::Connection> = self.inner.state().peers.values().filter_map(|p| p.conn.clone()).collect();
         for c in conns {
             c.close(quinn::VarInt::from_u32(0), b"node shutting down");
+        }
+        let tasks: Vec<JoinHandle<()>> = std::mem::take(&mut *self.inner.tasks.lock().expect("tasks lock is never poisoned"));
+        for t in tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
         }
         self.inner.endpoint.quic().close(quinn::VarInt::from_u32(0), b"node shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.inner.endpoint.quic().wait_idle()).await;

@@ -51,6 +51,9 @@ impl ServerConfig {
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// The home directory could not be created.
+    #[error("cannot create the server's home directory: {0}")]
+    Home(std::io::Error),
     /// The store could not be opened.
     #[error("cannot open the server store: {0}")]
     Store(#[from] burrow_store::StoreError),
@@ -104,6 +107,7 @@ pub struct Server {
 impl Server {
     /// Opens the store and binds the socket. Call inside a tokio runtime.
     pub fn bind(secret: &SecretKey, config: ServerConfig) -> Result<Self, ServerError> {
+        burrow_net::keyfile::create_private_dir(&config.home).map_err(ServerError::Home)?;
         let store = ServerStore::open(&config.home.join("server.db"))?;
         let endpoint = Endpoint::bind(
             secret,

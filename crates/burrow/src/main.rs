@@ -1,1 +1,170 @@
-fn main() {}
+//! `burrow`: the rendezvous server, the node, and the CLI that talks to a running
+//! node, in one binary. Everything that reads arguments, environment and files for
+//! configuration lives here; the libraries take parsed values.
+
+mod client;
+mod demo;
+mod serve;
+mod up;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// burrow connects your computers directly across NATs and firewalls.
+///
+/// Run a rendezvous server on a machine with a public address (`burrow server`),
+/// a node on each computer (`burrow up`), then use the other commands to see who is
+/// online, connect, and chat over end-to-end encrypted QUIC.
+#[derive(Parser, Debug)]
+#[command(name = "burrow", version, propagate_version = true)]
+struct Cli {
+    /// The node's (or server's) directory: key, store, control socket.
+    /// Default: the platform data directory (e.g. ~/.local/share/burrow).
+    #[arg(long, global = true, env = "BURROW_HOME")]
+    home: Option<PathBuf>,
+
+    /// Print machine-readable JSON: exactly what the node's API returned.
+    #[arg(long, global = true)]
+    json: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a rendezvous server (STUN, registry, presence, connect broker).
+    Server(serve::ServerArgs),
+    /// Run a node in the foreground: register, watch presence, accept connections.
+    Up(up::UpArgs),
+    /// Run a server and two nodes on this machine and show them connect and chat.
+    Demo,
+    /// Show this node's id, name, server, public address and connections.
+    Status,
+    /// List who is online and the state of each link.
+    Peers,
+    /// Ask a peer for a direct connection (they must accept).
+    Connect {
+        /// Peer name, or a unique prefix of its id.
+        peer: String,
+    },
+    /// Accept a peer's connection request.
+    Accept {
+        /// Peer name, or a unique prefix of its id.
+        peer: String,
+    },
+    /// Refuse a peer's connection request.
+    Reject {
+        /// Peer name, or a unique prefix of its id.
+        peer: String,
+    },
+    /// Withdraw your pending request to a peer.
+    Cancel {
+        /// Peer name, or a unique prefix of its id.
+        peer: String,
+    },
+    /// Send a chat message over the connection to a peer.
+    Send {
+        /// Peer name, or a unique prefix of its id.
+        peer: String,
+        /// The message (several words are joined with spaces).
+        #[arg(required = true, num_args = 1..)]
+        text: Vec<String>,
+    },
+    /// Show chat history.
+    Messages {
+        /// Keep running and print new messages as they arrive.
+        #[arg(long, short)]
+        follow: bool,
+        /// How many of the newest messages to show.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+}
+
+/// An error for a person: what went wrong, and what to do about it.
+#[derive(Debug)]
+pub struct CliError {
+    message: String,
+    hint: Option<String>,
+}
+
+impl CliError {
+    fn new(message: impl ToString, hint: Option<String>) -> Self {
+        CliError {
+            message: message.to_string(),
+            hint,
+        }
+    }
+}
+
+impl<E: std::error::Error> From<E> for CliError {
+    fn from(e: E) -> Self {
+        CliError::new(e, None)
+    }
+}
+
+/// The directory used when `--home` isn't given.
+fn default_home(server: bool) -> PathBuf {
+    let base = dirs::data_dir().unwrap_or_else(|| PathBuf::from("."));
+    base.join(if server { "burrow-server" } else { "burrow" })
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BURROW_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("the tokio runtime starts");
+    let result = runtime.block_on(run(cli));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", e.message);
+            if let Some(hint) = e.hint {
+                eprintln!("hint: {hint}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), CliError> {
+    let is_server = matches!(cli.command, Command::Server(_));
+    let home = cli.home.clone().unwrap_or_else(|| default_home(is_server));
+    match cli.command {
+        Command::Server(args) => serve::run(home, args).await,
+        Command::Up(args) => up::run(home, args).await,
+        Command::Demo => demo::run().await,
+        Command::Status => client::status(&home, cli.json).await,
+        Command::Peers => client::peers(&home, cli.json).await,
+        Command::Connect { peer } => client::request_op(&home, cli.json, client::Op::Connect, peer).await,
+        Command::Accept { peer } => client::request_op(&home, cli.json, client::Op::Accept, peer).await,
+        Command::Reject { peer } => client::request_op(&home, cli.json, client::Op::Reject, peer).await,
+        Command::Cancel { peer } => client::request_op(&home, cli.json, client::Op::Cancel, peer).await,
+        Command::Send { peer, text } => client::send(&home, cli.json, peer, text.join(" ")).await,
+        Command::Messages { follow, limit } => client::messages(&home, cli.json, follow, limit).await,
+    }
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+async fn stop_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler succeeds");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

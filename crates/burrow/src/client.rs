@@ -1,0 +1,190 @@
+//! The thin-client commands: each sends one request to the node's control socket
+//! and prints the reply for a person, or as JSON with `--json`.
+
+use std::path::Path;
+
+use burrow_node::api::{MessageView, PeerView, Reply, Request, StatusView};
+use burrow_node::control::{ClientError, ControlClient};
+use serde::de::DeserializeOwned;
+
+use crate::CliError;
+
+/// The request operations.
+#[derive(Clone, Copy, Debug)]
+pub enum Op {
+    Connect,
+    Accept,
+    Reject,
+    Cancel,
+}
+
+async fn connect(home: &Path) -> Result<ControlClient, CliError> {
+    ControlClient::connect(home).await.map_err(|e| match e {
+        ClientError::NoNode(_) => CliError::new(
+            e,
+            Some(format!(
+                "start one with: burrow up --home {} --server <address> --name <name>",
+                home.display()
+            )),
+        ),
+        other => other.into(),
+    })
+}
+
+/// Sends `req`; returns the data of a successful reply.
+async fn call(home: &Path, req: &Request) -> Result<serde_json::Value, CliError> {
+    let mut client = connect(home).await?;
+    let reply = client.request(req).await?;
+    data(reply)
+}
+
+fn data(reply: Reply) -> Result<serde_json::Value, CliError> {
+    if reply.ok {
+        Ok(reply.data.unwrap_or(serde_json::Value::Null))
+    } else {
+        Err(CliError::new(reply.error.unwrap_or_else(|| "the node refused".into()), reply.hint))
+    }
+}
+
+fn parse<T: DeserializeOwned>(v: serde_json::Value) -> Result<T, CliError> {
+    serde_json::from_value(v).map_err(|e| CliError::new(format!("unexpected reply from the node: {e}"), None))
+}
+
+fn print_json(v: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(v).expect("JSON values print"));
+}
+
+pub async fn status(home: &Path, json: bool) -> Result<(), CliError> {
+    let v = call(home, &Request::Status).await?;
+    if json {
+        print_json(&v);
+        return Ok(());
+    }
+    let s: StatusView = parse(v)?;
+    println!("name        {}", s.name);
+    println!("id          {}", s.id);
+    println!(
+        "server      {} ({})",
+        s.server,
+        if s.server_connected { "registered" } else { "reconnecting" }
+    );
+    println!("public addr {}", s.public_addr.as_deref().unwrap_or("unknown yet"));
+    println!("local addr  {}", s.local_addr);
+    if s.connections.is_empty() {
+        println!("connections none");
+    }
+    for c in &s.connections {
+        println!(
+            "connection  {} {} via {}, rtt {:.1} ms",
+            c.name.as_deref().unwrap_or(&c.peer[..8]),
+            c.path,
+            c.remote_addr,
+            c.rtt_ms
+        );
+    }
+    Ok(())
+}
+
+pub async fn peers(home: &Path, json: bool) -> Result<(), CliError> {
+    let v = call(home, &Request::Peers).await?;
+    if json {
+        print_json(&v);
+        return Ok(());
+    }
+    let peers: Vec<PeerView> = parse(v)?;
+    if peers.is_empty() {
+        println!("nobody else is online");
+        return Ok(());
+    }
+    println!("{:<20} {:<10} {:<8} {:<16} RTT", "NAME", "ID", "ONLINE", "CONNECTION");
+    for p in peers {
+        println!(
+            "{:<20} {:<10} {:<8} {:<16} {}",
+            p.name.as_deref().unwrap_or("?"),
+            &p.id[..8],
+            if p.online { "yes" } else { "no" },
+            p.connection.to_string(),
+            p.rtt_ms.map(|r| format!("{r:.1} ms")).unwrap_or_else(|| "-".into())
+        );
+    }
+    Ok(())
+}
+
+pub async fn request_op(home: &Path, json: bool, op: Op, peer: String) -> Result<(), CliError> {
+    let req = match op {
+        Op::Connect => Request::Connect { peer: peer.clone() },
+        Op::Accept => Request::Accept { peer: peer.clone() },
+        Op::Reject => Request::Reject { peer: peer.clone() },
+        Op::Cancel => Request::Cancel { peer: peer.clone() },
+    };
+    let v = call(home, &req).await?;
+    if json {
+        print_json(&v);
+        return Ok(());
+    }
+    match op {
+        Op::Connect => println!(
+            "asked {peer} to connect; waiting for them to accept (burrow cancel {peer} withdraws it)"
+        ),
+        Op::Accept => println!("accepted {peer}; they are connecting (burrow peers shows the link)"),
+        Op::Reject => println!("rejected {peer}'s request"),
+        Op::Cancel => println!("withdrew your request to {peer}"),
+    }
+    Ok(())
+}
+
+pub async fn send(home: &Path, json: bool, peer: String, text: String) -> Result<(), CliError> {
+    let v = call(home, &Request::Send { peer: peer.clone(), text }).await?;
+    if json {
+        print_json(&v);
+        return Ok(());
+    }
+    let m: MessageView = parse(v)?;
+    println!("delivered to {peer} (message {})", &m.id[..8]);
+    Ok(())
+}
+
+/// One message as a line for a person.
+pub fn message_line(m: &MessageView) -> String {
+    let when = m.received_at.get(..19).unwrap_or(&m.received_at).replace('T', " ");
+    format!("[{when}] {}: {}", m.from_name, m.text)
+}
+
+pub async fn messages(home: &Path, json: bool, follow: bool, limit: usize) -> Result<(), CliError> {
+    let mut client = connect(home).await?;
+    let first = data(client.request(&Request::Messages { limit: Some(limit), follow }).await?)?;
+    if json && !follow {
+        print_json(&first);
+        return Ok(());
+    }
+    let history: Vec<MessageView> = parse(first.clone())?;
+    if json {
+        // Follow mode as JSON Lines: the history list, then one object per message.
+        println!("{first}");
+    } else if history.is_empty() && !follow {
+        println!("no messages yet");
+    }
+    if !json {
+        for m in &history {
+            println!("{}", message_line(m));
+        }
+    }
+    if !follow {
+        return Ok(());
+    }
+    loop {
+        let reply = tokio::select! {
+            _ = crate::stop_signal() => return Ok(()),
+            r = client.next_reply() => r?,
+        };
+        let Some(reply) = reply else {
+            return Err(CliError::new("the node stopped", None));
+        };
+        let v = data(reply)?;
+        if json {
+            println!("{v}");
+        } else {
+            println!("{}", message_line(&parse(v)?));
+        }
+    }
+}

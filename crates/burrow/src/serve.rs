@@ -1,0 +1,76 @@
+//! `burrow server`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use burrow_proto::ServerAddr;
+use burrow_server::{BrokerConfig, Server, ServerConfig};
+use tokio_util::sync::CancellationToken;
+
+use crate::CliError;
+
+/// Options of `burrow server`.
+#[derive(clap::Args, Debug)]
+pub struct ServerArgs {
+    /// UDP address to listen on, for QUIC and STUN.
+    #[arg(long, default_value = "0.0.0.0:7700")]
+    listen: SocketAddr,
+    /// How long a connect request waits for an answer.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    request_ttl: Duration,
+    /// A node silent this long is gone (it stopped without saying goodbye).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
+}
+
+pub async fn run(home: PathBuf, args: ServerArgs) -> Result<(), CliError> {
+    let (secret, created) = burrow_net::keyfile::load_or_create(&home.join("key"))?;
+    let config = ServerConfig {
+        listen: args.listen,
+        home: home.clone(),
+        broker: BrokerConfig {
+            request_ttl: args.request_ttl,
+            ..BrokerConfig::default()
+        },
+        idle_timeout: args.idle_timeout,
+    };
+    let server = Server::bind(&secret, config).map_err(|e| {
+        let hint = matches!(e, burrow_server::ServerError::Endpoint(_))
+            .then(|| "is another server using that port? pick another with --listen".to_string());
+        CliError::new(e, hint)
+    })?;
+    let local = server.local_addr();
+    let host = if local.ip().is_unspecified() {
+        burrow_net::iface::lan_candidates(local)
+            .first()
+            .map(|a| a.ip().to_string())
+            .unwrap_or_else(|| "<this-host>".into())
+    } else {
+        local.ip().to_string()
+    };
+    let url = ServerAddr {
+        key: Some(server.id()),
+        host,
+        port: local.port(),
+    };
+    if created {
+        println!("created a new server key in {}", home.join("key").display());
+    }
+    println!("burrow server {} listening on {local} (QUIC and STUN, UDP)", server.id().short());
+    println!("server id: {}", server.id());
+    println!("join URL:  {url}");
+    println!("nodes join with: burrow up --server {url} --name <name>");
+    if local.ip().is_unspecified() {
+        println!("(use this machine's public address in place of {} if peers are elsewhere)", url.host);
+    }
+    let shutdown = CancellationToken::new();
+    let stopper = shutdown.clone();
+    tokio::spawn(async move {
+        crate::stop_signal().await;
+        stopper.cancel();
+    });
+    server.run(shutdown).await;
+    println!("server stopped");
+    Ok(())
+}

@@ -1,0 +1,126 @@
+//! `burrow up`: a node in the foreground, saying in plain words what happens.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use burrow_node::{Node, NodeConfig, NodeEvent};
+use burrow_proto::rendezvous::{CloseReason, Direction};
+use burrow_proto::{Name, ServerAddr};
+
+use crate::CliError;
+
+/// Options of `burrow up`.
+#[derive(clap::Args, Debug)]
+pub struct UpArgs {
+    /// The rendezvous server: burrow://<server-id>@host:port pins its key;
+    /// a bare host:port trusts the key it presents the first time.
+    #[arg(long, env = "BURROW_SERVER")]
+    server: ServerAddr,
+    /// The name to register (a-z, 0-9, '-', '_'; bound to this node's key).
+    #[arg(long, env = "BURROW_NAME")]
+    name: Name,
+    /// UDP address for the node's socket.
+    #[arg(long, default_value = "0.0.0.0:0")]
+    bind: SocketAddr,
+    /// QUIC keepalive interval (keeps NAT mappings open).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    keepalive: Duration,
+    /// A connection silent this long is dead.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
+}
+
+pub async fn run(home: PathBuf, args: UpArgs) -> Result<(), CliError> {
+    let (secret, created) = burrow_net::keyfile::load_or_create(&home.join("key"))?;
+    if created {
+        println!("created a new identity in {}", home.join("key").display());
+    }
+    let mut config = NodeConfig::new(home.clone(), secret, args.server, args.name);
+    config.bind = args.bind;
+    config.keepalive = args.keepalive;
+    config.idle_timeout = args.idle_timeout;
+    let node = Node::start(config).await.map_err(|e| {
+        let hint = e.hint();
+        CliError::new(e, hint)
+    })?;
+    let status = node.status();
+    println!(
+        "{} is up (id {}), registered with {}",
+        status.name,
+        &status.id[..8],
+        status.server
+    );
+    println!(
+        "public address {}, local {}",
+        status.public_addr.as_deref().unwrap_or("unknown"),
+        status.local_addr
+    );
+    let online: Vec<String> = node
+        .peers()
+        .into_iter()
+        .filter(|p| p.online)
+        .filter_map(|p| p.name)
+        .collect();
+    if online.is_empty() {
+        println!("nobody else is online yet");
+    } else {
+        println!("online: {}", online.join(", "));
+    }
+    println!("other commands: burrow --home {} peers | connect <name> | send <name> <text> | messages", home.display());
+
+    let mut events = node.subscribe();
+    loop {
+        tokio::select! {
+            _ = crate::stop_signal() => break,
+            e = events.recv() => match e {
+                Ok(event) => {
+                    if let Some(line) = describe(&event, node.name()) {
+                        println!("{line}");
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    println!("({n} events not shown: output was too slow)");
+                }
+                Err(_) => break,
+            }
+        }
+    }
+    println!("stopping...");
+    node.shutdown().await;
+    println!("stopped");
+    Ok(())
+}
+
+/// One event as a line for a person; `None` for events not worth a line.
+pub fn describe(event: &NodeEvent, me: &Name) -> Option<String> {
+    Some(match event {
+        NodeEvent::ServerConnected { server, public_addr } => {
+            format!("registered with {server} again, public address {public_addr}")
+        }
+        NodeEvent::ServerLost { error, retry_in_ms } => {
+            format!("{error}; retrying in {:.1} s", *retry_in_ms as f64 / 1000.0)
+        }
+        NodeEvent::PeerOnline { name } => format!("{name} is online"),
+        NodeEvent::PeerOffline { name } => format!("{name} went offline"),
+        NodeEvent::IncomingRequest { name } => {
+            format!("{name} asks to connect: burrow accept {name} (or burrow reject {name})")
+        }
+        NodeEvent::RequestClosed { name, direction, reason } => match (direction, reason) {
+            (Direction::Outgoing, CloseReason::Rejected) => format!("{name} rejected your request"),
+            (Direction::Incoming, CloseReason::Rejected) => format!("you rejected {name}'s request"),
+            (Direction::Outgoing, CloseReason::Cancelled) => format!("you withdrew your request to {name}"),
+            (Direction::Incoming, CloseReason::Cancelled) => format!("{name} withdrew their request"),
+            (Direction::Outgoing, CloseReason::Expired) => format!("your request to {name} expired unanswered"),
+            (Direction::Incoming, CloseReason::Expired) => format!("{name}'s request expired unanswered"),
+            (_, CloseReason::PeerLeft) => format!("the request with {name} ended: {name} went offline"),
+        },
+        NodeEvent::Connected { name, path, remote, rtt_ms } => {
+            format!("connected to {name}, {path}, rtt {rtt_ms:.1} ms ({remote})")
+        }
+        NodeEvent::ConnectFailed { name, error } => format!("could not connect to {name}: {error}"),
+        NodeEvent::Disconnected { name, reason } => format!("disconnected from {name}: {reason}"),
+        NodeEvent::Message(m) if m.from_name == me.as_str() => return None,
+        NodeEvent::Message(m) => crate::client::message_line(m),
+    })
+}
