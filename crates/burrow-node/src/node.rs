@@ -84,7 +84,8 @@ pub(crate) struct Inner {
     pub events: broadcast::Sender<NodeEvent>,
     pub shutdown: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
-    _lock: File,
+    /// The home directory's lock, held until shutdown.
+    lock: Mutex<Option<File>>,
 }
 
 impl Inner {
@@ -291,7 +292,7 @@ impl Node {
             events,
             shutdown: CancellationToken::new(),
             tasks: Mutex::new(Vec::new()),
-            _lock: lock,
+            lock: Mutex::new(Some(lock)),
         });
         let first = session::connect(&inner).await?;
         let listener = control::bind(&home).map_err(home_err)?;
@@ -514,6 +515,8 @@ impl Node {
         self.inner.endpoint.quic().close(quinn::VarInt::from_u32(0), b"node shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.inner.endpoint.quic().wait_idle()).await;
         control::unlink(&self.inner.config.home);
+        // Another node may use this home from now on.
+        drop(self.inner.lock.lock().expect("lock mutex is never poisoned").take());
     }
 }
 

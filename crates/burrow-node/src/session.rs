@@ -108,6 +108,9 @@ pub(crate) struct Session {
     conn: quinn::Connection,
     reader: FrameReader,
     writer: FrameWriter,
+    /// The outbox: the node's operations send through `tx` (also in the state).
+    tx: mpsc::Sender<ClientMsg>,
+    rx: mpsc::Receiver<ClientMsg>,
 }
 
 /// Dials the server, checks its key, registers, and applies the Welcome.
@@ -171,8 +174,12 @@ pub(crate) async fn connect(inner: &Arc<Inner>) -> Result<Session, SessionError>
         .map_err(|_| SessionError::Lost("no answer to Hello".into()))??;
     match first {
         Some(ServerMsg::Welcome { observed, peers, .. }) => {
+            let (tx, rx) = mpsc::channel::<ClientMsg>(OUTBOX);
             {
                 let mut st = inner.state();
+                // Usable as soon as the Welcome is applied: operations queue in the
+                // outbox until the session's writer starts.
+                st.server_tx = Some(tx.clone());
                 st.server_id = Some(key);
                 st.public_addr = Some(observed);
                 for p in st.peers.values_mut() {
@@ -200,7 +207,7 @@ pub(crate) async fn connect(inner: &Arc<Inner>) -> Result<Session, SessionError>
                 server: host,
                 public_addr: observed,
             });
-            Ok(Session { conn, reader, writer })
+            Ok(Session { conn, reader, writer, tx, rx })
         }
         Some(ServerMsg::Refused { reason, .. }) => {
             conn.close(quinn::VarInt::from_u32(0), b"refused");
@@ -266,9 +273,7 @@ fn forget_session(inner: &Inner) {
 
 /// Serves one session until it is lost (or shutdown): returns why it ended.
 async fn serve(inner: &Arc<Inner>, session: Session) -> SessionError {
-    let Session { conn, mut reader, mut writer } = session;
-    let (tx, mut rx) = mpsc::channel::<ClientMsg>(OUTBOX);
-    inner.state().server_tx = Some(tx.clone());
+    let Session { conn, mut reader, mut writer, tx, mut rx } = session;
     // Writes run in their own task: a read cancelled mid-frame would corrupt the stream.
     let writer_task = tokio::spawn(async move {
         while let Some(msg) = rx.recv().await {

@@ -152,6 +152,7 @@ impl Server {
     /// Serves until `shutdown` fires, then closes every connection.
     pub async fn run(self, shutdown: CancellationToken) {
         let timer = tokio::spawn(expire_requests(self.shared.clone(), shutdown.clone()));
+        let mut sessions = tokio::task::JoinSet::new();
         loop {
             let incoming = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -160,7 +161,8 @@ impl Server {
             let Some(incoming) = incoming else { break };
             let shared = self.shared.clone();
             let remote = incoming.remote_address();
-            tokio::spawn(
+            while sessions.try_join_next().is_some() {}
+            sessions.spawn(
                 async move {
                     if let Err(e) = serve_node(incoming, shared).await {
                         debug!(error = %e, "session ended");
@@ -171,6 +173,14 @@ impl Server {
         }
         timer.abort();
         self.endpoint.quic().close(quinn::VarInt::from_u32(0), b"server shutting down");
+        // Sessions end as their connections close; once they have all gone, the
+        // socket is released and the port can be bound again.
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while sessions.join_next().await.is_some() {}
+        })
+        .await;
+        sessions.abort_all();
+        self.shared.sessions.lock().expect("sessions lock is never poisoned").clear();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.quic().wait_idle()).await;
     }
 }
