@@ -129,10 +129,11 @@ impl Endpoint {
     /// Binds the socket and starts QUIC and the datagram dispatcher. Must be called
     /// inside a tokio runtime.
     pub fn bind(secret: &SecretKey, config: EndpointConfig) -> Result<Self, EndpointError> {
-        let socket = std::net::UdpSocket::bind(config.bind).map_err(|source| EndpointError::Bind {
-            addr: config.bind,
-            source,
-        })?;
+        let socket =
+            std::net::UdpSocket::bind(config.bind).map_err(|source| EndpointError::Bind {
+                addr: config.bind,
+                source,
+            })?;
         socket.set_nonblocking(true).map_err(EndpointError::Quic)?;
         let (demux, raw, raw_rx) = DemuxSocket::wrap(socket).map_err(EndpointError::Quic)?;
 
@@ -150,7 +151,8 @@ impl Endpoint {
             None
         } else {
             let tls = tls::server_config(secret, &config.alpns);
-            let crypto = QuicServerConfig::try_from(tls).expect("TLS 1.3 with an initial suite is QUIC-capable");
+            let crypto = QuicServerConfig::try_from(tls)
+                .expect("TLS 1.3 with an initial suite is QUIC-capable");
             let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
             server.transport_config(transport.clone());
             Some(server)
@@ -168,7 +170,12 @@ impl Endpoint {
         .map_err(EndpointError::Quic)?;
 
         let waiters: Waiters = Arc::default();
-        let dispatcher = tokio::spawn(dispatch(raw_rx, raw.clone(), waiters.clone(), config.answer_stun));
+        let dispatcher = tokio::spawn(dispatch(
+            raw_rx,
+            raw.clone(),
+            waiters.clone(),
+            config.answer_stun,
+        ));
         Ok(Endpoint {
             quic,
             secret: secret.clone(),
@@ -209,7 +216,8 @@ impl Endpoint {
         expected: Option<NodeId>,
     ) -> Result<(quinn::Connection, NodeId), ConnectError> {
         let tls = tls::client_config(&self.secret, alpn);
-        let crypto = QuicClientConfig::try_from(tls).expect("TLS 1.3 with an initial suite is QUIC-capable");
+        let crypto =
+            QuicClientConfig::try_from(tls).expect("TLS 1.3 with an initial suite is QUIC-capable");
         let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
         cfg.transport_config(self.transport.clone());
         let connecting = self.quic.connect_with(cfg, addr, tls::SERVER_NAME)?;
@@ -220,7 +228,11 @@ impl Endpoint {
         if let Some(expected) = expected {
             if expected != actual {
                 conn.close(quinn::VarInt::from_u32(1), b"unexpected key");
-                return Err(ConnectError::WrongKey { addr, expected, actual });
+                return Err(ConnectError::WrongKey {
+                    addr,
+                    expected,
+                    actual,
+                });
             }
         }
         Ok((conn, actual))
@@ -228,7 +240,11 @@ impl Endpoint {
 
     /// Asks the STUN server at `server` which address our socket appears from,
     /// retransmitting (RFC 8489 style, doubling from 250 ms) until `deadline`.
-    pub async fn stun(&self, server: SocketAddr, deadline: Duration) -> Result<SocketAddr, StunQueryError> {
+    pub async fn stun(
+        &self,
+        server: SocketAddr,
+        deadline: Duration,
+    ) -> Result<SocketAddr, StunQueryError> {
         let mut id = [0u8; 12];
         rand::thread_rng().fill_bytes(&mut id);
         let tx = TransactionId::new(id);
@@ -255,7 +271,10 @@ impl Endpoint {
             }
         })
         .await;
-        self.waiters.lock().expect("waiters lock is never poisoned").remove(&tx);
+        self.waiters
+            .lock()
+            .expect("waiters lock is never poisoned")
+            .remove(&tx);
         match result {
             Ok(Some(addr)) => Ok(addr),
             _ => Err(StunQueryError::Timeout(server, deadline)),
@@ -265,7 +284,12 @@ impl Endpoint {
 
 /// Routes the socket's non-QUIC datagrams: STUN responses to their waiting query,
 /// STUN requests to the responder (when answering), anything else is dropped.
-async fn dispatch(mut rx: mpsc::Receiver<RawDatagram>, raw: RawSender, waiters: Waiters, answer_stun: bool) {
+async fn dispatch(
+    mut rx: mpsc::Receiver<RawDatagram>,
+    raw: RawSender,
+    waiters: Waiters,
+    answer_stun: bool,
+) {
     while let Some(RawDatagram { from, data }) = rx.recv().await {
         if !stun::looks_like_stun(&data) {
             tracing::debug!(%from, len = data.len(), "dropping unknown datagram");
@@ -281,7 +305,10 @@ async fn dispatch(mut rx: mpsc::Receiver<RawDatagram>, raw: RawSender, waiters: 
         }
         match stun::parse_response(&data) {
             Ok((tx, addr)) => {
-                let waiter = waiters.lock().expect("waiters lock is never poisoned").remove(&tx);
+                let waiter = waiters
+                    .lock()
+                    .expect("waiters lock is never poisoned")
+                    .remove(&tx);
                 if let Some(w) = waiter {
                     let _ = w.send(addr);
                 }
@@ -309,11 +336,22 @@ mod tests {
 
     #[tokio::test]
     async fn stun_and_quic_share_one_port() {
-        let server = Endpoint::bind(&key(1), EndpointConfig { alpns: vec![b"t/1"], answer_stun: true, ..local() }).unwrap();
+        let server = Endpoint::bind(
+            &key(1),
+            EndpointConfig {
+                alpns: vec![b"t/1"],
+                answer_stun: true,
+                ..local()
+            },
+        )
+        .unwrap();
         let client = Endpoint::bind(&key(2), local()).unwrap();
         let server_addr = server.local_addr().unwrap();
 
-        let seen = client.stun(server_addr, Duration::from_secs(2)).await.unwrap();
+        let seen = client
+            .stun(server_addr, Duration::from_secs(2))
+            .await
+            .unwrap();
         assert_eq!(seen, client.local_addr().unwrap());
 
         let accept = tokio::spawn(async move {
@@ -322,7 +360,10 @@ mod tests {
             let mut s = conn.accept_uni().await.unwrap();
             (who, s.read_to_end(100).await.unwrap())
         });
-        let (conn, server_id) = client.connect(server_addr, b"t/1", Some(key(1).public())).await.unwrap();
+        let (conn, server_id) = client
+            .connect(server_addr, b"t/1", Some(key(1).public()))
+            .await
+            .unwrap();
         assert_eq!(server_id, key(1).public());
         let mut s = conn.open_uni().await.unwrap();
         s.write_all(b"hi").await.unwrap();
@@ -334,7 +375,14 @@ mod tests {
 
     #[tokio::test]
     async fn wrong_key_is_refused_with_both_keys_named() {
-        let server = Endpoint::bind(&key(1), EndpointConfig { alpns: vec![b"t/1"], ..local() }).unwrap();
+        let server = Endpoint::bind(
+            &key(1),
+            EndpointConfig {
+                alpns: vec![b"t/1"],
+                ..local()
+            },
+        )
+        .unwrap();
         let addr = server.local_addr().unwrap();
         tokio::spawn(async move {
             while let Some(i) = server.quic().accept().await {
@@ -343,7 +391,9 @@ mod tests {
         });
         let client = Endpoint::bind(&key(2), local()).unwrap();
         match client.connect(addr, b"t/1", Some(key(3).public())).await {
-            Err(ConnectError::WrongKey { expected, actual, .. }) => {
+            Err(ConnectError::WrongKey {
+                expected, actual, ..
+            }) => {
                 assert_eq!((expected, actual), (key(3).public(), key(1).public()));
             }
             other => panic!("expected WrongKey, got {other:?}"),
@@ -352,7 +402,15 @@ mod tests {
 
     #[tokio::test]
     async fn garbage_datagrams_do_not_stop_the_endpoint() {
-        let server = Endpoint::bind(&key(1), EndpointConfig { alpns: vec![b"t/1"], answer_stun: true, ..local() }).unwrap();
+        let server = Endpoint::bind(
+            &key(1),
+            EndpointConfig {
+                alpns: vec![b"t/1"],
+                answer_stun: true,
+                ..local()
+            },
+        )
+        .unwrap();
         let addr = server.local_addr().unwrap();
         let junk = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let mut rng = rand::rngs::StdRng::seed_from_u64(9);

@@ -34,7 +34,11 @@ pub struct FrameReader {
 impl FrameReader {
     /// Reads frames of `version` from `stream`, refusing any larger than `max`.
     pub fn new(stream: quinn::RecvStream, version: u8, max: usize) -> Self {
-        FrameReader { stream, version, max }
+        FrameReader {
+            stream,
+            version,
+            max,
+        }
     }
 
     /// The next message, or `None` when the peer finished the stream cleanly
@@ -69,7 +73,11 @@ pub struct FrameWriter {
 impl FrameWriter {
     /// Writes frames of `version` to `stream`, each at most `max` bytes.
     pub fn new(stream: quinn::SendStream, version: u8, max: usize) -> Self {
-        FrameWriter { stream, version, max }
+        FrameWriter {
+            stream,
+            version,
+            max,
+        }
     }
 
     /// Encodes and sends one message.

@@ -19,7 +19,9 @@ pub enum KeyFileError {
         source: io::Error,
     },
     /// The file does not hold a key.
-    #[error("key file {0} is not a burrow key (64 hex digits); move it away to make a new identity")]
+    #[error(
+        "key file {0} is not a burrow key (64 hex digits); move it away to make a new identity"
+    )]
     Malformed(String),
     /// Others can read the file.
     #[error("key file {0} is readable by other users: run chmod 600 on it")]
@@ -30,7 +32,10 @@ pub enum KeyFileError {
 /// there is none. Returns the key and whether it was just created.
 pub fn load_or_create(path: &Path) -> Result<(SecretKey, bool), KeyFileError> {
     let show = || path.display().to_string();
-    let io_err = |source| KeyFileError::Io { path: show(), source };
+    let io_err = |source| KeyFileError::Io {
+        path: show(),
+        source,
+    };
     match fs::read_to_string(path) {
         Ok(text) => {
             let mode = fs::metadata(path).map_err(io_err)?.permissions().mode();
@@ -38,7 +43,8 @@ pub fn load_or_create(path: &Path) -> Result<(SecretKey, bool), KeyFileError> {
                 return Err(KeyFileError::TooOpen(show()));
             }
             let mut seed = [0u8; 32];
-            hex::decode_to_slice(text.trim(), &mut seed).map_err(|_| KeyFileError::Malformed(show()))?;
+            hex::decode_to_slice(text.trim(), &mut seed)
+                .map_err(|_| KeyFileError::Malformed(show()))?;
             Ok((SecretKey::from_bytes(&seed), false))
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -52,7 +58,8 @@ pub fn load_or_create(path: &Path) -> Result<(SecretKey, bool), KeyFileError> {
                 .mode(0o600)
                 .open(path)
                 .map_err(io_err)?;
-            f.write_all(hex::encode(key.to_bytes()).as_bytes()).map_err(io_err)?;
+            f.write_all(hex::encode(key.to_bytes()).as_bytes())
+                .map_err(io_err)?;
             f.write_all(b"\n").map_err(io_err)?;
             f.sync_all().map_err(io_err)?;
             Ok((key, true))
@@ -66,7 +73,10 @@ pub fn create_private_dir(dir: &Path) -> io::Result<()> {
     if dir.as_os_str().is_empty() || dir.exists() {
         return Ok(());
     }
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
 #[cfg(test)]
@@ -79,11 +89,17 @@ mod tests {
         let path = dir.path().join("home/key");
         let (k1, created) = load_or_create(&path).unwrap();
         assert!(created);
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let (k2, created) = load_or_create(&path).unwrap();
         assert!(!created);
         assert_eq!(k1.public(), k2.public());
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(matches!(load_or_create(&path), Err(KeyFileError::TooOpen(_))));
+        assert!(matches!(
+            load_or_create(&path),
+            Err(KeyFileError::TooOpen(_))
+        ));
     }
 }

@@ -46,7 +46,9 @@ pub struct DemuxSocket {
 
 impl fmt::Debug for DemuxSocket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DemuxSocket").field("inner", &self.inner).finish()
+        f.debug_struct("DemuxSocket")
+            .field("inner", &self.inner)
+            .finish()
     }
 }
 
@@ -116,7 +118,12 @@ fn is_transient(e: &io::Error) -> bool {
     use io::ErrorKind::*;
     matches!(
         e.kind(),
-        ConnectionRefused | ConnectionReset | HostUnreachable | NetworkUnreachable | TimedOut | Interrupted
+        ConnectionRefused
+            | ConnectionReset
+            | HostUnreachable
+            | NetworkUnreachable
+            | TimedOut
+            | Interrupted
     ) || matches!(e.raw_os_error(), Some(code) if code == 113 /* EHOSTUNREACH */ || code == 101 /* ENETUNREACH */ || code == 111 /* ECONNREFUSED */ || code == 71 /* EPROTO */)
 }
 
@@ -208,7 +215,8 @@ mod tests {
 
     #[test]
     fn only_stun_is_diverted() {
-        let stun = burrow_proto::stun::binding_request(burrow_proto::stun::TransactionId::new([1; 12]));
+        let stun =
+            burrow_proto::stun::binding_request(burrow_proto::stun::TransactionId::new([1; 12]));
         assert!(is_burrow_datagram(&stun));
         let mut quic = vec![0xc0u8; 1200];
         quic[4..8].copy_from_slice(&burrow_proto::stun::MAGIC_COOKIE);

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use burrow_proto::{NodeId, SecretKey};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls13_signature_with_raw_key, CryptoProvider};
-use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer, ServerName, SubjectPublicKeyInfoDer, UnixTime};
+use rustls::pki_types::{
+    CertificateDer, PrivatePkcs8KeyDer, ServerName, SubjectPublicKeyInfoDer, UnixTime,
+};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
@@ -26,8 +28,9 @@ fn provider() -> Arc<CryptoProvider> {
 
 fn certified_key(secret: &SecretKey) -> Arc<rustls::sign::CertifiedKey> {
     let der = secret.to_pkcs8_der();
-    let signer = rustls::crypto::ring::sign::any_eddsa_type(&PrivatePkcs8KeyDer::from(der.as_slice()))
-        .expect("a PKCS#8 built from an Ed25519 seed is a valid Ed25519 key");
+    let signer =
+        rustls::crypto::ring::sign::any_eddsa_type(&PrivatePkcs8KeyDer::from(der.as_slice()))
+            .expect("a PKCS#8 built from an Ed25519 seed is a valid Ed25519 key");
     let spki = CertificateDer::from(secret.public().to_spki_der());
     Arc::new(rustls::sign::CertifiedKey::new(vec![spki], signer))
 }
@@ -39,9 +42,9 @@ pub fn client_config(secret: &SecretKey, alpn: &[u8]) -> rustls::ClientConfig {
         .expect("the ring provider supports TLS 1.3")
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(RawKeyVerifier(provider())))
-        .with_client_cert_resolver(Arc::new(rustls::client::AlwaysResolvesClientRawPublicKeys::new(
-            certified_key(secret),
-        )));
+        .with_client_cert_resolver(Arc::new(
+            rustls::client::AlwaysResolvesClientRawPublicKeys::new(certified_key(secret)),
+        ));
     cfg.alpn_protocols = vec![alpn.to_vec()];
     cfg
 }
@@ -53,9 +56,9 @@ pub fn server_config(secret: &SecretKey, alpns: &[&[u8]]) -> rustls::ServerConfi
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("the ring provider supports TLS 1.3")
         .with_client_cert_verifier(Arc::new(RawKeyVerifier(provider())))
-        .with_cert_resolver(Arc::new(rustls::server::AlwaysResolvesServerRawPublicKeys::new(
-            certified_key(secret),
-        )));
+        .with_cert_resolver(Arc::new(
+            rustls::server::AlwaysResolvesServerRawPublicKeys::new(certified_key(secret)),
+        ));
     cfg.alpn_protocols = alpns.iter().map(|a| a.to_vec()).collect();
     cfg
 }
@@ -111,7 +114,9 @@ impl ServerCertVerifier for RawKeyVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered))
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
     }
 
     fn verify_tls13_signature(
@@ -152,7 +157,9 @@ impl ClientCertVerifier for RawKeyVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered))
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
     }
 
     fn verify_tls13_signature(

@@ -74,7 +74,12 @@ async fn receive(
 ) -> Result<(), FramedError> {
     let mut reader = FrameReader::new(recv, chat::VERSION, chat::MAX_FRAME);
     let mut writer = FrameWriter::new(send, chat::VERSION, chat::MAX_FRAME);
-    let Some(ChatFrame::Message { id, text, sent_at_ms }) = reader.read::<ChatFrame>().await? else {
+    let Some(ChatFrame::Message {
+        id,
+        text,
+        sent_at_ms,
+    }) = reader.read::<ChatFrame>().await?
+    else {
         debug!(peer = %peer.short(), "chat stream without a message");
         return Ok(());
     };

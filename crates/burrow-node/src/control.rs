@@ -87,7 +87,10 @@ fn done(r: Result<(), ApiError>) -> Reply {
     r.map(|()| ok(serde_json::Value::Null)).unwrap_or_else(err)
 }
 
-async fn write_reply(stream: &mut (impl AsyncWriteExt + Unpin), reply: &Reply) -> std::io::Result<()> {
+async fn write_reply(
+    stream: &mut (impl AsyncWriteExt + Unpin),
+    reply: &Reply,
+) -> std::io::Result<()> {
     let mut line = serde_json::to_vec(reply).expect("replies serialize to JSON");
     line.push(b'\n');
     stream.write_all(&line).await
@@ -99,7 +102,10 @@ async fn client(node: Node, stream: UnixStream) -> std::io::Result<()> {
     let mut line = String::new();
     loop {
         line.clear();
-        let n = (&mut lines).take(MAX_LINE as u64).read_line(&mut line).await?;
+        let n = (&mut lines)
+            .take(MAX_LINE as u64)
+            .read_line(&mut line)
+            .await?;
         if n == 0 {
             return Ok(());
         }
@@ -123,7 +129,9 @@ async fn client(node: Node, stream: UnixStream) -> std::io::Result<()> {
             Request::Accept { peer } => done(node.accept(&peer).await),
             Request::Reject { peer } => done(node.reject(&peer).await),
             Request::Cancel { peer } => done(node.cancel(&peer).await),
-            Request::Send { peer, text } => node.send(&peer, &text).await.map(ok).unwrap_or_else(err),
+            Request::Send { peer, text } => {
+                node.send(&peer, &text).await.map(ok).unwrap_or_else(err)
+            }
             Request::Messages { limit, follow } => {
                 let limit = limit.unwrap_or(DEFAULT_MESSAGES);
                 if follow {
@@ -155,7 +163,9 @@ async fn follow_messages(
             e = events.recv() => e,
         };
         match event {
-            Ok(NodeEvent::Message(m)) if !seen.contains(&m.id) => write_reply(write, &ok(m)).await?,
+            Ok(NodeEvent::Message(m)) if !seen.contains(&m.id) => {
+                write_reply(write, &ok(m)).await?
+            }
             Ok(_) => {}
             Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                 warn!(missed = n, "a follower fell behind");
@@ -212,7 +222,9 @@ impl ControlClient {
         let mut line = serde_json::to_vec(request).expect("requests serialize to JSON");
         line.push(b'\n');
         self.write.write_all(&line).await?;
-        self.next_reply().await?.ok_or_else(|| ClientError::BadReply("the node closed the connection".into()))
+        self.next_reply()
+            .await?
+            .ok_or_else(|| ClientError::BadReply("the node closed the connection".into()))
     }
 
     /// The next reply line (for `follow` streams); `None` when the node hung up.

@@ -110,14 +110,17 @@ impl Inner {
         f: impl FnOnce(&mut NodeStore) -> Result<T, burrow_store::StoreError> + Send + 'static,
     ) -> Result<T, ApiError> {
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(&mut store.lock().expect("store lock is never poisoned")))
-            .await
-            .map_err(|e| ApiError::Store(e.to_string()))?
-            .map_err(|e| ApiError::Store(e.to_string()))
+        tokio::task::spawn_blocking(move || {
+            f(&mut store.lock().expect("store lock is never poisoned"))
+        })
+        .await
+        .map_err(|e| ApiError::Store(e.to_string()))?
+        .map_err(|e| ApiError::Store(e.to_string()))
     }
 
     pub fn message_view(&self, m: &StoredMessage) -> MessageView {
-        let rfc3339 = |ms| humantime::format_rfc3339_millis(burrow_proto::time::from_unix_ms(ms)).to_string();
+        let rfc3339 =
+            |ms| humantime::format_rfc3339_millis(burrow_proto::time::from_unix_ms(ms)).to_string();
         MessageView {
             id: m.id.to_string(),
             from: m.from.to_string(),
@@ -296,7 +299,9 @@ impl Node {
         });
         let first = session::connect(&inner).await?;
         let listener = control::bind(&home).map_err(home_err)?;
-        let node = Node { inner: inner.clone() };
+        let node = Node {
+            inner: inner.clone(),
+        };
         inner.spawn(session::run(inner.clone(), first));
         inner.spawn(peers::accept_loop(inner.clone()));
         inner.spawn(control::serve(node.clone(), listener));
@@ -488,7 +493,9 @@ impl Node {
             })?;
         msg.received_at_ms = burrow_proto::time::unix_ms(SystemTime::now());
         let stored = msg.clone();
-        self.inner.with_store(move |s| s.insert_message(&stored)).await?;
+        self.inner
+            .with_store(move |s| s.insert_message(&stored))
+            .await?;
         let view = self.inner.message_view(&msg);
         self.inner.emit(NodeEvent::Message(view.clone()));
         Ok(view)
@@ -504,19 +511,44 @@ impl Node {
     pub async fn shutdown(&self) {
         self.inner.shutdown.cancel();
         // Close peer links first: their tasks end when the connections do.
-        let conns: Vec<quinn::Connection> = self.inner.state().peers.values().filter_map(|p| p.conn.clone()).collect();
+        let conns: Vec<quinn::Connection> = self
+            .inner
+            .state()
+            .peers
+            .values()
+            .filter_map(|p| p.conn.clone())
+            .collect();
         for c in conns {
             c.close(quinn::VarInt::from_u32(0), b"node shutting down");
         }
-        let tasks: Vec<JoinHandle<()>> = std::mem::take(&mut *self.inner.tasks.lock().expect("tasks lock is never poisoned"));
+        let tasks: Vec<JoinHandle<()>> = std::mem::take(
+            &mut *self
+                .inner
+                .tasks
+                .lock()
+                .expect("tasks lock is never poisoned"),
+        );
         for t in tasks {
             let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
         }
-        self.inner.endpoint.quic().close(quinn::VarInt::from_u32(0), b"node shutting down");
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.inner.endpoint.quic().wait_idle()).await;
+        self.inner
+            .endpoint
+            .quic()
+            .close(quinn::VarInt::from_u32(0), b"node shutting down");
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            self.inner.endpoint.quic().wait_idle(),
+        )
+        .await;
         control::unlink(&self.inner.config.home);
         // Another node may use this home from now on.
-        drop(self.inner.lock.lock().expect("lock mutex is never poisoned").take());
+        drop(
+            self.inner
+                .lock
+                .lock()
+                .expect("lock mutex is never poisoned")
+                .take(),
+        );
     }
 }
 

@@ -27,7 +27,11 @@ const NOT_ACCEPTED: u32 = 0x10;
 /// Dials `peer` at `candidates` and registers the first connection that proves
 /// `peer`'s key.
 pub(crate) async fn dial(inner: Arc<Inner>, peer: NodeId, candidates: Vec<SocketAddr>) {
-    let local_v4 = inner.endpoint.local_addr().map(|a| a.is_ipv4()).unwrap_or(true);
+    let local_v4 = inner
+        .endpoint
+        .local_addr()
+        .map(|a| a.is_ipv4())
+        .unwrap_or(true);
     let mut attempts = JoinSet::new();
     let usable = candidates.into_iter().filter(|a| a.is_ipv4() == local_v4);
     for (i, addr) in usable.enumerate() {
@@ -58,7 +62,10 @@ pub(crate) async fn dial(inner: Arc<Inner>, peer: NodeId, candidates: Vec<Socket
         st.name_of(&peer)
     };
     warn!(peer = %peer.short(), error = %last_error, "could not connect");
-    inner.emit(NodeEvent::ConnectFailed { name, error: last_error });
+    inner.emit(NodeEvent::ConnectFailed {
+        name,
+        error: last_error,
+    });
 }
 
 /// Accepts incoming connections until shutdown.
@@ -79,7 +86,9 @@ pub(crate) async fn accept_loop(inner: Arc<Inner>) {
                     return;
                 }
             };
-            let Some(peer) = burrow_net::peer_id(&conn) else { return };
+            let Some(peer) = burrow_net::peer_id(&conn) else {
+                return;
+            };
             let admitted = inner.state().peers.get(&peer).is_some_and(|p| p.accepted);
             if !admitted {
                 warn!(peer = %peer.short(), %remote, "refusing connection from a peer we did not accept");
@@ -114,11 +123,19 @@ fn register(inner: &Arc<Inner>, peer: NodeId, conn: quinn::Connection) {
     let inner2 = inner.clone();
     inner.spawn(async move {
         crate::chat::serve(&inner2, peer, &conn).await;
-        let reason = conn.close_reason().map(|r| r.to_string()).unwrap_or_else(|| "closed".into());
+        let reason = conn
+            .close_reason()
+            .map(|r| r.to_string())
+            .unwrap_or_else(|| "closed".into());
         let name = {
             let mut st = inner2.state();
-            let Some(p) = st.peers.get_mut(&peer) else { return };
-            if !p.conn.as_ref().is_some_and(|c| c.stable_id() == conn.stable_id()) {
+            let Some(p) = st.peers.get_mut(&peer) else {
+                return;
+            };
+            if p.conn
+                .as_ref()
+                .is_none_or(|c| c.stable_id() != conn.stable_id())
+            {
                 return; // replaced by a newer connection
             }
             p.conn = None;

@@ -82,13 +82,15 @@ impl SessionError {
     /// What the user can do about it.
     pub fn hint(&self) -> Option<String> {
         Some(match self {
-            SessionError::Unreachable { .. } => "is `burrow server` running there, and is its UDP port open?".into(),
+            SessionError::Unreachable { .. } => {
+                "is `burrow server` running there, and is its UDP port open?".into()
+            }
             SessionError::PinnedKeyMismatch { .. } => {
                 "check the server id in the address with the server's operator".into()
             }
-            SessionError::KeyChanged { file, host, .. } => format!(
-                "if you trust the new key, remove the line for {host} from {file}"
-            ),
+            SessionError::KeyChanged { file, host, .. } => {
+                format!("if you trust the new key, remove the line for {host} from {file}")
+            }
             SessionError::Refused(Refusal::NameTaken) => {
                 "that name belongs to another key on this server: pick another with --name".into()
             }
@@ -136,11 +138,21 @@ pub(crate) async fn connect(inner: &Arc<Inner>) -> Result<Session, SessionError>
     let known = KnownServers::new(&inner.config.home);
     let remembered = known.lookup(&host);
     let expected = server.key.or(remembered);
-    let (conn, key) = match inner.endpoint.connect(addr, rendezvous::ALPN, expected).await {
+    let (conn, key) = match inner
+        .endpoint
+        .connect(addr, rendezvous::ALPN, expected)
+        .await
+    {
         Ok(ok) => ok,
-        Err(ConnectError::WrongKey { expected, actual, .. }) => {
+        Err(ConnectError::WrongKey {
+            expected, actual, ..
+        }) => {
             return Err(match server.key {
-                Some(_) => SessionError::PinnedKeyMismatch { addr, expected, actual },
+                Some(_) => SessionError::PinnedKeyMismatch {
+                    addr,
+                    expected,
+                    actual,
+                },
                 None => SessionError::KeyChanged {
                     host,
                     expected,
@@ -158,7 +170,10 @@ pub(crate) async fn connect(inner: &Arc<Inner>) -> Result<Session, SessionError>
         }
     }
 
-    let (send, recv) = conn.open_bi().await.map_err(|e| SessionError::Lost(e.to_string()))?;
+    let (send, recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| SessionError::Lost(e.to_string()))?;
     let mut reader = FrameReader::new(recv, rendezvous::VERSION, rendezvous::MAX_FRAME);
     let mut writer = FrameWriter::new(send, rendezvous::VERSION, rendezvous::MAX_FRAME);
     let mut lan_addrs = iface::lan_candidates(local);
@@ -173,7 +188,9 @@ pub(crate) async fn connect(inner: &Arc<Inner>) -> Result<Session, SessionError>
         .await
         .map_err(|_| SessionError::Lost("no answer to Hello".into()))??;
     match first {
-        Some(ServerMsg::Welcome { observed, peers, .. }) => {
+        Some(ServerMsg::Welcome {
+            observed, peers, ..
+        }) => {
             let (tx, rx) = mpsc::channel::<ClientMsg>(OUTBOX);
             {
                 let mut st = inner.state();
@@ -207,13 +224,21 @@ pub(crate) async fn connect(inner: &Arc<Inner>) -> Result<Session, SessionError>
                 server: host,
                 public_addr: observed,
             });
-            Ok(Session { conn, reader, writer, tx, rx })
+            Ok(Session {
+                conn,
+                reader,
+                writer,
+                tx,
+                rx,
+            })
         }
         Some(ServerMsg::Refused { reason, .. }) => {
             conn.close(quinn::VarInt::from_u32(0), b"refused");
             Err(SessionError::Refused(reason))
         }
-        Some(other) => Err(SessionError::Lost(format!("expected Welcome, got {other:?}"))),
+        Some(other) => Err(SessionError::Lost(format!(
+            "expected Welcome, got {other:?}"
+        ))),
         None => Err(SessionError::Lost("server closed the session".into())),
     }
 }
@@ -252,7 +277,9 @@ pub(crate) async fn run(inner: Arc<Inner>, first: Session) {
 /// Jittered exponential backoff: 250 ms doubling to `max`, each delay drawn
 /// uniformly from its upper half so that nodes don't retry in lockstep.
 fn backoff(attempt: u32, max: Duration) -> Duration {
-    let d = BACKOFF_BASE.saturating_mul(1 << attempt.min(16).saturating_sub(1)).min(max);
+    let d = BACKOFF_BASE
+        .saturating_mul(1 << attempt.min(16).saturating_sub(1))
+        .min(max);
     rand::thread_rng().gen_range(d / 2..=d)
 }
 
@@ -273,7 +300,13 @@ fn forget_session(inner: &Inner) {
 
 /// Serves one session until it is lost (or shutdown): returns why it ended.
 async fn serve(inner: &Arc<Inner>, session: Session) -> SessionError {
-    let Session { conn, mut reader, mut writer, tx, mut rx } = session;
+    let Session {
+        conn,
+        mut reader,
+        mut writer,
+        tx,
+        mut rx,
+    } = session;
     // Writes run in their own task: a read cancelled mid-frame would corrupt the stream.
     let writer_task = tokio::spawn(async move {
         while let Some(msg) = rx.recv().await {
@@ -348,7 +381,11 @@ fn handle(inner: &Arc<Inner>, msg: ServerMsg) {
             drop(st);
             inner.emit(NodeEvent::IncomingRequest { name });
         }
-        ServerMsg::Accepted { peer, direction, candidates } => {
+        ServerMsg::Accepted {
+            peer,
+            direction,
+            candidates,
+        } => {
             if let Some(p) = st.peers.get_mut(&peer) {
                 p.accepted = true;
             }
@@ -358,7 +395,11 @@ fn handle(inner: &Arc<Inner>, msg: ServerMsg) {
                 inner.spawn(peers::dial(inner.clone(), peer, candidates));
             }
         }
-        ServerMsg::Closed { peer, direction, reason } => {
+        ServerMsg::Closed {
+            peer,
+            direction,
+            reason,
+        } => {
             let name = st.name_of(&peer);
             if let Some(p) = st.peers.get_mut(&peer) {
                 p.request = None;
@@ -368,9 +409,16 @@ fn handle(inner: &Arc<Inner>, msg: ServerMsg) {
             resolve_waiter(&mut st, peer, Ok(()));
             st.forget_idle(&peer);
             drop(st);
-            inner.emit(NodeEvent::RequestClosed { name, direction, reason });
+            inner.emit(NodeEvent::RequestClosed {
+                name,
+                direction,
+                reason,
+            });
         }
-        ServerMsg::Refused { peer: Some(peer), reason } => {
+        ServerMsg::Refused {
+            peer: Some(peer),
+            reason,
+        } => {
             if let Some(p) = st.peers.get_mut(&peer) {
                 if p.conn.is_none() {
                     p.accepted = false;
@@ -397,7 +445,9 @@ mod tests {
         let max = Duration::from_secs(30);
         for attempt in 1..40 {
             let d = backoff(attempt, max);
-            let ceiling = BACKOFF_BASE.saturating_mul(1 << attempt.min(16) - 1).min(max);
+            let ceiling = BACKOFF_BASE
+                .saturating_mul(1 << attempt.min(16) - 1)
+                .min(max);
             assert!(d >= ceiling / 2 && d <= ceiling, "attempt {attempt}: {d:?}");
         }
         assert!(backoff(1, max) <= BACKOFF_BASE);

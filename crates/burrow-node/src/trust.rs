@@ -40,7 +40,10 @@ impl KnownServers {
 
     /// Records `key` for `host_port`.
     pub fn remember(&self, host_port: &str, key: &NodeId) -> std::io::Result<()> {
-        let mut f = fs::OpenOptions::new().create(true).append(true).open(&self.path)?;
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
         writeln!(f, "{host_port} {key}")?;
         f.sync_all()
     }

@@ -110,12 +110,18 @@ mod tests {
 
     #[test]
     fn bad_addresses_say_why() {
-        assert_eq!("host".parse::<ServerAddr>(), Err(ServerAddrError::MissingPort));
+        assert_eq!(
+            "host".parse::<ServerAddr>(),
+            Err(ServerAddrError::MissingPort)
+        );
         assert_eq!(
             "host:0".parse::<ServerAddr>(),
             Err(ServerAddrError::BadPort("0".into()))
         );
-        assert_eq!(":7700".parse::<ServerAddr>(), Err(ServerAddrError::MissingHost));
+        assert_eq!(
+            ":7700".parse::<ServerAddr>(),
+            Err(ServerAddrError::MissingHost)
+        );
         assert!(matches!(
             "burrow://zz@h:1".parse::<ServerAddr>(),
             Err(ServerAddrError::BadKey(_))

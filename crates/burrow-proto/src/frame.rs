@@ -64,7 +64,8 @@ pub enum EncodeError {
 pub fn encode<T: Serialize>(version: u8, msg: &T, max: usize) -> Result<Vec<u8>, EncodeError> {
     let mut out = vec![0u8; LEN_PREFIX];
     out.push(version);
-    let mut out = postcard::to_extend(msg, out).map_err(|e| EncodeError::Serialize(e.to_string()))?;
+    let mut out =
+        postcard::to_extend(msg, out).map_err(|e| EncodeError::Serialize(e.to_string()))?;
     let len = out.len() - LEN_PREFIX;
     if len > max {
         return Err(EncodeError::TooLarge { len, max });
@@ -107,7 +108,11 @@ pub fn decode_body<T: DeserializeOwned>(version: u8, body: &[u8]) -> Result<T, D
 
 /// Decodes one whole frame, prefix included, from a buffer (used by tests and fuzzers;
 /// streams read the prefix and body separately).
-pub fn decode<T: DeserializeOwned>(version: u8, frame: &[u8], max: usize) -> Result<T, DecodeError> {
+pub fn decode<T: DeserializeOwned>(
+    version: u8,
+    frame: &[u8],
+    max: usize,
+) -> Result<T, DecodeError> {
     let prefix: [u8; LEN_PREFIX] = frame
         .get(..LEN_PREFIX)
         .and_then(|p| p.try_into().ok())

@@ -41,7 +41,8 @@ impl FromStr for Name {
         let s = s.to_ascii_lowercase();
         let mut chars = s.chars();
         let first_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase());
-        let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        let rest_ok =
+            chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
         if !(first_ok && rest_ok) {
             return Err(NameError::Characters);
         }

@@ -225,7 +225,8 @@ mod tests {
     use rand::SeedableRng;
 
     fn arb_id() -> impl Strategy<Value = NodeId> {
-        any::<u64>().prop_map(|s| SecretKey::generate(&mut rand::rngs::StdRng::seed_from_u64(s)).public())
+        any::<u64>()
+            .prop_map(|s| SecretKey::generate(&mut rand::rngs::StdRng::seed_from_u64(s)).public())
     }
     fn arb_name() -> impl Strategy<Value = Name> {
         "[a-z][a-z0-9_-]{0,31}".prop_map(|s| s.parse().expect("regex yields valid names"))
@@ -240,7 +241,8 @@ mod tests {
     }
     fn arb_client() -> impl Strategy<Value = ClientMsg> {
         prop_oneof![
-            (arb_name(), arb_addrs()).prop_map(|(name, lan_addrs)| ClientMsg::Hello { name, lan_addrs }),
+            (arb_name(), arb_addrs())
+                .prop_map(|(name, lan_addrs)| ClientMsg::Hello { name, lan_addrs }),
             arb_id().prop_map(|peer| ClientMsg::Connect { peer }),
             arb_id().prop_map(|peer| ClientMsg::Accept { peer }),
             arb_id().prop_map(|peer| ClientMsg::Reject { peer }),
@@ -252,17 +254,46 @@ mod tests {
         let info = || (arb_id(), arb_name()).prop_map(|(id, name)| PeerInfo { id, name });
         let dir = prop_oneof![Just(Direction::Outgoing), Just(Direction::Incoming)];
         prop_oneof![
-            (arb_addr(), proptest::collection::vec(info(), 0..8), any::<u64>())
-                .prop_map(|(observed, peers, request_ttl_ms)| ServerMsg::Welcome { observed, peers, request_ttl_ms }),
-            (proptest::option::of(arb_id()), prop_oneof![Just(Refusal::NameTaken), Just(Refusal::PeerOffline), Just(Refusal::NoSuchRequest)])
+            (
+                arb_addr(),
+                proptest::collection::vec(info(), 0..8),
+                any::<u64>()
+            )
+                .prop_map(|(observed, peers, request_ttl_ms)| ServerMsg::Welcome {
+                    observed,
+                    peers,
+                    request_ttl_ms
+                }),
+            (
+                proptest::option::of(arb_id()),
+                prop_oneof![
+                    Just(Refusal::NameTaken),
+                    Just(Refusal::PeerOffline),
+                    Just(Refusal::NoSuchRequest)
+                ]
+            )
                 .prop_map(|(peer, reason)| ServerMsg::Refused { peer, reason }),
             info().prop_map(ServerMsg::PeerJoined),
             arb_id().prop_map(|id| ServerMsg::PeerLeft { id }),
             arb_id().prop_map(|peer| ServerMsg::Pending { peer }),
             info().prop_map(|peer| ServerMsg::Incoming { peer }),
-            (arb_id(), dir.clone(), arb_addrs()).prop_map(|(peer, direction, candidates)| ServerMsg::Accepted { peer, direction, candidates }),
-            (arb_id(), dir, prop_oneof![Just(CloseReason::Rejected), Just(CloseReason::Expired)])
-                .prop_map(|(peer, direction, reason)| ServerMsg::Closed { peer, direction, reason }),
+            (arb_id(), dir.clone(), arb_addrs()).prop_map(|(peer, direction, candidates)| {
+                ServerMsg::Accepted {
+                    peer,
+                    direction,
+                    candidates,
+                }
+            }),
+            (
+                arb_id(),
+                dir,
+                prop_oneof![Just(CloseReason::Rejected), Just(CloseReason::Expired)]
+            )
+                .prop_map(|(peer, direction, reason)| ServerMsg::Closed {
+                    peer,
+                    direction,
+                    reason
+                }),
         ]
     }
 
@@ -303,12 +334,18 @@ mod tests {
         frame[4] = 9;
         assert_eq!(
             decode::<ClientMsg>(VERSION, &frame, MAX_FRAME),
-            Err(DecodeError::UnknownVersion { got: 9, expected: VERSION })
+            Err(DecodeError::UnknownVersion {
+                got: 9,
+                expected: VERSION
+            })
         );
         let big = ((MAX_FRAME + 1) as u32).to_be_bytes();
         assert_eq!(
             crate::frame::decode_len(big, MAX_FRAME),
-            Err(DecodeError::TooLarge { len: MAX_FRAME + 1, max: MAX_FRAME })
+            Err(DecodeError::TooLarge {
+                len: MAX_FRAME + 1,
+                max: MAX_FRAME
+            })
         );
     }
 

@@ -134,7 +134,11 @@ impl Registry {
                 out.push(closed(from, to, Direction::Outgoing, CloseReason::PeerLeft));
             }
         }
-        out.extend(self.nodes.keys().map(|&other| (other, ServerMsg::PeerLeft { id })));
+        out.extend(
+            self.nodes
+                .keys()
+                .map(|&other| (other, ServerMsg::PeerLeft { id })),
+        );
         out
     }
 
@@ -193,7 +197,8 @@ impl Registry {
         let Some(requester) = self.nodes.get(&from) else {
             return Vec::new();
         };
-        self.pending.insert((from, to), now + self.config.request_ttl);
+        self.pending
+            .insert((from, to), now + self.config.request_ttl);
         vec![
             (from, ServerMsg::Pending { peer: to }),
             (
@@ -282,10 +287,17 @@ mod tests {
     fn two() -> (Registry, PeerInfo, PeerInfo, Instant) {
         let mut r = Registry::new(BrokerConfig::default());
         let (a, b) = (node(1, "alice"), node(2, "bob"));
-        r.handle_join(a.clone(), 1, addr(1), vec![SocketAddr::from(([192, 168, 1, 2], 1))]);
+        r.handle_join(
+            a.clone(),
+            1,
+            addr(1),
+            vec![SocketAddr::from(([192, 168, 1, 2], 1))],
+        );
         let out = r.handle_join(b.clone(), 2, addr(2), vec![]);
         assert!(out.contains(&(a.id, ServerMsg::PeerJoined(b.clone()))));
-        assert!(matches!(&out.last().unwrap().1, ServerMsg::Welcome { peers, .. } if peers == &vec![a.clone()]));
+        assert!(
+            matches!(&out.last().unwrap().1, ServerMsg::Welcome { peers, .. } if peers == &vec![a.clone()])
+        );
         (r, a, b, Instant::now())
     }
 
@@ -293,18 +305,47 @@ mod tests {
     fn accept_hands_each_side_the_others_candidates() {
         let (mut r, a, b, now) = two();
         let out = r.handle_msg(now, b.id, ClientMsg::Connect { peer: a.id });
-        assert_eq!(out, vec![(b.id, ServerMsg::Pending { peer: a.id }), (a.id, ServerMsg::Incoming { peer: b.clone() })]);
+        assert_eq!(
+            out,
+            vec![
+                (b.id, ServerMsg::Pending { peer: a.id }),
+                (a.id, ServerMsg::Incoming { peer: b.clone() })
+            ]
+        );
         let out = r.handle_msg(now, a.id, ClientMsg::Accept { peer: b.id });
         assert_eq!(
             out,
             vec![
-                (b.id, ServerMsg::Accepted { peer: a.id, direction: Direction::Outgoing, candidates: vec![addr(1), SocketAddr::from(([192, 168, 1, 2], 1))] }),
-                (a.id, ServerMsg::Accepted { peer: b.id, direction: Direction::Incoming, candidates: vec![addr(2)] }),
+                (
+                    b.id,
+                    ServerMsg::Accepted {
+                        peer: a.id,
+                        direction: Direction::Outgoing,
+                        candidates: vec![addr(1), SocketAddr::from(([192, 168, 1, 2], 1))]
+                    }
+                ),
+                (
+                    a.id,
+                    ServerMsg::Accepted {
+                        peer: b.id,
+                        direction: Direction::Incoming,
+                        candidates: vec![addr(2)]
+                    }
+                ),
             ]
         );
         // The request is used up: a replayed accept is refused.
         let out = r.handle_msg(now, a.id, ClientMsg::Accept { peer: b.id });
-        assert_eq!(out, vec![(a.id, ServerMsg::Refused { peer: Some(b.id), reason: Refusal::NoSuchRequest })]);
+        assert_eq!(
+            out,
+            vec![(
+                a.id,
+                ServerMsg::Refused {
+                    peer: Some(b.id),
+                    reason: Refusal::NoSuchRequest
+                }
+            )]
+        );
     }
 
     #[test]
@@ -312,18 +353,44 @@ mod tests {
         let (mut r, a, b, now) = two();
         r.handle_msg(now, b.id, ClientMsg::Connect { peer: a.id });
         let out = r.handle_msg(now, a.id, ClientMsg::Reject { peer: b.id });
-        assert_eq!(out[0], (b.id, ServerMsg::Closed { peer: a.id, direction: Direction::Outgoing, reason: CloseReason::Rejected }));
+        assert_eq!(
+            out[0],
+            (
+                b.id,
+                ServerMsg::Closed {
+                    peer: a.id,
+                    direction: Direction::Outgoing,
+                    reason: CloseReason::Rejected
+                }
+            )
+        );
 
         r.handle_msg(now, b.id, ClientMsg::Connect { peer: a.id });
         let out = r.handle_msg(now, b.id, ClientMsg::Cancel { peer: a.id });
-        assert_eq!(out[1], (a.id, ServerMsg::Closed { peer: b.id, direction: Direction::Incoming, reason: CloseReason::Cancelled }));
+        assert_eq!(
+            out[1],
+            (
+                a.id,
+                ServerMsg::Closed {
+                    peer: b.id,
+                    direction: Direction::Incoming,
+                    reason: CloseReason::Cancelled
+                }
+            )
+        );
 
         r.handle_msg(now, b.id, ClientMsg::Connect { peer: a.id });
         assert_eq!(r.poll_timeout(), Some(now + Duration::from_secs(60)));
         assert!(r.handle_timeout(now + Duration::from_secs(59)).is_empty());
         let out = r.handle_timeout(now + Duration::from_secs(60));
         assert_eq!(out.len(), 2);
-        assert!(out.iter().all(|(_, m)| matches!(m, ServerMsg::Closed { reason: CloseReason::Expired, .. })));
+        assert!(out.iter().all(|(_, m)| matches!(
+            m,
+            ServerMsg::Closed {
+                reason: CloseReason::Expired,
+                ..
+            }
+        )));
         assert_eq!(r.poll_timeout(), None);
     }
 
@@ -333,23 +400,50 @@ mod tests {
         r.handle_msg(now, b.id, ClientMsg::Connect { peer: a.id });
         assert_eq!(
             r.handle_msg(now, b.id, ClientMsg::Connect { peer: a.id }),
-            vec![(b.id, ServerMsg::Refused { peer: Some(a.id), reason: Refusal::AlreadyPending })]
+            vec![(
+                b.id,
+                ServerMsg::Refused {
+                    peer: Some(a.id),
+                    reason: Refusal::AlreadyPending
+                }
+            )]
         );
         let out = r.handle_msg(now, a.id, ClientMsg::Connect { peer: b.id });
-        assert!(matches!(out[0].1, ServerMsg::Accepted { .. }) && matches!(out[1].1, ServerMsg::Accepted { .. }));
+        assert!(
+            matches!(out[0].1, ServerMsg::Accepted { .. })
+                && matches!(out[1].1, ServerMsg::Accepted { .. })
+        );
 
         let ghost = node(9, "ghost");
         assert_eq!(
             r.handle_msg(now, a.id, ClientMsg::Connect { peer: ghost.id }),
-            vec![(a.id, ServerMsg::Refused { peer: Some(ghost.id), reason: Refusal::PeerOffline })]
+            vec![(
+                a.id,
+                ServerMsg::Refused {
+                    peer: Some(ghost.id),
+                    reason: Refusal::PeerOffline
+                }
+            )]
         );
         assert_eq!(
             r.handle_msg(now, a.id, ClientMsg::Connect { peer: a.id }),
-            vec![(a.id, ServerMsg::Refused { peer: Some(a.id), reason: Refusal::SelfConnect })]
+            vec![(
+                a.id,
+                ServerMsg::Refused {
+                    peer: Some(a.id),
+                    reason: Refusal::SelfConnect
+                }
+            )]
         );
         assert_eq!(
             r.handle_msg(now, a.id, ClientMsg::Cancel { peer: b.id }),
-            vec![(a.id, ServerMsg::Refused { peer: Some(b.id), reason: Refusal::NoSuchRequest })]
+            vec![(
+                a.id,
+                ServerMsg::Refused {
+                    peer: Some(b.id),
+                    reason: Refusal::NoSuchRequest
+                }
+            )]
         );
     }
 
@@ -361,14 +455,24 @@ mod tests {
         r.handle_join(b.clone(), 3, addr(3), vec![]);
         assert!(r.handle_leave(b.id, 2).is_empty());
         let out = r.handle_leave(b.id, 3);
-        assert!(out.contains(&(a.id, ServerMsg::Closed { peer: b.id, direction: Direction::Incoming, reason: CloseReason::PeerLeft })));
+        assert!(out.contains(&(
+            a.id,
+            ServerMsg::Closed {
+                peer: b.id,
+                direction: Direction::Incoming,
+                reason: CloseReason::PeerLeft
+            }
+        )));
         assert!(out.contains(&(a.id, ServerMsg::PeerLeft { id: b.id })));
         assert_eq!(r.online(), 1);
     }
 
     #[test]
     fn pending_requests_per_node_are_bounded() {
-        let mut r = Registry::new(BrokerConfig { max_pending_per_node: 2, ..Default::default() });
+        let mut r = Registry::new(BrokerConfig {
+            max_pending_per_node: 2,
+            ..Default::default()
+        });
         let a = node(1, "a");
         r.handle_join(a.clone(), 1, addr(1), vec![]);
         let now = Instant::now();
@@ -379,7 +483,13 @@ mod tests {
             if i < 2 {
                 assert!(matches!(out[0].1, ServerMsg::Pending { .. }));
             } else {
-                assert!(matches!(out[0].1, ServerMsg::Refused { reason: Refusal::TooManyRequests, .. }));
+                assert!(matches!(
+                    out[0].1,
+                    ServerMsg::Refused {
+                        reason: Refusal::TooManyRequests,
+                        ..
+                    }
+                ));
             }
         }
     }

@@ -82,7 +82,10 @@ impl Shared {
         if out.is_empty() {
             return;
         }
-        let sessions = self.sessions.lock().expect("sessions lock is never poisoned");
+        let sessions = self
+            .sessions
+            .lock()
+            .expect("sessions lock is never poisoned");
         for (to, msg) in out {
             if let Some(s) = sessions.get(&to) {
                 if s.tx.try_send(msg).is_err() {
@@ -94,7 +97,9 @@ impl Shared {
     }
 
     fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
-        self.registry.lock().expect("registry lock is never poisoned")
+        self.registry
+            .lock()
+            .expect("registry lock is never poisoned")
     }
 }
 
@@ -172,7 +177,9 @@ impl Server {
             );
         }
         timer.abort();
-        self.endpoint.quic().close(quinn::VarInt::from_u32(0), b"server shutting down");
+        self.endpoint
+            .quic()
+            .close(quinn::VarInt::from_u32(0), b"server shutting down");
         // Sessions end as their connections close; once they have all gone, the
         // socket is released and the port can be bound again.
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
@@ -180,8 +187,13 @@ impl Server {
         })
         .await;
         sessions.abort_all();
-        self.shared.sessions.lock().expect("sessions lock is never poisoned").clear();
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.quic().wait_idle()).await;
+        self.shared
+            .sessions
+            .lock()
+            .expect("sessions lock is never poisoned")
+            .clear();
+        let _ =
+            tokio::time::timeout(Duration::from_secs(2), self.endpoint.quic().wait_idle()).await;
     }
 }
 
@@ -245,10 +257,15 @@ async fn serve_node(incoming: quinn::Incoming, shared: Arc<Shared>) -> Result<()
         let store = shared.store.clone();
         let name = name.clone();
         let now = burrow_proto::time::unix_ms(SystemTime::now());
-        tokio::task::spawn_blocking(move || store.lock().expect("store lock is never poisoned").bind_name(&name, &id, now))
-            .await
-            .map_err(|e| SessionError::Store(e.to_string()))?
-            .map_err(|e| SessionError::Store(e.to_string()))?
+        tokio::task::spawn_blocking(move || {
+            store
+                .lock()
+                .expect("store lock is never poisoned")
+                .bind_name(&name, &id, now)
+        })
+        .await
+        .map_err(|e| SessionError::Store(e.to_string()))?
+        .map_err(|e| SessionError::Store(e.to_string()))?
     };
     if let NameBinding::Taken { owner } = binding {
         info!(node = %id.short(), %name, owner = %owner.short(), "refused: name taken");
@@ -264,12 +281,31 @@ async fn serve_node(incoming: quinn::Incoming, shared: Arc<Shared>) -> Result<()
     let session = shared.next_session.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::channel(SESSION_QUEUE);
     {
-        let mut sessions = shared.sessions.lock().expect("sessions lock is never poisoned");
-        if let Some(old) = sessions.insert(id, Session { id: session, tx, conn: conn.clone() }) {
-            old.conn.close(quinn::VarInt::from_u32(4), b"replaced by a newer session");
+        let mut sessions = shared
+            .sessions
+            .lock()
+            .expect("sessions lock is never poisoned");
+        if let Some(old) = sessions.insert(
+            id,
+            Session {
+                id: session,
+                tx,
+                conn: conn.clone(),
+            },
+        ) {
+            old.conn
+                .close(quinn::VarInt::from_u32(4), b"replaced by a newer session");
         }
     }
-    let out = shared.registry().handle_join(PeerInfo { id, name: name.clone() }, session, observed, lan);
+    let out = shared.registry().handle_join(
+        PeerInfo {
+            id,
+            name: name.clone(),
+        },
+        session,
+        observed,
+        lan,
+    );
     shared.deliver(out);
     info!(node = %id.short(), %name, %observed, "online");
 
@@ -302,7 +338,10 @@ async fn serve_node(incoming: quinn::Incoming, shared: Arc<Shared>) -> Result<()
     };
 
     {
-        let mut sessions = shared.sessions.lock().expect("sessions lock is never poisoned");
+        let mut sessions = shared
+            .sessions
+            .lock()
+            .expect("sessions lock is never poisoned");
         if sessions.get(&id).is_some_and(|s| s.id == session) {
             sessions.remove(&id);
         }
@@ -317,7 +356,9 @@ async fn serve_node(incoming: quinn::Incoming, shared: Arc<Shared>) -> Result<()
 
 /// Sends a refusal and closes the connection once the peer has read it.
 async fn refuse(conn: &quinn::Connection, writer: &mut FrameWriter, reason: Refusal) {
-    let _ = writer.write(&ServerMsg::Refused { peer: None, reason }).await;
+    let _ = writer
+        .write(&ServerMsg::Refused { peer: None, reason })
+        .await;
     writer.finish();
     // Give the refusal time to arrive before the close overtakes it.
     let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;

@@ -23,7 +23,9 @@ pub enum StoreError {
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
     /// The file was written by a newer burrow with a schema this one doesn't know.
-    #[error("the store is at schema version {found}, newer than this burrow's {known}: upgrade burrow")]
+    #[error(
+        "the store is at schema version {found}, newer than this burrow's {known}: upgrade burrow"
+    )]
     TooNew {
         /// Version found in the file.
         found: usize,

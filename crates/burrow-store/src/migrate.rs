@@ -11,7 +11,8 @@ use crate::StoreError;
 
 /// Applies the migrations `conn` hasn't seen yet.
 pub fn apply(conn: &mut Connection, migrations: &[&str]) -> Result<(), StoreError> {
-    let found: usize = conn.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))? as usize;
+    let found: usize =
+        conn.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))? as usize;
     if found > migrations.len() {
         return Err(StoreError::TooNew {
             found,

@@ -44,10 +44,19 @@ impl ServerStore {
     }
 
     /// Binds `name` to `id` if it is free or already `id`'s; records the time.
-    pub fn bind_name(&mut self, name: &Name, id: &NodeId, now_ms: u64) -> Result<NameBinding, StoreError> {
+    pub fn bind_name(
+        &mut self,
+        name: &Name,
+        id: &NodeId,
+        now_ms: u64,
+    ) -> Result<NameBinding, StoreError> {
         let tx = self.conn.transaction()?;
         let owner: Option<Vec<u8>> = tx
-            .query_row("SELECT node_id FROM names WHERE name = ?1", [name.as_str()], |r| r.get(0))
+            .query_row(
+                "SELECT node_id FROM names WHERE name = ?1",
+                [name.as_str()],
+                |r| r.get(0),
+            )
             .optional()?;
         let result = match owner {
             None => {
@@ -76,7 +85,11 @@ impl ServerStore {
     pub fn name_owner(&self, name: &Name) -> Result<Option<NodeId>, StoreError> {
         let owner: Option<Vec<u8>> = self
             .conn
-            .query_row("SELECT node_id FROM names WHERE name = ?1", [name.as_str()], |r| r.get(0))
+            .query_row(
+                "SELECT node_id FROM names WHERE name = ?1",
+                [name.as_str()],
+                |r| r.get(0),
+            )
             .optional()?;
         owner.map(|b| node_id("names", &b)).transpose()
     }
@@ -111,10 +124,16 @@ mod tests {
         {
             let mut s = ServerStore::open(&path).unwrap();
             assert_eq!(s.bind_name(&alice, &id(1), 10).unwrap(), NameBinding::New);
-            assert_eq!(s.bind_name(&alice, &id(1), 20).unwrap(), NameBinding::Existing);
+            assert_eq!(
+                s.bind_name(&alice, &id(1), 20).unwrap(),
+                NameBinding::Existing
+            );
         }
         let mut s = ServerStore::open(&path).unwrap();
-        assert_eq!(s.bind_name(&alice, &id(2), 30).unwrap(), NameBinding::Taken { owner: id(1) });
+        assert_eq!(
+            s.bind_name(&alice, &id(2), 30).unwrap(),
+            NameBinding::Taken { owner: id(1) }
+        );
         assert_eq!(s.name_owner(&alice).unwrap(), Some(id(1)));
     }
 }

@@ -42,16 +42,23 @@ fn data(reply: Reply) -> Result<serde_json::Value, CliError> {
     if reply.ok {
         Ok(reply.data.unwrap_or(serde_json::Value::Null))
     } else {
-        Err(CliError::new(reply.error.unwrap_or_else(|| "the node refused".into()), reply.hint))
+        Err(CliError::new(
+            reply.error.unwrap_or_else(|| "the node refused".into()),
+            reply.hint,
+        ))
     }
 }
 
 fn parse<T: DeserializeOwned>(v: serde_json::Value) -> Result<T, CliError> {
-    serde_json::from_value(v).map_err(|e| CliError::new(format!("unexpected reply from the node: {e}"), None))
+    serde_json::from_value(v)
+        .map_err(|e| CliError::new(format!("unexpected reply from the node: {e}"), None))
 }
 
 fn print_json(v: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(v).expect("JSON values print"));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).expect("JSON values print")
+    );
 }
 
 pub async fn status(home: &Path, json: bool) -> Result<(), CliError> {
@@ -66,9 +73,16 @@ pub async fn status(home: &Path, json: bool) -> Result<(), CliError> {
     println!(
         "server      {} ({})",
         s.server,
-        if s.server_connected { "registered" } else { "reconnecting" }
+        if s.server_connected {
+            "registered"
+        } else {
+            "reconnecting"
+        }
     );
-    println!("public addr {}", s.public_addr.as_deref().unwrap_or("unknown yet"));
+    println!(
+        "public addr {}",
+        s.public_addr.as_deref().unwrap_or("unknown yet")
+    );
     println!("local addr  {}", s.local_addr);
     if s.connections.is_empty() {
         println!("connections none");
@@ -96,7 +110,10 @@ pub async fn peers(home: &Path, json: bool) -> Result<(), CliError> {
         println!("nobody else is online");
         return Ok(());
     }
-    println!("{:<20} {:<10} {:<8} {:<16} RTT", "NAME", "ID", "ONLINE", "CONNECTION");
+    println!(
+        "{:<20} {:<10} {:<8} {:<16} RTT",
+        "NAME", "ID", "ONLINE", "CONNECTION"
+    );
     for p in peers {
         println!(
             "{:<20} {:<10} {:<8} {:<16} {}",
@@ -104,7 +121,9 @@ pub async fn peers(home: &Path, json: bool) -> Result<(), CliError> {
             &p.id[..8],
             if p.online { "yes" } else { "no" },
             p.connection.to_string(),
-            p.rtt_ms.map(|r| format!("{r:.1} ms")).unwrap_or_else(|| "-".into())
+            p.rtt_ms
+                .map(|r| format!("{r:.1} ms"))
+                .unwrap_or_else(|| "-".into())
         );
     }
     Ok(())
@@ -134,7 +153,14 @@ pub async fn request_op(home: &Path, json: bool, op: Op, peer: String) -> Result
 }
 
 pub async fn send(home: &Path, json: bool, peer: String, text: String) -> Result<(), CliError> {
-    let v = call(home, &Request::Send { peer: peer.clone(), text }).await?;
+    let v = call(
+        home,
+        &Request::Send {
+            peer: peer.clone(),
+            text,
+        },
+    )
+    .await?;
     if json {
         print_json(&v);
         return Ok(());
@@ -146,13 +172,24 @@ pub async fn send(home: &Path, json: bool, peer: String, text: String) -> Result
 
 /// One message as a line for a person.
 pub fn message_line(m: &MessageView) -> String {
-    let when = m.received_at.get(..19).unwrap_or(&m.received_at).replace('T', " ");
+    let when = m
+        .received_at
+        .get(..19)
+        .unwrap_or(&m.received_at)
+        .replace('T', " ");
     format!("[{when}] {}: {}", m.from_name, m.text)
 }
 
 pub async fn messages(home: &Path, json: bool, follow: bool, limit: usize) -> Result<(), CliError> {
     let mut client = connect(home).await?;
-    let first = data(client.request(&Request::Messages { limit: Some(limit), follow }).await?)?;
+    let first = data(
+        client
+            .request(&Request::Messages {
+                limit: Some(limit),
+                follow,
+            })
+            .await?,
+    )?;
     if json && !follow {
         print_json(&first);
         return Ok(());

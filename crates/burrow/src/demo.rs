@@ -30,7 +30,12 @@ async fn wait_for<T>(
             }
             Ok(Err(broadcast::error::RecvError::Lagged(_))) => {}
             Ok(Err(e)) => return Err(CliError::new(format!("demo: {what}: {e}"), None)),
-            Err(_) => return Err(CliError::new(format!("demo: timed out waiting for {what}"), None)),
+            Err(_) => {
+                return Err(CliError::new(
+                    format!("demo: timed out waiting for {what}"),
+                    None,
+                ))
+            }
         }
     }
 }
@@ -53,7 +58,11 @@ pub async fn run() -> Result<(), CliError> {
         host: "127.0.0.1".into(),
         port: server.local_addr().port(),
     };
-    println!("  server  listening on {} (QUIC + STUN), id {}", server.local_addr(), server.id().short());
+    println!(
+        "  server  listening on {} (QUIC + STUN), id {}",
+        server.local_addr(),
+        server.id().short()
+    );
     let stop_server = CancellationToken::new();
     let server_task = tokio::spawn(server.run(stop_server.clone()));
 
@@ -67,14 +76,26 @@ pub async fn run() -> Result<(), CliError> {
         config.bind = SocketAddr::from(([127, 0, 0, 1], 0));
         Node::start(config)
     };
-    let alice = start_node("alice").await.map_err(|e| CliError::new(e, None))?;
+    let alice = start_node("alice")
+        .await
+        .map_err(|e| CliError::new(e, None))?;
     let mut alice_events = alice.subscribe();
     let st = alice.status();
-    println!("  alice   up: id {}, public address {}", &st.id[..8], st.public_addr.unwrap_or_default());
-    let bob = start_node("bob").await.map_err(|e| CliError::new(e, None))?;
+    println!(
+        "  alice   up: id {}, public address {}",
+        &st.id[..8],
+        st.public_addr.unwrap_or_default()
+    );
+    let bob = start_node("bob")
+        .await
+        .map_err(|e| CliError::new(e, None))?;
     let mut bob_events = bob.subscribe();
     let st = bob.status();
-    println!("  bob     up: id {}, public address {}", &st.id[..8], st.public_addr.unwrap_or_default());
+    println!(
+        "  bob     up: id {}, public address {}",
+        &st.id[..8],
+        st.public_addr.unwrap_or_default()
+    );
     wait_for(&mut alice_events, "bob to come online", |e| {
         matches!(e, NodeEvent::PeerOnline { name } if name == "bob").then_some(())
     })
@@ -82,17 +103,27 @@ pub async fn run() -> Result<(), CliError> {
     println!("  alice   sees: bob is online");
 
     let asked = Instant::now();
-    bob.connect("alice").await.map_err(|e| CliError::new(e, None))?;
+    bob.connect("alice")
+        .await
+        .map_err(|e| CliError::new(e, None))?;
     println!("  bob     $ burrow connect alice");
     wait_for(&mut alice_events, "bob's request", |e| {
         matches!(e, NodeEvent::IncomingRequest { name } if name == "bob").then_some(())
     })
     .await?;
     println!("  alice   sees: bob asks to connect");
-    alice.accept("bob").await.map_err(|e| CliError::new(e, None))?;
+    alice
+        .accept("bob")
+        .await
+        .map_err(|e| CliError::new(e, None))?;
     println!("  alice   $ burrow accept bob");
     let (path, remote, rtt) = wait_for(&mut bob_events, "the connection", |e| match e {
-        NodeEvent::Connected { name, path, remote, rtt_ms } if name == "alice" => Some((*path, *remote, *rtt_ms)),
+        NodeEvent::Connected {
+            name,
+            path,
+            remote,
+            rtt_ms,
+        } if name == "alice" => Some((*path, *remote, *rtt_ms)),
         _ => None,
     })
     .await?;
@@ -102,18 +133,36 @@ pub async fn run() -> Result<(), CliError> {
     );
 
     let sent = Instant::now();
-    bob.send("alice", "hi alice, it's bob. direct and end-to-end encrypted!")
+    bob.send(
+        "alice",
+        "hi alice, it's bob. direct and end-to-end encrypted!",
+    )
+    .await
+    .map_err(|e| CliError::new(e, None))?;
+    println!(
+        "  bob     $ burrow send alice \"hi alice, it's bob. direct and end-to-end encrypted!\""
+    );
+    println!(
+        "          delivered, stored by alice and acknowledged in {}",
+        ms(sent.elapsed())
+    );
+    let sent = Instant::now();
+    alice
+        .send("bob", "hello bob, got it!")
         .await
         .map_err(|e| CliError::new(e, None))?;
-    println!("  bob     $ burrow send alice \"hi alice, it's bob. direct and end-to-end encrypted!\"");
-    println!("          delivered, stored by alice and acknowledged in {}", ms(sent.elapsed()));
-    let sent = Instant::now();
-    alice.send("bob", "hello bob, got it!").await.map_err(|e| CliError::new(e, None))?;
     println!("  alice   $ burrow send bob \"hello bob, got it!\"");
-    println!("          delivered, stored by bob and acknowledged in {}", ms(sent.elapsed()));
+    println!(
+        "          delivered, stored by bob and acknowledged in {}",
+        ms(sent.elapsed())
+    );
 
     println!("\n  alice   $ burrow messages");
-    for m in alice.messages(10).await.map_err(|e| CliError::new(e, None))? {
+    for m in alice
+        .messages(10)
+        .await
+        .map_err(|e| CliError::new(e, None))?
+    {
         println!("          {}", crate::client::message_line(&m));
     }
 
@@ -126,6 +175,9 @@ pub async fn run() -> Result<(), CliError> {
     alice.shutdown().await;
     stop_server.cancel();
     let _ = server_task.await;
-    println!("\ndone in {:.2} s. To run it across machines, see the README's walkthrough.", started.elapsed().as_secs_f64());
+    println!(
+        "\ndone in {:.2} s. To run it across machines, see the README's walkthrough.",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }

@@ -150,12 +150,22 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Demo => demo::run().await,
         Command::Status => client::status(&home, cli.json).await,
         Command::Peers => client::peers(&home, cli.json).await,
-        Command::Connect { peer } => client::request_op(&home, cli.json, client::Op::Connect, peer).await,
-        Command::Accept { peer } => client::request_op(&home, cli.json, client::Op::Accept, peer).await,
-        Command::Reject { peer } => client::request_op(&home, cli.json, client::Op::Reject, peer).await,
-        Command::Cancel { peer } => client::request_op(&home, cli.json, client::Op::Cancel, peer).await,
+        Command::Connect { peer } => {
+            client::request_op(&home, cli.json, client::Op::Connect, peer).await
+        }
+        Command::Accept { peer } => {
+            client::request_op(&home, cli.json, client::Op::Accept, peer).await
+        }
+        Command::Reject { peer } => {
+            client::request_op(&home, cli.json, client::Op::Reject, peer).await
+        }
+        Command::Cancel { peer } => {
+            client::request_op(&home, cli.json, client::Op::Cancel, peer).await
+        }
         Command::Send { peer, text } => client::send(&home, cli.json, peer, text.join(" ")).await,
-        Command::Messages { follow, limit } => client::messages(&home, cli.json, follow, limit).await,
+        Command::Messages { follow, limit } => {
+            client::messages(&home, cli.json, follow, limit).await
+        }
     }
 }
 

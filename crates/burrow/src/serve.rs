@@ -57,12 +57,18 @@ pub async fn run(home: PathBuf, args: ServerArgs) -> Result<(), CliError> {
     if created {
         println!("created a new server key in {}", home.join("key").display());
     }
-    println!("burrow server {} listening on {local} (QUIC and STUN, UDP)", server.id().short());
+    println!(
+        "burrow server {} listening on {local} (QUIC and STUN, UDP)",
+        server.id().short()
+    );
     println!("server id: {}", server.id());
     println!("join URL:  {url}");
     println!("nodes join with: burrow up --server {url} --name <name>");
     if local.ip().is_unspecified() {
-        println!("(use this machine's public address in place of {} if peers are elsewhere)", url.host);
+        println!(
+            "(use this machine's public address in place of {} if peers are elsewhere)",
+            url.host
+        );
     }
     let shutdown = CancellationToken::new();
     let stopper = shutdown.clone();

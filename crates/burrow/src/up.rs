@@ -67,7 +67,10 @@ pub async fn run(home: PathBuf, args: UpArgs) -> Result<(), CliError> {
     } else {
         println!("online: {}", online.join(", "));
     }
-    println!("other commands: burrow --home {} peers | connect <name> | send <name> <text> | messages", home.display());
+    println!(
+        "other commands: burrow --home {} peers | connect <name> | send <name> <text> | messages",
+        home.display()
+    );
 
     let mut events = node.subscribe();
     loop {
@@ -95,7 +98,10 @@ pub async fn run(home: PathBuf, args: UpArgs) -> Result<(), CliError> {
 /// One event as a line for a person; `None` for events not worth a line.
 pub fn describe(event: &NodeEvent, me: &Name) -> Option<String> {
     Some(match event {
-        NodeEvent::ServerConnected { server, public_addr } => {
+        NodeEvent::ServerConnected {
+            server,
+            public_addr,
+        } => {
             format!("registered with {server} again, public address {public_addr}")
         }
         NodeEvent::ServerLost { error, retry_in_ms } => {
@@ -106,16 +112,37 @@ pub fn describe(event: &NodeEvent, me: &Name) -> Option<String> {
         NodeEvent::IncomingRequest { name } => {
             format!("{name} asks to connect: burrow accept {name} (or burrow reject {name})")
         }
-        NodeEvent::RequestClosed { name, direction, reason } => match (direction, reason) {
+        NodeEvent::RequestClosed {
+            name,
+            direction,
+            reason,
+        } => match (direction, reason) {
             (Direction::Outgoing, CloseReason::Rejected) => format!("{name} rejected your request"),
-            (Direction::Incoming, CloseReason::Rejected) => format!("you rejected {name}'s request"),
-            (Direction::Outgoing, CloseReason::Cancelled) => format!("you withdrew your request to {name}"),
-            (Direction::Incoming, CloseReason::Cancelled) => format!("{name} withdrew their request"),
-            (Direction::Outgoing, CloseReason::Expired) => format!("your request to {name} expired unanswered"),
-            (Direction::Incoming, CloseReason::Expired) => format!("{name}'s request expired unanswered"),
-            (_, CloseReason::PeerLeft) => format!("the request with {name} ended: {name} went offline"),
+            (Direction::Incoming, CloseReason::Rejected) => {
+                format!("you rejected {name}'s request")
+            }
+            (Direction::Outgoing, CloseReason::Cancelled) => {
+                format!("you withdrew your request to {name}")
+            }
+            (Direction::Incoming, CloseReason::Cancelled) => {
+                format!("{name} withdrew their request")
+            }
+            (Direction::Outgoing, CloseReason::Expired) => {
+                format!("your request to {name} expired unanswered")
+            }
+            (Direction::Incoming, CloseReason::Expired) => {
+                format!("{name}'s request expired unanswered")
+            }
+            (_, CloseReason::PeerLeft) => {
+                format!("the request with {name} ended: {name} went offline")
+            }
         },
-        NodeEvent::Connected { name, path, remote, rtt_ms } => {
+        NodeEvent::Connected {
+            name,
+            path,
+            remote,
+            rtt_ms,
+        } => {
             format!("connected to {name}, {path}, rtt {rtt_ms:.1} ms ({remote})")
         }
         NodeEvent::ConnectFailed { name, error } => format!("could not connect to {name}: {error}"),

@@ -17,15 +17,28 @@ async fn register_and_live_presence() {
     let st = alice.status();
     assert_eq!(st.name, "alice");
     assert!(st.server_connected);
-    assert_eq!(st.public_addr.as_deref(), Some(st.local_addr.as_str()), "on loopback the public address is the socket's");
+    assert_eq!(
+        st.public_addr.as_deref(),
+        Some(st.local_addr.as_str()),
+        "on loopback the public address is the socket's"
+    );
 
     let bob = start_node(&dir.path().join("bob"), "bob", &server.url).await;
-    wait_event(&mut events, "bob online", |e| matches!(e, NodeEvent::PeerOnline { name } if name == "bob").then_some(())).await;
+    wait_event(&mut events, "bob online", |e| {
+        matches!(e, NodeEvent::PeerOnline { name } if name == "bob").then_some(())
+    })
+    .await;
     assert!(online(&alice, "bob"));
-    assert!(online(&bob, "alice"), "a node joining sees who was already online");
+    assert!(
+        online(&bob, "alice"),
+        "a node joining sees who was already online"
+    );
 
     bob.shutdown().await;
-    wait_event(&mut events, "bob offline", |e| matches!(e, NodeEvent::PeerOffline { name } if name == "bob").then_some(())).await;
+    wait_event(&mut events, "bob offline", |e| {
+        matches!(e, NodeEvent::PeerOffline { name } if name == "bob").then_some(())
+    })
+    .await;
     assert!(!online(&alice, "bob"));
     alice.shutdown().await;
     server.stop().await;
@@ -42,17 +55,29 @@ async fn connect_accept_and_chat_both_ways() {
     let mut alice_events = alice.subscribe();
     bob.connect("alice").await.unwrap();
     assert_eq!(link(&bob, "alice"), Some(ConnectionState::PendingOut));
-    wait_event(&mut alice_events, "request", |e| matches!(e, NodeEvent::IncomingRequest { name } if name == "bob").then_some(())).await;
+    wait_event(&mut alice_events, "request", |e| {
+        matches!(e, NodeEvent::IncomingRequest { name } if name == "bob").then_some(())
+    })
+    .await;
     assert_eq!(link(&alice, "bob"), Some(ConnectionState::PendingIn));
     // bob can't send before the connection exists, and says why.
-    assert!(matches!(bob.send("alice", "too early").await, Err(ApiError::NotConnected(_))));
+    assert!(matches!(
+        bob.send("alice", "too early").await,
+        Err(ApiError::NotConnected(_))
+    ));
 
     alice.accept("bob").await.unwrap();
     wait_until("direct on both sides", || {
-        link(&bob, "alice") == Some(ConnectionState::Direct) && link(&alice, "bob") == Some(ConnectionState::Direct)
+        link(&bob, "alice") == Some(ConnectionState::Direct)
+            && link(&alice, "bob") == Some(ConnectionState::Direct)
     })
     .await;
-    let rtt = bob.peers().into_iter().find(|p| p.name.as_deref() == Some("alice")).unwrap().rtt_ms;
+    let rtt = bob
+        .peers()
+        .into_iter()
+        .find(|p| p.name.as_deref() == Some("alice"))
+        .unwrap()
+        .rtt_ms;
     assert!(rtt.is_some_and(|r| r > 0.0 && r < 1000.0), "rtt {rtt:?}");
 
     let mut bob_events = bob.subscribe();
@@ -62,15 +87,33 @@ async fn connect_accept_and_chat_both_ways() {
         _ => None,
     })
     .await;
-    assert_eq!((got.id.as_str(), got.text.as_str(), got.to.as_str()), (sent.id.as_str(), "hello alice", alice.id().to_string().as_str()));
+    assert_eq!(
+        (got.id.as_str(), got.text.as_str(), got.to.as_str()),
+        (
+            sent.id.as_str(),
+            "hello alice",
+            alice.id().to_string().as_str()
+        )
+    );
     // By id prefix, the other way.
     let prefix = &bob.id().to_string()[..10];
     alice.send(prefix, "hi bob").await.unwrap();
-    wait_event(&mut bob_events, "alice's message", |e| matches!(e, NodeEvent::Message(m) if m.text == "hi bob" && m.from_name == "alice").then_some(())).await;
+    wait_event(&mut bob_events, "alice's message", |e| {
+        matches!(e, NodeEvent::Message(m) if m.text == "hi bob" && m.from_name == "alice")
+            .then_some(())
+    })
+    .await;
 
-    let texts = |v: Vec<burrow_node::api::MessageView>| v.into_iter().map(|m| m.text).collect::<Vec<_>>();
-    assert_eq!(texts(alice.messages(10).await.unwrap()), ["hello alice", "hi bob"]);
-    assert_eq!(texts(bob.messages(10).await.unwrap()), ["hello alice", "hi bob"]);
+    let texts =
+        |v: Vec<burrow_node::api::MessageView>| v.into_iter().map(|m| m.text).collect::<Vec<_>>();
+    assert_eq!(
+        texts(alice.messages(10).await.unwrap()),
+        ["hello alice", "hi bob"]
+    );
+    assert_eq!(
+        texts(bob.messages(10).await.unwrap()),
+        ["hello alice", "hi bob"]
+    );
     let status = bob.status();
     assert_eq!(status.connections.len(), 1);
     assert_eq!(status.connections[0].name.as_deref(), Some("alice"));
@@ -90,34 +133,71 @@ async fn reject_cancel_and_expiry() {
     let mut bob_events = bob.subscribe();
     let mut alice_events = alice.subscribe();
     let closed = |who: &'static str, dir: Direction, why: CloseReason| {
-        move |e: &NodeEvent| matches!(e, NodeEvent::RequestClosed { name, direction, reason } if name == who && *direction == dir && *reason == why).then_some(())
+        move |e: &NodeEvent| {
+            matches!(e, NodeEvent::RequestClosed { name, direction, reason } if name == who && *direction == dir && *reason == why).then_some(())
+        }
     };
 
     // Reject.
     bob.connect("alice").await.unwrap();
-    wait_event(&mut alice_events, "request", |e| matches!(e, NodeEvent::IncomingRequest { .. }).then_some(())).await;
+    wait_event(&mut alice_events, "request", |e| {
+        matches!(e, NodeEvent::IncomingRequest { .. }).then_some(())
+    })
+    .await;
     alice.reject("bob").await.unwrap();
-    wait_event(&mut bob_events, "rejection", closed("alice", Direction::Outgoing, CloseReason::Rejected)).await;
+    wait_event(
+        &mut bob_events,
+        "rejection",
+        closed("alice", Direction::Outgoing, CloseReason::Rejected),
+    )
+    .await;
     assert_eq!(link(&bob, "alice"), Some(ConnectionState::None));
     assert_eq!(link(&alice, "bob"), Some(ConnectionState::None));
-    assert!(matches!(alice.accept("bob").await, Err(ApiError::NoRequest(_))), "a rejected request can't be accepted after");
+    assert!(
+        matches!(alice.accept("bob").await, Err(ApiError::NoRequest(_))),
+        "a rejected request can't be accepted after"
+    );
 
     // Cancel.
     bob.connect("alice").await.unwrap();
-    wait_event(&mut alice_events, "request", |e| matches!(e, NodeEvent::IncomingRequest { .. }).then_some(())).await;
+    wait_event(&mut alice_events, "request", |e| {
+        matches!(e, NodeEvent::IncomingRequest { .. }).then_some(())
+    })
+    .await;
     bob.cancel("alice").await.unwrap();
-    wait_event(&mut alice_events, "cancellation", closed("bob", Direction::Incoming, CloseReason::Cancelled)).await;
+    wait_event(
+        &mut alice_events,
+        "cancellation",
+        closed("bob", Direction::Incoming, CloseReason::Cancelled),
+    )
+    .await;
     assert_eq!(link(&alice, "bob"), Some(ConnectionState::None));
-    assert!(matches!(bob.cancel("alice").await, Err(ApiError::NoRequest(_))));
+    assert!(matches!(
+        bob.cancel("alice").await,
+        Err(ApiError::NoRequest(_))
+    ));
 
     // Expiry: nobody answers.
     bob.connect("alice").await.unwrap();
-    wait_event(&mut bob_events, "expiry", closed("alice", Direction::Outgoing, CloseReason::Expired)).await;
-    wait_event(&mut alice_events, "expiry", closed("bob", Direction::Incoming, CloseReason::Expired)).await;
+    wait_event(
+        &mut bob_events,
+        "expiry",
+        closed("alice", Direction::Outgoing, CloseReason::Expired),
+    )
+    .await;
+    wait_event(
+        &mut alice_events,
+        "expiry",
+        closed("bob", Direction::Incoming, CloseReason::Expired),
+    )
+    .await;
     assert_eq!(link(&bob, "alice"), Some(ConnectionState::None));
 
     // A peer nobody has heard of.
-    assert!(matches!(bob.connect("carol").await, Err(ApiError::UnknownPeer(_))));
+    assert!(matches!(
+        bob.connect("carol").await,
+        Err(ApiError::UnknownPeer(_))
+    ));
     alice.shutdown().await;
     bob.shutdown().await;
     server.stop().await;
@@ -135,7 +215,10 @@ async fn connect_to_a_peer_that_left_is_refused() {
     wait_until("alice gone", || !online(&bob, "alice")).await;
     // By full id the node can still ask; the server says she is offline.
     match bob.connect(&alice_id).await {
-        Err(ApiError::Refused { reason: Refusal::PeerOffline, .. }) => {}
+        Err(ApiError::Refused {
+            reason: Refusal::PeerOffline,
+            ..
+        }) => {}
         other => panic!("expected PeerOffline, got {other:?}"),
     }
     bob.shutdown().await;
@@ -148,9 +231,19 @@ async fn names_belong_to_the_first_key_even_after_a_server_restart() {
     let srv_home = dir.path().join("srv");
     let server = start_server(&srv_home).await;
     let alice = start_node(&dir.path().join("alice"), "alice", &server.url).await;
-    match burrow_node::Node::start(node_config(&dir.path().join("mallory"), "alice", &server.url)).await {
+    match burrow_node::Node::start(node_config(
+        &dir.path().join("mallory"),
+        "alice",
+        &server.url,
+    ))
+    .await
+    {
         Err(burrow_node::StartError::Server(e)) => {
-            assert!(e.to_string().contains("that name is registered to another key"), "{e}");
+            assert!(
+                e.to_string()
+                    .contains("that name is registered to another key"),
+                "{e}"
+            );
             assert!(e.hint().unwrap().contains("--name"));
         }
         Err(e) => panic!("wrong error: {e}"),
@@ -162,7 +255,13 @@ async fn names_belong_to_the_first_key_even_after_a_server_restart() {
 
     // Same home, same port: the binding was persisted.
     let server = start_server_with(&srv_home, fast_server_config(&srv_home, addr)).await;
-    assert!(burrow_node::Node::start(node_config(&dir.path().join("mallory"), "alice", &server.url)).await.is_err());
+    assert!(burrow_node::Node::start(node_config(
+        &dir.path().join("mallory"),
+        "alice",
+        &server.url
+    ))
+    .await
+    .is_err());
     let alice = start_node(&dir.path().join("alice"), "alice", &server.url).await;
     alice.shutdown().await;
     server.stop().await;

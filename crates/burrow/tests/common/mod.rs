@@ -46,13 +46,18 @@ pub fn fast_server_config(home: &Path, listen: SocketAddr) -> ServerConfig {
 }
 
 pub fn server_key(home: &Path) -> SecretKey {
-    burrow_net::keyfile::load_or_create(&home.join("key")).unwrap().0
+    burrow_net::keyfile::load_or_create(&home.join("key"))
+        .unwrap()
+        .0
 }
 
 /// Logs to the test's output when BURROW_LOG is set (e.g. BURROW_LOG=debug).
 pub fn init_logs() {
     if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("BURROW_LOG") {
-        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
     }
 }
 
@@ -60,19 +65,40 @@ pub async fn start_server_with(home: &Path, config: ServerConfig) -> TestServer 
     init_logs();
     let server = Server::bind(&server_key(home), config).expect("server binds");
     let addr = server.local_addr();
-    let url = ServerAddr { key: Some(server.id()), host: "127.0.0.1".into(), port: addr.port() };
+    let url = ServerAddr {
+        key: Some(server.id()),
+        host: "127.0.0.1".into(),
+        port: addr.port(),
+    };
     let stop = CancellationToken::new();
     let task = tokio::spawn(server.run(stop.clone()));
-    TestServer { url, addr, home: home.to_path_buf(), stop, task }
+    TestServer {
+        url,
+        addr,
+        home: home.to_path_buf(),
+        stop,
+        task,
+    }
 }
 
 pub async fn start_server(home: &Path) -> TestServer {
-    start_server_with(home, fast_server_config(home, "127.0.0.1:0".parse().unwrap())).await
+    start_server_with(
+        home,
+        fast_server_config(home, "127.0.0.1:0".parse().unwrap()),
+    )
+    .await
 }
 
 pub fn node_config(home: &Path, name: &str, server: &ServerAddr) -> NodeConfig {
-    let key = burrow_net::keyfile::load_or_create(&home.join("key")).unwrap().0;
-    let mut c = NodeConfig::new(home.to_path_buf(), key, server.clone(), name.parse().unwrap());
+    let key = burrow_net::keyfile::load_or_create(&home.join("key"))
+        .unwrap()
+        .0;
+    let mut c = NodeConfig::new(
+        home.to_path_buf(),
+        key,
+        server.clone(),
+        name.parse().unwrap(),
+    );
     c.bind = "127.0.0.1:0".parse().unwrap();
     c.keepalive = Duration::from_millis(300);
     c.idle_timeout = Duration::from_millis(1500);
@@ -81,7 +107,9 @@ pub fn node_config(home: &Path, name: &str, server: &ServerAddr) -> NodeConfig {
 }
 
 pub async fn start_node(home: &Path, name: &str, server: &ServerAddr) -> Node {
-    Node::start(node_config(home, name, server)).await.expect("node starts")
+    Node::start(node_config(home, name, server))
+        .await
+        .expect("node starts")
 }
 
 /// Waits for the first event `pick` accepts; panics with `what` after [`WAIT`].
@@ -109,31 +137,47 @@ pub async fn wait_event<T>(
 pub async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !check() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 /// The connection state `node` shows for `peer` (by name), if listed.
 pub fn link(node: &Node, peer: &str) -> Option<burrow_node::api::ConnectionState> {
-    node.peers().into_iter().find(|p| p.name.as_deref() == Some(peer)).map(|p| p.connection)
+    node.peers()
+        .into_iter()
+        .find(|p| p.name.as_deref() == Some(peer))
+        .map(|p| p.connection)
 }
 
 pub fn online(node: &Node, peer: &str) -> bool {
-    node.peers().into_iter().any(|p| p.name.as_deref() == Some(peer) && p.online)
+    node.peers()
+        .into_iter()
+        .any(|p| p.name.as_deref() == Some(peer) && p.online)
 }
 
 /// Connects `from` to `to` through the server: request, accept, wait for direct.
 pub async fn connect_pair(from: &Node, to: &Node) {
     let (from_name, to_name) = (from.name().to_string(), to.name().to_string());
-    wait_until("both see each other online", || online(from, &to_name) && online(to, &from_name)).await;
+    wait_until("both see each other online", || {
+        online(from, &to_name) && online(to, &from_name)
+    })
+    .await;
     let mut to_events = to.subscribe();
-    from.connect(&to_name).await.expect("connect request accepted by the server");
+    from.connect(&to_name)
+        .await
+        .expect("connect request accepted by the server");
     wait_event(&mut to_events, "the incoming request", |e| {
         matches!(e, NodeEvent::IncomingRequest { name } if *name == from_name).then_some(())
     })
     .await;
     to.accept(&from_name).await.expect("accept");
     use burrow_node::api::ConnectionState::Direct;
-    wait_until("both sides are direct", || link(from, &to_name) == Some(Direct) && link(to, &from_name) == Some(Direct)).await;
+    wait_until("both sides are direct", || {
+        link(from, &to_name) == Some(Direct) && link(to, &from_name) == Some(Direct)
+    })
+    .await;
 }

@@ -1,0 +1,394 @@
+//! The `burrow` binary as people and scripts use it: real processes on 127.0.0.1,
+//! driven through the CLI, asserting on what it prints.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_burrow");
+
+/// A `burrow` process whose stdout lines are collected; killed on drop.
+struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Proc {
+    fn spawn(args: &[&str]) -> Proc {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env_remove("BURROW_HOME")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("burrow starts");
+        let out = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a line containing `needle`; returns it.
+    fn expect_line(&mut self, needle: &str) -> String {
+        if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
+            return l.clone();
+        }
+        let deadline = Instant::now() + common::WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no line containing {needle:?}; saw:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        unsafe_kill(self.child.id(), "TERM");
+        let deadline = Instant::now() + common::WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "process ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn unsafe_kill(pid: u32, signal: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+/// Runs a client command; returns (success, stdout, stderr).
+fn run(home: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .arg("--home")
+        .arg(home)
+        .args(args)
+        .env_remove("BURROW_HOME")
+        .output()
+        .expect("burrow runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+fn json(home: &Path, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let (ok, out, err) = run(home, &all);
+    assert!(ok, "burrow {args:?} failed: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
+
+fn wait_json(home: &Path, args: &[&str], what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + common::WAIT;
+    loop {
+        let v = json(home, args);
+        if check(&v) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; last: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn peer<'a>(peers: &'a Value, name: &str) -> Option<&'a Value> {
+    peers.as_array()?.iter().find(|p| p["name"] == name)
+}
+
+/// Starts `burrow server` on a free loopback port with fast timeouts.
+fn server(home: &Path) -> (Proc, String) {
+    let h = home.to_str().unwrap();
+    let mut p = Proc::spawn(&[
+        "--home",
+        h,
+        "server",
+        "--listen",
+        "127.0.0.1:0",
+        "--idle-timeout",
+        "1500ms",
+        "--request-ttl",
+        "5s",
+    ]);
+    let line = p.expect_line("join URL:");
+    let url = line.split_whitespace().last().unwrap().to_string();
+    (p, url)
+}
+
+fn up(home: &Path, url: &str, name: &str) -> Proc {
+    let h = home.to_str().unwrap();
+    let mut p = Proc::spawn(&[
+        "--home",
+        h,
+        "up",
+        "--server",
+        url,
+        "--name",
+        name,
+        "--bind",
+        "127.0.0.1:0",
+        "--keepalive",
+        "300ms",
+        "--idle-timeout",
+        "1500ms",
+    ]);
+    p.expect_line("is up");
+    p
+}
+
+#[test]
+fn the_walkthrough_works_and_json_has_the_documented_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ah, bh) = (dir.path().join("alice"), dir.path().join("bob"));
+    let (_srv, url) = server(&dir.path().join("srv"));
+    let mut alice = up(&ah, &url, "alice");
+    let mut bob = up(&bh, &url, "bob");
+
+    let peers = wait_json(&bh, &["peers"], "alice online", |v| {
+        peer(v, "alice").is_some_and(|p| p["online"] == true)
+    });
+    let a = peer(&peers, "alice").unwrap();
+    for field in ["id", "name", "online", "connection", "rtt_ms"] {
+        assert!(a.get(field).is_some(), "peers --json lacks {field}: {a}");
+    }
+    assert_eq!(a["connection"], "none");
+
+    let (ok, out, _) = run(&bh, &["connect", "alice"]);
+    assert!(ok && out.contains("asked alice"), "{out}");
+    alice.expect_line("bob asks to connect: burrow accept bob");
+    assert_eq!(
+        peer(&json(&ah, &["peers"]), "bob").unwrap()["connection"],
+        "pending_in"
+    );
+    assert_eq!(
+        peer(&json(&bh, &["peers"]), "alice").unwrap()["connection"],
+        "pending_out"
+    );
+    let (ok, _, _) = run(&ah, &["accept", "bob"]);
+    assert!(ok);
+    let line = bob.expect_line("connected to alice, direct, rtt");
+    assert!(line.contains("ms"), "{line}");
+    let peers = wait_json(&bh, &["peers"], "direct", |v| {
+        peer(v, "alice").is_some_and(|p| p["connection"] == "direct")
+    });
+    assert!(peer(&peers, "alice").unwrap()["rtt_ms"].as_f64().unwrap() > 0.0);
+
+    let (ok, out, err) = run(&bh, &["send", "alice", "hello", "from", "bob"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("delivered to alice"), "{out}");
+    alice.expect_line("bob: hello from bob");
+    let msgs = json(&ah, &["messages"]);
+    let m = &msgs.as_array().unwrap()[0];
+    for field in [
+        "id",
+        "from",
+        "from_name",
+        "to",
+        "text",
+        "sent_at",
+        "received_at",
+    ] {
+        assert!(m.get(field).is_some(), "messages --json lacks {field}: {m}");
+    }
+    assert_eq!(
+        (m["from_name"].as_str(), m["text"].as_str()),
+        (Some("bob"), Some("hello from bob"))
+    );
+    assert!(
+        m["sent_at"].as_str().unwrap().ends_with('Z')
+            && m["sent_at"].as_str().unwrap().contains('T'),
+        "RFC 3339: {m}"
+    );
+
+    let status = json(&ah, &["status"]);
+    for field in ["id", "name", "server", "public_addr", "connections"] {
+        assert!(
+            status.get(field).is_some(),
+            "status --json lacks {field}: {status}"
+        );
+    }
+    assert_eq!(status["name"], "alice");
+    assert_eq!(status["connections"].as_array().unwrap().len(), 1);
+
+    // A second node on the same home is refused, with a hint.
+    let (ok, _, err) = run(&ah, &["up", "--server", &url, "--name", "alice"]);
+    assert!(!ok);
+    assert!(
+        err.contains("a node is already running in") && err.contains("hint:"),
+        "{err}"
+    );
+
+    // Errors a person can act on.
+    let (ok, _, err) = run(&bh, &["send", "carol", "hi"]);
+    assert!(
+        !ok && err.contains("no peer called \"carol\"") && err.contains("hint: burrow peers"),
+        "{err}"
+    );
+    let (ok, _, err) = run(&dir.path().join("nobody"), &["peers"]);
+    assert!(
+        !ok && err.contains("no node is running") && err.contains("burrow up"),
+        "{err}"
+    );
+
+    // Ctrl-C / SIGTERM: a clean exit, and the peer hears the goodbye at once.
+    let status = bob.terminate();
+    assert!(status.success(), "{status:?}");
+    bob.expect_line("stopped");
+    alice.expect_line("bob went offline");
+    let (ok, _, _) = run(&bh, &["peers"]);
+    assert!(!ok, "the control socket is gone after shutdown");
+}
+
+#[test]
+fn a_node_killed_without_goodbye_is_noticed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ah, bh) = (dir.path().join("alice"), dir.path().join("bob"));
+    let (_srv, url) = server(&dir.path().join("srv"));
+    let mut alice = up(&ah, &url, "alice");
+    let mut bob = up(&bh, &url, "bob");
+    alice.expect_line("bob is online");
+    let killed = Instant::now();
+    bob.child.kill().unwrap(); // SIGKILL: no goodbye
+    bob.child.wait().unwrap();
+    alice.expect_line("bob went offline");
+    // The server's idle timeout is 1.5 s: it must be that, not an instant goodbye,
+    // and well under the test's patience.
+    let took = killed.elapsed();
+    assert!(
+        took >= Duration::from_millis(1000) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+    let peers = json(&ah, &["peers"]);
+    assert!(
+        peer(&peers, "bob").is_none_or(|p| p["online"] == false),
+        "{peers}"
+    );
+
+    // bob comes back with the same key and name.
+    let _bob = up(&bh, &url, "bob");
+    alice.expect_line("bob is online");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_input_does_not_stop_the_server() {
+    use burrow_net::{Endpoint, EndpointConfig};
+    use burrow_proto::rendezvous;
+    use rand::RngCore;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (mut srv, url) = server(&dir.path().join("srv"));
+    let server_addr: burrow_proto::ServerAddr = url.parse().unwrap();
+    let addr: std::net::SocketAddr = server_addr.host_port().parse().unwrap();
+
+    // 1. Random datagrams, some dressed up as STUN.
+    let junk = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut rng = rand::thread_rng();
+    for i in 0..2000usize {
+        let mut d = vec![0u8; 1 + (i * 13) % 1400];
+        rng.fill_bytes(&mut d);
+        if i % 4 == 0 && d.len() >= 20 {
+            d[0] &= 0x3f;
+            d[4..8].copy_from_slice(&burrow_proto::stun::MAGIC_COOKIE);
+        }
+        let _ = junk.send_to(&d, addr);
+    }
+
+    // 2. Real QUIC connections sending bad frames: each is closed, nothing else.
+    let key = burrow_proto::SecretKey::generate(&mut rand::rngs::OsRng);
+    let ep = Endpoint::bind(
+        &key,
+        EndpointConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let oversize = ((rendezvous::MAX_FRAME + 1) as u32).to_be_bytes().to_vec();
+    let mut unknown_version = rendezvous::encode_client(&rendezvous::ClientMsg::Bye).unwrap();
+    unknown_version[4] = 99;
+    let garbage = {
+        let mut g = vec![0, 0, 0, 40];
+        g.extend((0..40).map(|i| (i * 37) as u8));
+        g
+    };
+    let truncated = vec![0, 0, 0, 50, rendezvous::VERSION, 1, 2];
+    for bad in [oversize, unknown_version, garbage, truncated] {
+        let (conn, _) = ep
+            .connect(addr, rendezvous::ALPN, server_addr.key)
+            .await
+            .unwrap();
+        let (mut send, _recv) = conn.open_bi().await.unwrap();
+        send.write_all(&bad).await.unwrap();
+        send.finish().unwrap();
+        // Well before the server's 10 s Hello timeout: it is the frame that did it.
+        let closed = tokio::time::timeout(Duration::from_secs(3), conn.closed()).await;
+        assert!(
+            closed.is_ok(),
+            "server kept a connection that sent a bad frame"
+        );
+    }
+    // 3. A connection that never says Hello is dropped too (after the hello timeout)
+    //    but doesn't block anyone; an honest node registers right away.
+    let _silent = ep
+        .connect(addr, rendezvous::ALPN, server_addr.key)
+        .await
+        .unwrap();
+    let home = dir.path().join("alice");
+    let alice = tokio::task::spawn_blocking(move || {
+        let mut p = up(&home, &url, "alice");
+        p.expect_line("public address");
+        p
+    })
+    .await
+    .unwrap();
+    assert!(
+        srv.child.try_wait().unwrap().is_none(),
+        "server process died"
+    );
+    drop(alice);
+    let status = srv.terminate();
+    assert!(status.success());
+}
