@@ -36,6 +36,14 @@ pub struct EndpointConfig {
     pub connect_timeout: Duration,
     /// Answer STUN Binding requests (servers do; nodes don't).
     pub answer_stun: bool,
+    /// Bidirectional streams a peer may have open at once. Default 32. burrow
+    /// uses no unidirectional streams, so peers may open none.
+    pub max_bidi_streams: u32,
+    /// Bytes a peer may have in flight on one stream. Default 1.25 MiB (quinn's).
+    pub stream_window: u32,
+    /// Bytes a peer may have in flight on one connection. Default 8 MiB. With the
+    /// stream limit, this bounds what one peer can make us buffer.
+    pub receive_window: u32,
 }
 
 impl Default for EndpointConfig {
@@ -47,6 +55,9 @@ impl Default for EndpointConfig {
             idle_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             answer_stun: false,
+            max_bidi_streams: 32,
+            stream_window: 1_250_000,
+            receive_window: 8 << 20,
         }
     }
 }
@@ -138,7 +149,12 @@ impl Endpoint {
         let (demux, raw, raw_rx) = DemuxSocket::wrap(socket).map_err(EndpointError::Quic)?;
 
         let mut transport = quinn::TransportConfig::default();
-        transport.keep_alive_interval(config.keepalive);
+        transport
+            .max_concurrent_uni_streams(0u8.into())
+            .max_concurrent_bidi_streams(config.max_bidi_streams.into())
+            .stream_receive_window(config.stream_window.into())
+            .receive_window(config.receive_window.into())
+            .keep_alive_interval(config.keepalive);
         transport.max_idle_timeout(Some(
             config
                 .idle_timeout
@@ -357,18 +373,21 @@ mod tests {
         let accept = tokio::spawn(async move {
             let conn = server.quic().accept().await.unwrap().await.unwrap();
             let who = tls::peer_id(&conn);
-            let mut s = conn.accept_uni().await.unwrap();
-            (who, s.read_to_end(100).await.unwrap())
+            let (_send, mut recv) = conn.accept_bi().await.unwrap();
+            (who, recv.read_to_end(100).await.unwrap())
         });
         let (conn, server_id) = client
             .connect(server_addr, b"t/1", Some(key(1).public()))
             .await
             .unwrap();
         assert_eq!(server_id, key(1).public());
-        let mut s = conn.open_uni().await.unwrap();
+        let (mut s, _recv) = conn.open_bi().await.unwrap();
         s.write_all(b"hi").await.unwrap();
         s.finish().unwrap();
-        let (who, data) = accept.await.unwrap();
+        let (who, data) = tokio::time::timeout(Duration::from_secs(5), accept)
+            .await
+            .expect("the server reads the stream")
+            .unwrap();
         assert_eq!(who, Some(key(2).public()));
         assert_eq!(data, b"hi");
     }
@@ -398,6 +417,29 @@ mod tests {
             }
             other => panic!("expected WrongKey, got {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn peers_may_not_open_unidirectional_streams() {
+        let server = Endpoint::bind(
+            &key(1),
+            EndpointConfig {
+                alpns: vec![b"t/1"],
+                ..local()
+            },
+        )
+        .unwrap();
+        let addr = server.local_addr().unwrap();
+        let keep = tokio::spawn(async move {
+            let conn = server.quic().accept().await.unwrap().await.unwrap();
+            conn.closed().await
+        });
+        let client = Endpoint::bind(&key(2), local()).unwrap();
+        let (conn, _) = client.connect(addr, b"t/1", None).await.unwrap();
+        // No credit for unidirectional streams: opening one waits forever.
+        let opened = tokio::time::timeout(Duration::from_millis(300), conn.open_uni()).await;
+        assert!(opened.is_err(), "a unidirectional stream was allowed");
+        keep.abort();
     }
 
     #[tokio::test]

@@ -33,8 +33,15 @@ pub enum ChatError {
     BadAck,
 }
 
-/// Sends `m` over `conn` and waits for the receiver's ack.
+/// Sends `m` over `conn` and waits for the receiver's ack, all within
+/// [`ACK_TIMEOUT`] (a peer withholding stream credit can't hang the sender).
 pub(crate) async fn send(conn: &quinn::Connection, m: &StoredMessage) -> Result<(), ChatError> {
+    tokio::time::timeout(ACK_TIMEOUT, exchange(conn, m))
+        .await
+        .map_err(|_| ChatError::Timeout)?
+}
+
+async fn exchange(conn: &quinn::Connection, m: &StoredMessage) -> Result<(), ChatError> {
     let (send, recv) = conn.open_bi().await?;
     let mut writer = FrameWriter::new(send, chat::VERSION, chat::MAX_FRAME);
     let mut reader = FrameReader::new(recv, chat::VERSION, chat::MAX_FRAME);
@@ -46,11 +53,9 @@ pub(crate) async fn send(conn: &quinn::Connection, m: &StoredMessage) -> Result<
         })
         .await?;
     writer.finish();
-    match tokio::time::timeout(ACK_TIMEOUT, reader.read::<ChatFrame>()).await {
-        Err(_) => Err(ChatError::Timeout),
-        Ok(Ok(Some(ChatFrame::Ack { id }))) if id == m.id => Ok(()),
-        Ok(Ok(_)) => Err(ChatError::BadAck),
-        Ok(Err(e)) => Err(e.into()),
+    match reader.read::<ChatFrame>().await? {
+        Some(ChatFrame::Ack { id }) if id == m.id => Ok(()),
+        _ => Err(ChatError::BadAck),
     }
 }
 
@@ -59,8 +64,10 @@ pub(crate) async fn serve(inner: &Arc<Inner>, peer: NodeId, conn: &quinn::Connec
     while let Ok((send, recv)) = conn.accept_bi().await {
         let inner = inner.clone();
         tokio::spawn(async move {
-            if let Err(e) = receive(&inner, peer, send, recv).await {
-                warn!(peer = %peer.short(), error = %e, "bad chat stream");
+            match tokio::time::timeout(ACK_TIMEOUT, receive(&inner, peer, send, recv)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!(peer = %peer.short(), error = %e, "bad chat stream"),
+                Err(_) => warn!(peer = %peer.short(), "chat stream stalled; dropped"),
             }
         });
     }

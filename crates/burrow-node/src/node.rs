@@ -50,8 +50,8 @@ pub(crate) struct State {
     pub server_id: Option<NodeId>,
     pub public_addr: Option<SocketAddr>,
     pub peers: HashMap<NodeId, Peer>,
-    /// Operations waiting for the server's answer about a peer.
-    pub waiters: HashMap<NodeId, oneshot::Sender<Result<(), Refusal>>>,
+    /// Operations waiting for the server's answer about a peer (one per peer).
+    pub waiters: HashMap<NodeId, (RequestOp, oneshot::Sender<Result<(), Refusal>>)>,
 }
 
 impl State {
@@ -249,8 +249,8 @@ pub struct Node {
 }
 
 /// The operations that ask the server about a request.
-#[derive(Clone, Copy, Debug)]
-enum RequestOp {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RequestOp {
     Connect,
     Accept,
     Reject,
@@ -432,7 +432,7 @@ impl Node {
                 return Err(ApiError::Busy(name));
             }
             let (wtx, wrx) = oneshot::channel();
-            st.waiters.insert(id, wtx);
+            st.waiters.insert(id, (op, wtx));
             if matches!(op, RequestOp::Accept | RequestOp::Connect) {
                 // Let its connection in from now on: it may arrive before the
                 // server's confirmation does.
@@ -448,19 +448,25 @@ impl Node {
             RequestOp::Reject => ClientMsg::Reject { peer: id },
             RequestOp::Cancel => ClientMsg::Cancel { peer: id },
         };
-        if tx.send(msg).await.is_err() {
-            self.inner.state().waiters.remove(&id);
-            return Err(ApiError::ServerUnavailable);
-        }
-        match tokio::time::timeout(SERVER_ANSWER_TIMEOUT, rx).await {
-            Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(reason))) => Err(ApiError::Refused { name, reason }),
-            Ok(Err(_)) => Err(ApiError::ServerUnavailable),
-            Err(_) => {
-                self.inner.state().waiters.remove(&id);
-                Err(ApiError::NoAnswer)
+        let result = if tx.send(msg).await.is_err() {
+            Err(ApiError::ServerUnavailable)
+        } else {
+            match tokio::time::timeout(SERVER_ANSWER_TIMEOUT, rx).await {
+                Ok(Ok(Ok(()))) => Ok(()),
+                Ok(Ok(Err(reason))) => Err(ApiError::Refused { name, reason }),
+                Ok(Err(_)) => Err(ApiError::ServerUnavailable),
+                Err(_) => Err(ApiError::NoAnswer),
+            }
+        };
+        if result.is_err() {
+            let mut st = self.inner.state();
+            st.waiters.remove(&id);
+            // Admission was granted for this request only.
+            if let Some(p) = st.peers.get_mut(&id) {
+                p.accepted = p.conn.is_some();
             }
         }
+        result
     }
 
     /// Sends `text` to `peer` over our connection. Returns once the peer has

@@ -58,6 +58,7 @@ pub(crate) async fn dial(inner: Arc<Inner>, peer: NodeId, candidates: Vec<Socket
         let mut st = inner.state();
         if let Some(p) = st.peers.get_mut(&peer) {
             p.request = None;
+            p.accepted = p.conn.is_some();
         }
         st.name_of(&peer)
     };
@@ -66,6 +67,26 @@ pub(crate) async fn dial(inner: Arc<Inner>, peer: NodeId, candidates: Vec<Socket
         name,
         error: last_error,
     });
+}
+
+/// After we accept a request, the requester has this long to connect before its
+/// admission lapses (it would have to ask again).
+const ADMISSION_WINDOW: Duration = Duration::from_secs(30);
+
+/// Withdraws `peer`'s admission if it hasn't connected within [`ADMISSION_WINDOW`].
+pub(crate) async fn admission_deadline(inner: Arc<Inner>, peer: NodeId) {
+    tokio::select! {
+        _ = inner.shutdown.cancelled() => {}
+        _ = tokio::time::sleep(ADMISSION_WINDOW) => {
+            let mut st = inner.state();
+            if let Some(p) = st.peers.get_mut(&peer) {
+                if p.conn.is_none() && p.request.is_none() {
+                    p.accepted = false;
+                }
+            }
+            st.forget_idle(&peer);
+        }
+    }
 }
 
 /// Accepts incoming connections until shutdown.

@@ -11,14 +11,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use burrow_net::{iface, ConnectError, FrameReader, FrameWriter};
-use burrow_proto::rendezvous::{self, ClientMsg, Direction, Refusal, ServerMsg};
+use burrow_proto::rendezvous::{self, ClientMsg, CloseReason, Direction, Refusal, ServerMsg};
 use burrow_proto::NodeId;
 use rand::Rng;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::event::NodeEvent;
-use crate::node::{Inner, MAX_PEERS};
+use crate::node::{Inner, RequestOp, MAX_PEERS};
 use crate::peers;
 use crate::trust::KnownServers;
 
@@ -291,6 +291,7 @@ fn forget_session(inner: &Inner) {
     for p in st.peers.values_mut() {
         p.online = false;
         p.request = None;
+        p.accepted = p.conn.is_some();
     }
     let ids: Vec<NodeId> = st.peers.keys().copied().collect();
     for id in ids {
@@ -345,6 +346,16 @@ fn handle(inner: &Arc<Inner>, msg: ServerMsg) {
     let mut st = inner.state();
     match msg {
         ServerMsg::Welcome { .. } => warn!("unexpected second Welcome"),
+        ServerMsg::Peers(list) => {
+            for info in list {
+                if st.peers.len() >= MAX_PEERS && !st.peers.contains_key(&info.id) {
+                    break;
+                }
+                let p = st.peers.entry(info.id).or_default();
+                p.name = Some(info.name);
+                p.online = true;
+            }
+        }
         ServerMsg::PeerJoined(info) => {
             if st.peers.len() >= MAX_PEERS && !st.peers.contains_key(&info.id) {
                 return;
@@ -370,7 +381,7 @@ fn handle(inner: &Arc<Inner>, msg: ServerMsg) {
             if let Some(p) = st.peers.get_mut(&peer) {
                 p.request = Some(Direction::Outgoing);
             }
-            resolve_waiter(&mut st, peer, Ok(()));
+            resolve_waiter(&mut st, peer, |op| op == RequestOp::Connect, Ok(()));
         }
         ServerMsg::Incoming { peer } => {
             let name = peer.name.to_string();
@@ -388,11 +399,20 @@ fn handle(inner: &Arc<Inner>, msg: ServerMsg) {
         } => {
             if let Some(p) = st.peers.get_mut(&peer) {
                 p.accepted = true;
+                if direction == Direction::Incoming {
+                    // Our part is done; the requester dials us now.
+                    p.request = None;
+                }
             }
-            resolve_waiter(&mut st, peer, Ok(()));
+            let op = match direction {
+                Direction::Outgoing => RequestOp::Connect,
+                Direction::Incoming => RequestOp::Accept,
+            };
+            resolve_waiter(&mut st, peer, |o| o == op, Ok(()));
             drop(st);
-            if direction == Direction::Outgoing {
-                inner.spawn(peers::dial(inner.clone(), peer, candidates));
+            match direction {
+                Direction::Outgoing => inner.spawn(peers::dial(inner.clone(), peer, candidates)),
+                Direction::Incoming => inner.spawn(peers::admission_deadline(inner.clone(), peer)),
             }
         }
         ServerMsg::Closed {
@@ -406,7 +426,12 @@ fn handle(inner: &Arc<Inner>, msg: ServerMsg) {
                 // The request is over: only a live connection keeps the peer admitted.
                 p.accepted = p.conn.is_some();
             }
-            resolve_waiter(&mut st, peer, Ok(()));
+            let answered = match (direction, reason) {
+                (Direction::Incoming, CloseReason::Rejected) => Some(RequestOp::Reject),
+                (Direction::Outgoing, CloseReason::Cancelled) => Some(RequestOp::Cancel),
+                _ => None,
+            };
+            resolve_waiter(&mut st, peer, |op| Some(op) == answered, Ok(()));
             st.forget_idle(&peer);
             drop(st);
             inner.emit(NodeEvent::RequestClosed {
@@ -424,15 +449,23 @@ fn handle(inner: &Arc<Inner>, msg: ServerMsg) {
                     p.accepted = false;
                 }
             }
-            resolve_waiter(&mut st, peer, Err(reason));
+            resolve_waiter(&mut st, peer, |_| true, Err(reason));
         }
         ServerMsg::Refused { peer: None, reason } => warn!(%reason, "server refused a message"),
     }
 }
 
-fn resolve_waiter(st: &mut crate::node::State, peer: NodeId, result: Result<(), Refusal>) {
-    if let Some(w) = st.waiters.remove(&peer) {
-        let _ = w.send(result);
+/// Answers the operation waiting on `peer`, if `answers` says this reply is its.
+fn resolve_waiter(
+    st: &mut crate::node::State,
+    peer: NodeId,
+    answers: impl Fn(RequestOp) -> bool,
+    result: Result<(), Refusal>,
+) {
+    if st.waiters.get(&peer).is_some_and(|(op, _)| answers(*op)) {
+        if let Some((_, w)) = st.waiters.remove(&peer) {
+            let _ = w.send(result);
+        }
     }
 }
 

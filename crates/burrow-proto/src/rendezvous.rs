@@ -32,10 +32,16 @@ use crate::name::Name;
 pub const ALPN: &[u8] = b"burrow/rendezvous/1";
 /// Version byte of every control-stream frame.
 pub const VERSION: u8 = 1;
-/// Largest control frame either side accepts. A welcome lists online peers
-/// (about 80 bytes each), so this bounds one snapshot to roughly 12 000 peers;
-/// larger registries send the snapshot in several [`ServerMsg::PeerJoined`] frames.
+/// Largest frame the server sends. Presence snapshots are split
+/// ([`PEERS_PER_FRAME`]) to stay well under it.
 pub const MAX_FRAME: usize = 1 << 20;
+
+/// Largest frame a node may send the server. A Hello with every candidate is under
+/// 700 bytes; the server reads no more than this from anyone.
+pub const MAX_CLIENT_FRAME: usize = 4096;
+/// Most peers listed in one [`ServerMsg::Welcome`] or [`ServerMsg::Peers`] frame
+/// (about 80 KiB), so a snapshot of any size travels in frames under [`MAX_FRAME`].
+pub const PEERS_PER_FRAME: usize = 1000;
 /// Most addresses a node may offer as its own candidates.
 pub const MAX_CANDIDATES: usize = 16;
 
@@ -143,6 +149,9 @@ pub enum ServerMsg {
         /// Why.
         reason: Refusal,
     },
+    /// More of the snapshot that began with `Welcome` (sent when more than
+    /// [`PEERS_PER_FRAME`] nodes are online).
+    Peers(Vec<PeerInfo>),
     /// A node came online.
     PeerJoined(PeerInfo),
     /// A node went offline (said goodbye, or stopped answering keepalives).
@@ -274,6 +283,7 @@ mod tests {
             )
                 .prop_map(|(peer, reason)| ServerMsg::Refused { peer, reason }),
             info().prop_map(ServerMsg::PeerJoined),
+            proptest::collection::vec(info(), 0..4).prop_map(ServerMsg::Peers),
             arb_id().prop_map(|id| ServerMsg::PeerLeft { id }),
             arb_id().prop_map(|peer| ServerMsg::Pending { peer }),
             info().prop_map(|peer| ServerMsg::Incoming { peer }),

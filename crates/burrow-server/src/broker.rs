@@ -15,7 +15,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use burrow_proto::rendezvous::{ClientMsg, CloseReason, Direction, PeerInfo, Refusal, ServerMsg};
+use burrow_proto::rendezvous::{
+    ClientMsg, CloseReason, Direction, PeerInfo, Refusal, ServerMsg, PEERS_PER_FRAME,
+};
 use burrow_proto::NodeId;
 
 /// Limits of the broker. Defaults assume people answering requests by hand.
@@ -72,7 +74,8 @@ impl Registry {
     }
 
     /// A node registered (`session` tells its connections apart). A node that was
-    /// already online under an older session is replaced.
+    /// already online under an older session is replaced; requests of the old
+    /// session end (the node forgot them when it lost that session).
     pub fn handle_join(
         &mut self,
         info: PeerInfo,
@@ -81,18 +84,25 @@ impl Registry {
         lan: Vec<SocketAddr>,
     ) -> Vec<Out> {
         let id = info.id;
+        let mut out = if self.nodes.contains_key(&id) {
+            self.end_requests_of(id)
+        } else {
+            Vec::new()
+        };
         let mut candidates = vec![observed];
         candidates.extend(lan.into_iter().filter(|a| *a != observed));
-        let peers: Vec<PeerInfo> = self
+        let mut peers: Vec<PeerInfo> = self
             .nodes
             .values()
             .filter(|n| n.info.id != id)
             .map(|n| n.info.clone())
             .collect();
-        let mut out: Vec<Out> = peers
-            .iter()
-            .map(|p| (p.id, ServerMsg::PeerJoined(info.clone())))
-            .collect();
+        out.extend(
+            peers
+                .iter()
+                .map(|p| (p.id, ServerMsg::PeerJoined(info.clone()))),
+        );
+        let rest = peers.split_off(peers.len().min(PEERS_PER_FRAME));
         out.push((
             id,
             ServerMsg::Welcome {
@@ -101,6 +111,10 @@ impl Registry {
                 request_ttl_ms: self.config.request_ttl.as_millis() as u64,
             },
         ));
+        out.extend(
+            rest.chunks(PEERS_PER_FRAME)
+                .map(|c| (id, ServerMsg::Peers(c.to_vec()))),
+        );
         self.nodes.insert(
             id,
             Online {
@@ -119,6 +133,17 @@ impl Registry {
             return Vec::new();
         }
         self.nodes.remove(&id);
+        let mut out = self.end_requests_of(id);
+        out.extend(
+            self.nodes
+                .keys()
+                .map(|&other| (other, ServerMsg::PeerLeft { id })),
+        );
+        out
+    }
+
+    /// Ends every request `id` is part of, telling the other sides.
+    fn end_requests_of(&mut self, id: NodeId) -> Vec<Out> {
         let mut out = Vec::new();
         let ended: Vec<(NodeId, NodeId)> = self
             .pending
@@ -451,10 +476,7 @@ mod tests {
     fn leaving_ends_requests_and_tells_everyone_but_stale_sessions_do_nothing() {
         let (mut r, a, b, now) = two();
         r.handle_msg(now, b.id, ClientMsg::Connect { peer: a.id });
-        // bob reconnected (session 3) before his old session (2) noticed it was dead.
-        r.handle_join(b.clone(), 3, addr(3), vec![]);
-        assert!(r.handle_leave(b.id, 2).is_empty());
-        let out = r.handle_leave(b.id, 3);
+        let out = r.handle_leave(b.id, 2);
         assert!(out.contains(&(
             a.id,
             ServerMsg::Closed {
@@ -465,6 +487,71 @@ mod tests {
         )));
         assert!(out.contains(&(a.id, ServerMsg::PeerLeft { id: b.id })));
         assert_eq!(r.online(), 1);
+
+        // bob reconnected (session 4) before his old session (3) noticed it was dead:
+        // the old session's end changes nothing.
+        r.handle_join(b.clone(), 3, addr(3), vec![]);
+        r.handle_join(b.clone(), 4, addr(4), vec![]);
+        assert!(r.handle_leave(b.id, 3).is_empty());
+        assert_eq!(r.online(), 2);
+        assert!(r
+            .handle_leave(b.id, 4)
+            .contains(&(a.id, ServerMsg::PeerLeft { id: b.id })));
+    }
+
+    #[test]
+    fn a_replacing_session_ends_the_old_sessions_requests() {
+        let (mut r, a, b, now) = two();
+        r.handle_msg(now, b.id, ClientMsg::Connect { peer: a.id });
+        let out = r.handle_join(b.clone(), 3, addr(3), vec![]);
+        assert!(out.contains(&(
+            a.id,
+            ServerMsg::Closed {
+                peer: b.id,
+                direction: Direction::Incoming,
+                reason: CloseReason::PeerLeft
+            }
+        )));
+        // bob can ask again at once.
+        let out = r.handle_msg(now, b.id, ClientMsg::Connect { peer: a.id });
+        assert_eq!(out[0], (b.id, ServerMsg::Pending { peer: a.id }));
+    }
+
+    #[test]
+    fn large_snapshots_are_split_into_bounded_frames() {
+        let mut r = Registry::new(BrokerConfig::default());
+        let n = PEERS_PER_FRAME * 2 + 5;
+        for i in 0..n as u64 {
+            r.handle_join(node(100 + i, &format!("n{i}")), i, addr(1), vec![]);
+        }
+        let me = node(1, "me");
+        let out = r.handle_join(me.clone(), 10_000, addr(2), vec![]);
+        let mine: Vec<&ServerMsg> = out
+            .iter()
+            .filter(|(to, _)| *to == me.id)
+            .map(|(_, m)| m)
+            .collect();
+        let listed: usize = mine
+            .iter()
+            .map(|m| match m {
+                ServerMsg::Welcome { peers, .. } | ServerMsg::Peers(peers) => {
+                    assert!(peers.len() <= PEERS_PER_FRAME);
+                    peers.len()
+                }
+                other => panic!("unexpected {other:?}"),
+            })
+            .sum();
+        assert_eq!(listed, n);
+        assert!(
+            matches!(mine[0], ServerMsg::Welcome { .. }),
+            "the Welcome comes first"
+        );
+        for m in mine {
+            assert!(
+                burrow_proto::rendezvous::encode_server(m).is_ok(),
+                "every frame fits"
+            );
+        }
     }
 
     #[test]

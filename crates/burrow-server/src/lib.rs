@@ -10,6 +10,7 @@
 //! short-held mutex.
 
 pub mod broker;
+pub mod limit;
 mod server;
 
 pub use broker::BrokerConfig;

@@ -16,9 +16,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::broker::{BrokerConfig, Out, Registry};
+use crate::limit::RateLimit;
 
 /// How many messages wait for a slow node before the server drops its session.
 const SESSION_QUEUE: usize = 256;
+/// Messages per second a node may send after its first [`MESSAGE_BURST`]: far
+/// above what a person's commands produce, far below what would let one node
+/// flood others through the broker.
+const MESSAGE_RATE: f64 = 20.0;
+/// Messages a node may send at once.
+const MESSAGE_BURST: f64 = 40.0;
 /// How long a new connection has to open its control stream and say Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -68,26 +75,20 @@ struct Session {
     conn: quinn::Connection,
 }
 
-struct Shared {
-    registry: Mutex<Registry>,
-    sessions: Mutex<HashMap<NodeId, Session>>,
-    store: Arc<Mutex<ServerStore>>,
-    next_session: AtomicU64,
+/// The registry and the sessions that deliver its output, behind one lock: a
+/// change and the messages announcing it happen in one step, so every node sees
+/// the same order of events the registry does.
+struct Hub {
+    registry: Registry,
+    sessions: HashMap<NodeId, Session>,
 }
 
-impl Shared {
+impl Hub {
     /// Delivers the registry's output. A node whose queue is full is too slow to
     /// keep up: its connection is closed, and its leave is handled when its task ends.
     fn deliver(&self, out: Vec<Out>) {
-        if out.is_empty() {
-            return;
-        }
-        let sessions = self
-            .sessions
-            .lock()
-            .expect("sessions lock is never poisoned");
         for (to, msg) in out {
-            if let Some(s) = sessions.get(&to) {
+            if let Some(s) = self.sessions.get(&to) {
                 if s.tx.try_send(msg).is_err() {
                     warn!(node = %to.short(), "node is not reading its messages; disconnecting it");
                     s.conn.close(quinn::VarInt::from_u32(2), b"too slow");
@@ -95,11 +96,24 @@ impl Shared {
             }
         }
     }
+}
 
-    fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
-        self.registry
-            .lock()
-            .expect("registry lock is never poisoned")
+struct Shared {
+    hub: Mutex<Hub>,
+    store: Arc<Mutex<ServerStore>>,
+    next_session: AtomicU64,
+}
+
+impl Shared {
+    /// Runs `f` on the registry and delivers what it returns, under one lock.
+    fn update(&self, f: impl FnOnce(&mut Registry) -> Vec<Out>) {
+        let mut hub = self.hub.lock().expect("hub lock is never poisoned");
+        let out = f(&mut hub.registry);
+        hub.deliver(out);
+    }
+
+    fn hub(&self) -> std::sync::MutexGuard<'_, Hub> {
+        self.hub.lock().expect("hub lock is never poisoned")
     }
 }
 
@@ -123,14 +137,21 @@ impl Server {
                 keepalive: None,
                 idle_timeout: config.idle_timeout,
                 answer_stun: true,
+                // A node opens one control stream and sends small frames: that is
+                // all the buffering a stranger gets out of the server.
+                max_bidi_streams: 1,
+                stream_window: 4 * rendezvous::MAX_CLIENT_FRAME as u32,
+                receive_window: 8 * rendezvous::MAX_CLIENT_FRAME as u32,
                 ..EndpointConfig::default()
             },
         )?;
         Ok(Server {
             endpoint,
             shared: Arc::new(Shared {
-                registry: Mutex::new(Registry::new(config.broker)),
-                sessions: Mutex::new(HashMap::new()),
+                hub: Mutex::new(Hub {
+                    registry: Registry::new(config.broker),
+                    sessions: HashMap::new(),
+                }),
                 store: Arc::new(Mutex::new(store)),
                 next_session: AtomicU64::new(1),
             }),
@@ -151,7 +172,7 @@ impl Server {
 
     /// How many nodes are online.
     pub fn online(&self) -> usize {
-        self.shared.registry().online()
+        self.shared.hub().registry.online()
     }
 
     /// Serves until `shutdown` fires, then closes every connection.
@@ -187,11 +208,7 @@ impl Server {
         })
         .await;
         sessions.abort_all();
-        self.shared
-            .sessions
-            .lock()
-            .expect("sessions lock is never poisoned")
-            .clear();
+        self.shared.hub().sessions.clear();
         let _ =
             tokio::time::timeout(Duration::from_secs(2), self.endpoint.quic().wait_idle()).await;
     }
@@ -204,8 +221,7 @@ async fn expire_requests(shared: Arc<Shared>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let out = shared.registry().handle_timeout(Instant::now());
-        shared.deliver(out);
+        shared.update(|r| r.handle_timeout(Instant::now()));
     }
 }
 
@@ -233,7 +249,7 @@ async fn serve_node(incoming: quinn::Incoming, shared: Arc<Shared>) -> Result<()
     let (send, recv) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi())
         .await
         .map_err(|_| SessionError::HelloTimeout)??;
-    let mut reader = FrameReader::new(recv, rendezvous::VERSION, rendezvous::MAX_FRAME);
+    let mut reader = FrameReader::new(recv, rendezvous::VERSION, rendezvous::MAX_CLIENT_FRAME);
     let mut writer = FrameWriter::new(send, rendezvous::VERSION, rendezvous::MAX_FRAME);
 
     let hello = tokio::time::timeout(HELLO_TIMEOUT, reader.read::<ClientMsg>())
@@ -281,32 +297,28 @@ async fn serve_node(incoming: quinn::Incoming, shared: Arc<Shared>) -> Result<()
     let session = shared.next_session.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::channel(SESSION_QUEUE);
     {
-        let mut sessions = shared
-            .sessions
-            .lock()
-            .expect("sessions lock is never poisoned");
-        if let Some(old) = sessions.insert(
+        // Session map and registry change together, so both name the same
+        // (newest) session for this node.
+        let mut hub = shared.hub();
+        let replaced = hub.sessions.insert(
             id,
             Session {
                 id: session,
                 tx,
                 conn: conn.clone(),
             },
-        ) {
+        );
+        if let Some(old) = replaced {
             old.conn
                 .close(quinn::VarInt::from_u32(4), b"replaced by a newer session");
         }
-    }
-    let out = shared.registry().handle_join(
-        PeerInfo {
+        let info = PeerInfo {
             id,
             name: name.clone(),
-        },
-        session,
-        observed,
-        lan,
-    );
-    shared.deliver(out);
+        };
+        let out = hub.registry.handle_join(info, session, observed, lan);
+        hub.deliver(out);
+    }
     info!(node = %id.short(), %name, %observed, "online");
 
     let writer_task = tokio::spawn(async move {
@@ -317,13 +329,18 @@ async fn serve_node(incoming: quinn::Incoming, shared: Arc<Shared>) -> Result<()
         }
     });
 
+    let mut limit = RateLimit::new(MESSAGE_RATE, MESSAGE_BURST, Instant::now());
     let result = loop {
         match reader.read::<ClientMsg>().await {
             Ok(Some(ClientMsg::Bye)) | Ok(None) => break Ok(()),
             Ok(Some(msg)) => {
+                if !limit.allow(Instant::now()) {
+                    warn!(node = %id.short(), "too many messages; closing the session");
+                    conn.close(quinn::VarInt::from_u32(6), b"too many messages");
+                    break Ok(());
+                }
                 debug!(node = %id.short(), ?msg, "message");
-                let out = shared.registry().handle_msg(Instant::now(), id, msg);
-                shared.deliver(out);
+                shared.update(|r| r.handle_msg(Instant::now(), id, msg));
             }
             Err(burrow_net::FramedError::Read(e)) => {
                 debug!(node = %id.short(), error = %e, "connection lost");
@@ -338,16 +355,13 @@ async fn serve_node(incoming: quinn::Incoming, shared: Arc<Shared>) -> Result<()
     };
 
     {
-        let mut sessions = shared
-            .sessions
-            .lock()
-            .expect("sessions lock is never poisoned");
-        if sessions.get(&id).is_some_and(|s| s.id == session) {
-            sessions.remove(&id);
+        let mut hub = shared.hub();
+        if hub.sessions.get(&id).is_some_and(|s| s.id == session) {
+            hub.sessions.remove(&id);
         }
+        let out = hub.registry.handle_leave(id, session);
+        hub.deliver(out);
     }
-    let out = shared.registry().handle_leave(id, session);
-    shared.deliver(out);
     writer_task.abort();
     conn.close(quinn::VarInt::from_u32(0), b"bye");
     info!(node = %id.short(), %name, "offline");

@@ -10,10 +10,16 @@ use std::process::Command;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coturn_stun_client_gets_its_reflexive_address() {
-    let has_tool = Command::new("turnutils_stunclient").arg("-h").output().is_ok();
+    let has_tool = Command::new("turnutils_stunclient")
+        .arg("-h")
+        .output()
+        .is_ok();
     if !has_tool {
         let required = std::env::var("BURROW_LAB").is_ok_and(|v| v == "required");
-        assert!(!required, "turnutils_stunclient is missing and BURROW_LAB=required: apt-get install coturn");
+        assert!(
+            !required,
+            "turnutils_stunclient is missing and BURROW_LAB=required: apt-get install coturn"
+        );
         eprintln!("SKIPPED: turnutils_stunclient not installed (apt-get install coturn)");
         return;
     }
@@ -21,7 +27,10 @@ async fn coturn_stun_client_gets_its_reflexive_address() {
     let server = common::start_server(&dir.path().join("srv")).await;
     let port = server.addr.port().to_string();
     let out = tokio::task::spawn_blocking(move || {
-        Command::new("timeout").args(["10", "turnutils_stunclient", "-p", &port, "127.0.0.1"]).output().unwrap()
+        Command::new("timeout")
+            .args(["10", "turnutils_stunclient", "-p", &port, "127.0.0.1"])
+            .output()
+            .unwrap()
     })
     .await
     .unwrap();
@@ -34,6 +43,10 @@ async fn coturn_stun_client_gets_its_reflexive_address() {
     let addr: std::net::SocketAddr = addr.trim().parse().unwrap();
     assert_eq!(addr.ip().to_string(), "127.0.0.1");
     assert_ne!(addr.port(), 0);
-    assert_ne!(addr.port(), server.addr.port(), "the client's port, not the server's");
+    assert_ne!(
+        addr.port(),
+        server.addr.port(),
+        "the client's port, not the server's"
+    );
     server.stop().await;
 }
