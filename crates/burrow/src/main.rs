@@ -18,7 +18,20 @@ use clap::{Parser, Subcommand};
 /// a node on each computer (`burrow up`), then use the other commands to see who is
 /// online, connect, and chat over end-to-end encrypted QUIC.
 #[derive(Parser, Debug)]
-#[command(name = "burrow", version, propagate_version = true)]
+#[command(
+    name = "burrow",
+    version,
+    propagate_version = true,
+    after_help = "Examples:
+  burrow demo                                              try it all on this machine
+  burrow server --listen 0.0.0.0:7700 --home ./srv         prints a join URL
+  burrow up --server burrow://<id>@host:7700 --name alice --home ./alice
+  burrow --home ./bob connect alice                        then, as alice: burrow accept bob
+  burrow --home ./bob send alice \"hello\"
+  burrow --home ./alice messages --follow
+
+Logs: BURROW_LOG=debug (stderr)."
+)]
 struct Cli {
     /// The node's (or server's) directory: key, store, control socket.
     /// Default: the platform data directory (e.g. ~/.local/share/burrow).
