@@ -1,0 +1,612 @@
+//! burrow-lab: small internets in Linux network namespaces, with the real kernel
+//! doing the NAT (nftables), for tests and benchmarks.
+//!
+//! ```text
+//!                      "public" segment 198.51.100.0/24 (a bridge in its own namespace)
+//!   server .1 and .2 ──┤
+//!   peer (None)  .100+ ┤
+//!   router wan   .10+ ─┼── router ── lan 10.0.N.0/24 ── peer .2 (and .3, same NAT)
+//!   carrier wan  .10+ ─┴── carrier ── 100.64.N.0/24 ── home router ── 10.0.N.0/24 ── peer
+//! ```
+//!
+//! Every namespace is named `bl<pid>x<lab>-<role>`; a [`Lab`] deletes its own on
+//! drop (also when a test panics), and [`Lab::new`] first deletes those left by
+//! processes that are gone. Nothing in the lab links to the host's network: the
+//! bridge's only ports are the lab's own veths, and traffic stays inside.
+//!
+//! NAT kinds ([`NatKind`]) are nftables rules on the router's WAN side:
+//! - `FullCone`: masquerade (source port kept), plus inbound UDP on any port
+//!   forwarded to the peer: endpoint-independent mapping and filtering.
+//! - `PortRestricted`: plain masquerade: endpoint-independent mapping,
+//!   address-and-port-dependent filtering (conntrack lets in replies only).
+//! - `Symmetric`: masquerade `fully-random`: a new random port per destination.
+//!
+//! Needs root, `ip` (iproute2), `nft` (nftables) and `conntrack`; [`Lab::new`]
+//! says which is missing. Tests call [`require_or_skip`] to skip with a printed reason where the
+//! lab can't be built, except under `BURROW_LAB=required` (CI), where they fail.
+
+mod ns;
+
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+pub use ns::socket_in;
+
+/// Why the lab could not be built or changed.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    /// This machine can't run the lab (not root, tools missing, no netns support).
+    #[error("the lab can't run here: {0}")]
+    Unavailable(String),
+    /// A command failed.
+    #[error("`{cmd}` failed: {stderr}")]
+    Command {
+        /// The command line.
+        cmd: String,
+        /// What it printed.
+        stderr: String,
+    },
+    /// A system call failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// How a peer's router treats UDP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NatKind {
+    /// No NAT: the peer sits on the public segment.
+    None,
+    /// Endpoint-independent mapping and filtering.
+    FullCone,
+    /// Endpoint-independent mapping, address-and-port-dependent filtering.
+    PortRestricted,
+    /// Endpoint-dependent mapping with random ports.
+    Symmetric,
+}
+
+impl NatKind {
+    /// Every kind, for matrices.
+    pub const ALL: [NatKind; 4] = [
+        NatKind::None,
+        NatKind::FullCone,
+        NatKind::PortRestricted,
+        NatKind::Symmetric,
+    ];
+}
+
+/// Where a program runs in the lab: a namespace and its address there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Host {
+    /// Namespace name (for `ip netns exec`).
+    pub ns: String,
+    /// The host's (first) address.
+    pub addr: Ipv4Addr,
+}
+
+impl Host {
+    /// A `Command` that runs `program` inside this host's namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns, program]);
+        c
+    }
+
+    /// A UDP socket bound inside this host's namespace (usable from any thread).
+    pub fn udp(&self, port: u16) -> std::io::Result<UdpSocket> {
+        socket_in(&self.ns, SocketAddr::from((self.addr, port)))
+    }
+}
+
+/// A NAT router in front of one or more peers.
+#[derive(Clone, Debug)]
+pub struct Router {
+    /// The router itself (its address is the WAN address).
+    pub host: Host,
+    /// Its LAN network, e.g. 10.0.3.0/24; the router is .1.
+    lan_net: Ipv4Addr,
+    kind: NatKind,
+}
+
+impl Router {
+    /// The router's public (WAN) address.
+    pub fn wan(&self) -> Ipv4Addr {
+        self.host.addr
+    }
+
+    /// Its NAT kind.
+    pub fn kind(&self) -> NatKind {
+        self.kind
+    }
+}
+
+/// The public segment's network (RFC 5737 documentation range, never routed).
+pub const PUBLIC_NET: [u8; 3] = [198, 51, 100];
+/// The server's two public addresses.
+pub const SERVER_ADDRS: [Ipv4Addr; 2] = [
+    Ipv4Addr::new(198, 51, 100, 1),
+    Ipv4Addr::new(198, 51, 100, 2),
+];
+
+static LABS: AtomicU32 = AtomicU32::new(0);
+
+/// One lab: its namespaces live as long as it does.
+pub struct Lab {
+    prefix: String,
+    namespaces: Vec<String>,
+    inet: String,
+    server: Host,
+    next: u8,
+    /// Host numbers handed out on each router's LAN.
+    lan_hosts: std::collections::HashMap<String, u8>,
+}
+
+/// Builds a lab, or explains why not: `Ok(None)` means "skip" (with the reason
+/// printed), and under `BURROW_LAB=required` an unavailable lab panics instead.
+pub fn require_or_skip(test: &str) -> Option<Lab> {
+    match Lab::new() {
+        Ok(lab) => Some(lab),
+        Err(LabError::Unavailable(why)) => {
+            let required = std::env::var("BURROW_LAB").is_ok_and(|v| v == "required");
+            assert!(
+                !required,
+                "{test}: BURROW_LAB=required but the lab can't run here: {why}"
+            );
+            eprintln!("SKIPPED {test}: the lab can't run here: {why}");
+            None
+        }
+        Err(e) => panic!("{test}: building the lab failed: {e}"),
+    }
+}
+
+impl Lab {
+    /// Builds the public segment and the server host.
+    pub fn new() -> Result<Lab, LabError> {
+        check_available()?;
+        ns::remove_stale_labs();
+        let prefix = format!(
+            "bl{}x{}",
+            std::process::id(),
+            LABS.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut lab = Lab {
+            inet: format!("{prefix}-inet"),
+            server: Host {
+                ns: format!("{prefix}-srv"),
+                addr: SERVER_ADDRS[0],
+            },
+            prefix,
+            namespaces: Vec::new(),
+            next: 1,
+            lan_hosts: Default::default(),
+        };
+        let inet = lab.inet.clone();
+        lab.add_ns(&inet)?;
+        run(&["ip", "-n", &inet, "link", "add", "br0", "type", "bridge"])?;
+        run(&["ip", "-n", &inet, "link", "set", "br0", "up"])?;
+        let srv = lab.server.ns.clone();
+        lab.add_ns(&srv)?;
+        lab.attach_public(&srv, "eth0")?;
+        for a in SERVER_ADDRS {
+            run(&[
+                "ip",
+                "-n",
+                &srv,
+                "addr",
+                "add",
+                &format!("{a}/24"),
+                "dev",
+                "eth0",
+            ])?;
+        }
+        Ok(lab)
+    }
+
+    /// The server's host (its first address; it also has [`SERVER_ADDRS`]`[1]`).
+    pub fn server(&self) -> &Host {
+        &self.server
+    }
+
+    fn add_ns(&mut self, name: &str) -> Result<(), LabError> {
+        run(&["ip", "netns", "add", name])?;
+        self.namespaces.push(name.to_string());
+        run(&["ip", "-n", name, "link", "set", "lo", "up"])?;
+        Ok(())
+    }
+
+    /// Connects `ns` to the public bridge with an interface called `ifname`.
+    fn attach_public(&self, ns: &str, ifname: &str) -> Result<(), LabError> {
+        let port = format!("p{}", self.next_port());
+        run(&[
+            "ip", "link", "add", ifname, "netns", ns, "type", "veth", "peer", "name", &port,
+            "netns", &self.inet,
+        ])?;
+        run(&[
+            "ip", "-n", &self.inet, "link", "set", &port, "master", "br0",
+        ])?;
+        run(&["ip", "-n", &self.inet, "link", "set", &port, "up"])?;
+        run(&["ip", "-n", ns, "link", "set", ifname, "up"])?;
+        Ok(())
+    }
+
+    fn next_port(&self) -> usize {
+        self.namespaces.len()
+    }
+
+    fn take_index(&mut self) -> u8 {
+        let i = self.next;
+        self.next = self
+            .next
+            .checked_add(1)
+            .expect("at most 254 peers in one lab");
+        i
+    }
+
+    /// Adds a peer called `name` behind a router of `kind` (or on the public
+    /// segment for [`NatKind::None`]). Returns the peer's host and its router.
+    pub fn add_peer(
+        &mut self,
+        name: &str,
+        kind: NatKind,
+    ) -> Result<(Host, Option<Router>), LabError> {
+        let i = self.take_index();
+        if kind == NatKind::None {
+            let ns = format!("{}-{name}", self.prefix);
+            self.add_ns(&ns)?;
+            self.attach_public(&ns, "eth0")?;
+            let addr = Ipv4Addr::new(PUBLIC_NET[0], PUBLIC_NET[1], PUBLIC_NET[2], 100 + i);
+            run(&[
+                "ip",
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{addr}/24"),
+                "dev",
+                "eth0",
+            ])?;
+            return Ok((Host { ns, addr }, None));
+        }
+        let router = self.add_router(&format!("r{i}"), kind, Ipv4Addr::new(10, 0, i, 0), None)?;
+        let peer = self.add_peer_behind(&router, name)?;
+        Ok((peer, Some(router)))
+    }
+
+    /// Adds a peer behind a home router of `kind` that is itself behind a carrier
+    /// NAT (port-restricted, like most CGNATs).
+    pub fn add_double_nat_peer(
+        &mut self,
+        name: &str,
+        kind: NatKind,
+    ) -> Result<(Host, Router, Router), LabError> {
+        let i = self.take_index();
+        // The carrier's LAN is 100.64.i.0/24 (RFC 6598 shared address space).
+        let carrier = self.add_router(
+            &format!("c{i}"),
+            NatKind::PortRestricted,
+            Ipv4Addr::new(100, 64, i, 0),
+            None,
+        )?;
+        let home = self.add_router(
+            &format!("h{i}"),
+            kind,
+            Ipv4Addr::new(10, 0, i, 0),
+            Some(&carrier),
+        )?;
+        let peer = self.add_peer_behind(&home, name)?;
+        Ok((peer, home, carrier))
+    }
+
+    /// Builds a router namespace `role` with NAT `kind`. Its WAN is on the public
+    /// segment, or on `upstream`'s LAN for a double NAT.
+    fn add_router(
+        &mut self,
+        role: &str,
+        kind: NatKind,
+        lan_net: Ipv4Addr,
+        upstream: Option<&Router>,
+    ) -> Result<Router, LabError> {
+        let ns = format!("{}-{role}", self.prefix);
+        self.add_ns(&ns)?;
+        let (wan, gw) = match upstream {
+            None => {
+                self.attach_public(&ns, "wan")?;
+                let i = self.take_index();
+                (
+                    Ipv4Addr::new(PUBLIC_NET[0], PUBLIC_NET[1], PUBLIC_NET[2], 10 + i),
+                    None,
+                )
+            }
+            Some(up) => {
+                let o = up.lan_net.octets();
+                let addr = Ipv4Addr::new(o[0], o[1], o[2], 2);
+                run(&[
+                    "ip",
+                    "link",
+                    "add",
+                    "wan",
+                    "netns",
+                    &ns,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    "lan",
+                    "netns",
+                    &up.host.ns,
+                ])?;
+                run(&[
+                    "ip",
+                    "-n",
+                    &up.host.ns,
+                    "addr",
+                    "add",
+                    &format!("{}/24", Ipv4Addr::new(o[0], o[1], o[2], 1)),
+                    "dev",
+                    "lan",
+                ])?;
+                run(&["ip", "-n", &up.host.ns, "link", "set", "lan", "up"])?;
+                run(&["ip", "-n", &ns, "link", "set", "wan", "up"])?;
+                (addr, Some(Ipv4Addr::new(o[0], o[1], o[2], 1)))
+            }
+        };
+        run(&[
+            "ip",
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{wan}/24"),
+            "dev",
+            "wan",
+        ])?;
+        if let Some(gw) = gw {
+            run(&[
+                "ip",
+                "-n",
+                &ns,
+                "route",
+                "add",
+                "default",
+                "via",
+                &gw.to_string(),
+            ])?;
+        }
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            &ns,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ])?;
+        let o = lan_net.octets();
+        nat_rules(&ns, kind, Ipv4Addr::new(o[0], o[1], o[2], 2))?;
+        Ok(Router {
+            host: Host { ns, addr: wan },
+            lan_net,
+            kind,
+        })
+    }
+
+    /// Adds another peer on `router`'s LAN (several peers can share one NAT).
+    pub fn add_peer_behind(&mut self, router: &Router, name: &str) -> Result<Host, LabError> {
+        let ns = format!("{}-{name}", self.prefix);
+        self.add_ns(&ns)?;
+        let o = router.lan_net.octets();
+        let gw = Ipv4Addr::new(o[0], o[1], o[2], 1);
+        let n = self.lan_hosts.entry(router.host.ns.clone()).or_insert(1);
+        *n += 1;
+        let n = *n;
+        let addr = Ipv4Addr::new(o[0], o[1], o[2], n);
+        let has_lan = Command::new("ip")
+            .args(["-n", &router.host.ns, "link", "show", "lan"])
+            .output()?
+            .status
+            .success();
+        if !has_lan {
+            run(&[
+                "ip",
+                "link",
+                "add",
+                "lan",
+                "netns",
+                &router.host.ns,
+                "type",
+                "bridge",
+            ])?;
+            run(&[
+                "ip",
+                "-n",
+                &router.host.ns,
+                "addr",
+                "add",
+                &format!("{gw}/24"),
+                "dev",
+                "lan",
+            ])?;
+            run(&["ip", "-n", &router.host.ns, "link", "set", "lan", "up"])?;
+        }
+        let port = format!("l{n}");
+        run(&[
+            "ip",
+            "link",
+            "add",
+            "eth0",
+            "netns",
+            &ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &port,
+            "netns",
+            &router.host.ns,
+        ])?;
+        run(&[
+            "ip",
+            "-n",
+            &router.host.ns,
+            "link",
+            "set",
+            &port,
+            "master",
+            "lan",
+        ])?;
+        run(&["ip", "-n", &router.host.ns, "link", "set", &port, "up"])?;
+        run(&["ip", "-n", &ns, "link", "set", "eth0", "up"])?;
+        run(&[
+            "ip",
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        run(&[
+            "ip",
+            "-n",
+            &ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &gw.to_string(),
+        ])?;
+        Ok(Host { ns, addr })
+    }
+
+    /// Drops `percent`% of the packets `router` forwards, both ways.
+    pub fn set_loss(&self, router: &Router, percent: u8) -> Result<(), LabError> {
+        let _ = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &router.host.ns,
+                "nft",
+                "delete",
+                "table",
+                "inet",
+                "loss",
+            ])
+            .output();
+        if percent == 0 {
+            return Ok(());
+        }
+        nft(
+            &router.host.ns,
+            &format!(
+                "table inet loss {{\n chain forward {{\n  type filter hook forward priority -10;\n  numgen random mod 100 < {percent} drop\n }}\n}}\n"
+            ),
+        )
+    }
+
+    /// Forgets every NAT mapping on `router`, as if they had all timed out.
+    pub fn flush_mappings(&self, router: &Router) -> Result<(), LabError> {
+        run(&["ip", "netns", "exec", &router.host.ns, "conntrack", "-F"]).map(|_| ())
+    }
+
+    /// Cuts (`up == false`) or restores `router`'s uplink.
+    pub fn set_uplink(&self, router: &Router, up: bool) -> Result<(), LabError> {
+        run(&[
+            "ip",
+            "-n",
+            &router.host.ns,
+            "link",
+            "set",
+            "wan",
+            if up { "up" } else { "down" },
+        ])
+        .map(|_| ())
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for ns in self.namespaces.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
+/// Installs `kind`'s NAT rules on router namespace `ns`; `first_peer` receives
+/// unsolicited inbound UDP for `FullCone`.
+fn nat_rules(ns: &str, kind: NatKind, first_peer: Ipv4Addr) -> Result<(), LabError> {
+    let masquerade = match kind {
+        NatKind::Symmetric => "masquerade fully-random",
+        _ => "masquerade",
+    };
+    let inbound = match kind {
+        NatKind::FullCone => format!(
+            " chain pre {{\n  type nat hook prerouting priority dstnat;\n  iifname \"wan\" udp dport 1024-65535 dnat to {first_peer}\n }}\n"
+        ),
+        _ => String::new(),
+    };
+    nft(
+        ns,
+        &format!(
+            "table ip nat {{\n chain post {{\n  type nat hook postrouting priority srcnat;\n  oifname \"wan\" {masquerade}\n }}\n{inbound}}}\n"
+        ),
+    )
+}
+
+fn nft(ns: &str, ruleset: &str) -> Result<(), LabError> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .expect("piped stdin")
+                .write_all(ruleset.as_bytes())?;
+            child.wait_with_output()
+        })?;
+    if !out.status.success() {
+        return Err(LabError::Command {
+            cmd: format!("nft -f - <<< {ruleset}"),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Runs a command, failing with its stderr.
+fn run(args: &[&str]) -> Result<String, LabError> {
+    let out = Command::new(args[0]).args(&args[1..]).output()?;
+    if !out.status.success() {
+        return Err(LabError::Command {
+            cmd: args.join(" "),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn check_available() -> Result<(), LabError> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(LabError::Unavailable(
+            "needs root (network namespaces and nftables)".into(),
+        ));
+    }
+    for (tool, pkg) in [
+        ("ip", "iproute2"),
+        ("nft", "nftables"),
+        ("conntrack", "conntrack"),
+    ] {
+        if Command::new(tool).arg("-V").output().is_err() {
+            return Err(LabError::Unavailable(format!(
+                "`{tool}` is missing (apt-get install {pkg})"
+            )));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,45 @@
+//! Namespace plumbing: sockets created inside a namespace, and removal of labs
+//! whose process is gone.
+
+use std::fs::File;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::process::Command;
+
+/// Binds a UDP socket inside network namespace `ns`. The socket stays in that
+/// namespace for its whole life, whichever thread uses it later; only a short-lived
+/// helper thread ever switches namespace.
+pub fn socket_in(ns: &str, bind: SocketAddr) -> std::io::Result<UdpSocket> {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let f = File::open(&path)?;
+        // SAFETY: setns on this helper thread only, with a valid netns fd; the
+        // thread ends right after creating the socket.
+        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        UdpSocket::bind(bind)
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("namespace helper thread panicked"))?
+}
+
+/// Deletes namespaces named `bl<pid>x…` whose process no longer exists: what a
+/// killed test run left behind.
+pub(crate) fn remove_stale_labs() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        let Some(rest) = name.strip_prefix("bl") else {
+            continue;
+        };
+        let Some(pid) = rest.split('x').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = Command::new("ip").args(["netns", "del", name]).output();
+        }
+    }
+}
