@@ -2,11 +2,11 @@
 //! client (and, on servers, responder) reading the socket's non-QUIC datagrams.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use burrow_proto::stun::{self, TransactionId};
+use burrow_proto::stun::{self, Change, TransactionId};
 use burrow_proto::{NodeId, SecretKey};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rand::RngCore;
@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::socket::{DemuxSocket, RawDatagram, RawSender};
+use crate::stun_server::{GridError, StunGrid};
 use crate::tls;
 
 /// Most STUN queries waiting for an answer at once.
@@ -116,7 +117,9 @@ pub enum StunQueryError {
     Busy,
 }
 
-type Waiters = Arc<Mutex<HashMap<TransactionId, oneshot::Sender<SocketAddr>>>>;
+type Waiters = Arc<Mutex<HashMap<TransactionId, oneshot::Sender<stun::Response>>>>;
+/// Where the main socket's STUN requests go when the server runs a [`StunGrid`].
+type GridSlot = Arc<Mutex<Option<std::sync::Weak<StunGrid>>>>;
 
 /// The shared socket with QUIC and STUN on it.
 #[derive(Debug)]
@@ -127,6 +130,7 @@ pub struct Endpoint {
     transport: Arc<quinn::TransportConfig>,
     connect_timeout: Duration,
     waiters: Waiters,
+    grid: GridSlot,
     dispatcher: JoinHandle<()>,
 }
 
@@ -186,11 +190,13 @@ impl Endpoint {
         .map_err(EndpointError::Quic)?;
 
         let waiters: Waiters = Arc::default();
+        let grid: GridSlot = Arc::default();
+        let local = quic.local_addr().map_err(EndpointError::Quic)?;
         let dispatcher = tokio::spawn(dispatch(
             raw_rx,
             raw.clone(),
             waiters.clone(),
-            config.answer_stun,
+            config.answer_stun.then(|| (local, grid.clone())),
         ));
         Ok(Endpoint {
             quic,
@@ -199,6 +205,7 @@ impl Endpoint {
             transport,
             connect_timeout: config.connect_timeout,
             waiters,
+            grid,
             dispatcher,
         })
     }
@@ -254,6 +261,17 @@ impl Endpoint {
         Ok((conn, actual))
     }
 
+    /// Starts answering STUN with RFC 5780 alternates: the other port, and
+    /// `alt_ip` when the server has a second address. Needs `answer_stun`.
+    pub fn start_stun_grid(&self, alt_ip: Option<IpAddr>) -> Result<Arc<StunGrid>, GridError> {
+        let primary = self
+            .local_addr()
+            .expect("a bound socket has a local address");
+        let grid = StunGrid::start(primary, self.raw.clone(), alt_ip)?;
+        *self.grid.lock().expect("grid lock is never poisoned") = Some(Arc::downgrade(&grid));
+        Ok(grid)
+    }
+
     /// Asks the STUN server at `server` which address our socket appears from,
     /// retransmitting (RFC 8489 style, doubling from 250 ms) until `deadline`.
     pub async fn stun(
@@ -261,6 +279,19 @@ impl Endpoint {
         server: SocketAddr,
         deadline: Duration,
     ) -> Result<SocketAddr, StunQueryError> {
+        Ok(self
+            .stun_query(server, Change::default(), deadline)
+            .await?
+            .mapped)
+    }
+
+    /// A Binding request to `server` asking for `change`; the whole response.
+    pub async fn stun_query(
+        &self,
+        server: SocketAddr,
+        change: Change,
+        deadline: Duration,
+    ) -> Result<stun::Response, StunQueryError> {
         let mut id = [0u8; 12];
         rand::thread_rng().fill_bytes(&mut id);
         let tx = TransactionId::new(id);
@@ -272,7 +303,7 @@ impl Endpoint {
             }
             w.insert(tx, answer_tx);
         }
-        let request = stun::binding_request(tx);
+        let request = stun::binding_request_with(tx, change);
         let result = tokio::time::timeout(deadline, async {
             let mut wait = Duration::from_millis(250);
             loop {
@@ -299,34 +330,46 @@ impl Endpoint {
 }
 
 /// Routes the socket's non-QUIC datagrams: STUN responses to their waiting query,
-/// STUN requests to the responder (when answering), anything else is dropped.
+/// STUN requests to the responder (when answering: our address and the grid, if
+/// the server runs one), anything else is dropped.
 async fn dispatch(
     mut rx: mpsc::Receiver<RawDatagram>,
     raw: RawSender,
     waiters: Waiters,
-    answer_stun: bool,
+    answer: Option<(SocketAddr, GridSlot)>,
 ) {
     while let Some(RawDatagram { from, data }) = rx.recv().await {
         if !stun::looks_like_stun(&data) {
             tracing::debug!(%from, len = data.len(), "dropping unknown datagram");
             continue;
         }
-        if answer_stun {
-            if let Ok(tx) = stun::parse_request(&data) {
-                if let Err(e) = raw.send(from, &stun::binding_response(tx, from)) {
-                    tracing::debug!(%from, error = %e, "STUN answer not sent");
+        if let Some((local, grid)) = &answer {
+            if let Ok(req) = stun::parse_request(&data) {
+                let grid = grid
+                    .lock()
+                    .expect("grid lock is never poisoned")
+                    .as_ref()
+                    .and_then(|g| g.upgrade());
+                match grid {
+                    Some(grid) => grid.answer(*local, from, req),
+                    None => {
+                        let reply = stun::binding_response(req.tx, from, None, None);
+                        if let Err(e) = raw.send(from, &reply) {
+                            tracing::debug!(%from, error = %e, "STUN answer not sent");
+                        }
+                    }
                 }
                 continue;
             }
         }
         match stun::parse_response(&data) {
-            Ok((tx, addr)) => {
+            Ok(resp) => {
                 let waiter = waiters
                     .lock()
                     .expect("waiters lock is never poisoned")
-                    .remove(&tx);
+                    .remove(&resp.tx);
                 if let Some(w) = waiter {
-                    let _ = w.send(addr);
+                    let _ = w.send(resp);
                 }
             }
             Err(e) => tracing::debug!(%from, error = %e, "dropping STUN datagram"),
@@ -390,6 +433,83 @@ mod tests {
             .unwrap();
         assert_eq!(who, Some(key(2).public()));
         assert_eq!(data, b"hi");
+    }
+
+    #[tokio::test]
+    async fn the_stun_grid_answers_from_where_it_is_asked_to() {
+        // The alternate port is the main port + 1: retry if that one is taken.
+        let (server, _grid) = (0..10)
+            .find_map(|_| {
+                let ep = Endpoint::bind(
+                    &key(1),
+                    EndpointConfig {
+                        answer_stun: true,
+                        ..local()
+                    },
+                )
+                .ok()?;
+                let grid = ep
+                    .start_stun_grid(Some("127.0.0.2".parse().unwrap()))
+                    .ok()?;
+                Some((ep, grid))
+            })
+            .expect("a free pair of ports");
+        let main = server.local_addr().unwrap();
+        let alt_port = main.port() + 1;
+        let client = Endpoint::bind(&key(2), local()).unwrap();
+        let t = Duration::from_secs(2);
+        let q =
+            |to: SocketAddr, ip: bool, port: bool| client.stun_query(to, Change { ip, port }, t);
+
+        let plain = q(main, false, false).await.unwrap();
+        assert_eq!(plain.mapped, client.local_addr().unwrap());
+        assert_eq!(plain.origin, Some(main));
+        assert_eq!(
+            plain.other,
+            Some(SocketAddr::from(([127, 0, 0, 2], alt_port)))
+        );
+        let both = q(main, true, true).await.unwrap();
+        assert_eq!(
+            both.origin,
+            Some(SocketAddr::from(([127, 0, 0, 2], alt_port)))
+        );
+        let port = q(main, false, true).await.unwrap();
+        assert_eq!(
+            port.origin,
+            Some(SocketAddr::from(([127, 0, 0, 1], alt_port)))
+        );
+        // Asked on an alternate, answering from the main socket.
+        let back = q(SocketAddr::from(([127, 0, 0, 2], alt_port)), true, true)
+            .await
+            .unwrap();
+        assert_eq!(back.origin, Some(main));
+        assert_eq!(back.mapped, plain.mapped);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn padded_requests_are_answered_without_padding() {
+        let server = Endpoint::bind(
+            &key(1),
+            EndpointConfig {
+                answer_stun: true,
+                ..local()
+            },
+        )
+        .unwrap();
+        let main = server.local_addr().unwrap();
+        let t = Duration::from_secs(2);
+        // A 1536-byte request, as RFC 5780 clients pad them, is answered too.
+        let mut padded = burrow_proto::stun::binding_request(TransactionId::new([9; 12]));
+        padded.extend_from_slice(&[0x00, 0x26, 0x05, 0xdc]);
+        padded.extend_from_slice(&[0u8; 1500]);
+        let len = (padded.len() - burrow_proto::stun::HEADER_LEN) as u16;
+        padded[2..4].copy_from_slice(&len.to_be_bytes());
+        let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        probe.set_read_timeout(Some(t)).unwrap();
+        probe.send_to(&padded, main).unwrap();
+        let mut buf = [0u8; 2048];
+        let (n, _) = probe.recv_from(&mut buf).expect("padded request answered");
+        assert!(n < 200, "the answer carries no padding: {n} bytes");
     }
 
     #[tokio::test]

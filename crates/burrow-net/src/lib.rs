@@ -16,8 +16,10 @@ pub mod framed;
 pub mod iface;
 pub mod keyfile;
 pub mod socket;
+pub mod stun_server;
 pub mod tls;
 
 pub use endpoint::{ConnectError, Endpoint, EndpointConfig, EndpointError, StunQueryError};
 pub use framed::{FrameReader, FrameWriter, FramedError};
+pub use stun_server::StunGrid;
 pub use tls::peer_id;

@@ -43,6 +43,8 @@ pub enum Request {
         /// The text.
         text: String,
     },
+    /// Diagnose the NAT in front of this node (RFC 5780 tests against the server).
+    Nat,
     /// Chat history (and, with `follow`, new messages as they come).
     Messages {
         /// How many of the newest to return. Default 100.

@@ -129,6 +129,7 @@ async fn client(node: Node, stream: UnixStream) -> std::io::Result<()> {
             Request::Accept { peer } => done(node.accept(&peer).await),
             Request::Reject { peer } => done(node.reject(&peer).await),
             Request::Cancel { peer } => done(node.cancel(&peer).await),
+            Request::Nat => node.nat().await.map(ok).unwrap_or_else(err),
             Request::Send { peer, text } => {
                 node.send(&peer, &text).await.map(ok).unwrap_or_else(err)
             }

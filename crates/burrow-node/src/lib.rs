@@ -19,6 +19,7 @@ pub mod chat;
 pub mod config;
 pub mod control;
 pub mod event;
+pub mod nat;
 mod node;
 pub mod peers;
 pub mod session;

@@ -48,6 +48,8 @@ pub(crate) struct State {
     /// Sender to the current server session, while registered.
     pub server_tx: Option<mpsc::Sender<ClientMsg>>,
     pub server_id: Option<NodeId>,
+    /// The server's address, as resolved for the current session.
+    pub server_addr: Option<SocketAddr>,
     pub public_addr: Option<SocketAddr>,
     pub peers: HashMap<NodeId, Peer>,
     /// Operations waiting for the server's answer about a peer (one per peer).
@@ -221,6 +223,9 @@ pub enum ApiError {
     /// The node's store failed.
     #[error("store error: {0}")]
     Store(String),
+    /// NAT diagnosis failed.
+    #[error("NAT diagnosis failed: {0}")]
+    Nat(String),
 }
 
 impl ApiError {
@@ -505,6 +510,25 @@ impl Node {
         let view = self.inner.message_view(&msg);
         self.inner.emit(NodeEvent::Message(view.clone()));
         Ok(view)
+    }
+
+    /// Tests how the NAT in front of us maps and filters (takes a few seconds).
+    pub async fn nat(&self) -> Result<crate::nat::NatReport, ApiError> {
+        let server = self
+            .inner
+            .state()
+            .server_addr
+            .ok_or(ApiError::ServerUnavailable)?;
+        let local = self
+            .inner
+            .endpoint
+            .local_addr()
+            .map_err(|e| ApiError::Store(e.to_string()))?;
+        let mut own = burrow_net::iface::lan_candidates(local);
+        own.push(local);
+        crate::nat::diagnose(&self.inner.endpoint, server, &own)
+            .await
+            .map_err(|e| ApiError::Nat(e.to_string()))
     }
 
     /// The newest `limit` messages, oldest first.

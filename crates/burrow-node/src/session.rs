@@ -197,6 +197,7 @@ pub(crate) async fn connect(inner: &Arc<Inner>) -> Result<Session, SessionError>
                 // Usable as soon as the Welcome is applied: operations queue in the
                 // outbox until the session's writer starts.
                 st.server_tx = Some(tx.clone());
+                st.server_addr = Some(addr);
                 st.server_id = Some(key);
                 st.public_addr = Some(observed);
                 for p in st.peers.values_mut() {

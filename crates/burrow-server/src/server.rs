@@ -41,6 +41,10 @@ pub struct ServerConfig {
     /// A node silent for this long is gone (it stopped without saying goodbye).
     /// Default 30 s, three of the node's default 10 s keepalives.
     pub idle_timeout: Duration,
+    /// The server's second address, for NAT diagnosis (RFC 5780): STUN is also
+    /// answered there, on the listen port and the next one. Without it, only the
+    /// next port is added, and nodes can't tell every filtering kind apart.
+    pub alt_ip: Option<std::net::IpAddr>,
 }
 
 impl ServerConfig {
@@ -51,6 +55,7 @@ impl ServerConfig {
             home,
             broker: BrokerConfig::default(),
             idle_timeout: Duration::from_secs(30),
+            alt_ip: None,
         }
     }
 }
@@ -67,6 +72,9 @@ pub enum ServerError {
     /// The socket could not be bound.
     #[error(transparent)]
     Endpoint(#[from] burrow_net::EndpointError),
+    /// The STUN alternates could not be bound.
+    #[error(transparent)]
+    Stun(#[from] burrow_net::stun_server::GridError),
 }
 
 struct Session {
@@ -121,6 +129,7 @@ impl Shared {
 pub struct Server {
     endpoint: Endpoint,
     shared: Arc<Shared>,
+    stun_grid: Arc<burrow_net::StunGrid>,
 }
 
 impl Server {
@@ -145,8 +154,10 @@ impl Server {
                 ..EndpointConfig::default()
             },
         )?;
+        let stun_grid = endpoint.start_stun_grid(config.alt_ip)?;
         Ok(Server {
             endpoint,
+            stun_grid,
             shared: Arc::new(Shared {
                 hub: Mutex::new(Hub {
                     registry: Registry::new(config.broker),
@@ -168,6 +179,11 @@ impl Server {
         self.endpoint
             .local_addr()
             .expect("a bound socket has a local address")
+    }
+
+    /// The STUN-only alternate addresses (RFC 5780 NAT diagnosis).
+    pub fn stun_alternates(&self) -> Vec<SocketAddr> {
+        self.stun_grid.alternates()
     }
 
     /// How many nodes are online.

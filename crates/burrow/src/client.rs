@@ -99,6 +99,34 @@ pub async fn status(home: &Path, json: bool) -> Result<(), CliError> {
     Ok(())
 }
 
+pub async fn nat(home: &Path, json: bool) -> Result<(), CliError> {
+    let v = call(home, &Request::Nat).await?;
+    if json {
+        print_json(&v);
+        return Ok(());
+    }
+    let r: burrow_node::nat::NatReport = parse(v)?;
+    let words = |b| {
+        serde_json::to_value(b)
+            .ok()
+            .and_then(|v| v.as_str().map(|s| s.replace('_', "-")))
+            .unwrap_or_default()
+    };
+    println!(
+        "public address  {}{}",
+        r.public_addr,
+        if r.behind_nat {
+            " (behind a NAT)"
+        } else {
+            " (no NAT)"
+        }
+    );
+    println!("mapping         {}", words(r.mapping));
+    println!("filtering       {}", words(r.filtering));
+    println!("\n{}", r.summary);
+    Ok(())
+}
+
 pub async fn peers(home: &Path, json: bool) -> Result<(), CliError> {
     let v = call(home, &Request::Peers).await?;
     if json {

@@ -86,6 +86,8 @@ enum Command {
         #[arg(required = true, num_args = 1..)]
         text: Vec<String>,
     },
+    /// Diagnose the NAT in front of this node: public address, mapping, filtering.
+    Nat,
     /// Show chat history.
     Messages {
         /// Keep running and print new messages as they arrive.
@@ -163,6 +165,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Demo => demo::run().await,
         Command::Status => client::status(&home, cli.json).await,
         Command::Peers => client::peers(&home, cli.json).await,
+        Command::Nat => client::nat(&home, cli.json).await,
         Command::Connect { peer } => {
             client::request_op(&home, cli.json, client::Op::Connect, peer).await
         }

@@ -22,6 +22,10 @@ pub struct ServerArgs {
     /// A node silent this long is gone (it stopped without saying goodbye).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     idle_timeout: Duration,
+    /// A second address of this machine, for NAT diagnosis (`burrow nat`): STUN is
+    /// also answered there and on the listen port + 1. Needs a specific --listen.
+    #[arg(long)]
+    alt_addr: Option<std::net::IpAddr>,
 }
 
 pub async fn run(home: PathBuf, args: ServerArgs) -> Result<(), CliError> {
@@ -34,10 +38,14 @@ pub async fn run(home: PathBuf, args: ServerArgs) -> Result<(), CliError> {
             ..BrokerConfig::default()
         },
         idle_timeout: args.idle_timeout,
+        alt_ip: args.alt_addr,
     };
     let server = Server::bind(&secret, config).map_err(|e| {
-        let hint = matches!(e, burrow_server::ServerError::Endpoint(_))
-            .then(|| "is another server using that port? pick another with --listen".to_string());
+        let hint = match e {
+            burrow_server::ServerError::Endpoint(_) => Some("is another server using that port? pick another with --listen".to_string()),
+            burrow_server::ServerError::Stun(_) => Some("STUN also needs the next port (and --alt-addr, if given, needs a specific --listen address)".to_string()),
+            _ => None,
+        };
         CliError::new(e, hint)
     })?;
     let local = server.local_addr();
@@ -61,6 +69,12 @@ pub async fn run(home: PathBuf, args: ServerArgs) -> Result<(), CliError> {
         "burrow server {} listening on {local} (QUIC and STUN, UDP)",
         server.id().short()
     );
+    let alts: Vec<String> = server
+        .stun_alternates()
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    println!("STUN for NAT diagnosis also on {}", alts.join(", "));
     println!("server id: {}", server.id());
     println!("join URL:  {url}");
     println!("nodes join with: burrow up --server {url} --name <name>");

@@ -266,3 +266,27 @@ async fn names_belong_to_the_first_key_even_after_a_server_restart() {
     alice.shutdown().await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nat_diagnosis_against_a_one_address_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(&dir.path().join("srv")).await;
+    let alice = start_node(&dir.path().join("alice"), "alice", &server.url).await;
+    let r = alice.nat().await.unwrap();
+    use burrow_node::nat::Behaviour;
+    assert!(!r.behind_nat, "loopback has no NAT: {r:?}");
+    assert_eq!(r.public_addr.to_string(), alice.status().local_addr);
+    assert_eq!(r.mapping, Behaviour::EndpointIndependent);
+    // One server address: the client can't tell endpoint-independent filtering
+    // from address-dependent, and says so.
+    assert_eq!(r.filtering, Behaviour::AtMostAddressDependent);
+    assert_eq!(
+        r.server_other,
+        Some(std::net::SocketAddr::new(
+            server.addr.ip(),
+            server.addr.port() + 1
+        ))
+    );
+    alice.shutdown().await;
+    server.stop().await;
+}

@@ -1,5 +1,6 @@
 //! The server's STUN answers, checked by a STUN client burrow didn't write:
-//! coturn's `turnutils_stunclient` (Debian package `coturn`).
+//! coturn's `turnutils_stunclient` (Debian package `coturn`), in its plain mode
+//! and in its RFC 5780 mode (CHANGE-REQUEST, RESPONSE-PORT, PADDING).
 //!
 //! Where the tool is missing this test says so and passes, unless
 //! `BURROW_LAB=required` (as in CI, which installs it), where it fails.
@@ -49,4 +50,72 @@ async fn coturn_stun_client_gets_its_reflexive_address() {
         "the client's port, not the server's"
     );
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coturn_rfc5780_tests_complete_against_a_two_address_server() {
+    if Command::new("turnutils_stunclient")
+        .arg("-h")
+        .output()
+        .is_err()
+    {
+        let required = std::env::var("BURROW_LAB").is_ok_and(|v| v == "required");
+        assert!(
+            !required,
+            "turnutils_stunclient is missing and BURROW_LAB=required: apt-get install coturn"
+        );
+        eprintln!("SKIPPED: turnutils_stunclient not installed (apt-get install coturn)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // 127.0.0.2 is the server's second address; the alternates need port + 1 free.
+    let mut server = None;
+    for _ in 0..10 {
+        let home = dir.path().join("srv");
+        let mut config = common::fast_server_config(&home, "127.0.0.1:0".parse().unwrap());
+        config.alt_ip = Some("127.0.0.2".parse().unwrap());
+        if let Ok(s) = burrow_server::Server::bind(&common::server_key(&home), config) {
+            server = Some(s);
+            break;
+        }
+    }
+    let server = server.expect("a free pair of ports");
+    let port = server.local_addr().port();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(server.run(stop.clone()));
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("timeout")
+            .args([
+                "10",
+                "turnutils_stunclient",
+                "-p",
+                &port.to_string(),
+                "127.0.0.1",
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "coturn's RFC 5780 tests did not complete: {text}"
+    );
+    for n in 1..=3 {
+        assert!(
+            text.contains(&format!("RFC 5780 response {n}")),
+            "no response {n}: {text}"
+        );
+    }
+    assert!(
+        text.contains(&format!("Other addr: : 127.0.0.2:{}", port + 1)),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("Response origin: : 127.0.0.2:{}", port + 1)),
+        "the changed answer: {text}"
+    );
+    stop.cancel();
+    let _ = task.await;
 }

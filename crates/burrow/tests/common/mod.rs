@@ -2,6 +2,8 @@
 //! `burrow` processes. Every wait is bounded.
 #![allow(dead_code)]
 
+pub mod proc;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -42,6 +44,7 @@ pub fn fast_server_config(home: &Path, listen: SocketAddr) -> ServerConfig {
             ..BrokerConfig::default()
         },
         idle_timeout: Duration::from_millis(1500),
+        alt_ip: None,
     }
 }
 

@@ -1,0 +1,182 @@
+//! The server's STUN grid for NAT diagnosis (RFC 5780).
+//!
+//! The main socket (shared with QUIC) is the primary address A1:P1. The alternates
+//! are A1:P2 (P2 = P1 + 1), and, when the server has a second address A2, A2:P1 and
+//! A2:P2. A Binding request may ask (CHANGE-REQUEST) to be answered from the other
+//! IP and/or port; the answer names where it came from (RESPONSE-ORIGIN, when the
+//! socket's address is specific) and where the other address is (OTHER-ADDRESS; an
+//! unspecified IP there means "this IP, the other port").
+//!
+//! Whether such an answer gets through tells the client how its NAT filters; where
+//! its mapping changes between A1:P1, A2:P1 and A2:P2 tells how it maps.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use burrow_proto::stun::{self, Request};
+use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
+
+use crate::socket::RawSender;
+
+/// The alternate STUN sockets and the rules for answering from them.
+#[derive(Debug)]
+pub struct StunGrid {
+    primary: SocketAddr,
+    main: RawSender,
+    alt_ip: Option<IpAddr>,
+    alt_port: u16,
+    alts: Vec<(SocketAddr, Arc<UdpSocket>)>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for StunGrid {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Why the grid could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum GridError {
+    /// An alternate socket could not be bound.
+    #[error("cannot bind STUN alternate {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A second address needs a specific primary address.
+    #[error("a second address needs a specific listen address, not {0}")]
+    WildcardPrimary(SocketAddr),
+    /// The primary port has no next port.
+    #[error("no port after {0} for the alternate STUN socket")]
+    NoAltPort(u16),
+}
+
+impl StunGrid {
+    /// Binds the alternates around `primary` (the main socket's address, sending
+    /// through `main`) and starts answering on them. Call inside a tokio runtime.
+    pub fn start(
+        primary: SocketAddr,
+        main: RawSender,
+        alt_ip: Option<IpAddr>,
+    ) -> Result<Arc<Self>, GridError> {
+        let alt_port = primary
+            .port()
+            .checked_add(1)
+            .ok_or(GridError::NoAltPort(primary.port()))?;
+        if alt_ip.is_some() && primary.ip().is_unspecified() {
+            return Err(GridError::WildcardPrimary(primary));
+        }
+        let mut addrs = vec![SocketAddr::new(primary.ip(), alt_port)];
+        if let Some(ip) = alt_ip {
+            addrs.push(SocketAddr::new(ip, primary.port()));
+            addrs.push(SocketAddr::new(ip, alt_port));
+        }
+        let mut alts = Vec::new();
+        for addr in addrs {
+            let bind = |addr| -> std::io::Result<UdpSocket> {
+                let s = std::net::UdpSocket::bind(addr)?;
+                s.set_nonblocking(true)?;
+                UdpSocket::from_std(s)
+            };
+            let socket = bind(addr).map_err(|source| GridError::Bind { addr, source })?;
+            alts.push((addr, Arc::new(socket)));
+        }
+        let grid = Arc::new_cyclic(|weak: &std::sync::Weak<StunGrid>| {
+            let tasks = alts
+                .iter()
+                .map(|(addr, socket)| tokio::spawn(serve(*addr, socket.clone(), weak.clone())))
+                .collect();
+            StunGrid {
+                primary,
+                main,
+                alt_ip,
+                alt_port,
+                alts,
+                tasks,
+            }
+        });
+        Ok(grid)
+    }
+
+    /// The alternate sockets' addresses.
+    pub fn alternates(&self) -> Vec<SocketAddr> {
+        self.alts.iter().map(|(a, _)| *a).collect()
+    }
+
+    fn other_ip(&self, ip: IpAddr) -> IpAddr {
+        match self.alt_ip {
+            Some(alt) if ip == alt => self.primary.ip(),
+            Some(alt) => alt,
+            None if ip.is_ipv4() => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            None => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        }
+    }
+
+    fn other_port(&self, port: u16) -> u16 {
+        if port == self.alt_port {
+            self.primary.port()
+        } else {
+            self.alt_port
+        }
+    }
+
+    /// Answers `req` from `from`, which arrived on our socket `arrived_on`.
+    pub fn answer(&self, arrived_on: SocketAddr, from: SocketAddr, req: Request) {
+        // The mapped address is where it came from; the answer may go to another
+        // port of the same IP (RESPONSE-PORT), never to another IP.
+        let to = SocketAddr::new(from.ip(), req.response_port.unwrap_or(from.port()));
+        let other = SocketAddr::new(
+            self.other_ip(arrived_on.ip()),
+            self.other_port(arrived_on.port()),
+        );
+        let mut want = arrived_on;
+        if req.change.ip && !other.ip().is_unspecified() {
+            want.set_ip(other.ip());
+        }
+        if req.change.port {
+            want.set_port(other.port());
+        }
+        tracing::debug!(%arrived_on, %from, change_ip = req.change.ip, change_port = req.change.port, %want, "STUN request");
+        let origin = |a: SocketAddr| (!a.ip().is_unspecified()).then_some(a);
+        let advertised = self.alt_ip.map(|_| other);
+        let reply = |at: SocketAddr| stun::binding_response(req.tx, from, origin(at), advertised);
+        if want == self.primary {
+            let _ = self.main.send(to, &reply(want));
+        } else if let Some((at, socket)) = self.alts.iter().find(|(a, _)| *a == want) {
+            if let Err(e) = socket.try_send_to(&reply(*at), to) {
+                tracing::debug!(%at, %to, error = %e, "STUN answer not sent");
+            }
+        } else {
+            // We can't change as asked: answer from where it arrived; the client
+            // sees from RESPONSE-ORIGIN that nothing changed.
+            let data = reply(arrived_on);
+            if arrived_on == self.primary {
+                let _ = self.main.send(to, &data);
+            } else if let Some((_, socket)) = self.alts.iter().find(|(a, _)| *a == arrived_on) {
+                let _ = socket.try_send_to(&data, to);
+            }
+        }
+    }
+}
+
+/// Answers Binding requests arriving on one alternate socket.
+async fn serve(addr: SocketAddr, socket: Arc<UdpSocket>, grid: std::sync::Weak<StunGrid>) {
+    let mut buf = vec![0u8; stun::MAX_MESSAGE + 1];
+    loop {
+        let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+            // ICMP-born errors (a client gone) are routine; keep serving.
+            continue;
+        };
+        let Ok(req) = stun::parse_request(&buf[..n]) else {
+            continue;
+        };
+        let Some(grid) = grid.upgrade() else { return };
+        grid.answer(addr, from, req);
+    }
+}

@@ -1,0 +1,88 @@
+//! `burrow nat` behind each of the lab's real kernel NATs: a `burrow server`
+//! with two addresses on the lab's public segment, one `burrow up` per NAT kind,
+//! each in its own namespace, and the diagnosis read through the CLI.
+//!
+//! Runs as root with iproute2, nftables and conntrack; skips with a printed reason
+//! elsewhere, except under `BURROW_LAB=required` (CI), where it fails.
+
+mod common;
+
+use burrow_lab::{require_or_skip, NatKind, SERVER_ADDRS};
+use common::proc::*;
+
+#[test]
+fn burrow_nat_names_each_kind_of_nat() {
+    let Some(mut lab) = require_or_skip("burrow_nat_names_each_kind_of_nat") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let srv_home = dir.path().join("srv");
+    let mut cmd = lab.server().command(BIN);
+    cmd.arg("--home").arg(&srv_home).args([
+        "server",
+        "--listen",
+        &format!("{}:7700", SERVER_ADDRS[0]),
+        "--alt-addr",
+        &SERVER_ADDRS[1].to_string(),
+    ]);
+    let mut server = Proc::spawn_command(cmd);
+    let url = server
+        .expect_line("join URL:")
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .to_string();
+
+    println!(
+        "{:<15} {:<24} {:<28} {:<28}",
+        "NAT", "public address", "mapping", "filtering"
+    );
+    let mut nodes = Vec::new();
+    for kind in NatKind::ALL {
+        let name = format!("{kind:?}").to_lowercase();
+        let (host, router) = lab.add_peer(&name, kind).unwrap();
+        let home = dir.path().join(&name);
+        let mut cmd = host.command(BIN);
+        cmd.arg("--home")
+            .arg(&home)
+            .args(["up", "--server", &url, "--name", &name]);
+        let mut node = Proc::spawn_command(cmd);
+        node.expect_line("is up");
+        let r = json(&home, &["nat"]);
+        println!(
+            "{:<15} {:<24} {:<28} {:<28}",
+            format!("{kind:?}"),
+            r["public_addr"].as_str().unwrap(),
+            r["mapping"].as_str().unwrap(),
+            r["filtering"].as_str().unwrap()
+        );
+        let public_ip = r["public_addr"]
+            .as_str()
+            .unwrap()
+            .rsplit_once(':')
+            .unwrap()
+            .0
+            .to_string();
+        let expected_ip = router
+            .as_ref()
+            .map(|r| r.wan())
+            .unwrap_or(host.addr)
+            .to_string();
+        assert_eq!(
+            public_ip, expected_ip,
+            "{kind:?}: the public address is the router's"
+        );
+        assert_eq!(r["behind_nat"], kind != NatKind::None, "{kind:?}: {r}");
+        let (mapping, filtering) = match kind {
+            NatKind::None | NatKind::FullCone => ("endpoint_independent", "endpoint_independent"),
+            NatKind::PortRestricted => ("endpoint_independent", "address_and_port_dependent"),
+            NatKind::Symmetric => ("address_and_port_dependent", "address_and_port_dependent"),
+        };
+        assert_eq!(r["mapping"], mapping, "{kind:?}: {r}");
+        assert_eq!(r["filtering"], filtering, "{kind:?}: {r}");
+        assert!(!r["summary"].as_str().unwrap().is_empty());
+        nodes.push(node);
+    }
+    drop(nodes);
+    assert!(server.terminate().success());
+}
