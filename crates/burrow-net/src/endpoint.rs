@@ -13,6 +13,8 @@ use rand::RngCore;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use burrow_proto::punch::{PunchConfig, PunchSession, PunchTicket, Role};
+
 use crate::socket::{DemuxSocket, RawDatagram, RawSender};
 use crate::stun_server::{GridError, StunGrid};
 use crate::tls;
@@ -131,6 +133,7 @@ pub struct Endpoint {
     connect_timeout: Duration,
     waiters: Waiters,
     grid: GridSlot,
+    punches: crate::punch::Routes,
     dispatcher: JoinHandle<()>,
 }
 
@@ -191,12 +194,14 @@ impl Endpoint {
 
         let waiters: Waiters = Arc::default();
         let grid: GridSlot = Arc::default();
+        let punches: crate::punch::Routes = Arc::default();
         let local = quic.local_addr().map_err(EndpointError::Quic)?;
         let dispatcher = tokio::spawn(dispatch(
             raw_rx,
             raw.clone(),
             waiters.clone(),
             config.answer_stun.then(|| (local, grid.clone())),
+            punches.clone(),
         ));
         Ok(Endpoint {
             quic,
@@ -206,6 +211,7 @@ impl Endpoint {
             connect_timeout: config.connect_timeout,
             waiters,
             grid,
+            punches,
             dispatcher,
         })
     }
@@ -270,6 +276,27 @@ impl Endpoint {
         let grid = StunGrid::start(primary, self.raw.clone(), alt_ip)?;
         *self.grid.lock().expect("grid lock is never poisoned") = Some(Arc::downgrade(&grid));
         Ok(grid)
+    }
+
+    /// Starts punching toward `candidates` (see [`burrow_proto::punch`]). The
+    /// receiver yields the peer's address on a path that works both ways, or
+    /// `None` when the punch gave up.
+    pub fn start_punch(
+        &self,
+        role: Role,
+        ticket: PunchTicket,
+        candidates: &[SocketAddr],
+        config: PunchConfig,
+    ) -> Result<oneshot::Receiver<Option<SocketAddr>>, crate::punch::PunchError> {
+        let session = PunchSession::new(
+            std::time::Instant::now(),
+            role,
+            ticket,
+            candidates,
+            config,
+            rand::random(),
+        );
+        crate::punch::start(session, self.raw.clone(), self.punches.clone())
     }
 
     /// Asks the STUN server at `server` which address our socket appears from,
@@ -337,8 +364,23 @@ async fn dispatch(
     raw: RawSender,
     waiters: Waiters,
     answer: Option<(SocketAddr, GridSlot)>,
+    punches: crate::punch::Routes,
 ) {
     while let Some(RawDatagram { from, data }) = rx.recv().await {
+        if let Some(id) = burrow_proto::punch::session_of(&data) {
+            let route = punches
+                .lock()
+                .expect("punch routes lock is never poisoned")
+                .get(&id)
+                .cloned();
+            match route {
+                Some(r) => {
+                    let _ = r.try_send((from, data));
+                }
+                None => tracing::debug!(%from, "punch datagram for no session"),
+            }
+            continue;
+        }
         if !stun::looks_like_stun(&data) {
             tracing::debug!(%from, len = data.len(), "dropping unknown datagram");
             continue;
@@ -510,6 +552,51 @@ mod tests {
         let mut buf = [0u8; 2048];
         let (n, _) = probe.recv_from(&mut buf).expect("padded request answered");
         assert!(n < 200, "the answer carries no padding: {n} bytes");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_endpoints_punch_and_then_talk_quic_on_the_path() {
+        let ticket = PunchTicket::random(&mut rand::rngs::StdRng::seed_from_u64(5));
+        let a = Endpoint::bind(
+            &key(1),
+            EndpointConfig {
+                alpns: vec![b"t/1"],
+                ..local()
+            },
+        )
+        .unwrap();
+        let b = Endpoint::bind(
+            &key(2),
+            EndpointConfig {
+                alpns: vec![b"t/1"],
+                ..local()
+            },
+        )
+        .unwrap();
+        let (aa, ba) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+        // A's candidates for B include a dead address first.
+        let dead: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let ra = a
+            .start_punch(Role::Requester, ticket, &[dead, ba], PunchConfig::default())
+            .unwrap();
+        let rb = b
+            .start_punch(Role::Acceptor, ticket, &[aa], PunchConfig::default())
+            .unwrap();
+        let t = Duration::from_secs(5);
+        assert_eq!(
+            tokio::time::timeout(t, ra).await.unwrap().unwrap(),
+            Some(ba)
+        );
+        assert_eq!(
+            tokio::time::timeout(t, rb).await.unwrap().unwrap(),
+            Some(aa)
+        );
+        // The same socket carries QUIC on the path.
+        let accept =
+            tokio::spawn(async move { b.quic().accept().await.unwrap().await.map(|_| ()) });
+        let (conn, _) = a.connect(ba, b"t/1", Some(key(2).public())).await.unwrap();
+        accept.await.unwrap().unwrap();
+        assert!(conn.rtt() < Duration::from_secs(1));
     }
 
     #[tokio::test]

@@ -15,6 +15,7 @@ pub mod endpoint;
 pub mod framed;
 pub mod iface;
 pub mod keyfile;
+pub mod punch;
 pub mod socket;
 pub mod stun_server;
 pub mod tls;

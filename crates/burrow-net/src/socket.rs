@@ -107,9 +107,11 @@ impl DemuxSocket {
     }
 }
 
-/// True for datagrams burrow handles itself rather than quinn.
+/// True for datagrams burrow handles itself rather than quinn: STUN, and punch
+/// probes (their own magic).
 pub fn is_burrow_datagram(datagram: &[u8]) -> bool {
     burrow_proto::stun::looks_like_stun(datagram)
+        || burrow_proto::punch::session_of(datagram).is_some()
 }
 
 /// Errors an unconnected UDP socket may report because of ICMP from the network.

@@ -18,6 +18,7 @@ pub mod chat;
 pub mod frame;
 pub mod id;
 pub mod name;
+pub mod punch;
 pub mod rendezvous;
 pub mod stun;
 pub mod time;

@@ -1,0 +1,564 @@
+//! Hole punching, sans-IO: both sides probe every candidate address of the other
+//! at once; the first address whose probe is acknowledged is a path that works
+//! both ways (our probe reached them, their answer reached us).
+//!
+//! ```text
+//! requester                                     acceptor
+//!   |-- Probe{nonce} to each candidate -->X (dropped by the acceptor's NAT: no mapping yet)
+//!   |<-------------------- Probe{nonce'} --|  opens the acceptor's NAT toward us;
+//!   |-- Ack{nonce'} ---------------------->|  our NAT lets it in (we sent there first)
+//!   |<------------------------ Ack{nonce} -|  → both: Success(addr)
+//! ```
+//!
+//! Probes are burrow datagrams on the node's one UDP socket: a 4-byte magic whose
+//! first byte clears QUIC's fixed bit, then the kind, the session id the server
+//! handed both sides, a nonce, and a 16-byte BLAKE3 tag keyed with the session
+//! secret (also from the server, over TLS). A stranger can neither forge a probe
+//! nor reflect ours back at us (the sender's role is in the tag).
+//!
+//! [`PunchSession`] takes time as an argument and never touches a socket; the
+//! driver in `burrow-net` feeds it datagrams and timeouts and sends what it polls.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// First bytes of every punch datagram. `0x00` clears QUIC's fixed bit; bytes 4..8
+/// can never be STUN's cookie (byte 4 is the kind, 1 or 2).
+pub const MAGIC: [u8; 4] = [0x00, b'b', b'r', b'w'];
+/// Size of a punch datagram.
+pub const DATAGRAM_LEN: usize = 4 + 1 + 16 + 8 + 16;
+/// Most candidate addresses probed (ours from the server plus peer-reflexive ones).
+pub const MAX_CANDIDATES: usize = 24;
+/// Most outstanding nonces remembered.
+const MAX_NONCES: usize = 1024;
+
+/// What the server hands both sides of an accepted request.
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PunchTicket {
+    /// Names this punch; probes of other sessions are ignored.
+    pub session: [u8; 16],
+    /// Keys the probes' tags.
+    pub secret: [u8; 32],
+}
+
+impl std::fmt::Debug for PunchTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PunchTicket({})", hex::encode(&self.session[..4]))
+    }
+}
+
+impl PunchTicket {
+    /// A fresh random ticket.
+    pub fn random<R: rand::RngCore + rand::CryptoRng>(rng: &mut R) -> Self {
+        let mut t = PunchTicket {
+            session: [0; 16],
+            secret: [0; 32],
+        };
+        rng.fill_bytes(&mut t.session);
+        rng.fill_bytes(&mut t.secret);
+        t
+    }
+}
+
+/// Which side of the request we are (part of every tag, so probes can't be
+/// reflected back at their sender).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// We asked for the connection.
+    Requester,
+    /// We accepted it.
+    Acceptor,
+}
+
+impl Role {
+    fn byte(self) -> u8 {
+        match self {
+            Role::Requester => 1,
+            Role::Acceptor => 2,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Probe = 1,
+    Ack = 2,
+}
+
+/// Timing of a punch. Defaults: probe each candidate at once, then after 50, 100,
+/// 200 ms and every 400 ms after that, for at most 10 s.
+#[derive(Clone, Debug)]
+pub struct PunchConfig {
+    /// Delay before a candidate's second probe; it doubles up to `max_interval`.
+    pub first_interval: Duration,
+    /// Longest delay between two probes to one candidate.
+    pub max_interval: Duration,
+    /// Give up after this long.
+    pub deadline: Duration,
+    /// Keep answering the peer's probes this long after we succeeded, so it
+    /// succeeds too.
+    pub linger: Duration,
+}
+
+impl Default for PunchConfig {
+    fn default() -> Self {
+        PunchConfig {
+            first_interval: Duration::from_millis(50),
+            max_interval: Duration::from_millis(400),
+            deadline: Duration::from_secs(10),
+            linger: Duration::from_secs(3),
+        }
+    }
+}
+
+/// A datagram to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    /// Where to.
+    pub to: SocketAddr,
+    /// What.
+    pub data: Vec<u8>,
+}
+
+/// What happened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PunchEvent {
+    /// `addr` answered our probe: a path that works both ways.
+    Success {
+        /// The peer's address on that path.
+        addr: SocketAddr,
+    },
+    /// The deadline passed without success.
+    Failed,
+}
+
+#[derive(Debug)]
+struct Candidate {
+    addr: SocketAddr,
+    next_at: Instant,
+    interval: Duration,
+}
+
+/// One side of one punch.
+#[derive(Debug)]
+pub struct PunchSession {
+    ticket: PunchTicket,
+    role: Role,
+    config: PunchConfig,
+    candidates: Vec<Candidate>,
+    /// Nonces of our probes → where they went.
+    sent: HashMap<u64, SocketAddr>,
+    next_nonce: u64,
+    deadline: Instant,
+    succeeded: Option<(SocketAddr, Instant)>,
+    finished: bool,
+    outbox: VecDeque<Transmit>,
+    events: VecDeque<PunchEvent>,
+}
+
+impl PunchSession {
+    /// Starts probing `candidates` at `now`. `nonce_seed` comes from the caller's
+    /// RNG (seeded in tests).
+    pub fn new(
+        now: Instant,
+        role: Role,
+        ticket: PunchTicket,
+        candidates: &[SocketAddr],
+        config: PunchConfig,
+        nonce_seed: u64,
+    ) -> Self {
+        let mut s = PunchSession {
+            ticket,
+            role,
+            deadline: now + config.deadline,
+            config,
+            candidates: Vec::new(),
+            sent: HashMap::new(),
+            next_nonce: nonce_seed,
+            succeeded: None,
+            finished: false,
+            outbox: VecDeque::new(),
+            events: VecDeque::new(),
+        };
+        for &addr in candidates {
+            s.add_candidate(now, addr);
+        }
+        s
+    }
+
+    /// The session id this machine answers to.
+    pub fn session(&self) -> [u8; 16] {
+        self.ticket.session
+    }
+
+    /// Adds a candidate (ignored when known or when the list is full).
+    pub fn add_candidate(&mut self, now: Instant, addr: SocketAddr) {
+        if self.candidates.len() < MAX_CANDIDATES && !self.candidates.iter().any(|c| c.addr == addr)
+        {
+            self.candidates.push(Candidate {
+                addr,
+                next_at: now,
+                interval: self.config.first_interval,
+            });
+        }
+    }
+
+    /// Feeds a punch datagram from `from`. Returns false when it is not a valid
+    /// datagram of this session (the caller may count that as misbehaviour).
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> bool {
+        let Some((kind, role, nonce)) = decode(&self.ticket, data) else {
+            return false;
+        };
+        if role == self.role {
+            return false; // our own datagram, reflected
+        }
+        match kind {
+            Kind::Probe => {
+                // Answer every probe, even after success: the peer needs our ack.
+                let ack = encode(&self.ticket, Kind::Ack, self.role, nonce);
+                self.outbox.push_back(Transmit {
+                    to: from,
+                    data: ack,
+                });
+                if self.succeeded.is_none() {
+                    // A peer-reflexive candidate: probe back where it came from.
+                    self.add_candidate(now, from);
+                }
+            }
+            Kind::Ack => {
+                if self.sent.get(&nonce) != Some(&from) {
+                    return false;
+                }
+                if self.succeeded.is_none() && !self.finished {
+                    self.succeeded = Some((from, now));
+                    self.events.push_back(PunchEvent::Success { addr: from });
+                }
+            }
+        }
+        true
+    }
+
+    /// Advances time: gives up at the deadline, stops lingering after success.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.finished {
+            return;
+        }
+        match self.succeeded {
+            Some((_, at)) if now >= at + self.config.linger => self.finished = true,
+            None if now >= self.deadline => {
+                self.finished = true;
+                self.events.push_back(PunchEvent::Failed);
+            }
+            _ => {}
+        }
+    }
+
+    /// The next datagram to send now, if any.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
+        if let Some(t) = self.outbox.pop_front() {
+            return Some(t);
+        }
+        if self.finished || self.succeeded.is_some() || now >= self.deadline {
+            return None;
+        }
+        let c = self.candidates.iter_mut().find(|c| c.next_at <= now)?;
+        c.next_at = now + c.interval;
+        c.interval = (c.interval * 2).min(self.config.max_interval);
+        let to = c.addr;
+        let nonce = self.next_nonce;
+        self.next_nonce = self.next_nonce.wrapping_add(1);
+        if self.sent.len() >= MAX_NONCES {
+            self.sent.clear();
+        }
+        self.sent.insert(nonce, to);
+        Some(Transmit {
+            to,
+            data: encode(&self.ticket, Kind::Probe, self.role, nonce),
+        })
+    }
+
+    /// When to call [`Self::handle_timeout`] / [`Self::poll_transmit`] next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.finished {
+            return None;
+        }
+        if let Some((_, at)) = self.succeeded {
+            return Some(at + self.config.linger);
+        }
+        let next_probe = self.candidates.iter().map(|c| c.next_at).min();
+        Some(next_probe.map_or(self.deadline, |p| p.min(self.deadline)))
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<PunchEvent> {
+        self.events.pop_front()
+    }
+
+    /// Whether the session has nothing left to do.
+    pub fn is_finished(&self) -> bool {
+        self.finished && self.outbox.is_empty()
+    }
+}
+
+/// The session id of a punch datagram, if `data` is one (checked before routing).
+pub fn session_of(data: &[u8]) -> Option<[u8; 16]> {
+    if data.len() != DATAGRAM_LEN || data[..4] != MAGIC {
+        return None;
+    }
+    data[5..21].try_into().ok()
+}
+
+fn tag(ticket: &PunchTicket, body: &[u8]) -> [u8; 16] {
+    let full = blake3::keyed_hash(&ticket.secret, body);
+    full.as_bytes()[..16]
+        .try_into()
+        .expect("a BLAKE3 hash has 32 bytes")
+}
+
+fn encode(ticket: &PunchTicket, kind: Kind, role: Role, nonce: u64) -> Vec<u8> {
+    let mut d = Vec::with_capacity(DATAGRAM_LEN);
+    d.extend_from_slice(&MAGIC);
+    d.push((kind as u8) << 4 | role.byte());
+    d.extend_from_slice(&ticket.session);
+    d.extend_from_slice(&nonce.to_be_bytes());
+    let t = tag(ticket, &d);
+    d.extend_from_slice(&t);
+    d
+}
+
+fn decode(ticket: &PunchTicket, data: &[u8]) -> Option<(Kind, Role, u64)> {
+    if session_of(data)? != ticket.session {
+        return None;
+    }
+    let (body, t) = data.split_at(DATAGRAM_LEN - 16);
+    // Constant-time comparison: the tag is a MAC.
+    if !constant_time_eq(&tag(ticket, body), t) {
+        return None;
+    }
+    let kind = match body[4] >> 4 {
+        1 => Kind::Probe,
+        2 => Kind::Ack,
+        _ => return None,
+    };
+    let role = match body[4] & 0x0f {
+        1 => Role::Requester,
+        2 => Role::Acceptor,
+        _ => return None,
+    };
+    let nonce = u64::from_be_bytes(body[21..29].try_into().ok()?);
+    Some((kind, role, nonce))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use rand::SeedableRng;
+
+    fn ticket() -> PunchTicket {
+        PunchTicket::random(&mut rand::rngs::StdRng::seed_from_u64(1))
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    /// Two sessions joined by a network that drops whatever `blocked` says, with
+    /// the given NAT-like address rewriting done by the caller's candidates.
+    fn run(
+        a: &mut PunchSession,
+        a_addr: SocketAddr,
+        b: &mut PunchSession,
+        b_addr: SocketAddr,
+        mut delivered: impl FnMut(SocketAddr, SocketAddr) -> bool,
+        start: Instant,
+    ) -> (Option<PunchEvent>, Option<PunchEvent>, Duration) {
+        let mut now = start;
+        let (mut ea, mut eb) = (None, None);
+        for _ in 0..20_000 {
+            let mut moved = true;
+            while moved {
+                moved = false;
+                while let Some(t) = a.poll_transmit(now) {
+                    moved = true;
+                    if t.to == b_addr && delivered(a_addr, b_addr) {
+                        b.handle_datagram(now, a_addr, &t.data);
+                    }
+                }
+                while let Some(t) = b.poll_transmit(now) {
+                    moved = true;
+                    if t.to == a_addr && delivered(b_addr, a_addr) {
+                        a.handle_datagram(now, b_addr, &t.data);
+                    }
+                }
+            }
+            ea = ea.or(a.poll_event());
+            eb = eb.or(b.poll_event());
+            if ea.is_some() && eb.is_some() {
+                return (ea, eb, now - start);
+            }
+            let next = [a.poll_timeout(), b.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min();
+            let Some(next) = next else { break };
+            now = next.max(now + Duration::from_millis(1));
+            a.handle_timeout(now);
+            b.handle_timeout(now);
+        }
+        (ea.or(a.poll_event()), eb.or(b.poll_event()), now - start)
+    }
+
+    #[test]
+    fn two_open_sides_succeed_on_the_first_exchange() {
+        let now = Instant::now();
+        let (aa, ba) = (addr("198.51.100.10:1000"), addr("198.51.100.11:2000"));
+        let mut a = PunchSession::new(
+            now,
+            Role::Requester,
+            ticket(),
+            &[ba],
+            PunchConfig::default(),
+            1,
+        );
+        let mut b = PunchSession::new(
+            now,
+            Role::Acceptor,
+            ticket(),
+            &[aa],
+            PunchConfig::default(),
+            2,
+        );
+        let (ea, eb, took) = run(&mut a, aa, &mut b, ba, |_, _| true, now);
+        assert_eq!(ea, Some(PunchEvent::Success { addr: ba }));
+        assert_eq!(eb, Some(PunchEvent::Success { addr: aa }));
+        assert_eq!(took, Duration::ZERO);
+    }
+
+    #[test]
+    fn restricted_nats_open_once_both_have_sent() {
+        // Each side drops inbound from the other until it has sent there itself,
+        // as a port-restricted NAT does.
+        let now = Instant::now();
+        let (aa, ba) = (addr("198.51.100.10:1000"), addr("198.51.100.11:2000"));
+        let mut a = PunchSession::new(
+            now,
+            Role::Requester,
+            ticket(),
+            &[addr("10.0.0.5:9"), ba],
+            PunchConfig::default(),
+            1,
+        );
+        let mut b = PunchSession::new(
+            now,
+            Role::Acceptor,
+            ticket(),
+            &[aa],
+            PunchConfig::default(),
+            2,
+        );
+        let mut opened = std::collections::HashSet::new();
+        let (ea, eb, _) = run(
+            &mut a,
+            aa,
+            &mut b,
+            ba,
+            |from, to| {
+                opened.insert((from, to));
+                opened.contains(&(to, from))
+            },
+            now,
+        );
+        assert_eq!(ea, Some(PunchEvent::Success { addr: ba }));
+        assert_eq!(eb, Some(PunchEvent::Success { addr: aa }));
+    }
+
+    #[test]
+    fn a_blocked_path_fails_at_the_deadline_and_probes_are_paced() {
+        let now = Instant::now();
+        let config = PunchConfig {
+            deadline: Duration::from_secs(2),
+            ..Default::default()
+        };
+        let mut a = PunchSession::new(
+            now,
+            Role::Requester,
+            ticket(),
+            &[addr("198.51.100.11:2000")],
+            config,
+            1,
+        );
+        let mut sent = 0;
+        let mut t = now;
+        while t < now + Duration::from_secs(3) {
+            while a.poll_transmit(t).is_some() {
+                sent += 1;
+            }
+            a.handle_timeout(t);
+            if let Some(PunchEvent::Failed) = a.poll_event() {
+                assert!(t >= now + Duration::from_secs(2));
+                // 0, 50, 150, 350, then every 400 ms up to 2 s: 8 probes.
+                assert!((6..=9).contains(&sent), "sent {sent}");
+                return;
+            }
+            t = a.poll_timeout().unwrap_or(t + Duration::from_millis(10));
+        }
+        panic!("no Failed event");
+    }
+
+    #[test]
+    fn forged_reflected_and_foreign_datagrams_are_refused() {
+        let now = Instant::now();
+        let peer = addr("198.51.100.11:2000");
+        let mut a = PunchSession::new(
+            now,
+            Role::Requester,
+            ticket(),
+            &[peer],
+            PunchConfig::default(),
+            1,
+        );
+        let probe = a.poll_transmit(now).unwrap();
+        // Our own probe reflected back.
+        assert!(!a.handle_datagram(now, peer, &probe.data));
+        // A tampered tag.
+        let mut forged = probe.data.clone();
+        forged[DATAGRAM_LEN - 1] ^= 1;
+        assert!(!a.handle_datagram(now, peer, &forged));
+        // Another session's secret.
+        let other = PunchTicket {
+            secret: [9; 32],
+            ..ticket()
+        };
+        let mut b = PunchSession::new(now, Role::Acceptor, other, &[], PunchConfig::default(), 2);
+        let _ = b.handle_datagram(now, addr("198.51.100.10:1"), &probe.data);
+        assert!(
+            b.poll_transmit(now).is_none(),
+            "no answer to a probe it can't verify"
+        );
+        // An ack for a nonce we never sent to that address.
+        let ack = encode(&ticket(), Kind::Ack, Role::Acceptor, 12345);
+        assert!(!a.handle_datagram(now, peer, &ack));
+        assert_eq!(a.poll_event(), None);
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(mut data in proptest::collection::vec(any::<u8>(), 0..80), magic in any::<bool>()) {
+            if magic && data.len() >= 4 {
+                data[..4].copy_from_slice(&MAGIC);
+            }
+            let now = Instant::now();
+            let mut a = PunchSession::new(now, Role::Requester, ticket(), &[], PunchConfig::default(), 1);
+            prop_assert!(!a.handle_datagram(now, "1.2.3.4:5".parse().unwrap(), &data));
+            let _ = session_of(&data);
+        }
+    }
+}
