@@ -21,6 +21,9 @@
 //!   address-and-port-dependent filtering (conntrack lets in replies only).
 //! - `Symmetric`: masquerade `fully-random`: a new random port per destination.
 //!
+//! Every router also drops unsolicited packets from its WAN to itself, as home
+//! routers do (see `nat_rules` for why that matters to hole punching).
+//!
 //! Needs root, `ip` (iproute2), `nft` (nftables) and `conntrack`; [`Lab::new`]
 //! says which is missing. Tests call [`require_or_skip`] to skip with a printed reason where the
 //! lab can't be built, except under `BURROW_LAB=required` (CI), where they fail.
@@ -550,6 +553,16 @@ fn nat_rules(ns: &str, kind: NatKind, first_peer: Ipv4Addr) -> Result<(), LabErr
         &format!(
             "table ip nat {{\n chain post {{\n  type nat hook postrouting priority srcnat;\n  oifname \"wan\" {masquerade}\n }}\n{inbound}}}\n"
         ),
+    )?;
+    // Like a home router's firewall: unsolicited packets from the WAN to the router
+    // itself are dropped. Besides being realistic, this matters for punching: a
+    // dropped packet's conntrack entry is never confirmed, while an accepted one
+    // would record the peer's first probe as an inbound flow, and masquerade would
+    // then give the peer behind it another port toward that peer, turning a
+    // port-restricted NAT into a symmetric one for that pair.
+    nft(
+        ns,
+        "table inet firewall {\n chain input {\n  type filter hook input priority filter;\n  iifname \"wan\" ct state new drop\n }\n}\n",
     )
 }
 

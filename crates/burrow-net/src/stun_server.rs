@@ -27,12 +27,17 @@ pub struct StunGrid {
     alt_ip: Option<IpAddr>,
     alt_port: u16,
     alts: Vec<(SocketAddr, Arc<UdpSocket>)>,
-    tasks: Vec<JoinHandle<()>>,
+    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Drop for StunGrid {
     fn drop(&mut self) {
-        for t in &self.tasks {
+        for t in self
+            .tasks
+            .get_mut()
+            .expect("tasks lock is never poisoned")
+            .iter()
+        {
             t.abort();
         }
     }
@@ -92,6 +97,7 @@ impl StunGrid {
                 .iter()
                 .map(|(addr, socket)| tokio::spawn(serve(*addr, socket.clone(), weak.clone())))
                 .collect();
+            let tasks = std::sync::Mutex::new(tasks);
             StunGrid {
                 primary,
                 main,
@@ -102,6 +108,16 @@ impl StunGrid {
             }
         });
         Ok(grid)
+    }
+
+    /// Stops answering and waits until the alternate sockets are closed (their
+    /// ports can be bound again once this returns and the grid is dropped).
+    pub async fn close(&self) {
+        let tasks = std::mem::take(&mut *self.tasks.lock().expect("tasks lock is never poisoned"));
+        for t in tasks {
+            t.abort();
+            let _ = t.await;
+        }
     }
 
     /// The alternate sockets' addresses.

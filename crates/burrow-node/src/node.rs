@@ -39,7 +39,25 @@ pub(crate) struct Peer {
     pub request: Option<Direction>,
     /// We accepted this peer: its incoming connections are let in.
     pub accepted: bool,
-    pub conn: Option<quinn::Connection>,
+    /// Live connections, oldest first. Usually one; two attempts that both
+    /// completed (a direct dial and a punched one) can leave two for a moment.
+    /// None is closed because another arrived: the side that dialed keeps one and
+    /// drops the rest, and the others close by themselves.
+    pub conns: Vec<quinn::Connection>,
+}
+
+/// Most live connections kept per peer; past that the oldest is closed.
+pub(crate) const MAX_CONNS_PER_PEER: usize = 4;
+
+impl Peer {
+    /// The connection in use: the newest live one.
+    pub fn conn(&self) -> Option<&quinn::Connection> {
+        self.conns.last()
+    }
+
+    pub fn connected(&self) -> bool {
+        !self.conns.is_empty()
+    }
 }
 
 /// Everything that changes while the node runs. Locked only for short sections.
@@ -70,7 +88,7 @@ impl State {
         if self
             .peers
             .get(id)
-            .is_some_and(|p| !p.online && p.conn.is_none() && p.request.is_none() && !p.accepted)
+            .is_some_and(|p| !p.online && !p.connected() && p.request.is_none() && !p.accepted)
         {
             self.peers.remove(id);
         }
@@ -335,7 +353,7 @@ impl Node {
             .peers
             .iter()
             .filter_map(|(id, p)| {
-                let c = p.conn.as_ref()?;
+                let c = p.conn()?;
                 Some(ConnectionView {
                     peer: id.to_string(),
                     name: p.name.as_ref().map(|n| n.to_string()),
@@ -380,13 +398,13 @@ impl Node {
                 id: id.to_string(),
                 name: p.name.as_ref().map(|n| n.to_string()),
                 online: p.online,
-                connection: match (&p.conn, p.request) {
+                connection: match (p.conn(), p.request) {
                     (Some(_), _) => ConnectionState::Direct,
                     (None, Some(Direction::Outgoing)) => ConnectionState::PendingOut,
                     (None, Some(Direction::Incoming)) => ConnectionState::PendingIn,
                     (None, None) => ConnectionState::None,
                 },
-                rtt_ms: p.conn.as_ref().map(|c| c.rtt().as_secs_f64() * 1000.0),
+                rtt_ms: p.conn().map(|c| c.rtt().as_secs_f64() * 1000.0),
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
@@ -421,7 +439,7 @@ impl Node {
             let p = st.peers.get(&id);
             let request = p.and_then(|p| p.request);
             match op {
-                RequestOp::Connect if p.is_some_and(|p| p.conn.is_some()) => {
+                RequestOp::Connect if p.is_some_and(|p| p.connected()) => {
                     return Err(ApiError::AlreadyConnected(name))
                 }
                 RequestOp::Accept | RequestOp::Reject if request != Some(Direction::Incoming) => {
@@ -468,7 +486,7 @@ impl Node {
             st.waiters.remove(&id);
             // Admission was granted for this request only.
             if let Some(p) = st.peers.get_mut(&id) {
-                p.accepted = p.conn.is_some();
+                p.accepted = p.connected();
             }
         }
         result
@@ -484,7 +502,7 @@ impl Node {
             let st = self.inner.state();
             let id = resolve(&st, peer)?;
             let name = st.name_of(&id);
-            let conn = st.peers.get(&id).and_then(|p| p.conn.clone());
+            let conn = st.peers.get(&id).and_then(|p| p.conn().cloned());
             (id, name.clone(), conn.ok_or(ApiError::NotConnected(name))?)
         };
         let mut msg = StoredMessage {
@@ -546,7 +564,7 @@ impl Node {
             .state()
             .peers
             .values()
-            .filter_map(|p| p.conn.clone())
+            .flat_map(|p| p.conns.iter().cloned())
             .collect();
         for c in conns {
             c.close(quinn::VarInt::from_u32(0), b"node shutting down");

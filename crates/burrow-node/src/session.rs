@@ -292,7 +292,7 @@ fn forget_session(inner: &Inner) {
     for p in st.peers.values_mut() {
         p.online = false;
         p.request = None;
-        p.accepted = p.conn.is_some();
+        p.accepted = p.connected();
     }
     let ids: Vec<NodeId> = st.peers.keys().copied().collect();
     for id in ids {
@@ -397,6 +397,7 @@ fn handle(inner: &Arc<Inner>, msg: ServerMsg) {
             peer,
             direction,
             candidates,
+            punch,
         } => {
             if let Some(p) = st.peers.get_mut(&peer) {
                 p.accepted = true;
@@ -412,8 +413,13 @@ fn handle(inner: &Arc<Inner>, msg: ServerMsg) {
             resolve_waiter(&mut st, peer, |o| o == op, Ok(()));
             drop(st);
             match direction {
-                Direction::Outgoing => inner.spawn(peers::dial(inner.clone(), peer, candidates)),
-                Direction::Incoming => inner.spawn(peers::admission_deadline(inner.clone(), peer)),
+                Direction::Outgoing => {
+                    inner.spawn(peers::dial(inner.clone(), peer, candidates, punch))
+                }
+                Direction::Incoming => {
+                    peers::punch_for_requester(inner, peer, &candidates, punch);
+                    inner.spawn(peers::admission_deadline(inner.clone(), peer))
+                }
             }
         }
         ServerMsg::Closed {
@@ -425,7 +431,7 @@ fn handle(inner: &Arc<Inner>, msg: ServerMsg) {
             if let Some(p) = st.peers.get_mut(&peer) {
                 p.request = None;
                 // The request is over: only a live connection keeps the peer admitted.
-                p.accepted = p.conn.is_some();
+                p.accepted = p.connected();
             }
             let answered = match (direction, reason) {
                 (Direction::Incoming, CloseReason::Rejected) => Some(RequestOp::Reject),
@@ -446,7 +452,7 @@ fn handle(inner: &Arc<Inner>, msg: ServerMsg) {
             reason,
         } => {
             if let Some(p) = st.peers.get_mut(&peer) {
-                if p.conn.is_none() {
+                if !p.connected() {
                     p.accepted = false;
                 }
             }

@@ -13,8 +13,10 @@
 //!  |-- Connect{alice} ------->|                            |
 //!  |<-- Pending{alice} -------|-- Incoming{bob} ---------->|
 //!  |                          |<------- Accept{bob} -------|   (or Reject / expiry)
-//!  |<-- Accepted{alice, cands}|-- PeerCandidates{bob, ..}->|
-//!  |== direct QUIC (burrow/chat/1) to alice's candidates ==>|
+//!  |<-- Accepted{alice, cands,|-- Accepted{bob, cands, --->|
+//!  |            ticket}       |            ticket}         |
+//!  |<======= punch probes both ways, to every candidate ==>|
+//!  |== QUIC (burrow/chat/1) to the first path that works ==>|
 //! ```
 //!
 //! The requester may `Cancel` while the request is pending; the server expires
@@ -27,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::id::NodeId;
 use crate::name::Name;
+use crate::punch::PunchTicket;
 
 /// ALPN of the node ↔ server connection.
 pub const ALPN: &[u8] = b"burrow/rendezvous/1";
@@ -179,6 +182,8 @@ pub enum ServerMsg {
         direction: Direction,
         /// The other side's addresses: server-observed first, then LAN.
         candidates: Vec<SocketAddr>,
+        /// Both sides punch with this ticket, at once (see [`crate::punch`]).
+        punch: PunchTicket,
     },
     /// The request between us and `peer` is over without a connection.
     Closed {
@@ -287,13 +292,21 @@ mod tests {
             arb_id().prop_map(|id| ServerMsg::PeerLeft { id }),
             arb_id().prop_map(|peer| ServerMsg::Pending { peer }),
             info().prop_map(|peer| ServerMsg::Incoming { peer }),
-            (arb_id(), dir.clone(), arb_addrs()).prop_map(|(peer, direction, candidates)| {
-                ServerMsg::Accepted {
-                    peer,
-                    direction,
-                    candidates,
-                }
-            }),
+            (
+                arb_id(),
+                dir.clone(),
+                arb_addrs(),
+                any::<[u8; 16]>(),
+                any::<[u8; 32]>()
+            )
+                .prop_map(|(peer, direction, candidates, session, secret)| {
+                    ServerMsg::Accepted {
+                        peer,
+                        direction,
+                        candidates,
+                        punch: PunchTicket { session, secret },
+                    }
+                }),
             (
                 arb_id(),
                 dir,

@@ -15,10 +15,13 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use burrow_proto::punch::PunchTicket;
 use burrow_proto::rendezvous::{
     ClientMsg, CloseReason, Direction, PeerInfo, Refusal, ServerMsg, PEERS_PER_FRAME,
 };
 use burrow_proto::NodeId;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
 
 /// Limits of the broker. Defaults assume people answering requests by hand.
 #[derive(Clone, Debug)]
@@ -51,20 +54,29 @@ struct Online {
 }
 
 /// Presence and pending requests.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Registry {
     config: BrokerConfig,
+    /// Draws punch tickets (seeded in tests).
+    rng: StdRng,
     nodes: HashMap<NodeId, Online>,
     /// (requester, asked) → expiry.
     pending: HashMap<(NodeId, NodeId), Instant>,
 }
 
 impl Registry {
-    /// An empty registry.
+    /// An empty registry drawing punch tickets from the OS's randomness.
     pub fn new(config: BrokerConfig) -> Self {
+        Self::with_rng(config, StdRng::from_entropy())
+    }
+
+    /// An empty registry drawing punch tickets from `rng`.
+    pub fn with_rng(config: BrokerConfig, rng: StdRng) -> Self {
         Registry {
             config,
-            ..Default::default()
+            rng,
+            nodes: HashMap::new(),
+            pending: HashMap::new(),
         }
     }
 
@@ -243,6 +255,7 @@ impl Registry {
         let (Some(a), Some(r)) = (self.nodes.get(&acceptor), self.nodes.get(&requester)) else {
             return Vec::new();
         };
+        let punch = PunchTicket::random(&mut self.rng);
         vec![
             (
                 requester,
@@ -250,6 +263,7 @@ impl Registry {
                     peer: acceptor,
                     direction: Direction::Outgoing,
                     candidates: a.candidates.clone(),
+                    punch,
                 },
             ),
             (
@@ -258,6 +272,7 @@ impl Registry {
                     peer: requester,
                     direction: Direction::Incoming,
                     candidates: r.candidates.clone(),
+                    punch,
                 },
             ),
         ]
@@ -338,6 +353,9 @@ mod tests {
             ]
         );
         let out = r.handle_msg(now, a.id, ClientMsg::Accept { peer: b.id });
+        let ServerMsg::Accepted { punch, .. } = out[0].1 else {
+            panic!("{out:?}")
+        };
         assert_eq!(
             out,
             vec![
@@ -346,7 +364,8 @@ mod tests {
                     ServerMsg::Accepted {
                         peer: a.id,
                         direction: Direction::Outgoing,
-                        candidates: vec![addr(1), SocketAddr::from(([192, 168, 1, 2], 1))]
+                        candidates: vec![addr(1), SocketAddr::from(([192, 168, 1, 2], 1))],
+                        punch,
                     }
                 ),
                 (
@@ -354,10 +373,12 @@ mod tests {
                     ServerMsg::Accepted {
                         peer: b.id,
                         direction: Direction::Incoming,
-                        candidates: vec![addr(2)]
+                        candidates: vec![addr(2)],
+                        punch,
                     }
                 ),
-            ]
+            ],
+            "both sides get each other's candidates and the same punch ticket"
         );
         // The request is used up: a replayed accept is refused.
         let out = r.handle_msg(now, a.id, ClientMsg::Accept { peer: b.id });

@@ -97,9 +97,16 @@ impl Hub {
     fn deliver(&self, out: Vec<Out>) {
         for (to, msg) in out {
             if let Some(s) = self.sessions.get(&to) {
-                if s.tx.try_send(msg).is_err() {
-                    warn!(node = %to.short(), "node is not reading its messages; disconnecting it");
-                    s.conn.close(quinn::VarInt::from_u32(2), b"too slow");
+                match s.tx.try_send(msg) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        if s.conn.close_reason().is_none() {
+                            warn!(node = %to.short(), "node is not reading its messages; disconnecting it");
+                            s.conn.close(quinn::VarInt::from_u32(2), b"too slow");
+                        }
+                    }
+                    // The session is ending; its leave is on the way.
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
                 }
             }
         }
@@ -137,7 +144,35 @@ impl Server {
     pub fn bind(secret: &SecretKey, config: ServerConfig) -> Result<Self, ServerError> {
         burrow_net::keyfile::create_private_dir(&config.home).map_err(ServerError::Home)?;
         let store = ServerStore::open(&config.home.join("server.db"))?;
-        let endpoint = Endpoint::bind(
+        // STUN also needs the next port. With a fixed port a clash is an error;
+        // with port 0 (any port) another pair is tried.
+        let tries = if config.listen.port() == 0 { 16 } else { 1 };
+        let mut attempt = 0;
+        let (endpoint, stun_grid) = loop {
+            attempt += 1;
+            let endpoint = Self::bind_endpoint(secret, &config)?;
+            match endpoint.start_stun_grid(config.alt_ip) {
+                Ok(grid) => break (endpoint, grid),
+                Err(e) if attempt >= tries => return Err(e.into()),
+                Err(_) => continue,
+            }
+        };
+        Ok(Server {
+            endpoint,
+            stun_grid,
+            shared: Arc::new(Shared {
+                hub: Mutex::new(Hub {
+                    registry: Registry::new(config.broker),
+                    sessions: HashMap::new(),
+                }),
+                store: Arc::new(Mutex::new(store)),
+                next_session: AtomicU64::new(1),
+            }),
+        })
+    }
+
+    fn bind_endpoint(secret: &SecretKey, config: &ServerConfig) -> Result<Endpoint, ServerError> {
+        Ok(Endpoint::bind(
             secret,
             EndpointConfig {
                 bind: config.listen,
@@ -153,20 +188,7 @@ impl Server {
                 receive_window: 8 * rendezvous::MAX_CLIENT_FRAME as u32,
                 ..EndpointConfig::default()
             },
-        )?;
-        let stun_grid = endpoint.start_stun_grid(config.alt_ip)?;
-        Ok(Server {
-            endpoint,
-            stun_grid,
-            shared: Arc::new(Shared {
-                hub: Mutex::new(Hub {
-                    registry: Registry::new(config.broker),
-                    sessions: HashMap::new(),
-                }),
-                store: Arc::new(Mutex::new(store)),
-                next_session: AtomicU64::new(1),
-            }),
-        })
+        )?)
     }
 
     /// The server's key.
@@ -227,6 +249,7 @@ impl Server {
         self.shared.hub().sessions.clear();
         let _ =
             tokio::time::timeout(Duration::from_secs(2), self.endpoint.quic().wait_idle()).await;
+        self.stun_grid.close().await;
     }
 }
 

@@ -229,7 +229,7 @@ async fn connect_to_a_peer_that_left_is_refused() {
 async fn names_belong_to_the_first_key_even_after_a_server_restart() {
     let dir = tempfile::tempdir().unwrap();
     let srv_home = dir.path().join("srv");
-    let server = start_server(&srv_home).await;
+    let server = start_server_on_fixed_port(&srv_home).await;
     let alice = start_node(&dir.path().join("alice"), "alice", &server.url).await;
     match burrow_node::Node::start(node_config(
         &dir.path().join("mallory"),

@@ -70,7 +70,7 @@ async fn a_pinned_server_key_that_does_not_match_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unpinned_server_is_trusted_on_first_use_and_a_changed_key_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start_server(&dir.path().join("srv")).await;
+    let server = start_server_on_fixed_port(&dir.path().join("srv")).await;
     let bare = ServerAddr {
         key: None,
         ..server.url.clone()
@@ -106,7 +106,7 @@ async fn an_unpinned_server_is_trusted_on_first_use_and_a_changed_key_is_refused
 async fn direct_links_survive_a_server_restart_and_nodes_reregister() {
     let dir = tempfile::tempdir().unwrap();
     let srv_home = dir.path().join("srv");
-    let server = start_server(&srv_home).await;
+    let server = start_server_on_fixed_port(&srv_home).await;
     let alice = start_node(&dir.path().join("alice"), "alice", &server.url).await;
     let bob = start_node(&dir.path().join("bob"), "bob", &server.url).await;
     connect_pair(&bob, &alice).await;

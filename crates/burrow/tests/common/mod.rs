@@ -66,7 +66,20 @@ pub fn init_logs() {
 
 pub async fn start_server_with(home: &Path, config: ServerConfig) -> TestServer {
     init_logs();
-    let server = Server::bind(&server_key(home), config).expect("server binds");
+    // A server restarted in this process on the same port: quinn's endpoint task
+    // releases the old socket a moment after the old server is gone.
+    let mut tries = 0;
+    let server = loop {
+        match Server::bind(&server_key(home), config.clone()) {
+            Ok(s) => break s,
+            Err(e) if tries < 50 && config.listen.port() != 0 => {
+                tries += 1;
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("server binds: {e:?}"),
+        }
+    };
     let addr = server.local_addr();
     let url = ServerAddr {
         key: Some(server.id()),
@@ -82,6 +95,35 @@ pub async fn start_server_with(home: &Path, config: ServerConfig) -> TestServer 
         stop,
         task,
     }
+}
+
+/// A server on a fixed port below Linux's ephemeral range (32768 and up), for
+/// tests that restart it on the same port: ephemeral binds of other sockets in
+/// the meantime can't take that port, or the next one (STUN's).
+pub async fn start_server_on_fixed_port(home: &Path) -> TestServer {
+    for _ in 0..50 {
+        let port = 20_000 + 2 * (rand::random::<u16>() % 6_000);
+        let config = fast_server_config(home, SocketAddr::from(([127, 0, 0, 1], port)));
+        if let Ok(server) = Server::bind(&server_key(home), config) {
+            init_logs();
+            let addr = server.local_addr();
+            let url = ServerAddr {
+                key: Some(server.id()),
+                host: "127.0.0.1".into(),
+                port,
+            };
+            let stop = CancellationToken::new();
+            let task = tokio::spawn(server.run(stop.clone()));
+            return TestServer {
+                url,
+                addr,
+                home: home.to_path_buf(),
+                stop,
+                task,
+            };
+        }
+    }
+    panic!("no free fixed port pair below the ephemeral range");
 }
 
 pub async fn start_server(home: &Path) -> TestServer {

@@ -71,6 +71,28 @@ impl Proc {
         }
     }
 
+    /// Waits up to `limit` for a line containing any of `needles`; returns it.
+    pub fn expect_any(&mut self, needles: &[&str], limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(l) = self
+                .seen
+                .iter()
+                .find(|l| needles.iter().any(|n| l.contains(n)))
+            {
+                return l.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => panic!(
+                    "no line containing any of {needles:?}; saw:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         unsafe_kill(self.child.id(), "TERM");
         let deadline = Instant::now() + super::WAIT;
