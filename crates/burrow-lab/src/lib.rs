@@ -191,16 +191,7 @@ impl Lab {
         lab.add_ns(&srv)?;
         lab.attach_public(&srv, "eth0")?;
         for a in SERVER_ADDRS {
-            run(&[
-                "ip",
-                "-n",
-                &srv,
-                "addr",
-                "add",
-                &format!("{a}/24"),
-                "dev",
-                "eth0",
-            ])?;
+            add_addr(&srv, "eth0", a)?;
         }
         Ok(lab)
     }
@@ -258,16 +249,7 @@ impl Lab {
             self.add_ns(&ns)?;
             self.attach_public(&ns, "eth0")?;
             let addr = Ipv4Addr::new(PUBLIC_NET[0], PUBLIC_NET[1], PUBLIC_NET[2], 100 + i);
-            run(&[
-                "ip",
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("{addr}/24"),
-                "dev",
-                "eth0",
-            ])?;
+            add_addr(&ns, "eth0", addr)?;
             return Ok((Host { ns, addr }, None));
         }
         let router = self.add_router(&format!("r{i}"), kind, Ipv4Addr::new(10, 0, i, 0), None)?;
@@ -353,16 +335,7 @@ impl Lab {
                 (addr, Some(Ipv4Addr::new(o[0], o[1], o[2], 1)))
             }
         };
-        run(&[
-            "ip",
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{wan}/24"),
-            "dev",
-            "wan",
-        ])?;
+        add_addr(&ns, "wan", wan)?;
         if let Some(gw) = gw {
             run(&[
                 "ip",
@@ -419,16 +392,7 @@ impl Lab {
                 "type",
                 "bridge",
             ])?;
-            run(&[
-                "ip",
-                "-n",
-                &router.host.ns,
-                "addr",
-                "add",
-                &format!("{gw}/24"),
-                "dev",
-                "lan",
-            ])?;
+            add_addr(&router.host.ns, "lan", gw)?;
             run(&["ip", "-n", &router.host.ns, "link", "set", "lan", "up"])?;
         }
         let port = format!("l{n}");
@@ -459,16 +423,7 @@ impl Lab {
         ])?;
         run(&["ip", "-n", &router.host.ns, "link", "set", &port, "up"])?;
         run(&["ip", "-n", &ns, "link", "set", "eth0", "up"])?;
-        run(&[
-            "ip",
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{addr}/24"),
-            "dev",
-            "eth0",
-        ])?;
+        add_addr(&ns, "eth0", addr)?;
         run(&[
             "ip",
             "-n",
@@ -589,6 +544,21 @@ fn nft(ns: &str, ruleset: &str) -> Result<(), LabError> {
         });
     }
     Ok(())
+}
+
+/// Gives interface `ifname` in namespace `ns` the address `addr`/24.
+fn add_addr(ns: &str, ifname: &str, addr: Ipv4Addr) -> Result<(), LabError> {
+    run(&[
+        "ip",
+        "-n",
+        ns,
+        "addr",
+        "add",
+        &format!("{addr}/24"),
+        "dev",
+        ifname,
+    ])
+    .map(|_| ())
 }
 
 /// Runs a command, failing with its stderr.

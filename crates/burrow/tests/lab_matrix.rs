@@ -12,7 +12,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use burrow_lab::{require_or_skip, NatKind, SERVER_ADDRS};
+use burrow_lab::{require_or_skip, NatKind};
 use common::proc::*;
 
 fn must_go_direct(req: NatKind, acc: NatKind) -> bool {
@@ -28,19 +28,7 @@ fn every_pair_of_nat_kinds() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = lab.server().command(BIN);
-    cmd.arg("--home").arg(dir.path().join("srv")).args([
-        "server",
-        "--listen",
-        &format!("{}:7700", SERVER_ADDRS[0]),
-    ]);
-    let mut server = Proc::spawn_command(cmd);
-    let url = server
-        .expect_line("join URL:")
-        .split_whitespace()
-        .last()
-        .unwrap()
-        .to_string();
+    let (mut server, url) = lab_server(&lab, &dir.path().join("srv"), &[]);
 
     let mut table = Vec::new();
     let mut failures = Vec::new();

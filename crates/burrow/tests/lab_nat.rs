@@ -17,21 +17,11 @@ fn burrow_nat_names_each_kind_of_nat() {
     };
     let dir = tempfile::tempdir().unwrap();
     let srv_home = dir.path().join("srv");
-    let mut cmd = lab.server().command(BIN);
-    cmd.arg("--home").arg(&srv_home).args([
-        "server",
-        "--listen",
-        &format!("{}:7700", SERVER_ADDRS[0]),
-        "--alt-addr",
-        &SERVER_ADDRS[1].to_string(),
-    ]);
-    let mut server = Proc::spawn_command(cmd);
-    let url = server
-        .expect_line("join URL:")
-        .split_whitespace()
-        .last()
-        .unwrap()
-        .to_string();
+    let (mut server, url) = lab_server(
+        &lab,
+        &srv_home,
+        &["--alt-addr", &SERVER_ADDRS[1].to_string()],
+    );
 
     println!(
         "{:<15} {:<24} {:<28} {:<28}",

@@ -163,3 +163,22 @@ pub fn wait_json(home: &Path, args: &[&str], what: &str, check: impl Fn(&Value) 
 pub fn peer<'a>(peers: &'a Value, name: &str) -> Option<&'a Value> {
     peers.as_array()?.iter().find(|p| p["name"] == name)
 }
+
+/// Starts `burrow server` in the lab's server namespace on its first address,
+/// port 7700, with `extra` arguments; returns the process and its join URL.
+pub fn lab_server(lab: &burrow_lab::Lab, home: &Path, extra: &[&str]) -> (Proc, String) {
+    let mut cmd = lab.server().command(BIN);
+    let listen = format!("{}:7700", burrow_lab::SERVER_ADDRS[0]);
+    cmd.arg("--home")
+        .arg(home)
+        .args(["server", "--listen", &listen])
+        .args(extra);
+    let mut server = Proc::spawn_command(cmd);
+    let url = server
+        .expect_line("join URL:")
+        .split_whitespace()
+        .last()
+        .expect("a URL")
+        .to_string();
+    (server, url)
+}
