@@ -337,16 +337,7 @@ impl Lab {
         };
         add_addr(&ns, "wan", wan)?;
         if let Some(gw) = gw {
-            run(&[
-                "ip",
-                "-n",
-                &ns,
-                "route",
-                "add",
-                "default",
-                "via",
-                &gw.to_string(),
-            ])?;
+            add_default_route(&ns, gw)?;
         }
         run(&[
             "ip",
@@ -424,16 +415,7 @@ impl Lab {
         run(&["ip", "-n", &router.host.ns, "link", "set", &port, "up"])?;
         run(&["ip", "-n", &ns, "link", "set", "eth0", "up"])?;
         add_addr(&ns, "eth0", addr)?;
-        run(&[
-            "ip",
-            "-n",
-            &ns,
-            "route",
-            "add",
-            "default",
-            "via",
-            &gw.to_string(),
-        ])?;
+        add_default_route(&ns, gw)?;
         Ok(Host { ns, addr })
     }
 
@@ -557,6 +539,21 @@ fn add_addr(ns: &str, ifname: &str, addr: Ipv4Addr) -> Result<(), LabError> {
         &format!("{addr}/24"),
         "dev",
         ifname,
+    ])
+    .map(|_| ())
+}
+
+/// Routes everything from namespace `ns` through `gw`.
+fn add_default_route(ns: &str, gw: Ipv4Addr) -> Result<(), LabError> {
+    run(&[
+        "ip",
+        "-n",
+        ns,
+        "route",
+        "add",
+        "default",
+        "via",
+        &gw.to_string(),
     ])
     .map(|_| ())
 }

@@ -428,6 +428,15 @@ mod tests {
         SecretKey::generate(&mut rand::rngs::StdRng::seed_from_u64(seed))
     }
 
+    /// Completes every incoming handshake, for tests that only dial.
+    fn accept_all(server: Endpoint) {
+        tokio::spawn(async move {
+            while let Some(i) = server.quic().accept().await {
+                let _ = i.await;
+            }
+        });
+    }
+
     fn local() -> EndpointConfig {
         EndpointConfig {
             bind: "127.0.0.1:0".parse().unwrap(),
@@ -610,11 +619,7 @@ mod tests {
         )
         .unwrap();
         let addr = server.local_addr().unwrap();
-        tokio::spawn(async move {
-            while let Some(i) = server.quic().accept().await {
-                let _ = i.await;
-            }
-        });
+        accept_all(server);
         let client = Endpoint::bind(&key(2), local()).unwrap();
         match client.connect(addr, b"t/1", Some(key(3).public())).await {
             Err(ConnectError::WrongKey {
@@ -672,11 +677,7 @@ mod tests {
             }
             junk.send_to(&d, addr).unwrap();
         }
-        tokio::spawn(async move {
-            while let Some(i) = server.quic().accept().await {
-                let _ = i.await;
-            }
-        });
+        accept_all(server);
         let client = Endpoint::bind(&key(2), local()).unwrap();
         assert!(client.stun(addr, Duration::from_secs(2)).await.is_ok());
         assert!(client.connect(addr, b"t/1", None).await.is_ok());

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use burrow_net::{Endpoint, EndpointConfig};
 use burrow_proto::chat::{self, MessageId};
-use burrow_proto::rendezvous::{ClientMsg, Direction, Refusal};
+use burrow_proto::rendezvous::{ClientMsg, Direction, PeerInfo, Refusal};
 use burrow_proto::{Name, NodeId};
 use burrow_store::{NodeStore, StoredMessage};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -81,6 +81,18 @@ impl State {
             .and_then(|p| p.name.as_ref())
             .map(|n| n.to_string())
             .unwrap_or_else(|| id.short())
+    }
+
+    /// Records that the server lists `info` as online; returns its entry, or `None`
+    /// when it is new and the table is full ([`MAX_PEERS`]).
+    pub fn mark_online(&mut self, info: PeerInfo) -> Option<&mut Peer> {
+        if self.peers.len() >= MAX_PEERS && !self.peers.contains_key(&info.id) {
+            return None;
+        }
+        let p = self.peers.entry(info.id).or_default();
+        p.name = Some(info.name);
+        p.online = true;
+        Some(p)
     }
 
     /// Drops peers we know nothing useful about any more.

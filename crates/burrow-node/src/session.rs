@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::event::NodeEvent;
-use crate::node::{Inner, RequestOp, MAX_PEERS};
+use crate::node::{Inner, RequestOp};
 use crate::peers;
 use crate::trust::KnownServers;
 
@@ -203,10 +203,8 @@ pub(crate) async fn connect(inner: &Arc<Inner>) -> Result<Session, SessionError>
                 for p in st.peers.values_mut() {
                     p.online = false;
                 }
-                for info in peers.into_iter().take(MAX_PEERS) {
-                    let p = st.peers.entry(info.id).or_default();
-                    p.name = Some(info.name);
-                    p.online = true;
+                for info in peers {
+                    st.mark_online(info);
                 }
                 let ids: Vec<NodeId> = st.peers.keys().copied().collect();
                 for id in ids {
@@ -349,24 +347,15 @@ fn handle(inner: &Arc<Inner>, msg: ServerMsg) {
         ServerMsg::Welcome { .. } => warn!("unexpected second Welcome"),
         ServerMsg::Peers(list) => {
             for info in list {
-                if st.peers.len() >= MAX_PEERS && !st.peers.contains_key(&info.id) {
-                    break;
-                }
-                let p = st.peers.entry(info.id).or_default();
-                p.name = Some(info.name);
-                p.online = true;
+                st.mark_online(info);
             }
         }
         ServerMsg::PeerJoined(info) => {
-            if st.peers.len() >= MAX_PEERS && !st.peers.contains_key(&info.id) {
-                return;
-            }
             let name = info.name.to_string();
-            let p = st.peers.entry(info.id).or_default();
-            p.name = Some(info.name);
-            p.online = true;
-            drop(st);
-            inner.emit(NodeEvent::PeerOnline { name });
+            if st.mark_online(info).is_some() {
+                drop(st);
+                inner.emit(NodeEvent::PeerOnline { name });
+            }
         }
         ServerMsg::PeerLeft { id } => {
             let name = st.name_of(&id);
@@ -386,9 +375,10 @@ fn handle(inner: &Arc<Inner>, msg: ServerMsg) {
         }
         ServerMsg::Incoming { peer } => {
             let name = peer.name.to_string();
-            let p = st.peers.entry(peer.id).or_default();
-            p.name = Some(peer.name);
-            p.online = true;
+            let Some(p) = st.mark_online(peer) else {
+                warn!(%name, "peer table full; ignoring a connect request");
+                return;
+            };
             p.request = Some(Direction::Incoming);
             drop(st);
             inner.emit(NodeEvent::IncomingRequest { name });
