@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use burrow_proto::stun::{self, Change, TransactionId};
@@ -14,7 +14,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use burrow_proto::punch::{PunchConfig, PunchSession, PunchTicket, Role};
+use burrow_proto::relay::{self, Channel};
 
+use crate::paths::PathTable;
 use crate::socket::{DemuxSocket, RawDatagram, RawSender};
 use crate::stun_server::{GridError, StunGrid};
 use crate::tls;
@@ -120,11 +122,17 @@ pub enum StunQueryError {
 }
 
 type Waiters = Arc<Mutex<HashMap<TransactionId, oneshot::Sender<stun::Response>>>>;
+
+/// Decides where a relay datagram goes (see [`Endpoint::set_relay`]): given who
+/// sent it, its channel and its size, the address to forward it to, or `None` to
+/// drop it.
+pub type RelayHandler =
+    Arc<dyn Fn(SocketAddr, &Channel, usize) -> Option<SocketAddr> + Send + Sync>;
+type RelaySlot = Arc<OnceLock<RelayHandler>>;
 /// Where the main socket's STUN requests go when the server runs a [`StunGrid`].
 type GridSlot = Arc<Mutex<Option<std::sync::Weak<StunGrid>>>>;
 
 /// The shared socket with QUIC and STUN on it.
-#[derive(Debug)]
 pub struct Endpoint {
     quic: quinn::Endpoint,
     secret: SecretKey,
@@ -134,7 +142,19 @@ pub struct Endpoint {
     waiters: Waiters,
     grid: GridSlot,
     punches: crate::punch::Routes,
+    paths: Arc<PathTable>,
+    relay: RelaySlot,
     dispatcher: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("id", &self.secret.public())
+            .field("local", &self.quic.local_addr().ok())
+            .field("relay", &self.relay.get().is_some())
+            .finish()
+    }
 }
 
 impl Drop for Endpoint {
@@ -153,7 +173,9 @@ impl Endpoint {
                 source,
             })?;
         socket.set_nonblocking(true).map_err(EndpointError::Quic)?;
-        let (demux, raw, raw_rx) = DemuxSocket::wrap(socket).map_err(EndpointError::Quic)?;
+        let paths = Arc::new(PathTable::default());
+        let (demux, raw, raw_rx) =
+            DemuxSocket::wrap(socket, paths.clone()).map_err(EndpointError::Quic)?;
 
         let mut transport = quinn::TransportConfig::default();
         transport
@@ -195,6 +217,7 @@ impl Endpoint {
         let waiters: Waiters = Arc::default();
         let grid: GridSlot = Arc::default();
         let punches: crate::punch::Routes = Arc::default();
+        let relay: RelaySlot = Arc::default();
         let local = quic.local_addr().map_err(EndpointError::Quic)?;
         let dispatcher = tokio::spawn(dispatch(
             raw_rx,
@@ -202,6 +225,7 @@ impl Endpoint {
             waiters.clone(),
             config.answer_stun.then(|| (local, grid.clone())),
             punches.clone(),
+            relay.clone(),
         ));
         Ok(Endpoint {
             quic,
@@ -212,6 +236,8 @@ impl Endpoint {
             waiters,
             grid,
             punches,
+            paths,
+            relay,
             dispatcher,
         })
     }
@@ -229,6 +255,18 @@ impl Endpoint {
     /// The bound socket address.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.quic.local_addr()
+    }
+
+    /// Every peer's path: how packets to a peer's virtual address travel.
+    pub fn paths(&self) -> &PathTable {
+        &self.paths
+    }
+
+    /// Makes this endpoint a relay: every relay datagram that isn't for one of
+    /// our own paths goes to `handler`, and is forwarded unchanged to the address
+    /// it returns. Set once; later calls are ignored.
+    pub fn set_relay(&self, handler: RelayHandler) {
+        let _ = self.relay.set(handler);
     }
 
     /// Sender for raw datagrams on the shared socket.
@@ -356,17 +394,30 @@ impl Endpoint {
     }
 }
 
-/// Routes the socket's non-QUIC datagrams: STUN responses to their waiting query,
-/// STUN requests to the responder (when answering: our address and the grid, if
-/// the server runs one), anything else is dropped.
+/// Routes the socket's non-QUIC datagrams: relay datagrams to the relay (on a
+/// server), punch probes to their session, STUN responses to their waiting
+/// query, STUN requests to the responder (when answering: our address and the
+/// grid, if the server runs one); anything else is dropped.
 async fn dispatch(
     mut rx: mpsc::Receiver<RawDatagram>,
     raw: RawSender,
     waiters: Waiters,
     answer: Option<(SocketAddr, GridSlot)>,
     punches: crate::punch::Routes,
+    relay: RelaySlot,
 ) {
     while let Some(RawDatagram { from, data }) = rx.recv().await {
+        if let Some((channel, _)) = relay::parse(&data) {
+            match relay.get().and_then(|h| h(from, &channel, data.len())) {
+                Some(to) => {
+                    if let Err(e) = raw.send(to, &data) {
+                        tracing::debug!(%to, error = %e, "relayed datagram not sent");
+                    }
+                }
+                None => tracing::trace!(%from, ?channel, "relay datagram dropped"),
+            }
+            continue;
+        }
         if let Some(id) = burrow_proto::punch::session_of(&data) {
             let route = punches
                 .lock()
@@ -422,6 +473,7 @@ async fn dispatch(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::paths::Route;
     use rand::SeedableRng;
 
     fn key(seed: u64) -> SecretKey {
@@ -606,6 +658,97 @@ mod tests {
         let (conn, _) = a.connect(ba, b"t/1", Some(key(2).public())).await.unwrap();
         accept.await.unwrap().unwrap();
         assert!(conn.rtt() < Duration::from_secs(1));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_relayed_connection_moves_to_the_direct_path_without_a_break() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let node = |seed| {
+            Endpoint::bind(
+                &key(seed),
+                EndpointConfig {
+                    alpns: vec![b"t/1"],
+                    ..local()
+                },
+            )
+            .unwrap()
+        };
+        let (relay, a, b) = (Endpoint::bind(&key(9), local()).unwrap(), node(1), node(2));
+        let (ra, aa, ba) = (
+            relay.local_addr().unwrap(),
+            a.local_addr().unwrap(),
+            b.local_addr().unwrap(),
+        );
+        let channel = Channel([5; 16]);
+        let relayed = Arc::new(AtomicUsize::new(0));
+        let count = relayed.clone();
+        relay.set_relay(Arc::new(move |from, ch, _len| {
+            if *ch != channel {
+                return None;
+            }
+            count.fetch_add(1, Ordering::Relaxed);
+            match from {
+                f if f == aa => Some(ba),
+                f if f == ba => Some(aa),
+                _ => None,
+            }
+        }));
+        let (ida, idb) = (key(1).public(), key(2).public());
+        let vb = a.paths().open(idb);
+        let va = b.paths().open(ida);
+        a.paths().set_relay(&idb, Some((ra, channel)));
+        b.paths().set_relay(&ida, Some((ra, channel)));
+
+        // An echo service on b; the connection comes in from a's virtual address.
+        let b = Arc::new(b);
+        let b2 = b.clone();
+        let echo = tokio::spawn(async move {
+            let conn = b2.quic().accept().await.unwrap().await.unwrap();
+            let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+            let mut buf = [0u8; 64];
+            while let Some(n) = recv.read(&mut buf).await.unwrap() {
+                send.write_all(&buf[..n]).await.unwrap();
+            }
+            conn.remote_address()
+        });
+        let (conn, _) = a.connect(vb, b"t/1", Some(idb)).await.unwrap();
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        async fn echoes(send: &mut quinn::SendStream, recv: &mut quinn::RecvStream, n: u32) {
+            let mut buf = [0u8; 4];
+            for i in 0..n {
+                send.write_all(&i.to_be_bytes()).await.unwrap();
+                recv.read_exact(&mut buf).await.unwrap();
+                assert_eq!(buf, i.to_be_bytes());
+            }
+        }
+        echoes(&mut send, &mut recv, 20).await;
+        assert!(
+            relayed.load(Ordering::Relaxed) >= 40,
+            "the handshake and the echoes went through the relay"
+        );
+        assert_eq!(a.paths().status(&idb).unwrap().route, Route::Relayed(ra));
+
+        // A punch found the direct path: both sides switch; the stream goes on.
+        a.paths().set_direct(&idb, Some(ba));
+        b.paths().set_direct(&ida, Some(aa));
+        echoes(&mut send, &mut recv, 3).await;
+        let before = relayed.load(Ordering::Relaxed);
+        echoes(&mut send, &mut recv, 200).await;
+        assert_eq!(
+            relayed.load(Ordering::Relaxed),
+            before,
+            "direct packets went through the relay"
+        );
+        assert_eq!(a.paths().status(&idb).unwrap().route, Route::Direct(ba));
+
+        // The direct path dies: back to the relay, same connection.
+        a.paths().set_direct(&idb, None);
+        b.paths().set_direct(&ida, None);
+        echoes(&mut send, &mut recv, 20).await;
+        assert!(relayed.load(Ordering::Relaxed) >= before + 40);
+        send.finish().unwrap();
+        assert_eq!(echo.await.unwrap(), va, "b saw one address throughout");
+        assert_eq!(conn.remote_address(), vb);
     }
 
     #[tokio::test]

@@ -15,12 +15,16 @@ pub mod endpoint;
 pub mod framed;
 pub mod iface;
 pub mod keyfile;
+pub mod paths;
 pub mod punch;
 pub mod socket;
 pub mod stun_server;
 pub mod tls;
 
-pub use endpoint::{ConnectError, Endpoint, EndpointConfig, EndpointError, StunQueryError};
+pub use endpoint::{
+    ConnectError, Endpoint, EndpointConfig, EndpointError, RelayHandler, StunQueryError,
+};
 pub use framed::{FrameReader, FrameWriter, FramedError};
+pub use paths::{Health, PathStatus, PathTable, Route};
 pub use stun_server::StunGrid;
 pub use tls::peer_id;

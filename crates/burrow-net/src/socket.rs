@@ -1,29 +1,39 @@
 //! The one UDP socket a node (or server) owns, shared by QUIC and burrow's own
 //! datagrams.
 //!
-//! quinn reads the socket through [`DemuxSocket`]. Every received datagram that is
-//! burrow's own ([`is_burrow_datagram`]: STUN today, punch probes in the traversal
-//! layer) goes to burrow's channel instead. Those all clear QUIC's fixed bit (0x40)
-//! and carry a 32-bit magic value; burrow endpoints don't grease the fixed bit
-//! (RFC 9287), so no QUIC packet of ours can be mistaken for one. Sends
-//! of raw datagrams go through [`RawSender`] on the same socket, so they leave from
-//! the port peers and the server already know.
+//! quinn reads and writes the socket through [`DemuxSocket`], which does three
+//! things on the way:
 //!
-//! Receive errors caused by ICMP (a probe to a closed port answered "port
-//! unreachable") are logged and skipped: quinn's endpoint would otherwise stop on
-//! them, taking every connection with it.
+//! - Datagrams that are burrow's own ([`is_burrow_datagram`]: STUN, punch probes,
+//!   relay datagrams for the server to forward) go to burrow's channel instead.
+//!   Those all clear QUIC's fixed bit (0x40) and carry a 32-bit magic value;
+//!   burrow endpoints don't grease the fixed bit (RFC 9287), so no QUIC packet of
+//!   ours can be mistaken for one.
+//! - Packets to a peer's virtual address (see [`crate::paths`]) leave directly or
+//!   wrapped for the relay, whichever path the peer has now; packets from either
+//!   path reach quinn as coming from the virtual address.
+//! - Receive errors caused by ICMP (a probe to a closed port answered "port
+//!   unreachable") are logged and skipped: quinn's endpoint would otherwise stop
+//!   on them, taking every connection with it.
+//!
+//! Raw datagrams are sent through [`RawSender`] on the same socket, so they leave
+//! from the port peers and the server already know.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
+use burrow_proto::relay::{self, Channel};
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, Runtime, UdpPoller};
 use tokio::sync::mpsc;
+
+use crate::paths::{PathTable, SendRoute};
 
 /// How many non-QUIC datagrams wait for burrow before new ones are dropped.
 pub const RAW_QUEUE: usize = 1024;
@@ -42,6 +52,11 @@ pub struct DemuxSocket {
     inner: Arc<dyn AsyncUdpSocket>,
     raw_tx: mpsc::Sender<RawDatagram>,
     dropped: AtomicU64,
+    paths: Arc<PathTable>,
+    /// Whether the socket is IPv6 (quinn then uses IPv4-mapped addresses).
+    ipv6: bool,
+    /// Relayed packets unwrapped from a batch, waiting to be handed to quinn.
+    unwrapped: Mutex<VecDeque<(SocketAddr, Vec<u8>)>>,
 }
 
 impl fmt::Debug for DemuxSocket {
@@ -74,10 +89,12 @@ impl RawSender {
 
 impl DemuxSocket {
     /// Wraps `socket`: quinn gets the returned socket, burrow the sender and the
-    /// receiver of non-QUIC datagrams.
+    /// receiver of non-QUIC datagrams. Packets to and from peers go by `paths`.
     pub fn wrap(
         socket: std::net::UdpSocket,
+        paths: Arc<PathTable>,
     ) -> io::Result<(Arc<DemuxSocket>, RawSender, mpsc::Receiver<RawDatagram>)> {
+        let ipv6 = socket.local_addr()?.is_ipv6();
         let inner = quinn::TokioRuntime.wrap_udp_socket(socket)?;
         let (raw_tx, raw_rx) = mpsc::channel(RAW_QUEUE);
         let sender = RawSender {
@@ -87,6 +104,9 @@ impl DemuxSocket {
             inner,
             raw_tx,
             dropped: AtomicU64::new(0),
+            paths,
+            ipv6,
+            unwrapped: Mutex::new(VecDeque::new()),
         });
         Ok((demux, sender, raw_rx))
     }
@@ -105,13 +125,159 @@ impl DemuxSocket {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
+
+    /// A virtual address as quinn knows it (IPv4-mapped on an IPv6 socket).
+    fn for_quinn(&self, v: SocketAddr) -> SocketAddr {
+        match v {
+            SocketAddr::V4(a) if self.ipv6 => {
+                SocketAddr::new(a.ip().to_ipv6_mapped().into(), a.port())
+            }
+            other => other,
+        }
+    }
+
+    /// What quinn should see of one received datagram: `None` when it was
+    /// burrow's own (diverted); else its source as quinn knows it and where its
+    /// QUIC packet starts (after a relay header).
+    fn classify(&self, from: SocketAddr, data: &[u8]) -> Option<(SocketAddr, usize)> {
+        if let Some((channel, _)) = relay::parse(data) {
+            return match self.paths.route_relay_recv(&channel, from) {
+                Some(v) => Some((self.for_quinn(v), relay::HEADER_LEN)),
+                None => {
+                    // Not a channel of ours: the server's relay forwards it.
+                    self.divert(from, data);
+                    None
+                }
+            };
+        }
+        if is_burrow_datagram(data) {
+            self.divert(from, data);
+            return None;
+        }
+        match self.paths.route_direct_recv(from) {
+            Some(v) => Some((self.for_quinn(v), 0)),
+            None => Some((from, 0)),
+        }
+    }
+
+    /// Moves unwrapped relayed packets into quinn's buffers.
+    fn drain_unwrapped(&self, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta]) -> usize {
+        let mut q = self.unwrapped.lock().expect("queue lock is never poisoned");
+        let mut n = 0;
+        while n < bufs.len().min(meta.len()) {
+            let Some((from, packet)) = q.pop_front() else {
+                break;
+            };
+            if packet.len() > bufs[n].len() {
+                continue;
+            }
+            bufs[n][..packet.len()].copy_from_slice(&packet);
+            meta[n] = RecvMeta {
+                addr: from,
+                len: packet.len(),
+                stride: packet.len(),
+                ecn: None,
+                dst_ip: None,
+            };
+            n += 1;
+        }
+        n
+    }
+
+    /// Sends `transmit` wrapped for `channel`, one relay datagram per segment.
+    fn send_relayed(
+        &self,
+        server: SocketAddr,
+        channel: Channel,
+        transmit: &Transmit,
+    ) -> io::Result<()> {
+        let segment = transmit
+            .segment_size
+            .unwrap_or(transmit.contents.len())
+            .max(1);
+        let mut datagram = Vec::with_capacity(relay::HEADER_LEN + segment);
+        for (i, packet) in transmit.contents.chunks(segment).enumerate() {
+            if packet.len() > relay::MAX_PAYLOAD {
+                // Larger than the relay carries (an MTU probe): lost, as on a
+                // link with a smaller MTU.
+                continue;
+            }
+            relay::wrap(&channel, packet, &mut datagram);
+            let sent = self.inner.try_send(&Transmit {
+                destination: server,
+                ecn: None,
+                contents: &datagram,
+                segment_size: None,
+                src_ip: None,
+            });
+            match sent {
+                Ok(()) => {}
+                // quinn retries the whole transmit: duplicates of the segments
+                // already sent are harmless to QUIC.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && i == 0 => return Err(e),
+                Err(e) => tracing::debug!(%server, error = %e, "relayed packet not sent"),
+            }
+        }
+        Ok(())
+    }
 }
 
-/// True for datagrams burrow handles itself rather than quinn: STUN, and punch
-/// probes (their own magic).
+impl DemuxSocket {
+    /// Sorts a GRO batch: burrow's segments are diverted, relayed ones unwrapped
+    /// into the queue (they may belong to different peers). Returns whether the
+    /// batch is QUIC for quinn to read in place; segments quinn gets that aren't
+    /// QUIC have the fixed bit clear, and quinn discards them.
+    fn keep_batch(&self, data: &[u8], m: RecvMeta) -> bool {
+        let mut quic = false;
+        for seg in data.chunks(m.stride.max(1)) {
+            if let Some((channel, packet)) = relay::parse(seg) {
+                match self.paths.route_relay_recv(&channel, m.addr) {
+                    Some(v) => {
+                        let mut q = self.unwrapped.lock().expect("queue lock is never poisoned");
+                        if q.len() < RAW_QUEUE {
+                            q.push_back((self.for_quinn(v), packet.to_vec()));
+                        } else {
+                            self.dropped.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    None => self.divert(m.addr, seg),
+                }
+            } else if is_burrow_datagram(seg) {
+                self.divert(m.addr, seg);
+            } else {
+                quic = true;
+            }
+        }
+        quic
+    }
+
+    /// quinn's name for a source of QUIC packets: its peer's virtual address
+    /// when it is a direct path.
+    fn direct_source(&self, from: SocketAddr) -> SocketAddr {
+        match self.paths.route_direct_recv(from) {
+            Some(v) => self.for_quinn(v),
+            None => from,
+        }
+    }
+}
+
+/// Moves `len` bytes at `start` of datagram `from` to the front of slot `to`
+/// (`to <= from`).
+fn move_datagram(bufs: &mut [IoSliceMut<'_>], from: usize, to: usize, start: usize, len: usize) {
+    if to == from {
+        bufs[from].copy_within(start..start + len, 0);
+    } else {
+        let (head, tail) = bufs.split_at_mut(from);
+        head[to][..len].copy_from_slice(&tail[0][start..start + len]);
+    }
+}
+
+/// True for datagrams burrow handles itself rather than quinn: STUN, punch
+/// probes and relay datagrams (their own magics).
 pub fn is_burrow_datagram(datagram: &[u8]) -> bool {
     burrow_proto::stun::looks_like_stun(datagram)
         || burrow_proto::punch::session_of(datagram).is_some()
+        || relay::parse(datagram).is_some()
 }
 
 /// Errors an unconnected UDP socket may report because of ICMP from the network.
@@ -139,7 +305,19 @@ impl AsyncUdpSocket for DemuxSocket {
     }
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
-        self.inner.try_send(transmit)
+        match self
+            .paths
+            .route_send(transmit.destination, std::time::Instant::now())
+        {
+            SendRoute::AsAddressed => self.inner.try_send(transmit),
+            SendRoute::Direct(to) => self.inner.try_send(&Transmit {
+                destination: to,
+                ..*transmit
+            }),
+            SendRoute::Relay(server, channel) => self.send_relayed(server, channel, transmit),
+            // No way to the peer yet: as if lost on the wire.
+            SendRoute::Drop => Ok(()),
+        }
     }
 
     fn poll_recv(
@@ -148,6 +326,10 @@ impl AsyncUdpSocket for DemuxSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
+        let n = self.drain_unwrapped(bufs, meta);
+        if n > 0 {
+            return Poll::Ready(Ok(n));
+        }
         let mut skipped = 0;
         loop {
             let n = match ready!(self.inner.poll_recv(cx, bufs, meta)) {
@@ -166,30 +348,35 @@ impl AsyncUdpSocket for DemuxSocket {
             let mut kept = 0;
             for i in 0..n {
                 let m = meta[i];
-                let data = &bufs[i][..m.len];
-                if m.len <= m.stride {
-                    if is_burrow_datagram(data) {
-                        self.divert(m.addr, data);
-                        continue;
+                if m.len > m.stride {
+                    // A GRO batch: one source, segments of one size.
+                    if self.keep_batch(&bufs[i][..m.len], m) {
+                        let addr = self.direct_source(m.addr);
+                        move_datagram(bufs, i, kept, 0, m.len);
+                        meta[kept] = RecvMeta { addr, ..m };
+                        kept += 1;
                     }
-                } else {
-                    // A GRO batch: divert copies of burrow's segments and leave them
-                    // in place, where quinn discards them (fixed bit clear).
-                    for seg in data.chunks(m.stride.max(1)) {
-                        if is_burrow_datagram(seg) {
-                            self.divert(m.addr, seg);
-                        }
-                    }
+                    continue;
                 }
-                if kept != i {
-                    let (head, tail) = bufs.split_at_mut(i);
-                    head[kept][..m.len].copy_from_slice(&tail[0][..m.len]);
-                    meta[kept] = m;
-                }
+                let Some((addr, start)) = self.classify(m.addr, &bufs[i][..m.len]) else {
+                    continue;
+                };
+                let len = m.len - start;
+                move_datagram(bufs, i, kept, start, len);
+                meta[kept] = RecvMeta {
+                    addr,
+                    len,
+                    stride: len,
+                    ..m
+                };
                 kept += 1;
             }
             if kept > 0 {
                 return Poll::Ready(Ok(kept));
+            }
+            let n = self.drain_unwrapped(bufs, meta);
+            if n > 0 {
+                return Poll::Ready(Ok(n));
             }
         }
     }

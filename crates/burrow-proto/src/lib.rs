@@ -7,6 +7,8 @@
 //! - [`frame`]: the framing every stream uses: a length prefix, a version byte and a
 //!   postcard body, with explicit maximum sizes checked before anything is allocated.
 //! - [`rendezvous`]: node ↔ server messages (registration, presence, connect broker).
+//! - [`punch`]: hole punching, as a sans-IO session.
+//! - [`relay`]: the datagrams the server relays between two nodes.
 //! - [`chat`]: the chat service's messages.
 //! - [`stun`]: STUN Binding requests and responses (RFC 8489), on top of `stun_codec`.
 //!
@@ -19,6 +21,7 @@ pub mod frame;
 pub mod id;
 pub mod name;
 pub mod punch;
+pub mod relay;
 pub mod rendezvous;
 pub mod stun;
 pub mod time;

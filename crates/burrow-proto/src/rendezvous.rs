@@ -16,7 +16,13 @@
 //!  |<-- Accepted{alice, cands,|-- Accepted{bob, cands, --->|
 //!  |            ticket}       |            ticket}         |
 //!  |<======= punch probes both ways, to every candidate ==>|
-//!  |== QUIC (burrow/chat/1) to the first path that works ==>|
+//!  |== QUIC (burrow/chat/1): through the relay channel at once,
+//!  |   moved to the punched path as soon as it works =====>|
+//!  |                          |                            |
+//!  |-- Repunch{alice} ------->|  (direct path lost, or on a schedule)
+//!  |<-- Punch{alice, cands, --|-- Punch{bob, cands, ticket}>|
+//!  |           ticket}        |                            |
+//!  |-- Release{alice} ------->|  link closed: stop relaying
 //! ```
 //!
 //! The requester may `Cancel` while the request is pending; the server expires
@@ -30,11 +36,12 @@ use serde::{Deserialize, Serialize};
 use crate::id::NodeId;
 use crate::name::Name;
 use crate::punch::PunchTicket;
+use crate::relay::Channel;
 
 /// ALPN of the node ↔ server connection.
 pub const ALPN: &[u8] = b"burrow/rendezvous/1";
-/// Version byte of every control-stream frame.
-pub const VERSION: u8 = 1;
+/// Version byte of every control-stream frame. 2: relay channels and re-punching.
+pub const VERSION: u8 = 2;
 /// Largest frame the server sends. Presence snapshots are split
 /// ([`PEERS_PER_FRAME`]) to stay well under it.
 pub const MAX_FRAME: usize = 1 << 20;
@@ -87,6 +94,17 @@ pub enum ClientMsg {
         /// The node we asked.
         peer: NodeId,
     },
+    /// Look for a direct path to `peer` again (ours was lost, or we are relayed
+    /// and our candidates may have changed). Both sides get a fresh [`ServerMsg::Punch`].
+    Repunch {
+        /// The linked peer.
+        peer: NodeId,
+    },
+    /// Our link with `peer` is closed: the server stops relaying for it.
+    Release {
+        /// The linked peer.
+        peer: NodeId,
+    },
     /// Leaving now (the server says so to the others at once).
     Bye,
 }
@@ -102,6 +120,8 @@ pub enum Refusal {
     PeerOffline,
     /// There is no pending request to answer or cancel.
     NoSuchRequest,
+    /// There is no link with that peer (the server brokered none, or it ended).
+    NoSuchLink,
     /// A node can't connect to itself.
     SelfConnect,
     /// The same request is already pending.
@@ -117,6 +137,7 @@ impl std::fmt::Display for Refusal {
             Refusal::HelloExpected => "the first message must be Hello",
             Refusal::PeerOffline => "that peer is not online",
             Refusal::NoSuchRequest => "there is no such pending request",
+            Refusal::NoSuchLink => "the server has no link with that peer",
             Refusal::SelfConnect => "a node cannot connect to itself",
             Refusal::AlreadyPending => "a request to that peer is already pending",
             Refusal::TooManyRequests => "too many requests pending",
@@ -183,6 +204,21 @@ pub enum ServerMsg {
         /// The other side's addresses: server-observed first, then LAN.
         candidates: Vec<SocketAddr>,
         /// Both sides punch with this ticket, at once (see [`crate::punch`]).
+        punch: PunchTicket,
+        /// The relay channel for this link (see [`crate::relay`]), unless the
+        /// server doesn't relay.
+        relay: Option<Channel>,
+    },
+    /// Punch toward `peer` again, with fresh candidates and a fresh ticket (both
+    /// sides get this at once, after one of them sent [`ClientMsg::Repunch`]).
+    Punch {
+        /// The linked peer.
+        peer: NodeId,
+        /// `Outgoing` for the side that asked (it probes as the requester).
+        direction: Direction,
+        /// The peer's addresses as the server sees them now, then its LAN ones.
+        candidates: Vec<SocketAddr>,
+        /// The ticket for this punch.
         punch: PunchTicket,
     },
     /// The request between us and `peer` is over without a connection.
@@ -261,6 +297,8 @@ mod tests {
             arb_id().prop_map(|peer| ClientMsg::Accept { peer }),
             arb_id().prop_map(|peer| ClientMsg::Reject { peer }),
             arb_id().prop_map(|peer| ClientMsg::Cancel { peer }),
+            arb_id().prop_map(|peer| ClientMsg::Repunch { peer }),
+            arb_id().prop_map(|peer| ClientMsg::Release { peer }),
             Just(ClientMsg::Bye),
         ]
     }
@@ -297,10 +335,27 @@ mod tests {
                 dir.clone(),
                 arb_addrs(),
                 any::<[u8; 16]>(),
+                any::<[u8; 32]>(),
+                proptest::option::of(any::<[u8; 16]>())
+            )
+                .prop_map(|(peer, direction, candidates, session, secret, relay)| {
+                    ServerMsg::Accepted {
+                        peer,
+                        direction,
+                        candidates,
+                        punch: PunchTicket { session, secret },
+                        relay: relay.map(Channel),
+                    }
+                }),
+            (
+                arb_id(),
+                dir.clone(),
+                arb_addrs(),
+                any::<[u8; 16]>(),
                 any::<[u8; 32]>()
             )
                 .prop_map(|(peer, direction, candidates, session, secret)| {
-                    ServerMsg::Accepted {
+                    ServerMsg::Punch {
                         peer,
                         direction,
                         candidates,

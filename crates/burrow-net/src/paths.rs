@@ -1,0 +1,401 @@
+//! Paths to peers, behind one stable address per peer.
+//!
+//! quinn talks to a peer at a *virtual* address (in 240.0.0.0/4, reserved and
+//! never routed) that stays the same for the life of the link. The shared socket
+//! decides, packet by packet, how that address is reached: directly at the
+//! address a punch validated, or through the server's relay channel while there
+//! is none. Packets arriving either way are handed to quinn as coming from the
+//! virtual address. So a connection moves between relay and direct (and back,
+//! when a direct path dies) without quinn noticing: no migration, no new
+//! handshake, no stream interrupted. (iroh's "magicsock" works the same way.)
+//!
+//! A direct path is watched: when we have sent on it and heard nothing back on it
+//! for a while, [`PathTable::health`] says so, and the node pings, then falls
+//! back to the relay and punches again.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use burrow_proto::relay::Channel;
+use burrow_proto::NodeId;
+
+/// First octet of virtual addresses (240.0.0.0/4 is reserved: never on a wire).
+const VIRTUAL_NET: u32 = 240 << 24;
+/// Port of every virtual address (quinn refuses port 0).
+const VIRTUAL_PORT: u16 = 1;
+
+/// Whether `addr` is one of ours: a virtual address, not a real one.
+pub fn is_virtual(addr: SocketAddr) -> bool {
+    match canonical(addr) {
+        SocketAddr::V4(a) => a.ip().octets()[0] & 0xf0 == 240 && a.port() == VIRTUAL_PORT,
+        SocketAddr::V6(_) => false,
+    }
+}
+
+/// `addr` with an IPv4-mapped IPv6 address turned back into IPv4.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), a.port()),
+            None => addr,
+        },
+        v4 => v4,
+    }
+}
+
+/// How a peer is reached right now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// Directly, at this address.
+    Direct(SocketAddr),
+    /// Through the relay at this server address.
+    Relayed(SocketAddr),
+    /// Not at all yet (no relay, no punched path).
+    Unreachable,
+}
+
+/// What the table knows about one peer's path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathStatus {
+    /// quinn's address for the peer.
+    pub virtual_addr: SocketAddr,
+    /// How packets go now.
+    pub route: Route,
+    /// Whether a relay channel is there to fall back on.
+    pub has_relay: bool,
+}
+
+/// What [`PathTable::health`] advises for a direct path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// Heard from recently, or nothing sent that wants an answer.
+    Fine,
+    /// We sent and heard nothing for a while: provoke an answer (a QUIC ping).
+    Check,
+    /// Silent past the limit: the path is gone.
+    Dead,
+}
+
+#[derive(Debug)]
+struct Entry {
+    peer: NodeId,
+    direct: Option<SocketAddr>,
+    relay: Option<(SocketAddr, Channel)>,
+    /// The first packet sent on the direct path since we last heard on it.
+    unanswered_since: Option<Instant>,
+}
+
+impl Entry {
+    fn route(&self) -> Route {
+        match (self.direct, self.relay) {
+            (Some(d), _) => Route::Direct(d),
+            (None, Some((server, _))) => Route::Relayed(server),
+            (None, None) => Route::Unreachable,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    entries: HashMap<SocketAddr, Entry>,
+    by_peer: HashMap<NodeId, SocketAddr>,
+    by_direct: HashMap<SocketAddr, SocketAddr>,
+    by_channel: HashMap<Channel, SocketAddr>,
+    next: u32,
+}
+
+/// Where the socket should send a packet quinn addressed to `dest`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SendRoute {
+    /// Not a virtual address: send as addressed.
+    AsAddressed,
+    /// To this real address.
+    Direct(SocketAddr),
+    /// Wrapped for this channel, to the server at this address.
+    Relay(SocketAddr, Channel),
+    /// Nowhere to send it yet: drop it (QUIC retransmits).
+    Drop,
+}
+
+/// Every peer's path. Shared by the socket (per packet) and the node (per event).
+#[derive(Debug, Default)]
+pub struct PathTable {
+    table: Mutex<Table>,
+}
+
+impl PathTable {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table
+            .lock()
+            .expect("path table lock is never poisoned")
+    }
+
+    /// The virtual address for `peer`, created on first use.
+    pub fn open(&self, peer: NodeId) -> SocketAddr {
+        let mut t = self.lock();
+        if let Some(v) = t.by_peer.get(&peer) {
+            return *v;
+        }
+        t.next += 1;
+        let ip = Ipv4Addr::from(VIRTUAL_NET | (t.next & 0x0fff_ffff));
+        let v = SocketAddr::new(ip.into(), VIRTUAL_PORT);
+        t.by_peer.insert(peer, v);
+        t.entries.insert(
+            v,
+            Entry {
+                peer,
+                direct: None,
+                relay: None,
+                unanswered_since: None,
+            },
+        );
+        v
+    }
+
+    /// Forgets `peer`'s path: its virtual address reaches nothing any more.
+    pub fn remove(&self, peer: &NodeId) {
+        let mut t = self.lock();
+        let Some(v) = t.by_peer.remove(peer) else {
+            return;
+        };
+        if let Some(e) = t.entries.remove(&v) {
+            if let Some(d) = e.direct {
+                t.by_direct.remove(&d);
+            }
+            if let Some((_, c)) = e.relay {
+                t.by_channel.remove(&c);
+            }
+        }
+    }
+
+    /// Sets (or clears) the relay channel through the server at `server`.
+    pub fn set_relay(&self, peer: &NodeId, relay: Option<(SocketAddr, Channel)>) {
+        let mut t = self.lock();
+        let Some(v) = t.by_peer.get(peer).copied() else {
+            return;
+        };
+        let old = t.entries.get_mut(&v).and_then(|e| {
+            let old = e.relay.take();
+            e.relay = relay.map(|(s, c)| (canonical(s), c));
+            old
+        });
+        if let Some((_, c)) = old {
+            t.by_channel.remove(&c);
+        }
+        if let Some((_, c)) = relay {
+            t.by_channel.insert(c, v);
+        }
+    }
+
+    /// Sets (or clears) the direct path. Returns the route before and after.
+    pub fn set_direct(&self, peer: &NodeId, direct: Option<SocketAddr>) -> (Route, Route) {
+        let mut t = self.lock();
+        let Some(v) = t.by_peer.get(peer).copied() else {
+            return (Route::Unreachable, Route::Unreachable);
+        };
+        let direct = direct.map(canonical);
+        let Some(e) = t.entries.get_mut(&v) else {
+            return (Route::Unreachable, Route::Unreachable);
+        };
+        let before = e.route();
+        let old = std::mem::replace(&mut e.direct, direct);
+        e.unanswered_since = None;
+        let after = e.route();
+        if let Some(o) = old {
+            t.by_direct.remove(&o);
+        }
+        if let Some(d) = direct {
+            t.by_direct.insert(d, v);
+        }
+        (before, after)
+    }
+
+    /// `peer`'s path, if it has one.
+    pub fn status(&self, peer: &NodeId) -> Option<PathStatus> {
+        let t = self.lock();
+        let v = t.by_peer.get(peer)?;
+        let e = t.entries.get(v)?;
+        Some(PathStatus {
+            virtual_addr: *v,
+            route: e.route(),
+            has_relay: e.relay.is_some(),
+        })
+    }
+
+    /// The peer a virtual address stands for.
+    pub fn peer_of(&self, addr: SocketAddr) -> Option<NodeId> {
+        self.lock().entries.get(&canonical(addr)).map(|e| e.peer)
+    }
+
+    /// How `peer`'s direct path is doing: `check` and `dead` are how long a sent
+    /// packet may go unanswered before it needs checking, and before it is gone.
+    pub fn health(&self, peer: &NodeId, now: Instant, check: Duration, dead: Duration) -> Health {
+        let t = self.lock();
+        let Some(e) = t.by_peer.get(peer).and_then(|v| t.entries.get(v)) else {
+            return Health::Fine;
+        };
+        match e.unanswered_since {
+            Some(since) if e.direct.is_some() => {
+                let silent = now.saturating_duration_since(since);
+                if silent >= dead {
+                    Health::Dead
+                } else if silent >= check {
+                    Health::Check
+                } else {
+                    Health::Fine
+                }
+            }
+            _ => Health::Fine,
+        }
+    }
+
+    /// Where a packet quinn sends to `dest` goes.
+    pub(crate) fn route_send(&self, dest: SocketAddr, now: Instant) -> SendRoute {
+        let dest = canonical(dest);
+        if !is_virtual(dest) {
+            return SendRoute::AsAddressed;
+        }
+        let mut t = self.lock();
+        let Some(e) = t.entries.get_mut(&dest) else {
+            return SendRoute::Drop;
+        };
+        match (e.direct, e.relay) {
+            (Some(d), _) => {
+                e.unanswered_since.get_or_insert(now);
+                SendRoute::Direct(d)
+            }
+            (None, Some((server, channel))) => SendRoute::Relay(server, channel),
+            (None, None) => SendRoute::Drop,
+        }
+    }
+
+    /// The virtual address a QUIC packet from `from` is for, if `from` is a
+    /// peer's direct path (and notes that the path answered).
+    pub(crate) fn route_direct_recv(&self, from: SocketAddr) -> Option<SocketAddr> {
+        let from = canonical(from);
+        let mut t = self.lock();
+        let v = *t.by_direct.get(&from)?;
+        if let Some(e) = t.entries.get_mut(&v) {
+            e.unanswered_since = None;
+        }
+        Some(v)
+    }
+
+    /// The virtual address a relay datagram on `channel` is for, if it came from
+    /// the server that relays that channel.
+    pub(crate) fn route_relay_recv(
+        &self,
+        channel: &Channel,
+        from: SocketAddr,
+    ) -> Option<SocketAddr> {
+        let from = canonical(from);
+        let t = self.lock();
+        let v = *t.by_channel.get(channel)?;
+        let e = t.entries.get(&v)?;
+        (e.relay.map(|(s, _)| s) == Some(from)).then_some(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burrow_proto::SecretKey;
+    use rand::SeedableRng;
+
+    fn id(seed: u64) -> NodeId {
+        SecretKey::generate(&mut rand::rngs::StdRng::seed_from_u64(seed)).public()
+    }
+
+    #[test]
+    fn a_path_moves_from_relay_to_direct_and_back_under_one_address() {
+        let paths = PathTable::default();
+        let (bob, server, direct) = (
+            id(1),
+            "198.51.100.1:7700".parse().unwrap(),
+            "203.0.113.9:4000".parse().unwrap(),
+        );
+        let v = paths.open(bob);
+        assert!(is_virtual(v));
+        assert_eq!(paths.open(bob), v, "one address per peer");
+        let now = Instant::now();
+        assert_eq!(paths.route_send(v, now), SendRoute::Drop);
+
+        let ch = Channel([3; 16]);
+        paths.set_relay(&bob, Some((server, ch)));
+        assert_eq!(paths.route_send(v, now), SendRoute::Relay(server, ch));
+        assert_eq!(paths.route_relay_recv(&ch, server), Some(v));
+        let elsewhere = "198.51.100.66:7700".parse().unwrap();
+        assert_eq!(
+            paths.route_relay_recv(&ch, elsewhere),
+            None,
+            "only from the relay"
+        );
+
+        assert_eq!(
+            paths.set_direct(&bob, Some(direct)),
+            (Route::Relayed(server), Route::Direct(direct))
+        );
+        assert_eq!(paths.route_send(v, now), SendRoute::Direct(direct));
+        assert_eq!(paths.route_direct_recv(direct), Some(v));
+        assert_eq!(paths.peer_of(v), Some(bob));
+
+        paths.set_direct(&bob, None);
+        assert_eq!(paths.route_send(v, now), SendRoute::Relay(server, ch));
+        assert_eq!(paths.route_direct_recv(direct), None);
+
+        paths.remove(&bob);
+        assert_eq!(paths.route_send(v, now), SendRoute::Drop);
+        assert_eq!(paths.route_relay_recv(&ch, server), None);
+        assert_ne!(paths.open(bob), v, "addresses are never reused");
+    }
+
+    #[test]
+    fn a_direct_path_that_stops_answering_needs_a_check_then_is_dead() {
+        let paths = PathTable::default();
+        let bob = id(1);
+        let direct: SocketAddr = "203.0.113.9:4000".parse().unwrap();
+        let v = paths.open(bob);
+        paths.set_direct(&bob, Some(direct));
+        let (check, dead) = (Duration::from_secs(1), Duration::from_secs(3));
+        let t0 = Instant::now();
+        assert_eq!(paths.health(&bob, t0, check, dead), Health::Fine);
+        paths.route_send(v, t0);
+        paths.route_send(v, t0 + Duration::from_millis(500));
+        assert_eq!(
+            paths.health(&bob, t0 + Duration::from_millis(900), check, dead),
+            Health::Fine
+        );
+        assert_eq!(
+            paths.health(&bob, t0 + Duration::from_secs(2), check, dead),
+            Health::Check
+        );
+        assert_eq!(
+            paths.health(&bob, t0 + Duration::from_secs(3), check, dead),
+            Health::Dead
+        );
+        // An answer resets the clock.
+        paths.route_direct_recv(direct);
+        assert_eq!(
+            paths.health(&bob, t0 + Duration::from_secs(9), check, dead),
+            Health::Fine
+        );
+    }
+
+    #[test]
+    fn real_addresses_pass_through_and_mapped_ones_match() {
+        let paths = PathTable::default();
+        let server: SocketAddr = "198.51.100.1:7700".parse().unwrap();
+        assert_eq!(
+            paths.route_send(server, Instant::now()),
+            SendRoute::AsAddressed
+        );
+        let v = paths.open(id(2));
+        let SocketAddr::V4(v4) = v else { panic!() };
+        let mapped = SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port());
+        assert!(is_virtual(mapped));
+        assert_eq!(paths.peer_of(mapped), Some(id(2)));
+        assert!(!is_virtual("240.0.0.1:80".parse().unwrap()));
+    }
+}
