@@ -318,13 +318,15 @@ impl Endpoint {
 
     /// Starts punching toward `candidates` (see [`burrow_proto::punch`]). The
     /// receiver yields the peer's address on a path that works both ways, or
-    /// `None` when the punch gave up.
+    /// `None` when the punch gave up. With `peer`, addresses the punch proves to
+    /// be the peer's are noted in its path ([`PathTable::learn`]).
     pub fn start_punch(
         &self,
         role: Role,
         ticket: PunchTicket,
         candidates: &[SocketAddr],
         config: PunchConfig,
+        peer: Option<NodeId>,
     ) -> Result<oneshot::Receiver<Option<SocketAddr>>, crate::punch::PunchError> {
         let session = PunchSession::new(
             std::time::Instant::now(),
@@ -334,7 +336,12 @@ impl Endpoint {
             config,
             rand::random(),
         );
-        crate::punch::start(session, self.raw.clone(), self.punches.clone())
+        crate::punch::start(
+            session,
+            self.raw.clone(),
+            self.punches.clone(),
+            peer.map(|p| (self.paths.clone(), p)),
+        )
     }
 
     /// Asks the STUN server at `server` which address our socket appears from,
@@ -638,10 +645,16 @@ mod tests {
         // A's candidates for B include a dead address first.
         let dead: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let ra = a
-            .start_punch(Role::Requester, ticket, &[dead, ba], PunchConfig::default())
+            .start_punch(
+                Role::Requester,
+                ticket,
+                &[dead, ba],
+                PunchConfig::default(),
+                None,
+            )
             .unwrap();
         let rb = b
-            .start_punch(Role::Acceptor, ticket, &[aa], PunchConfig::default())
+            .start_punch(Role::Acceptor, ticket, &[aa], PunchConfig::default(), None)
             .unwrap();
         let t = Duration::from_secs(5);
         assert_eq!(

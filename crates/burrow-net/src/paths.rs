@@ -13,9 +13,10 @@
 //! for a while, [`PathTable::health`] says so, and the node pings, then falls
 //! back to the relay and punches again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Mutex;
+use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use burrow_proto::relay::Channel;
@@ -78,10 +79,17 @@ pub enum Health {
     Dead,
 }
 
+/// Most addresses remembered as a peer's own, per peer.
+const MAX_ALIASES: usize = 8;
+
 #[derive(Debug)]
 struct Entry {
     peer: NodeId,
     direct: Option<SocketAddr>,
+    /// Addresses proven to be the peer's (by an authenticated punch datagram):
+    /// QUIC packets from them are the peer's, even before our side of the punch
+    /// has finished and we send there ourselves.
+    aliases: VecDeque<SocketAddr>,
     relay: Option<(SocketAddr, Channel)>,
     /// The first packet sent on the direct path since we last heard on it.
     unanswered_since: Option<Instant>,
@@ -119,10 +127,27 @@ pub(crate) enum SendRoute {
     Drop,
 }
 
+/// Relay datagrams that came before their channel was known, kept this long...
+const EARLY_FOR: Duration = Duration::from_secs(2);
+/// ...and at most this many.
+const EARLY_MAX: usize = 64;
+/// Most unwrapped relayed packets waiting for quinn.
+const INBOX_MAX: usize = 1024;
+
+/// A relayed packet for quinn: the virtual address it is from, its bytes.
+pub(crate) type Unwrapped = (SocketAddr, Vec<u8>);
+
 /// Every peer's path. Shared by the socket (per packet) and the node (per event).
 #[derive(Debug, Default)]
 pub struct PathTable {
     table: Mutex<Table>,
+    /// Relay datagrams on channels not (yet) ours: the requester's first packet
+    /// can overtake the server's message that tells us the channel.
+    early: Mutex<VecDeque<(Instant, Channel, SocketAddr, Vec<u8>)>>,
+    /// Unwrapped relayed packets waiting for quinn, and quinn's receive task to
+    /// wake when some arrive outside a receive call.
+    inbox: Mutex<VecDeque<Unwrapped>>,
+    waker: Mutex<Option<Waker>>,
 }
 
 impl PathTable {
@@ -147,6 +172,7 @@ impl PathTable {
             Entry {
                 peer,
                 direct: None,
+                aliases: VecDeque::new(),
                 relay: None,
                 unanswered_since: None,
             },
@@ -161,8 +187,8 @@ impl PathTable {
             return;
         };
         if let Some(e) = t.entries.remove(&v) {
-            if let Some(d) = e.direct {
-                t.by_direct.remove(&d);
+            for a in &e.aliases {
+                t.by_direct.remove(a);
             }
             if let Some((_, c)) = e.relay {
                 t.by_channel.remove(&c);
@@ -171,21 +197,93 @@ impl PathTable {
     }
 
     /// Sets (or clears) the relay channel through the server at `server`.
+    /// Packets on it that arrived before this are handed to quinn now.
     pub fn set_relay(&self, peer: &NodeId, relay: Option<(SocketAddr, Channel)>) {
-        let mut t = self.lock();
-        let Some(v) = t.by_peer.get(peer).copied() else {
-            return;
-        };
-        let old = t.entries.get_mut(&v).and_then(|e| {
-            let old = e.relay.take();
-            e.relay = relay.map(|(s, c)| (canonical(s), c));
-            old
-        });
-        if let Some((_, c)) = old {
-            t.by_channel.remove(&c);
+        let relay = relay.map(|(s, c)| (canonical(s), c));
+        {
+            let mut t = self.lock();
+            let Some(v) = t.by_peer.get(peer).copied() else {
+                return;
+            };
+            let old = t.entries.get_mut(&v).and_then(|e| {
+                let old = e.relay.take();
+                e.relay = relay;
+                old
+            });
+            if let Some((_, c)) = old {
+                t.by_channel.remove(&c);
+            }
+            let Some((server, channel)) = relay else {
+                return;
+            };
+            t.by_channel.insert(channel, v);
+            let now = Instant::now();
+            let mut early = self.early.lock().expect("early lock is never poisoned");
+            let mut found = Vec::new();
+            early.retain(|(at, c, from, data)| {
+                let mine = *c == channel && *from == server;
+                if mine && now.saturating_duration_since(*at) < EARLY_FOR {
+                    if let Some((_, packet)) = burrow_proto::relay::parse(data) {
+                        found.push((v, packet.to_vec()));
+                    }
+                }
+                !mine
+            });
+            if found.is_empty() {
+                return;
+            }
+            self.inbox
+                .lock()
+                .expect("inbox lock is never poisoned")
+                .extend(found);
         }
-        if let Some((_, c)) = relay {
-            t.by_channel.insert(c, v);
+        if let Some(w) = self
+            .waker
+            .lock()
+            .expect("waker lock is never poisoned")
+            .take()
+        {
+            w.wake();
+        }
+    }
+
+    /// Keeps a relay datagram whose channel we don't know (yet).
+    pub(crate) fn hold_early(&self, channel: Channel, from: SocketAddr, data: &[u8]) {
+        let now = Instant::now();
+        let mut early = self.early.lock().expect("early lock is never poisoned");
+        while early
+            .front()
+            .is_some_and(|(at, ..)| now.saturating_duration_since(*at) >= EARLY_FOR)
+            || early.len() >= EARLY_MAX
+        {
+            early.pop_front();
+        }
+        early.push_back((now, channel, canonical(from), data.to_vec()));
+    }
+
+    /// Queues relayed packets for quinn (bounded: past that they are lost).
+    pub(crate) fn push_inbox(&self, packet: Unwrapped) -> bool {
+        let mut q = self.inbox.lock().expect("inbox lock is never poisoned");
+        if q.len() >= INBOX_MAX {
+            return false;
+        }
+        q.push_back(packet);
+        true
+    }
+
+    /// The next relayed packet for quinn.
+    pub(crate) fn pop_inbox(&self) -> Option<Unwrapped> {
+        self.inbox
+            .lock()
+            .expect("inbox lock is never poisoned")
+            .pop_front()
+    }
+
+    /// Remembers quinn's receive task, to wake it when held packets are released.
+    pub(crate) fn set_waker(&self, waker: &Waker) {
+        let mut w = self.waker.lock().expect("waker lock is never poisoned");
+        if !w.as_ref().is_some_and(|old| old.will_wake(waker)) {
+            *w = Some(waker.clone());
         }
     }
 
@@ -200,16 +298,56 @@ impl PathTable {
             return (Route::Unreachable, Route::Unreachable);
         };
         let before = e.route();
-        let old = std::mem::replace(&mut e.direct, direct);
+        e.direct = direct;
         e.unanswered_since = None;
         let after = e.route();
-        if let Some(o) = old {
-            t.by_direct.remove(&o);
-        }
         if let Some(d) = direct {
-            t.by_direct.insert(d, v);
+            Self::alias(&mut t, v, d);
         }
         (before, after)
+    }
+
+    /// Notes that `addr` is `peer`'s (an authenticated punch datagram came from
+    /// it): QUIC packets from there are handed to quinn as the peer's.
+    pub fn learn(&self, peer: &NodeId, addr: SocketAddr) {
+        let mut t = self.lock();
+        if let Some(v) = t.by_peer.get(peer).copied() {
+            Self::alias(&mut t, v, canonical(addr));
+        }
+    }
+
+    fn alias(t: &mut Table, v: SocketAddr, addr: SocketAddr) {
+        let Some(e) = t.entries.get_mut(&v) else {
+            return;
+        };
+        if e.aliases.contains(&addr) {
+            return;
+        }
+        e.aliases.push_back(addr);
+        let evicted = if e.aliases.len() > MAX_ALIASES {
+            e.aliases
+                .iter()
+                .position(|a| Some(*a) != e.direct)
+                .and_then(|i| e.aliases.remove(i))
+        } else {
+            None
+        };
+        if let Some(old) = evicted {
+            if t.by_direct.get(&old) == Some(&v) {
+                t.by_direct.remove(&old);
+            }
+        }
+        // An address is one peer's: the newest proof wins.
+        if let Some(prev) = t.by_direct.insert(addr, v) {
+            if prev != v {
+                if let Some(pe) = t.entries.get_mut(&prev) {
+                    pe.aliases.retain(|a| *a != addr);
+                    if pe.direct == Some(addr) {
+                        pe.direct = None;
+                    }
+                }
+            }
+        }
     }
 
     /// `peer`'s path, if it has one.
@@ -343,9 +481,11 @@ mod tests {
 
         paths.set_direct(&bob, None);
         assert_eq!(paths.route_send(v, now), SendRoute::Relay(server, ch));
-        assert_eq!(paths.route_direct_recv(direct), None);
+        // Late packets from the old path are still bob's.
+        assert_eq!(paths.route_direct_recv(direct), Some(v));
 
         paths.remove(&bob);
+        assert_eq!(paths.route_direct_recv(direct), None);
         assert_eq!(paths.route_send(v, now), SendRoute::Drop);
         assert_eq!(paths.route_relay_recv(&ch, server), None);
         assert_ne!(paths.open(bob), v, "addresses are never reused");
@@ -397,5 +537,49 @@ mod tests {
         assert!(is_virtual(mapped));
         assert_eq!(paths.peer_of(mapped), Some(id(2)));
         assert!(!is_virtual("240.0.0.1:80".parse().unwrap()));
+    }
+
+    #[test]
+    fn relayed_packets_that_overtake_their_channel_are_delivered_once_it_is_known() {
+        let paths = PathTable::default();
+        let bob = id(1);
+        let server: SocketAddr = "198.51.100.1:7700".parse().unwrap();
+        let (ours, other) = (Channel([1; 16]), Channel([2; 16]));
+        let mut d = Vec::new();
+        burrow_proto::relay::wrap(&ours, b"initial", &mut d);
+        paths.hold_early(ours, server, &d);
+        burrow_proto::relay::wrap(&other, b"not ours", &mut d);
+        paths.hold_early(other, server, &d);
+        let v = paths.open(bob);
+        assert_eq!(paths.pop_inbox(), None);
+        paths.set_relay(&bob, Some((server, ours)));
+        assert_eq!(paths.pop_inbox(), Some((v, b"initial".to_vec())));
+        assert_eq!(paths.pop_inbox(), None, "only the channel's own packets");
+    }
+
+    #[test]
+    fn a_proven_address_is_the_peers_before_we_send_there() {
+        let paths = PathTable::default();
+        let (bob, carol) = (id(1), id(2));
+        let (vb, vc) = (paths.open(bob), paths.open(carol));
+        let seen: SocketAddr = "203.0.113.9:4000".parse().unwrap();
+        assert_eq!(paths.route_direct_recv(seen), None);
+        paths.learn(&bob, seen);
+        assert_eq!(paths.route_direct_recv(seen), Some(vb));
+        assert_eq!(
+            paths.route_send(vb, Instant::now()),
+            SendRoute::Drop,
+            "still not sent there"
+        );
+        // The address moved to carol (a NAT reused the port): it is hers now.
+        paths.learn(&carol, seen);
+        assert_eq!(paths.route_direct_recv(seen), Some(vc));
+        // Bounded.
+        for port in 0..100 {
+            paths.learn(&bob, SocketAddr::from(([203, 0, 113, 10], port)));
+        }
+        let t = paths.lock();
+        assert!(t.entries[&vb].aliases.len() <= MAX_ALIASES);
+        assert!(t.by_direct.len() <= 2 * MAX_ALIASES);
     }
 }

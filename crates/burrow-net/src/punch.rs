@@ -2,6 +2,10 @@
 //! datagrams the endpoint's dispatcher routes to it (by session id), sends what it
 //! polls from the shared socket, and reports the outcome.
 //!
+//! Every address an authenticated punch datagram comes from is noted as the
+//! peer's in the path table, so that QUIC packets from it reach quinn as the
+//! peer's even before our side of the punch has finished.
+//!
 //! The caller gets the outcome as soon as it is known; the driver keeps running
 //! until the session is finished (it lingers after success, answering the peer's
 //! probes so that the peer succeeds too).
@@ -12,8 +16,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use burrow_proto::punch::{PunchEvent, PunchSession};
+use burrow_proto::NodeId;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::paths::PathTable;
 use crate::socket::RawSender;
 
 /// Punch datagrams queued for one session before more are dropped.
@@ -41,6 +47,7 @@ pub(crate) fn start(
     session: PunchSession,
     raw: RawSender,
     routes: Routes,
+    learn: Option<(Arc<PathTable>, NodeId)>,
 ) -> Result<oneshot::Receiver<Option<SocketAddr>>, PunchError> {
     let id = session.session();
     let (tx, rx) = mpsc::channel(SESSION_QUEUE);
@@ -55,7 +62,7 @@ pub(crate) fn start(
         r.insert(id, tx);
     }
     let (outcome_tx, outcome_rx) = oneshot::channel();
-    tokio::spawn(drive(session, rx, raw, outcome_tx, routes, id));
+    tokio::spawn(drive(session, rx, raw, outcome_tx, routes, id, learn));
     Ok(outcome_rx)
 }
 
@@ -66,6 +73,7 @@ async fn drive(
     outcome: oneshot::Sender<Option<SocketAddr>>,
     routes: Routes,
     id: [u8; 16],
+    learn: Option<(Arc<PathTable>, NodeId)>,
 ) {
     let mut outcome = Some(outcome);
     loop {
@@ -100,6 +108,8 @@ async fn drive(
                 Some((from, data)) => {
                     if !s.handle_datagram(Instant::now(), from, &data) {
                         tracing::debug!(%from, "invalid punch datagram");
+                    } else if let Some((paths, peer)) = &learn {
+                        paths.learn(peer, from);
                     }
                 }
                 None => break,

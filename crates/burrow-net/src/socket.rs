@@ -19,13 +19,12 @@
 //! Raw datagrams are sent through [`RawSender`] on the same socket, so they leave
 //! from the port peers and the server already know.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use burrow_proto::relay::{self, Channel};
@@ -55,8 +54,6 @@ pub struct DemuxSocket {
     paths: Arc<PathTable>,
     /// Whether the socket is IPv6 (quinn then uses IPv4-mapped addresses).
     ipv6: bool,
-    /// Relayed packets unwrapped from a batch, waiting to be handed to quinn.
-    unwrapped: Mutex<VecDeque<(SocketAddr, Vec<u8>)>>,
 }
 
 impl fmt::Debug for DemuxSocket {
@@ -106,7 +103,6 @@ impl DemuxSocket {
             dropped: AtomicU64::new(0),
             paths,
             ipv6,
-            unwrapped: Mutex::new(VecDeque::new()),
         });
         Ok((demux, sender, raw_rx))
     }
@@ -144,7 +140,9 @@ impl DemuxSocket {
             return match self.paths.route_relay_recv(&channel, from) {
                 Some(v) => Some((self.for_quinn(v), relay::HEADER_LEN)),
                 None => {
-                    // Not a channel of ours: the server's relay forwards it.
+                    // Not a channel of ours: the server's relay forwards it. Or
+                    // one we are about to learn of: keep it for a moment.
+                    self.paths.hold_early(channel, from, data);
                     self.divert(from, data);
                     None
                 }
@@ -162,12 +160,12 @@ impl DemuxSocket {
 
     /// Moves unwrapped relayed packets into quinn's buffers.
     fn drain_unwrapped(&self, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta]) -> usize {
-        let mut q = self.unwrapped.lock().expect("queue lock is never poisoned");
         let mut n = 0;
         while n < bufs.len().min(meta.len()) {
-            let Some((from, packet)) = q.pop_front() else {
+            let Some((from, packet)) = self.paths.pop_inbox() else {
                 break;
             };
+            let from = self.for_quinn(from);
             if packet.len() > bufs[n].len() {
                 continue;
             }
@@ -233,14 +231,14 @@ impl DemuxSocket {
             if let Some((channel, packet)) = relay::parse(seg) {
                 match self.paths.route_relay_recv(&channel, m.addr) {
                     Some(v) => {
-                        let mut q = self.unwrapped.lock().expect("queue lock is never poisoned");
-                        if q.len() < RAW_QUEUE {
-                            q.push_back((self.for_quinn(v), packet.to_vec()));
-                        } else {
+                        if !self.paths.push_inbox((v, packet.to_vec())) {
                             self.dropped.fetch_add(1, Ordering::Relaxed);
                         }
                     }
-                    None => self.divert(m.addr, seg),
+                    None => {
+                        self.paths.hold_early(channel, m.addr, seg);
+                        self.divert(m.addr, seg);
+                    }
                 }
             } else if is_burrow_datagram(seg) {
                 self.divert(m.addr, seg);
@@ -332,7 +330,16 @@ impl AsyncUdpSocket for DemuxSocket {
         }
         let mut skipped = 0;
         loop {
-            let n = match ready!(self.inner.poll_recv(cx, bufs, meta)) {
+            let polled = self.inner.poll_recv(cx, bufs, meta);
+            if polled.is_pending() {
+                // Held relayed packets may be released while we wait.
+                self.paths.set_waker(cx.waker());
+                let n = self.drain_unwrapped(bufs, meta);
+                if n > 0 {
+                    return Poll::Ready(Ok(n));
+                }
+            }
+            let n = match ready!(polled) {
                 Ok(n) => n,
                 Err(e) if is_transient(&e) && skipped < MAX_SKIPPED_ERRORS => {
                     skipped += 1;

@@ -53,10 +53,19 @@ pub enum NodeEvent {
         name: String,
         /// How.
         path: ConnectionState,
-        /// Peer address.
-        remote: SocketAddr,
+        /// Where packets go: the peer's address, or the relay's.
+        remote: String,
         /// Round-trip time, ms.
         rtt_ms: f64,
+    },
+    /// A connection moved: to a direct path, or back to the relay.
+    PathChanged {
+        /// Peer name.
+        name: String,
+        /// The path now.
+        path: ConnectionState,
+        /// Where packets go now.
+        remote: String,
     },
     /// A connection could not be made.
     ConnectFailed {

@@ -31,7 +31,7 @@ const SERVER_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 const EVENT_BUFFER: usize = 1024;
 
 /// A peer as this node knows it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Peer {
     pub name: Option<Name>,
     pub online: bool,
@@ -44,6 +44,23 @@ pub(crate) struct Peer {
     /// None is closed because another arrived: the side that dialed keeps one and
     /// drops the rest, and the others close by themselves.
     pub conns: Vec<quinn::Connection>,
+    /// When a relayed link next asks for a direct path, and the wait after that.
+    pub repunch_at: Option<std::time::Instant>,
+    pub repunch_wait: Duration,
+}
+
+impl Default for Peer {
+    fn default() -> Self {
+        Peer {
+            name: None,
+            online: false,
+            request: None,
+            accepted: false,
+            conns: Vec::new(),
+            repunch_at: None,
+            repunch_wait: peers::REPUNCH_FIRST,
+        }
+    }
 }
 
 /// Most live connections kept per peer; past that the oldest is closed.
@@ -339,6 +356,7 @@ impl Node {
         };
         inner.spawn(session::run(inner.clone(), first));
         inner.spawn(peers::accept_loop(inner.clone()));
+        inner.spawn(peers::monitor(inner.clone()));
         inner.spawn(control::serve(node.clone(), listener));
         Ok(node)
     }
@@ -366,11 +384,12 @@ impl Node {
             .iter()
             .filter_map(|(id, p)| {
                 let c = p.conn()?;
+                let (path, remote_addr) = peers::path_of(&self.inner, id);
                 Some(ConnectionView {
                     peer: id.to_string(),
                     name: p.name.as_ref().map(|n| n.to_string()),
-                    path: ConnectionState::Direct,
-                    remote_addr: c.remote_address().to_string(),
+                    path,
+                    remote_addr,
                     rtt_ms: c.rtt().as_secs_f64() * 1000.0,
                 })
             })
@@ -411,7 +430,7 @@ impl Node {
                 name: p.name.as_ref().map(|n| n.to_string()),
                 online: p.online,
                 connection: match (p.conn(), p.request) {
-                    (Some(_), _) => ConnectionState::Direct,
+                    (Some(_), _) => peers::path_of(&self.inner, id).0,
                     (None, Some(Direction::Outgoing)) => ConnectionState::PendingOut,
                     (None, Some(Direction::Incoming)) => ConnectionState::PendingIn,
                     (None, None) => ConnectionState::None,

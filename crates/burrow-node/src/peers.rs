@@ -1,32 +1,54 @@
-//! Links to peers: dialing an accepted peer, letting in the peers we accepted, and
-//! tracking each connection until it closes.
+//! Links to peers: making a connection with an accepted peer, moving it between
+//! the relay and a direct path, letting in the peers we accepted, and tracking
+//! each connection until it closes.
 //!
-//! Both sides punch (see [`burrow_proto::punch`]) toward every candidate the
-//! server handed over, with the ticket it handed both. Meanwhile the requester
-//! dials every candidate directly too (server-observed address first, then LAN
-//! addresses, staggered: "happy eyeballs"), and dials again the moment the punch
-//! finds a working path; the first handshake that proves the expected key wins.
-//! The acceptor's probes are what open its NAT to the requester; it lets in only
-//! keys it accepted (or asked itself).
+//! A link has one address for quinn, the peer's virtual address (see
+//! [`burrow_net::paths`]); how packets reach it changes underneath:
+//!
+//! 1. When the server brokers a link ([`link`]), it hands both sides a relay
+//!    channel and a punch ticket. The requester dials at once, through the
+//!    relay: the first message never waits for the punch.
+//! 2. Meanwhile both sides punch toward every candidate of the other. When a
+//!    pair of addresses works both ways, the path goes direct, and the open
+//!    connection moves there without a new handshake.
+//! 3. [`monitor`] watches every direct path. One we sent on and heard nothing
+//!    back from is pinged; if it stays silent it is dropped (the connection
+//!    falls back to the relay) and a fresh punch is asked for. A relayed link asks
+//!    for fresh punches on a schedule (backing off), and after either side
+//!    re-registered (its addresses may have changed).
+//!
+//! Without a relay (the server doesn't relay) the requester dials once the punch
+//! has found a path.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use burrow_net::{Health, Route};
 use burrow_proto::chat;
 use burrow_proto::punch::{PunchConfig, PunchTicket, Role};
+use burrow_proto::relay::Channel;
+use burrow_proto::rendezvous::{ClientMsg, Direction};
 use burrow_proto::NodeId;
-use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::api::ConnectionState;
 use crate::event::NodeEvent;
 use crate::node::{Inner, MAX_CONNS_PER_PEER};
 
-/// Delay between starting attempts on successive candidates.
-const STAGGER: Duration = Duration::from_millis(150);
 /// QUIC close code: we did not accept this peer.
 const NOT_ACCEPTED: u32 = 0x10;
+/// How often [`monitor`] looks at the paths.
+const MONITOR_TICK: Duration = Duration::from_millis(250);
+/// A direct path we sent on and heard nothing back from for this long is pinged...
+const PATH_CHECK: Duration = Duration::from_millis(1000);
+/// ...and after this long it is gone. A live path answers a ping within one
+/// round trip plus the peer's ACK delay (25 ms); three seconds allows for loss.
+const PATH_DEAD: Duration = Duration::from_secs(3);
+/// First wait before a relayed link looks for a direct path again; it doubles
+/// up to [`REPUNCH_MAX`].
+pub(crate) const REPUNCH_FIRST: Duration = Duration::from_secs(10);
+const REPUNCH_MAX: Duration = Duration::from_secs(300);
 
 /// The candidates our socket can reach (same address family).
 fn usable(inner: &Inner, candidates: &[SocketAddr]) -> Vec<SocketAddr> {
@@ -42,101 +64,235 @@ fn usable(inner: &Inner, candidates: &[SocketAddr]) -> Vec<SocketAddr> {
         .collect()
 }
 
-/// The acceptor's side: probe the requester's candidates so that our NAT lets
-/// its connection in. The outcome is only logged: the requester dials.
-pub(crate) fn punch_for_requester(
-    inner: &Arc<Inner>,
-    peer: NodeId,
-    candidates: &[SocketAddr],
-    ticket: PunchTicket,
-) {
-    let candidates = usable(inner, candidates);
-    let started =
-        inner
-            .endpoint
-            .start_punch(Role::Acceptor, ticket, &candidates, PunchConfig::default());
-    match started {
-        Ok(outcome) => inner.spawn(async move {
-            match outcome.await {
-                Ok(Some(addr)) => debug!(peer = %peer.short(), %addr, "punched toward requester"),
-                _ => debug!(peer = %peer.short(), "punch toward requester found no path"),
-            }
-        }),
-        Err(e) => warn!(peer = %peer.short(), error = %e, "cannot punch"),
+/// How `peer`'s connection travels now, and the address it travels to, in words.
+pub(crate) fn path_of(inner: &Inner, peer: &NodeId) -> (ConnectionState, String) {
+    match inner.endpoint.paths().status(peer).map(|s| s.route) {
+        Some(Route::Direct(a)) => (ConnectionState::Direct, a.to_string()),
+        Some(Route::Relayed(server)) => (ConnectionState::Relayed, format!("relay {server}")),
+        _ => (ConnectionState::Relayed, "no path (waiting for one)".into()),
     }
 }
 
-/// Dials `peer` at `candidates` while punching toward them, and registers the
-/// first connection that proves `peer`'s key.
-pub(crate) async fn dial(
-    inner: Arc<Inner>,
+/// The server made (or refreshed) our link with `peer`: set the relay channel,
+/// punch, and (as the side that asked, if not connected yet) dial.
+pub(crate) fn link(
+    inner: &Arc<Inner>,
     peer: NodeId,
-    candidates: Vec<SocketAddr>,
+    direction: Direction,
+    candidates: &[SocketAddr],
     ticket: PunchTicket,
+    relay: Option<Channel>,
 ) {
-    let candidates = usable(&inner, &candidates);
-    let started =
-        inner
-            .endpoint
-            .start_punch(Role::Requester, ticket, &candidates, PunchConfig::default());
-    let mut punched = match started {
-        Ok(outcome) => Some(outcome),
-        Err(e) => {
-            warn!(peer = %peer.short(), error = %e, "cannot punch");
-            None
-        }
-    };
-    let mut attempts = JoinSet::new();
-    let attempt = |attempts: &mut JoinSet<_>, addr: SocketAddr, delay: Duration| {
-        let inner = inner.clone();
-        attempts.spawn(async move {
-            tokio::time::sleep(delay).await;
-            debug!(peer = %peer.short(), %addr, "dialing");
-            inner.endpoint.connect(addr, chat::ALPN, Some(peer)).await
-        });
-    };
-    for (i, addr) in candidates.iter().enumerate() {
-        attempt(&mut attempts, *addr, STAGGER * i as u32);
+    let paths = inner.endpoint.paths();
+    paths.open(peer);
+    let server = inner.state().server_addr;
+    if let (Some(channel), Some(server)) = (relay, server) {
+        paths.set_relay(&peer, Some((server, channel)));
     }
-    let mut last_error = String::from("no usable candidate address");
+    let has_relay = paths.status(&peer).is_some_and(|s| s.has_relay);
+    let role = match direction {
+        Direction::Outgoing => Role::Requester,
+        Direction::Incoming => Role::Acceptor,
+    };
+    let candidates = usable(inner, candidates);
+    let punched = inner.endpoint.start_punch(
+        role,
+        ticket,
+        &candidates,
+        PunchConfig::default(),
+        Some(peer),
+    );
+    let connected = inner
+        .state()
+        .peers
+        .get(&peer)
+        .is_some_and(|p| p.connected());
+    let dial_now = direction == Direction::Outgoing && !connected;
+    if dial_now && has_relay {
+        inner.spawn(dial(inner.clone(), peer));
+    }
+    let inner2 = inner.clone();
+    inner.spawn(async move {
+        let direct = match punched {
+            Ok(outcome) => outcome.await.ok().flatten(),
+            Err(e) => {
+                warn!(peer = %peer.short(), error = %e, "cannot punch");
+                None
+            }
+        };
+        match direct {
+            Some(addr) => go_direct(&inner2, peer, addr),
+            None => {
+                debug!(peer = %peer.short(), "hole punching found no direct path");
+                schedule_repunch(&inner2, peer, false);
+            }
+        }
+        if dial_now && !has_relay {
+            if direct.is_some() {
+                dial(inner2, peer).await;
+            } else {
+                fail(
+                    &inner2,
+                    peer,
+                    "no direct path, and the server does not relay".into(),
+                );
+            }
+        }
+    });
+}
+
+/// A punch found `addr`: the path goes direct (the connection moves there).
+fn go_direct(inner: &Arc<Inner>, peer: NodeId, addr: SocketAddr) {
+    let (before, after) = inner.endpoint.paths().set_direct(&peer, Some(addr));
+    schedule_repunch(inner, peer, true);
+    if before == after {
+        return;
+    }
+    let connected = inner
+        .state()
+        .peers
+        .get(&peer)
+        .is_some_and(|p| p.connected());
+    info!(peer = %peer.short(), %addr, "direct path");
+    if connected {
+        let name = inner.state().name_of(&peer);
+        inner.emit(NodeEvent::PathChanged {
+            name,
+            path: ConnectionState::Direct,
+            remote: addr.to_string(),
+        });
+    }
+}
+
+/// Sets when a relayed link next asks for a punch: soon after a direct path was
+/// found (so that losing it starts from the shortest wait), doubling otherwise.
+fn schedule_repunch(inner: &Inner, peer: NodeId, found: bool) {
+    let mut st = inner.state();
+    if let Some(p) = st.peers.get_mut(&peer) {
+        if found {
+            p.repunch_wait = REPUNCH_FIRST;
+        }
+        p.repunch_at = Some(Instant::now() + p.repunch_wait);
+        p.repunch_wait = (p.repunch_wait * 2).min(REPUNCH_MAX);
+    }
+}
+
+/// Asks the server for a fresh punch with `peer` (quietly: the server may be away).
+pub(crate) fn request_repunch(inner: &Inner, peer: NodeId) {
+    let tx = inner.state().server_tx.clone();
+    if let Some(tx) = tx {
+        debug!(peer = %peer.short(), "asking for a fresh punch");
+        let _ = tx.try_send(ClientMsg::Repunch { peer });
+    }
+}
+
+/// Asks for fresh punches with every peer we have a connection with (after we
+/// registered again, or they did: addresses may have changed, and after a
+/// server restart the link must be made again).
+pub(crate) fn relink_all(inner: &Inner) {
+    let linked: Vec<NodeId> = inner
+        .state()
+        .peers
+        .iter()
+        .filter(|(_, p)| p.connected())
+        .map(|(id, _)| *id)
+        .collect();
+    for peer in linked {
+        request_repunch(inner, peer);
+    }
+}
+
+/// Ends our link with `peer`: its path is forgotten, the server stops relaying.
+pub(crate) fn unlink(inner: &Inner, peer: NodeId) {
+    inner.endpoint.paths().remove(&peer);
+    let tx = inner.state().server_tx.clone();
+    if let Some(tx) = tx {
+        let _ = tx.try_send(ClientMsg::Release { peer });
+    }
+}
+
+/// Watches the paths of every connected peer (see the module doc).
+pub(crate) async fn monitor(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(MONITOR_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            result = attempts.join_next(), if !attempts.is_empty() => match result {
-                Some(Ok(Ok((conn, _)))) => {
-                    attempts.abort_all();
-                    register(&inner, peer, conn);
-                    return;
+            _ = inner.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = Instant::now();
+        let linked: Vec<(NodeId, quinn::Connection, Option<Instant>)> = inner
+            .state()
+            .peers
+            .iter()
+            .filter_map(|(id, p)| Some((*id, p.conn()?.clone(), p.repunch_at)))
+            .collect();
+        for (peer, conn, repunch_at) in linked {
+            let paths = inner.endpoint.paths();
+            match paths.health(&peer, now, PATH_CHECK, PATH_DEAD) {
+                Health::Fine => {}
+                Health::Check => {
+                    // Anything ack-eliciting will do: the peer's ACK comes back
+                    // on the path if it still works.
+                    let _ = conn.send_datagram(bytes::Bytes::from_static(b"?"));
                 }
-                Some(Ok(Err(e))) => last_error = e.to_string(),
-                Some(Err(e)) => last_error = e.to_string(),
-                None => {}
-            },
-            outcome = async { punched.as_mut().expect("guarded by the if").await }, if punched.is_some() => {
-                punched = None;
-                match outcome {
-                    Ok(Some(addr)) => {
-                        debug!(peer = %peer.short(), %addr, "punched; dialing the path");
-                        attempt(&mut attempts, addr, Duration::ZERO);
-                    }
-                    _ => last_error = "hole punching found no path".into(),
+                Health::Dead => {
+                    paths.set_direct(&peer, None);
+                    let has_relay = paths.status(&peer).is_some_and(|s| s.has_relay);
+                    warn!(peer = %peer.short(), "direct path lost");
+                    let name = inner.state().name_of(&peer);
+                    inner.emit(NodeEvent::PathChanged {
+                        name,
+                        path: ConnectionState::Relayed,
+                        remote: if has_relay {
+                            path_of(&inner, &peer).1
+                        } else {
+                            "no path (the server does not relay)".into()
+                        },
+                    });
+                    request_repunch(&inner, peer);
+                    schedule_repunch(&inner, peer, true);
+                    continue;
                 }
             }
-            else => break,
+            let relayed = matches!(
+                paths.status(&peer).map(|s| s.route),
+                Some(Route::Relayed(_))
+            );
+            if relayed && repunch_at.is_some_and(|at| at <= now) {
+                request_repunch(&inner, peer);
+                schedule_repunch(&inner, peer, false);
+            }
         }
     }
+}
+
+/// Dials `peer` at its virtual address and registers the connection.
+pub(crate) async fn dial(inner: Arc<Inner>, peer: NodeId) {
+    let v = inner.endpoint.paths().open(peer);
+    debug!(peer = %peer.short(), "dialing");
+    match inner.endpoint.connect(v, chat::ALPN, Some(peer)).await {
+        Ok((conn, _)) => register(&inner, peer, conn),
+        Err(e) => fail(&inner, peer, e.to_string()),
+    }
+}
+
+/// The connection to `peer` could not be made: say so, and end the link.
+fn fail(inner: &Arc<Inner>, peer: NodeId, error: String) {
     let name = {
         let mut st = inner.state();
         if let Some(p) = st.peers.get_mut(&peer) {
+            if p.connected() {
+                return;
+            }
             p.request = None;
-            p.accepted = p.connected();
+            p.accepted = false;
         }
         st.name_of(&peer)
     };
-    warn!(peer = %peer.short(), error = %last_error, "could not connect");
-    inner.emit(NodeEvent::ConnectFailed {
-        name,
-        error: last_error,
-    });
+    unlink(inner, peer);
+    warn!(peer = %peer.short(), %error, "could not connect");
+    inner.emit(NodeEvent::ConnectFailed { name, error });
 }
 
 /// After we accept a request, or after a peer's last connection closes, it has
@@ -154,7 +310,12 @@ pub(crate) async fn admission_deadline(inner: Arc<Inner>, peer: NodeId) {
                     p.accepted = false;
                 }
             }
+            let lapsed = st.peers.get(&peer).is_none_or(|p| !p.accepted);
             st.forget_idle(&peer);
+            drop(st);
+            if lapsed {
+                unlink(&inner, peer);
+            }
         }
     }
 }
@@ -181,7 +342,12 @@ pub(crate) async fn accept_loop(inner: Arc<Inner>) {
                 return;
             };
             let admitted = inner.state().peers.get(&peer).is_some_and(|p| p.accepted);
-            if !admitted {
+            // A connection through a link's virtual address must come from that
+            // link's peer.
+            let paths = inner.endpoint.paths();
+            let wrong_path =
+                burrow_net::paths::is_virtual(remote) && paths.peer_of(remote) != Some(peer);
+            if !admitted || wrong_path {
                 warn!(peer = %peer.short(), %remote, "refusing connection from a peer we did not accept");
                 conn.close(quinn::VarInt::from_u32(NOT_ACCEPTED), b"not accepted");
                 return;
@@ -209,12 +375,13 @@ fn register(inner: &Arc<Inner>, peer: NodeId, conn: quinn::Connection) {
         (st.name_of(&peer), first)
     };
     let rtt_ms = conn.rtt().as_secs_f64() * 1000.0;
-    info!(peer = %peer.short(), remote = %conn.remote_address(), rtt_ms, first, "connected");
+    let (path, remote) = path_of(inner, &peer);
+    info!(peer = %peer.short(), %remote, %path, rtt_ms, first, "connected");
     if first {
         inner.emit(NodeEvent::Connected {
             name,
-            path: ConnectionState::Direct,
-            remote: conn.remote_address(),
+            path,
+            remote,
             rtt_ms,
         });
     }

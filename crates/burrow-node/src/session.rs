@@ -223,6 +223,7 @@ pub(crate) async fn connect(inner: &Arc<Inner>) -> Result<Session, SessionError>
                 server: host,
                 public_addr: observed,
             });
+            peers::relink_all(inner);
             Ok(Session {
                 conn,
                 reader,
@@ -352,9 +353,16 @@ fn handle(inner: &Arc<Inner>, msg: ServerMsg) {
         }
         ServerMsg::PeerJoined(info) => {
             let name = info.name.to_string();
-            if st.mark_online(info).is_some() {
+            let id = info.id;
+            if let Some(p) = st.mark_online(info) {
+                let linked = p.connected();
                 drop(st);
                 inner.emit(NodeEvent::PeerOnline { name });
+                if linked {
+                    // It registered again: its addresses may have changed, and
+                    // the server may have forgotten our link.
+                    peers::request_repunch(inner, id);
+                }
             }
         }
         ServerMsg::PeerLeft { id } => {
@@ -388,6 +396,7 @@ fn handle(inner: &Arc<Inner>, msg: ServerMsg) {
             direction,
             candidates,
             punch,
+            relay,
         } => {
             if let Some(p) = st.peers.get_mut(&peer) {
                 p.accepted = true;
@@ -402,14 +411,28 @@ fn handle(inner: &Arc<Inner>, msg: ServerMsg) {
             };
             resolve_waiter(&mut st, peer, |o| o == op, Ok(()));
             drop(st);
-            match direction {
-                Direction::Outgoing => {
-                    inner.spawn(peers::dial(inner.clone(), peer, candidates, punch))
-                }
-                Direction::Incoming => {
-                    peers::punch_for_requester(inner, peer, &candidates, punch);
-                    inner.spawn(peers::admission_deadline(inner.clone(), peer))
-                }
+            peers::link(inner, peer, direction, &candidates, punch, relay);
+            if direction == Direction::Incoming {
+                inner.spawn(peers::admission_deadline(inner.clone(), peer))
+            }
+        }
+        ServerMsg::Punch {
+            peer,
+            direction,
+            candidates,
+            punch,
+            relay,
+        } => {
+            // Only for a link we still have: a stale one is released.
+            let ours = st
+                .peers
+                .get(&peer)
+                .is_some_and(|p| p.connected() || p.accepted);
+            drop(st);
+            if ours {
+                peers::link(inner, peer, direction, &candidates, punch, relay);
+            } else {
+                peers::unlink(inner, peer);
             }
         }
         ServerMsg::Closed {

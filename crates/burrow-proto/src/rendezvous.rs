@@ -220,6 +220,8 @@ pub enum ServerMsg {
         candidates: Vec<SocketAddr>,
         /// The ticket for this punch.
         punch: PunchTicket,
+        /// The link's relay channel (new if the link was made again).
+        relay: Option<Channel>,
     },
     /// The request between us and `peer` is over without a connection.
     Closed {
@@ -352,14 +354,16 @@ mod tests {
                 dir.clone(),
                 arb_addrs(),
                 any::<[u8; 16]>(),
-                any::<[u8; 32]>()
+                any::<[u8; 32]>(),
+                proptest::option::of(any::<[u8; 16]>())
             )
-                .prop_map(|(peer, direction, candidates, session, secret)| {
+                .prop_map(|(peer, direction, candidates, session, secret, relay)| {
                     ServerMsg::Punch {
                         peer,
                         direction,
                         candidates,
                         punch: PunchTicket { session, secret },
+                        relay: relay.map(Channel),
                     }
                 }),
             (

@@ -10,18 +10,31 @@
 //!   the server treats it as B accepting A's request.
 //! - A request nobody answers expires after [`BrokerConfig::request_ttl`].
 //! - A node leaving ends every request it was part of, and the other side is told.
+//! - An accepted request makes a *link* between the two nodes: a relay channel
+//!   (when the server relays) and the right to ask for fresh punches
+//!   (`Repunch`). A link ends when either side leaves or releases it. Without a
+//!   link, `Repunch` counts as a wish; when both sides wish it (both came back
+//!   after a server restart, with their connection still up) the link is made
+//!   again. Addresses are only ever handed to a node its peer agreed to.
+//! - Relayed bytes are charged to the sender: a rate and a per-session quota.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use burrow_proto::punch::PunchTicket;
+use burrow_proto::relay::Channel;
 use burrow_proto::rendezvous::{
     ClientMsg, CloseReason, Direction, PeerInfo, Refusal, ServerMsg, PEERS_PER_FRAME,
 };
 use burrow_proto::NodeId;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
+
+use crate::limit::RateLimit;
+
+/// Fresh punches for one link at most this often (both sides may ask at once).
+const REPUNCH_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Limits of the broker. Defaults assume people answering requests by hand.
 #[derive(Clone, Debug)]
@@ -31,6 +44,18 @@ pub struct BrokerConfig {
     pub request_ttl: Duration,
     /// Most outgoing requests one node may have pending. Default 16.
     pub max_pending_per_node: usize,
+    /// Relay traffic for linked nodes that have no direct path. Default on.
+    pub relay: bool,
+    /// Relayed bytes per second one node may send, on average. Default 2 MiB/s:
+    /// plenty for chat and small files, and a bound on what one node costs.
+    pub relay_rate: u64,
+    /// Relayed bytes one node may send at once. Default 4 MiB.
+    pub relay_burst: u64,
+    /// Relayed bytes one node may send in one session. Default 1 GiB.
+    pub relay_quota: u64,
+    /// Most links one node may have; a new one past that ends its oldest.
+    /// Default 64.
+    pub max_links_per_node: usize,
 }
 
 impl Default for BrokerConfig {
@@ -38,8 +63,27 @@ impl Default for BrokerConfig {
         BrokerConfig {
             request_ttl: Duration::from_secs(60),
             max_pending_per_node: 16,
+            relay: true,
+            relay_rate: 2 << 20,
+            relay_burst: 4 << 20,
+            relay_quota: 1 << 30,
+            max_links_per_node: 64,
         }
     }
+}
+
+/// Why a relayed datagram was dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RelayDrop {
+    /// The channel is unknown, or the sender isn't one of its ends.
+    NotLinked,
+    /// The sender is over its rate.
+    OverRate,
+    /// The sender used up its quota; `first` is true the first time.
+    OverQuota {
+        /// Whether this is the first datagram over it (log once).
+        first: bool,
+    },
 }
 
 /// A message for one node.
@@ -51,6 +95,25 @@ struct Online {
     session: u64,
     /// Server-observed address first, then the node's LAN addresses.
     candidates: Vec<SocketAddr>,
+    /// Relayed bytes sent this session, and the rate they are sent at.
+    relayed: u64,
+    relay_rate: Option<RateLimit>,
+}
+
+#[derive(Debug)]
+struct Link {
+    channel: Channel,
+    created: Instant,
+    last_punch: Instant,
+}
+
+/// A link's key: its two ends, in a fixed order.
+fn pair(a: NodeId, b: NodeId) -> (NodeId, NodeId) {
+    if a.as_bytes() <= b.as_bytes() {
+        (a, b)
+    } else {
+        (b, a)
+    }
 }
 
 /// Presence and pending requests.
@@ -62,6 +125,11 @@ pub struct Registry {
     nodes: HashMap<NodeId, Online>,
     /// (requester, asked) → expiry.
     pending: HashMap<(NodeId, NodeId), Instant>,
+    /// Links, by their ends ([`pair`]), and their channels.
+    links: HashMap<(NodeId, NodeId), Link>,
+    channels: HashMap<Channel, (NodeId, NodeId)>,
+    /// (asker, peer) → expiry: a `Repunch` without a link, waiting for the peer's.
+    wishes: HashMap<(NodeId, NodeId), Instant>,
 }
 
 impl Registry {
@@ -77,6 +145,9 @@ impl Registry {
             rng,
             nodes: HashMap::new(),
             pending: HashMap::new(),
+            links: HashMap::new(),
+            channels: HashMap::new(),
+            wishes: HashMap::new(),
         }
     }
 
@@ -133,6 +204,8 @@ impl Registry {
                 info,
                 session,
                 candidates,
+                relayed: 0,
+                relay_rate: None,
             },
         );
         out
@@ -145,6 +218,7 @@ impl Registry {
             return Vec::new();
         }
         self.nodes.remove(&id);
+        self.end_links_of(id);
         let mut out = self.end_requests_of(id);
         out.extend(
             self.nodes
@@ -183,9 +257,15 @@ impl Registry {
     pub fn handle_msg(&mut self, now: Instant, from: NodeId, msg: ClientMsg) -> Vec<Out> {
         match msg {
             ClientMsg::Connect { peer } => self.connect(now, from, peer),
-            ClientMsg::Accept { peer } => self.accept(from, peer),
+            ClientMsg::Accept { peer } => self.accept(now, from, peer),
             ClientMsg::Reject { peer } => self.end(peer, from, CloseReason::Rejected, from),
             ClientMsg::Cancel { peer } => self.end(from, peer, CloseReason::Cancelled, from),
+            ClientMsg::Repunch { peer } => self.repunch(now, from, peer),
+            ClientMsg::Release { peer } => {
+                self.end_link(pair(from, peer));
+                self.wishes.remove(&(from, peer));
+                Vec::new()
+            }
             ClientMsg::Hello { .. } => vec![refused(from, None, Refusal::HelloExpected)],
             ClientMsg::Bye => Vec::new(),
         }
@@ -199,6 +279,7 @@ impl Registry {
             .filter(|(_, &at)| at <= now)
             .map(|(&k, _)| k)
             .collect();
+        self.wishes.retain(|_, at| *at > now);
         let mut out = Vec::new();
         for (from, to) in expired {
             self.pending.remove(&(from, to));
@@ -222,7 +303,7 @@ impl Registry {
         }
         if self.pending.contains_key(&(to, from)) {
             // Both asked each other: that is consent on both sides.
-            return self.accept(from, to);
+            return self.accept(now, from, to);
         }
         if self.pending.contains_key(&(from, to)) {
             return vec![refused(from, Some(to), Refusal::AlreadyPending)];
@@ -248,22 +329,25 @@ impl Registry {
     }
 
     /// `acceptor` accepts the request `requester` sent it.
-    fn accept(&mut self, acceptor: NodeId, requester: NodeId) -> Vec<Out> {
+    fn accept(&mut self, now: Instant, acceptor: NodeId, requester: NodeId) -> Vec<Out> {
         if self.pending.remove(&(requester, acceptor)).is_none() {
             return vec![refused(acceptor, Some(requester), Refusal::NoSuchRequest)];
         }
         let (Some(a), Some(r)) = (self.nodes.get(&acceptor), self.nodes.get(&requester)) else {
             return Vec::new();
         };
+        let (a_cands, r_cands) = (a.candidates.clone(), r.candidates.clone());
         let punch = PunchTicket::random(&mut self.rng);
+        let relay = self.make_link(now, requester, acceptor);
         vec![
             (
                 requester,
                 ServerMsg::Accepted {
                     peer: acceptor,
                     direction: Direction::Outgoing,
-                    candidates: a.candidates.clone(),
+                    candidates: a_cands,
                     punch,
+                    relay,
                 },
             ),
             (
@@ -271,11 +355,166 @@ impl Registry {
                 ServerMsg::Accepted {
                     peer: requester,
                     direction: Direction::Incoming,
-                    candidates: r.candidates.clone(),
+                    candidates: r_cands,
                     punch,
+                    relay,
                 },
             ),
         ]
+    }
+
+    /// Makes (or remakes) the link between `a` and `b`; its relay channel, if
+    /// the server relays.
+    fn make_link(&mut self, now: Instant, a: NodeId, b: NodeId) -> Option<Channel> {
+        let key = pair(a, b);
+        self.end_link(key);
+        for end in [a, b] {
+            let mine: Vec<_> = self
+                .links
+                .iter()
+                .filter(|(k, _)| k.0 == end || k.1 == end)
+                .map(|(k, l)| (l.created, *k))
+                .collect();
+            if mine.len() >= self.config.max_links_per_node {
+                if let Some((_, oldest)) = mine.into_iter().min() {
+                    self.end_link(oldest);
+                }
+            }
+        }
+        let channel = Channel::random(&mut self.rng);
+        self.links.insert(
+            key,
+            Link {
+                channel,
+                created: now,
+                last_punch: now,
+            },
+        );
+        self.channels.insert(channel, key);
+        self.config.relay.then_some(channel)
+    }
+
+    fn end_link(&mut self, key: (NodeId, NodeId)) {
+        if let Some(l) = self.links.remove(&key) {
+            self.channels.remove(&l.channel);
+        }
+    }
+
+    fn end_links_of(&mut self, id: NodeId) {
+        let keys: Vec<_> = self
+            .links
+            .keys()
+            .filter(|k| k.0 == id || k.1 == id)
+            .copied()
+            .collect();
+        for k in keys {
+            self.end_link(k);
+        }
+        self.wishes.retain(|k, _| k.0 != id && k.1 != id);
+    }
+
+    /// `from` wants a fresh punch with `peer` (see the module's rules).
+    fn repunch(&mut self, now: Instant, from: NodeId, peer: NodeId) -> Vec<Out> {
+        if from == peer {
+            return vec![refused(from, Some(peer), Refusal::SelfConnect)];
+        }
+        if !self.nodes.contains_key(&peer) {
+            return vec![refused(from, Some(peer), Refusal::PeerOffline)];
+        }
+        let key = pair(from, peer);
+        let relay = match self.links.get_mut(&key) {
+            Some(link) if now < link.last_punch + REPUNCH_INTERVAL => return Vec::new(),
+            Some(link) => {
+                link.last_punch = now;
+                self.config.relay.then_some(link.channel)
+            }
+            None if self.wishes.remove(&(peer, from)).is_some_and(|at| at > now) => {
+                self.make_link(now, from, peer)
+            }
+            None => {
+                let mine = self.wishes.keys().filter(|(a, _)| *a == from).count();
+                if mine >= self.config.max_pending_per_node {
+                    return vec![refused(from, Some(peer), Refusal::TooManyRequests)];
+                }
+                self.wishes
+                    .insert((from, peer), now + self.config.request_ttl);
+                return Vec::new();
+            }
+        };
+        let (Some(f), Some(p)) = (self.nodes.get(&from), self.nodes.get(&peer)) else {
+            return Vec::new();
+        };
+        let punch = PunchTicket::random(&mut self.rng);
+        vec![
+            (
+                from,
+                ServerMsg::Punch {
+                    peer,
+                    direction: Direction::Outgoing,
+                    candidates: p.candidates.clone(),
+                    punch,
+                    relay,
+                },
+            ),
+            (
+                peer,
+                ServerMsg::Punch {
+                    peer: from,
+                    direction: Direction::Incoming,
+                    candidates: f.candidates.clone(),
+                    punch,
+                    relay,
+                },
+            ),
+        ]
+    }
+
+    /// The server now sees `id` at `observed` (its NAT mapping changed): peers
+    /// punching it from now on get that address.
+    pub fn update_observed(&mut self, id: NodeId, observed: SocketAddr) {
+        if let Some(n) = self.nodes.get_mut(&id) {
+            if n.candidates.first() != Some(&observed) {
+                n.candidates.retain(|a| *a != observed);
+                if !n.candidates.is_empty() {
+                    n.candidates[0] = observed;
+                } else {
+                    n.candidates.push(observed);
+                }
+            }
+        }
+    }
+
+    /// The two ends of a relay channel, if it is a live link's and the server relays.
+    pub fn channel_ends(&self, channel: &Channel) -> Option<(NodeId, NodeId)> {
+        if !self.config.relay {
+            return None;
+        }
+        self.channels.get(channel).copied()
+    }
+
+    /// Charges `bytes` relayed from `from` to its rate and quota.
+    pub fn charge_relay(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        bytes: usize,
+    ) -> Result<(), RelayDrop> {
+        let config = &self.config;
+        let n = self.nodes.get_mut(&from).ok_or(RelayDrop::NotLinked)?;
+        if n.relayed >= config.relay_quota {
+            return Err(RelayDrop::OverQuota { first: false });
+        }
+        let rate = n.relay_rate.get_or_insert_with(|| {
+            RateLimit::new(config.relay_rate as f64, config.relay_burst as f64, now)
+        });
+        if !rate.allow_n(now, bytes as f64) {
+            return Err(RelayDrop::OverRate);
+        }
+        n.relayed += bytes as u64;
+        if n.relayed >= config.relay_quota {
+            return Err(RelayDrop::OverQuota { first: true });
+        }
+        Ok(())
     }
 
     /// Ends the request `from` → `to` for `reason`, on behalf of `by`.
@@ -353,9 +592,10 @@ mod tests {
             ]
         );
         let out = r.handle_msg(now, a.id, ClientMsg::Accept { peer: b.id });
-        let ServerMsg::Accepted { punch, .. } = out[0].1 else {
+        let ServerMsg::Accepted { punch, relay, .. } = out[0].1 else {
             panic!("{out:?}")
         };
+        assert!(relay.is_some(), "a relay channel for the link");
         assert_eq!(
             out,
             vec![
@@ -366,6 +606,7 @@ mod tests {
                         direction: Direction::Outgoing,
                         candidates: vec![addr(1), SocketAddr::from(([192, 168, 1, 2], 1))],
                         punch,
+                        relay,
                     }
                 ),
                 (
@@ -375,10 +616,11 @@ mod tests {
                         direction: Direction::Incoming,
                         candidates: vec![addr(2)],
                         punch,
+                        relay,
                     }
                 ),
             ],
-            "both sides get each other's candidates and the same punch ticket"
+            "both sides get each other's candidates, the same punch ticket and relay channel"
         );
         // The request is used up: a replayed accept is refused.
         let out = r.handle_msg(now, a.id, ClientMsg::Accept { peer: b.id });
@@ -600,5 +842,154 @@ mod tests {
                 ));
             }
         }
+    }
+
+    /// alice and bob, linked by bob's accepted request; the link's channel.
+    fn linked() -> (Registry, PeerInfo, PeerInfo, Instant, Channel) {
+        let (mut r, a, b, now) = two();
+        r.handle_msg(now, b.id, ClientMsg::Connect { peer: a.id });
+        let out = r.handle_msg(now, a.id, ClientMsg::Accept { peer: b.id });
+        let ServerMsg::Accepted {
+            relay: Some(channel),
+            ..
+        } = out[0].1
+        else {
+            panic!("{out:?}")
+        };
+        (r, a, b, now, channel)
+    }
+
+    #[test]
+    fn a_link_relays_between_its_two_ends_until_one_leaves() {
+        let (mut r, a, b, _, channel) = linked();
+        assert_eq!(r.channel_ends(&channel), Some(pair(a.id, b.id)));
+        assert_eq!(r.channel_ends(&Channel([0; 16])), None);
+        r.handle_leave(a.id, 1);
+        assert_eq!(r.channel_ends(&channel), None, "a leaving ends its links");
+    }
+
+    #[test]
+    fn repunch_on_a_link_sends_both_sides_fresh_tickets_at_most_every_two_seconds() {
+        let (mut r, a, b, now, channel) = linked();
+        let later = now + REPUNCH_INTERVAL;
+        r.update_observed(a.id, addr(11));
+        let out = r.handle_msg(later, b.id, ClientMsg::Repunch { peer: a.id });
+        let [(
+            to_b,
+            ServerMsg::Punch {
+                peer,
+                direction,
+                candidates,
+                punch,
+                relay,
+            },
+        ), (
+            to_a,
+            ServerMsg::Punch {
+                punch: punch_a,
+                direction: dir_a,
+                ..
+            },
+        )] = &out[..]
+        else {
+            panic!("{out:?}")
+        };
+        assert_eq!(
+            (*to_b, *peer, *direction),
+            (b.id, a.id, Direction::Outgoing)
+        );
+        assert_eq!((*to_a, *dir_a), (a.id, Direction::Incoming));
+        assert_eq!(punch, punch_a, "one ticket for both");
+        assert_eq!(*relay, Some(channel), "the same link");
+        assert_eq!(candidates[0], addr(11), "the address the server sees now");
+        // Both sides noticed at once: one punch is enough.
+        assert!(r
+            .handle_msg(later, a.id, ClientMsg::Repunch { peer: b.id })
+            .is_empty());
+    }
+
+    #[test]
+    fn without_a_link_both_sides_must_ask_before_addresses_are_shared() {
+        let (mut r, a, b, now) = two();
+        // No request was ever accepted: bob alone learns nothing.
+        assert!(r
+            .handle_msg(now, b.id, ClientMsg::Repunch { peer: a.id })
+            .is_empty());
+        assert_eq!(r.channels.len(), 0);
+        // alice asks too (both came back after a server restart): a new link.
+        let out = r.handle_msg(now, a.id, ClientMsg::Repunch { peer: b.id });
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert!(matches!(out[0].1, ServerMsg::Punch { relay: Some(_), .. }));
+        // Released: relaying stops.
+        let Some(channel) = r.channels.keys().next().copied() else {
+            panic!("no channel")
+        };
+        r.handle_msg(now, b.id, ClientMsg::Release { peer: a.id });
+        assert_eq!(r.channel_ends(&channel), None);
+        // A lone wish expires.
+        r.handle_msg(now, b.id, ClientMsg::Repunch { peer: a.id });
+        r.handle_timeout(now + Duration::from_secs(61));
+        assert!(r
+            .handle_msg(
+                now + Duration::from_secs(61),
+                a.id,
+                ClientMsg::Repunch { peer: b.id }
+            )
+            .is_empty());
+    }
+
+    #[test]
+    fn relayed_bytes_are_charged_to_the_sender_rate_then_quota() {
+        let mut r = Registry::new(BrokerConfig {
+            relay_rate: 1000,
+            relay_burst: 2000,
+            relay_quota: 5000,
+            ..BrokerConfig::default()
+        });
+        let a = node(1, "alice");
+        r.handle_join(a.clone(), 1, addr(1), vec![]);
+        let t0 = Instant::now();
+        assert_eq!(r.charge_relay(t0, a.id, 1500), Ok(()));
+        assert_eq!(r.charge_relay(t0, a.id, 1500), Err(RelayDrop::OverRate));
+        let t1 = t0 + Duration::from_secs(2);
+        assert_eq!(r.charge_relay(t1, a.id, 1500), Ok(()));
+        let t2 = t1 + Duration::from_secs(2);
+        assert_eq!(r.charge_relay(t2, a.id, 1000), Ok(()));
+        let t3 = t2 + Duration::from_secs(2);
+        assert_eq!(
+            r.charge_relay(t3, a.id, 1000),
+            Err(RelayDrop::OverQuota { first: true })
+        );
+        let t4 = t3 + Duration::from_secs(2);
+        assert_eq!(
+            r.charge_relay(t4, a.id, 10),
+            Err(RelayDrop::OverQuota { first: false })
+        );
+    }
+
+    #[test]
+    fn links_per_node_are_bounded_oldest_first() {
+        let mut r = Registry::new(BrokerConfig {
+            max_links_per_node: 2,
+            ..BrokerConfig::default()
+        });
+        let hub = node(1, "hub");
+        r.handle_join(hub.clone(), 1, addr(1), vec![]);
+        let mut t = Instant::now();
+        let mut channels = Vec::new();
+        for i in 0..3u64 {
+            let other = node(10 + i, &format!("n{i}"));
+            r.handle_join(other.clone(), 10 + i, addr(10 + i as u16), vec![]);
+            t += Duration::from_secs(1);
+            r.handle_msg(t, other.id, ClientMsg::Connect { peer: hub.id });
+            let out = r.handle_msg(t, hub.id, ClientMsg::Accept { peer: other.id });
+            let ServerMsg::Accepted { relay: Some(c), .. } = out[0].1 else {
+                panic!("{out:?}")
+            };
+            channels.push(c);
+        }
+        assert_eq!(r.channel_ends(&channels[0]), None, "the oldest link ended");
+        assert!(r.channel_ends(&channels[1]).is_some());
+        assert!(r.channel_ends(&channels[2]).is_some());
     }
 }

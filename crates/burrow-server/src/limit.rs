@@ -24,11 +24,16 @@ impl RateLimit {
 
     /// Takes a token if there is one.
     pub fn allow(&mut self, now: Instant) -> bool {
+        self.allow_n(now, 1.0)
+    }
+
+    /// Takes `n` tokens (bytes, say) if there are that many.
+    pub fn allow_n(&mut self, now: Instant, n: f64) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.tokens >= n {
+            self.tokens -= n;
             true
         } else {
             false

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use burrow_net::{Endpoint, EndpointConfig, FrameReader, FrameWriter};
+use burrow_proto::relay::Channel;
 use burrow_proto::rendezvous::{self, ClientMsg, PeerInfo, Refusal, ServerMsg, MAX_CANDIDATES};
 use burrow_proto::{NodeId, SecretKey};
 use burrow_store::{NameBinding, ServerStore};
@@ -15,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::broker::{BrokerConfig, Out, Registry};
+use crate::broker::{BrokerConfig, Out, Registry, RelayDrop};
 use crate::limit::RateLimit;
 
 /// How many messages wait for a slow node before the server drops its session.
@@ -92,6 +93,46 @@ struct Hub {
 }
 
 impl Hub {
+    /// Where a relay datagram on `channel` from `from` goes: to the other end of
+    /// a live link, if `from` is one end's current address and within its quota.
+    fn relay(&mut self, from: SocketAddr, channel: &Channel, len: usize) -> Option<SocketAddr> {
+        let (a, b) = self.registry.channel_ends(channel)?;
+        let addr_of = |id: &NodeId| self.sessions.get(id).map(|s| s.conn.remote_address());
+        let (addr_a, addr_b) = (addr_of(&a)?, addr_of(&b)?);
+        let (sender, to) = if from == addr_a {
+            (a, addr_b)
+        } else if from == addr_b {
+            (b, addr_a)
+        } else {
+            return None;
+        };
+        match self.registry.charge_relay(Instant::now(), sender, len) {
+            Ok(()) => Some(to),
+            Err(RelayDrop::OverQuota { first: true }) => {
+                warn!(node = %sender.short(), "relay quota used up; relaying nothing more from it this session");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Handles a message from `from`, first noting where the server sees the
+    /// nodes it concerns now (a NAT may have moved them since they registered).
+    fn handle_msg(&mut self, from: NodeId, msg: ClientMsg) {
+        let mut refresh = vec![from];
+        if let ClientMsg::Repunch { peer } = &msg {
+            refresh.push(*peer);
+        }
+        for id in refresh {
+            if let Some(s) = self.sessions.get(&id) {
+                let seen = s.conn.remote_address();
+                self.registry.update_observed(id, seen);
+            }
+        }
+        let out = self.registry.handle_msg(Instant::now(), from, msg);
+        self.deliver(out);
+    }
+
     /// Delivers the registry's output. A node whose queue is full is too slow to
     /// keep up: its connection is closed, and its leave is handled when its task ends.
     fn deliver(&self, out: Vec<Out>) {
@@ -157,17 +198,22 @@ impl Server {
                 Err(_) => continue,
             }
         };
+        let shared = Arc::new(Shared {
+            hub: Mutex::new(Hub {
+                registry: Registry::new(config.broker),
+                sessions: HashMap::new(),
+            }),
+            store: Arc::new(Mutex::new(store)),
+            next_session: AtomicU64::new(1),
+        });
+        let relay = Arc::downgrade(&shared);
+        endpoint.set_relay(Arc::new(move |from, channel, len| {
+            relay.upgrade()?.hub().relay(from, channel, len)
+        }));
         Ok(Server {
             endpoint,
             stun_grid,
-            shared: Arc::new(Shared {
-                hub: Mutex::new(Hub {
-                    registry: Registry::new(config.broker),
-                    sessions: HashMap::new(),
-                }),
-                store: Arc::new(Mutex::new(store)),
-                next_session: AtomicU64::new(1),
-            }),
+            shared,
         })
     }
 
@@ -379,7 +425,7 @@ async fn serve_node(incoming: quinn::Incoming, shared: Arc<Shared>) -> Result<()
                     break Ok(());
                 }
                 debug!(node = %id.short(), ?msg, "message");
-                shared.update(|r| r.handle_msg(Instant::now(), id, msg));
+                shared.hub().handle_msg(id, msg);
             }
             Err(burrow_net::FramedError::Read(e)) => {
                 debug!(node = %id.short(), error = %e, "connection lost");

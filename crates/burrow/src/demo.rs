@@ -123,7 +123,7 @@ pub async fn run() -> Result<(), CliError> {
             path,
             remote,
             rtt_ms,
-        } if name == "alice" => Some((*path, *remote, *rtt_ms)),
+        } if name == "alice" => Some((*path, remote.clone(), *rtt_ms)),
         _ => None,
     })
     .await?;

@@ -26,6 +26,16 @@ pub struct ServerArgs {
     /// also answered there and on the listen port + 1. Needs a specific --listen.
     #[arg(long)]
     alt_addr: Option<std::net::IpAddr>,
+    /// Don't relay traffic between nodes that have no direct path (they then
+    /// connect only where hole punching works).
+    #[arg(long)]
+    no_relay: bool,
+    /// Relayed traffic one node may send, in KiB per second (bursts of twice that).
+    #[arg(long, default_value_t = 2048, value_name = "KIB")]
+    relay_rate_kib: u64,
+    /// Relayed traffic one node may send per session, in MiB.
+    #[arg(long, default_value_t = 1024, value_name = "MIB")]
+    relay_quota_mib: u64,
 }
 
 pub async fn run(home: PathBuf, args: ServerArgs) -> Result<(), CliError> {
@@ -35,6 +45,10 @@ pub async fn run(home: PathBuf, args: ServerArgs) -> Result<(), CliError> {
         home: home.clone(),
         broker: BrokerConfig {
             request_ttl: args.request_ttl,
+            relay: !args.no_relay,
+            relay_rate: args.relay_rate_kib.saturating_mul(1024),
+            relay_burst: args.relay_rate_kib.saturating_mul(2048),
+            relay_quota: args.relay_quota_mib.saturating_mul(1 << 20),
             ..BrokerConfig::default()
         },
         idle_timeout: args.idle_timeout,
@@ -75,6 +89,14 @@ pub async fn run(home: PathBuf, args: ServerArgs) -> Result<(), CliError> {
         .map(|a| a.to_string())
         .collect();
     println!("STUN for NAT diagnosis also on {}", alts.join(", "));
+    if args.no_relay {
+        println!("relay off: nodes connect only where hole punching works");
+    } else {
+        println!(
+            "relaying for nodes without a direct path: {} KiB/s and {} MiB per node",
+            args.relay_rate_kib, args.relay_quota_mib
+        );
+    }
     println!("server id: {}", server.id());
     println!("join URL:  {url}");
     println!("nodes join with: burrow up --server {url} --name <name>");

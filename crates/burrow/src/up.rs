@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use burrow_node::api::ConnectionState;
 use burrow_node::{Node, NodeConfig, NodeEvent};
 use burrow_proto::rendezvous::{CloseReason, Direction};
 use burrow_proto::{Name, ServerAddr};
@@ -144,6 +145,14 @@ pub fn describe(event: &NodeEvent, me: &Name) -> Option<String> {
             rtt_ms,
         } => {
             format!("connected to {name}, {path}, rtt {rtt_ms:.1} ms ({remote})")
+        }
+        NodeEvent::PathChanged {
+            name,
+            path: ConnectionState::Direct,
+            remote,
+        } => format!("{name}: connection now direct ({remote})"),
+        NodeEvent::PathChanged { name, remote, .. } => {
+            format!("{name}: direct path lost; relaying ({remote}) while looking for another")
         }
         NodeEvent::ConnectFailed { name, error } => format!("could not connect to {name}: {error}"),
         NodeEvent::Disconnected { name, reason } => format!("disconnected from {name}: {reason}"),

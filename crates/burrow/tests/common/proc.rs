@@ -160,6 +160,27 @@ pub fn wait_json(home: &Path, args: &[&str], what: &str, check: impl Fn(&Value) 
     }
 }
 
+/// Polls `burrow <args> --json` every 20 ms until `check` holds (`Some(value)`)
+/// or `limit` passes (`None`): for outcomes a test reports rather than requires.
+pub fn poll_json(
+    home: &Path,
+    args: &[&str],
+    limit: Duration,
+    check: impl Fn(&Value) -> bool,
+) -> Option<Value> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let v = json(home, args);
+        if check(&v) {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub fn peer<'a>(peers: &'a Value, name: &str) -> Option<&'a Value> {
     peers.as_array()?.iter().find(|p| p["name"] == name)
 }
