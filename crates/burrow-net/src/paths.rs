@@ -134,6 +134,10 @@ const EARLY_MAX: usize = 64;
 /// Most unwrapped relayed packets waiting for quinn.
 const INBOX_MAX: usize = 1024;
 
+/// A relay datagram held for a channel we don't know yet: when it came, its
+/// channel, who sent it (the relay), the datagram.
+type Early = (Instant, Channel, SocketAddr, Vec<u8>);
+
 /// A relayed packet for quinn: the virtual address it is from, its bytes.
 pub(crate) type Unwrapped = (SocketAddr, Vec<u8>);
 
@@ -143,7 +147,7 @@ pub struct PathTable {
     table: Mutex<Table>,
     /// Relay datagrams on channels not (yet) ours: the requester's first packet
     /// can overtake the server's message that tells us the channel.
-    early: Mutex<VecDeque<(Instant, Channel, SocketAddr, Vec<u8>)>>,
+    early: Mutex<VecDeque<Early>>,
     /// Unwrapped relayed packets waiting for quinn, and quinn's receive task to
     /// wake when some arrive outside a receive call.
     inbox: Mutex<VecDeque<Unwrapped>>,
