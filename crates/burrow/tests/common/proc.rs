@@ -203,3 +203,97 @@ pub fn lab_server(lab: &burrow_lab::Lab, home: &Path, extra: &[&str]) -> (Proc, 
         .to_string();
     (server, url)
 }
+
+/// Starts `burrow up` as `name` on lab `host`, home `dir/name`; waits until it is up.
+pub fn lab_up(
+    host: &burrow_lab::Host,
+    dir: &Path,
+    url: &str,
+    name: &str,
+) -> (Proc, std::path::PathBuf) {
+    let home = dir.join(name);
+    let mut cmd = host.command(BIN);
+    cmd.arg("--home")
+        .arg(&home)
+        .args(["up", "--server", url, "--name", name]);
+    let mut p = Proc::spawn_command(cmd);
+    p.expect_line("is up");
+    (p, home)
+}
+
+/// A running node in a test: its process, home and name.
+pub struct LabNode {
+    pub proc: Proc,
+    pub home: std::path::PathBuf,
+    pub name: String,
+}
+
+impl LabNode {
+    pub fn up(host: &burrow_lab::Host, dir: &Path, url: &str, name: &str) -> LabNode {
+        let (proc, home) = lab_up(host, dir, url, name);
+        LabNode {
+            proc,
+            home,
+            name: name.to_string(),
+        }
+    }
+
+    /// Asks `other` for a connection, has it accept, and waits until it is up.
+    pub fn link(&mut self, other: &mut LabNode) {
+        wait_json(&self.home, &["peers"], "the peer online", |v| {
+            peer(v, &other.name).is_some_and(|p| p["online"] == true)
+        });
+        assert!(run(&self.home, &["connect", &other.name]).0);
+        other.proc.expect_line("asks to connect");
+        assert!(run(&other.home, &["accept", &self.name]).0);
+        let line = self.proc.expect_any(
+            &[
+                &format!("connected to {}", other.name),
+                &format!("could not connect to {}", other.name),
+            ],
+            super::WAIT,
+        );
+        assert!(!line.contains("could not"), "{line}");
+    }
+
+    /// Sends `text` to `other` and waits until `other` prints it.
+    pub fn say(&mut self, other: &mut LabNode, text: &str) {
+        let (ok, _, err) = run(&self.home, &["send", &other.name, text]);
+        assert!(ok, "{} -> {}: {err}", self.name, other.name);
+        other.proc.expect_line(&format!("{}: {text}", self.name));
+    }
+
+    /// Sends `text` to `other`, retrying for up to `limit` while the link recovers.
+    pub fn say_eventually(&mut self, other: &mut LabNode, text: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let (ok, _, err) = run(&self.home, &["send", &other.name, text]);
+            if ok {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} -> {} not delivered within {limit:?}: {err}",
+                self.name,
+                other.name
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        other.proc.expect_line(&format!("{}: {text}", self.name));
+    }
+
+    /// Our connection with `other` as `status --json` shows it, once its path is
+    /// `path` (within `limit`), or `None`.
+    pub fn wait_path(&self, other: &str, path: &str, limit: Duration) -> Option<Value> {
+        let v = poll_json(&self.home, &["status"], limit, |v| {
+            v["connections"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["name"] == other && c["path"] == path))
+        })?;
+        v["connections"]
+            .as_array()?
+            .iter()
+            .find(|c| c["name"] == other)
+            .cloned()
+    }
+}
