@@ -21,6 +21,9 @@
 //!   address-and-port-dependent filtering (conntrack lets in replies only).
 //! - `Symmetric`: masquerade `fully-random`: a new random port per destination.
 //!
+//! Delay: [`Lab::set_uplink_delay`] gives links to the public segment a fixed
+//! one-way delay (the kernel here has no `netem`; see [`delay`]).
+//!
 //! Every router also drops unsolicited packets from its WAN to itself, as home
 //! routers do (see `nat_rules` for why that matters to hole punching).
 //!
@@ -28,11 +31,13 @@
 //! says which is missing. Tests call [`require_or_skip`] to skip with a printed reason where the
 //! lab can't be built, except under `BURROW_LAB=required` (CI), where they fail.
 
+pub mod delay;
 mod ns;
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 pub use ns::socket_in;
 
@@ -142,6 +147,11 @@ pub struct Lab {
     next: u8,
     /// Host numbers handed out on each router's LAN.
     lan_hosts: std::collections::HashMap<String, u8>,
+    /// One-way delay given to links to the public segment made from now on
+    /// (routers' uplinks and public peers; never the server's).
+    uplink_delay: Option<Duration>,
+    /// The delayed links' relays (stopped before the namespaces go).
+    delayed: Vec<delay::DelayLink>,
 }
 
 /// Builds a lab, or explains why not: `Ok(None)` means "skip" (with the reason
@@ -182,6 +192,8 @@ impl Lab {
             namespaces: Vec::new(),
             next: 1,
             lan_hosts: Default::default(),
+            uplink_delay: None,
+            delayed: Vec::new(),
         };
         let inet = lab.inet.clone();
         lab.add_ns(&inet)?;
@@ -208,9 +220,28 @@ impl Lab {
         Ok(())
     }
 
+    /// From now on, links to the public segment (routers' uplinks, public peers)
+    /// hold every frame for `one_way` in each direction: a pair of TAP devices
+    /// joined by relay threads ([`delay`]). Two peers are then `4 × one_way`
+    /// apart, a peer and the server `2 × one_way`.
+    pub fn set_uplink_delay(&mut self, one_way: Duration) {
+        self.uplink_delay = (!one_way.is_zero()).then_some(one_way);
+    }
+
     /// Connects `ns` to the public bridge with an interface called `ifname`.
-    fn attach_public(&self, ns: &str, ifname: &str) -> Result<(), LabError> {
+    fn attach_public(&mut self, ns: &str, ifname: &str) -> Result<(), LabError> {
         let port = format!("p{}", self.next_port());
+        if let Some(d) = self.uplink_delay.filter(|_| ns != self.server.ns) {
+            let inner = delay::open_tap(ns, ifname)?;
+            let outer = delay::open_tap(&self.inet, &port)?;
+            self.delayed.push(delay::join(inner, outer, d)?);
+            run(&[
+                "ip", "-n", &self.inet, "link", "set", &port, "master", "br0",
+            ])?;
+            run(&["ip", "-n", &self.inet, "link", "set", &port, "up"])?;
+            run(&["ip", "-n", ns, "link", "set", ifname, "up"])?;
+            return Ok(());
+        }
         run(&[
             "ip", "link", "add", ifname, "netns", ns, "type", "veth", "peer", "name", &port,
             "netns", &self.inet,
@@ -466,6 +497,7 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        self.delayed.clear();
         for ns in self.namespaces.iter().rev() {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }

@@ -228,3 +228,49 @@ fn flushing_a_router_forgets_its_mappings() {
     let again = observed(&c, &s1);
     assert!(reaches(&s1, again, &c));
 }
+
+#[test]
+fn a_delayed_uplink_holds_each_packet_for_its_delay() {
+    let Some(mut lab) = require_or_skip("a_delayed_uplink_holds_each_packet_for_its_delay") else {
+        return;
+    };
+    lab.set_uplink_delay(Duration::from_millis(10));
+    let (a, _) = lab.add_peer("a", NatKind::None).unwrap();
+    let (b, _) = lab.add_peer("b", NatKind::PortRestricted).unwrap();
+    let (sa, sb) = (a.udp(5000).unwrap(), b.udp(5000).unwrap());
+    let server = lab.server().udp(5000).unwrap();
+    sa.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    sb.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let echo = std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        for _ in 0..12 {
+            let Ok((n, from)) = server.recv_from(&mut buf) else {
+                return;
+            };
+            server.send_to(&buf[..n], from).unwrap();
+        }
+    });
+    // To the server and back crosses the node's delayed uplink twice.
+    let mut rtts = Vec::new();
+    for (sock, hops) in [(&sa, 2u32), (&sb, 2)] {
+        // The first exchange also resolves addresses (ARP crosses the link too).
+        for i in 0..6 {
+            let t = std::time::Instant::now();
+            sock.send_to(b"ping", SocketAddr::from((SERVER_ADDRS[0], 5000)))
+                .unwrap();
+            let mut buf = [0u8; 64];
+            sock.recv_from(&mut buf).expect("the echo comes back");
+            if i > 0 {
+                rtts.push((t.elapsed(), hops));
+            }
+        }
+    }
+    echo.join().unwrap();
+    for (rtt, hops) in rtts {
+        let floor = Duration::from_millis(10) * hops;
+        assert!(
+            rtt >= floor && rtt < floor + Duration::from_millis(15),
+            "round trip {rtt:?} for {hops} delayed hops of 10 ms"
+        );
+    }
+}
