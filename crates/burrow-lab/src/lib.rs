@@ -39,7 +39,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-pub use ns::socket_in;
+pub use ns::{enter as enter_namespace, socket_in};
 
 /// Why the lab could not be built or changed.
 #[derive(Debug, thiserror::Error)]

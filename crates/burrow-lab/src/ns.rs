@@ -24,6 +24,18 @@ pub fn socket_in(ns: &str, bind: SocketAddr) -> std::io::Result<UdpSocket> {
     .map_err(|_| std::io::Error::other("namespace helper thread panicked"))?
 }
 
+/// Moves the calling thread into network namespace `ns`, for good: sockets it
+/// creates from now on, and threads it starts, live there. For a thread made
+/// for that purpose (e.g. one running a whole node).
+pub fn enter(ns: &str) -> std::io::Result<()> {
+    let f = File::open(format!("/run/netns/{ns}"))?;
+    // SAFETY: setns with a valid netns fd affects only the calling thread.
+    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Deletes namespaces named `bl<pid>x…` whose process no longer exists: what a
 /// killed test run left behind.
 pub(crate) fn remove_stale_labs() {

@@ -1,0 +1,469 @@
+//! burrow's benchmarks. Each prints its figures beside a baseline measured in the
+//! same run.
+//!
+//! `setup`: how fast two nodes behind the lab's kernel NATs get a working
+//! connection and a direct path, with a fixed delay on every uplink. For every
+//! ordered pair of NAT kinds, fresh nodes (new keys, new sockets, flushed NAT
+//! tables) connect several times; the acceptor accepts at once. Reported per
+//! cell, as medians: the time from the connect request to the first chat message
+//! acknowledged by the peer, and to the direct path, in milliseconds and in
+//! peer-to-peer round trips. The baselines: a raw UDP echo between two peers
+//! through the lab (one round trip) and a bare QUIC dial to a known address
+//! plus one echo (no rendezvous, no NAT).
+//!
+//! Needs root (the lab); run with `cargo run --release -p burrow-bench -- setup`.
+
+use std::future::Future;
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use burrow_lab::{Host, Lab, NatKind, SERVER_ADDRS};
+use burrow_node::api::ConnectionState;
+use burrow_node::{Node, NodeConfig, NodeEvent};
+use burrow_proto::{Name, SecretKey, ServerAddr};
+use clap::{Parser, Subcommand};
+use tokio::sync::oneshot;
+
+#[derive(Parser)]
+#[command(about = "burrow's benchmarks (need root: they build a network lab)")]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Connection setup through every pair of NAT kinds, with delayed uplinks.
+    Setup {
+        /// Runs per cell (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// One-way delay on every uplink, in milliseconds.
+        #[arg(long, default_value_t = 10)]
+        delay_ms: u64,
+        /// How long a run waits for the direct path.
+        #[arg(long, default_value = "11s", value_parser = humantime_secs)]
+        direct_wait: Duration,
+    },
+}
+
+fn humantime_secs(s: &str) -> Result<Duration, String> {
+    let secs = s.trim_end_matches('s');
+    secs.parse::<f64>()
+        .map(Duration::from_secs_f64)
+        .map_err(|e| format!("{s}: {e} (write e.g. 11s)"))
+}
+
+fn main() {
+    let cli = Cli::parse();
+    match cli.bench {
+        Bench::Setup {
+            runs,
+            delay_ms,
+            direct_wait,
+        } => setup(runs, Duration::from_millis(delay_ms), direct_wait),
+    }
+}
+
+/// A tokio runtime on its own thread inside a lab namespace: everything it runs
+/// (sockets included) lives there.
+struct NsRuntime {
+    handle: tokio::runtime::Handle,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl NsRuntime {
+    fn start(ns: &str) -> NsRuntime {
+        let (htx, hrx) = std::sync::mpsc::channel();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let ns = ns.to_string();
+        let thread = std::thread::spawn(move || {
+            burrow_lab::enter_namespace(&ns).expect("enter the lab namespace");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a tokio runtime");
+            htx.send(rt.handle().clone()).expect("the caller waits");
+            rt.block_on(async {
+                let _ = stopped.await;
+            });
+        });
+        NsRuntime {
+            handle: hrx.recv().expect("the runtime starts"),
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// Runs `f` on this runtime (in its namespace) and waits for its result.
+    fn run<T: Send + 'static>(&self, f: impl Future<Output = T> + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.handle.spawn(async move {
+            let _ = tx.send(f.await);
+        });
+        rx.recv().expect("the task finishes")
+    }
+}
+
+impl Drop for NsRuntime {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn median(v: &mut [Duration]) -> Option<Duration> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort();
+    Some(v[v.len() / 2])
+}
+
+/// Median round trip of a raw UDP echo from `a` to `b` (after one to warm up ARP).
+fn udp_rtt(a: &Host, b: &Host) -> Duration {
+    let (sa, sb) = (a.udp(0).unwrap(), b.udp(9000).unwrap());
+    sa.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    sb.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let to = SocketAddr::from((b.addr, 9000));
+    let echo = std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        for _ in 0..21 {
+            let Ok((n, from)) = sb.recv_from(&mut buf) else {
+                return;
+            };
+            let _ = sb.send_to(&buf[..n], from);
+        }
+    });
+    let mut rtts = Vec::new();
+    for i in 0..21 {
+        let t = Instant::now();
+        sa.send_to(b"ping", to).unwrap();
+        let mut buf = [0u8; 64];
+        sa.recv_from(&mut buf).expect("echo");
+        if i > 0 {
+            rtts.push(t.elapsed());
+        }
+    }
+    echo.join().unwrap();
+    median(&mut rtts).unwrap()
+}
+
+/// Frames per second one delayed link carries: a one-second UDP blast from a
+/// public peer to the server, counted where it arrives.
+fn link_ceiling(from: &Host, server: &Host) -> f64 {
+    let tx: UdpSocket = from.udp(0).unwrap();
+    let rx: UdpSocket = server.udp(9100).unwrap();
+    rx.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let to = SocketAddr::from((server.addr, 9100));
+    let counter = std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        let mut n = 0u64;
+        let mut first = None;
+        let mut last = Instant::now();
+        while rx.recv_from(&mut buf).is_ok() {
+            first.get_or_insert_with(Instant::now);
+            last = Instant::now();
+            n += 1;
+        }
+        (n, first.map(|f| last - f))
+    });
+    let payload = [0u8; 200];
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while start.elapsed() < Duration::from_secs(1) && sent < 2_000_000 {
+        if tx.send_to(&payload, to).is_ok() {
+            sent += 1;
+        }
+    }
+    let (n, span) = counter.join().unwrap();
+    match span {
+        Some(s) if !s.is_zero() => n as f64 / s.as_secs_f64(),
+        _ => 0.0,
+    }
+}
+
+/// Bare QUIC between two public peers: dial a known address with a known key,
+/// one 4-byte echo. No rendezvous, no NAT: the floor for a first message.
+fn bare_quic(a: &Host, b: &Host, runs: usize) -> Duration {
+    let (ra, rb) = (NsRuntime::start(&a.ns), NsRuntime::start(&b.ns));
+    let mut times = Vec::new();
+    for i in 0..runs + 1 {
+        let kb = SecretKey::generate(&mut rand::thread_rng());
+        let id_b = kb.public();
+        let bind_b = SocketAddr::from((b.addr, 0));
+        let addr_b = rb.run(async move {
+            let ep = burrow_net::Endpoint::bind(
+                &kb,
+                burrow_net::EndpointConfig {
+                    bind: bind_b,
+                    alpns: vec![b"bench/1"],
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            let addr = ep.local_addr().unwrap();
+            tokio::spawn(async move {
+                if let Some(inc) = ep.quic().accept().await {
+                    if let Ok(conn) = inc.await {
+                        if let Ok((mut s, mut r)) = conn.accept_bi().await {
+                            let mut buf = [0u8; 4];
+                            if r.read_exact(&mut buf).await.is_ok() {
+                                let _ = s.write_all(&buf).await;
+                                let _ = s.finish();
+                            }
+                        }
+                        let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+                    }
+                }
+            });
+            addr
+        });
+        let took = ra.run(async move {
+            let ka = SecretKey::generate(&mut rand::thread_rng());
+            let ep =
+                burrow_net::Endpoint::bind(&ka, burrow_net::EndpointConfig::default()).unwrap();
+            let t = Instant::now();
+            let (conn, _) = ep.connect(addr_b, b"bench/1", Some(id_b)).await.unwrap();
+            let (mut s, mut r) = conn.open_bi().await.unwrap();
+            s.write_all(b"ping").await.unwrap();
+            let mut buf = [0u8; 4];
+            r.read_exact(&mut buf).await.unwrap();
+            let took = t.elapsed();
+            conn.close(0u8.into(), b"done");
+            took
+        });
+        if i > 0 {
+            times.push(took);
+        }
+    }
+    median(&mut times).unwrap()
+}
+
+/// One run of a cell: fresh nodes connect; returns (first message, direct path).
+fn one_setup(
+    server: &ServerAddr,
+    (req, req_name): (&NsRuntime, &str),
+    (acc, acc_name): (&NsRuntime, &str),
+    direct_wait: Duration,
+) -> (Duration, Option<Duration>) {
+    // Names stay bound to their first key: every run's fresh nodes get new ones.
+    let (req_name, acc_name) = (req_name.to_string(), acc_name.to_string());
+    let dir = tempfile::tempdir().unwrap();
+    let start = |home: std::path::PathBuf, name: &str| {
+        let config = NodeConfig {
+            idle_timeout: Duration::from_secs(30),
+            ..NodeConfig::new(
+                home,
+                SecretKey::generate(&mut rand::thread_rng()),
+                server.clone(),
+                name.parse::<Name>().unwrap(),
+            )
+        };
+        async move { Node::start(config).await.expect("the node starts") }
+    };
+    let acceptor = acc.run(start(dir.path().join("acc"), &acc_name));
+    let requester = req.run(start(dir.path().join("req"), &req_name));
+    // The acceptor says yes at once.
+    let a = acceptor.clone();
+    let asker = req_name.clone();
+    acc.handle.spawn(async move {
+        let mut events = a.subscribe();
+        while let Ok(e) = events.recv().await {
+            if matches!(e, NodeEvent::IncomingRequest { .. }) {
+                let _ = a.accept(&asker).await;
+                return;
+            }
+        }
+    });
+    let r = requester.clone();
+    let result = req.run(async move {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !r
+            .peers()
+            .iter()
+            .any(|p| p.name.as_deref() == Some(&acc_name))
+        {
+            assert!(Instant::now() < deadline, "the acceptor never came online");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Events are stamped as they happen, by a task of their own: the
+        // direct path may come while the first message is on its way.
+        let mut events = r.subscribe();
+        let t0 = Instant::now();
+        let (connected_tx, connected) = oneshot::channel::<Result<(), String>>();
+        let (direct_tx, direct_rx) = oneshot::channel::<Duration>();
+        tokio::spawn(async move {
+            let (mut connected_tx, mut direct_tx) = (Some(connected_tx), Some(direct_tx));
+            while let Ok(e) = events.recv().await {
+                let direct = match e {
+                    NodeEvent::Connected { path, .. } => {
+                        if let Some(tx) = connected_tx.take() {
+                            let _ = tx.send(Ok(()));
+                        }
+                        path == ConnectionState::Direct
+                    }
+                    NodeEvent::PathChanged { path, .. } => path == ConnectionState::Direct,
+                    NodeEvent::ConnectFailed { error, .. } => {
+                        if let Some(tx) = connected_tx.take() {
+                            let _ = tx.send(Err(error));
+                        }
+                        false
+                    }
+                    _ => false,
+                };
+                if direct {
+                    if let Some(tx) = direct_tx.take() {
+                        let _ = tx.send(t0.elapsed());
+                    }
+                }
+            }
+        });
+        r.connect(&acc_name).await.expect("the request is made");
+        if let Err(e) = connected.await.expect("the watcher runs") {
+            panic!("no connection: {e}");
+        }
+        r.send(&acc_name, "first").await.expect("delivered");
+        let first = t0.elapsed();
+        let left = (t0 + direct_wait).saturating_duration_since(Instant::now());
+        let direct = tokio::time::timeout(left, direct_rx)
+            .await
+            .ok()
+            .and_then(|d| d.ok());
+        (first, direct)
+    });
+    req.run(async move { requester.shutdown().await });
+    acc.run(async move { acceptor.shutdown().await });
+    result
+}
+
+fn setup(runs: usize, delay: Duration, direct_wait: Duration) {
+    let mut lab = Lab::new().unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        eprintln!("hint: the lab needs root, iproute2, nftables and conntrack");
+        std::process::exit(1)
+    });
+    lab.set_uplink_delay(delay);
+
+    let server_rt = NsRuntime::start(&lab.server().ns);
+    let srv_dir = tempfile::tempdir().unwrap();
+    let srv_home = srv_dir.path().to_path_buf();
+    let (server_addr, server_stop) = server_rt.run(async move {
+        let secret = SecretKey::generate(&mut rand::thread_rng());
+        let mut config = burrow_server::ServerConfig::new(srv_home);
+        config.listen = SocketAddr::from((SERVER_ADDRS[0], 7700));
+        let server = burrow_server::Server::bind(&secret, config).expect("the server starts");
+        let addr = ServerAddr {
+            key: Some(server.id()),
+            host: SERVER_ADDRS[0].to_string(),
+            port: 7700,
+        };
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(server.run(stop.clone()));
+        (addr, stop)
+    });
+
+    let (pa, _) = lab.add_peer("pa", NatKind::None).unwrap();
+    let (pb, _) = lab.add_peer("pb", NatKind::None).unwrap();
+    let rtt = udp_rtt(&pa, &pb);
+    let to_server = udp_rtt(&pa, lab.server());
+    let ceiling = link_ceiling(&pa, lab.server());
+    let quic = bare_quic(&pa, &pb, runs);
+    let in_rtts = |d: Duration| d.as_secs_f64() / rtt.as_secs_f64();
+
+    println!(
+        "burrow setup benchmark: {} ms one-way on every uplink, {runs} runs per cell (medians)",
+        delay.as_millis()
+    );
+    println!(
+        "baseline: raw UDP echo peer <-> peer {:.1} ms (= 1 RTT), peer <-> server {:.1} ms",
+        ms(rtt),
+        ms(to_server)
+    );
+    println!(
+        "baseline: bare QUIC dial to a known address + one echo, public peers: {:.1} ms ({:.1} RTT)",
+        ms(quic),
+        in_rtts(quic)
+    );
+    println!(
+        "delay link ceiling: {:.0} frames/s through one link's relay threads",
+        ceiling
+    );
+    println!();
+    println!(
+        "{:<15} {:<15} {:>22} {:>22} {:>8}",
+        "requester", "acceptor", "first message", "direct path", "direct"
+    );
+    let mut over = Vec::new();
+    for (i, req_kind) in NatKind::ALL.into_iter().enumerate() {
+        for (j, acc_kind) in NatKind::ALL.into_iter().enumerate() {
+            let (rh, rr) = lab.add_peer(&format!("req{i}{j}"), req_kind).unwrap();
+            let (ah, ar) = lab.add_peer(&format!("acc{i}{j}"), acc_kind).unwrap();
+            let (req, acc) = (NsRuntime::start(&rh.ns), NsRuntime::start(&ah.ns));
+            let mut firsts = Vec::new();
+            let mut directs = Vec::new();
+            for run in 0..runs {
+                for r in [&rr, &ar].into_iter().flatten() {
+                    lab.flush_mappings(r).unwrap();
+                }
+                let (first, direct) = one_setup(
+                    &server_addr,
+                    (&req, &format!("req{i}{j}n{run}")),
+                    (&acc, &format!("acc{i}{j}n{run}")),
+                    direct_wait,
+                );
+                firsts.push(first);
+                directs.extend(direct);
+            }
+            let n_direct = directs.len();
+            let first = median(&mut firsts).unwrap();
+            let direct = median(&mut directs);
+            println!(
+                "{:<15} {:<15} {:>9.0} ms {:>5.1} RTT {:>22} {:>5}/{runs}",
+                format!("{req_kind:?}"),
+                format!("{acc_kind:?}"),
+                ms(first),
+                in_rtts(first),
+                direct
+                    .map(|d| format!("{:.0} ms {:>5.1} RTT", ms(d), in_rtts(d)))
+                    .unwrap_or_else(|| "relayed".into()),
+                n_direct
+            );
+            if in_rtts(first) > 4.0 {
+                over.push(format!(
+                    "{req_kind:?} x {acc_kind:?}: first message {:.1} RTT",
+                    in_rtts(first)
+                ));
+            }
+            if direct.is_some_and(|d| in_rtts(d) > 6.0) {
+                over.push(format!(
+                    "{req_kind:?} x {acc_kind:?}: direct path {:.1} RTT",
+                    in_rtts(direct.unwrap())
+                ));
+            }
+        }
+    }
+    println!();
+    if over.is_empty() {
+        println!(
+            "targets met: first message within 4 RTT, direct path within 6 RTT, in every cell"
+        );
+    } else {
+        println!("over target (first message 4 RTT, direct 6 RTT):");
+        for o in over {
+            println!("  {o}");
+        }
+    }
+    server_stop.cancel();
+    drop(server_rt);
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
