@@ -13,11 +13,10 @@
 //!
 //! Needs root (the lab); run with `cargo run --release -p burrow-bench -- setup`.
 
-use std::future::Future;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use burrow_lab::{Host, Lab, NatKind, SERVER_ADDRS};
+use burrow_lab::{Host, Lab, NatKind, NsRuntime, SERVER_ADDRS};
 use burrow_node::api::ConnectionState;
 use burrow_node::{Node, NodeConfig, NodeEvent};
 use burrow_proto::{Name, SecretKey, ServerAddr};
@@ -62,58 +61,6 @@ fn main() {
             delay_ms,
             direct_wait,
         } => setup(runs, Duration::from_millis(delay_ms), direct_wait),
-    }
-}
-
-/// A tokio runtime on its own thread inside a lab namespace: everything it runs
-/// (sockets included) lives there.
-struct NsRuntime {
-    handle: tokio::runtime::Handle,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl NsRuntime {
-    fn start(ns: &str) -> NsRuntime {
-        let (htx, hrx) = std::sync::mpsc::channel();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let ns = ns.to_string();
-        let thread = std::thread::spawn(move || {
-            burrow_lab::enter_namespace(&ns).expect("enter the lab namespace");
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a tokio runtime");
-            htx.send(rt.handle().clone()).expect("the caller waits");
-            rt.block_on(async {
-                let _ = stopped.await;
-            });
-        });
-        NsRuntime {
-            handle: hrx.recv().expect("the runtime starts"),
-            stop: Some(stop),
-            thread: Some(thread),
-        }
-    }
-
-    /// Runs `f` on this runtime (in its namespace) and waits for its result.
-    fn run<T: Send + 'static>(&self, f: impl Future<Output = T> + Send + 'static) -> T {
-        let (tx, rx) = std::sync::mpsc::channel();
-        self.handle.spawn(async move {
-            let _ = tx.send(f.await);
-        });
-        rx.recv().expect("the task finishes")
-    }
-}
-
-impl Drop for NsRuntime {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
@@ -192,7 +139,10 @@ fn link_ceiling(from: &Host, server: &Host) -> f64 {
 /// Bare QUIC between two public peers: dial a known address with a known key,
 /// one 4-byte echo. No rendezvous, no NAT: the floor for a first message.
 fn bare_quic(a: &Host, b: &Host, runs: usize) -> Duration {
-    let (ra, rb) = (NsRuntime::start(&a.ns), NsRuntime::start(&b.ns));
+    let (ra, rb) = (
+        NsRuntime::start(&a.ns).unwrap(),
+        NsRuntime::start(&b.ns).unwrap(),
+    );
     let mut times = Vec::new();
     for i in 0..runs + 1 {
         let kb = SecretKey::generate(&mut rand::thread_rng());
@@ -273,7 +223,7 @@ fn one_setup(
     // The acceptor says yes at once.
     let a = acceptor.clone();
     let asker = req_name.clone();
-    acc.handle.spawn(async move {
+    acc.spawn(async move {
         let mut events = a.subscribe();
         while let Ok(e) = events.recv().await {
             if matches!(e, NodeEvent::IncomingRequest { .. }) {
@@ -351,7 +301,7 @@ fn setup(runs: usize, delay: Duration, direct_wait: Duration) {
     });
     lab.set_uplink_delay(delay);
 
-    let server_rt = NsRuntime::start(&lab.server().ns);
+    let server_rt = NsRuntime::start(&lab.server().ns).unwrap();
     let srv_dir = tempfile::tempdir().unwrap();
     let srv_home = srv_dir.path().to_path_buf();
     let (server_addr, server_stop) = server_rt.run(async move {
@@ -405,7 +355,10 @@ fn setup(runs: usize, delay: Duration, direct_wait: Duration) {
         for (j, acc_kind) in NatKind::ALL.into_iter().enumerate() {
             let (rh, rr) = lab.add_peer(&format!("req{i}{j}"), req_kind).unwrap();
             let (ah, ar) = lab.add_peer(&format!("acc{i}{j}"), acc_kind).unwrap();
-            let (req, acc) = (NsRuntime::start(&rh.ns), NsRuntime::start(&ah.ns));
+            let (req, acc) = (
+                NsRuntime::start(&rh.ns).unwrap(),
+                NsRuntime::start(&ah.ns).unwrap(),
+            );
             let mut firsts = Vec::new();
             let mut directs = Vec::new();
             for run in 0..runs {

@@ -33,6 +33,7 @@
 
 pub mod delay;
 mod ns;
+mod rt;
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::process::Command;
@@ -40,6 +41,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 pub use ns::{enter as enter_namespace, socket_in};
+pub use rt::NsRuntime;
 
 /// Why the lab could not be built or changed.
 #[derive(Debug, thiserror::Error)]

@@ -224,8 +224,14 @@ impl PunchSession {
                     data: ack,
                 });
                 if self.succeeded.is_none() {
-                    // A peer-reflexive candidate: probe back where it came from.
-                    self.add_candidate(now, from);
+                    // The peer reaches us from `from`: probe back there now (a
+                    // "triggered check", as ICE calls it) rather than at the next
+                    // retry, and add it if the server didn't know it (a
+                    // peer-reflexive candidate).
+                    match self.candidates.iter_mut().find(|c| c.addr == from) {
+                        Some(c) => c.next_at = c.next_at.min(now),
+                        None => self.add_candidate(now, from),
+                    }
                 }
             }
             Kind::Ack => {
@@ -440,6 +446,41 @@ mod tests {
         assert_eq!(ea, Some(PunchEvent::Success { addr: ba }));
         assert_eq!(eb, Some(PunchEvent::Success { addr: aa }));
         assert_eq!(took, Duration::ZERO);
+    }
+
+    #[test]
+    fn a_probe_from_the_peer_triggers_ours_at_once() {
+        // a's first probe is lost (b wasn't listening yet); b's arrives: a probes
+        // b again right away instead of at its next retry.
+        let now = Instant::now();
+        let (aa, ba) = (addr("198.51.100.10:1000"), addr("198.51.100.11:2000"));
+        let mut a = PunchSession::new(
+            now,
+            Role::Requester,
+            ticket(),
+            &[ba],
+            PunchConfig::default(),
+            1,
+        );
+        let mut b = PunchSession::new(
+            now,
+            Role::Acceptor,
+            ticket(),
+            &[aa],
+            PunchConfig::default(),
+            2,
+        );
+        assert!(a.poll_transmit(now).is_some(), "a's first probe (lost)");
+        let probe = b.poll_transmit(now).unwrap();
+        assert!(a.handle_datagram(now, ba, &probe.data));
+        let ack = a.poll_transmit(now).unwrap();
+        let again = a.poll_transmit(now).expect("a triggered probe, now");
+        assert_eq!(again.to, ba);
+        assert!(b.handle_datagram(now, aa, &ack.data));
+        assert!(b.handle_datagram(now, aa, &again.data));
+        let b_ack = std::iter::from_fn(|| b.poll_transmit(now)).last().unwrap();
+        assert!(a.handle_datagram(now, ba, &b_ack.data));
+        assert_eq!(a.poll_event(), Some(PunchEvent::Success { addr: ba }));
     }
 
     #[test]

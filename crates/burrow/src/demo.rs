@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use burrow_node::api::ConnectionState;
 use burrow_node::{Node, NodeConfig, NodeEvent};
 use burrow_proto::{SecretKey, ServerAddr};
 use burrow_server::{Server, ServerConfig};
@@ -128,20 +129,31 @@ pub async fn run() -> Result<(), CliError> {
     })
     .await?;
     println!(
-        "  bob     connected to alice: {path} QUIC to {remote}, TLS 1.3 with raw Ed25519 keys, rtt {rtt:.2} ms ({} after asking)",
+        "  bob     connected to alice: {path} QUIC ({remote}), TLS 1.3 with raw Ed25519 keys, rtt {rtt:.2} ms ({} after asking)",
         ms(asked.elapsed())
     );
+    if path != ConnectionState::Direct {
+        // It started on the relay; the punch moves it.
+        let remote = wait_for(&mut bob_events, "the direct path", |e| match e {
+            NodeEvent::PathChanged {
+                name,
+                path: ConnectionState::Direct,
+                remote,
+            } if name == "alice" => Some(remote.clone()),
+            _ => None,
+        })
+        .await?;
+        println!(
+            "          moved to a direct path ({remote}) {} after asking",
+            ms(asked.elapsed())
+        );
+    }
 
     let sent = Instant::now();
-    bob.send(
-        "alice",
-        "hi alice, it's bob. direct and end-to-end encrypted!",
-    )
-    .await
-    .map_err(|e| CliError::new(e, None))?;
-    println!(
-        "  bob     $ burrow send alice \"hi alice, it's bob. direct and end-to-end encrypted!\""
-    );
+    bob.send("alice", "hi alice, it's bob. end-to-end encrypted!")
+        .await
+        .map_err(|e| CliError::new(e, None))?;
+    println!("  bob     $ burrow send alice \"hi alice, it's bob. end-to-end encrypted!\"");
     println!(
         "          delivered, stored by alice and acknowledged in {}",
         ms(sent.elapsed())

@@ -4,6 +4,8 @@
 
 mod client;
 mod demo;
+#[cfg(target_os = "linux")]
+mod demo_lab;
 mod serve;
 mod up;
 
@@ -53,7 +55,12 @@ enum Command {
     /// Run a node in the foreground: register, watch presence, accept connections.
     Up(up::UpArgs),
     /// Run a server and two nodes on this machine and show them connect and chat.
-    Demo,
+    Demo {
+        /// Behind real NATs: build a small internet in network namespaces (root
+        /// needed) with alice, bob and carol behind three NAT routers.
+        #[arg(long)]
+        lab: bool,
+    },
     /// Show this node's id, name, server, public address and connections.
     Status,
     /// List who is online and the state of each link.
@@ -162,7 +169,8 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Server(args) => serve::run(home, args).await,
         Command::Up(args) => up::run(home, args).await,
-        Command::Demo => demo::run().await,
+        Command::Demo { lab: false } => demo::run().await,
+        Command::Demo { lab: true } => demo_lab().await,
         Command::Status => client::status(&home, cli.json).await,
         Command::Peers => client::peers(&home, cli.json).await,
         Command::Nat => client::nat(&home, cli.json).await,
@@ -186,6 +194,19 @@ async fn run(cli: Cli) -> Result<(), CliError> {
 }
 
 /// Waits for Ctrl-C or SIGTERM.
+#[cfg(target_os = "linux")]
+async fn demo_lab() -> Result<(), CliError> {
+    demo_lab::run().await
+}
+
+#[cfg(not(target_os = "linux"))]
+async fn demo_lab() -> Result<(), CliError> {
+    Err(CliError::new(
+        "demo --lab needs Linux network namespaces",
+        Some("run `burrow demo` without --lab".into()),
+    ))
+}
+
 async fn stop_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("installing a SIGTERM handler succeeds");
