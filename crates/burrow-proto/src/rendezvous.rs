@@ -120,8 +120,6 @@ pub enum Refusal {
     PeerOffline,
     /// There is no pending request to answer or cancel.
     NoSuchRequest,
-    /// There is no link with that peer (the server brokered none, or it ended).
-    NoSuchLink,
     /// A node can't connect to itself.
     SelfConnect,
     /// The same request is already pending.
@@ -137,7 +135,6 @@ impl std::fmt::Display for Refusal {
             Refusal::HelloExpected => "the first message must be Hello",
             Refusal::PeerOffline => "that peer is not online",
             Refusal::NoSuchRequest => "there is no such pending request",
-            Refusal::NoSuchLink => "the server has no link with that peer",
             Refusal::SelfConnect => "a node cannot connect to itself",
             Refusal::AlreadyPending => "a request to that peer is already pending",
             Refusal::TooManyRequests => "too many requests pending",

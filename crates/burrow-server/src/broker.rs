@@ -413,13 +413,13 @@ impl Registry {
         self.wishes.retain(|k, _| k.0 != id && k.1 != id);
     }
 
-    /// `from` wants a fresh punch with `peer` (see the module's rules).
+    /// `from` wants a fresh punch with `peer` (see the module's rules). Nodes
+    /// ask in the background, so nothing is refused out loud: a request that
+    /// can't be met (the peer is offline, too many wishes) is dropped, and the
+    /// node asks again on its schedule or when the peer comes back.
     fn repunch(&mut self, now: Instant, from: NodeId, peer: NodeId) -> Vec<Out> {
-        if from == peer {
-            return vec![refused(from, Some(peer), Refusal::SelfConnect)];
-        }
-        if !self.nodes.contains_key(&peer) {
-            return vec![refused(from, Some(peer), Refusal::PeerOffline)];
+        if from == peer || !self.nodes.contains_key(&peer) {
+            return Vec::new();
         }
         let key = pair(from, peer);
         let relay = match self.links.get_mut(&key) {
@@ -434,7 +434,7 @@ impl Registry {
             None => {
                 let mine = self.wishes.keys().filter(|(a, _)| *a == from).count();
                 if mine >= self.config.max_pending_per_node {
-                    return vec![refused(from, Some(peer), Refusal::TooManyRequests)];
+                    return Vec::new();
                 }
                 self.wishes
                     .insert((from, peer), now + self.config.request_ttl);
