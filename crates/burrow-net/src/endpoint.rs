@@ -49,6 +49,11 @@ pub struct EndpointConfig {
     /// Bytes a peer may have in flight on one connection. Default 8 MiB. With the
     /// stream limit, this bounds what one peer can make us buffer.
     pub receive_window: u32,
+    /// Let incoming connections follow a client to a new address (QUIC
+    /// migration). Servers do (a node's NAT may move it); nodes don't: their
+    /// peers' paths change underneath the virtual address ([`crate::paths`]),
+    /// and a connection quinn moved to a real address would leave that table.
+    pub allow_migration: bool,
 }
 
 impl Default for EndpointConfig {
@@ -63,6 +68,7 @@ impl Default for EndpointConfig {
             max_bidi_streams: 32,
             stream_window: 1_250_000,
             receive_window: 8 << 20,
+            allow_migration: true,
         }
     }
 }
@@ -124,10 +130,11 @@ pub enum StunQueryError {
 type Waiters = Arc<Mutex<HashMap<TransactionId, oneshot::Sender<stun::Response>>>>;
 
 /// Decides where a relay datagram goes (see [`Endpoint::set_relay`]): given who
-/// sent it, its channel and its size, the address to forward it to, or `None` to
-/// drop it.
+/// sent it, its channel and its size, the address to forward it to and, on a
+/// server with several addresses, the one to send from (the one that node talks
+/// to, which is the only source it accepts relayed packets from); `None` drops it.
 pub type RelayHandler =
-    Arc<dyn Fn(SocketAddr, &Channel, usize) -> Option<SocketAddr> + Send + Sync>;
+    Arc<dyn Fn(SocketAddr, &Channel, usize) -> Option<(SocketAddr, Option<IpAddr>)> + Send + Sync>;
 type RelaySlot = Arc<OnceLock<RelayHandler>>;
 /// Where the main socket's STUN requests go when the server runs a [`StunGrid`].
 type GridSlot = Arc<Mutex<Option<std::sync::Weak<StunGrid>>>>;
@@ -200,6 +207,7 @@ impl Endpoint {
                 .expect("TLS 1.3 with an initial suite is QUIC-capable");
             let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
             server.transport_config(transport.clone());
+            server.migration(config.allow_migration);
             Some(server)
         };
         let mut endpoint_config = quinn::EndpointConfig::default();
@@ -416,8 +424,8 @@ async fn dispatch(
     while let Some(RawDatagram { from, data }) = rx.recv().await {
         if let Some((channel, _)) = relay::parse(&data) {
             match relay.get().and_then(|h| h(from, &channel, data.len())) {
-                Some(to) => {
-                    if let Err(e) = raw.send(to, &data) {
+                Some((to, src)) => {
+                    if let Err(e) = raw.send_from(to, src, &data) {
                         tracing::debug!(%to, error = %e, "relayed datagram not sent");
                     }
                 }
@@ -701,8 +709,8 @@ mod tests {
             }
             count.fetch_add(1, Ordering::Relaxed);
             match from {
-                f if f == aa => Some(ba),
-                f if f == ba => Some(aa),
+                f if f == aa => Some((ba, None)),
+                f if f == ba => Some((aa, None)),
                 _ => None,
             }
         }));

@@ -21,7 +21,7 @@
 
 use std::fmt;
 use std::io::{self, IoSliceMut};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -74,12 +74,18 @@ impl RawSender {
     /// Sends one datagram now, or fails with `WouldBlock` when the socket buffer is
     /// full: raw datagrams (STUN, probes) are retried by their protocols, not queued.
     pub fn send(&self, to: SocketAddr, data: &[u8]) -> io::Result<()> {
+        self.send_from(to, None, data)
+    }
+
+    /// Like [`Self::send`], from local address `src` when given (a socket bound
+    /// to every address otherwise lets the kernel choose).
+    pub fn send_from(&self, to: SocketAddr, src: Option<IpAddr>, data: &[u8]) -> io::Result<()> {
         self.inner.try_send(&Transmit {
             destination: to,
             ecn: None,
             contents: data,
             segment_size: None,
-            src_ip: None,
+            src_ip: src,
         })
     }
 }
@@ -308,8 +314,12 @@ impl AsyncUdpSocket for DemuxSocket {
             .route_send(transmit.destination, std::time::Instant::now())
         {
             SendRoute::AsAddressed => self.inner.try_send(transmit),
+            // The kernel picks the source address for the real destination:
+            // the one quinn remembers came with the first packet, which may have
+            // arrived on another path (through the relay).
             SendRoute::Direct(to) => self.inner.try_send(&Transmit {
                 destination: to,
+                src_ip: None,
                 ..*transmit
             }),
             SendRoute::Relay(server, channel) => self.send_relayed(server, channel, transmit),

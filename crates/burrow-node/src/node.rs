@@ -334,6 +334,7 @@ impl Node {
                 alpns: vec![chat::ALPN],
                 keepalive: Some(config.keepalive),
                 idle_timeout: config.idle_timeout,
+                allow_migration: false,
                 ..EndpointConfig::default()
             },
         )?;

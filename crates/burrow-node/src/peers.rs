@@ -186,10 +186,15 @@ pub(crate) fn request_repunch(inner: &Inner, peer: NodeId) {
     }
 }
 
+/// Requests sent at once by [`relink_all`]; the rest follow at [`RELINK_PACE`],
+/// within the server's message rate (20/s, bursts of 40).
+const RELINK_BURST: usize = 16;
+const RELINK_PACE: Duration = Duration::from_millis(100);
+
 /// Asks for fresh punches with every peer we have a connection with (after we
-/// registered again, or they did: addresses may have changed, and after a
-/// server restart the link must be made again).
-pub(crate) fn relink_all(inner: &Inner) {
+/// registered again: addresses may have changed, and after a server restart the
+/// link must be made again).
+pub(crate) fn relink_all(inner: &Arc<Inner>) {
     let linked: Vec<NodeId> = inner
         .state()
         .peers
@@ -197,9 +202,19 @@ pub(crate) fn relink_all(inner: &Inner) {
         .filter(|(_, p)| p.connected())
         .map(|(id, _)| *id)
         .collect();
-    for peer in linked {
-        request_repunch(inner, peer);
-    }
+    let Some(tx) = inner.state().server_tx.clone() else {
+        return;
+    };
+    inner.spawn(async move {
+        for (i, peer) in linked.into_iter().enumerate() {
+            if i >= RELINK_BURST {
+                tokio::time::sleep(RELINK_PACE).await;
+            }
+            if tx.send(ClientMsg::Repunch { peer }).await.is_err() {
+                return;
+            }
+        }
+    });
 }
 
 /// Ends our link with `peer`: its path is forgotten, the server stops relaying.

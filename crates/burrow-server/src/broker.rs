@@ -167,6 +167,8 @@ impl Registry {
         lan: Vec<SocketAddr>,
     ) -> Vec<Out> {
         let id = info.id;
+        // A node joining again under a new session stays online to everyone
+        // (they hear PeerJoined again, not PeerLeft); only its requests end.
         let mut out = if self.nodes.contains_key(&id) {
             self.end_requests_of(id)
         } else {
@@ -245,11 +247,6 @@ impl Registry {
                 out.push(closed(from, to, Direction::Outgoing, CloseReason::PeerLeft));
             }
         }
-        out.extend(
-            self.nodes
-                .keys()
-                .map(|&other| (other, ServerMsg::PeerLeft { id })),
-        );
         out
     }
 
@@ -748,7 +745,11 @@ mod tests {
                 reason: CloseReason::PeerLeft
             }
         )));
-        assert!(out.contains(&(a.id, ServerMsg::PeerLeft { id: b.id })));
+        let lefts = out
+            .iter()
+            .filter(|o| **o == (a.id, ServerMsg::PeerLeft { id: b.id }))
+            .count();
+        assert_eq!(lefts, 1, "told once: {out:?}");
         assert_eq!(r.online(), 1);
 
         // bob reconnected (session 4) before his old session (3) noticed it was dead:
@@ -775,6 +776,16 @@ mod tests {
                 reason: CloseReason::PeerLeft
             }
         )));
+        // bob is told nothing before its Welcome, and nobody hears it left.
+        let to_bob: Vec<_> = out.iter().filter(|(to, _)| *to == b.id).collect();
+        assert!(
+            matches!(to_bob[0].1, ServerMsg::Welcome { .. }),
+            "{to_bob:?}"
+        );
+        assert!(!out
+            .iter()
+            .any(|(_, m)| matches!(m, ServerMsg::PeerLeft { .. })));
+        assert!(out.contains(&(a.id, ServerMsg::PeerJoined(b.clone()))));
         // bob can ask again at once.
         let out = r.handle_msg(now, b.id, ClientMsg::Connect { peer: a.id });
         assert_eq!(out[0], (b.id, ServerMsg::Pending { peer: a.id }));

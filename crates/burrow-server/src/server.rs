@@ -1,7 +1,7 @@
 //! The server's driver: accepts node connections and runs the registry.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -95,19 +95,27 @@ struct Hub {
 impl Hub {
     /// Where a relay datagram on `channel` from `from` goes: to the other end of
     /// a live link, if `from` is one end's current address and within its quota.
-    fn relay(&mut self, from: SocketAddr, channel: &Channel, len: usize) -> Option<SocketAddr> {
+    fn relay(
+        &mut self,
+        from: SocketAddr,
+        channel: &Channel,
+        len: usize,
+    ) -> Option<(SocketAddr, Option<IpAddr>)> {
         let (a, b) = self.registry.channel_ends(channel)?;
         let addr_of = |id: &NodeId| self.sessions.get(id).map(|s| s.conn.remote_address());
         let (addr_a, addr_b) = (addr_of(&a)?, addr_of(&b)?);
-        let (sender, to) = if from == addr_a {
-            (a, addr_b)
+        let (sender, to, to_id) = if from == addr_a {
+            (a, addr_b, b)
         } else if from == addr_b {
-            (b, addr_a)
+            (b, addr_a, a)
         } else {
             return None;
         };
+        // From the address the receiver talks to: it takes relayed packets only
+        // from there.
+        let src = self.sessions.get(&to_id).and_then(|s| s.conn.local_ip());
         match self.registry.charge_relay(Instant::now(), sender, len) {
-            Ok(()) => Some(to),
+            Ok(()) => Some((to, src)),
             Err(RelayDrop::OverQuota { first: true }) => {
                 warn!(node = %sender.short(), "relay quota used up; relaying nothing more from it this session");
                 None

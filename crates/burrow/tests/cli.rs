@@ -183,6 +183,24 @@ fn a_node_killed_without_goodbye_is_noticed() {
     alice.expect_line("bob is online");
 }
 
+#[test]
+fn a_node_restarted_at_once_takes_over_its_old_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ah, bh) = (dir.path().join("alice"), dir.path().join("bob"));
+    let (_srv, url) = server(&dir.path().join("srv"));
+    let mut alice = up(&ah, &url, "alice");
+    let mut bob = up(&bh, &url, "bob");
+    alice.expect_line("bob is online");
+    bob.child.kill().unwrap(); // no goodbye: the server still has bob's session
+    bob.child.wait().unwrap();
+    // The new session replaces the old one: bob is up at once (its first
+    // message from the server is the Welcome), and for alice bob never left.
+    let _bob = up(&bh, &url, "bob");
+    alice.expect_line("bob is online");
+    let peers = json(&ah, &["peers"]);
+    assert_eq!(peer(&peers, "bob").unwrap()["online"], true, "{peers}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_input_does_not_stop_the_server() {
     use burrow_net::{Endpoint, EndpointConfig};
