@@ -46,18 +46,8 @@ fn every_pair_of_nat_kinds() {
             let (q, a) = (format!("q{i}{j}"), format!("a{i}{j}"));
             let (q_host, _) = lab.add_peer(&q, req_kind).unwrap();
             let (a_host, _) = lab.add_peer(&a, acc_kind).unwrap();
-            let (q_home, a_home) = (dir.path().join(&q), dir.path().join(&a));
-            let up = |host: &burrow_lab::Host, home: &std::path::Path, name: &str| {
-                let mut cmd = host.command(BIN);
-                cmd.arg("--home")
-                    .arg(home)
-                    .args(["up", "--server", &url, "--name", name]);
-                let mut p = Proc::spawn_command(cmd);
-                p.expect_line("is up");
-                p
-            };
-            let mut qp = up(&q_host, &q_home, &q);
-            let mut ap = up(&a_host, &a_home, &a);
+            let (mut qp, q_home) = lab_up(&q_host, dir.path(), &url, &q);
+            let (mut ap, a_home) = lab_up(&a_host, dir.path(), &url, &a);
             wait_json(&q_home, &["peers"], "the acceptor online", |v| {
                 peer(v, &a).is_some_and(|p| p["online"] == true)
             });
