@@ -41,16 +41,9 @@ enum Bench {
         #[arg(long, default_value_t = 10)]
         delay_ms: u64,
         /// How long a run waits for the direct path.
-        #[arg(long, default_value = "11s", value_parser = humantime_secs)]
+        #[arg(long, default_value = "11s", value_parser = humantime::parse_duration)]
         direct_wait: Duration,
     },
-}
-
-fn humantime_secs(s: &str) -> Result<Duration, String> {
-    let secs = s.trim_end_matches('s');
-    secs.parse::<f64>()
-        .map(Duration::from_secs_f64)
-        .map_err(|e| format!("{s}: {e} (write e.g. 11s)"))
 }
 
 fn main() {

@@ -142,25 +142,31 @@ impl DemuxSocket {
     /// burrow's own (diverted); else its source as quinn knows it and where its
     /// QUIC packet starts (after a relay header).
     fn classify(&self, from: SocketAddr, data: &[u8]) -> Option<(SocketAddr, usize)> {
-        if let Some((channel, _)) = relay::parse(data) {
-            return match self.paths.route_relay_recv(&channel, from) {
-                Some(v) => Some((self.for_quinn(v), relay::HEADER_LEN)),
-                None => {
-                    // Not a channel of ours: the server's relay forwards it. Or
-                    // one we are about to learn of: keep it for a moment.
-                    self.paths.hold_early(channel, from, data);
-                    self.divert(from, data);
-                    None
-                }
-            };
+        match self.relayed(from, data) {
+            Relayed::Ours(v, _) => Some((self.for_quinn(v), relay::HEADER_LEN)),
+            Relayed::Diverted => None,
+            Relayed::No if is_burrow_datagram(data) => {
+                self.divert(from, data);
+                None
+            }
+            Relayed::No => Some((self.direct_source(from), 0)),
         }
-        if is_burrow_datagram(data) {
-            self.divert(from, data);
-            return None;
-        }
-        match self.paths.route_direct_recv(from) {
-            Some(v) => Some((self.for_quinn(v), 0)),
-            None => Some((from, 0)),
+    }
+
+    /// Whether `data` is a relay datagram, and if so, whose: a relay datagram on
+    /// a channel not ours is diverted (the server's relay forwards it) and held
+    /// for a moment (it may be on a channel we are about to learn of).
+    fn relayed<'a>(&self, from: SocketAddr, data: &'a [u8]) -> Relayed<'a> {
+        let Some((channel, packet)) = relay::parse(data) else {
+            return Relayed::No;
+        };
+        match self.paths.route_relay_recv(&channel, from) {
+            Some(v) => Relayed::Ours(v, packet),
+            None => {
+                self.paths.hold_early(channel, from, data);
+                self.divert(from, data);
+                Relayed::Diverted
+            }
         }
     }
 
@@ -234,22 +240,15 @@ impl DemuxSocket {
     fn keep_batch(&self, data: &[u8], m: RecvMeta) -> bool {
         let mut quic = false;
         for seg in data.chunks(m.stride.max(1)) {
-            if let Some((channel, packet)) = relay::parse(seg) {
-                match self.paths.route_relay_recv(&channel, m.addr) {
-                    Some(v) => {
-                        if !self.paths.push_inbox((v, packet.to_vec())) {
-                            self.dropped.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    None => {
-                        self.paths.hold_early(channel, m.addr, seg);
-                        self.divert(m.addr, seg);
+            match self.relayed(m.addr, seg) {
+                Relayed::Ours(v, packet) => {
+                    if !self.paths.push_inbox((v, packet.to_vec())) {
+                        self.dropped.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-            } else if is_burrow_datagram(seg) {
-                self.divert(m.addr, seg);
-            } else {
-                quic = true;
+                Relayed::Diverted => {}
+                Relayed::No if is_burrow_datagram(seg) => self.divert(m.addr, seg),
+                Relayed::No => quic = true,
             }
         }
         quic
@@ -263,6 +262,16 @@ impl DemuxSocket {
             None => from,
         }
     }
+}
+
+/// What a received datagram is, as far as the relay goes.
+enum Relayed<'a> {
+    /// Not a relay datagram.
+    No,
+    /// A relayed packet of the peer at this virtual address.
+    Ours(SocketAddr, &'a [u8]),
+    /// A relay datagram that isn't ours: diverted.
+    Diverted,
 }
 
 /// Moves `len` bytes at `start` of datagram `from` to the front of slot `to`
