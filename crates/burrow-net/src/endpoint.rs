@@ -49,6 +49,10 @@ pub struct EndpointConfig {
     /// Bytes a peer may have in flight on one connection. Default 8 MiB. With the
     /// stream limit, this bounds what one peer can make us buffer.
     pub receive_window: u32,
+    /// Bytes we keep in flight (sent, not yet acknowledged) on one connection.
+    /// Default 8 MiB. Like the receive windows, it caps a connection's rate at
+    /// window / round trip.
+    pub send_window: u64,
     /// Let incoming connections follow a client to a new address (QUIC
     /// migration). Servers do (a node's NAT may move it); nodes don't: their
     /// peers' paths change underneath the virtual address ([`crate::paths`]),
@@ -68,6 +72,7 @@ impl Default for EndpointConfig {
             max_bidi_streams: 32,
             stream_window: 1_250_000,
             receive_window: 8 << 20,
+            send_window: 8 << 20,
             allow_migration: true,
         }
     }
@@ -190,6 +195,7 @@ impl Endpoint {
             .max_concurrent_bidi_streams(config.max_bidi_streams.into())
             .stream_receive_window(config.stream_window.into())
             .receive_window(config.receive_window.into())
+            .send_window(config.send_window)
             .keep_alive_interval(config.keepalive);
         transport.max_idle_timeout(Some(
             config

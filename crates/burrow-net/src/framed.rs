@@ -60,6 +60,12 @@ impl FrameReader {
         }
         Ok(Some(frame::decode_body(self.version, &body)?))
     }
+
+    /// The stream, for what follows the frames (it reads no further than the
+    /// frames it returned).
+    pub fn into_inner(self) -> quinn::RecvStream {
+        self.stream
+    }
 }
 
 /// Writes frames of one protocol version.
@@ -90,5 +96,10 @@ impl FrameWriter {
     /// Finishes the stream: the peer's reader sees a clean end.
     pub fn finish(&mut self) {
         let _ = self.stream.finish();
+    }
+
+    /// The stream, to send what follows the frames.
+    pub fn into_inner(self) -> quinn::SendStream {
+        self.stream
     }
 }

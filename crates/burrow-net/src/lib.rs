@@ -27,4 +27,4 @@ pub use endpoint::{
 pub use framed::{FrameReader, FrameWriter, FramedError};
 pub use paths::{Health, PathStatus, PathTable, Route};
 pub use stun_server::StunGrid;
-pub use tls::peer_id;
+pub use tls::{alpn, peer_id};

@@ -63,7 +63,15 @@ pub fn server_config(secret: &SecretKey, alpns: &[&[u8]]) -> rustls::ServerConfi
     cfg
 }
 
-/// The key the other end of `conn` proved in its handshake.
+/// The protocol (ALPN) `conn` agreed on.
+pub fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
+    conn.handshake_data()?
+        .downcast::<quinn::crypto::rustls::HandshakeData>()
+        .ok()?
+        .protocol
+}
+
+/// The key the peer proved in `conn`'s handshake.
 pub fn peer_id(conn: &quinn::Connection) -> Option<NodeId> {
     let identity = conn.peer_identity()?;
     let certs = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;

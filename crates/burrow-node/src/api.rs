@@ -3,8 +3,9 @@
 //! One JSON object per line on the Unix socket `home/control.sock`. A request is
 //! `{"cmd": "...", ...}`; every reply is `{"ok": true, "data": ...}` or
 //! `{"ok": false, "error": "...", "hint": "..."}`. `messages` with `follow` keeps
-//! the connection open and sends one more `ok` line per new message. The CLI's
-//! `--json` prints `data` exactly as received.
+//! the connection open and sends one more `ok` line per new message; `get` sends
+//! `{"progress": ...}` and `{"notice": "..."}` lines ([`GetUpdate`]) before its
+//! result ([`GetView`]). The CLI's `--json` prints `data` exactly as received.
 
 use serde::{Deserialize, Serialize};
 
@@ -45,6 +46,41 @@ pub enum Request {
     },
     /// Diagnose the NAT in front of this node (RFC 5780 tests against the server).
     Nat,
+    /// Offer a file: hash it (once) and tell the tracker.
+    Share {
+        /// Absolute path of the file.
+        path: String,
+        /// The name to offer it under (default: its file name).
+        #[serde(default)]
+        name: Option<String>,
+    },
+    /// Stop offering a file.
+    Unshare {
+        /// Its hash, or its share name.
+        file: String,
+    },
+    /// What this node offers.
+    Shares,
+    /// Search the server's tracker by name.
+    Search {
+        /// Text the name contains.
+        query: String,
+    },
+    /// Ask a connected peer what it offers.
+    Files {
+        /// Name or id (prefix).
+        peer: String,
+    },
+    /// Download a file from every online provider (streams [`GetUpdate`]s).
+    Get {
+        /// The hash, or a name the tracker knows (unique).
+        file: String,
+        /// Absolute directory to save it in.
+        dir: String,
+        /// Replace a file of the same name there.
+        #[serde(default)]
+        force: bool,
+    },
     /// Chat history (and, with `follow`, new messages as they come).
     Messages {
         /// How many of the newest to return. Default 100.
@@ -54,6 +90,92 @@ pub enum Request {
         #[serde(default)]
         follow: bool,
     },
+}
+
+/// A line `get` sends while it works.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GetUpdate {
+    /// How far it is.
+    Progress {
+        /// Bytes verified and written (including those from before a resume).
+        done: u64,
+        /// The file's size.
+        size: u64,
+        /// Providers sending right now.
+        providers: usize,
+    },
+    /// Something a person should know (a provider dropped, waiting for one to accept).
+    Notice(String),
+}
+
+/// A finished download, as `get --json` prints it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GetView {
+    /// The content hash.
+    pub hash: String,
+    /// The name it was offered under.
+    pub name: String,
+    /// Its size.
+    pub size: u64,
+    /// Where it is now.
+    pub path: String,
+    /// Names of the providers that sent verified data in this run.
+    pub providers: Vec<String>,
+    /// How long this run took.
+    pub elapsed_ms: u64,
+    /// Bytes already verified from an earlier, interrupted run.
+    pub resumed_bytes: u64,
+}
+
+/// A file this node offers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShareView {
+    /// Content hash.
+    pub hash: String,
+    /// The name it is offered under.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Where it is served from.
+    pub path: String,
+    /// It came from a download.
+    pub downloaded: bool,
+}
+
+/// A file another node offers (`files <peer>`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileView {
+    /// Content hash.
+    pub hash: String,
+    /// The name it is offered under.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// A node offering a file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProviderView {
+    /// Its id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+}
+
+/// A tracker search result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SearchView {
+    /// Content hash.
+    pub hash: String,
+    /// The name it is offered under.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Online providers.
+    pub providers: Vec<ProviderView>,
+    /// Providers that offered it but are offline.
+    pub offline_providers: u32,
 }
 
 /// A reply line.

@@ -26,6 +26,9 @@ pub struct NodeConfig {
     pub idle_timeout: Duration,
     /// Longest wait between attempts to reach the server again. Default 30 s.
     pub max_backoff: Duration,
+    /// Offer what we downloaded, as a provider, once it is complete. Default on:
+    /// every finished download adds a source.
+    pub reshare: bool,
 }
 
 impl NodeConfig {
@@ -40,6 +43,7 @@ impl NodeConfig {
             keepalive: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             max_backoff: Duration::from_secs(30),
+            reshare: true,
         }
     }
 }

@@ -133,6 +133,18 @@ async fn client(node: Node, stream: UnixStream) -> std::io::Result<()> {
             Request::Send { peer, text } => {
                 node.send(&peer, &text).await.map(ok).unwrap_or_else(err)
             }
+            Request::Share { path, name } => node
+                .share(&path, name.as_deref())
+                .await
+                .map(ok)
+                .unwrap_or_else(err),
+            Request::Unshare { file } => node.unshare(&file).await.map(ok).unwrap_or_else(err),
+            Request::Shares => node.shares().await.map(ok).unwrap_or_else(err),
+            Request::Search { query } => node.search(&query).await.map(ok).unwrap_or_else(err),
+            Request::Files { peer } => node.files(&peer).await.map(ok).unwrap_or_else(err),
+            Request::Get { file, dir, force } => {
+                return get(node, &file, &dir, force, &mut write).await;
+            }
             Request::Messages { limit, follow } => {
                 let limit = limit.unwrap_or(DEFAULT_MESSAGES);
                 if follow {
@@ -143,6 +155,30 @@ async fn client(node: Node, stream: UnixStream) -> std::io::Result<()> {
         };
         write_reply(&mut write, &reply).await?;
     }
+}
+
+/// Runs a download, sending its progress lines, then its result. If the client
+/// goes away the download stops (what was verified is kept for the next `get`).
+async fn get(
+    node: Node,
+    file: &str,
+    dir: &str,
+    force: bool,
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+) -> std::io::Result<()> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let download = node.get(file, dir, force, tx);
+    tokio::pin!(download);
+    let result = loop {
+        tokio::select! {
+            r = &mut download => break r,
+            Some(update) = rx.recv() => write_reply(write, &ok(update)).await?,
+        }
+    };
+    while let Ok(update) = rx.try_recv() {
+        write_reply(write, &ok(update)).await?;
+    }
+    write_reply(write, &result.map(ok).unwrap_or_else(err)).await
 }
 
 /// Sends the history, then every new message, until the client or node goes away.

@@ -83,4 +83,13 @@ pub enum NodeEvent {
     },
     /// A chat message arrived or was delivered.
     Message(MessageView),
+    /// A shared file is no longer offered.
+    ShareWithdrawn {
+        /// Its share name.
+        name: String,
+        /// Where it was.
+        path: String,
+        /// Why.
+        reason: String,
+    },
 }

@@ -6,11 +6,13 @@
 //!   broker; it reconnects with jittered exponential backoff when the server goes;
 //! - peer links ([`peers`]): dialing an accepted peer's candidates, accepting the
 //!   connections of peers we accepted, and tracking each link's state;
-//! - services, each on its own ALPN: [`chat`] (`burrow/chat/1`) for now;
+//! - services, each on its own ALPN: [`chat`] (`burrow/chat/1`) and [`files`]
+//!   (`burrow/files/1`: sharing, serving verified ranges, multi-source downloads);
 //! - the control API ([`control`]): a Unix socket in the home directory, readable by
 //!   its owner only, that every CLI command talks to.
 //!
-//! State lives in [`burrow_store::NodeStore`] (chat history) and in memory (who is
+//! State lives in [`burrow_store::NodeStore`] (chat history, shares, download
+//! progress), in `home/files/` (outboards, partial downloads) and in memory (who is
 //! online, links). Every protocol step is logged with `tracing`; what a person
 //! should see is published as a [`NodeEvent`].
 
@@ -19,6 +21,7 @@ pub mod chat;
 pub mod config;
 pub mod control;
 pub mod event;
+pub mod files;
 pub mod nat;
 mod node;
 pub mod peers;

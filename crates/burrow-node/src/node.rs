@@ -1,7 +1,7 @@
 //! The node itself: shared state, start-up, the operations the control API exposes,
 //! and shutdown.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime};
 
 use burrow_net::{Endpoint, EndpointConfig};
 use burrow_proto::chat::{self, MessageId};
-use burrow_proto::rendezvous::{ClientMsg, Direction, PeerInfo, Refusal};
-use burrow_proto::{Name, NodeId};
+use burrow_proto::rendezvous::{ClientMsg, Direction, PeerInfo, Refusal, TrackerEntry};
+use burrow_proto::{BlobHash, Name, NodeId};
 use burrow_store::{NodeStore, StoredMessage};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -89,6 +89,11 @@ pub(crate) struct State {
     pub peers: HashMap<NodeId, Peer>,
     /// Operations waiting for the server's answer about a peer (one per peer).
     pub waiters: HashMap<NodeId, (RequestOp, oneshot::Sender<Result<(), Refusal>>)>,
+    /// Tracker searches waiting for their answer, by query id.
+    pub searches: HashMap<u32, oneshot::Sender<Vec<TrackerEntry>>>,
+    pub next_query: u32,
+    /// Files being downloaded now.
+    pub downloads: HashSet<BlobHash>,
 }
 
 impl State {
@@ -273,6 +278,49 @@ pub enum ApiError {
     /// NAT diagnosis failed.
     #[error("NAT diagnosis failed: {0}")]
     Nat(String),
+    /// A local file could not be read, hashed or written.
+    #[error("{0}")]
+    File(String),
+    /// A share name breaks the rules.
+    #[error("bad share name: {0}")]
+    BadName(burrow_proto::files::ShareNameError),
+    /// We don't offer that.
+    #[error("you are not sharing {0:?}")]
+    NoSuchShare(String),
+    /// A name (or hash prefix) that fits several files.
+    #[error("{0:?} names several files: {1}")]
+    AmbiguousFile(String, String),
+    /// The tracker knows no such file.
+    #[error("the tracker knows no file {0:?}")]
+    UnknownFile(String),
+    /// Nobody who has the file is online.
+    #[error("nobody who has {name:?} is online ({offline} providers offline)")]
+    NoProviders {
+        /// The file's name.
+        name: String,
+        /// How many providers are offline.
+        offline: u32,
+    },
+    /// The target file exists.
+    #[error("{0} already exists")]
+    Exists(String),
+    /// We already have this file.
+    #[error("you already have this file: {0}")]
+    AlreadyHave(String),
+    /// The same file is being downloaded already.
+    #[error("{0:?} is already being downloaded")]
+    AlreadyDownloading(String),
+    /// A download stopped before the file was complete.
+    #[error("download stopped: {0}")]
+    Download(String),
+    /// A peer's files service failed.
+    #[error("{name}: {reason}")]
+    Peer {
+        /// The peer.
+        name: String,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 impl ApiError {
@@ -289,6 +337,12 @@ impl ApiError {
             ApiError::AlreadyConnected(n) => format!("burrow send {n} \"...\""),
             ApiError::NotConnected(n) => format!("run burrow connect {n} first; {n} must accept"),
             ApiError::NotDelivered { .. } => "nothing was stored on either side; send it again".into(),
+            ApiError::NoSuchShare(_) => "burrow shares lists what you offer".into(),
+            ApiError::AmbiguousFile(..) => "use the full hash (burrow search shows it)".into(),
+            ApiError::UnknownFile(f) => format!("burrow search {f} finds files whose names contain it"),
+            ApiError::NoProviders { .. } => "try again when a provider is online (burrow search shows them)".into(),
+            ApiError::Exists(_) => "use --force to replace it, or -o to save elsewhere; nothing was lost, the download is kept".into(),
+            ApiError::Download(_) => "run the same get again: it continues from what was already verified".into(),
             _ => return None,
         })
     }
@@ -331,10 +385,13 @@ impl Node {
             &config.secret,
             EndpointConfig {
                 bind: config.bind,
-                alpns: vec![chat::ALPN],
+                alpns: vec![chat::ALPN, burrow_proto::files::ALPN],
                 keepalive: Some(config.keepalive),
                 idle_timeout: config.idle_timeout,
                 allow_migration: false,
+                stream_window: crate::files::STREAM_WINDOW,
+                receive_window: crate::files::RECEIVE_WINDOW,
+                send_window: crate::files::SEND_WINDOW,
                 ..EndpointConfig::default()
             },
         )?;

@@ -367,6 +367,12 @@ pub(crate) async fn accept_loop(inner: Arc<Inner>) {
                 conn.close(quinn::VarInt::from_u32(NOT_ACCEPTED), b"not accepted");
                 return;
             }
+            // Services by protocol: chat carries the link itself; files rides
+            // beside it, to the same admitted peer.
+            if burrow_net::alpn(&conn).as_deref() == Some(burrow_proto::files::ALPN) {
+                crate::files::serve::serve(inner, peer, conn).await;
+                return;
+            }
             register(&inner, peer, conn);
         });
     }

@@ -224,6 +224,7 @@ pub(crate) async fn connect(inner: &Arc<Inner>) -> Result<Session, SessionError>
                 public_addr: observed,
             });
             peers::relink_all(inner);
+            crate::files::announce_all(inner);
             Ok(Session {
                 conn,
                 reader,
@@ -472,6 +473,11 @@ fn handle(inner: &Arc<Inner>, msg: ServerMsg) {
             resolve_waiter(&mut st, peer, |_| true, Err(reason));
         }
         ServerMsg::Refused { peer: None, reason } => warn!(%reason, "server refused a message"),
+        ServerMsg::SearchResults { query_id, results } => {
+            if let Some(tx) = st.searches.remove(&query_id) {
+                let _ = tx.send(results);
+            }
+        }
     }
 }
 

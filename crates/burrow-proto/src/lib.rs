@@ -10,6 +10,8 @@
 //! - [`punch`]: hole punching, as a sans-IO session.
 //! - [`relay`]: the datagrams the server relays between two nodes.
 //! - [`chat`]: the chat service's messages.
+//! - [`files`]: the files service's messages, content hashes, and the rules that
+//!   keep names from peers out of file paths.
 //! - [`stun`]: STUN Binding requests and responses (RFC 8489), on top of `stun_codec`.
 //!
 //! Nothing here depends on an async runtime or opens a socket; the crates above it
@@ -17,6 +19,7 @@
 
 pub mod addr;
 pub mod chat;
+pub mod files;
 pub mod frame;
 pub mod id;
 pub mod name;
@@ -27,6 +30,7 @@ pub mod stun;
 pub mod time;
 
 pub use addr::{ServerAddr, ServerAddrError};
+pub use files::{BlobHash, ShareName};
 pub use frame::DecodeError;
 pub use id::{NodeId, NodeIdError, SecretKey};
 pub use name::{Name, NameError};

@@ -33,6 +33,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::files::{BlobHash, FileEntry};
 use crate::id::NodeId;
 use crate::name::Name;
 use crate::punch::PunchTicket;
@@ -40,15 +41,25 @@ use crate::relay::Channel;
 
 /// ALPN of the node ↔ server connection.
 pub const ALPN: &[u8] = b"burrow/rendezvous/1";
-/// Version byte of every control-stream frame. 2: relay channels and re-punching.
-pub const VERSION: u8 = 2;
+/// Version byte of every control-stream frame. 2: relay channels and re-punching;
+/// 3: the file tracker.
+pub const VERSION: u8 = 3;
 /// Largest frame the server sends. Presence snapshots are split
 /// ([`PEERS_PER_FRAME`]) to stay well under it.
 pub const MAX_FRAME: usize = 1 << 20;
 
 /// Largest frame a node may send the server. A Hello with every candidate is under
-/// 700 bytes; the server reads no more than this from anyone.
-pub const MAX_CLIENT_FRAME: usize = 4096;
+/// 700 bytes, an [`ClientMsg::Offer`] of [`OFFERS_PER_FRAME`] files under 12 KiB;
+/// the server reads no more than this from anyone.
+pub const MAX_CLIENT_FRAME: usize = 16 * 1024;
+/// Most files in one [`ClientMsg::Offer`].
+pub const OFFERS_PER_FRAME: usize = 40;
+/// Most files one node may have in the tracker.
+pub const MAX_OFFERS: usize = 10_000;
+/// Most entries in one [`ServerMsg::SearchResults`].
+pub const MAX_RESULTS: usize = 100;
+/// Most online providers listed per search result.
+pub const MAX_PROVIDERS: usize = 32;
 /// Most peers listed in one [`ServerMsg::Welcome`] or [`ServerMsg::Peers`] frame
 /// (about 80 KiB), so a snapshot of any size travels in frames under [`MAX_FRAME`].
 pub const PEERS_PER_FRAME: usize = 1000;
@@ -107,6 +118,49 @@ pub enum ClientMsg {
     },
     /// Leaving now (the server says so to the others at once).
     Bye,
+    /// Put these files in the tracker as offered by us (at most
+    /// [`OFFERS_PER_FRAME`]). With `replace`, first forget everything we offered
+    /// before: a node sends its whole list this way after registering.
+    Offer {
+        /// Forget our earlier offers first.
+        replace: bool,
+        /// What we offer.
+        files: Vec<FileEntry>,
+    },
+    /// We no longer offer `hash`.
+    Unoffer {
+        /// The file.
+        hash: BlobHash,
+    },
+    /// Look files up in the tracker; answered by [`ServerMsg::SearchResults`]
+    /// with the same `query_id`.
+    Search {
+        /// Chosen by the node to match the answer.
+        query_id: u32,
+        /// What to look for.
+        query: Query,
+    },
+}
+
+/// A tracker search.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Query {
+    /// Files whose name contains this text (case-insensitive; at most
+    /// [`crate::files::MAX_NAME`] bytes).
+    Name(String),
+    /// The file with this hash.
+    Hash(BlobHash),
+}
+
+/// A file the tracker knows, and who offers it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackerEntry {
+    /// Hash, name (as its first sharer called it) and size.
+    pub file: FileEntry,
+    /// Online nodes offering it (at most [`MAX_PROVIDERS`]).
+    pub providers: Vec<PeerInfo>,
+    /// How many offline nodes offered it when last online.
+    pub offline: u32,
 }
 
 /// Why the server refused something.
@@ -126,6 +180,8 @@ pub enum Refusal {
     AlreadyPending,
     /// The node has too many requests pending.
     TooManyRequests,
+    /// The node offers too many files ([`MAX_OFFERS`]).
+    TooManyOffers,
 }
 
 impl std::fmt::Display for Refusal {
@@ -138,6 +194,7 @@ impl std::fmt::Display for Refusal {
             Refusal::SelfConnect => "a node cannot connect to itself",
             Refusal::AlreadyPending => "a request to that peer is already pending",
             Refusal::TooManyRequests => "too many requests pending",
+            Refusal::TooManyOffers => "too many files offered to the tracker",
         })
     }
 }
@@ -220,6 +277,13 @@ pub enum ServerMsg {
         /// The link's relay channel (new if the link was made again).
         relay: Option<Channel>,
     },
+    /// The answer to [`ClientMsg::Search`].
+    SearchResults {
+        /// The search's id.
+        query_id: u32,
+        /// At most [`MAX_RESULTS`] files, most providers first.
+        results: Vec<TrackerEntry>,
+    },
     /// The request between us and `peer` is over without a connection.
     Closed {
         /// The other side.
@@ -288,6 +352,15 @@ mod tests {
     fn arb_addrs() -> impl Strategy<Value = Vec<SocketAddr>> {
         proptest::collection::vec(arb_addr(), 0..MAX_CANDIDATES)
     }
+    fn arb_file() -> impl Strategy<Value = FileEntry> {
+        (any::<[u8; 32]>(), "[a-z][a-z0-9 ._-]{0,30}", any::<u64>()).prop_map(|(h, n, size)| {
+            FileEntry {
+                hash: BlobHash(h),
+                name: n.parse().expect("regex yields valid share names"),
+                size,
+            }
+        })
+    }
     fn arb_client() -> impl Strategy<Value = ClientMsg> {
         prop_oneof![
             (arb_name(), arb_addrs())
@@ -299,6 +372,17 @@ mod tests {
             arb_id().prop_map(|peer| ClientMsg::Repunch { peer }),
             arb_id().prop_map(|peer| ClientMsg::Release { peer }),
             Just(ClientMsg::Bye),
+            (any::<bool>(), proptest::collection::vec(arb_file(), 0..4))
+                .prop_map(|(replace, files)| ClientMsg::Offer { replace, files }),
+            any::<[u8; 32]>().prop_map(|h| ClientMsg::Unoffer { hash: BlobHash(h) }),
+            (any::<u32>(), "[a-z .]{0,20}").prop_map(|(query_id, q)| ClientMsg::Search {
+                query_id,
+                query: Query::Name(q)
+            }),
+            (any::<u32>(), any::<[u8; 32]>()).prop_map(|(query_id, h)| ClientMsg::Search {
+                query_id,
+                query: Query::Hash(BlobHash(h))
+            }),
         ]
     }
     fn arb_server() -> impl Strategy<Value = ServerMsg> {
@@ -329,6 +413,28 @@ mod tests {
             arb_id().prop_map(|id| ServerMsg::PeerLeft { id }),
             arb_id().prop_map(|peer| ServerMsg::Pending { peer }),
             info().prop_map(|peer| ServerMsg::Incoming { peer }),
+            (
+                any::<u32>(),
+                proptest::collection::vec(
+                    (
+                        arb_file(),
+                        proptest::collection::vec(info(), 0..3),
+                        any::<u32>()
+                    ),
+                    0..3
+                )
+            )
+                .prop_map(|(query_id, r)| ServerMsg::SearchResults {
+                    query_id,
+                    results: r
+                        .into_iter()
+                        .map(|(file, providers, offline)| TrackerEntry {
+                            file,
+                            providers,
+                            offline
+                        })
+                        .collect()
+                }),
             (
                 arb_id(),
                 dir.clone(),

@@ -156,6 +156,11 @@ impl Registry {
         self.nodes.len()
     }
 
+    /// `id` and its name, if it is online.
+    pub fn online_info(&self, id: &NodeId) -> Option<&PeerInfo> {
+        self.nodes.get(id).map(|n| &n.info)
+    }
+
     /// A node registered (`session` tells its connections apart). A node that was
     /// already online under an older session is replaced; requests of the old
     /// session end (the node forgot them when it lost that session).
@@ -264,7 +269,11 @@ impl Registry {
                 Vec::new()
             }
             ClientMsg::Hello { .. } => vec![refused(from, None, Refusal::HelloExpected)],
-            ClientMsg::Bye => Vec::new(),
+            // The tracker's messages are the server driver's (they touch the store).
+            ClientMsg::Bye
+            | ClientMsg::Offer { .. }
+            | ClientMsg::Unoffer { .. }
+            | ClientMsg::Search { .. } => Vec::new(),
         }
     }
 

@@ -18,6 +18,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::broker::{BrokerConfig, Out, Registry, RelayDrop};
 use crate::limit::RateLimit;
+use crate::tracker;
 
 /// How many messages wait for a slow node before the server drops its session.
 const SESSION_QUEUE: usize = 256;
@@ -389,6 +390,7 @@ async fn serve_node(incoming: quinn::Incoming, shared: Arc<Shared>) -> Result<()
         .collect();
     let session = shared.next_session.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::channel(SESSION_QUEUE);
+    let answers = tx.clone();
     {
         // Session map and registry change together, so both name the same
         // (newest) session for this node.
@@ -433,7 +435,19 @@ async fn serve_node(incoming: quinn::Incoming, shared: Arc<Shared>) -> Result<()
                     break Ok(());
                 }
                 debug!(node = %id.short(), ?msg, "message");
-                shared.hub().handle_msg(id, msg);
+                if matches!(
+                    msg,
+                    ClientMsg::Offer { .. } | ClientMsg::Unoffer { .. } | ClientMsg::Search { .. }
+                ) {
+                    let online = |f: &mut dyn FnMut(&Registry)| f(&shared.hub().registry);
+                    if let Some(answer) = tracker::handle(&shared.store, online, id, msg).await {
+                        if answers.try_send(answer).is_err() {
+                            warn!(node = %id.short(), "node is not reading its answers");
+                        }
+                    }
+                } else {
+                    shared.hub().handle_msg(id, msg);
+                }
             }
             Err(burrow_net::FramedError::Read(e)) => {
                 debug!(node = %id.short(), error = %e, "connection lost");

@@ -4,8 +4,8 @@
 //! numbered migrations ([`migrate`]) in one transaction, and writes in transactions:
 //! once a call returns, what it wrote survives a crash of the process or machine.
 //!
-//! - [`ServerStore`]: name → key bindings.
-//! - [`NodeStore`]: chat history.
+//! - [`ServerStore`]: name → key bindings, the file tracker.
+//! - [`NodeStore`]: chat history, shared files, downloads in progress.
 //!
 //! The API is synchronous; async callers run it on a blocking thread.
 
@@ -13,8 +13,8 @@ pub mod migrate;
 pub mod node;
 pub mod server;
 
-pub use node::{NodeStore, StoredMessage};
-pub use server::{NameBinding, ServerStore};
+pub use node::{NodeStore, StoredDownload, StoredMessage, StoredShare};
+pub use server::{NameBinding, Offered, ServerStore};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -1,15 +1,19 @@
-//! The node's store: chat history.
+//! The node's store: chat history, the files it shares, and the downloads in
+//! progress (which chunk groups are verified, so a download resumes).
 
-use std::path::Path;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 
 use burrow_proto::chat::MessageId;
+use burrow_proto::files::{BlobHash, ShareName};
 use burrow_proto::NodeId;
-use rusqlite::params;
+use rusqlite::{params, OptionalExtension};
 
 use crate::server::node_id;
 use crate::StoreError;
 
-const MIGRATIONS: &[&str] = &["CREATE TABLE messages (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE messages (
         id BLOB PRIMARY KEY,
         from_id BLOB NOT NULL,
         from_name TEXT NOT NULL,
@@ -18,7 +22,60 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE messages (
         sent_at_ms INTEGER NOT NULL,
         received_at_ms INTEGER NOT NULL
     );
-    CREATE INDEX messages_by_time ON messages(received_at_ms);"];
+    CREATE INDEX messages_by_time ON messages(received_at_ms);",
+    "CREATE TABLE shares (
+        hash BLOB PRIMARY KEY,
+        name TEXT NOT NULL,
+        path BLOB NOT NULL,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        downloaded INTEGER NOT NULL,
+        added_at_ms INTEGER NOT NULL
+    );
+    CREATE TABLE downloads (
+        hash BLOB PRIMARY KEY,
+        name TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        verified BLOB NOT NULL,
+        started_at_ms INTEGER NOT NULL,
+        updated_at_ms INTEGER NOT NULL
+    );",
+];
+
+/// A file this node offers, served from where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredShare {
+    /// Its content hash.
+    pub hash: BlobHash,
+    /// What it is offered as.
+    pub name: ShareName,
+    /// Where it is (absolute).
+    pub path: PathBuf,
+    /// Its size when hashed.
+    pub size: u64,
+    /// Its modification time when hashed (ns since the epoch): a file whose size or
+    /// mtime differ has changed and is not served under this hash.
+    pub mtime_ns: i64,
+    /// It came from a download (rather than `burrow share`).
+    pub downloaded: bool,
+    /// When it was shared, Unix ms.
+    pub added_at_ms: u64,
+}
+
+/// A download in progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredDownload {
+    /// The file's hash.
+    pub hash: BlobHash,
+    /// The name it will be saved under (before making it a safe file name).
+    pub name: ShareName,
+    /// Its size.
+    pub size: u64,
+    /// One bit per chunk group, set once the group is verified and on disk.
+    pub verified: Vec<u8>,
+    /// When it started, Unix ms.
+    pub started_at_ms: u64,
+}
 
 /// A chat message as stored: sent by us (stored on the peer's ack) or received.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,6 +166,149 @@ impl NodeStore {
         out.reverse();
         Ok(out)
     }
+
+    /// Records a share (replacing one with the same hash).
+    pub fn put_share(&mut self, s: &StoredShare) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO shares (hash, name, path, size, mtime_ns, downloaded, added_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                s.hash.0.as_slice(),
+                s.name.as_str(),
+                s.path.as_os_str().as_bytes(),
+                s.size as i64,
+                s.mtime_ns,
+                s.downloaded,
+                s.added_at_ms as i64
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Forgets the share with `hash`; false if there was none.
+    pub fn remove_share(&mut self, hash: &BlobHash) -> Result<bool, StoreError> {
+        let n = self
+            .conn
+            .execute("DELETE FROM shares WHERE hash = ?1", [hash.0.as_slice()])?;
+        Ok(n == 1)
+    }
+
+    /// Every share, oldest first.
+    pub fn shares(&self) -> Result<Vec<StoredShare>, StoreError> {
+        self.select_shares("ORDER BY added_at_ms, rowid", [])
+    }
+
+    /// The share with `hash`.
+    pub fn share(&self, hash: &BlobHash) -> Result<Option<StoredShare>, StoreError> {
+        Ok(self
+            .select_shares("WHERE hash = ?1", [hash.0.as_slice()])?
+            .pop())
+    }
+
+    fn select_shares(
+        &self,
+        tail: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Vec<StoredShare>, StoreError> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT hash, name, path, size, mtime_ns, downloaded, added_at_ms FROM shares {tail}"
+        ))?;
+        let rows = stmt.query_map(params, |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, bool>(5)?,
+                r.get::<_, i64>(6)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (hash, name, path, size, mtime_ns, downloaded, added) = row?;
+            out.push(StoredShare {
+                hash: blob_hash("shares", &hash)?,
+                name: share_name("shares", name)?,
+                path: PathBuf::from(std::ffi::OsStr::from_bytes(&path)),
+                size: size as u64,
+                mtime_ns,
+                downloaded,
+                added_at_ms: added as u64,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Records a download, or its progress (its `verified` bitmap).
+    pub fn put_download(&mut self, d: &StoredDownload, now_ms: u64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO downloads (hash, name, size, verified, started_at_ms, updated_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (hash) DO UPDATE SET name = ?2, size = ?3, verified = ?4, updated_at_ms = ?6",
+            params![
+                d.hash.0.as_slice(),
+                d.name.as_str(),
+                d.size as i64,
+                d.verified,
+                d.started_at_ms as i64,
+                now_ms as i64
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The download of `hash` in progress, if any.
+    pub fn download(&self, hash: &BlobHash) -> Result<Option<StoredDownload>, StoreError> {
+        let row = self
+            .conn
+            .query_row(
+                "SELECT name, size, verified, started_at_ms FROM downloads WHERE hash = ?1",
+                [hash.0.as_slice()],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                        r.get::<_, i64>(3)?,
+                    ))
+                },
+            )
+            .optional()?;
+        row.map(|(name, size, verified, started)| {
+            Ok(StoredDownload {
+                hash: *hash,
+                name: share_name("downloads", name)?,
+                size: size as u64,
+                verified,
+                started_at_ms: started as u64,
+            })
+        })
+        .transpose()
+    }
+
+    /// Forgets the download of `hash` (finished or abandoned).
+    pub fn remove_download(&mut self, hash: &BlobHash) -> Result<(), StoreError> {
+        self.conn
+            .execute("DELETE FROM downloads WHERE hash = ?1", [hash.0.as_slice()])?;
+        Ok(())
+    }
+}
+
+fn blob_hash(table: &'static str, bytes: &[u8]) -> Result<BlobHash, StoreError> {
+    Ok(BlobHash(bytes.try_into().map_err(|_| {
+        StoreError::Corrupt {
+            table,
+            what: format!("hash of {} bytes", bytes.len()),
+        }
+    })?))
+}
+
+fn share_name(table: &'static str, name: String) -> Result<ShareName, StoreError> {
+    ShareName::try_from(name).map_err(|e| StoreError::Corrupt {
+        table,
+        what: format!("name: {e}"),
+    })
 }
 
 #[cfg(test)]
@@ -142,5 +342,45 @@ mod tests {
         let got = s.messages(10).unwrap();
         assert_eq!(got, vec![msg(1, 100), msg(2, 200)]);
         assert_eq!(s.messages(1).unwrap(), vec![msg(2, 200)]);
+    }
+
+    #[test]
+    fn shares_and_downloads_persist() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.db");
+        let share = StoredShare {
+            hash: BlobHash([7; 32]),
+            name: "holiday video".parse().unwrap(),
+            path: PathBuf::from("/tmp/holiday.mkv"),
+            size: 1 << 30,
+            mtime_ns: 1_700_000_000_123_456_789,
+            downloaded: false,
+            added_at_ms: 5,
+        };
+        let download = StoredDownload {
+            hash: BlobHash([8; 32]),
+            name: "x.bin".parse().unwrap(),
+            size: 100_000,
+            verified: vec![0b101, 0],
+            started_at_ms: 9,
+        };
+        {
+            let mut s = NodeStore::open(&path).unwrap();
+            s.put_share(&share).unwrap();
+            s.put_download(&download, 10).unwrap();
+            let mut more = download.clone();
+            more.verified = vec![0b111, 1];
+            s.put_download(&more, 11).unwrap();
+        }
+        let mut s = NodeStore::open(&path).unwrap();
+        assert_eq!(s.shares().unwrap(), vec![share.clone()]);
+        assert_eq!(s.share(&share.hash).unwrap(), Some(share.clone()));
+        let got = s.download(&download.hash).unwrap().unwrap();
+        assert_eq!(got.verified, vec![0b111, 1]);
+        assert_eq!(got.started_at_ms, 9);
+        assert!(s.remove_share(&share.hash).unwrap());
+        assert!(!s.remove_share(&share.hash).unwrap());
+        s.remove_download(&download.hash).unwrap();
+        assert!(s.download(&download.hash).unwrap().is_none());
     }
 }

@@ -1,19 +1,42 @@
-//! The server's store: which key owns which name.
+//! The server's store: which key owns which name, and the file tracker (who
+//! offers which file).
 
 use std::path::Path;
 
+use burrow_proto::files::{BlobHash, FileEntry};
 use burrow_proto::{Name, NodeId};
 use rusqlite::{params, OptionalExtension};
 
 use crate::StoreError;
 
-const MIGRATIONS: &[&str] = &["CREATE TABLE names (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE names (
         name TEXT PRIMARY KEY,
         node_id BLOB NOT NULL,
         registered_at_ms INTEGER NOT NULL,
         last_seen_ms INTEGER NOT NULL
     );
-    CREATE INDEX names_by_node ON names(node_id);"];
+    CREATE INDEX names_by_node ON names(node_id);",
+    "CREATE TABLE offers (
+        hash BLOB NOT NULL,
+        node_id BLOB NOT NULL,
+        name TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        offered_at_ms INTEGER NOT NULL,
+        PRIMARY KEY (hash, node_id)
+    );
+    CREATE INDEX offers_by_node ON offers(node_id);
+    CREATE INDEX offers_by_name ON offers(name COLLATE NOCASE);",
+];
+
+/// A file in the tracker with every node that offers it (online or not).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offered {
+    /// Hash, name (as its earliest offer names it) and size.
+    pub file: FileEntry,
+    /// Who offers it, earliest first.
+    pub providers: Vec<NodeId>,
+}
 
 /// The outcome of asking for a name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +116,124 @@ impl ServerStore {
             .optional()?;
         owner.map(|b| node_id("names", &b)).transpose()
     }
+
+    /// Records that `node` offers `files` (after forgetting its earlier offers,
+    /// with `replace`). Returns false, writing nothing, when that would make the
+    /// node offer more than `max` files.
+    pub fn offer(
+        &mut self,
+        node: &NodeId,
+        replace: bool,
+        files: &[FileEntry],
+        max: usize,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let tx = self.conn.transaction()?;
+        let id = node.as_bytes().as_slice();
+        if replace {
+            tx.execute("DELETE FROM offers WHERE node_id = ?1", [id])?;
+        }
+        for f in files {
+            tx.execute(
+                "INSERT INTO offers (hash, node_id, name, size, offered_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (hash, node_id) DO UPDATE SET name = ?3, size = ?4",
+                params![f.hash.0.as_slice(), id, f.name.as_str(), f.size as i64, now_ms as i64],
+            )?;
+        }
+        let count: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM offers WHERE node_id = ?1",
+            [id],
+            |r| r.get(0),
+        )?;
+        if count as usize > max {
+            return Ok(false);
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// `node` no longer offers `hash`.
+    pub fn unoffer(&mut self, node: &NodeId, hash: &BlobHash) -> Result<(), StoreError> {
+        self.conn.execute(
+            "DELETE FROM offers WHERE hash = ?1 AND node_id = ?2",
+            params![hash.0.as_slice(), node.as_bytes().as_slice()],
+        )?;
+        Ok(())
+    }
+
+    /// Files whose name contains `text` (ASCII case-insensitive), at most `limit`,
+    /// most providers first.
+    pub fn search_name(&self, text: &str, limit: usize) -> Result<Vec<Offered>, StoreError> {
+        let pattern = format!(
+            "%{}%",
+            text.replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        );
+        self.offered(
+            "SELECT hash FROM offers WHERE name LIKE ?1 ESCAPE '\\'
+             GROUP BY hash ORDER BY COUNT(*) DESC, MIN(offered_at_ms) LIMIT ?2",
+            params![pattern, limit as i64],
+        )
+    }
+
+    /// The file with `hash`, if anyone offers it.
+    pub fn lookup(&self, hash: &BlobHash) -> Result<Option<Offered>, StoreError> {
+        Ok(self
+            .offered(
+                "SELECT DISTINCT hash FROM offers WHERE hash = ?1",
+                [hash.0.as_slice()],
+            )?
+            .pop())
+    }
+
+    fn offered(
+        &self,
+        hashes_sql: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Vec<Offered>, StoreError> {
+        let mut stmt = self.conn.prepare(hashes_sql)?;
+        let hashes: Vec<Vec<u8>> = stmt
+            .query_map(params, |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let mut rows = self.conn.prepare(
+            "SELECT node_id, name, size FROM offers WHERE hash = ?1 ORDER BY offered_at_ms, rowid",
+        )?;
+        let mut out = Vec::with_capacity(hashes.len());
+        for h in hashes {
+            let hash = BlobHash(h.as_slice().try_into().map_err(|_| StoreError::Corrupt {
+                table: "offers",
+                what: format!("hash of {} bytes", h.len()),
+            })?);
+            let mut first = None;
+            let mut providers = Vec::new();
+            let found = rows.query_map([h.as_slice()], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })?;
+            for row in found {
+                let (node, name, size) = row?;
+                providers.push(node_id("offers", &node)?);
+                if first.is_none() {
+                    let name = name.parse().map_err(|e| StoreError::Corrupt {
+                        table: "offers",
+                        what: format!("name: {e}"),
+                    })?;
+                    first = Some((name, size as u64));
+                }
+            }
+            if let Some((name, size)) = first {
+                out.push(Offered {
+                    file: FileEntry { hash, name, size },
+                    providers,
+                });
+            }
+        }
+        Ok(out)
+    }
 }
 
 pub(crate) fn node_id(table: &'static str, bytes: &[u8]) -> Result<NodeId, StoreError> {
@@ -135,5 +276,45 @@ mod tests {
             NameBinding::Taken { owner: id(1) }
         );
         assert_eq!(s.name_owner(&alice).unwrap(), Some(id(1)));
+    }
+
+    #[test]
+    fn the_tracker_finds_files_by_name_and_hash_and_bounds_offers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.db");
+        let file = |n: u8, name: &str| FileEntry {
+            hash: BlobHash([n; 32]),
+            name: name.parse().unwrap(),
+            size: n as u64 * 100,
+        };
+        {
+            let mut s = ServerStore::open(&path).unwrap();
+            let a = [file(1, "Holiday.mkv"), file(2, "notes 100%.txt")];
+            assert!(s.offer(&id(1), true, &a, 10, 1).unwrap());
+            assert!(s
+                .offer(&id(2), false, &[file(1, "holiday copy")], 10, 2)
+                .unwrap());
+            // Past the limit nothing is written.
+            let many: Vec<_> = (10..30).map(|n| file(n, "x")).collect();
+            assert!(!s.offer(&id(2), false, &many, 10, 3).unwrap());
+        }
+        let mut s = ServerStore::open(&path).unwrap();
+        let found = s.search_name("HOLIDAY", 10).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].file, file(1, "Holiday.mkv"));
+        assert_eq!(found[0].providers, vec![id(1), id(2)]);
+        // LIKE's wildcards are matched literally.
+        assert_eq!(s.search_name("100%", 10).unwrap().len(), 1);
+        assert_eq!(s.search_name("_", 10).unwrap().len(), 0);
+        assert_eq!(
+            s.lookup(&BlobHash([2; 32])).unwrap().unwrap().providers,
+            vec![id(1)]
+        );
+        assert!(s.lookup(&BlobHash([9; 32])).unwrap().is_none());
+        // Replacing forgets the node's old offers; unoffer removes one.
+        s.offer(&id(1), true, &[], 10, 4).unwrap();
+        assert!(s.lookup(&BlobHash([2; 32])).unwrap().is_none());
+        s.unoffer(&id(2), &BlobHash([1; 32])).unwrap();
+        assert!(s.search_name("holiday", 10).unwrap().is_empty());
     }
 }

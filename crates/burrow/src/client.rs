@@ -18,7 +18,7 @@ pub enum Op {
     Cancel,
 }
 
-async fn connect(home: &Path) -> Result<ControlClient, CliError> {
+pub(crate) async fn connect(home: &Path) -> Result<ControlClient, CliError> {
     ControlClient::connect(home).await.map_err(|e| match e {
         ClientError::NoNode(_) => CliError::new(
             e,
@@ -32,13 +32,13 @@ async fn connect(home: &Path) -> Result<ControlClient, CliError> {
 }
 
 /// Sends `req`; returns the data of a successful reply.
-async fn call(home: &Path, req: &Request) -> Result<serde_json::Value, CliError> {
+pub(crate) async fn call(home: &Path, req: &Request) -> Result<serde_json::Value, CliError> {
     let mut client = connect(home).await?;
     let reply = client.request(req).await?;
     data(reply)
 }
 
-fn data(reply: Reply) -> Result<serde_json::Value, CliError> {
+pub(crate) fn data(reply: Reply) -> Result<serde_json::Value, CliError> {
     if reply.ok {
         Ok(reply.data.unwrap_or(serde_json::Value::Null))
     } else {
@@ -49,12 +49,12 @@ fn data(reply: Reply) -> Result<serde_json::Value, CliError> {
     }
 }
 
-fn parse<T: DeserializeOwned>(v: serde_json::Value) -> Result<T, CliError> {
+pub(crate) fn parse<T: DeserializeOwned>(v: serde_json::Value) -> Result<T, CliError> {
     serde_json::from_value(v)
         .map_err(|e| CliError::new(format!("unexpected reply from the node: {e}"), None))
 }
 
-fn print_json(v: &serde_json::Value) {
+pub(crate) fn print_json(v: &serde_json::Value) {
     println!(
         "{}",
         serde_json::to_string_pretty(v).expect("JSON values print")

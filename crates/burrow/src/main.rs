@@ -6,6 +6,7 @@ mod client;
 mod demo;
 #[cfg(target_os = "linux")]
 mod demo_lab;
+mod files;
 mod serve;
 mod up;
 
@@ -31,6 +32,9 @@ use clap::{Parser, Subcommand};
   burrow --home ./bob connect alice                        then, as alice: burrow accept bob
   burrow --home ./bob send alice \"hello\"
   burrow --home ./alice messages --follow
+  burrow --home ./alice share ./holiday.mkv                prints its hash
+  burrow --home ./bob search holiday
+  burrow --home ./bob get holiday.mkv -o ./downloads       from every online provider
 
 Logs: BURROW_LOG=debug (stderr)."
 )]
@@ -95,6 +99,45 @@ enum Command {
     },
     /// Diagnose the NAT in front of this node: public address, mapping, filtering.
     Nat,
+    /// Offer a file to others: hash it (served from where it is) and tell the
+    /// server's tracker. Prints its hash.
+    Share {
+        /// The file.
+        path: PathBuf,
+        /// The name to offer it under (default: its file name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List the files you offer.
+    Shares,
+    /// Stop offering a file.
+    Unshare {
+        /// Its hash (or at least 8 hex digits of it), or its share name.
+        file: String,
+    },
+    /// Search the server's tracker: files whose name contains TEXT, with their
+    /// online providers.
+    Search {
+        /// Text the name contains (case-insensitive).
+        text: String,
+    },
+    /// Ask a connected peer what it offers.
+    Files {
+        /// Peer name, or a unique prefix of its id.
+        peer: String,
+    },
+    /// Download a file from every online provider at once, verifying each
+    /// piece against its hash. Interrupted downloads continue where they stopped.
+    Get {
+        /// The file's hash, or its exact name in the tracker.
+        file: String,
+        /// Directory to save it in (created if missing).
+        #[arg(long, short, default_value = ".")]
+        output: PathBuf,
+        /// Replace a file of the same name there.
+        #[arg(long)]
+        force: bool,
+    },
     /// Show chat history.
     Messages {
         /// Keep running and print new messages as they arrive.
@@ -187,6 +230,16 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             client::request_op(&home, cli.json, client::Op::Cancel, peer).await
         }
         Command::Send { peer, text } => client::send(&home, cli.json, peer, text.join(" ")).await,
+        Command::Share { path, name } => files::share(&home, cli.json, &path, name).await,
+        Command::Shares => files::shares(&home, cli.json).await,
+        Command::Unshare { file } => files::unshare(&home, cli.json, file).await,
+        Command::Search { text } => files::search(&home, cli.json, text).await,
+        Command::Files { peer } => files::files(&home, cli.json, peer).await,
+        Command::Get {
+            file,
+            output,
+            force,
+        } => files::get(&home, cli.json, file, &output, force).await,
         Command::Messages { follow, limit } => {
             client::messages(&home, cli.json, follow, limit).await
         }

@@ -30,6 +30,10 @@ pub struct UpArgs {
     /// A connection silent this long is dead.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     idle_timeout: Duration,
+    /// Don't offer files you downloaded to others (by default every finished
+    /// download is shared too, from where it was saved).
+    #[arg(long)]
+    no_reshare: bool,
 }
 
 pub async fn run(home: PathBuf, args: UpArgs) -> Result<(), CliError> {
@@ -41,6 +45,7 @@ pub async fn run(home: PathBuf, args: UpArgs) -> Result<(), CliError> {
     config.bind = args.bind;
     config.keepalive = args.keepalive;
     config.idle_timeout = args.idle_timeout;
+    config.reshare = !args.no_reshare;
     let node = Node::start(config).await.map_err(|e| {
         let hint = e.hint();
         CliError::new(e, hint)
@@ -69,7 +74,7 @@ pub async fn run(home: PathBuf, args: UpArgs) -> Result<(), CliError> {
         println!("online: {}", online.join(", "));
     }
     println!(
-        "other commands: burrow --home {} peers | connect <name> | send <name> <text> | messages",
+        "other commands: burrow --home {} peers | connect <name> | send <name> <text> | messages | share <file> | search <text> | get <file>",
         home.display()
     );
 
@@ -158,5 +163,8 @@ pub fn describe(event: &NodeEvent, me: &Name) -> Option<String> {
         NodeEvent::Disconnected { name, reason } => format!("disconnected from {name}: {reason}"),
         NodeEvent::Message(m) if m.from_name == me.as_str() => return None,
         NodeEvent::Message(m) => crate::client::message_line(m),
+        NodeEvent::ShareWithdrawn { name, path, reason } => {
+            format!("no longer sharing {name:?} ({path}): {reason}")
+        }
     })
 }

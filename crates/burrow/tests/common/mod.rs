@@ -2,6 +2,7 @@
 //! `burrow` processes. Every wait is bounded.
 #![allow(dead_code)]
 
+pub mod data;
 pub mod proc;
 
 use std::net::SocketAddr;

@@ -1,0 +1,515 @@
+//! The downloader: many providers, one verified partial file, resumable.
+//!
+//! A download is a [`Plan`]: the partial file and its outboard in the node's home,
+//! a bitmap of verified chunk groups, and a queue of pieces (2 MiB: 128 groups)
+//! still missing. Each provider gets [`STREAMS_PER_PROVIDER`] workers; a worker
+//! takes a piece, asks its provider for the piece's missing groups on a fresh
+//! stream, and verifies what arrives with bao-tree as it arrives: every hash pair
+//! against its parent, every chunk group against its hash pair. A verified group
+//! is written in place and marked; nothing unverified is ever marked.
+//!
+//! A provider that sends one wrong byte is caught at that group, named, and
+//! dropped: its piece goes back in the queue for the others. One that leaves
+//! gives its piece back the same way. Every second the partial files are synced
+//! and then the bitmap is stored, so after a crash or a kill the next `get` asks
+//! only for what was not yet verified (at most a second's work is redone).
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::BufReader;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bao_tree::io::sync::DecodeResponseIter;
+use bao_tree::io::{BaoContentItem, DecodeError};
+use bao_tree::{BaoTree, ChunkNum, ChunkRanges, TreeNode};
+use burrow_net::{FrameReader, FrameWriter};
+use burrow_proto::files::{self, BlobHash, ChunkSpan, FilesRequest, FilesResponse, CHUNK_GROUP};
+use tokio::sync::Notify;
+
+use super::blocking::{BlockingRecv, STALL};
+
+/// Chunk groups per piece: 2 MiB. Large enough that a request's overhead (a
+/// round trip to start, the hash pairs down to it) is small; small enough that a
+/// lost provider costs little.
+pub(crate) const PIECE_GROUPS: u64 = 128;
+/// Pieces each provider works on at once: keeps the path busy across the gap
+/// between one piece's end and the next one's first byte.
+pub(crate) const STREAMS_PER_PROVIDER: usize = 4;
+/// Bytes read from the stream at a time.
+const RECV_BUFFER: usize = 256 * 1024;
+
+/// One bit per chunk group.
+#[derive(Debug, Clone)]
+pub(crate) struct Bitmap {
+    bits: Vec<u8>,
+    groups: u64,
+    set: u64,
+}
+
+impl Bitmap {
+    pub fn new(groups: u64) -> Self {
+        Bitmap {
+            bits: vec![0; groups.div_ceil(8) as usize],
+            groups,
+            set: 0,
+        }
+    }
+
+    /// A stored bitmap, if it has the right length for `groups`.
+    pub fn from_bytes(bits: Vec<u8>, groups: u64) -> Option<Self> {
+        if bits.len() as u64 != groups.div_ceil(8) {
+            return None;
+        }
+        let mut b = Bitmap {
+            bits,
+            groups,
+            set: 0,
+        };
+        // Bits past the end mean nothing; clear them.
+        for g in groups..(b.bits.len() as u64 * 8) {
+            b.bits[(g / 8) as usize] &= !(1 << (g % 8));
+        }
+        b.set = b.bits.iter().map(|x| x.count_ones() as u64).sum();
+        Some(b)
+    }
+
+    pub fn get(&self, g: u64) -> bool {
+        g < self.groups && self.bits[(g / 8) as usize] & (1 << (g % 8)) != 0
+    }
+
+    /// Sets group `g`; true if it was not set.
+    pub fn set(&mut self, g: u64) -> bool {
+        if g >= self.groups || self.get(g) {
+            return false;
+        }
+        self.bits[(g / 8) as usize] |= 1 << (g % 8);
+        self.set += 1;
+        true
+    }
+
+    pub fn complete(&self) -> bool {
+        self.set == self.groups
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bits
+    }
+}
+
+/// Why a provider's piece failed.
+#[derive(Debug)]
+pub(crate) enum PieceError {
+    /// The provider sent data that doesn't match the hash, or a wrong size.
+    Lied(String),
+    /// The provider doesn't have the file (any more).
+    Gone(String),
+    /// The connection or stream failed.
+    Lost(String),
+    /// We could not write what we received: the download can't go on.
+    Disk(std::io::Error),
+}
+
+/// What a worker gets from [`Plan::take`].
+pub(crate) enum Take {
+    Piece(u64),
+    Wait,
+    Done,
+}
+
+struct PlanState {
+    bitmap: Bitmap,
+    queue: VecDeque<u64>,
+    in_flight: usize,
+    dirty: bool,
+}
+
+/// A download's shared state.
+pub(crate) struct Plan {
+    pub hash: BlobHash,
+    pub size: u64,
+    tree: BaoTree,
+    groups: u64,
+    chunks: u64,
+    data: File,
+    outboard: File,
+    pub data_path: PathBuf,
+    pub outboard_path: PathBuf,
+    state: Mutex<PlanState>,
+    /// Bytes verified, including those verified before a resume.
+    pub verified: AtomicU64,
+    /// Bytes verified before this run started.
+    pub resumed: u64,
+    /// Set by a worker that could not write: every worker stops.
+    pub fatal: Mutex<Option<String>>,
+    pub stop: AtomicBool,
+    changed: Notify,
+}
+
+impl Plan {
+    /// Opens (or creates) the partial file and outboard of `hash` in `dir`,
+    /// continuing from `bitmap` when the files still match it.
+    pub fn open(
+        dir: &Path,
+        hash: BlobHash,
+        size: u64,
+        bitmap: Option<Vec<u8>>,
+    ) -> std::io::Result<Plan> {
+        std::fs::create_dir_all(dir)?;
+        let tree = super::tree(size);
+        let groups = tree.blocks().max(1);
+        let chunks = tree.chunks().0.max(1);
+        let data_path = dir.join(format!("{hash}.part"));
+        let outboard_path = dir.join(format!("{hash}.obao.part"));
+        let open = |p: &Path| {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(p)
+        };
+        let data = open(&data_path)?;
+        let outboard = open(&outboard_path)?;
+        let fits =
+            data.metadata()?.len() == size && outboard.metadata()?.len() == tree.outboard_size();
+        let bitmap = match bitmap.and_then(|b| Bitmap::from_bytes(b, groups)) {
+            Some(b) if fits => b,
+            _ => {
+                // Start over: whatever is in the files was never verified.
+                for (f, len) in [(&data, size), (&outboard, tree.outboard_size())] {
+                    f.set_len(0)?;
+                    f.set_len(len)?;
+                }
+                Bitmap::new(groups)
+            }
+        };
+        let pieces = groups.div_ceil(PIECE_GROUPS);
+        let missing = |p: u64| {
+            (p * PIECE_GROUPS..((p + 1) * PIECE_GROUPS).min(groups)).any(|g| !bitmap.get(g))
+        };
+        // The last piece first: it proves the size (the hash covers it).
+        let mut queue: VecDeque<u64> = (0..pieces.saturating_sub(1))
+            .filter(|&p| missing(p))
+            .collect();
+        if pieces > 0 && missing(pieces - 1) {
+            queue.push_front(pieces - 1);
+        }
+        let verified: u64 = (0..groups)
+            .filter(|&g| bitmap.get(g))
+            .map(|g| group_len(size, g))
+            .sum();
+        Ok(Plan {
+            hash,
+            size,
+            tree,
+            groups,
+            chunks,
+            data,
+            outboard,
+            data_path,
+            outboard_path,
+            state: Mutex::new(PlanState {
+                bitmap,
+                queue,
+                in_flight: 0,
+                dirty: false,
+            }),
+            verified: AtomicU64::new(verified),
+            resumed: verified,
+            fatal: Mutex::new(None),
+            stop: AtomicBool::new(false),
+            changed: Notify::new(),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, PlanState> {
+        self.state.lock().expect("plan lock is never poisoned")
+    }
+
+    pub fn complete(&self) -> bool {
+        self.state().bitmap.complete()
+    }
+
+    /// The next piece to fetch, or whether to wait for one to come back.
+    pub fn take(&self) -> Take {
+        if self.stop.load(Ordering::Relaxed) {
+            return Take::Done;
+        }
+        let mut st = self.state();
+        if let Some(p) = st.queue.pop_front() {
+            st.in_flight += 1;
+            Take::Piece(p)
+        } else if st.in_flight == 0 || st.bitmap.complete() {
+            Take::Done
+        } else {
+            Take::Wait
+        }
+    }
+
+    /// Waits until a piece comes back or the plan changes (at most `max`).
+    pub async fn wait(&self, max: Duration) {
+        let _ = tokio::time::timeout(max, self.changed.notified()).await;
+    }
+
+    /// A worker is done with `piece`; what is still missing goes back in the queue.
+    pub fn put_back(&self, piece: u64) {
+        let mut st = self.state();
+        st.in_flight -= 1;
+        let missing = (piece * PIECE_GROUPS..((piece + 1) * PIECE_GROUPS).min(self.groups))
+            .any(|g| !st.bitmap.get(g));
+        if missing {
+            st.queue.push_front(piece);
+        }
+        drop(st);
+        self.changed.notify_waiters();
+    }
+
+    /// The chunk ranges of `piece`'s missing groups.
+    pub fn missing_spans(&self, piece: u64) -> Vec<ChunkSpan> {
+        let st = self.state();
+        let per_group = CHUNK_GROUP / 1024;
+        let mut spans: Vec<ChunkSpan> = Vec::new();
+        for g in piece * PIECE_GROUPS..((piece + 1) * PIECE_GROUPS).min(self.groups) {
+            if st.bitmap.get(g) {
+                continue;
+            }
+            let (start, end) = (g * per_group, ((g + 1) * per_group).min(self.chunks));
+            match spans.last_mut() {
+                Some(last) if last.end == start => last.end = end,
+                _ => spans.push(ChunkSpan { start, end }),
+            }
+        }
+        spans
+    }
+
+    /// Stores a verified hash pair in the outboard.
+    fn record_parent(
+        &self,
+        node: TreeNode,
+        pair: &(blake3::Hash, blake3::Hash),
+    ) -> std::io::Result<()> {
+        if let Some(i) = self.tree.pre_order_offset(node) {
+            let mut buf = [0u8; 64];
+            buf[..32].copy_from_slice(pair.0.as_bytes());
+            buf[32..].copy_from_slice(pair.1.as_bytes());
+            self.outboard.write_all_at(&buf, i * 64)?;
+        }
+        Ok(())
+    }
+
+    /// Writes a verified chunk group in place and marks it. Returns the bytes
+    /// newly verified.
+    fn record_leaf(&self, offset: u64, data: &[u8]) -> std::io::Result<u64> {
+        self.data.write_all_at(data, offset)?;
+        let g = offset / CHUNK_GROUP;
+        // Only whole groups count (a request always asks for whole groups).
+        if !offset.is_multiple_of(CHUNK_GROUP) || data.len() as u64 != group_len(self.size, g) {
+            return Ok(0);
+        }
+        let mut st = self.state();
+        if st.bitmap.set(g) {
+            st.dirty = true;
+            drop(st);
+            self.verified
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+            Ok(data.len() as u64)
+        } else {
+            Ok(0)
+        }
+    }
+
+    /// Makes what is verified durable: syncs both files, then returns the bitmap
+    /// to store (only after the data it vouches for is on disk). `None` if
+    /// nothing changed since the last flush.
+    pub fn sync(&self) -> std::io::Result<Option<Vec<u8>>> {
+        let bits = {
+            let mut st = self.state();
+            if !st.dirty {
+                return Ok(None);
+            }
+            st.dirty = false;
+            st.bitmap.as_bytes().to_vec()
+        };
+        self.data.sync_data()?;
+        self.outboard.sync_data()?;
+        Ok(Some(bits))
+    }
+
+    /// Records a fatal error: every worker stops.
+    pub fn fail(&self, error: String) {
+        self.fatal
+            .lock()
+            .expect("fatal lock is never poisoned")
+            .get_or_insert(error);
+        self.stop.store(true, Ordering::Relaxed);
+        self.changed.notify_waiters();
+    }
+}
+
+/// The length of chunk group `g` of a file of `size` bytes (the last may be short).
+fn group_len(size: u64, g: u64) -> u64 {
+    size.saturating_sub(g * CHUNK_GROUP).min(CHUNK_GROUP)
+}
+
+/// Fetches the missing groups of one piece from the provider on `conn`. Counts
+/// what it verified into `counted`.
+pub(crate) async fn fetch_piece(
+    plan: &Arc<Plan>,
+    conn: &quinn::Connection,
+    spans: Vec<ChunkSpan>,
+    counted: &Arc<AtomicU64>,
+) -> Result<(), PieceError> {
+    let lost = |e: &dyn std::fmt::Display| PieceError::Lost(e.to_string());
+    let (send, recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
+    let mut writer = FrameWriter::new(send, files::VERSION, files::MAX_FRAME);
+    let mut reader = FrameReader::new(recv, files::VERSION, files::MAX_FRAME);
+    writer
+        .write(&FilesRequest::Get {
+            hash: plan.hash,
+            ranges: spans.clone(),
+        })
+        .await
+        .map_err(|e| lost(&e))?;
+    writer.finish();
+    let answer = tokio::time::timeout(STALL, reader.read::<FilesResponse>())
+        .await
+        .map_err(|_| PieceError::Lost(format!("no answer within {STALL:?}")))?
+        .map_err(|e| lost(&e))?;
+    match answer {
+        Some(FilesResponse::Found { size }) if size == plan.size => {}
+        Some(FilesResponse::Found { size }) => {
+            return Err(PieceError::Lied(format!(
+                "says the file has {size} bytes, not {}",
+                plan.size
+            )))
+        }
+        Some(FilesResponse::NotFound) => {
+            return Err(PieceError::Gone(
+                "does not have this file (any more)".into(),
+            ))
+        }
+        Some(FilesResponse::Changed) => {
+            return Err(PieceError::Gone(
+                "its copy changed on disk since it was shared".into(),
+            ))
+        }
+        other => return Err(PieceError::Lost(format!("answered {other:?}"))),
+    }
+    let recv = reader.into_inner();
+    let plan = plan.clone();
+    let counted = counted.clone();
+    let rt = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || decode(&plan, recv, rt, &spans, &counted))
+        .await
+        .map_err(|e| lost(&e))?
+}
+
+/// Reads and verifies one response, writing what verifies.
+fn decode(
+    plan: &Plan,
+    recv: quinn::RecvStream,
+    rt: tokio::runtime::Handle,
+    spans: &[ChunkSpan],
+    counted: &AtomicU64,
+) -> Result<(), PieceError> {
+    let mut ranges = ChunkRanges::empty();
+    for s in spans {
+        ranges |= ChunkRanges::from(ChunkNum(s.start)..ChunkNum(s.end));
+    }
+    let reader = BufReader::with_capacity(RECV_BUFFER, BlockingRecv { stream: recv, rt });
+    let items = DecodeResponseIter::new(plan.hash.into(), plan.tree, reader, &ranges);
+    for item in items {
+        if plan.stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        match item {
+            Ok(BaoContentItem::Parent(p)) => plan
+                .record_parent(p.node, &p.pair)
+                .map_err(PieceError::Disk)?,
+            Ok(BaoContentItem::Leaf(l)) => {
+                let n = plan
+                    .record_leaf(l.offset, &l.data)
+                    .map_err(PieceError::Disk)?;
+                counted.fetch_add(n, Ordering::Relaxed);
+            }
+            Err(DecodeError::LeafHashMismatch(c)) => {
+                return Err(PieceError::Lied(format!(
+                    "sent data at byte {} that does not match the file's hash",
+                    c.to_bytes()
+                )))
+            }
+            Err(DecodeError::ParentHashMismatch(n)) => {
+                return Err(PieceError::Lied(format!(
+                    "sent hashes for bytes from {} that do not match the file's hash",
+                    n.chunk_range().start.to_bytes()
+                )))
+            }
+            Err(DecodeError::ParentNotFound(_) | DecodeError::LeafNotFound(_)) => {
+                return Err(PieceError::Lost("ended the transfer early".into()))
+            }
+            Err(DecodeError::Io(e)) => return Err(PieceError::Lost(e.to_string())),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bitmaps_count_and_survive_storage() {
+        let mut b = Bitmap::new(10);
+        assert!(b.set(0) && b.set(9) && !b.set(9) && !b.set(10));
+        assert!(!b.complete());
+        let again = Bitmap::from_bytes(b.as_bytes().to_vec(), 10).unwrap();
+        assert!(again.get(0) && again.get(9) && !again.get(5));
+        assert!(Bitmap::from_bytes(vec![0; 3], 10).is_none());
+        // Stray bits past the end are ignored.
+        let full = Bitmap::from_bytes(vec![0xff, 0xff], 10).unwrap();
+        assert!(full.complete());
+    }
+
+    #[test]
+    fn a_plan_asks_for_the_last_piece_first_and_only_for_what_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let size = 3 * PIECE_GROUPS * CHUNK_GROUP - 100;
+        let plan = Plan::open(dir.path(), BlobHash([1; 32]), size, None).unwrap();
+        let Take::Piece(first) = plan.take() else {
+            panic!("a fresh plan has pieces")
+        };
+        assert_eq!(first, 2);
+        let spans = plan.missing_spans(2);
+        assert_eq!(spans.len(), 1);
+        assert_eq!(spans[0].start, 2 * PIECE_GROUPS * 16);
+        assert_eq!(spans[0].end, size.div_ceil(1024));
+        // Mark one group of piece 0 as verified: its spans skip it.
+        plan.record_leaf(CHUNK_GROUP, &vec![0; CHUNK_GROUP as usize])
+            .unwrap();
+        let spans = plan.missing_spans(0);
+        assert_eq!(
+            spans,
+            vec![
+                ChunkSpan { start: 0, end: 16 },
+                ChunkSpan {
+                    start: 32,
+                    end: PIECE_GROUPS * 16
+                }
+            ]
+        );
+        // A piece given back unfinished is asked for again, first.
+        plan.put_back(2);
+        assert!(matches!(plan.take(), Take::Piece(2)));
+        let bits = plan.sync().unwrap().expect("a group was marked");
+        // Reopening with the stored bitmap resumes from it.
+        let again = Plan::open(dir.path(), BlobHash([1; 32]), size, Some(bits)).unwrap();
+        assert_eq!(again.resumed, CHUNK_GROUP);
+        // Without it, the files are reset.
+        let fresh = Plan::open(dir.path(), BlobHash([1; 32]), size, None).unwrap();
+        assert_eq!(fresh.resumed, 0);
+    }
+}

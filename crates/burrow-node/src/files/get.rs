@@ -1,0 +1,531 @@
+//! `get`: finding a file's providers, connecting to each the way chat does,
+//! running the [`Plan`] with workers on every provider, and moving the verified
+//! file into place.
+
+use std::fs::{File, OpenOptions};
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use burrow_proto::files::{safe_file_name, BlobHash, FileEntry, ShareName};
+use burrow_proto::rendezvous::{Query, TrackerEntry};
+use burrow_proto::NodeId;
+use burrow_store::{StoredDownload, StoredShare};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use super::fetch::{fetch_piece, PieceError, Plan, Take, STREAMS_PER_PROVIDER};
+use crate::api::{GetUpdate, GetView};
+use crate::node::{ApiError, Inner, Node};
+
+/// How long `get` waits for a provider we are not connected to to accept.
+const ACCEPT_WAIT: Duration = Duration::from_secs(60);
+/// How often progress is reported.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+/// How often verified progress is made durable.
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+
+/// Opens a files connection to `peer` over our link with it (direct or relayed).
+pub(crate) async fn dial_files(
+    inner: &Inner,
+    peer: NodeId,
+) -> Result<quinn::Connection, burrow_net::ConnectError> {
+    let v = inner.endpoint.paths().open(peer);
+    let (conn, _) = inner
+        .endpoint
+        .connect(v, burrow_proto::files::ALPN, Some(peer))
+        .await?;
+    Ok(conn)
+}
+
+/// How one provider's part of a download ended.
+struct ProviderEnd {
+    name: String,
+    id: NodeId,
+    sent: u64,
+    error: Option<PieceError>,
+}
+
+/// Removes the download from the node's list and makes its progress durable,
+/// however `get` ends (finished, failed, or dropped because the client left).
+struct Running {
+    inner: Arc<Inner>,
+    plan: Arc<Plan>,
+    stored: StoredDownload,
+}
+
+impl Running {
+    /// Syncs the partial files, then stores the bitmap that vouches for them.
+    /// Blocks: call from a blocking thread.
+    fn flush(inner: &Inner, plan: &Plan, stored: &StoredDownload) {
+        match plan.sync() {
+            Ok(Some(bits)) => {
+                let mut d = stored.clone();
+                d.verified = bits;
+                let now = burrow_proto::time::unix_ms(SystemTime::now());
+                let mut store = inner.store.lock().expect("store lock is never poisoned");
+                if let Err(e) = store.put_download(&d, now) {
+                    warn!(error = %e, "could not record download progress");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => warn!(error = %e, "could not sync the partial download"),
+        }
+    }
+
+    /// [`Running::flush`] on a blocking thread.
+    async fn flush_async(&self) {
+        let (inner, plan, stored) = (self.inner.clone(), self.plan.clone(), self.stored.clone());
+        let _ = tokio::task::spawn_blocking(move || Running::flush(&inner, &plan, &stored)).await;
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.plan.stop.store(true, Ordering::Relaxed);
+        // Usually a no-op (the last flush ran already); after a cancelled `get`
+        // it saves the last second's progress.
+        Running::flush(&self.inner, &self.plan, &self.stored);
+        self.inner.state().downloads.remove(&self.plan.hash);
+    }
+}
+
+impl Node {
+    /// Downloads `file` (a hash, or a name the tracker knows) from every online
+    /// provider into `dir`, reporting on `updates`. Resumes an interrupted
+    /// download of the same hash.
+    pub async fn get(
+        &self,
+        file: &str,
+        dir: &str,
+        force: bool,
+        updates: mpsc::Sender<GetUpdate>,
+    ) -> Result<GetView, ApiError> {
+        let started = Instant::now();
+        let dir = PathBuf::from(dir);
+        if !dir.is_absolute() {
+            return Err(ApiError::File(format!(
+                "{} is not an absolute path",
+                dir.display()
+            )));
+        }
+        let entry = self.find(file).await?;
+        let hash = entry.file.hash;
+        let name = entry.file.name.clone();
+        let have = self.inner.with_store(move |s| s.share(&hash)).await?;
+        if let Some(share) = have.filter(super::unchanged) {
+            return Err(ApiError::AlreadyHave(share.path.display().to_string()));
+        }
+        let providers: Vec<(NodeId, String)> = entry
+            .providers
+            .iter()
+            .filter(|p| p.id != self.inner.id)
+            .map(|p| (p.id, p.name.to_string()))
+            .collect();
+        if providers.is_empty() {
+            return Err(ApiError::NoProviders {
+                name: name.to_string(),
+                offline: entry.offline,
+            });
+        }
+        let target = dir.join(safe_file_name(name.as_str()));
+        if !force && target.symlink_metadata().is_ok() {
+            return Err(ApiError::Exists(target.display().to_string()));
+        }
+        if !self.inner.state().downloads.insert(hash) {
+            return Err(ApiError::AlreadyDownloading(name.to_string()));
+        }
+        let stored = self.inner.with_store(move |s| s.download(&hash)).await;
+        let stored = match stored {
+            Ok(s) => s,
+            Err(e) => {
+                self.inner.state().downloads.remove(&hash);
+                return Err(e);
+            }
+        };
+        let size = entry.file.size;
+        let bits = stored.filter(|d| d.size == size).map(|d| d.verified);
+        let partial = super::partial_dir(&self.inner.config.home);
+        let opened =
+            tokio::task::spawn_blocking(move || Plan::open(&partial, hash, size, bits)).await;
+        let plan = match opened {
+            Ok(Ok(plan)) => Arc::new(plan),
+            Ok(Err(e)) => {
+                self.inner.state().downloads.remove(&hash);
+                return Err(ApiError::File(format!(
+                    "cannot create the partial file: {e}"
+                )));
+            }
+            Err(e) => {
+                self.inner.state().downloads.remove(&hash);
+                return Err(ApiError::File(e.to_string()));
+            }
+        };
+        let record = StoredDownload {
+            hash,
+            name: name.clone(),
+            size,
+            verified: Vec::new(),
+            started_at_ms: burrow_proto::time::unix_ms(SystemTime::now()),
+        };
+        let running = Running {
+            inner: self.inner.clone(),
+            plan: plan.clone(),
+            stored: record,
+        };
+        info!(hash = %hash.short(), %name, size, providers = providers.len(), resumed = plan.resumed, "download starting");
+        if plan.resumed > 0 {
+            let _ = updates
+                .send(GetUpdate::Notice(format!(
+                    "resuming: {} of {} bytes already verified",
+                    plan.resumed, size
+                )))
+                .await;
+        }
+        let ends = self.run(&plan, &running, providers, &updates).await;
+        running.flush_async().await;
+        let used: Vec<String> = ends
+            .iter()
+            .filter(|e| e.sent > 0)
+            .map(|e| e.name.clone())
+            .collect();
+        if let Some(fatal) = plan
+            .fatal
+            .lock()
+            .expect("fatal lock is never poisoned")
+            .clone()
+        {
+            return Err(ApiError::Download(fatal));
+        }
+        if !plan.complete() {
+            let done = plan.verified.load(Ordering::Relaxed);
+            return Err(ApiError::Download(format!(
+                "no provider left to download from; {done} of {size} bytes are verified and kept"
+            )));
+        }
+        let home = self.inner.config.home.clone();
+        let plan2 = plan.clone();
+        let placed = tokio::task::spawn_blocking(move || place(&plan2, &home, &target, force))
+            .await
+            .map_err(|e| ApiError::File(e.to_string()))??;
+        self.inner
+            .with_store(move |s| s.remove_download(&hash))
+            .await?;
+        if self.inner.config.reshare {
+            self.reshare(&placed, hash, name.clone(), size).await;
+        }
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        info!(hash = %hash.short(), path = %placed.display(), elapsed_ms, "download finished");
+        Ok(GetView {
+            hash: hash.to_string(),
+            name: name.to_string(),
+            size,
+            path: placed.display().to_string(),
+            providers: used,
+            elapsed_ms,
+            resumed_bytes: plan.resumed,
+        })
+    }
+
+    /// The tracker entry `file` means: a hash, or an exact share name that
+    /// names one file.
+    async fn find(&self, file: &str) -> Result<TrackerEntry, ApiError> {
+        let wanted = file.trim();
+        if let Ok(hash) = wanted.parse::<BlobHash>() {
+            return self
+                .tracker(Query::Hash(hash))
+                .await?
+                .pop()
+                .ok_or_else(|| ApiError::UnknownFile(wanted.to_string()));
+        }
+        let found = self.tracker(Query::Name(wanted.to_string())).await?;
+        let exact: Vec<TrackerEntry> = found
+            .into_iter()
+            .filter(|e| e.file.name.as_str() == wanted)
+            .collect();
+        match exact.len() {
+            0 => Err(ApiError::UnknownFile(wanted.to_string())),
+            1 => Ok(exact.into_iter().next().expect("one entry")),
+            _ => Err(ApiError::AmbiguousFile(
+                wanted.to_string(),
+                exact
+                    .iter()
+                    .map(|e| e.file.hash.short())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            )),
+        }
+    }
+
+    /// Runs the download's workers on every provider until the file is complete
+    /// or no provider is left.
+    async fn run(
+        &self,
+        plan: &Arc<Plan>,
+        running: &Running,
+        providers: Vec<(NodeId, String)>,
+        updates: &mpsc::Sender<GetUpdate>,
+    ) -> Vec<ProviderEnd> {
+        let active = Arc::new(AtomicUsize::new(0));
+        let mut tasks = tokio::task::JoinSet::new();
+        for (id, name) in providers {
+            tasks.spawn(provide(
+                self.clone(),
+                plan.clone(),
+                id,
+                name,
+                active.clone(),
+                updates.clone(),
+            ));
+        }
+        let mut progress = tokio::time::interval(PROGRESS_EVERY);
+        let mut flush = tokio::time::interval(FLUSH_EVERY);
+        let mut ends = Vec::new();
+        loop {
+            tokio::select! {
+                end = tasks.join_next() => match end {
+                    None => break,
+                    Some(Ok(end)) => {
+                        if let Some(text) = describe(&end) {
+                            let _ = updates.send(GetUpdate::Notice(text)).await;
+                        }
+                        ends.push(end);
+                    }
+                    Some(Err(e)) => warn!(error = %e, "a provider task failed"),
+                },
+                _ = progress.tick() => {
+                    let _ = updates.try_send(GetUpdate::Progress {
+                        done: plan.verified.load(Ordering::Relaxed),
+                        size: plan.size,
+                        providers: active.load(Ordering::Relaxed),
+                    });
+                }
+                _ = flush.tick() => running.flush_async().await,
+            }
+        }
+        let _ = updates.try_send(GetUpdate::Progress {
+            done: plan.verified.load(Ordering::Relaxed),
+            size: plan.size,
+            providers: 0,
+        });
+        ends
+    }
+
+    /// After a download: offer the file too (unless turned off).
+    async fn reshare(&self, path: &Path, hash: BlobHash, name: ShareName, size: u64) {
+        let Ok(meta) = std::fs::metadata(path) else {
+            return;
+        };
+        let share = StoredShare {
+            hash,
+            name: name.clone(),
+            path: path.to_path_buf(),
+            size,
+            mtime_ns: super::mtime_ns(&meta),
+            downloaded: true,
+            added_at_ms: burrow_proto::time::unix_ms(SystemTime::now()),
+        };
+        if self
+            .inner
+            .with_store(move |s| s.put_share(&share))
+            .await
+            .is_ok()
+        {
+            super::offer(&self.inner, vec![FileEntry { hash, name, size }]);
+        }
+    }
+}
+
+/// What a person should hear about a provider that stopped.
+fn describe(end: &ProviderEnd) -> Option<String> {
+    let who = format!("{} ({})", end.name, end.id.short());
+    Some(match end.error.as_ref()? {
+        PieceError::Lied(why) => {
+            format!("{who} {why}; dropped from this download, carrying on with the others")
+        }
+        PieceError::Gone(why) => format!("{who} {why}; carrying on without it"),
+        PieceError::Lost(why) => format!("lost {who}: {why}; carrying on with the others"),
+        PieceError::Disk(e) => format!("cannot write the download: {e}"),
+    })
+}
+
+/// One provider's part: connect (asking, if we are not linked yet), then run
+/// [`STREAMS_PER_PROVIDER`] workers until the plan is done or the provider fails.
+async fn provide(
+    node: Node,
+    plan: Arc<Plan>,
+    id: NodeId,
+    name: String,
+    active: Arc<AtomicUsize>,
+    updates: mpsc::Sender<GetUpdate>,
+) -> ProviderEnd {
+    let sent = Arc::new(AtomicU64::new(0));
+    let end = |error| ProviderEnd {
+        name: name.clone(),
+        id,
+        sent: 0,
+        error,
+    };
+    if let Err(why) = link_with(&node, id, &name, &updates).await {
+        return end(Some(PieceError::Gone(why)));
+    }
+    let conn = match dial_files(&node.inner, id).await {
+        Ok(c) => c,
+        Err(e) => return end(Some(PieceError::Lost(e.to_string()))),
+    };
+    active.fetch_add(1, Ordering::Relaxed);
+    let failed = Arc::new(std::sync::Mutex::new(None::<PieceError>));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..STREAMS_PER_PROVIDER {
+        let (plan, conn, sent) = (plan.clone(), conn.clone(), sent.clone());
+        let (failed, stop) = (failed.clone(), stop.clone());
+        workers.spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let piece = match plan.take() {
+                    Take::Done => return,
+                    Take::Wait => {
+                        plan.wait(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                    Take::Piece(p) => p,
+                };
+                let spans = plan.missing_spans(piece);
+                let result = if spans.is_empty() {
+                    Ok(())
+                } else {
+                    fetch_piece(&plan, &conn, spans, &sent).await
+                };
+                plan.put_back(piece);
+                match result {
+                    Ok(()) => {}
+                    Err(PieceError::Disk(e)) => {
+                        plan.fail(format!("cannot write the download: {e}"));
+                        return;
+                    }
+                    Err(e) => {
+                        stop.store(true, Ordering::Relaxed);
+                        if !matches!(e, PieceError::Lost(_)) {
+                            // Cut the provider off at once: its other streams stop too.
+                            conn.close(quinn::VarInt::from_u32(0x20), b"dropped");
+                        }
+                        failed
+                            .lock()
+                            .expect("failed lock is never poisoned")
+                            .get_or_insert(e);
+                        return;
+                    }
+                }
+            }
+        });
+    }
+    while workers.join_next().await.is_some() {}
+    active.fetch_sub(1, Ordering::Relaxed);
+    conn.close(quinn::VarInt::from_u32(0), b"done");
+    let error = failed.lock().expect("failed lock is never poisoned").take();
+    if let Some(e) = &error {
+        warn!(provider = %id.short(), error = ?e, "provider dropped");
+    }
+    ProviderEnd {
+        name: name.clone(),
+        id,
+        sent: sent.load(Ordering::Relaxed),
+        error,
+    }
+}
+
+/// Makes sure we have a link with `id`: asks for one if needed and waits for the
+/// provider to accept (its policy decides who may download).
+async fn link_with(
+    node: &Node,
+    id: NodeId,
+    name: &str,
+    updates: &mpsc::Sender<GetUpdate>,
+) -> Result<(), String> {
+    let connected = |node: &Node| {
+        node.inner
+            .state()
+            .peers
+            .get(&id)
+            .is_some_and(|p| p.connected())
+    };
+    if connected(node) {
+        return Ok(());
+    }
+    let me = node.name().to_string();
+    let _ = updates
+        .send(GetUpdate::Notice(format!(
+            "asking {name} for a connection; they must accept (burrow accept {me})"
+        )))
+        .await;
+    match node.connect(&id.to_string()).await {
+        Ok(()) | Err(ApiError::AlreadyConnected(_)) | Err(ApiError::Busy(_)) => {}
+        Err(e) => return Err(format!("could not be asked: {e}")),
+    }
+    let deadline = Instant::now() + ACCEPT_WAIT;
+    while Instant::now() < deadline {
+        if connected(node) {
+            return Ok(());
+        }
+        let gave_up = node
+            .inner
+            .state()
+            .peers
+            .get(&id)
+            .is_none_or(|p| p.request.is_none() && !p.accepted);
+        if gave_up {
+            return Err("did not accept the connection".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!("did not accept within {ACCEPT_WAIT:?}"))
+}
+
+/// Moves a complete download to `target` (never over an existing file unless
+/// `force`), and its outboard next to the node's others.
+fn place(plan: &Plan, home: &Path, target: &Path, force: bool) -> Result<PathBuf, ApiError> {
+    let io = |e: std::io::Error| ApiError::File(format!("{}: {e}", target.display()));
+    let dir = target.parent().expect("targets are dir/name");
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let exists = |_| ApiError::Exists(target.display().to_string());
+    if force {
+        if std::fs::rename(&plan.data_path, target).is_err() {
+            // Another file system: copy next to the target, then rename over it.
+            let tmp = dir.join(format!(".{}.burrow-part", plan.hash.short()));
+            std::fs::copy(&plan.data_path, &tmp).map_err(io)?;
+            std::fs::rename(&tmp, target).map_err(io)?;
+            let _ = std::fs::remove_file(&plan.data_path);
+        }
+    } else {
+        match std::fs::hard_link(&plan.data_path, target) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => return Err(exists(e)),
+            Err(_) => {
+                // Another file system: copy into a file that must not exist yet.
+                let mut to = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(target)
+                    .map_err(|e| {
+                        if e.kind() == ErrorKind::AlreadyExists {
+                            exists(e)
+                        } else {
+                            io(e)
+                        }
+                    })?;
+                let mut from = File::open(&plan.data_path).map_err(io)?;
+                std::io::copy(&mut from, &mut to).map_err(io)?;
+                to.sync_all().map_err(io)?;
+            }
+        }
+        let _ = std::fs::remove_file(&plan.data_path);
+    }
+    let outboard = super::outboard_path(home, &plan.hash);
+    if let Some(d) = outboard.parent() {
+        std::fs::create_dir_all(d).map_err(io)?;
+    }
+    std::fs::rename(&plan.outboard_path, &outboard).map_err(io)?;
+    Ok(target.to_path_buf())
+}

@@ -1,0 +1,411 @@
+//! The files service (ALPN `burrow/files/1`): sharing files by content hash,
+//! serving verified ranges to accepted peers ([`serve`]), and downloading from
+//! every online provider at once ([`fetch`], [`get`]).
+//!
+//! On disk, in the node's home:
+//!
+//! ```text
+//! files/outboard/<hash>.obao        hash pairs of a shared file (0.4 % of its size)
+//! files/partial/<hash>.part         a download in progress, written in place
+//! files/partial/<hash>.obao.part    its hash pairs, as they arrive
+//! ```
+//!
+//! Shared files are served from where they are; the store remembers each
+//! share's path, size and modification time (a file that changed is not served
+//! under its old hash) and each download's bitmap of verified chunk groups.
+//! The tracker on the server hears of every share and unshare, and gets the
+//! whole list again after each registration ([`announce_all`]).
+
+pub(crate) mod blocking;
+pub(crate) mod fetch;
+mod get;
+pub(crate) mod serve;
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bao_tree::io::outboard::PreOrderOutboard;
+use bao_tree::{BaoTree, BlockSize};
+use burrow_proto::files::{self, BlobHash, FileEntry, FilesRequest, FilesResponse, ShareName};
+use burrow_proto::rendezvous::{ClientMsg, Query, TrackerEntry, OFFERS_PER_FRAME};
+use burrow_store::StoredShare;
+use tracing::{debug, info};
+
+use crate::api::{FileView, ProviderView, SearchView, ShareView};
+use crate::node::{resolve, ApiError, Inner, Node};
+
+/// Bytes a peer may send ahead on one stream: two pieces, so a piece's request
+/// never waits on credit. quinn's default (1.25 MB) would cap one stream at
+/// about 0.5 Gbit/s over a 20 ms round trip.
+pub(crate) const STREAM_WINDOW: u32 = 4 << 20;
+/// Bytes a peer may send ahead on one connection: 16 MiB keeps 3 Gbit/s flowing
+/// over a 40 ms round trip (the bandwidth-delay product), and bounds what one
+/// peer can make us buffer.
+pub(crate) const RECEIVE_WINDOW: u32 = 16 << 20;
+/// Bytes we keep in flight on one connection; the same reasoning.
+pub(crate) const SEND_WINDOW: u64 = 16 << 20;
+/// Pause between two offer frames when sending the whole list, under the
+/// server's message rate.
+const OFFER_PACING: Duration = Duration::from_millis(100);
+/// How long a tracker search waits for its answer.
+const SEARCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `files <peer>` waits for the list.
+const LIST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The tree shape of a file of `size` bytes in 16 KiB chunk groups.
+pub(crate) fn tree(size: u64) -> BaoTree {
+    BaoTree::new(size, BlockSize::from_chunk_log(files::CHUNK_GROUP_LOG))
+}
+
+pub(crate) fn outboard_dir(home: &Path) -> PathBuf {
+    home.join("files").join("outboard")
+}
+
+pub(crate) fn partial_dir(home: &Path) -> PathBuf {
+    home.join("files").join("partial")
+}
+
+pub(crate) fn outboard_path(home: &Path, hash: &BlobHash) -> PathBuf {
+    outboard_dir(home).join(format!("{hash}.obao"))
+}
+
+fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// Whether a share's file is still what was hashed: same size, same mtime.
+pub(crate) fn unchanged(share: &StoredShare) -> bool {
+    std::fs::metadata(&share.path)
+        .is_ok_and(|m| m.is_file() && m.len() == share.size && mtime_ns(&m) == share.mtime_ns)
+}
+
+/// A hashed file.
+struct Hashed {
+    hash: BlobHash,
+    size: u64,
+    mtime_ns: i64,
+}
+
+/// Hashes the file at `path` and writes its outboard into `home`'s outboard
+/// directory. Reads the file once, at BLAKE3's speed.
+fn hash_file(home: &Path, path: &Path) -> Result<Hashed, ApiError> {
+    let io = |e: std::io::Error| ApiError::File(format!("{}: {e}", path.display()));
+    let file = File::open(path).map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    if !meta.is_file() {
+        return Err(ApiError::File(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    let dir = outboard_dir(home);
+    std::fs::create_dir_all(&dir).map_err(io)?;
+    let tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io)?;
+    let mut outboard = PreOrderOutboard {
+        root: blake3::Hash::from_bytes([0; 32]),
+        tree: tree(meta.len()),
+        data: tmp.reopen().map_err(io)?,
+    };
+    let reader = BufReader::with_capacity(1 << 20, file);
+    let root = bao_tree::io::sync::outboard(reader, outboard.tree, &mut outboard).map_err(io)?;
+    outboard.data.sync_all().map_err(io)?;
+    let after = std::fs::metadata(path).map_err(io)?;
+    if after.len() != meta.len() || mtime_ns(&after) != mtime_ns(&meta) {
+        return Err(ApiError::File(format!(
+            "{} changed while it was being hashed",
+            path.display()
+        )));
+    }
+    let hash = BlobHash::from(root);
+    tmp.persist(outboard_path(home, &hash))
+        .map_err(|e| io(e.error))?;
+    Ok(Hashed {
+        hash,
+        size: meta.len(),
+        mtime_ns: mtime_ns(&meta),
+    })
+}
+
+fn share_view(s: &StoredShare) -> ShareView {
+    ShareView {
+        hash: s.hash.to_string(),
+        name: s.name.to_string(),
+        size: s.size,
+        path: s.path.display().to_string(),
+        downloaded: s.downloaded,
+    }
+}
+
+/// Tells the tracker we offer `files` (if we are registered; otherwise the next
+/// registration sends the whole list).
+pub(crate) fn offer(inner: &Inner, files: Vec<FileEntry>) {
+    if let Some(tx) = inner.state().server_tx.clone() {
+        for chunk in files.chunks(OFFERS_PER_FRAME) {
+            let _ = tx.try_send(ClientMsg::Offer {
+                replace: false,
+                files: chunk.to_vec(),
+            });
+        }
+    }
+}
+
+/// Tells the tracker we no longer offer `hash`.
+pub(crate) fn unoffer(inner: &Inner, hash: BlobHash) {
+    if let Some(tx) = inner.state().server_tx.clone() {
+        let _ = tx.try_send(ClientMsg::Unoffer { hash });
+    }
+}
+
+/// Sends the tracker our whole list, replacing what it had from us (after each
+/// registration), paced under the server's message rate. Shares whose files
+/// changed while the node was away are withdrawn instead.
+pub(crate) fn announce_all(inner: &Arc<Inner>) {
+    let inner = inner.clone();
+    let inner2 = inner.clone();
+    inner.spawn(async move {
+        let Ok(shares) = inner2.with_store(|s| s.shares()).await else {
+            return;
+        };
+        let mut entries = Vec::new();
+        for share in shares {
+            if unchanged(&share) {
+                entries.push(FileEntry {
+                    hash: share.hash,
+                    name: share.name,
+                    size: share.size,
+                });
+            } else {
+                serve::withdraw(&inner2, &share).await;
+            }
+        }
+        let Some(tx) = inner2.state().server_tx.clone() else {
+            return;
+        };
+        debug!(files = entries.len(), "announcing shares to the tracker");
+        let mut frames = entries.chunks(OFFERS_PER_FRAME).map(|c| c.to_vec());
+        let first = frames.next().unwrap_or_default();
+        if tx
+            .send(ClientMsg::Offer {
+                replace: true,
+                files: first,
+            })
+            .await
+            .is_err()
+        {
+            return;
+        }
+        for files in frames {
+            tokio::time::sleep(OFFER_PACING).await;
+            if tx
+                .send(ClientMsg::Offer {
+                    replace: false,
+                    files,
+                })
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+}
+
+impl Node {
+    /// Offers the file at `path` (absolute) as `name` (default: its file name):
+    /// hashes it, keeps its outboard, tells the tracker.
+    pub async fn share(&self, path: &str, name: Option<&str>) -> Result<ShareView, ApiError> {
+        let path = PathBuf::from(path);
+        if !path.is_absolute() {
+            return Err(ApiError::File(format!(
+                "{} is not an absolute path",
+                path.display()
+            )));
+        }
+        let name: ShareName = match name {
+            Some(n) => n.parse(),
+            None => path
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default()
+                .parse(),
+        }
+        .map_err(ApiError::BadName)?;
+        let home = self.inner.config.home.clone();
+        let p = path.clone();
+        let hashed = tokio::task::spawn_blocking(move || hash_file(&home, &p))
+            .await
+            .map_err(|e| ApiError::File(e.to_string()))??;
+        let share = StoredShare {
+            hash: hashed.hash,
+            name,
+            path,
+            size: hashed.size,
+            mtime_ns: hashed.mtime_ns,
+            downloaded: false,
+            added_at_ms: burrow_proto::time::unix_ms(SystemTime::now()),
+        };
+        let stored = share.clone();
+        self.inner.with_store(move |s| s.put_share(&stored)).await?;
+        offer(
+            &self.inner,
+            vec![FileEntry {
+                hash: share.hash,
+                name: share.name.clone(),
+                size: share.size,
+            }],
+        );
+        info!(hash = %share.hash.short(), name = %share.name, size = share.size, "sharing");
+        Ok(share_view(&share))
+    }
+
+    /// What this node offers.
+    pub async fn shares(&self) -> Result<Vec<ShareView>, ApiError> {
+        let shares = self.inner.with_store(|s| s.shares()).await?;
+        Ok(shares.iter().map(share_view).collect())
+    }
+
+    /// Stops offering `file` (its hash, a unique hash prefix, or its name).
+    pub async fn unshare(&self, file: &str) -> Result<ShareView, ApiError> {
+        let shares = self.inner.with_store(|s| s.shares()).await?;
+        let wanted = file.trim();
+        let matches: Vec<&StoredShare> = shares
+            .iter()
+            .filter(|s| s.name.as_str() == wanted)
+            .collect();
+        let matches = if matches.is_empty() && wanted.len() >= 8 {
+            let prefix = wanted.to_ascii_lowercase();
+            shares
+                .iter()
+                .filter(|s| s.hash.to_string().starts_with(&prefix))
+                .collect()
+        } else {
+            matches
+        };
+        let share = match matches.as_slice() {
+            [one] => (*one).clone(),
+            [] => return Err(ApiError::NoSuchShare(wanted.to_string())),
+            many => {
+                return Err(ApiError::AmbiguousFile(
+                    wanted.to_string(),
+                    many.iter()
+                        .map(|s| s.hash.short())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                ))
+            }
+        };
+        let hash = share.hash;
+        self.inner
+            .with_store(move |s| s.remove_share(&hash))
+            .await?;
+        unoffer(&self.inner, hash);
+        let home = self.inner.config.home.clone();
+        let _ = std::fs::remove_file(outboard_path(&home, &hash));
+        Ok(share_view(&share))
+    }
+
+    /// Asks the tracker for files whose name contains `query`.
+    pub async fn search(&self, query: &str) -> Result<Vec<SearchView>, ApiError> {
+        if query.len() > files::MAX_NAME {
+            return Err(ApiError::BadName(files::ShareNameError::TooLong));
+        }
+        let found = self.tracker(Query::Name(query.to_string())).await?;
+        Ok(found.iter().map(search_view).collect())
+    }
+
+    /// Sends a tracker query and waits for the answer.
+    pub(crate) async fn tracker(&self, query: Query) -> Result<Vec<TrackerEntry>, ApiError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (server, query_id) = {
+            let mut st = self.inner.state();
+            let server = st.server_tx.clone().ok_or(ApiError::ServerUnavailable)?;
+            st.next_query = st.next_query.wrapping_add(1);
+            let id = st.next_query;
+            st.searches.insert(id, tx);
+            (server, id)
+        };
+        let sent = server.send(ClientMsg::Search { query_id, query }).await;
+        let answer = match sent {
+            Ok(()) => tokio::time::timeout(SEARCH_TIMEOUT, rx).await,
+            Err(_) => {
+                self.inner.state().searches.remove(&query_id);
+                return Err(ApiError::ServerUnavailable);
+            }
+        };
+        match answer {
+            Ok(Ok(results)) => Ok(results),
+            Ok(Err(_)) => Err(ApiError::ServerUnavailable),
+            Err(_) => {
+                self.inner.state().searches.remove(&query_id);
+                Err(ApiError::NoAnswer)
+            }
+        }
+    }
+
+    /// Asks `peer` (connected) what it offers.
+    pub async fn files(&self, peer: &str) -> Result<Vec<FileView>, ApiError> {
+        let (id, name) = {
+            let st = self.inner.state();
+            let id = resolve(&st, peer)?;
+            let name = st.name_of(&id);
+            if !st.peers.get(&id).is_some_and(|p| p.connected()) {
+                return Err(ApiError::NotConnected(name));
+            }
+            (id, name)
+        };
+        let fail = |e: &dyn std::fmt::Display| ApiError::Peer {
+            name: name.clone(),
+            reason: e.to_string(),
+        };
+        let conn = get::dial_files(&self.inner, id)
+            .await
+            .map_err(|e| fail(&e))?;
+        let list = async {
+            let (send, recv) = conn.open_bi().await.map_err(|e| fail(&e))?;
+            let mut w = burrow_net::FrameWriter::new(send, files::VERSION, files::MAX_FRAME);
+            let mut r = burrow_net::FrameReader::new(recv, files::VERSION, files::MAX_FRAME);
+            w.write(&FilesRequest::List).await.map_err(|e| fail(&e))?;
+            w.finish();
+            match r.read::<FilesResponse>().await.map_err(|e| fail(&e))? {
+                Some(FilesResponse::List { entries }) => Ok(entries),
+                other => Err(fail(&format!("unexpected answer {other:?}"))),
+            }
+        };
+        let entries = tokio::time::timeout(LIST_TIMEOUT, list)
+            .await
+            .map_err(|_| fail(&"no answer"))?;
+        conn.close(quinn::VarInt::from_u32(0), b"done");
+        Ok(entries?
+            .into_iter()
+            .map(|e| FileView {
+                hash: e.hash.to_string(),
+                name: e.name.to_string(),
+                size: e.size,
+            })
+            .collect())
+    }
+}
+
+fn search_view(e: &TrackerEntry) -> SearchView {
+    SearchView {
+        hash: e.file.hash.to_string(),
+        name: e.file.name.to_string(),
+        size: e.file.size,
+        providers: e
+            .providers
+            .iter()
+            .map(|p| ProviderView {
+                id: p.id.to_string(),
+                name: p.name.to_string(),
+            })
+            .collect(),
+        offline_providers: e.offline,
+    }
+}

@@ -1,0 +1,151 @@
+//! The provider side: answering `List` and `Get` on the files connections of
+//! peers we accepted.
+//!
+//! A file is served from where it was shared, with the outboard computed when it
+//! was hashed. Before each `Get` the file's size and modification time are
+//! compared with what was hashed: a file that changed is not served under the
+//! old hash (the share is withdrawn and the tracker told). A change that keeps
+//! both (rare, and deliberate) still can't fool anyone: every downloader checks
+//! every chunk group against the hash.
+
+use std::fs::File;
+use std::io::BufWriter;
+use std::sync::Arc;
+
+use bao_tree::io::outboard::PreOrderOutboard;
+use bao_tree::{ChunkNum, ChunkRanges};
+use burrow_net::{FrameReader, FrameWriter};
+use burrow_proto::files::{self, ChunkSpan, FileEntry, FilesRequest, FilesResponse};
+use burrow_proto::NodeId;
+use burrow_store::StoredShare;
+use tracing::{debug, info, warn};
+
+use super::blocking::BlockingSend;
+use crate::event::NodeEvent;
+use crate::node::Inner;
+
+/// Bytes buffered before a write to the stream: a few chunk groups per call.
+const SEND_BUFFER: usize = 256 * 1024;
+
+/// Serves `peer`'s requests on `conn` until it closes. Each stream is one request.
+pub(crate) async fn serve(inner: Arc<Inner>, peer: NodeId, conn: quinn::Connection) {
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            if let Err(e) = answer(&inner, send, recv).await {
+                debug!(peer = %peer.short(), error = %e, "files request ended");
+            }
+        });
+    }
+}
+
+async fn answer(
+    inner: &Arc<Inner>,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+) -> Result<(), std::io::Error> {
+    let mut reader = FrameReader::new(recv, files::VERSION, files::MAX_FRAME);
+    let mut writer = FrameWriter::new(send, files::VERSION, files::MAX_FRAME);
+    let request = tokio::time::timeout(super::blocking::STALL, reader.read::<FilesRequest>())
+        .await
+        .map_err(|_| std::io::Error::other("no request"))?
+        .map_err(std::io::Error::other)?;
+    let response = match request {
+        None => return Ok(()),
+        Some(FilesRequest::List) => {
+            let shares = inner
+                .with_store(|s| s.shares())
+                .await
+                .map_err(std::io::Error::other)?;
+            let entries = shares
+                .into_iter()
+                .take(files::MAX_LIST)
+                .map(|s| FileEntry {
+                    hash: s.hash,
+                    name: s.name,
+                    size: s.size,
+                })
+                .collect();
+            FilesResponse::List { entries }
+        }
+        Some(FilesRequest::Get { hash, ranges }) => {
+            if !files::ranges_valid(&ranges) {
+                FilesResponse::BadRequest
+            } else {
+                let share = inner
+                    .with_store(move |s| s.share(&hash))
+                    .await
+                    .map_err(std::io::Error::other)?;
+                match share {
+                    None => FilesResponse::NotFound,
+                    Some(share) if !super::unchanged(&share) => {
+                        withdraw(inner, &share).await;
+                        FilesResponse::Changed
+                    }
+                    Some(share) => {
+                        writer
+                            .write(&FilesResponse::Found { size: share.size })
+                            .await
+                            .map_err(std::io::Error::other)?;
+                        let send = writer.into_inner();
+                        return stream_ranges(inner, share, ranges, send).await;
+                    }
+                }
+            }
+        }
+    };
+    writer
+        .write(&response)
+        .await
+        .map_err(std::io::Error::other)?;
+    writer.finish();
+    Ok(())
+}
+
+/// Sends the bao encoding of `ranges` of `share` on `send`, from a blocking thread.
+async fn stream_ranges(
+    inner: &Arc<Inner>,
+    share: StoredShare,
+    ranges: Vec<ChunkSpan>,
+    send: quinn::SendStream,
+) -> Result<(), std::io::Error> {
+    let outboard_path = super::outboard_path(&inner.config.home, &share.hash);
+    let rt = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let data = File::open(&share.path)?;
+        let outboard = PreOrderOutboard {
+            root: share.hash.into(),
+            tree: super::tree(share.size),
+            data: File::open(&outboard_path)?,
+        };
+        let mut wanted = ChunkRanges::empty();
+        for r in &ranges {
+            wanted |= ChunkRanges::from(ChunkNum(r.start)..ChunkNum(r.end));
+        }
+        let mut out = BufWriter::with_capacity(SEND_BUFFER, BlockingSend { stream: send, rt });
+        bao_tree::io::sync::encode_ranges(&data, &outboard, &wanted, &mut out)
+            .map_err(std::io::Error::other)?;
+        let mut send = out.into_inner().map_err(|e| e.into_error())?;
+        let _ = send.stream.finish();
+        Ok(())
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// Stops offering a share whose file changed or vanished, and says so.
+pub(crate) async fn withdraw(inner: &Arc<Inner>, share: &StoredShare) {
+    let hash = share.hash;
+    if let Err(e) = inner.with_store(move |s| s.remove_share(&hash)).await {
+        warn!(error = %e, "could not forget a changed share");
+    }
+    super::unoffer(inner, hash);
+    info!(hash = %hash.short(), path = %share.path.display(), "shared file changed on disk; no longer offered");
+    inner.emit(NodeEvent::ShareWithdrawn {
+        name: share.name.to_string(),
+        path: share.path.display().to_string(),
+        reason:
+            "the file changed on disk since it was shared (share it again to offer the new content)"
+                .into(),
+    });
+}
