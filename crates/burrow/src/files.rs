@@ -151,7 +151,11 @@ pub async fn files(home: &Path, json: bool, peer: String) -> Result<(), CliError
 /// How `get` shows its progress.
 enum Progress {
     Bar(ProgressBar),
-    Lines { last: Instant },
+    /// A line as soon as bytes flow, then one a second.
+    Lines {
+        last: Option<Instant>,
+        first_done: Option<u64>,
+    },
     Quiet,
 }
 
@@ -170,7 +174,8 @@ impl Progress {
             Progress::Quiet
         } else {
             Progress::Lines {
-                last: Instant::now(),
+                last: None,
+                first_done: None,
             }
         }
     }
@@ -186,12 +191,13 @@ impl Progress {
                 bar.set_position(done);
                 bar.set_message(from);
             }
-            Progress::Lines { last } => {
-                if last.elapsed() < Duration::from_secs(1) {
+            Progress::Lines { last, first_done } => {
+                let first = *first_done.get_or_insert(done);
+                if done == first || last.is_some_and(|l| l.elapsed() < Duration::from_secs(1)) {
                     return;
                 }
-                *last = Instant::now();
-                let rate = done as f64 / started.elapsed().as_secs_f64().max(0.001);
+                *last = Some(Instant::now());
+                let rate = (done - first) as f64 / started.elapsed().as_secs_f64().max(0.001);
                 println!(
                     "{} of {} ({:.0}%), {}/s, {from}",
                     HumanBytes(done),

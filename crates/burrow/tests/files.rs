@@ -47,8 +47,9 @@ fn up(home: &Path, url: &str, name: &str, extra: &[&str]) -> Proc {
 
 /// `from` asks `to` for a connection and `to` accepts; waits until linked.
 fn link(from: (&Path, &str), to: (&Path, &str)) {
-    wait_json(from.0, &["peers"], "peer online", |v| {
-        peer(v, to.1).is_some_and(|p| p["online"] == true)
+    // Online, and any connection to an earlier run of it gone.
+    wait_json(from.0, &["peers"], "peer online, not linked", |v| {
+        peer(v, to.1).is_some_and(|p| p["online"] == true && p["connection"] == "none")
     });
     let (ok, _, err) = run(from.0, &["connect", to.1]);
     assert!(ok, "{err}");
@@ -190,4 +191,261 @@ fn share_search_and_get_by_name_and_by_hash() {
             .len(),
         2
     );
+}
+
+/// Overwrites the first byte of every 2 MiB piece of `path` and puts its
+/// modification time back: a provider with this copy passes its own checks and
+/// sends wrong bytes, as a broken or malicious one would.
+fn corrupt_keeping_mtime(path: &Path) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    let meta = f.metadata().unwrap();
+    let mtime = meta.modified().unwrap();
+    let mut at = 0;
+    while at < meta.len() {
+        f.write_all_at(b"\xff", at).unwrap();
+        at += 2 * 1024 * 1024;
+    }
+    f.set_modified(mtime).unwrap();
+}
+
+#[test]
+fn three_providers_share_the_work_and_a_liar_is_caught_and_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (_srv, url) = server(&d.join("srv"));
+    let names = ["alice", "bob", "carol"];
+    let homes: Vec<PathBuf> = names.iter().map(|n| d.join(n)).collect();
+    let _providers: Vec<Proc> = names
+        .iter()
+        .zip(&homes)
+        .map(|(n, h)| up(h, &url, n, &[]))
+        .collect();
+    let dh = d.join("dave");
+    let _dave = up(&dh, &url, "dave", &[]);
+
+    // Each provider has its own copy of the same two files.
+    let size = 64 * 1024 * 1024;
+    for (i, h) in homes.iter().enumerate() {
+        std::fs::create_dir_all(h.join("mine")).unwrap();
+        write_random(&h.join("mine/honest.bin"), size, 7);
+        write_random(&h.join("mine/tampered.bin"), size, 8);
+        share(h, &h.join("mine/honest.bin"), None);
+        share(h, &h.join("mine/tampered.bin"), None);
+        if i == 2 {
+            corrupt_keeping_mtime(&h.join("mine/tampered.bin"));
+        }
+    }
+    for (n, h) in names.iter().zip(&homes) {
+        link((&dh, "dave"), (h, n));
+    }
+    wait_json(&dh, &["search", ".bin"], "three providers of each", |v| {
+        ["honest.bin", "tampered.bin"]
+            .iter()
+            .all(|f| entry(v, f).is_some_and(|e| e["providers"].as_array().unwrap().len() == 3))
+    });
+
+    // All three send part of it.
+    let out = d.join("dl");
+    let (ok, got, err) = get(&dh, "honest.bin", &out, &[]);
+    assert!(ok, "{err}");
+    let mut used: Vec<&str> = got["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    used.sort();
+    assert_eq!(used, names, "every provider sent verified data");
+    assert!(same_bytes(
+        &homes[0].join("mine/honest.bin"),
+        &out.join("honest.bin")
+    ));
+
+    // carol's copy is wrong in every piece: her first piece gives her away, by
+    // name, and the others finish the file.
+    let (ok, got, err) = get(&dh, "tampered.bin", &out, &[]);
+    assert!(ok, "{err}");
+    assert!(
+        err.lines().any(|l| l.contains("carol (")
+            && l.contains("does not match")
+            && l.contains("dropped")),
+        "the liar is named: {err}"
+    );
+    assert!(
+        !got["providers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == "carol"),
+        "nothing of carol's was kept: {got}"
+    );
+    assert!(same_bytes(
+        &homes[0].join("mine/tampered.bin"),
+        &out.join("tampered.bin")
+    ));
+}
+
+/// Starts `burrow get` for a person (plain progress lines) and waits until it
+/// has verified part of the file.
+fn get_until_progress(home: &Path, file: &str, out: &Path) -> Proc {
+    let mut p = Proc::spawn(&[
+        "--home",
+        home.to_str().unwrap(),
+        "get",
+        file,
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let line = p.expect_line("%), ");
+    assert!(!line.starts_with("0 B"), "{line}");
+    p
+}
+
+#[test]
+fn a_large_download_resumes_after_the_downloader_or_the_provider_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (_srv, url) = server(&d.join("srv"));
+    let (ah, bh) = (d.join("alice"), d.join("bob"));
+    let mut alice = up(&ah, &url, "alice", &[]);
+    let mut bob = up(&bh, &url, "bob", &[]);
+    let original = d.join("big.bin");
+    let size: u64 = 400 * 1024 * 1024;
+    write_random(&original, size, 42);
+    let hash = share(&ah, &original, None)["hash"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    link((&bh, "bob"), (&ah, "alice"));
+    let out = d.join("dl");
+
+    // Kill the downloader's node mid-transfer (SIGKILL: no goodbye, no flush).
+    let mut getter = get_until_progress(&bh, &hash, &out);
+    unsafe_kill(bob.child.id(), "KILL");
+    assert!(!getter.child.wait().unwrap().success());
+    drop(bob);
+    assert!(
+        !out.join("big.bin").exists(),
+        "nothing unverified appears under its name"
+    );
+    bob = up(&bh, &url, "bob", &[]);
+    link((&bh, "bob"), (&ah, "alice"));
+
+    // Kill the provider mid-transfer: the download stops, says so, and keeps
+    // what it verified.
+    let mut getter = get_until_progress(&bh, &hash, &out);
+    unsafe_kill(alice.child.id(), "KILL");
+    let status = getter.child.wait().unwrap();
+    assert!(!status.success());
+    drop(alice);
+    let (ok, _, err) = get(&bh, &hash, &out, &[]);
+    assert!(
+        !ok && err.contains("nobody who has") && err.contains("1 providers offline"),
+        "{err}"
+    );
+    alice = up(&ah, &url, "alice", &[]);
+    link((&bh, "bob"), (&ah, "alice"));
+    let (ok, got, err) = get(&bh, &hash, &out, &[]);
+    assert!(ok, "{err}");
+    let resumed = got["resumed_bytes"].as_u64().unwrap();
+    assert!(resumed > 0 && resumed < size, "resumed from {resumed}");
+    assert!(err.contains("resuming:"), "{err}");
+    assert!(same_bytes(&original, &out.join("big.bin")));
+    drop((alice, bob));
+}
+
+#[test]
+fn names_from_peers_never_choose_a_path_and_errors_say_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (_srv, url) = server(&d.join("srv"));
+    let (ah, bh) = (d.join("alice"), d.join("bob"));
+    let mut alice = up(&ah, &url, "alice", &[]);
+    let _bob = up(&bh, &url, "bob", &[]);
+    let src = d.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    link((&bh, "bob"), (&ah, "alice"));
+    let out = d.join("dl");
+
+    // Hostile names land as plain files inside the target directory.
+    for (i, (name, saved)) in [
+        ("../../etc/passwd", "__.._etc_passwd"),
+        ("/tmp/abs", "_tmp_abs"),
+        ("..", "download"),
+        ("CON", "_CON"),
+        ("a/b\\c", "a_b_c"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let f = src.join(format!("f{i}"));
+        write_random(&f, 1000 + i as u64, i as u64);
+        let hash = share(&ah, &f, Some(name))["hash"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let (ok, got, err) = get(&bh, &hash, &out, &[]);
+        assert!(ok, "{name}: {err}");
+        assert_eq!(got["path"], out.join(saved).to_str().unwrap(), "{name}");
+        assert!(same_bytes(&f, &out.join(saved)));
+    }
+    let entries: Vec<_> = std::fs::read_dir(&out).unwrap().collect();
+    assert_eq!(
+        entries.len(),
+        5,
+        "everything stayed in the target directory"
+    );
+
+    // Names with control characters are refused at the door.
+    let f = src.join("ctl");
+    write_random(&f, 10, 9);
+    let (ok, _, err) = run(&ah, &["share", f.to_str().unwrap(), "--name", "a\nb"]);
+    assert!(!ok && err.contains("control characters"), "{err}");
+
+    // An empty file.
+    let empty = src.join("empty");
+    std::fs::write(&empty, b"").unwrap();
+    let hash = share(&ah, &empty, None)["hash"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(hash, blake3_hex(b""));
+    let (ok, got, err) = get(&bh, "empty", &out, &[]);
+    assert!(ok, "{err}");
+    assert_eq!(got["size"], 0);
+    assert_eq!(std::fs::metadata(out.join("empty")).unwrap().len(), 0);
+
+    // Unknown names and hashes.
+    let (ok, _, err) = run(&bh, &["get", "nothing-like-it"]);
+    assert!(
+        !ok && err.contains("knows no file") && err.contains("hint: burrow search"),
+        "{err}"
+    );
+    let (ok, _, err) = run(&bh, &["get", &"ab".repeat(32)]);
+    assert!(!ok && err.contains("knows no file"), "{err}");
+
+    // A file its provider changed since sharing: not served under the old hash.
+    let f = src.join("changing");
+    write_random(&f, 100_000, 10);
+    share(&ah, &f, None);
+    write_random(&f, 100_001, 11);
+    let (ok, _, err) = run(&bh, &["get", "changing", "-o", out.to_str().unwrap()]);
+    assert!(
+        !ok && err.contains("changed on disk") && err.contains("run the same get again"),
+        "{err}"
+    );
+    alice.expect_line("no longer sharing \"changing\"");
+
+    // A provider that deleted its file.
+    let f = src.join("deleted");
+    write_random(&f, 5000, 12);
+    share(&ah, &f, None);
+    std::fs::remove_file(&f).unwrap();
+    let (ok, _, err) = run(&bh, &["get", "deleted", "-o", out.to_str().unwrap()]);
+    assert!(!ok && err.contains("alice ("), "{err}");
+}
+
+fn blake3_hex(data: &[u8]) -> String {
+    blake3::hash(data).to_hex().to_string()
 }

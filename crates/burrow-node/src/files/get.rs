@@ -398,23 +398,27 @@ async fn provide(
                 } else {
                     fetch_piece(&plan, &conn, spans, &sent).await
                 };
-                plan.put_back(piece);
                 match result {
-                    Ok(()) => {}
+                    Ok(()) => plan.put_back(piece),
                     Err(PieceError::Disk(e)) => {
                         plan.fail(format!("cannot write the download: {e}"));
+                        plan.put_back(piece);
                         return;
                     }
                     Err(e) => {
+                        // Stop this provider's workers before its piece is free
+                        // for another of them to take, and name the first cause
+                        // (the others' errors follow from cutting it off).
                         stop.store(true, Ordering::Relaxed);
-                        if !matches!(e, PieceError::Lost(_)) {
-                            // Cut the provider off at once: its other streams stop too.
-                            conn.close(quinn::VarInt::from_u32(0x20), b"dropped");
-                        }
+                        let cut = !matches!(e, PieceError::Lost(_));
                         failed
                             .lock()
                             .expect("failed lock is never poisoned")
                             .get_or_insert(e);
+                        if cut {
+                            conn.close(quinn::VarInt::from_u32(0x20), b"dropped");
+                        }
+                        plan.put_back(piece);
                         return;
                     }
                 }

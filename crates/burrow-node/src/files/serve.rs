@@ -80,7 +80,11 @@ async fn answer(
                     None => FilesResponse::NotFound,
                     Some(share) if !super::unchanged(&share) => {
                         withdraw(inner, &share).await;
-                        FilesResponse::Changed
+                        if share.path.exists() {
+                            FilesResponse::Changed
+                        } else {
+                            FilesResponse::NotFound
+                        }
                     }
                     Some(share) => {
                         writer
