@@ -12,6 +12,11 @@
 //! plus one echo (no rendezvous, no NAT).
 //!
 //! Needs root (the lab); run with `cargo run --release -p burrow-bench -- setup`.
+//!
+//! `transfer`: see [`transfer`]. Run with `cargo build --release -p burrow &&
+//! cargo run --release -p burrow-bench -- transfer [--lab]`.
+
+mod transfer;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
@@ -44,6 +49,19 @@ enum Bench {
         #[arg(long, default_value = "11s", value_parser = humantime::parse_duration)]
         direct_wait: Duration,
     },
+    /// One file between two nodes, beside plain TCP and bare QUIC.
+    Transfer {
+        /// File size in MiB.
+        #[arg(long, default_value_t = 1024)]
+        size_mib: u64,
+        /// Across the NAT lab (root needed) instead of loopback.
+        #[arg(long)]
+        lab: bool,
+        /// With --lab: one-way delay on every uplink, in milliseconds (the
+        /// peers are four uplink crossings apart: 10 ms makes a 40 ms round trip).
+        #[arg(long, default_value_t = 10)]
+        delay_ms: u64,
+    },
 }
 
 fn main() {
@@ -54,6 +72,11 @@ fn main() {
             delay_ms,
             direct_wait,
         } => setup(runs, Duration::from_millis(delay_ms), direct_wait),
+        Bench::Transfer {
+            size_mib,
+            lab,
+            delay_ms,
+        } => transfer::run(size_mib, lab.then(|| Duration::from_millis(delay_ms))),
     }
 }
 

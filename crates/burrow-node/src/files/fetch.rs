@@ -16,21 +16,20 @@
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::BufReader;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use bao_tree::io::sync::DecodeResponseIter;
+use bao_tree::io::fsm::{ResponseDecoder, ResponseDecoderNext};
 use bao_tree::io::{BaoContentItem, DecodeError};
 use bao_tree::{BaoTree, ChunkNum, ChunkRanges, TreeNode};
 use burrow_net::{FrameReader, FrameWriter};
 use burrow_proto::files::{self, BlobHash, ChunkSpan, FilesRequest, FilesResponse, CHUNK_GROUP};
 use tokio::sync::Notify;
 
-use super::blocking::{BlockingRecv, STALL};
+use super::quic_io::{StreamReader, STALL};
 
 /// Chunk groups per piece: 2 MiB. Large enough that a request's overhead (a
 /// round trip to start, the hash pairs down to it) is small; small enough that a
@@ -39,8 +38,6 @@ pub(crate) const PIECE_GROUPS: u64 = 128;
 /// Pieces each provider works on at once: keeps the path busy across the gap
 /// between one piece's end and the next one's first byte.
 pub(crate) const STREAMS_PER_PROVIDER: usize = 4;
-/// Bytes read from the stream at a time.
-const RECV_BUFFER: usize = 256 * 1024;
 
 /// One bit per chunk group.
 #[derive(Debug, Clone)]
@@ -355,8 +352,8 @@ fn group_len(size: u64, g: u64) -> u64 {
     size.saturating_sub(g * CHUNK_GROUP).min(CHUNK_GROUP)
 }
 
-/// Fetches the missing groups of one piece from the provider on `conn`. Counts
-/// what it verified into `counted`.
+/// Fetches the missing groups of one piece from the provider on `conn`,
+/// verifying as it reads. Counts what it verified into `counted`.
 pub(crate) async fn fetch_piece(
     plan: &Arc<Plan>,
     conn: &quinn::Connection,
@@ -399,33 +396,23 @@ pub(crate) async fn fetch_piece(
         }
         other => return Err(PieceError::Lost(format!("answered {other:?}"))),
     }
-    let recv = reader.into_inner();
-    let plan = plan.clone();
-    let counted = counted.clone();
-    let rt = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || decode(&plan, recv, rt, &spans, &counted))
-        .await
-        .map_err(|e| lost(&e))?
-}
-
-/// Reads and verifies one response, writing what verifies.
-fn decode(
-    plan: &Plan,
-    recv: quinn::RecvStream,
-    rt: tokio::runtime::Handle,
-    spans: &[ChunkSpan],
-    counted: &AtomicU64,
-) -> Result<(), PieceError> {
     let mut ranges = ChunkRanges::empty();
-    for s in spans {
+    for s in &spans {
         ranges |= ChunkRanges::from(ChunkNum(s.start)..ChunkNum(s.end));
     }
-    let reader = BufReader::with_capacity(RECV_BUFFER, BlockingRecv { stream: recv, rt });
-    let items = DecodeResponseIter::new(plan.hash.into(), plan.tree, reader, &ranges);
-    for item in items {
+    let reader = StreamReader::new(reader.into_inner());
+    let mut decoder = ResponseDecoder::new(plan.hash.into(), ranges, plan.tree, reader);
+    loop {
         if plan.stop.load(Ordering::Relaxed) {
             return Ok(());
         }
+        let item = match decoder.next().await {
+            ResponseDecoderNext::More((next, item)) => {
+                decoder = next;
+                item
+            }
+            ResponseDecoderNext::Done(_) => return Ok(()),
+        };
         match item {
             Ok(BaoContentItem::Parent(p)) => plan
                 .record_parent(p.node, &p.pair)
@@ -454,7 +441,6 @@ fn decode(
             Err(DecodeError::Io(e)) => return Err(PieceError::Lost(e.to_string())),
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -16,9 +16,9 @@
 //! The tracker on the server hears of every share and unshare, and gets the
 //! whole list again after each registration ([`announce_all`]).
 
-pub(crate) mod blocking;
 pub(crate) mod fetch;
 mod get;
+mod quic_io;
 pub(crate) mod serve;
 
 use std::fs::File;

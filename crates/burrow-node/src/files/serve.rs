@@ -8,8 +8,6 @@
 //! both (rare, and deliberate) still can't fool anyone: every downloader checks
 //! every chunk group against the hash.
 
-use std::fs::File;
-use std::io::BufWriter;
 use std::sync::Arc;
 
 use bao_tree::io::outboard::PreOrderOutboard;
@@ -18,14 +16,12 @@ use burrow_net::{FrameReader, FrameWriter};
 use burrow_proto::files::{self, ChunkSpan, FileEntry, FilesRequest, FilesResponse};
 use burrow_proto::NodeId;
 use burrow_store::StoredShare;
+use iroh_io::AsyncStreamWriter;
 use tracing::{debug, info, warn};
 
-use super::blocking::BlockingSend;
+use super::quic_io::{FileSlice, StreamWriter};
 use crate::event::NodeEvent;
 use crate::node::Inner;
-
-/// Bytes buffered before a write to the stream: a few chunk groups per call.
-const SEND_BUFFER: usize = 256 * 1024;
 
 /// Serves `peer`'s requests on `conn` until it closes. Each stream is one request.
 pub(crate) async fn serve(inner: Arc<Inner>, peer: NodeId, conn: quinn::Connection) {
@@ -46,7 +42,7 @@ async fn answer(
 ) -> Result<(), std::io::Error> {
     let mut reader = FrameReader::new(recv, files::VERSION, files::MAX_FRAME);
     let mut writer = FrameWriter::new(send, files::VERSION, files::MAX_FRAME);
-    let request = tokio::time::timeout(super::blocking::STALL, reader.read::<FilesRequest>())
+    let request = tokio::time::timeout(super::quic_io::STALL, reader.read::<FilesRequest>())
         .await
         .map_err(|_| std::io::Error::other("no request"))?
         .map_err(std::io::Error::other)?;
@@ -106,7 +102,7 @@ async fn answer(
     Ok(())
 }
 
-/// Sends the bao encoding of `ranges` of `share` on `send`, from a blocking thread.
+/// Sends the bao encoding of `ranges` of `share` on `send`.
 async fn stream_ranges(
     inner: &Arc<Inner>,
     share: StoredShare,
@@ -114,27 +110,23 @@ async fn stream_ranges(
     send: quinn::SendStream,
 ) -> Result<(), std::io::Error> {
     let outboard_path = super::outboard_path(&inner.config.home, &share.hash);
-    let rt = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || {
-        let data = File::open(&share.path)?;
-        let outboard = PreOrderOutboard {
-            root: share.hash.into(),
-            tree: super::tree(share.size),
-            data: File::open(&outboard_path)?,
-        };
-        let mut wanted = ChunkRanges::empty();
-        for r in &ranges {
-            wanted |= ChunkRanges::from(ChunkNum(r.start)..ChunkNum(r.end));
-        }
-        let mut out = BufWriter::with_capacity(SEND_BUFFER, BlockingSend { stream: send, rt });
-        bao_tree::io::sync::encode_ranges(&data, &outboard, &wanted, &mut out)
-            .map_err(std::io::Error::other)?;
-        let mut send = out.into_inner().map_err(|e| e.into_error())?;
-        let _ = send.stream.finish();
-        Ok(())
-    })
-    .await
-    .map_err(std::io::Error::other)?
+    let data = FileSlice::open(&share.path)?;
+    let outboard = PreOrderOutboard {
+        root: share.hash.into(),
+        tree: super::tree(share.size),
+        data: FileSlice::open(&outboard_path)?,
+    };
+    let mut wanted = ChunkRanges::empty();
+    for r in &ranges {
+        wanted |= ChunkRanges::from(ChunkNum(r.start)..ChunkNum(r.end));
+    }
+    let mut out = StreamWriter::new(send);
+    bao_tree::io::fsm::encode_ranges(data, outboard, &wanted, &mut out)
+        .await
+        .map_err(std::io::Error::other)?;
+    out.sync().await?;
+    let _ = out.stream.finish();
+    Ok(())
 }
 
 /// Stops offering a share whose file changed or vanished, and says so.

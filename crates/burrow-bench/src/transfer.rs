@@ -1,0 +1,440 @@
+//! `transfer`: one file from one node to another, beside the same bytes over a
+//! plain TCP connection and over a bare quinn connection (same TLS 1.3 raw-key
+//! crypto and flow-control windows as burrow, no verification, no disk).
+//!
+//! burrow runs as it does for people: the release `burrow` binary as a server and
+//! two `up` nodes, `share` on one side and `get --json` on the other (BLAKE3
+//! verification of every 16 KiB group, the file written to disk and synced).
+//! Peak memory is each node process's high-water mark (VmHWM).
+//!
+//! On loopback by default; with `--lab`, across the NAT lab with a delay on every
+//! uplink (two uplinks each way: 4 × delay round trip), the sender behind a
+//! port-restricted NAT and the receiver on the public segment, so plain TCP can
+//! run over the same links.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use burrow_lab::{Host, Lab, NatKind};
+use burrow_proto::SecretKey;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+
+/// Where each end of a measurement runs: a lab host, or loopback.
+#[derive(Clone)]
+struct End {
+    host: Option<Host>,
+    ip: std::net::IpAddr,
+}
+
+impl End {
+    fn enter(&self) {
+        if let Some(h) = &self.host {
+            burrow_lab::enter_namespace(&h.ns).expect("entering the lab namespace");
+        }
+    }
+
+    fn command(&self, program: &Path) -> Command {
+        match &self.host {
+            Some(h) => h.command(program.to_str().expect("a UTF-8 path")),
+            None => Command::new(program),
+        }
+    }
+}
+
+/// Writes `size` seeded pseudo-random bytes (xorshift: several GB/s).
+fn generate(path: &Path, size: u64) {
+    let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path).unwrap());
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut block = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        for w in block.chunks_exact_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            w.copy_from_slice(&x.to_le_bytes());
+        }
+        let n = left.min(block.len() as u64) as usize;
+        f.write_all(&block[..n]).unwrap();
+        left -= n as u64;
+    }
+    f.flush().unwrap();
+}
+
+/// Plain TCP: the file's bytes from `from` to `to`, read and dropped there.
+fn tcp(file: &Path, from: &End, to: &End) -> Duration {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let to2 = to.clone();
+    let receiver = std::thread::spawn(move || {
+        to2.enter();
+        let l = TcpListener::bind((to2.ip, 0)).unwrap();
+        tx.send(l.local_addr().unwrap()).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut n = 0u64;
+        loop {
+            match s.read(&mut buf).unwrap() {
+                0 => break,
+                k => n += k as u64,
+            }
+        }
+        (Instant::now(), n)
+    });
+    let addr = rx.recv().unwrap();
+    let (from2, file2) = (from.clone(), file.to_path_buf());
+    let sender = std::thread::spawn(move || {
+        from2.enter();
+        let mut f = std::fs::File::open(file2).unwrap();
+        let start = Instant::now();
+        let mut s = TcpStream::connect(addr).unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let k = f.read(&mut buf).unwrap();
+            if k == 0 {
+                break;
+            }
+            s.write_all(&buf[..k]).unwrap();
+        }
+        drop(s);
+        start
+    });
+    let start = sender.join().unwrap();
+    let (end, n) = receiver.join().unwrap();
+    assert_eq!(n, std::fs::metadata(file).unwrap().len());
+    end - start
+}
+
+/// quinn alone: one stream, burrow's TLS and windows, the file's bytes read
+/// and dropped.
+fn bare_quic(file: &Path, from: &End, to: &End) -> Duration {
+    let transport = || {
+        let mut t = quinn::TransportConfig::default();
+        t.stream_receive_window((4u32 << 20).into())
+            .receive_window((16u32 << 20).into())
+            .send_window(16 << 20);
+        Arc::new(t)
+    };
+    let server_key = SecretKey::generate(&mut rand::thread_rng());
+    let server_id = server_key.public();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let to2 = to.clone();
+    let receiver = std::thread::spawn(move || {
+        to2.enter();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let tls = burrow_net::tls::server_config(&server_key, &[b"bench/1"]);
+            let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(
+                QuicServerConfig::try_from(tls).unwrap(),
+            ));
+            cfg.transport_config(transport());
+            let ep = quinn::Endpoint::server(cfg, SocketAddr::new(to2.ip, 0)).unwrap();
+            tx.send(ep.local_addr().unwrap()).unwrap();
+            let conn = ep.accept().await.unwrap().await.unwrap();
+            let mut r = conn.accept_uni().await.unwrap();
+            let mut n = 0u64;
+            while let Some(chunk) = r.read_chunk(usize::MAX, true).await.unwrap() {
+                n += chunk.bytes.len() as u64;
+            }
+            let end = Instant::now();
+            conn.close(0u8.into(), b"done");
+            ep.wait_idle().await;
+            (end, n)
+        })
+    });
+    let addr = rx.recv().unwrap();
+    let (from2, file2) = (from.clone(), file.to_path_buf());
+    let sender = std::thread::spawn(move || {
+        from2.enter();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let key = SecretKey::generate(&mut rand::thread_rng());
+            let tls = burrow_net::tls::client_config(&key, b"bench/1");
+            let mut cfg =
+                quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).unwrap()));
+            cfg.transport_config(transport());
+            let bind = SocketAddr::new(from2.ip, 0);
+            let ep = quinn::Endpoint::client(bind).unwrap();
+            let mut f = std::fs::File::open(file2).unwrap();
+            let start = Instant::now();
+            let conn = ep
+                .connect_with(cfg, addr, burrow_net::tls::SERVER_NAME)
+                .unwrap()
+                .await
+                .unwrap();
+            assert_eq!(burrow_net::peer_id(&conn), Some(server_id));
+            let mut s = conn.open_uni().await.unwrap();
+            loop {
+                let mut buf = vec![0u8; 1 << 20];
+                let k = f.read(&mut buf).unwrap();
+                if k == 0 {
+                    break;
+                }
+                buf.truncate(k);
+                s.write_chunk(buf.into()).await.unwrap();
+            }
+            s.finish().unwrap();
+            conn.closed().await;
+            start
+        })
+    });
+    let start = sender.join().unwrap();
+    let (end, n) = receiver.join().unwrap();
+    assert_eq!(n, std::fs::metadata(file).unwrap().len());
+    end - start
+}
+
+/// A `burrow` process whose stdout is read line by line.
+struct Proc {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command) -> Proc {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("burrow starts");
+        let out = child.stdout.take().expect("piped");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc { child, lines }
+    }
+
+    fn expect(&self, needle: &str) -> String {
+        loop {
+            let l = self
+                .lines
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("burrow never printed {needle:?}"));
+            if l.contains(needle) {
+                return l;
+            }
+        }
+    }
+
+    /// Peak resident memory, from /proc.
+    fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the process is alive");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .expect("VmHWM in /proc/pid/status")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn cli(bin: &Path, home: &Path, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(bin)
+        .arg("--home")
+        .arg(home)
+        .args(args)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "burrow {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+fn wait_for(bin: &Path, home: &Path, what: &str, check: impl Fn(&serde_json::Value) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check(&cli(bin, home, &["peers"])) {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn peer_is(v: &serde_json::Value, name: &str, states: &[&str]) -> bool {
+    v.as_array().is_some_and(|a| {
+        a.iter()
+            .any(|p| p["name"] == name && states.iter().any(|s| p["connection"] == *s))
+    })
+}
+
+/// What the burrow run measured.
+struct BurrowRun {
+    elapsed: Duration,
+    hash_time: Duration,
+    sender_kib: u64,
+    receiver_kib: u64,
+}
+
+/// burrow itself: a server and two nodes, `share`, then `get`.
+fn burrow(bin: &Path, dir: &Path, file: &Path, server: &End, from: &End, to: &End) -> BurrowRun {
+    let listen = format!("{}:0", server.ip);
+    let srv = Proc::spawn({
+        let mut c = server.command(bin);
+        c.arg("--home")
+            .arg(dir.join("srv"))
+            .args(["server", "--listen", &listen]);
+        c
+    });
+    let url = srv
+        .expect("join URL:")
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .to_string();
+    let up = |end: &End, name: &str| {
+        let mut c = end.command(bin);
+        c.arg("--home")
+            .arg(dir.join(name))
+            .args(["up", "--server", &url, "--name", name]);
+        if end.host.is_none() {
+            c.args(["--bind", "127.0.0.1:0"]);
+        }
+        let p = Proc::spawn(c);
+        p.expect("is up");
+        p
+    };
+    let (alice, bob) = (up(from, "alice"), up(to, "bob"));
+    let (ah, bh) = (dir.join("alice"), dir.join("bob"));
+    let t = Instant::now();
+    let shared = cli(bin, &ah, &["share", file.to_str().unwrap()]);
+    let hash_time = t.elapsed();
+    let hash = shared["hash"].as_str().unwrap().to_string();
+    wait_for(bin, &bh, "alice online", |v| peer_is(v, "alice", &["none"]));
+    cli(bin, &bh, &["connect", "alice"]);
+    wait_for(bin, &ah, "bob's request", |v| {
+        peer_is(v, "bob", &["pending_in"])
+    });
+    cli(bin, &ah, &["accept", "bob"]);
+    wait_for(bin, &bh, "a direct path", |v| {
+        peer_is(v, "alice", &["direct"])
+    });
+    let out = dir.join("received");
+    let got = cli(bin, &bh, &["get", &hash, "-o", out.to_str().unwrap()]);
+    let elapsed = Duration::from_millis(got["elapsed_ms"].as_u64().unwrap());
+    assert_eq!(
+        std::fs::metadata(out.join(file.file_name().unwrap()))
+            .unwrap()
+            .len(),
+        std::fs::metadata(file).unwrap().len()
+    );
+    BurrowRun {
+        elapsed,
+        hash_time,
+        sender_kib: alice.peak_rss_kib(),
+        receiver_kib: bob.peak_rss_kib(),
+    }
+}
+
+/// The release `burrow` binary, built beside this benchmark.
+fn burrow_binary() -> PathBuf {
+    let bin = std::env::current_exe()
+        .expect("own path")
+        .with_file_name("burrow");
+    if !bin.exists() {
+        eprintln!(
+            "{} is missing: build it first with `cargo build --release -p burrow`",
+            bin.display()
+        );
+        std::process::exit(2);
+    }
+    bin
+}
+
+fn gbit(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 * 8.0 / d.as_secs_f64() / 1e9
+}
+
+/// Runs the benchmark with a file of `size_mib` MiB, on loopback or (with
+/// `delay`) across the lab.
+pub fn run(size_mib: u64, lab_delay: Option<Duration>) {
+    let bin = burrow_binary();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("data.bin");
+    let size = size_mib << 20;
+    generate(&file, size);
+    // Keep the lab alive for the whole run; loopback needs none.
+    let mut lab = None;
+    let (server, from, to, place) = match lab_delay {
+        None => {
+            let lo = End {
+                host: None,
+                ip: [127, 0, 0, 1].into(),
+            };
+            (lo.clone(), lo.clone(), lo, "loopback".to_string())
+        }
+        Some(delay) => {
+            let mut l = Lab::new().unwrap_or_else(|e| {
+                eprintln!("cannot build the lab (root needed): {e}");
+                std::process::exit(2);
+            });
+            l.set_uplink_delay(delay);
+            let (a, _) = l.add_peer("tx", NatKind::PortRestricted).unwrap();
+            let (b, _) = l.add_peer("rx", NatKind::None).unwrap();
+            let s = l.server().clone();
+            let end = |h: Host| End {
+                ip: h.addr.into(),
+                host: Some(h),
+            };
+            let place = format!(
+                "lab: sender behind a port-restricted NAT, {} ms round trip",
+                4 * delay.as_millis()
+            );
+            lab = Some(l);
+            (end(s), end(a), end(b), place)
+        }
+    };
+    println!("transfer: {size_mib} MiB, {place}");
+    let t = tcp(&file, &from, &to);
+    println!(
+        "  plain TCP           {:6.2} Gbit/s  {:6.2} s",
+        gbit(size, t),
+        t.as_secs_f64()
+    );
+    let q = bare_quic(&file, &from, &to);
+    println!(
+        "  bare QUIC (quinn)   {:6.2} Gbit/s  {:6.2} s",
+        gbit(size, q),
+        q.as_secs_f64()
+    );
+    let b = burrow(&bin, dir.path(), &file, &server, &from, &to);
+    println!(
+        "  burrow get          {:6.2} Gbit/s  {:6.2} s  {:.0}% of bare QUIC (every 16 KiB verified, written to disk)",
+        gbit(size, b.elapsed),
+        b.elapsed.as_secs_f64(),
+        100.0 * q.as_secs_f64() / b.elapsed.as_secs_f64()
+    );
+    println!(
+        "  share (hashing)     {:6.2} GB/s",
+        size as f64 / b.hash_time.as_secs_f64() / 1e9
+    );
+    println!(
+        "  peak memory         sender {} MiB, receiver {} MiB",
+        b.sender_kib / 1024,
+        b.receiver_kib / 1024
+    );
+    drop(lab);
+}
