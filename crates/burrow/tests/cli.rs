@@ -281,3 +281,29 @@ async fn hostile_input_does_not_stop_the_server() {
     let status = srv.terminate();
     assert!(status.success());
 }
+
+#[test]
+fn the_demo_connects_chats_and_shares_a_file() {
+    let out = std::process::Command::new(BIN)
+        .arg("demo")
+        .env_remove("BURROW_HOME")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for step in [
+        "bob     connected to alice",
+        "delivered, stored by alice",
+        "$ burrow share holiday.bin",
+        "holiday.bin  128 MiB  from alice",
+        "every 16 KiB checked against the hash, saved in",
+        "Gbit/s",
+        "alice sees: bob went offline",
+    ] {
+        assert!(text.contains(step), "the demo lacks {step:?}:\n{text}");
+    }
+}

@@ -41,7 +41,8 @@ fn a_download_crosses_two_different_nats_directly() {
     let mut gus = LabNode::up(&h2, dir.path(), &url, "gus");
     gus.link(&mut fay);
     assert!(
-        gus.wait_path("fay", "direct", Duration::from_secs(20)).is_some(),
+        gus.wait_path("fay", "direct", Duration::from_secs(20))
+            .is_some(),
         "full cone and port-restricted go direct"
     );
     share_and_get(dir.path(), &fay, &gus, 24 * 1024 * 1024 + 3);

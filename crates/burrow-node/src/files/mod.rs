@@ -261,6 +261,9 @@ impl Node {
                 size: share.size,
             }],
         );
+        // The server handles our messages in order: once it answers this lookup
+        // the offer is in the tracker, and others can find it when we return.
+        let _ = self.tracker(Query::Hash(share.hash)).await;
         info!(hash = %share.hash.short(), name = %share.name, size = share.size, "sharing");
         Ok(share_view(&share))
     }
