@@ -62,7 +62,9 @@ fn generate(path: &Path, size: u64) {
         f.write_all(&block[..n]).unwrap();
         left -= n as u64;
     }
-    f.flush().unwrap();
+    // On disk before anything is measured: otherwise the kernel writes it back
+    // during the runs, on the same two cores.
+    f.into_inner().unwrap().sync_all().unwrap();
 }
 
 /// Plain TCP: the file's bytes from `from` to `to`, read and dropped there.
