@@ -45,26 +45,14 @@ impl End {
     }
 }
 
-/// Writes `size` seeded pseudo-random bytes (xorshift: several GB/s).
+/// Writes `size` seeded pseudo-random bytes, on disk before anything is
+/// measured: otherwise the kernel writes them back during the runs, on the same
+/// two cores.
 fn generate(path: &Path, size: u64) {
-    let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path).unwrap());
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut block = vec![0u8; 1 << 20];
-    let mut left = size;
-    while left > 0 {
-        for w in block.chunks_exact_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            w.copy_from_slice(&x.to_le_bytes());
-        }
-        let n = left.min(block.len() as u64) as usize;
-        f.write_all(&block[..n]).unwrap();
-        left -= n as u64;
-    }
-    // On disk before anything is measured: otherwise the kernel writes it back
-    // during the runs, on the same two cores.
-    f.into_inner().unwrap().sync_all().unwrap();
+    burrow_lab::data::write_random(path, size, 1).expect("test data written");
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .expect("test data synced");
 }
 
 /// Plain TCP: the file's bytes from `from` to `to`, read and dropped there.

@@ -27,10 +27,13 @@
 //! Every router also drops unsolicited packets from its WAN to itself, as home
 //! routers do (see `nat_rules` for why that matters to hole punching).
 //!
+//! [`data`] writes seeded test files for tests and benchmarks.
+//!
 //! Needs root, `ip` (iproute2), `nft` (nftables) and `conntrack`; [`Lab::new`]
 //! says which is missing. Tests call [`require_or_skip`] to skip with a printed reason where the
 //! lab can't be built, except under `BURROW_LAB=required` (CI), where they fail.
 
+pub mod data;
 pub mod delay;
 mod ns;
 mod rt;

@@ -8,44 +8,13 @@ use std::time::{Duration, Instant};
 
 use common::proc::*;
 
-/// Starts `burrow server` on a free loopback port with fast timeouts.
+/// A server on loopback whose requests expire in 5 s.
 fn server(home: &Path) -> (Proc, String) {
-    let h = home.to_str().unwrap();
-    let mut p = Proc::spawn(&[
-        "--home",
-        h,
-        "server",
-        "--listen",
-        "127.0.0.1:0",
-        "--idle-timeout",
-        "1500ms",
-        "--request-ttl",
-        "5s",
-    ]);
-    let line = p.expect_line("join URL:");
-    let url = line.split_whitespace().last().unwrap().to_string();
-    (p, url)
+    loopback_server(home, &["--request-ttl", "5s"])
 }
 
 fn up(home: &Path, url: &str, name: &str) -> Proc {
-    let h = home.to_str().unwrap();
-    let mut p = Proc::spawn(&[
-        "--home",
-        h,
-        "up",
-        "--server",
-        url,
-        "--name",
-        name,
-        "--bind",
-        "127.0.0.1:0",
-        "--keepalive",
-        "300ms",
-        "--idle-timeout",
-        "1500ms",
-    ]);
-    p.expect_line("is up");
-    p
+    loopback_up(home, url, name)
 }
 
 #[test]

@@ -10,39 +10,11 @@ use common::proc::*;
 use serde_json::Value;
 
 fn server(home: &Path) -> (Proc, String) {
-    let mut p = Proc::spawn(&[
-        "--home",
-        home.to_str().unwrap(),
-        "server",
-        "--listen",
-        "127.0.0.1:0",
-        "--idle-timeout",
-        "1500ms",
-    ]);
-    let line = p.expect_line("join URL:");
-    (p, line.split_whitespace().last().unwrap().to_string())
+    loopback_server(home, &[])
 }
 
-fn up(home: &Path, url: &str, name: &str, extra: &[&str]) -> Proc {
-    let mut args = vec![
-        "--home",
-        home.to_str().unwrap(),
-        "up",
-        "--server",
-        url,
-        "--name",
-        name,
-        "--bind",
-        "127.0.0.1:0",
-        "--keepalive",
-        "300ms",
-        "--idle-timeout",
-        "1500ms",
-    ];
-    args.extend_from_slice(extra);
-    let mut p = Proc::spawn(&args);
-    p.expect_line("is up");
-    p
+fn up(home: &Path, url: &str, name: &str) -> Proc {
+    loopback_up(home, url, name)
 }
 
 /// `from` asks `to` for a connection and `to` accepts; waits until linked.
@@ -94,9 +66,9 @@ fn share_search_and_get_by_name_and_by_hash() {
     let d = dir.path();
     let (ah, bh, ch) = (d.join("alice"), d.join("bob"), d.join("carol"));
     let (_srv, url) = server(&d.join("srv"));
-    let _alice = up(&ah, &url, "alice", &[]);
-    let _bob = up(&bh, &url, "bob", &[]);
-    let _carol = up(&ch, &url, "carol", &[]);
+    let _alice = up(&ah, &url, "alice");
+    let _bob = up(&bh, &url, "bob");
+    let _carol = up(&ch, &url, "carol");
 
     let original = d.join("holiday.mkv");
     write_random(&original, 3 * 1024 * 1024 + 12_345, 1);
@@ -219,10 +191,10 @@ fn three_providers_share_the_work_and_a_liar_is_caught_and_dropped() {
     let _providers: Vec<Proc> = names
         .iter()
         .zip(&homes)
-        .map(|(n, h)| up(h, &url, n, &[]))
+        .map(|(n, h)| up(h, &url, n))
         .collect();
     let dh = d.join("dave");
-    let _dave = up(&dh, &url, "dave", &[]);
+    let _dave = up(&dh, &url, "dave");
 
     // Each provider has its own copy of the same two files.
     let size = 64 * 1024 * 1024;
@@ -308,8 +280,8 @@ fn a_large_download_resumes_after_the_downloader_or_the_provider_is_killed() {
     let d = dir.path();
     let (_srv, url) = server(&d.join("srv"));
     let (ah, bh) = (d.join("alice"), d.join("bob"));
-    let mut alice = up(&ah, &url, "alice", &[]);
-    let mut bob = up(&bh, &url, "bob", &[]);
+    let mut alice = up(&ah, &url, "alice");
+    let mut bob = up(&bh, &url, "bob");
     let original = d.join("big.bin");
     let size: u64 = 400 * 1024 * 1024;
     write_random(&original, size, 42);
@@ -329,7 +301,7 @@ fn a_large_download_resumes_after_the_downloader_or_the_provider_is_killed() {
         !out.join("big.bin").exists(),
         "nothing unverified appears under its name"
     );
-    bob = up(&bh, &url, "bob", &[]);
+    bob = up(&bh, &url, "bob");
     link((&bh, "bob"), (&ah, "alice"));
 
     // Kill the provider mid-transfer: the download stops, says so, and keeps
@@ -344,7 +316,7 @@ fn a_large_download_resumes_after_the_downloader_or_the_provider_is_killed() {
         !ok && err.contains("nobody who has") && err.contains("1 providers offline"),
         "{err}"
     );
-    alice = up(&ah, &url, "alice", &[]);
+    alice = up(&ah, &url, "alice");
     link((&bh, "bob"), (&ah, "alice"));
     let (ok, got, err) = get(&bh, &hash, &out, &[]);
     assert!(ok, "{err}");
@@ -361,8 +333,8 @@ fn names_from_peers_never_choose_a_path_and_errors_say_what_to_do() {
     let d = dir.path();
     let (_srv, url) = server(&d.join("srv"));
     let (ah, bh) = (d.join("alice"), d.join("bob"));
-    let mut alice = up(&ah, &url, "alice", &[]);
-    let _bob = up(&bh, &url, "bob", &[]);
+    let mut alice = up(&ah, &url, "alice");
+    let _bob = up(&bh, &url, "bob");
     let src = d.join("src");
     std::fs::create_dir_all(&src).unwrap();
     link((&bh, "bob"), (&ah, "alice"));

@@ -185,6 +185,48 @@ pub fn peer<'a>(peers: &'a Value, name: &str) -> Option<&'a Value> {
     peers.as_array()?.iter().find(|p| p["name"] == name)
 }
 
+/// Starts `burrow server` on a free loopback port with fast timeouts (and
+/// `extra` arguments); returns the process and its join URL.
+pub fn loopback_server(home: &Path, extra: &[&str]) -> (Proc, String) {
+    let mut args = vec![
+        "--home",
+        home.to_str().expect("a UTF-8 temp path"),
+        "server",
+        "--listen",
+        "127.0.0.1:0",
+        "--idle-timeout",
+        "1500ms",
+    ];
+    args.extend_from_slice(extra);
+    let mut p = Proc::spawn(&args);
+    let line = p.expect_line("join URL:");
+    let url = line.split_whitespace().last().expect("a URL").to_string();
+    (p, url)
+}
+
+/// Starts `burrow up` as `name` on loopback with fast keepalives; waits until
+/// it is up.
+pub fn loopback_up(home: &Path, url: &str, name: &str) -> Proc {
+    let args = [
+        "--home",
+        home.to_str().expect("a UTF-8 temp path"),
+        "up",
+        "--server",
+        url,
+        "--name",
+        name,
+        "--bind",
+        "127.0.0.1:0",
+        "--keepalive",
+        "300ms",
+        "--idle-timeout",
+        "1500ms",
+    ];
+    let mut p = Proc::spawn(&args);
+    p.expect_line("is up");
+    p
+}
+
 /// Starts `burrow server` in the lab's server namespace on its first address,
 /// port 7700, with `extra` arguments; returns the process and its join URL.
 pub fn lab_server(lab: &burrow_lab::Lab, home: &Path, extra: &[&str]) -> (Proc, String) {
