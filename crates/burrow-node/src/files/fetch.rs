@@ -10,9 +10,16 @@
 //!
 //! A provider that sends one wrong byte is caught at that group, named, and
 //! dropped: its piece goes back in the queue for the others. One that leaves
-//! gives its piece back the same way. Every second the partial files are synced
-//! and then the bitmap is stored, so after a crash or a kill the next `get` asks
-//! only for what was not yet verified (at most a second's work is redone).
+//! gives its piece back the same way.
+//!
+//! Every second the bitmap is stored. A group is marked only after its bytes
+//! were written, so after a kill the next `get` asks only for what was not yet
+//! verified (at most a second's work is redone). The bitmap is a claim, not
+//! proof: on resume the claimed groups are hashed again against the outboard
+//! (bao-tree's `valid_ranges`, BLAKE3 speed) and any that don't hold (a power
+//! loss before the kernel wrote them) are fetched again. That is why the
+//! partial file needs no `fdatasync` while the transfer runs; the finished
+//! file is synced once, before it gets its name.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -23,6 +30,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bao_tree::io::fsm::{ResponseDecoder, ResponseDecoderNext};
+use bao_tree::io::outboard::PreOrderOutboard;
 use bao_tree::io::{BaoContentItem, DecodeError};
 use bao_tree::{BaoTree, ChunkNum, ChunkRanges, TreeNode};
 use burrow_net::{FrameReader, FrameWriter};
@@ -173,8 +181,9 @@ impl Plan {
         let outboard = open(&outboard_path)?;
         let fits =
             data.metadata()?.len() == size && outboard.metadata()?.len() == tree.outboard_size();
-        let bitmap = match bitmap.and_then(|b| Bitmap::from_bytes(b, groups)) {
-            Some(b) if fits => b,
+        let claimed = bitmap.and_then(|b| Bitmap::from_bytes(b, groups));
+        let bitmap = match claimed {
+            Some(b) if fits => recheck(hash, tree, &data, &outboard, b)?,
             _ => {
                 // Start over: whatever is in the files was never verified.
                 for (f, len) in [(&data, size), (&outboard, tree.outboard_size())] {
@@ -319,21 +328,20 @@ impl Plan {
         }
     }
 
-    /// Makes what is verified durable: syncs both files, then returns the bitmap
-    /// to store (only after the data it vouches for is on disk). `None` if
-    /// nothing changed since the last flush.
-    pub fn sync(&self) -> std::io::Result<Option<Vec<u8>>> {
-        let bits = {
-            let mut st = self.state();
-            if !st.dirty {
-                return Ok(None);
-            }
-            st.dirty = false;
-            st.bitmap.as_bytes().to_vec()
-        };
+    /// The bitmap to store, if it changed since the last call.
+    pub fn progress(&self) -> Option<Vec<u8>> {
+        let mut st = self.state();
+        if !st.dirty {
+            return None;
+        }
+        st.dirty = false;
+        Some(st.bitmap.as_bytes().to_vec())
+    }
+
+    /// Syncs the finished file and its outboard to disk.
+    pub fn sync(&self) -> std::io::Result<()> {
         self.data.sync_data()?;
-        self.outboard.sync_data()?;
-        Ok(Some(bits))
+        self.outboard.sync_data()
     }
 
     /// Records a fatal error: every worker stops.
@@ -345,6 +353,42 @@ impl Plan {
         self.stop.store(true, Ordering::Relaxed);
         self.changed.notify_waiters();
     }
+}
+
+/// Keeps the groups `claimed` marks whose bytes still match the outboard.
+fn recheck(
+    hash: BlobHash,
+    tree: BaoTree,
+    data: &File,
+    outboard: &File,
+    claimed: Bitmap,
+) -> std::io::Result<Bitmap> {
+    let per_group = CHUNK_GROUP / 1024;
+    let chunks = tree.chunks().0.max(1);
+    let mut ranges = ChunkRanges::empty();
+    for g in (0..claimed.groups).filter(|&g| claimed.get(g)) {
+        ranges |=
+            ChunkRanges::from(ChunkNum(g * per_group)..ChunkNum(((g + 1) * per_group).min(chunks)));
+    }
+    let outboard = PreOrderOutboard {
+        root: hash.into(),
+        tree,
+        data: outboard,
+    };
+    let mut valid = ChunkRanges::empty();
+    for r in bao_tree::io::sync::valid_ranges(outboard, data, &ranges) {
+        let r = r?;
+        valid |= ChunkRanges::from(r.start..r.end);
+    }
+    let mut kept = Bitmap::new(claimed.groups);
+    for g in (0..claimed.groups).filter(|&g| claimed.get(g)) {
+        let group =
+            ChunkRanges::from(ChunkNum(g * per_group)..ChunkNum(((g + 1) * per_group).min(chunks)));
+        if (group.clone() & valid.clone()) == group {
+            kept.set(g);
+        }
+    }
+    Ok(kept)
 }
 
 /// The length of chunk group `g` of a file of `size` bytes (the last may be short).
@@ -490,12 +534,51 @@ mod tests {
         // A piece given back unfinished is asked for again, first.
         plan.put_back(2);
         assert!(matches!(plan.take(), Take::Piece(2)));
-        let bits = plan.sync().unwrap().expect("a group was marked");
-        // Reopening with the stored bitmap resumes from it.
-        let again = Plan::open(dir.path(), BlobHash([1; 32]), size, Some(bits)).unwrap();
-        assert_eq!(again.resumed, CHUNK_GROUP);
-        // Without it, the files are reset.
+        assert!(plan.progress().is_some());
+        assert!(plan.progress().is_none(), "only what changed is stored");
+        // Without a stored bitmap, the files are reset.
         let fresh = Plan::open(dir.path(), BlobHash([1; 32]), size, None).unwrap();
         assert_eq!(fresh.resumed, 0);
+    }
+
+    #[test]
+    fn a_resume_keeps_only_claimed_groups_whose_bytes_still_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let size = 2 * PIECE_GROUPS * CHUNK_GROUP + 5000;
+        let content: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
+        let tree = crate::files::tree(size);
+        // A complete partial download: the data and its outboard, every group claimed.
+        let mut ob = PreOrderOutboard {
+            root: blake3::Hash::from_bytes([0; 32]),
+            tree,
+            data: vec![0u8; tree.outboard_size() as usize],
+        };
+        let root = bao_tree::io::sync::outboard(&content[..], tree, &mut ob).unwrap();
+        let hash = BlobHash::from(root);
+        std::fs::write(dir.path().join(format!("{hash}.part")), &content).unwrap();
+        std::fs::write(dir.path().join(format!("{hash}.obao.part")), &ob.data).unwrap();
+        let groups = tree.blocks();
+        let mut all = Bitmap::new(groups);
+        (0..groups).for_each(|g| {
+            all.set(g);
+        });
+        let plan = Plan::open(dir.path(), hash, size, Some(all.as_bytes().to_vec())).unwrap();
+        assert_eq!(plan.resumed, size);
+        assert!(plan.complete());
+        drop(plan);
+        // Bytes lost in group 3 (as after a power loss): that group is fetched again.
+        let mut damaged = content.clone();
+        damaged[3 * CHUNK_GROUP as usize + 10] ^= 1;
+        std::fs::write(dir.path().join(format!("{hash}.part")), &damaged).unwrap();
+        let plan = Plan::open(dir.path(), hash, size, Some(all.as_bytes().to_vec())).unwrap();
+        assert_eq!(plan.resumed, size - CHUNK_GROUP);
+        assert!(matches!(plan.take(), Take::Piece(0)));
+        assert_eq!(
+            plan.missing_spans(0),
+            vec![ChunkSpan {
+                start: 3 * 16,
+                end: 4 * 16
+            }]
+        );
     }
 }

@@ -57,21 +57,17 @@ struct Running {
 }
 
 impl Running {
-    /// Syncs the partial files, then stores the bitmap that vouches for them.
-    /// Blocks: call from a blocking thread.
+    /// Stores the bitmap of verified groups, if it changed. Blocks: call from a
+    /// blocking thread.
     fn flush(inner: &Inner, plan: &Plan, stored: &StoredDownload) {
-        match plan.sync() {
-            Ok(Some(bits)) => {
-                let mut d = stored.clone();
-                d.verified = bits;
-                let now = burrow_proto::time::unix_ms(SystemTime::now());
-                let mut store = inner.store.lock().expect("store lock is never poisoned");
-                if let Err(e) = store.put_download(&d, now) {
-                    warn!(error = %e, "could not record download progress");
-                }
+        if let Some(bits) = plan.progress() {
+            let mut d = stored.clone();
+            d.verified = bits;
+            let now = burrow_proto::time::unix_ms(SystemTime::now());
+            let mut store = inner.store.lock().expect("store lock is never poisoned");
+            if let Err(e) = store.put_download(&d, now) {
+                warn!(error = %e, "could not record download progress");
             }
-            Ok(None) => {}
-            Err(e) => warn!(error = %e, "could not sync the partial download"),
         }
     }
 
@@ -487,10 +483,11 @@ async fn link_with(
     Err(format!("did not accept within {ACCEPT_WAIT:?}"))
 }
 
-/// Moves a complete download to `target` (never over an existing file unless
-/// `force`), and its outboard next to the node's others.
+/// Syncs a complete download and moves it to `target` (never over an existing
+/// file unless `force`), and its outboard next to the node's others.
 fn place(plan: &Plan, home: &Path, target: &Path, force: bool) -> Result<PathBuf, ApiError> {
     let io = |e: std::io::Error| ApiError::File(format!("{}: {e}", target.display()));
+    plan.sync().map_err(io)?;
     let dir = target.parent().expect("targets are dir/name");
     std::fs::create_dir_all(dir).map_err(io)?;
     let exists = |_| ApiError::Exists(target.display().to_string());
