@@ -439,7 +439,7 @@ async fn serve_node(incoming: quinn::Incoming, shared: Arc<Shared>) -> Result<()
                     msg,
                     ClientMsg::Offer { .. } | ClientMsg::Unoffer { .. } | ClientMsg::Search { .. }
                 ) {
-                    let online = |f: &mut dyn FnMut(&Registry)| f(&shared.hub().registry);
+                    let online = |found| tracker::entries(&shared.hub().registry, found);
                     if let Some(answer) = tracker::handle(&shared.store, online, id, msg).await {
                         if answers.try_send(answer).is_err() {
                             warn!(node = %id.short(), "node is not reading its answers");

@@ -21,10 +21,11 @@ use tracing::{debug, warn};
 use crate::broker::Registry;
 
 /// Handles one tracker message from `from`; returns the answer, if any.
-/// `registry` tells who is online (it is locked only to read that).
+/// `online` turns stored offers into search results ([`entries`] with the
+/// registry, which it locks only for that).
 pub(crate) async fn handle(
     store: &Arc<Mutex<ServerStore>>,
-    registry: impl Fn(&mut dyn FnMut(&Registry)),
+    online: impl FnOnce(Vec<Offered>) -> Vec<TrackerEntry>,
     from: NodeId,
     msg: ClientMsg,
 ) -> Option<ServerMsg> {
@@ -62,8 +63,7 @@ pub(crate) async fn handle(
                     .await
                     .map(|o| o.into_iter().collect()),
             };
-            let mut results = Vec::new();
-            registry(&mut |r| results = entries(r, found.clone().unwrap_or_default()));
+            let results = online(found.unwrap_or_default());
             Some(ServerMsg::SearchResults { query_id, results })
         }
         _ => None,
@@ -72,7 +72,7 @@ pub(crate) async fn handle(
 
 /// Search results as nodes see them: online providers named, offline ones
 /// counted, files with most online providers first.
-fn entries(registry: &Registry, found: Vec<Offered>) -> Vec<TrackerEntry> {
+pub(crate) fn entries(registry: &Registry, found: Vec<Offered>) -> Vec<TrackerEntry> {
     let mut out: Vec<TrackerEntry> = found
         .into_iter()
         .map(|o| {

@@ -23,6 +23,7 @@
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -32,7 +33,7 @@ use std::time::Duration;
 use bao_tree::io::fsm::{ResponseDecoder, ResponseDecoderNext};
 use bao_tree::io::outboard::PreOrderOutboard;
 use bao_tree::io::{BaoContentItem, DecodeError};
-use bao_tree::{BaoTree, ChunkNum, ChunkRanges, TreeNode};
+use bao_tree::{BaoTree, ChunkRanges, TreeNode};
 use burrow_net::{FrameReader, FrameWriter};
 use burrow_proto::files::{self, BlobHash, ChunkSpan, FilesRequest, FilesResponse, CHUNK_GROUP};
 use tokio::sync::Notify;
@@ -194,9 +195,7 @@ impl Plan {
             }
         };
         let pieces = groups.div_ceil(PIECE_GROUPS);
-        let missing = |p: u64| {
-            (p * PIECE_GROUPS..((p + 1) * PIECE_GROUPS).min(groups)).any(|g| !bitmap.get(g))
-        };
+        let missing = |p: u64| piece_groups(p, groups).any(|g| !bitmap.get(g));
         // The last piece first: it proves the size (the hash covers it).
         let mut queue: VecDeque<u64> = (0..pieces.saturating_sub(1))
             .filter(|&p| missing(p))
@@ -265,9 +264,7 @@ impl Plan {
     pub fn put_back(&self, piece: u64) {
         let mut st = self.state();
         st.in_flight -= 1;
-        let missing = (piece * PIECE_GROUPS..((piece + 1) * PIECE_GROUPS).min(self.groups))
-            .any(|g| !st.bitmap.get(g));
-        if missing {
+        if piece_groups(piece, self.groups).any(|g| !st.bitmap.get(g)) {
             st.queue.push_front(piece);
         }
         drop(st);
@@ -277,13 +274,12 @@ impl Plan {
     /// The chunk ranges of `piece`'s missing groups.
     pub fn missing_spans(&self, piece: u64) -> Vec<ChunkSpan> {
         let st = self.state();
-        let per_group = CHUNK_GROUP / 1024;
         let mut spans: Vec<ChunkSpan> = Vec::new();
-        for g in piece * PIECE_GROUPS..((piece + 1) * PIECE_GROUPS).min(self.groups) {
+        for g in piece_groups(piece, self.groups) {
             if st.bitmap.get(g) {
                 continue;
             }
-            let (start, end) = (g * per_group, ((g + 1) * per_group).min(self.chunks));
+            let Range { start, end } = group_chunks(g, self.chunks);
             match spans.last_mut() {
                 Some(last) if last.end == start => last.end = end,
                 _ => spans.push(ChunkSpan { start, end }),
@@ -363,13 +359,9 @@ fn recheck(
     outboard: &File,
     claimed: Bitmap,
 ) -> std::io::Result<Bitmap> {
-    let per_group = CHUNK_GROUP / 1024;
     let chunks = tree.chunks().0.max(1);
-    let mut ranges = ChunkRanges::empty();
-    for g in (0..claimed.groups).filter(|&g| claimed.get(g)) {
-        ranges |=
-            ChunkRanges::from(ChunkNum(g * per_group)..ChunkNum(((g + 1) * per_group).min(chunks)));
-    }
+    let claimed_groups = || (0..claimed.groups).filter(|&g| claimed.get(g));
+    let ranges = super::chunk_ranges(claimed_groups().map(|g| group_chunks(g, chunks)));
     let outboard = PreOrderOutboard {
         root: hash.into(),
         tree,
@@ -377,18 +369,27 @@ fn recheck(
     };
     let mut valid = ChunkRanges::empty();
     for r in bao_tree::io::sync::valid_ranges(outboard, data, &ranges) {
-        let r = r?;
-        valid |= ChunkRanges::from(r.start..r.end);
+        valid |= ChunkRanges::from(r?);
     }
     let mut kept = Bitmap::new(claimed.groups);
-    for g in (0..claimed.groups).filter(|&g| claimed.get(g)) {
-        let group =
-            ChunkRanges::from(ChunkNum(g * per_group)..ChunkNum(((g + 1) * per_group).min(chunks)));
+    for g in claimed_groups() {
+        let group = super::chunk_ranges([group_chunks(g, chunks)]);
         if (group.clone() & valid.clone()) == group {
             kept.set(g);
         }
     }
     Ok(kept)
+}
+
+/// The groups of piece `p` in a file of `groups` groups.
+fn piece_groups(p: u64, groups: u64) -> Range<u64> {
+    p * PIECE_GROUPS..((p + 1) * PIECE_GROUPS).min(groups)
+}
+
+/// The 1 KiB chunks of group `g` in a file of `chunks` chunks.
+fn group_chunks(g: u64, chunks: u64) -> Range<u64> {
+    let per_group = CHUNK_GROUP / 1024;
+    g * per_group..((g + 1) * per_group).min(chunks)
 }
 
 /// The length of chunk group `g` of a file of `size` bytes (the last may be short).
@@ -440,10 +441,7 @@ pub(crate) async fn fetch_piece(
         }
         other => return Err(PieceError::Lost(format!("answered {other:?}"))),
     }
-    let mut ranges = ChunkRanges::empty();
-    for s in &spans {
-        ranges |= ChunkRanges::from(ChunkNum(s.start)..ChunkNum(s.end));
-    }
+    let ranges = super::chunk_ranges(spans.iter().map(|s| s.start..s.end));
     let reader = StreamReader::new(reader.into_inner());
     let mut decoder = ResponseDecoder::new(plan.hash.into(), ranges, plan.tree, reader);
     loop {

@@ -133,30 +133,12 @@ impl Node {
         if !self.inner.state().downloads.insert(hash) {
             return Err(ApiError::AlreadyDownloading(name.to_string()));
         }
-        let stored = self.inner.with_store(move |s| s.download(&hash)).await;
-        let stored = match stored {
-            Ok(s) => s,
+        let size = entry.file.size;
+        let plan = match self.open_plan(hash, size).await {
+            Ok(plan) => plan,
             Err(e) => {
                 self.inner.state().downloads.remove(&hash);
                 return Err(e);
-            }
-        };
-        let size = entry.file.size;
-        let bits = stored.filter(|d| d.size == size).map(|d| d.verified);
-        let partial = super::partial_dir(&self.inner.config.home);
-        let opened =
-            tokio::task::spawn_blocking(move || Plan::open(&partial, hash, size, bits)).await;
-        let plan = match opened {
-            Ok(Ok(plan)) => Arc::new(plan),
-            Ok(Err(e)) => {
-                self.inner.state().downloads.remove(&hash);
-                return Err(ApiError::File(format!(
-                    "cannot create the partial file: {e}"
-                )));
-            }
-            Err(e) => {
-                self.inner.state().downloads.remove(&hash);
-                return Err(ApiError::File(e.to_string()));
             }
         };
         let record = StoredDownload {
@@ -223,6 +205,19 @@ impl Node {
             elapsed_ms,
             resumed_bytes: plan.resumed,
         })
+    }
+
+    /// Opens the partial download of `hash`, continuing an earlier one of the
+    /// same size.
+    async fn open_plan(&self, hash: BlobHash, size: u64) -> Result<Arc<Plan>, ApiError> {
+        let stored = self.inner.with_store(move |s| s.download(&hash)).await?;
+        let bits = stored.filter(|d| d.size == size).map(|d| d.verified);
+        let partial = super::partial_dir(&self.inner.config.home);
+        tokio::task::spawn_blocking(move || Plan::open(&partial, hash, size, bits))
+            .await
+            .map_err(|e| ApiError::File(e.to_string()))?
+            .map(Arc::new)
+            .map_err(|e| ApiError::File(format!("cannot create the partial file: {e}")))
     }
 
     /// The tracker entry `file` means: a hash, or an exact share name that

@@ -23,12 +23,13 @@ pub(crate) mod serve;
 
 use std::fs::File;
 use std::io::BufReader;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bao_tree::io::outboard::PreOrderOutboard;
-use bao_tree::{BaoTree, BlockSize};
+use bao_tree::{BaoTree, BlockSize, ChunkNum, ChunkRanges};
 use burrow_proto::files::{self, BlobHash, FileEntry, FilesRequest, FilesResponse, ShareName};
 use burrow_proto::rendezvous::{ClientMsg, Query, TrackerEntry, OFFERS_PER_FRAME};
 use burrow_store::StoredShare;
@@ -58,6 +59,15 @@ const LIST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The tree shape of a file of `size` bytes in 16 KiB chunk groups.
 pub(crate) fn tree(size: u64) -> BaoTree {
     BaoTree::new(size, BlockSize::from_chunk_log(files::CHUNK_GROUP_LOG))
+}
+
+/// bao-tree's range set of the chunk ranges `ranges` (half-open chunk numbers).
+pub(crate) fn chunk_ranges(ranges: impl IntoIterator<Item = Range<u64>>) -> ChunkRanges {
+    let mut set = ChunkRanges::empty();
+    for r in ranges {
+        set |= ChunkRanges::from(ChunkNum(r.start)..ChunkNum(r.end));
+    }
+    set
 }
 
 pub(crate) fn outboard_dir(home: &Path) -> PathBuf {

@@ -11,7 +11,6 @@
 use std::sync::Arc;
 
 use bao_tree::io::outboard::PreOrderOutboard;
-use bao_tree::{ChunkNum, ChunkRanges};
 use burrow_net::{FrameReader, FrameWriter};
 use burrow_proto::files::{self, ChunkSpan, FileEntry, FilesRequest, FilesResponse};
 use burrow_proto::NodeId;
@@ -75,11 +74,10 @@ async fn answer(
                 match share {
                     None => FilesResponse::NotFound,
                     Some(share) if !super::unchanged(&share) => {
-                        withdraw(inner, &share).await;
-                        if share.path.exists() {
-                            FilesResponse::Changed
-                        } else {
+                        if withdraw(inner, &share).await {
                             FilesResponse::NotFound
+                        } else {
+                            FilesResponse::Changed
                         }
                     }
                     Some(share) => {
@@ -116,10 +114,7 @@ async fn stream_ranges(
         tree: super::tree(share.size),
         data: FileSlice::open(&outboard_path)?,
     };
-    let mut wanted = ChunkRanges::empty();
-    for r in &ranges {
-        wanted |= ChunkRanges::from(ChunkNum(r.start)..ChunkNum(r.end));
-    }
+    let wanted = super::chunk_ranges(ranges.iter().map(|r| r.start..r.end));
     let mut out = StreamWriter::new(send);
     bao_tree::io::fsm::encode_ranges(data, outboard, &wanted, &mut out)
         .await
@@ -130,18 +125,24 @@ async fn stream_ranges(
 }
 
 /// Stops offering a share whose file changed or vanished, and says so.
-pub(crate) async fn withdraw(inner: &Arc<Inner>, share: &StoredShare) {
+/// Returns true if the file is gone.
+pub(crate) async fn withdraw(inner: &Arc<Inner>, share: &StoredShare) -> bool {
     let hash = share.hash;
     if let Err(e) = inner.with_store(move |s| s.remove_share(&hash)).await {
         warn!(error = %e, "could not forget a changed share");
     }
     super::unoffer(inner, hash);
-    info!(hash = %hash.short(), path = %share.path.display(), "shared file changed on disk; no longer offered");
+    let gone = !share.path.exists();
+    let reason = if gone {
+        "the file is gone"
+    } else {
+        "the file changed on disk since it was shared (share it again to offer the new content)"
+    };
+    info!(hash = %hash.short(), path = %share.path.display(), reason, "no longer offered");
     inner.emit(NodeEvent::ShareWithdrawn {
         name: share.name.to_string(),
         path: share.path.display().to_string(),
-        reason:
-            "the file changed on disk since it was shared (share it again to offer the new content)"
-                .into(),
+        reason: reason.into(),
     });
+    gone
 }
