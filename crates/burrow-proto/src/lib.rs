@@ -12,6 +12,11 @@
 //! - [`chat`]: the chat service's messages.
 //! - [`files`]: the files service's messages, content hashes, and the rules that
 //!   keep names from peers out of file paths.
+//! - [`forum`]: signed, content-addressed posts and the hybrid logical clock that
+//!   orders them.
+//! - [`reconcile`]: range-based set reconciliation of post sets (negentropy).
+//! - [`mesh`]: the mesh service's frames (gossip, sync, clock, introductions) and
+//!   serverless tickets.
 //! - [`stun`]: STUN Binding requests and responses (RFC 8489), on top of `stun_codec`.
 //!
 //! Nothing here depends on an async runtime or opens a socket; the crates above it
@@ -20,10 +25,13 @@
 pub mod addr;
 pub mod chat;
 pub mod files;
+pub mod forum;
 pub mod frame;
 pub mod id;
+pub mod mesh;
 pub mod name;
 pub mod punch;
+pub mod reconcile;
 pub mod relay;
 pub mod rendezvous;
 pub mod stun;
