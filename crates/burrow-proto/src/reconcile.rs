@@ -130,7 +130,9 @@ mod tests {
     }
 
     /// `common` shared items, then `only_a` and `only_b` items each side alone has.
-    fn sets(common: u64, only_a: u64, only_b: u64) -> (Vec<(Hlc, PostId)>, Vec<(Hlc, PostId)>) {
+    type Set = Vec<(Hlc, PostId)>;
+
+    fn sets(common: u64, only_a: u64, only_b: u64) -> (Set, Set) {
         let mut a: Vec<_> = (0..common).map(item).collect();
         let mut b = a.clone();
         a.extend((0..only_a).map(|i| item(10_000_000 + i)));
