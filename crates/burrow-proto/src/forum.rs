@@ -18,6 +18,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::id::{NodeId, SecretKey};
+use crate::name::Name;
 
 /// Longest post text, in bytes.
 pub const MAX_TEXT: usize = 16 * 1024;
@@ -211,6 +212,8 @@ pub struct Post {
     pub id: PostId,
     /// Who wrote it.
     pub author: NodeId,
+    /// The name the author goes by (their own claim, signed with the rest).
+    pub author_name: Name,
     /// Where it was posted.
     pub topic: Topic,
     /// The post it answers, if any.
@@ -245,6 +248,7 @@ pub enum PostError {
 struct Content<'a> {
     domain: &'static str,
     author: &'a NodeId,
+    author_name: &'a Name,
     topic: &'a Topic,
     parent: &'a Option<PostId>,
     created: Hlc,
@@ -258,17 +262,19 @@ impl Post {
     /// Writes and signs a post.
     pub fn create(
         secret: &SecretKey,
+        author_name: Name,
         topic: Topic,
         parent: Option<PostId>,
         created: Hlc,
         text: String,
     ) -> Post {
         let author = secret.public();
-        let id = Self::content_id(&author, &topic, &parent, created, &text);
+        let id = Self::content_id(&author, &author_name, &topic, &parent, created, &text);
         let sig = Signature::from_bytes(secret.sign(&signed_bytes(&id)));
         Post {
             id,
             author,
+            author_name,
             topic,
             parent,
             created,
@@ -280,6 +286,7 @@ impl Post {
     /// The id the content hashes to.
     pub fn content_id(
         author: &NodeId,
+        author_name: &Name,
         topic: &Topic,
         parent: &Option<PostId>,
         created: Hlc,
@@ -288,6 +295,7 @@ impl Post {
         let content = Content {
             domain: ID_DOMAIN,
             author,
+            author_name,
             topic,
             parent,
             created,
@@ -307,6 +315,7 @@ impl Post {
         }
         let id = Self::content_id(
             &self.author,
+            &self.author_name,
             &self.topic,
             &self.parent,
             self.created,
@@ -341,9 +350,14 @@ mod tests {
         SecretKey::generate(&mut rand::rngs::StdRng::seed_from_u64(seed))
     }
 
+    fn name(n: &str) -> Name {
+        n.parse().unwrap()
+    }
+
     fn post(text: &str) -> Post {
         Post::create(
             &key(1),
+            name("alice"),
             Topic::default_topic(),
             None,
             Hlc::from_ms(1_700_000_000_000),
@@ -363,6 +377,7 @@ mod tests {
         // Re-hashing the edit doesn't help: the signature is over the old id.
         edited.id = Post::content_id(
             &edited.author,
+            &edited.author_name,
             &edited.topic,
             &edited.parent,
             edited.created,
@@ -371,7 +386,14 @@ mod tests {
         assert_eq!(edited.verify(), Err(PostError::BadSignature));
 
         // Someone else's post claimed in our name.
-        let mut stolen = Post::create(&key(2), p.topic.clone(), None, p.created, "hi".into());
+        let mut stolen = Post::create(
+            &key(2),
+            name("mallory"),
+            p.topic.clone(),
+            None,
+            p.created,
+            "hi".into(),
+        );
         stolen.author = p.author;
         assert_eq!(stolen.verify(), Err(PostError::IdMismatch));
 
@@ -408,7 +430,7 @@ mod tests {
     proptest! {
         #[test]
         fn posts_round_trip_and_verify(text in ".{1,300}", parent in any::<Option<[u8; 32]>>(), t in any::<u64>()) {
-            let p = Post::create(&key(3), Topic::default_topic(), parent.map(PostId), Hlc(t), text);
+            let p = Post::create(&key(3), name("carol"), Topic::default_topic(), parent.map(PostId), Hlc(t), text);
             let bytes = postcard::to_stdvec(&p).unwrap();
             let back: Post = postcard::from_bytes(&bytes).unwrap();
             prop_assert_eq!(back.verify(), Ok(()));

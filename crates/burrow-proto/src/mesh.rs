@@ -330,7 +330,7 @@ mod tests {
     proptest! {
         #[test]
         fn frames_round_trip(text in ".{1,100}", ids in proptest::collection::vec(any::<[u8; 32]>(), 0..20), t in any::<u64>()) {
-            let post = Post::create(&key(1), Topic::default_topic(), None, Hlc(t), text);
+            let post = Post::create(&key(1), "alice".parse().unwrap(), Topic::default_topic(), None, Hlc(t), text);
             let ids: Vec<PostId> = ids.into_iter().map(PostId).collect();
             for f in [
                 MeshFrame::Post(post.clone()),

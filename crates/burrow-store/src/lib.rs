@@ -5,14 +5,17 @@
 //! once a call returns, what it wrote survives a crash of the process or machine.
 //!
 //! - [`ServerStore`]: name → key bindings, the file tracker.
-//! - [`NodeStore`]: chat history, shared files, downloads in progress.
+//! - [`NodeStore`]: chat history, shared files, downloads in progress, forum posts
+//!   and followed topics, settings.
 //!
 //! The API is synchronous; async callers run it on a blocking thread.
 
+mod forum;
 pub mod migrate;
 pub mod node;
 pub mod server;
 
+pub use forum::StoredPost;
 pub use node::{NodeStore, StoredDownload, StoredMessage, StoredShare};
 pub use server::{NameBinding, Offered, ServerStore};
 

@@ -40,6 +40,19 @@ const MIGRATIONS: &[&str] = &[
         started_at_ms INTEGER NOT NULL,
         updated_at_ms INTEGER NOT NULL
     );",
+    // Forum posts: the whole signed post in `body` (postcard), with the columns
+    // the queries use beside it.
+    "CREATE TABLE posts (
+        id BLOB PRIMARY KEY,
+        topic TEXT NOT NULL,
+        parent BLOB,
+        created INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        received_at_ms INTEGER NOT NULL
+    );
+    CREATE INDEX posts_by_topic ON posts(topic, created);
+    CREATE TABLE topics (topic TEXT PRIMARY KEY);
+    CREATE TABLE settings (key TEXT PRIMARY KEY, value BLOB NOT NULL);",
 ];
 
 /// A file this node offers, served from where it is.
@@ -99,7 +112,7 @@ pub struct StoredMessage {
 /// The node's persistent state.
 #[derive(Debug)]
 pub struct NodeStore {
-    conn: rusqlite::Connection,
+    pub(crate) conn: rusqlite::Connection,
 }
 
 impl NodeStore {

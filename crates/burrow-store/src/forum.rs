@@ -1,0 +1,248 @@
+//! Forum posts, followed topics and small settings in the node's store.
+//!
+//! Posts are stored whole (their signed postcard form) with the columns queries
+//! need beside them; they were verified before they got here. A batch of posts
+//! (a reconciliation's worth) is written in one transaction.
+
+use burrow_proto::forum::{Hlc, Post, PostId, Topic};
+use rusqlite::{params, OptionalExtension};
+
+use crate::{NodeStore, StoreError};
+
+/// A post as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPost {
+    /// The signed post.
+    pub post: Post,
+    /// When it reached this node, Unix ms.
+    pub received_at_ms: u64,
+}
+
+impl NodeStore {
+    /// Stores the posts that are new; returns which of them were (in order).
+    pub fn insert_posts(&mut self, posts: &[Post], now_ms: u64) -> Result<Vec<bool>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let mut fresh = Vec::with_capacity(posts.len());
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR IGNORE INTO posts (id, topic, parent, created, body, received_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for p in posts {
+                let body = postcard::to_stdvec(p).map_err(|e| StoreError::Corrupt {
+                    table: "posts",
+                    what: e.to_string(),
+                })?;
+                let n = stmt.execute(params![
+                    p.id.0.as_slice(),
+                    p.topic.as_str(),
+                    p.parent.map(|id| id.0.to_vec()),
+                    p.created.0 as i64,
+                    body,
+                    now_ms as i64
+                ])?;
+                fresh.push(n == 1);
+            }
+        }
+        tx.commit()?;
+        Ok(fresh)
+    }
+
+    /// Every post of `topic` (all topics when `None`), oldest first.
+    pub fn posts(&self, topic: Option<&Topic>) -> Result<Vec<StoredPost>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT body, received_at_ms FROM posts WHERE ?1 IS NULL OR topic = ?1
+             ORDER BY created, id",
+        )?;
+        let rows = stmt.query_map([topic.map(|t| t.as_str())], |r| {
+            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?))
+        })?;
+        rows.map(|row| {
+            let (body, received) = row?;
+            Ok(StoredPost {
+                post: decode(&body)?,
+                received_at_ms: received as u64,
+            })
+        })
+        .collect()
+    }
+
+    /// The `(created, id)` of every post of `topic`: the set reconciliation works on.
+    pub fn post_items(&self, topic: &Topic) -> Result<Vec<(Hlc, PostId)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT created, id FROM posts WHERE topic = ?1")?;
+        let rows = stmt.query_map([topic.as_str()], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })?;
+        rows.map(|row| {
+            let (created, id) = row?;
+            Ok((Hlc(created as u64), post_id(&id)?))
+        })
+        .collect()
+    }
+
+    /// The posts with these ids that we have.
+    pub fn posts_by_id(&self, ids: &[PostId]) -> Result<Vec<Post>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT body FROM posts WHERE id = ?1")?;
+        let mut out = Vec::new();
+        for id in ids {
+            if let Some(body) = stmt
+                .query_row([id.0.as_slice()], |r| r.get::<_, Vec<u8>>(0))
+                .optional()?
+            {
+                out.push(decode(&body)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Which of `ids` we have.
+    pub fn have_posts(&self, ids: &[PostId]) -> Result<Vec<bool>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT 1 FROM posts WHERE id = ?1")?;
+        ids.iter()
+            .map(|id| Ok(stmt.exists([id.0.as_slice()])?))
+            .collect()
+    }
+
+    /// The ids of posts whose hex id starts with `prefix` (lowercase hex).
+    pub fn find_posts(&self, prefix: &str) -> Result<Vec<PostId>, StoreError> {
+        // Hex ids sort like their bytes: search the byte range the prefix covers.
+        let even = &prefix[..prefix.len() & !1];
+        let low = hex::decode(even).unwrap_or_default();
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id FROM posts WHERE id >= ?1 ORDER BY id LIMIT 10000")?;
+        let rows = stmt.query_map([low], |r| r.get::<_, Vec<u8>>(0))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let id = post_id(&row?)?;
+            let text = id.to_string();
+            if text.starts_with(prefix) {
+                out.push(id);
+            } else if !text.starts_with(even) {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The topics this node follows, by name.
+    pub fn topics(&self) -> Result<Vec<Topic>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT topic FROM topics ORDER BY topic")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        rows.map(|row| {
+            row?.parse()
+                .map_err(|e: burrow_proto::forum::TopicError| StoreError::Corrupt {
+                    table: "topics",
+                    what: e.to_string(),
+                })
+        })
+        .collect()
+    }
+
+    /// Follows `topic`; false if it was followed already.
+    pub fn follow(&mut self, topic: &Topic) -> Result<bool, StoreError> {
+        let n = self.conn.execute(
+            "INSERT OR IGNORE INTO topics (topic) VALUES (?1)",
+            [topic.as_str()],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// A setting's value.
+    pub fn setting(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    /// Sets a setting.
+    pub fn set_setting(&mut self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO settings (key, value) VALUES (?1, ?2)",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+}
+
+fn decode(body: &[u8]) -> Result<Post, StoreError> {
+    postcard::from_bytes(body).map_err(|e| StoreError::Corrupt {
+        table: "posts",
+        what: e.to_string(),
+    })
+}
+
+fn post_id(bytes: &[u8]) -> Result<PostId, StoreError> {
+    Ok(PostId(bytes.try_into().map_err(|_| {
+        StoreError::Corrupt {
+            table: "posts",
+            what: format!("id of {} bytes", bytes.len()),
+        }
+    })?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burrow_proto::SecretKey;
+    use rand::SeedableRng;
+
+    fn post(text: &str, parent: Option<PostId>, t: u64) -> Post {
+        let key = SecretKey::generate(&mut rand::rngs::StdRng::seed_from_u64(1));
+        Post::create(
+            &key,
+            "alice".parse().unwrap(),
+            Topic::default_topic(),
+            parent,
+            Hlc(t),
+            text.into(),
+        )
+    }
+
+    #[test]
+    fn posts_persist_once_and_come_back_in_clock_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.db");
+        let a = post("first", None, 200);
+        let b = post("reply", Some(a.id), 100);
+        {
+            let mut s = NodeStore::open(&path).unwrap();
+            assert_eq!(
+                s.insert_posts(&[b.clone(), a.clone()], 5).unwrap(),
+                [true, true]
+            );
+            assert_eq!(s.insert_posts(&[a.clone()], 6).unwrap(), [false]);
+            assert!(s.follow(&"games".parse().unwrap()).unwrap());
+            s.set_setting("k", b"v").unwrap();
+        }
+        let s = NodeStore::open(&path).unwrap();
+        let all: Vec<Post> = s.posts(None).unwrap().into_iter().map(|p| p.post).collect();
+        assert_eq!(all, [b.clone(), a.clone()]);
+        assert_eq!(s.post_items(&Topic::default_topic()).unwrap().len(), 2);
+        assert!(s.posts(Some(&"games".parse().unwrap())).unwrap().is_empty());
+        assert_eq!(
+            s.posts_by_id(&[a.id, PostId([9; 32])]).unwrap(),
+            [a.clone()]
+        );
+        assert_eq!(
+            s.have_posts(&[a.id, PostId([9; 32])]).unwrap(),
+            [true, false]
+        );
+        assert_eq!(s.find_posts(&a.id.to_string()[..7]).unwrap(), [a.id]);
+        assert_eq!(s.find_posts(&b.id.short()).unwrap(), [b.id]);
+        assert!(s.find_posts("").unwrap().len() == 2);
+        assert_eq!(s.topics().unwrap(), ["games".parse().unwrap()]);
+        assert_eq!(s.setting("k").unwrap().as_deref(), Some(&b"v"[..]));
+    }
+}
