@@ -233,7 +233,7 @@ mod tests {
         assert!(s.posts(Some(&"games".parse().unwrap())).unwrap().is_empty());
         assert_eq!(
             s.posts_by_id(&[a.id, PostId([9; 32])]).unwrap(),
-            [a.clone()]
+            vec![a.clone()]
         );
         assert_eq!(
             s.have_posts(&[a.id, PostId([9; 32])]).unwrap(),
