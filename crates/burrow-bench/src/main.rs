@@ -228,7 +228,7 @@ fn one_setup(
             ..NodeConfig::new(
                 home,
                 SecretKey::generate(&mut rand::thread_rng()),
-                server.clone(),
+                Some(server.clone()),
                 name.parse::<Name>().unwrap(),
             )
         };

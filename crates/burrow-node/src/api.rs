@@ -81,6 +81,28 @@ pub enum Request {
         #[serde(default)]
         force: bool,
     },
+    /// Write a forum post.
+    Post {
+        /// The text.
+        text: String,
+        /// The post it answers (id prefix).
+        #[serde(default)]
+        reply_to: Option<String>,
+        /// Its topic (default `forum`; a reply goes in its parent's).
+        #[serde(default)]
+        topic: Option<String>,
+    },
+    /// The posts of a topic, or of one thread.
+    Forum {
+        /// The topic (default `forum`).
+        #[serde(default)]
+        topic: Option<String>,
+        /// Only this post (id prefix) and the replies under it.
+        #[serde(default)]
+        thread: Option<String>,
+    },
+    /// This node's ticket (serverless).
+    Ticket,
     /// Chat history (and, with `follow`, new messages as they come).
     Messages {
         /// How many of the newest to return. Default 100.
@@ -235,6 +257,9 @@ pub struct PeerView {
     pub connection: ConnectionState,
     /// Round-trip time of the connection, in milliseconds.
     pub rtt_ms: Option<f64>,
+    /// The peer's clock minus ours, in milliseconds, from NTP-style probes on
+    /// the mesh link (once one came back).
+    pub clock_offset_ms: Option<f64>,
 }
 
 /// One chat message.

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use burrow_proto::mesh::Ticket;
 use burrow_proto::{Name, SecretKey, ServerAddr};
 
 /// How a node runs.
@@ -13,8 +14,17 @@ pub struct NodeConfig {
     pub home: PathBuf,
     /// The node's key (loaded from `home/key` by the binary).
     pub secret: SecretKey,
-    /// The rendezvous server.
-    pub server: ServerAddr,
+    /// The rendezvous server; `None` runs serverless: the node meets others from
+    /// tickets ([`NodeConfig::join`]) and through introductions by its peers.
+    pub server: Option<ServerAddr>,
+    /// Serverless: nodes to meet first (each a friend's `burrow ticket`).
+    pub join: Vec<Ticket>,
+    /// Serverless: how many mesh links the node looks for through introductions.
+    /// Default 4; it takes incoming links up to twice that.
+    pub mesh_links: usize,
+    /// Added to the wall clock wherever the node reads it (post times, clock
+    /// probes). Zero except in tests that give nodes disagreeing clocks.
+    pub clock_skew_ms: i64,
     /// The name to register.
     pub name: Name,
     /// UDP address to bind. Default `0.0.0.0:0`: every interface, any port.
@@ -33,11 +43,14 @@ pub struct NodeConfig {
 
 impl NodeConfig {
     /// Defaults for the rest.
-    pub fn new(home: PathBuf, secret: SecretKey, server: ServerAddr, name: Name) -> Self {
+    pub fn new(home: PathBuf, secret: SecretKey, server: Option<ServerAddr>, name: Name) -> Self {
         NodeConfig {
             home,
             secret,
             server,
+            join: Vec::new(),
+            mesh_links: 4,
+            clock_skew_ms: 0,
             name,
             bind: SocketAddr::from(([0, 0, 0, 0], 0)),
             keepalive: Duration::from_secs(10),

@@ -130,6 +130,21 @@ async fn client(node: Node, stream: UnixStream) -> std::io::Result<()> {
             Request::Reject { peer } => done(node.reject(&peer).await),
             Request::Cancel { peer } => done(node.cancel(&peer).await),
             Request::Nat => node.nat().await.map(ok).unwrap_or_else(err),
+            Request::Post {
+                text,
+                reply_to,
+                topic,
+            } => node
+                .post(&text, reply_to.as_deref(), topic.as_deref())
+                .await
+                .map(ok)
+                .unwrap_or_else(err),
+            Request::Forum { topic, thread } => node
+                .forum(topic.as_deref(), thread.as_deref())
+                .await
+                .map(ok)
+                .unwrap_or_else(err),
+            Request::Ticket => node.ticket().map(ok).unwrap_or_else(err),
             Request::Send { peer, text } => {
                 node.send(&peer, &text).await.map(ok).unwrap_or_else(err)
             }

@@ -6,8 +6,11 @@
 //!   broker; it reconnects with jittered exponential backoff when the server goes;
 //! - peer links ([`peers`]): dialing an accepted peer's candidates, accepting the
 //!   connections of peers we accepted, and tracking each link's state;
-//! - services, each on its own ALPN: [`chat`] (`burrow/chat/1`) and [`files`]
-//!   (`burrow/files/1`: sharing, serving verified ranges, multi-source downloads);
+//! - services, each on its own ALPN: [`chat`] (`burrow/chat/1`), [`files`]
+//!   (`burrow/files/1`: sharing, serving verified ranges, multi-source downloads)
+//!   and [`mesh`] (`burrow/mesh/1`: forum gossip and reconciliation, clock
+//!   offsets, and without a server, joining from tickets and introductions);
+//! - the forum ([`forum`]): signed posts, threads, topics;
 //! - the control API ([`control`]): a Unix socket in the home directory, readable by
 //!   its owner only, that every CLI command talks to.
 //!
@@ -22,6 +25,8 @@ pub mod config;
 pub mod control;
 pub mod event;
 pub mod files;
+pub mod forum;
+pub mod mesh;
 pub mod nat;
 mod node;
 pub mod peers;

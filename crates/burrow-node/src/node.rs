@@ -94,6 +94,8 @@ pub(crate) struct State {
     pub next_query: u32,
     /// Files being downloaded now.
     pub downloads: HashSet<BlobHash>,
+    /// Forum gossip, reconciliation, clock offsets, serverless links.
+    pub mesh: crate::mesh::MeshState,
 }
 
 impl State {
@@ -156,6 +158,32 @@ impl Inner {
         let mut tasks = self.tasks.lock().expect("tasks lock is never poisoned");
         tasks.retain(|t| !t.is_finished());
         tasks.push(handle);
+    }
+
+    /// The wall clock (with the configured skew), Unix milliseconds.
+    pub fn wall_ms(&self) -> u64 {
+        self.wall_us() / 1000
+    }
+
+    /// The wall clock (with the configured skew), Unix microseconds.
+    pub fn wall_us(&self) -> u64 {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0);
+        now.saturating_add(self.config.clock_skew_ms.saturating_mul(1000))
+            .max(0) as u64
+    }
+
+    /// Runs a store read that answers in the API's terms on a blocking thread.
+    pub async fn with_store_api<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut NodeStore) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&mut store.lock().expect("store lock is never poisoned")))
+            .await
+            .map_err(|e| ApiError::Store(e.to_string()))?
     }
 
     /// Runs a store operation on a blocking thread.
@@ -313,6 +341,21 @@ pub enum ApiError {
     /// A download stopped before the file was complete.
     #[error("download stopped: {0}")]
     Download(String),
+    /// A topic name breaks the rules.
+    #[error("bad topic: {0}")]
+    BadTopic(String),
+    /// No post has that id (prefix).
+    #[error("no post {0:?} is known here")]
+    NoSuchPost(String),
+    /// An id prefix matching several posts.
+    #[error("{0:?} matches several posts: {1}")]
+    AmbiguousPost(String, String),
+    /// Only serverless nodes have tickets.
+    #[error("this node runs with a server; tickets are for networks without one")]
+    NotServerless,
+    /// The mesh can't do what was asked.
+    #[error("{0}")]
+    Mesh(String),
     /// A peer's files service failed.
     #[error("{name}: {reason}")]
     Peer {
@@ -343,6 +386,9 @@ impl ApiError {
             ApiError::NoProviders { .. } => "try again when a provider is online (burrow search shows them)".into(),
             ApiError::Exists(_) => "use --force to replace it, or -o to save elsewhere; nothing was lost, the download is kept".into(),
             ApiError::Download(_) => "run the same get again: it continues from what was already verified".into(),
+            ApiError::NoSuchPost(_) => "burrow forum lists posts with their ids".into(),
+            ApiError::AmbiguousPost(..) => "type more of the id".into(),
+            ApiError::NotServerless => "start a node without --server to begin a network of your own: burrow up --name <name>".into(),
             _ => return None,
         })
     }
@@ -380,12 +426,25 @@ impl Node {
             Err(std::fs::TryLockError::WouldBlock) => return Err(StartError::AlreadyRunning(home)),
             Err(std::fs::TryLockError::Error(e)) => return Err(home_err(e)),
         }
-        let store = NodeStore::open(&home.join("node.db"))?;
+        let mut store = NodeStore::open(&home.join("node.db"))?;
+        let mut mesh = crate::mesh::MeshState::default();
+        store.follow(&burrow_proto::forum::Topic::default_topic())?;
+        mesh.topics = store.topics()?.into_iter().collect();
+        if let Some(latest) = store.latest_post_time()? {
+            mesh.hlc.observe(latest, config_wall_ms(&config));
+        }
+        if config.server.is_none() {
+            mesh.secret = Some(crate::mesh::join::secret(&mut store, &config.join)?);
+        }
         let endpoint = Endpoint::bind(
             &config.secret,
             EndpointConfig {
                 bind: config.bind,
-                alpns: vec![chat::ALPN, burrow_proto::files::ALPN],
+                alpns: vec![
+                    chat::ALPN,
+                    burrow_proto::files::ALPN,
+                    burrow_proto::mesh::ALPN,
+                ],
                 keepalive: Some(config.keepalive),
                 idle_timeout: config.idle_timeout,
                 allow_migration: false,
@@ -401,18 +460,27 @@ impl Node {
             config,
             endpoint,
             store: Arc::new(Mutex::new(store)),
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                mesh,
+                ..State::default()
+            }),
             events,
             shutdown: CancellationToken::new(),
             tasks: Mutex::new(Vec::new()),
             lock: Mutex::new(Some(lock)),
         });
-        let first = session::connect(&inner).await?;
+        let first = match inner.config.server {
+            Some(_) => Some(session::connect(&inner).await?),
+            None => None,
+        };
         let listener = control::bind(&home).map_err(home_err)?;
         let node = Node {
             inner: inner.clone(),
         };
-        inner.spawn(session::run(inner.clone(), first));
+        if let Some(first) = first {
+            inner.spawn(session::run(inner.clone(), first));
+        }
+        crate::mesh::join::start(&inner);
         inner.spawn(peers::accept_loop(inner.clone()));
         inner.spawn(peers::monitor(inner.clone()));
         inner.spawn(control::serve(node.clone(), listener));
@@ -442,7 +510,7 @@ impl Node {
             .iter()
             .filter_map(|(id, p)| {
                 let c = p.conn()?;
-                let (path, remote_addr) = peers::path_of(&self.inner, id);
+                let (path, remote_addr) = peers::path_of(&self.inner, id, Some(c));
                 Some(ConnectionView {
                     peer: id.to_string(),
                     name: p.name.as_ref().map(|n| n.to_string()),
@@ -453,11 +521,14 @@ impl Node {
             })
             .collect();
         connections.sort_by(|a, b| a.name.cmp(&b.name));
-        let server = match (&self.inner.config.server.key, st.server_id) {
-            (Some(_), _) | (None, None) => self.inner.config.server.to_string(),
-            (None, Some(k)) => burrow_proto::ServerAddr {
+        let server = match (&self.inner.config.server, st.server_id) {
+            (None, _) => "none (serverless)".to_string(),
+            (Some(s @ burrow_proto::ServerAddr { key: Some(_), .. }), _) | (Some(s), None) => {
+                s.to_string()
+            }
+            (Some(s), Some(k)) => burrow_proto::ServerAddr {
                 key: Some(k),
-                ..self.inner.config.server.clone()
+                ..s.clone()
             }
             .to_string(),
         };
@@ -488,12 +559,13 @@ impl Node {
                 name: p.name.as_ref().map(|n| n.to_string()),
                 online: p.online,
                 connection: match (p.conn(), p.request) {
-                    (Some(_), _) => peers::path_of(&self.inner, id).0,
+                    (Some(c), _) => peers::path_of(&self.inner, id, Some(c)).0,
                     (None, Some(Direction::Outgoing)) => ConnectionState::PendingOut,
                     (None, Some(Direction::Incoming)) => ConnectionState::PendingIn,
                     (None, None) => ConnectionState::None,
                 },
                 rtt_ms: p.conn().map(|c| c.rtt().as_secs_f64() * 1000.0),
+                clock_offset_ms: st.mesh.links.get(id).and_then(|l| l.clock.offset_ms()),
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
@@ -687,6 +759,12 @@ impl Node {
                 .take(),
         );
     }
+}
+
+/// The wall clock a configuration reads, before the node exists.
+fn config_wall_ms(config: &NodeConfig) -> u64 {
+    let now = burrow_proto::time::unix_ms(SystemTime::now()) as i64;
+    now.saturating_add(config.clock_skew_ms).max(0) as u64
 }
 
 /// Finds the peer a person means: a name, or a unique id prefix.

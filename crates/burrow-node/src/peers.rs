@@ -65,11 +65,20 @@ fn usable(inner: &Inner, candidates: &[SocketAddr]) -> Vec<SocketAddr> {
 }
 
 /// How `peer`'s connection travels now, and the address it travels to, in words.
-pub(crate) fn path_of(inner: &Inner, peer: &NodeId) -> (ConnectionState, String) {
+/// A connection a peer dialed from a real address (joining from our ticket) has
+/// no path entry: it is direct, to that address.
+pub(crate) fn path_of(
+    inner: &Inner,
+    peer: &NodeId,
+    conn: Option<&quinn::Connection>,
+) -> (ConnectionState, String) {
     match inner.endpoint.paths().status(peer).map(|s| s.route) {
         Some(Route::Direct(a)) => (ConnectionState::Direct, a.to_string()),
         Some(Route::Relayed(server)) => (ConnectionState::Relayed, format!("relay {server}")),
-        _ => (ConnectionState::Relayed, "no path (waiting for one)".into()),
+        _ => match conn.map(|c| burrow_net::paths::canonical(c.remote_address())) {
+            Some(a) if !burrow_net::paths::is_virtual(a) => (ConnectionState::Direct, a.to_string()),
+            _ => (ConnectionState::Relayed, "no path (waiting for one)".into()),
+        },
     }
 }
 
@@ -260,7 +269,7 @@ pub(crate) async fn monitor(inner: Arc<Inner>) {
                         name,
                         path: ConnectionState::Relayed,
                         remote: if has_relay {
-                            path_of(&inner, &peer).1
+                            path_of(&inner, &peer, None).1
                         } else {
                             "no path (the server does not relay)".into()
                         },
@@ -287,7 +296,7 @@ pub(crate) async fn dial(inner: Arc<Inner>, peer: NodeId) {
     let v = inner.endpoint.paths().open(peer);
     debug!(peer = %peer.short(), "dialing");
     match inner.endpoint.connect(v, chat::ALPN, Some(peer)).await {
-        Ok((conn, _)) => register(&inner, peer, conn),
+        Ok((conn, _)) => register(&inner, peer, conn, true),
         Err(e) => fail(&inner, peer, e.to_string()),
     }
 }
@@ -356,7 +365,16 @@ pub(crate) async fn accept_loop(inner: Arc<Inner>) {
             let Some(peer) = burrow_net::peer_id(&conn) else {
                 return;
             };
-            let admitted = inner.state().peers.get(&peer).is_some_and(|p| p.accepted);
+            let alpn = burrow_net::alpn(&conn);
+            let is_mesh = alpn.as_deref() == Some(burrow_proto::mesh::ALPN);
+            let admitted = {
+                let st = inner.state();
+                // Serverless, a mesh connection from a stranger may be someone
+                // joining from our ticket: its Hello must prove it.
+                !st.mesh.banned(&peer)
+                    && (st.peers.get(&peer).is_some_and(|p| p.accepted)
+                        || (is_mesh && st.mesh.secret.is_some()))
+            };
             // A connection through a link's virtual address must come from that
             // link's peer.
             let paths = inner.endpoint.paths();
@@ -367,13 +385,17 @@ pub(crate) async fn accept_loop(inner: Arc<Inner>) {
                 conn.close(quinn::VarInt::from_u32(NOT_ACCEPTED), b"not accepted");
                 return;
             }
-            // Services by protocol: chat carries the link itself; files rides
-            // beside it, to the same admitted peer.
-            if burrow_net::alpn(&conn).as_deref() == Some(burrow_proto::files::ALPN) {
+            // Services by protocol: chat carries the link itself; files and
+            // mesh ride beside it, to the same admitted peer.
+            if alpn.as_deref() == Some(burrow_proto::files::ALPN) {
                 crate::files::serve::serve(inner, peer, conn).await;
                 return;
             }
-            register(&inner, peer, conn);
+            if is_mesh {
+                crate::mesh::accept(inner, peer, conn).await;
+                return;
+            }
+            register(&inner, peer, conn, false);
         });
     }
 }
@@ -381,7 +403,7 @@ pub(crate) async fn accept_loop(inner: Arc<Inner>) {
 /// Adds `conn` to `peer`'s live connections (the newest is used), serves chat on
 /// it, and removes it when it closes. People hear of the first connection and of
 /// the last one closing, not of the ones in between.
-fn register(inner: &Arc<Inner>, peer: NodeId, conn: quinn::Connection) {
+fn register(inner: &Arc<Inner>, peer: NodeId, conn: quinn::Connection, dialed: bool) {
     let (name, first) = {
         let mut st = inner.state();
         let p = st.peers.entry(peer).or_default();
@@ -396,7 +418,7 @@ fn register(inner: &Arc<Inner>, peer: NodeId, conn: quinn::Connection) {
         (st.name_of(&peer), first)
     };
     let rtt_ms = conn.rtt().as_secs_f64() * 1000.0;
-    let (path, remote) = path_of(inner, &peer);
+    let (path, remote) = path_of(inner, &peer, Some(&conn));
     info!(peer = %peer.short(), %remote, %path, rtt_ms, first, "connected");
     if first {
         inner.emit(NodeEvent::Connected {
@@ -405,6 +427,10 @@ fn register(inner: &Arc<Inner>, peer: NodeId, conn: quinn::Connection) {
             remote,
             rtt_ms,
         });
+    }
+    if dialed {
+        // The mesh link rides beside the chat connection; its dialer opens it.
+        inner.spawn(crate::mesh::dial(inner.clone(), peer));
     }
     let inner2 = inner.clone();
     inner.spawn(async move {

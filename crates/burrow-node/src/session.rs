@@ -117,7 +117,9 @@ pub(crate) struct Session {
 
 /// Dials the server, checks its key, registers, and applies the Welcome.
 pub(crate) async fn connect(inner: &Arc<Inner>) -> Result<Session, SessionError> {
-    let server = &inner.config.server;
+    let Some(server) = &inner.config.server else {
+        return Err(SessionError::Lost("this node runs without a server".into()));
+    };
     let host = server.host_port();
     let local = inner
         .endpoint

@@ -67,6 +67,14 @@ impl NodeStore {
         .collect()
     }
 
+    /// The newest post's clock reading.
+    pub fn latest_post_time(&self) -> Result<Option<Hlc>, StoreError> {
+        let t: Option<i64> = self
+            .conn
+            .query_row("SELECT MAX(created) FROM posts", [], |r| r.get(0))?;
+        Ok(t.map(|t| Hlc(t as u64)))
+    }
+
     /// The `(created, id)` of every post of `topic`: the set reconciliation works on.
     pub fn post_items(&self, topic: &Topic) -> Result<Vec<(Hlc, PostId)>, StoreError> {
         let mut stmt = self

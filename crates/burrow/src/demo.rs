@@ -146,7 +146,7 @@ pub async fn run() -> Result<(), CliError> {
         let mut config = NodeConfig::new(
             dir.path().join(name),
             SecretKey::generate(&mut rand::rngs::OsRng),
-            server_url.clone(),
+            Some(server_url.clone()),
             name.parse().expect("demo names are valid"),
         );
         config.bind = SocketAddr::from(([127, 0, 0, 1], 0));

@@ -115,7 +115,7 @@ pub async fn run() -> Result<(), CliError> {
         let config = NodeConfig::new(
             dir.path().join(name),
             SecretKey::generate(&mut rand::rngs::OsRng),
-            url.clone(),
+            Some(url.clone()),
             name.parse().expect("demo names are valid"),
         );
         let node = rt

@@ -7,6 +7,7 @@ mod demo;
 #[cfg(target_os = "linux")]
 mod demo_lab;
 mod files;
+mod forum;
 mod serve;
 mod up;
 
@@ -35,6 +36,12 @@ use clap::{Parser, Subcommand};
   burrow --home ./alice share ./holiday.mkv                prints its hash
   burrow --home ./bob search holiday
   burrow --home ./bob get holiday.mkv -o ./downloads       from every online provider
+  burrow --home ./alice post \"Anyone up for a game tonight?\"   prints the post id
+  burrow --home ./bob post --reply-to 3f9a1c2e \"yes, 9pm\"
+  burrow --home ./bob forum                                the forum as threads
+  burrow up --name carol --home ./carol                    no server: a network of your own
+  burrow --home ./carol ticket                             hand it to a friend, who runs:
+  burrow up --name dave --home ./dave --join <ticket>
 
 Logs: BURROW_LOG=debug (stderr)."
 )]
@@ -138,6 +145,31 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Write a forum post: signed, kept by every member, spread peer to peer.
+    /// Prints its id.
+    Post {
+        /// Answer this post (its id, or a unique prefix of it).
+        #[arg(long)]
+        reply_to: Option<String>,
+        /// Post in this topic (default: forum). A reply goes in its parent's.
+        #[arg(long)]
+        topic: Option<String>,
+        /// The text (several words are joined with spaces).
+        #[arg(required = true, num_args = 1..)]
+        text: Vec<String>,
+    },
+    /// Show the forum as threads, newest first (works while the node is
+    /// stopped: it reads the store). Reading a topic follows it.
+    Forum {
+        /// Show only this thread (a post id or unique prefix) and its replies.
+        thread: Option<String>,
+        /// The topic (default: forum).
+        #[arg(long)]
+        topic: Option<String>,
+    },
+    /// Print this node's ticket (serverless networks): a friend runs
+    /// `burrow up --join <ticket>` to join the network through this node.
+    Ticket,
     /// Show chat history.
     Messages {
         /// Keep running and print new messages as they arrive.
@@ -240,6 +272,13 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             output,
             force,
         } => files::get(&home, cli.json, file, &output, force).await,
+        Command::Post {
+            reply_to,
+            topic,
+            text,
+        } => forum::post(&home, cli.json, text.join(" "), reply_to, topic).await,
+        Command::Forum { thread, topic } => forum::forum(&home, cli.json, thread, topic).await,
+        Command::Ticket => forum::ticket(&home, cli.json).await,
         Command::Messages { follow, limit } => {
             client::messages(&home, cli.json, follow, limit).await
         }

@@ -15,9 +15,22 @@ use crate::CliError;
 #[derive(clap::Args, Debug)]
 pub struct UpArgs {
     /// The rendezvous server: burrow://<server-id>@host:port pins its key;
-    /// a bare host:port trusts the key it presents the first time.
+    /// a bare host:port trusts the key it presents the first time. Without
+    /// one the node runs serverless: it starts a network of its own, or joins
+    /// one with --join.
     #[arg(long, env = "BURROW_SERVER")]
-    server: ServerAddr,
+    server: Option<ServerAddr>,
+    /// Serverless: join the network of the node whose ticket this is (`burrow
+    /// ticket` prints it). Give several to try more nodes; when both sides are
+    /// behind NATs, each runs --join with the other's ticket.
+    #[arg(long, conflicts_with = "server")]
+    join: Vec<burrow_proto::mesh::Ticket>,
+    /// Serverless: how many links to look for through introductions by peers.
+    #[arg(long, default_value_t = 4)]
+    links: usize,
+    /// Testing aid: pretend the wall clock is this many milliseconds off.
+    #[arg(long, hide = true, default_value_t = 0, allow_hyphen_values = true)]
+    clock_skew_ms: i64,
     /// The name to register (a-z, 0-9, '-', '_'; bound to this node's key).
     #[arg(long, env = "BURROW_NAME")]
     name: Name,
@@ -41,22 +54,40 @@ pub async fn run(home: PathBuf, args: UpArgs) -> Result<(), CliError> {
     if created {
         println!("created a new identity in {}", home.join("key").display());
     }
+    let server_mode = args.server.is_some();
+    let joining = !args.join.is_empty();
     let mut config = NodeConfig::new(home.clone(), secret, args.server, args.name);
     config.bind = args.bind;
     config.keepalive = args.keepalive;
     config.idle_timeout = args.idle_timeout;
     config.reshare = !args.no_reshare;
+    config.join = args.join;
+    config.mesh_links = args.links.max(1);
+    config.clock_skew_ms = args.clock_skew_ms;
     let node = Node::start(config).await.map_err(|e| {
         let hint = e.hint();
         CliError::new(e, hint)
     })?;
     let status = node.status();
-    println!(
-        "{} is up (id {}), registered with {}",
-        status.name,
-        &status.id[..8],
-        status.server
-    );
+    if server_mode {
+        println!(
+            "{} is up (id {}), registered with {}",
+            status.name,
+            &status.id[..8],
+            status.server
+        );
+    } else {
+        println!(
+            "{} is up (id {}), serverless{}",
+            status.name,
+            &status.id[..8],
+            if joining { ", joining..." } else { "" }
+        );
+        match node.ticket() {
+            Ok(t) => println!("ticket (a friend joins with: burrow up --join <ticket>):\n{t}"),
+            Err(e) => println!("no ticket yet: {e}"),
+        }
+    }
     println!(
         "public address {}, local {}",
         status.public_addr.as_deref().unwrap_or("unknown"),
@@ -74,7 +105,7 @@ pub async fn run(home: PathBuf, args: UpArgs) -> Result<(), CliError> {
         println!("online: {}", online.join(", "));
     }
     println!(
-        "other commands: burrow --home {} peers | connect <name> | send <name> <text> | messages | share <file> | search <text> | get <file>",
+        "other commands: burrow --home {} peers | connect <name> | send <name> <text> | messages | share <file> | search <text> | get <file> | post <text> | forum | ticket",
         home.display()
     );
 
@@ -163,6 +194,24 @@ pub fn describe(event: &NodeEvent, me: &Name) -> Option<String> {
         NodeEvent::Disconnected { name, reason } => format!("disconnected from {name}: {reason}"),
         NodeEvent::Message(m) if m.from_name == me.as_str() => return None,
         NodeEvent::Message(m) => crate::client::message_line(m),
+        NodeEvent::Post(p) if p.author_name == me.as_str() => return None,
+        NodeEvent::Post(p) => match &p.parent {
+            Some(parent) => format!(
+                "{} replied to {} in {} ({}): {}",
+                p.author_name,
+                &parent[..8],
+                p.topic,
+                &p.id[..8],
+                p.text
+            ),
+            None => format!(
+                "{} posted in {} ({}): {}",
+                p.author_name,
+                p.topic,
+                &p.id[..8],
+                p.text
+            ),
+        },
         NodeEvent::ShareWithdrawn { name, path, reason } => {
             format!("no longer sharing {name:?} ({path}): {reason}")
         }

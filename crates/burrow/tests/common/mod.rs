@@ -142,7 +142,7 @@ pub fn node_config(home: &Path, name: &str, server: &ServerAddr) -> NodeConfig {
     let mut c = NodeConfig::new(
         home.to_path_buf(),
         key,
-        server.clone(),
+        Some(server.clone()),
         name.parse().unwrap(),
     );
     c.bind = "127.0.0.1:0".parse().unwrap();

@@ -1,0 +1,339 @@
+//! The forum as a person sees it: writing posts, reading topics and threads.
+//!
+//! Posts spread by the mesh service ([`crate::mesh`]); here they are written
+//! (signed, stamped by the node's hybrid logical clock, stored, gossiped) and
+//! read back from the store. Reading needs no running node: [`list`] takes the
+//! store, so `burrow forum` works while the daemon is stopped.
+
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+
+use burrow_proto::forum::{Post, PostId, Topic, MAX_TEXT};
+use burrow_proto::mesh::MeshFrame;
+use burrow_store::NodeStore;
+use serde::{Deserialize, Serialize};
+
+use crate::event::NodeEvent;
+use crate::node::{ApiError, Node};
+
+/// One post, as `forum --json` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostView {
+    /// Its id (hex).
+    pub id: String,
+    /// The id of the post it answers.
+    pub parent: Option<String>,
+    /// The author's id.
+    pub author: String,
+    /// The name the author goes by.
+    pub author_name: String,
+    /// Its topic.
+    pub topic: String,
+    /// The text.
+    pub text: String,
+    /// When it was written (RFC 3339, the author's clock as the hybrid logical
+    /// clock carried it).
+    pub created_at: String,
+    /// The hybrid logical clock reading posts are ordered by.
+    pub hlc: u64,
+}
+
+/// The view of a post.
+pub fn view(p: &Post) -> PostView {
+    PostView {
+        id: p.id.to_string(),
+        parent: p.parent.map(|id| id.to_string()),
+        author: p.author.to_string(),
+        author_name: p.author_name.to_string(),
+        topic: p.topic.to_string(),
+        text: p.text.clone(),
+        created_at: humantime::format_rfc3339_millis(burrow_proto::time::from_unix_ms(
+            p.created.ms(),
+        ))
+        .to_string(),
+        hlc: p.created.0,
+    }
+}
+
+/// Reads a topic name, or the default topic.
+pub fn topic(name: Option<&str>) -> Result<Topic, ApiError> {
+    match name {
+        None => Ok(Topic::default_topic()),
+        Some(t) => Topic::from_str(t).map_err(|e| ApiError::BadTopic(e.to_string())),
+    }
+}
+
+/// The post an id prefix (8 hex digits or more is usual) names.
+pub fn find(store: &NodeStore, prefix: &str) -> Result<Post, ApiError> {
+    let wanted = prefix.trim().to_ascii_lowercase();
+    if wanted.is_empty() || !wanted.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(ApiError::NoSuchPost(prefix.to_string()));
+    }
+    let store_err = |e: burrow_store::StoreError| ApiError::Store(e.to_string());
+    let ids = store.find_posts(&wanted).map_err(store_err)?;
+    match ids.as_slice() {
+        [id] => Ok(store
+            .posts_by_id(&[*id])
+            .map_err(store_err)?
+            .pop()
+            .ok_or_else(|| ApiError::NoSuchPost(prefix.to_string()))?),
+        [] => Err(ApiError::NoSuchPost(prefix.to_string())),
+        many => Err(ApiError::AmbiguousPost(
+            prefix.to_string(),
+            many.iter().take(5).map(|id| id.short()).collect::<Vec<_>>().join(", "),
+        )),
+    }
+}
+
+/// The posts of `topic`, oldest first; with `thread`, only that post and the
+/// replies under it (the thread's topic, whatever `topic` says).
+pub fn list(
+    store: &NodeStore,
+    topic: &Topic,
+    thread: Option<&str>,
+) -> Result<Vec<PostView>, ApiError> {
+    let store_err = |e: burrow_store::StoreError| ApiError::Store(e.to_string());
+    let Some(prefix) = thread else {
+        let posts = store.posts(Some(topic)).map_err(store_err)?;
+        return Ok(posts.iter().map(|p| view(&p.post)).collect());
+    };
+    let root = find(store, prefix)?;
+    let posts = store.posts(Some(&root.topic)).map_err(store_err)?;
+    let mut children: HashMap<PostId, Vec<&Post>> = HashMap::new();
+    for p in &posts {
+        if let Some(parent) = p.post.parent {
+            children.entry(parent).or_default().push(&p.post);
+        }
+    }
+    let mut keep: HashSet<PostId> = HashSet::from([root.id]);
+    let mut todo = vec![root.id];
+    while let Some(id) = todo.pop() {
+        for c in children.get(&id).into_iter().flatten() {
+            if keep.insert(c.id) {
+                todo.push(c.id);
+            }
+        }
+    }
+    Ok(posts
+        .iter()
+        .filter(|p| keep.contains(&p.post.id))
+        .map(|p| view(&p.post))
+        .collect())
+}
+
+/// A post with the replies under it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Branch {
+    /// The post.
+    pub post: PostView,
+    /// Its replies, oldest first.
+    pub replies: Vec<Branch>,
+}
+
+/// Posts arranged as people read them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Tree {
+    /// Threads, newest first (a thread is as new as its newest post).
+    pub threads: Vec<Branch>,
+    /// Replies whose parent hasn't arrived (with their own replies), oldest
+    /// first. Each moves into its thread when its parent comes.
+    pub lost: Vec<Branch>,
+}
+
+/// Arranges `posts` (a [`list`]) into threads. With `root`, that post heads the
+/// one thread even though its parent isn't in the list.
+pub fn tree(posts: Vec<PostView>, root: Option<&str>) -> Tree {
+    let present: HashSet<String> = posts.iter().map(|p| p.id.clone()).collect();
+    let mut children: HashMap<String, Vec<PostView>> = HashMap::new();
+    let mut tops = Vec::new();
+    let mut lost = Vec::new();
+    for p in posts {
+        match &p.parent {
+            _ if root.is_some_and(|r| p.id.starts_with(r)) => tops.push(p),
+            None => tops.push(p),
+            Some(parent) if present.contains(parent) => {
+                children.entry(parent.clone()).or_default().push(p)
+            }
+            Some(_) => lost.push(p),
+        }
+    }
+    fn grow(p: PostView, children: &mut HashMap<String, Vec<PostView>>, depth: usize) -> Branch {
+        let kids = children.remove(&p.id).unwrap_or_default();
+        // Ids are hashes, so a cycle can't be built; the depth bound is a backstop.
+        let replies = if depth < 10_000 {
+            kids.into_iter()
+                .map(|k| grow(k, children, depth + 1))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Branch { post: p, replies }
+    }
+    fn newest(b: &Branch) -> u64 {
+        b.replies.iter().map(newest).max().unwrap_or(0).max(b.post.hlc)
+    }
+    let mut threads: Vec<Branch> = tops
+        .into_iter()
+        .map(|p| grow(p, &mut children, 0))
+        .collect();
+    threads.sort_by_key(|b| std::cmp::Reverse(newest(b)));
+    let lost = lost
+        .into_iter()
+        .map(|p| grow(p, &mut children, 0))
+        .collect();
+    Tree { threads, lost }
+}
+
+impl Node {
+    /// Writes a post (a reply when `reply_to` names a post by id prefix), stores
+    /// it and gossips it to every linked member following its topic.
+    pub async fn post(
+        &self,
+        text: &str,
+        reply_to: Option<&str>,
+        topic: Option<&str>,
+    ) -> Result<PostView, ApiError> {
+        if text.trim().is_empty() || text.len() > MAX_TEXT {
+            return Err(ApiError::BadText);
+        }
+        let inner = &self.inner;
+        let parent = match reply_to {
+            Some(prefix) => {
+                let prefix = prefix.to_string();
+                Some(
+                    inner
+                        .with_store_api(move |s| find(s, &prefix))
+                        .await?,
+                )
+            }
+            None => None,
+        };
+        let topic = match (&parent, topic) {
+            (Some(p), Some(t)) if self::topic(Some(t))? != p.topic => {
+                return Err(ApiError::BadTopic(format!(
+                    "the post you answer is in {}; a reply goes in its parent's topic",
+                    p.topic
+                )))
+            }
+            (Some(p), _) => p.topic.clone(),
+            (None, t) => self::topic(t)?,
+        };
+        self.follow(&topic).await?;
+        let now = inner.wall_ms();
+        let created = {
+            let mut st = inner.state();
+            match &parent {
+                Some(p) => st.mesh.hlc.after(p.created, now),
+                None => st.mesh.hlc.now(now),
+            }
+        };
+        let post = Post::create(
+            &inner.config.secret,
+            inner.config.name.clone(),
+            topic,
+            parent.map(|p| p.id),
+            created,
+            text.to_string(),
+        );
+        let stored = post.clone();
+        inner
+            .with_store(move |s| s.insert_posts(&[stored], now))
+            .await?;
+        crate::mesh::gossip::broadcast(inner, &post, None);
+        let v = view(&post);
+        inner.emit(NodeEvent::Post(v.clone()));
+        Ok(v)
+    }
+
+    /// The posts of a topic (default: the forum), or of one thread, oldest
+    /// first. Reading a topic follows it.
+    pub async fn forum(
+        &self,
+        topic: Option<&str>,
+        thread: Option<&str>,
+    ) -> Result<Vec<PostView>, ApiError> {
+        let topic = self::topic(topic)?;
+        self.follow(&topic).await?;
+        let thread = thread.map(str::to_string);
+        self.inner
+            .with_store_api(move |s| list(s, &topic, thread.as_deref()))
+            .await
+    }
+
+    /// Follows `topic`: stores it, tells the links, and reconciles it with those
+    /// that follow it too.
+    pub async fn follow(&self, topic: &Topic) -> Result<(), ApiError> {
+        if self.inner.state().mesh.topics.contains(topic) {
+            return Ok(());
+        }
+        let t = topic.clone();
+        self.inner.with_store(move |s| s.follow(&t)).await?;
+        let topics = {
+            let mut st = self.inner.state();
+            st.mesh.topics.insert(topic.clone());
+            let topics: Vec<Topic> = st.mesh.topics.iter().cloned().collect();
+            for l in st.mesh.links.values() {
+                let _ = l.tx.try_send(MeshFrame::Topics(topics.clone()));
+            }
+            topics
+        };
+        tracing::info!(%topic, following = topics.len(), "following a topic");
+        crate::mesh::gossip::sync_everyone(&self.inner, topic);
+        Ok(())
+    }
+
+    /// This node's ticket (serverless only): what a friend passes to `up --join`.
+    pub fn ticket(&self) -> Result<String, ApiError> {
+        Ok(crate::mesh::join::ticket(&self.inner)?.to_string())
+    }
+
+    /// The mesh's counters (posts gossiped, duplicates, reconciliation bytes).
+    pub fn mesh_stats(&self) -> crate::mesh::MeshStats {
+        self.inner.state().mesh.stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pv(id: &str, parent: Option<&str>, hlc: u64) -> PostView {
+        PostView {
+            id: id.into(),
+            parent: parent.map(Into::into),
+            author: "a".into(),
+            author_name: "alice".into(),
+            topic: "forum".into(),
+            text: id.into(),
+            created_at: String::new(),
+            hlc,
+        }
+    }
+
+    #[test]
+    fn threads_newest_first_and_orphans_lost_until_their_parent_comes() {
+        let posts = vec![
+            pv("a1", None, 1),
+            pv("b1", None, 2),
+            pv("a2", Some("a1"), 3),
+            pv("x2", Some("x1"), 4),
+            pv("x3", Some("x2"), 5),
+        ];
+        let t = tree(posts.clone(), None);
+        // a1's thread has the newest post (a2 at 3), so it comes before b1.
+        assert_eq!(t.threads.len(), 2);
+        assert_eq!(t.threads[0].post.id, "a1");
+        assert_eq!(t.threads[0].replies[0].post.id, "a2");
+        assert_eq!(t.threads[1].post.id, "b1");
+        assert_eq!(t.lost.len(), 1);
+        assert_eq!(t.lost[0].post.id, "x2");
+        assert_eq!(t.lost[0].replies[0].post.id, "x3");
+
+        let mut with_parent = posts;
+        with_parent.push(pv("x1", None, 0));
+        let t = tree(with_parent, None);
+        assert!(t.lost.is_empty());
+        assert_eq!(t.threads[0].post.id, "x1");
+        assert_eq!(t.threads[0].replies[0].replies[0].post.id, "x3");
+    }
+}

@@ -1,0 +1,95 @@
+//! Clock offsets to linked peers, NTP-style (RFC 5905's on-wire calculation).
+//!
+//! ```text
+//! us                 peer
+//! t1 --- Ping{t1} --->  t2
+//! t4 <-- Pong{t1,t2,t3}  t3
+//! offset = ((t2 - t1) + (t3 - t4)) / 2      delay = (t4 - t1) - (t3 - t2)
+//! ```
+//!
+//! Of the last few samples, the one with the smallest delay is the most
+//! trustworthy (queueing only ever adds delay, and asymmetrically), so its offset
+//! is the estimate, as NTP's clock filter does.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use burrow_proto::mesh::MeshFrame;
+use tokio::sync::mpsc;
+
+/// Samples kept per link.
+const SAMPLES: usize = 8;
+/// Probes right after a link comes up (for an early estimate), and their spacing...
+const FIRST_PROBES: usize = 3;
+const FIRST_SPACING: Duration = Duration::from_millis(200);
+/// ...then one with every keepalive round.
+const PROBE_EVERY: Duration = Duration::from_secs(10);
+
+/// A link's clock offset estimate.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Estimate {
+    /// (offset, delay) in microseconds, newest last.
+    samples: VecDeque<(i64, i64)>,
+}
+
+impl Estimate {
+    /// Adds a probe's four timestamps (Unix microseconds; t1, t4 ours, t2, t3 theirs).
+    pub fn add(&mut self, t1: u64, t2: u64, t3: u64, t4: u64) {
+        let (t1, t2, t3, t4) = (t1 as i64, t2 as i64, t3 as i64, t4 as i64);
+        let delay = (t4 - t1) - (t3 - t2);
+        if t4 < t1 || delay < 0 {
+            return; // not a sane round trip (a replay, or a peer lying badly)
+        }
+        let offset = ((t2 - t1) + (t3 - t4)) / 2;
+        self.samples.push_back((offset, delay));
+        if self.samples.len() > SAMPLES {
+            self.samples.pop_front();
+        }
+    }
+
+    /// The peer's clock minus ours, in milliseconds, once a probe came back.
+    pub fn offset_ms(&self) -> Option<f64> {
+        self.samples
+            .iter()
+            .min_by_key(|(_, delay)| *delay)
+            .map(|(offset, _)| *offset as f64 / 1000.0)
+    }
+}
+
+/// Sends clock probes on a link until it closes. Each probe reads the clock as
+/// late as possible: the writer stamps nothing, so `t1` is taken here.
+pub(crate) async fn probe(tx: mpsc::Sender<MeshFrame>, wall_us: impl Fn() -> u64) {
+    let mut sent = 0;
+    loop {
+        let wait = if sent < FIRST_PROBES {
+            FIRST_SPACING
+        } else {
+            PROBE_EVERY
+        };
+        tokio::time::sleep(wait).await;
+        if tx.send(MeshFrame::Ping { t1: wall_us() }).await.is_err() {
+            return;
+        }
+        sent += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offset_comes_from_the_least_delayed_probe() {
+        let mut e = Estimate::default();
+        assert_eq!(e.offset_ms(), None);
+        // Peer 5 s ahead; 2 ms each way.
+        e.add(1_000_000, 6_002_000, 6_002_100, 1_004_100);
+        assert_eq!(e.offset_ms(), Some(5000.0));
+        // A probe queued 300 ms on the way back skews its own sample only.
+        e.add(2_000_000, 7_002_000, 7_002_100, 2_304_100);
+        assert_eq!(e.offset_ms(), Some(5000.0));
+        // Nonsense (answer before question) is ignored.
+        e.add(3_000_000, 0, 0, 2_000_000);
+        assert_eq!(e.samples.len(), 2);
+    }
+}

@@ -1,0 +1,413 @@
+//! Spreading posts: Plumtree gossip for new posts, negentropy reconciliation for
+//! what a member missed while away (see [`burrow_proto::mesh`] for the frames).
+//!
+//! Gossip, per post: a member that receives a post for the first time stores it
+//! and forwards it in full to its eager links and as an id to its lazy ones. A
+//! post that arrives again turns the link it came on lazy (`Prune`), so after the
+//! first few posts the eager links form a spanning tree. When an id announced by a
+//! lazy link hasn't arrived as a post within [`GRAFT_AFTER`], the member asks that
+//! link for it (`Graft`), which also makes the link eager again.
+//!
+//! Reconciliation: when a link comes up, its dialer reconciles every topic both
+//! sides follow; each side then sends the other the posts it lacks (`Synced`, not
+//! forwarded on: the other members reconcile on their own links).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use burrow_proto::forum::{Post, PostId, Topic};
+use burrow_proto::mesh::{MeshFrame, MAX_IDS};
+use burrow_proto::reconcile::Reconciler;
+use burrow_proto::NodeId;
+use tracing::{debug, warn};
+
+use crate::event::NodeEvent;
+use crate::node::Inner;
+
+/// How long an announced post may take to arrive before it is grafted.
+pub(crate) const GRAFT_AFTER: Duration = Duration::from_millis(1000);
+/// Reconciled posts stored per transaction.
+pub(crate) const SYNC_BATCH: usize = 256;
+/// Posts read from the store per batch when answering.
+const SEND_BATCH: usize = 256;
+
+/// Sends a new post on: in full to eager links, as an id to lazy ones, except to
+/// the link it came from. Only links following its topic get it.
+pub(crate) fn broadcast(inner: &Inner, post: &Post, from: Option<NodeId>) {
+    let mut st = inner.state();
+    let mesh = &mut st.mesh;
+    let (mut full, mut ids) = (0, 0);
+    for (id, link) in &mesh.links {
+        if Some(*id) == from || !link.topics.contains(&post.topic) {
+            continue;
+        }
+        if link.eager {
+            if link.tx.try_send(MeshFrame::Post(post.clone())).is_ok() {
+                full += 1;
+            }
+        } else if link.tx.try_send(MeshFrame::IHave(vec![post.id])).is_ok() {
+            ids += 1;
+        }
+    }
+    mesh.stats.posts_sent += full;
+    mesh.stats.ihave_sent += ids;
+}
+
+/// Verifies, stores and reports posts from `peer`; returns which were new.
+/// Invalid posts count against the peer; posts of topics we don't follow are
+/// dropped.
+async fn accept(inner: &Arc<Inner>, peer: NodeId, posts: Vec<Post>) -> Vec<(Post, bool)> {
+    let mut valid = Vec::with_capacity(posts.len());
+    for p in posts {
+        if let Err(e) = p.verify() {
+            warn!(peer = %peer.short(), post = %p.id.short(), error = %e, "refusing a post");
+            inner.state().mesh.misbehaved(peer);
+            continue;
+        }
+        if inner.state().mesh.topics.contains(&p.topic) {
+            valid.push(p);
+        }
+    }
+    if valid.is_empty() {
+        return Vec::new();
+    }
+    let now = inner.wall_ms();
+    let batch = valid.clone();
+    let fresh = match inner
+        .with_store(move |s| s.insert_posts(&batch, now))
+        .await
+    {
+        Ok(f) => f,
+        Err(e) => {
+            warn!(error = %e, "cannot store posts");
+            return Vec::new();
+        }
+    };
+    let out: Vec<(Post, bool)> = valid.into_iter().zip(fresh).collect();
+    {
+        let mut st = inner.state();
+        for (p, new) in &out {
+            st.mesh.missing.remove(&p.id);
+            if *new {
+                st.mesh.hlc.observe(p.created, now);
+            }
+        }
+    }
+    for (p, new) in &out {
+        if *new {
+            inner.emit(NodeEvent::Post(crate::forum::view(&p.clone())));
+        }
+    }
+    // A reply whose parent we lack: ask the sender for it now rather than wait
+    // for the next reconciliation.
+    let parents: Vec<PostId> = out
+        .iter()
+        .filter(|(_, new)| *new)
+        .filter_map(|(p, _)| p.parent)
+        .collect();
+    if !parents.is_empty() {
+        let lacking = lacking(inner, parents).await;
+        if !lacking.is_empty() {
+            send(inner, peer, MeshFrame::Want(lacking));
+        }
+    }
+    out
+}
+
+/// Which of `ids` we don't have.
+async fn lacking(inner: &Arc<Inner>, ids: Vec<PostId>) -> Vec<PostId> {
+    let query = ids.clone();
+    match inner.with_store(move |s| s.have_posts(&query)).await {
+        Ok(have) => ids
+            .into_iter()
+            .zip(have)
+            .filter(|(_, h)| !h)
+            .map(|(id, _)| id)
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+fn send(inner: &Inner, peer: NodeId, frame: MeshFrame) {
+    if let Some(l) = inner.state().mesh.links.get(&peer) {
+        let _ = l.tx.try_send(frame);
+    }
+}
+
+/// A gossiped post.
+pub(crate) async fn receive_post(inner: &Arc<Inner>, peer: NodeId, post: Post) {
+    for (p, new) in accept(inner, peer, vec![post]).await {
+        if new {
+            broadcast(inner, &p, Some(peer));
+        } else {
+            // A duplicate: this link is not on the tree.
+            let mut st = inner.state();
+            st.mesh.stats.duplicates += 1;
+            if let Some(l) = st.mesh.links.get_mut(&peer) {
+                if l.eager {
+                    l.eager = false;
+                    let _ = l.tx.try_send(MeshFrame::Prune);
+                }
+            }
+        }
+    }
+}
+
+/// Posts found missing by reconciliation (or asked for by `Want`); false ends
+/// the session (the peer is past the misbehaviour limit).
+pub(crate) async fn receive_synced(inner: &Arc<Inner>, peer: NodeId, posts: Vec<Post>) -> bool {
+    accept(inner, peer, posts).await;
+    !inner.state().mesh.banned(&peer)
+}
+
+/// A lazy link announces posts: note the ones we lack, to graft if they don't
+/// come by the tree.
+pub(crate) async fn receive_ihave(inner: &Arc<Inner>, peer: NodeId, ids: Vec<PostId>) {
+    let lacking = lacking(inner, ids).await;
+    let due = Instant::now() + GRAFT_AFTER;
+    let mut st = inner.state();
+    for id in lacking {
+        st.mesh.missing.entry(id).or_insert((peer, due));
+    }
+}
+
+/// Grafts the posts still missing after [`GRAFT_AFTER`] (called on a timer).
+pub(crate) fn graft_overdue(inner: &Inner) {
+    let now = Instant::now();
+    let mut st = inner.state();
+    let overdue: Vec<(PostId, NodeId)> = st
+        .mesh
+        .missing
+        .iter()
+        .filter(|(_, (_, due))| *due <= now)
+        .map(|(id, (peer, _))| (*id, *peer))
+        .collect();
+    let mut by_peer: std::collections::HashMap<NodeId, Vec<PostId>> = Default::default();
+    for (id, peer) in overdue {
+        st.mesh.missing.remove(&id);
+        by_peer.entry(peer).or_default().push(id);
+    }
+    for (peer, ids) in by_peer {
+        if let Some(l) = st.mesh.links.get_mut(&peer) {
+            debug!(peer = %peer.short(), n = ids.len(), "grafting");
+            l.eager = true;
+            for chunk in ids.chunks(MAX_IDS) {
+                let _ = l.tx.try_send(MeshFrame::Graft(chunk.to_vec()));
+            }
+        }
+    }
+}
+
+/// The peer wants posts in full again, starting with these.
+pub(crate) async fn receive_graft(inner: &Arc<Inner>, peer: NodeId, ids: Vec<PostId>) {
+    if let Some(l) = inner.state().mesh.links.get_mut(&peer) {
+        l.eager = true;
+    }
+    let n = send_posts(inner, peer, ids, MeshFrame::Post).await;
+    inner.state().mesh.stats.posts_sent += n;
+}
+
+/// The peer lacks these posts (reconciliation found them missing).
+pub(crate) async fn receive_want(inner: &Arc<Inner>, peer: NodeId, ids: Vec<PostId>) {
+    let n = send_posts(inner, peer, ids, MeshFrame::Synced).await;
+    inner.state().mesh.stats.synced_sent += n;
+}
+
+/// Sends the posts with these ids that we have (in topics the peer follows),
+/// waiting for room in the link's queue. Returns how many went.
+async fn send_posts(
+    inner: &Arc<Inner>,
+    peer: NodeId,
+    ids: Vec<PostId>,
+    frame: fn(Post) -> MeshFrame,
+) -> u64 {
+    let mut sent = 0;
+    for chunk in ids.chunks(SEND_BATCH) {
+        let chunk = chunk.to_vec();
+        let Ok(posts) = inner.with_store(move |s| s.posts_by_id(&chunk)).await else {
+            return sent;
+        };
+        let (tx, topics) = {
+            let st = inner.state();
+            let Some(l) = st.mesh.links.get(&peer) else {
+                return sent;
+            };
+            (l.tx.clone(), l.topics.clone())
+        };
+        for p in posts {
+            if topics.contains(&p.topic) {
+                if tx.send(frame(p)).await.is_err() {
+                    return sent;
+                }
+                sent += 1;
+            }
+        }
+    }
+    sent
+}
+
+/// Starts reconciling every topic both sides follow (we dialed the link).
+pub(crate) fn start_sync(inner: &Arc<Inner>, peer: NodeId) {
+    let topics: Vec<Topic> = {
+        let st = inner.state();
+        let Some(l) = st.mesh.links.get(&peer) else {
+            return;
+        };
+        st.mesh
+            .topics
+            .iter()
+            .filter(|t| l.topics.contains(*t))
+            .cloned()
+            .collect()
+    };
+    for topic in topics {
+        let inner2 = inner.clone();
+        inner.spawn(async move { sync_topic(inner2, peer, topic).await });
+    }
+}
+
+/// Starts reconciling `topic` with every link that follows it (we just started
+/// following it).
+pub(crate) fn sync_everyone(inner: &Arc<Inner>, topic: &Topic) {
+    let peers: Vec<NodeId> = inner
+        .state()
+        .mesh
+        .links
+        .iter()
+        .filter(|(_, l)| l.topics.contains(topic))
+        .map(|(id, _)| *id)
+        .collect();
+    for peer in peers {
+        let (inner2, topic) = (inner.clone(), topic.clone());
+        inner.spawn(async move { sync_topic(inner2, peer, topic).await });
+    }
+}
+
+async fn sync_topic(inner: Arc<Inner>, peer: NodeId, topic: Topic) {
+    let t = topic.clone();
+    let built = inner
+        .with_store(move |s| s.post_items(&t))
+        .await
+        .map(Reconciler::new);
+    let mut rec = match built {
+        Ok(Ok(r)) => r,
+        _ => return,
+    };
+    let Ok(first) = rec.initiate() else { return };
+    let tx = {
+        let mut st = inner.state();
+        st.mesh.stats.sync_bytes += first.len() as u64;
+        let Some(l) = st.mesh.links.get_mut(&peer) else {
+            return;
+        };
+        l.syncing.insert(topic.clone(), rec);
+        l.tx.clone()
+    };
+    let _ = tx
+        .send(MeshFrame::Sync {
+            topic,
+            msg: first,
+        })
+        .await;
+}
+
+/// Responder: answers one reconciliation message. The set is read once per
+/// session and topic and kept for the following rounds.
+pub(crate) async fn receive_sync(inner: &Arc<Inner>, peer: NodeId, topic: Topic, msg: Vec<u8>) {
+    if !inner.state().mesh.topics.contains(&topic) {
+        // We don't follow it (any more): an empty answer ends their side.
+        let answer = Reconciler::new([]).and_then(|mut r| r.respond(&msg));
+        if let Ok(answer) = answer {
+            send(inner, peer, MeshFrame::SyncReply { topic, msg: answer });
+        }
+        return;
+    }
+    let cached = inner
+        .state()
+        .mesh
+        .links
+        .get_mut(&peer)
+        .and_then(|l| l.answering.remove(&topic));
+    let mut rec = match cached {
+        Some(r) => r,
+        None => {
+            let t = topic.clone();
+            match inner.with_store(move |s| s.post_items(&t)).await {
+                Ok(items) => match Reconciler::new(items) {
+                    Ok(r) => r,
+                    Err(_) => return,
+                },
+                Err(_) => return,
+            }
+        }
+    };
+    match rec.respond(&msg) {
+        Ok(answer) => {
+            let mut st = inner.state();
+            st.mesh.stats.sync_bytes += (msg.len() + answer.len()) as u64;
+            if let Some(l) = st.mesh.links.get_mut(&peer) {
+                l.answering.insert(topic.clone(), rec);
+                let _ = l.tx.try_send(MeshFrame::SyncReply { topic, msg: answer });
+            }
+        }
+        Err(e) => {
+            warn!(peer = %peer.short(), error = %e, "bad reconciliation message");
+            inner.state().mesh.misbehaved(peer);
+        }
+    }
+}
+
+/// Initiator: reads an answer, sends what the peer lacks, asks for what we lack,
+/// and continues until the sets are reconciled.
+pub(crate) async fn receive_sync_reply(
+    inner: &Arc<Inner>,
+    peer: NodeId,
+    topic: Topic,
+    msg: Vec<u8>,
+) {
+    let Some(mut rec) = inner
+        .state()
+        .mesh
+        .links
+        .get_mut(&peer)
+        .and_then(|l| l.syncing.remove(&topic))
+    else {
+        debug!(peer = %peer.short(), %topic, "reconciliation answer we didn't ask for");
+        return;
+    };
+    let round = match rec.step(&msg) {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(peer = %peer.short(), error = %e, "bad reconciliation answer");
+            inner.state().mesh.misbehaved(peer);
+            return;
+        }
+    };
+    let tx = {
+        let mut st = inner.state();
+        let mesh = &mut st.mesh;
+        mesh.stats.sync_bytes += (msg.len() + round.next.as_ref().map_or(0, |n| n.len())) as u64;
+        let Some(l) = mesh.links.get_mut(&peer) else {
+            return;
+        };
+        if round.next.is_some() {
+            l.syncing.insert(topic.clone(), rec);
+        }
+        l.tx.clone()
+    };
+    if !round.need.is_empty() {
+        debug!(peer = %peer.short(), %topic, n = round.need.len(), "reconciliation: asking for posts");
+    }
+    for chunk in round.need.chunks(MAX_IDS) {
+        if tx.send(MeshFrame::Want(chunk.to_vec())).await.is_err() {
+            return;
+        }
+    }
+    if let Some(next) = round.next {
+        let _ = tx.send(MeshFrame::Sync { topic, msg: next }).await;
+    }
+    if !round.have.is_empty() {
+        let n = send_posts(inner, peer, round.have, MeshFrame::Synced).await;
+        inner.state().mesh.stats.synced_sent += n;
+    }
+}

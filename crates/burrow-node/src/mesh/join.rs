@@ -1,0 +1,387 @@
+//! Networks without a server: tickets, joining from one, and meeting the peers
+//! of peers through introductions.
+//!
+//! A network is its secret ([`MeshSecret`]): the first node makes one, and every
+//! ticket carries it. A node started with `--join <ticket>` dials the addresses
+//! in the ticket and proves it holds the secret in its mesh Hello (the other side
+//! proves it back); then the chat connection follows. When both sides are behind
+//! NATs that filter, both run `--join` with each other's ticket: their dials
+//! cross and open both NATs, as in a punch.
+//!
+//! Linked nodes tell each other whom they are linked with (`Peers`). A node with
+//! fewer links than its target ([`crate::NodeConfig::mesh_links`]) asks a mutual
+//! peer to introduce it to one of those (`Introduce`); the mutual peer hands
+//! both sides each other's addresses and a fresh punch ticket (`Introduction`),
+//! and they punch as they would after a server brokered the link. One
+//! introduction is in flight at a time; one that fails isn't retried for a
+//! minute. A node takes introductions up to twice its target.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use burrow_proto::mesh::{self, MeshFrame, MeshSecret, PeerAd, Ticket};
+use burrow_proto::punch::PunchTicket;
+use burrow_proto::rendezvous::Direction;
+use burrow_proto::{Name, NodeId};
+use rand::seq::SliceRandom;
+use tracing::{debug, info, warn};
+
+use crate::node::{ApiError, Inner, State};
+use crate::peers;
+
+/// The store setting holding the network's secret.
+pub(crate) const SECRET_SETTING: &str = "mesh_secret";
+/// How often the mesh is looked after (grafts, announcements, introductions).
+const MAINTAIN_EVERY: Duration = Duration::from_millis(500);
+/// An introduction that hasn't produced a link by then has failed...
+const INTRO_TIMEOUT: Duration = Duration::from_secs(15);
+/// ...and that peer isn't asked for again until this has passed.
+const INTRO_RETRY: Duration = Duration::from_secs(60);
+/// How long one address of a ticket gets to answer.
+const JOIN_ATTEMPT: Duration = Duration::from_secs(3);
+/// Longest wait between attempts to join from a ticket.
+const JOIN_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Introductions in progress.
+#[derive(Debug, Default)]
+pub(crate) struct Intros {
+    /// The one we asked for: whom, and since when.
+    pending: Option<(NodeId, Instant)>,
+    /// Peers whose introduction failed, and when.
+    failed: HashMap<NodeId, Instant>,
+    /// The links we last told our links about.
+    announced: Vec<NodeId>,
+}
+
+/// The network's secret: the ticket's when joining, else the one kept in the
+/// store, else a new one (this node starts a network).
+pub(crate) fn secret(
+    store: &mut burrow_store::NodeStore,
+    join: &[Ticket],
+) -> Result<MeshSecret, burrow_store::StoreError> {
+    let secret = match join.first() {
+        Some(t) => t.secret,
+        None => match store.setting(SECRET_SETTING)? {
+            Some(b) if b.len() == 16 => MeshSecret(b.try_into().expect("length checked")),
+            _ => MeshSecret::random(&mut rand::thread_rng()),
+        },
+    };
+    store.set_setting(SECRET_SETTING, &secret.0)?;
+    Ok(secret)
+}
+
+/// Starts the mesh's background work: the maintenance tick, and serverless, a
+/// join loop per ticket.
+pub(crate) fn start(inner: &Arc<Inner>) {
+    inner.spawn(maintain(inner.clone()));
+    for ticket in inner.config.join.clone() {
+        if ticket.id == inner.id {
+            warn!("ignoring a ticket to this node itself");
+            continue;
+        }
+        inner.spawn(join_loop(inner.clone(), ticket));
+    }
+}
+
+/// Addresses we may be reached at, best first: public (as the server or a peer
+/// sees us), then the machine's own.
+pub(crate) fn own_addrs(inner: &Inner, st: &State) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    for a in [st.public_addr, st.mesh.observed].into_iter().flatten() {
+        if !out.contains(&a) {
+            out.push(a);
+        }
+    }
+    if let Ok(local) = inner.endpoint.local_addr() {
+        for a in burrow_net::iface::lan_candidates(local) {
+            if !out.contains(&a) {
+                out.push(a);
+            }
+        }
+    }
+    out.truncate(mesh::MAX_ADDRS);
+    out
+}
+
+/// This node's ticket.
+pub(crate) fn ticket(inner: &Inner) -> Result<Ticket, ApiError> {
+    let st = inner.state();
+    let secret = st.mesh.secret.ok_or(ApiError::NotServerless)?;
+    let addrs = own_addrs(inner, &st);
+    if addrs.is_empty() {
+        return Err(ApiError::Mesh("this node knows no address of its own yet".into()));
+    }
+    Ok(Ticket {
+        id: inner.id,
+        secret,
+        addrs,
+    })
+}
+
+/// Joins from `ticket`, and again whenever this node is left without links.
+async fn join_loop(inner: Arc<Inner>, ticket: Ticket) {
+    let mut wait = Duration::from_secs(1);
+    let mut joined = false;
+    loop {
+        let (linked_to_it, any) = {
+            let st = inner.state();
+            (
+                st.mesh.links.contains_key(&ticket.id),
+                !st.mesh.links.is_empty(),
+            )
+        };
+        if !linked_to_it && (!joined || !any) {
+            match attempt(&inner, &ticket).await {
+                Ok(()) => {
+                    joined = true;
+                    wait = Duration::from_secs(1);
+                }
+                Err(e) => {
+                    warn!(peer = %ticket.id.short(), error = %e, retry_in = ?wait, "cannot join");
+                    inner.emit(crate::NodeEvent::ConnectFailed {
+                        name: ticket.id.short(),
+                        error: format!("{e}; trying again in {} s", wait.as_secs()),
+                    });
+                    wait = (wait * 2).min(JOIN_BACKOFF_MAX);
+                }
+            }
+        }
+        tokio::select! {
+            _ = inner.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Dials the ticket's addresses in turn; the first that answers carries the link.
+async fn attempt(inner: &Arc<Inner>, ticket: &Ticket) -> Result<(), String> {
+    let paths = inner.endpoint.paths();
+    let local_v4 = inner.endpoint.local_addr().map(|a| a.is_ipv4()).unwrap_or(true);
+    let mut last = String::from("the ticket has no address this node can use");
+    for &addr in ticket.addrs.iter().filter(|a| a.is_ipv4() == local_v4) {
+        let v = paths.open(ticket.id);
+        paths.set_direct(&ticket.id, Some(addr));
+        debug!(peer = %ticket.id.short(), %addr, "joining");
+        let dialed = tokio::time::timeout(
+            JOIN_ATTEMPT,
+            inner.endpoint.connect(v, mesh::ALPN, Some(ticket.id)),
+        )
+        .await;
+        match dialed {
+            Ok(Ok((conn, _))) => {
+                let (send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+                info!(peer = %ticket.id.short(), %addr, "joined");
+                let inner2 = inner.clone();
+                let id = ticket.id;
+                inner.spawn(async move {
+                    super::run(inner2, id, conn, send, recv, true).await;
+                });
+                return Ok(());
+            }
+            Ok(Err(e)) => last = format!("{addr}: {e}"),
+            Err(_) => last = format!("no answer from {addr}"),
+        }
+    }
+    paths.set_direct(&ticket.id, None);
+    Err(last)
+}
+
+/// A mesh link came up. Serverless: tell it whom we are linked with, and (as the
+/// side that dialed) open the chat connection if there is none yet.
+pub(crate) fn linked(inner: &Arc<Inner>, peer: NodeId, dialed: bool) {
+    let chat = {
+        let mut st = inner.state();
+        if st.mesh.secret.is_none() {
+            return;
+        }
+        if st.mesh.intro.pending.is_some_and(|(p, _)| p == peer) {
+            st.mesh.intro.pending = None;
+        }
+        let ads = link_ads(&st);
+        if let Some(l) = st.mesh.links.get(&peer) {
+            let _ = l.tx.try_send(MeshFrame::Peers(ads));
+        }
+        dialed && !st.peers.get(&peer).is_some_and(|p| p.connected())
+    };
+    if chat {
+        inner.spawn(peers::dial(inner.clone(), peer));
+    }
+}
+
+/// A mesh link went down.
+pub(crate) fn unlinked(inner: &Inner, peer: NodeId) {
+    let mut st = inner.state();
+    if st.mesh.secret.is_some() {
+        if let Some(p) = st.peers.get_mut(&peer) {
+            p.online = p.connected();
+        }
+    }
+}
+
+/// Our links, as we tell our links about them.
+fn link_ads(st: &State) -> Vec<PeerAd> {
+    let mut ads: Vec<PeerAd> = st
+        .mesh
+        .links
+        .iter()
+        .map(|(id, l)| PeerAd {
+            id: *id,
+            name: l.name.clone(),
+        })
+        .collect();
+    ads.sort_by_key(|a| a.id);
+    ads.truncate(mesh::MAX_PEER_ADS);
+    ads
+}
+
+/// A link told us whom it is linked with.
+pub(crate) fn receive_peers(inner: &Inner, from: NodeId, mut list: Vec<PeerAd>) {
+    let mut st = inner.state();
+    if st.mesh.secret.is_none() {
+        return;
+    }
+    list.retain(|a| a.id != inner.id && a.id != from);
+    if let Some(l) = st.mesh.links.get_mut(&from) {
+        l.peers = list;
+    }
+}
+
+/// `from` asks us to introduce it to `target`, a peer of ours.
+pub(crate) fn introduce(inner: &Inner, from: NodeId, target: NodeId) {
+    let st = inner.state();
+    if st.mesh.secret.is_none() || target == from || target == inner.id {
+        return;
+    }
+    let (Some(a), Some(c)) = (st.mesh.links.get(&from), st.mesh.links.get(&target)) else {
+        debug!(peer = %from.short(), target = %target.short(), "cannot introduce: not linked");
+        return;
+    };
+    let punch = PunchTicket::random(&mut rand::thread_rng());
+    info!(a = %a.name, c = %c.name, "introducing");
+    let _ = a.tx.try_send(MeshFrame::Introduction {
+        peer: target,
+        name: c.name.clone(),
+        candidates: c.addrs.clone(),
+        punch,
+        dial: true,
+    });
+    let _ = c.tx.try_send(MeshFrame::Introduction {
+        peer: from,
+        name: a.name.clone(),
+        candidates: a.addrs.clone(),
+        punch,
+        dial: false,
+    });
+}
+
+/// A mutual peer (`via`) introduces us to `other`: punch, and dial if told to.
+pub(crate) fn introduced(
+    inner: &Arc<Inner>,
+    via: NodeId,
+    other: NodeId,
+    name: Name,
+    candidates: Vec<SocketAddr>,
+    punch: PunchTicket,
+    dial: bool,
+) {
+    {
+        let mut st = inner.state();
+        if st.mesh.secret.is_none() || other == inner.id || st.mesh.banned(&other) {
+            return;
+        }
+        let linked = st.mesh.links.contains_key(&other)
+            || st.peers.get(&other).is_some_and(|p| p.connected());
+        let full = st.mesh.links.len() >= 2 * inner.config.mesh_links;
+        // We dial only the introductions we asked for; the others we take while
+        // there is room.
+        let asked = st.mesh.intro.pending.is_some_and(|(p, _)| p == other);
+        if linked || full || (dial && !asked) {
+            return;
+        }
+        let p = st.peers.entry(other).or_default();
+        p.name = Some(name.clone());
+        p.accepted = true;
+        p.online = true;
+    }
+    info!(peer = %other.short(), %name, via = %via.short(), dial, "introduced");
+    let direction = if dial {
+        Direction::Outgoing
+    } else {
+        Direction::Incoming
+    };
+    peers::link(inner, other, direction, &candidates, punch, None);
+    if !dial {
+        inner.spawn(peers::admission_deadline(inner.clone(), other));
+    }
+}
+
+/// Looks after the mesh until shutdown: grafts overdue posts; serverless, tells
+/// links about link changes and seeks introductions while below the target.
+async fn maintain(inner: Arc<Inner>) {
+    loop {
+        tokio::select! {
+            _ = inner.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(MAINTAIN_EVERY) => {}
+        }
+        super::gossip::graft_overdue(&inner);
+        let mut st = inner.state();
+        if st.mesh.secret.is_none() {
+            continue;
+        }
+        announce(&mut st);
+        seek(&inner, &mut st);
+    }
+}
+
+/// Tells every link our links, when they changed.
+fn announce(st: &mut State) {
+    let ads = link_ads(st);
+    let ids: Vec<NodeId> = ads.iter().map(|a| a.id).collect();
+    if ids == st.mesh.intro.announced {
+        return;
+    }
+    for l in st.mesh.links.values() {
+        let _ = l.tx.try_send(MeshFrame::Peers(ads.clone()));
+    }
+    st.mesh.intro.announced = ids;
+}
+
+/// Asks for an introduction to a peer of a peer, while below the target.
+fn seek(inner: &Inner, st: &mut State) {
+    let now = Instant::now();
+    let intro = &mut st.mesh.intro;
+    if let Some((peer, since)) = intro.pending {
+        if now.duration_since(since) < INTRO_TIMEOUT {
+            return;
+        }
+        debug!(peer = %peer.short(), "introduction timed out");
+        intro.failed.insert(peer, now);
+        intro.pending = None;
+    }
+    intro.failed.retain(|_, t| now.duration_since(*t) < INTRO_RETRY);
+    if st.mesh.links.len() >= inner.config.mesh_links {
+        return;
+    }
+    let mut options: Vec<(NodeId, NodeId)> = Vec::new();
+    for (via, link) in &st.mesh.links {
+        for ad in &link.peers {
+            let known = st.mesh.links.contains_key(&ad.id)
+                || st.peers.get(&ad.id).is_some_and(|p| p.connected())
+                || st.mesh.intro.failed.contains_key(&ad.id)
+                || st.mesh.banned(&ad.id);
+            if !known && ad.id != inner.id {
+                options.push((ad.id, *via));
+            }
+        }
+    }
+    let Some(&(target, via)) = options.choose(&mut rand::thread_rng()) else {
+        return;
+    };
+    st.mesh.intro.pending = Some((target, now));
+    if let Some(l) = st.mesh.links.get(&via) {
+        debug!(target = %target.short(), via = %via.short(), "asking for an introduction");
+        let _ = l.tx.try_send(MeshFrame::Introduce { peer: target });
+    }
+}

@@ -1,0 +1,441 @@
+//! The mesh service (`burrow/mesh/1`, frames in [`burrow_proto::mesh`]): one
+//! connection per link, beside the chat connection, carrying forum gossip, set
+//! reconciliation, clock probes and, without a server, peer exchange and
+//! introductions.
+//!
+//! - [`gossip`]: Plumtree broadcast of new posts, and negentropy reconciliation
+//!   when a link comes up.
+//! - [`join`]: serverless networks: tickets, joining from one, introductions
+//!   through mutual peers, keeping a target number of links.
+//! - [`clock`]: each link's clock offset, from NTP-style probes.
+//!
+//! Who opens the mesh connection: the side that dialed the link's chat
+//! connection, right after it came up; or, joining from a ticket, the joiner,
+//! first (its chat connection follows once the mesh Hello proved it a member).
+//! If both sides open one at once, both keep the session whose dialer has the
+//! smaller id.
+
+pub(crate) mod clock;
+pub(crate) mod gossip;
+pub(crate) mod join;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use burrow_net::{FrameReader, FrameWriter};
+use burrow_proto::forum::{HlcClock, PostId, Topic};
+use burrow_proto::mesh::{self, MeshFrame, MeshSecret, PeerAd};
+use burrow_proto::reconcile::Reconciler;
+use burrow_proto::{Name, NodeId};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::node::Inner;
+
+/// Frames queued for one link before gossip to it is dropped (reconciliation
+/// repairs what a slow link missed).
+const OUTBOX: usize = 4096;
+/// How long the other side has to say Hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Misbehaviour (bad posts, bad proofs, bad sync messages) a peer may show
+/// before its mesh link is closed and its connections refused.
+pub(crate) const MISBEHAVIOUR_LIMIT: u32 = 3;
+/// QUIC close code for a mesh link ended for misbehaviour.
+const MISBEHAVED: u32 = 0x20;
+
+/// One live mesh link.
+#[derive(Debug)]
+pub(crate) struct Link {
+    /// Frames to send on it.
+    pub tx: mpsc::Sender<MeshFrame>,
+    /// The name it goes by.
+    pub name: Name,
+    /// Plumtree: new posts go to it in full (else as ids).
+    pub eager: bool,
+    /// Topics it follows.
+    pub topics: HashSet<Topic>,
+    /// Where it may be reached: the address we see it at, then what it announced.
+    pub addrs: Vec<SocketAddr>,
+    /// The peers it is linked with (serverless).
+    pub peers: Vec<PeerAd>,
+    /// Its clock's offset from ours.
+    pub clock: clock::Estimate,
+    /// Which of the two sides dialed this session.
+    pub dialer: NodeId,
+    /// Tells this session from a replaced one.
+    pub session: u64,
+    /// The mesh connection.
+    pub conn: quinn::Connection,
+    /// Reconciliations we started, by topic.
+    pub syncing: HashMap<Topic, Reconciler>,
+    /// Reconciliations we answer, by topic (the set as it was at the first round).
+    pub answering: HashMap<Topic, Reconciler>,
+}
+
+/// Counters for the benchmark and for `status`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MeshStats {
+    /// Posts sent in full by gossip (eager pushes and graft answers).
+    pub posts_sent: u64,
+    /// Ids announced to lazy links.
+    pub ihave_sent: u64,
+    /// Posts received by gossip that we already had.
+    pub duplicates: u64,
+    /// Posts sent because reconciliation found the peer lacked them.
+    pub synced_sent: u64,
+    /// Reconciliation bytes sent and received.
+    pub sync_bytes: u64,
+}
+
+/// The mesh's part of the node's state.
+#[derive(Debug, Default)]
+pub(crate) struct MeshState {
+    pub links: HashMap<NodeId, Link>,
+    pub hlc: HlcClock,
+    /// Topics we follow (the store's list, cached).
+    pub topics: BTreeSet<Topic>,
+    /// Serverless: the network's secret. `None` with a server.
+    pub secret: Option<MeshSecret>,
+    /// Posts announced by a lazy link that haven't arrived: who announced, and when
+    /// to graft if they still haven't.
+    pub missing: HashMap<PostId, (NodeId, Instant)>,
+    /// Our address as a peer saw it (serverless: there is no STUN).
+    pub observed: Option<SocketAddr>,
+    pub misbehaviour: HashMap<NodeId, u32>,
+    pub stats: MeshStats,
+    next_session: u64,
+    /// Serverless bookkeeping of introductions ([`join`]).
+    pub intro: join::Intros,
+}
+
+impl MeshState {
+    /// Counts misbehaviour; true once the peer is past the limit.
+    pub fn misbehaved(&mut self, peer: NodeId) -> bool {
+        let n = self.misbehaviour.entry(peer).or_default();
+        *n += 1;
+        *n >= MISBEHAVIOUR_LIMIT
+    }
+
+    pub fn banned(&self, peer: &NodeId) -> bool {
+        self.misbehaviour
+            .get(peer)
+            .is_some_and(|n| *n >= MISBEHAVIOUR_LIMIT)
+    }
+}
+
+/// The address `peer` is reached at when it is a real one: the connection's
+/// remote address, or the direct path behind its virtual address.
+pub(crate) fn real_addr(inner: &Inner, peer: &NodeId, conn: &quinn::Connection) -> Option<SocketAddr> {
+    let remote = burrow_net::paths::canonical(conn.remote_address());
+    if !burrow_net::paths::is_virtual(remote) {
+        return Some(remote);
+    }
+    match inner.endpoint.paths().status(peer)?.route {
+        burrow_net::Route::Direct(a) => Some(a),
+        _ => None,
+    }
+}
+
+/// Opens the mesh connection to `peer` (we dialed its chat connection), unless
+/// one is up already.
+pub(crate) async fn dial(inner: Arc<Inner>, peer: NodeId) {
+    if inner.state().mesh.links.contains_key(&peer) {
+        return;
+    }
+    let v = inner.endpoint.paths().open(peer);
+    match inner.endpoint.connect(v, mesh::ALPN, Some(peer)).await {
+        Ok((conn, _)) => match conn.open_bi().await {
+            Ok((send, recv)) => run(inner, peer, conn, send, recv, true).await,
+            Err(e) => debug!(peer = %peer.short(), error = %e, "mesh stream failed"),
+        },
+        Err(e) => warn!(peer = %peer.short(), error = %e, "cannot open the mesh link"),
+    }
+}
+
+/// Serves a mesh connection `peer` opened.
+pub(crate) async fn accept(inner: Arc<Inner>, peer: NodeId, conn: quinn::Connection) {
+    match tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi()).await {
+        Ok(Ok((send, recv))) => run(inner, peer, conn, send, recv, false).await,
+        _ => conn.close(quinn::VarInt::from_u32(0), b"no mesh stream"),
+    }
+}
+
+/// Runs one mesh session until its connection ends.
+pub(crate) async fn run(
+    inner: Arc<Inner>,
+    peer: NodeId,
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    dialed: bool,
+) {
+    let (tx, mut rx) = mpsc::channel::<MeshFrame>(OUTBOX);
+    let writer = tokio::spawn(async move {
+        let mut w = FrameWriter::new(send, mesh::VERSION, mesh::MAX_FRAME);
+        while let Some(f) = rx.recv().await {
+            if w.write(&f).await.is_err() {
+                break;
+            }
+        }
+        w.finish();
+    });
+    let _ = tx.send(hello(&inner, &peer, &conn)).await;
+    let mut reader = FrameReader::new(recv, mesh::VERSION, mesh::MAX_FRAME);
+    let theirs = match tokio::time::timeout(HELLO_TIMEOUT, reader.read::<MeshFrame>()).await {
+        Ok(Ok(Some(f @ MeshFrame::Hello { .. }))) => f,
+        other => {
+            debug!(peer = %peer.short(), ?other, "no mesh Hello");
+            conn.close(quinn::VarInt::from_u32(0), b"no hello");
+            writer.abort();
+            return;
+        }
+    };
+    let Some(session) = admit(&inner, peer, &conn, &tx, theirs, dialed) else {
+        conn.close(quinn::VarInt::from_u32(MISBEHAVED), b"not a member");
+        writer.abort();
+        return;
+    };
+    info!(peer = %peer.short(), dialed, "mesh link up");
+    if dialed {
+        gossip::start_sync(&inner, peer);
+    }
+    join::linked(&inner, peer, dialed);
+    let clock_inner = inner.clone();
+    let pinger = tokio::spawn(clock::probe(tx.clone(), move || clock_inner.wall_us()));
+    drop(tx);
+
+    // Frames are read in their own task (a read must never be cancelled midway)
+    // and handled here, where runs of reconciled posts are stored in batches.
+    let (ftx, mut frx) = mpsc::channel::<MeshFrame>(256);
+    let read_task = tokio::spawn(async move {
+        loop {
+            match reader.read::<MeshFrame>().await {
+                Ok(Some(f)) => {
+                    if ftx.send(f).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    debug!(error = %e, "mesh stream ended");
+                    return;
+                }
+            }
+        }
+    });
+    'frames: while let Some(first) = frx.recv().await {
+        let mut next = Some(first);
+        while let Some(frame) = next.take() {
+            let ok = match frame {
+                MeshFrame::Synced(p) => {
+                    let mut batch = vec![p];
+                    while batch.len() < gossip::SYNC_BATCH {
+                        match frx.try_recv() {
+                            Ok(MeshFrame::Synced(p)) => batch.push(p),
+                            Ok(other) => {
+                                next = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    gossip::receive_synced(&inner, peer, batch).await
+                }
+                other => handle(&inner, peer, other).await,
+            };
+            if !ok || inner.state().mesh.banned(&peer) {
+                break 'frames;
+            }
+        }
+    }
+    if inner.state().mesh.banned(&peer) {
+        warn!(peer = %peer.short(), "closing the mesh link of a misbehaving peer");
+        conn.close(quinn::VarInt::from_u32(MISBEHAVED), b"misbehaving");
+        for c in inner.state().peers.get(&peer).map(|p| p.conns.clone()).unwrap_or_default() {
+            c.close(quinn::VarInt::from_u32(MISBEHAVED), b"misbehaving");
+        }
+    }
+    read_task.abort();
+    pinger.abort();
+    writer.abort();
+    let gone = {
+        let mut st = inner.state();
+        let ours = st.mesh.links.get(&peer).is_some_and(|l| l.session == session);
+        if ours {
+            st.mesh.links.remove(&peer);
+        }
+        ours
+    };
+    if gone {
+        info!(peer = %peer.short(), "mesh link down");
+        join::unlinked(&inner, peer);
+    }
+    conn.close(quinn::VarInt::from_u32(0), b"mesh session over");
+}
+
+/// Our Hello to `peer`.
+fn hello(inner: &Inner, peer: &NodeId, conn: &quinn::Connection) -> MeshFrame {
+    let st = inner.state();
+    MeshFrame::Hello {
+        name: inner.config.name.clone(),
+        topics: st.mesh.topics.iter().cloned().collect(),
+        addrs: join::own_addrs(inner, &st),
+        observed: real_addr(inner, peer, conn),
+        proof: st
+            .mesh
+            .secret
+            .map(|s| mesh::membership_proof(&s, &inner.id, peer)),
+    }
+}
+
+/// Checks `peer`'s Hello and records the link. `None` refuses it.
+fn admit(
+    inner: &Arc<Inner>,
+    peer: NodeId,
+    conn: &quinn::Connection,
+    tx: &mpsc::Sender<MeshFrame>,
+    hello: MeshFrame,
+    dialed: bool,
+) -> Option<u64> {
+    let MeshFrame::Hello {
+        name,
+        topics,
+        addrs,
+        observed,
+        proof,
+    } = hello
+    else {
+        return None;
+    };
+    if hello_check(&topics, &addrs).is_err() {
+        return None;
+    }
+    let mut st = inner.state();
+    if st.mesh.banned(&peer) {
+        return None;
+    }
+    // Serverless, a member proves it knows the network's secret; with a server,
+    // admission was settled by connect/accept before this connection was let in.
+    if let Some(secret) = st.mesh.secret {
+        if proof != Some(mesh::membership_proof(&secret, &peer, &inner.id)) {
+            warn!(peer = %peer.short(), "mesh Hello without a valid membership proof");
+            st.mesh.misbehaved(peer);
+            return None;
+        }
+        let p = st.peers.entry(peer).or_default();
+        p.accepted = true;
+        p.online = true;
+        p.name = Some(name.clone());
+        if let Some(seen) = observed.filter(|a| !burrow_net::paths::is_virtual(*a)) {
+            st.mesh.observed = Some(seen);
+        }
+    } else if !st.peers.get(&peer).is_some_and(|p| p.accepted) {
+        return None;
+    }
+    let dialer = if dialed { inner.id } else { peer };
+    if let Some(existing) = st.mesh.links.get(&peer) {
+        // Two sessions at once: keep the one whose dialer has the smaller id.
+        if existing.dialer <= dialer {
+            debug!(peer = %peer.short(), "a second mesh session; keeping the first");
+            return None;
+        }
+        existing
+            .conn
+            .close(quinn::VarInt::from_u32(0), b"replaced by another session");
+    }
+    let mut all_addrs: Vec<SocketAddr> = real_addr(inner, &peer, conn).into_iter().collect();
+    for a in addrs {
+        if !all_addrs.contains(&a) {
+            all_addrs.push(a);
+        }
+    }
+    all_addrs.truncate(mesh::MAX_ADDRS);
+    st.mesh.next_session += 1;
+    let session = st.mesh.next_session;
+    st.mesh.links.insert(
+        peer,
+        Link {
+            tx: tx.clone(),
+            name,
+            eager: true,
+            topics: topics.into_iter().collect(),
+            addrs: all_addrs,
+            peers: Vec::new(),
+            clock: clock::Estimate::default(),
+            dialer,
+            session,
+            conn: conn.clone(),
+            syncing: HashMap::new(),
+            answering: HashMap::new(),
+        },
+    );
+    Some(session)
+}
+
+fn hello_check(topics: &[Topic], addrs: &[SocketAddr]) -> Result<(), ()> {
+    if topics.len() > mesh::MAX_TOPICS || addrs.len() > mesh::MAX_ADDRS {
+        return Err(());
+    }
+    Ok(())
+}
+
+/// Handles one frame; false ends the session.
+async fn handle(inner: &Arc<Inner>, peer: NodeId, frame: MeshFrame) -> bool {
+    if frame.check().is_err() {
+        warn!(peer = %peer.short(), "mesh frame over its limits");
+        return !inner.state().mesh.misbehaved(peer);
+    }
+    match frame {
+        MeshFrame::Hello { .. } => {
+            debug!(peer = %peer.short(), "second mesh Hello ignored");
+        }
+        MeshFrame::Topics(topics) => {
+            if let Some(l) = inner.state().mesh.links.get_mut(&peer) {
+                l.topics = topics.into_iter().collect();
+            }
+        }
+        MeshFrame::Post(post) => gossip::receive_post(inner, peer, post).await,
+        MeshFrame::IHave(ids) => gossip::receive_ihave(inner, peer, ids).await,
+        MeshFrame::Graft(ids) => gossip::receive_graft(inner, peer, ids).await,
+        MeshFrame::Prune => {
+            if let Some(l) = inner.state().mesh.links.get_mut(&peer) {
+                l.eager = false;
+            }
+        }
+        MeshFrame::Sync { topic, msg } => gossip::receive_sync(inner, peer, topic, msg).await,
+        MeshFrame::SyncReply { topic, msg } => {
+            gossip::receive_sync_reply(inner, peer, topic, msg).await
+        }
+        MeshFrame::Want(ids) => gossip::receive_want(inner, peer, ids).await,
+        MeshFrame::Synced(post) => return gossip::receive_synced(inner, peer, vec![post]).await,
+        MeshFrame::Ping { t1 } => {
+            let t2 = inner.wall_us();
+            let tx = inner.state().mesh.links.get(&peer).map(|l| l.tx.clone());
+            if let Some(tx) = tx {
+                let _ = tx.try_send(MeshFrame::Pong {
+                    t1,
+                    t2,
+                    t3: inner.wall_us(),
+                });
+            }
+        }
+        MeshFrame::Pong { t1, t2, t3 } => {
+            let t4 = inner.wall_us();
+            if let Some(l) = inner.state().mesh.links.get_mut(&peer) {
+                l.clock.add(t1, t2, t3, t4);
+            }
+        }
+        MeshFrame::Peers(list) => join::receive_peers(inner, peer, list),
+        MeshFrame::Introduce { peer: target } => join::introduce(inner, peer, target),
+        MeshFrame::Introduction {
+            peer: other,
+            name,
+            candidates,
+            punch,
+            dial,
+        } => join::introduced(inner, peer, other, name, candidates, punch, dial),
+    }
+    true
+}

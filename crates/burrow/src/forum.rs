@@ -1,0 +1,131 @@
+//! The forum commands: post, forum, ticket. `forum` reads the node's store
+//! directly when no node is running, so the forum can be read offline.
+
+use std::path::Path;
+
+use burrow_node::api::Request;
+use burrow_node::control::{ClientError, ControlClient};
+use burrow_node::forum::{self, Branch, PostView};
+
+use crate::client::{call, data, parse, print_json};
+use crate::CliError;
+
+pub async fn post(
+    home: &Path,
+    json: bool,
+    text: String,
+    reply_to: Option<String>,
+    topic: Option<String>,
+) -> Result<(), CliError> {
+    let v = call(
+        home,
+        &Request::Post {
+            text,
+            reply_to,
+            topic,
+        },
+    )
+    .await?;
+    if json {
+        print_json(&v);
+    } else {
+        let p: PostView = parse(v)?;
+        println!("{}", p.id);
+    }
+    Ok(())
+}
+
+pub async fn forum(
+    home: &Path,
+    json: bool,
+    thread: Option<String>,
+    topic: Option<String>,
+) -> Result<(), CliError> {
+    let posts: Vec<PostView> = match ControlClient::connect(home).await {
+        Ok(mut client) => {
+            let req = Request::Forum {
+                topic: topic.clone(),
+                thread: thread.clone(),
+            };
+            parse(data(client.request(&req).await?)?)?
+        }
+        Err(ClientError::NoNode(_)) => offline(home, topic.as_deref(), thread.as_deref())?,
+        Err(e) => return Err(e.into()),
+    };
+    if json {
+        print_json(&serde_json::to_value(&posts).expect("views serialize"));
+        return Ok(());
+    }
+    let topic_name = topic.as_deref().unwrap_or(burrow_proto::forum::DEFAULT_TOPIC);
+    if posts.is_empty() {
+        println!("no posts in {topic_name} yet: burrow post \"...\" writes the first");
+        return Ok(());
+    }
+    let tree = forum::tree(posts, thread.as_deref());
+    for t in &tree.threads {
+        print_branch(t, 0);
+        println!();
+    }
+    if !tree.lost.is_empty() {
+        println!("lost (replies whose parent hasn't arrived yet):");
+        for b in &tree.lost {
+            print_branch(b, 1);
+        }
+    }
+    Ok(())
+}
+
+/// The forum from the store, with no node running.
+fn offline(
+    home: &Path,
+    topic: Option<&str>,
+    thread: Option<&str>,
+) -> Result<Vec<PostView>, CliError> {
+    let path = home.join("node.db");
+    if !path.exists() {
+        return Err(CliError::new(
+            format!("no node has run in {}", home.display()),
+            Some(format!(
+                "start one with: burrow up --home {} --name <name> [--server <address>]",
+                home.display()
+            )),
+        ));
+    }
+    let store = burrow_store::NodeStore::open(&path)?;
+    let topic = forum::topic(topic).map_err(|e| CliError::new(&e, e.hint()))?;
+    forum::list(&store, &topic, thread).map_err(|e| CliError::new(&e, e.hint()))
+}
+
+fn print_branch(b: &Branch, depth: usize) {
+    let p = &b.post;
+    let when = p
+        .created_at
+        .get(..16)
+        .unwrap_or(&p.created_at)
+        .replace('T', " ");
+    let indent = "  ".repeat(depth);
+    let mark = if depth == 0 { "" } else { "↳ " };
+    let mut lines = p.text.lines();
+    println!(
+        "{indent}{mark}{} {} ({when}): {}",
+        &p.id[..8],
+        p.author_name,
+        lines.next().unwrap_or("")
+    );
+    for more in lines {
+        println!("{indent}{}{more}", " ".repeat(mark.chars().count() + 9));
+    }
+    for r in &b.replies {
+        print_branch(r, depth + 1);
+    }
+}
+
+pub async fn ticket(home: &Path, json: bool) -> Result<(), CliError> {
+    let v = call(home, &Request::Ticket).await?;
+    if json {
+        print_json(&serde_json::json!({ "ticket": v }));
+    } else {
+        println!("{}", v.as_str().unwrap_or_default());
+    }
+    Ok(())
+}
