@@ -80,7 +80,11 @@ pub fn find(store: &NodeStore, prefix: &str) -> Result<Post, ApiError> {
         [] => Err(ApiError::NoSuchPost(prefix.to_string())),
         many => Err(ApiError::AmbiguousPost(
             prefix.to_string(),
-            many.iter().take(5).map(|id| id.short()).collect::<Vec<_>>().join(", "),
+            many.iter()
+                .take(5)
+                .map(|id| id.short())
+                .collect::<Vec<_>>()
+                .join(", "),
         )),
     }
 }
@@ -170,7 +174,12 @@ pub fn tree(posts: Vec<PostView>, root: Option<&str>) -> Tree {
         Branch { post: p, replies }
     }
     fn newest(b: &Branch) -> u64 {
-        b.replies.iter().map(newest).max().unwrap_or(0).max(b.post.hlc)
+        b.replies
+            .iter()
+            .map(newest)
+            .max()
+            .unwrap_or(0)
+            .max(b.post.hlc)
     }
     let mut threads: Vec<Branch> = tops
         .into_iter()
@@ -200,11 +209,7 @@ impl Node {
         let parent = match reply_to {
             Some(prefix) => {
                 let prefix = prefix.to_string();
-                Some(
-                    inner
-                        .with_store_api(move |s| find(s, &prefix))
-                        .await?,
-                )
+                Some(inner.with_store_api(move |s| find(s, &prefix)).await?)
             }
             None => None,
         };

@@ -181,9 +181,11 @@ impl Inner {
         f: impl FnOnce(&mut NodeStore) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(&mut store.lock().expect("store lock is never poisoned")))
-            .await
-            .map_err(|e| ApiError::Store(e.to_string()))?
+        tokio::task::spawn_blocking(move || {
+            f(&mut store.lock().expect("store lock is never poisoned"))
+        })
+        .await
+        .map_err(|e| ApiError::Store(e.to_string()))?
     }
 
     /// Runs a store operation on a blocking thread.

@@ -76,7 +76,9 @@ pub(crate) fn path_of(
         Some(Route::Direct(a)) => (ConnectionState::Direct, a.to_string()),
         Some(Route::Relayed(server)) => (ConnectionState::Relayed, format!("relay {server}")),
         _ => match conn.map(|c| burrow_net::paths::canonical(c.remote_address())) {
-            Some(a) if !burrow_net::paths::is_virtual(a) => (ConnectionState::Direct, a.to_string()),
+            Some(a) if !burrow_net::paths::is_virtual(a) => {
+                (ConnectionState::Direct, a.to_string())
+            }
             _ => (ConnectionState::Relayed, "no path (waiting for one)".into()),
         },
     }

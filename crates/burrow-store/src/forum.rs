@@ -230,7 +230,10 @@ mod tests {
                 s.insert_posts(&[b.clone(), a.clone()], 5).unwrap(),
                 [true, true]
             );
-            assert_eq!(s.insert_posts(std::slice::from_ref(&a), 6).unwrap(), [false]);
+            assert_eq!(
+                s.insert_posts(std::slice::from_ref(&a), 6).unwrap(),
+                [false]
+            );
             assert!(s.follow(&"games".parse().unwrap()).unwrap());
             s.set_setting("k", b"v").unwrap();
         }

@@ -56,7 +56,9 @@ pub async fn forum(
         print_json(&serde_json::to_value(&posts).expect("views serialize"));
         return Ok(());
     }
-    let topic_name = topic.as_deref().unwrap_or(burrow_proto::forum::DEFAULT_TOPIC);
+    let topic_name = topic
+        .as_deref()
+        .unwrap_or(burrow_proto::forum::DEFAULT_TOPIC);
     if posts.is_empty() {
         println!("no posts in {topic_name} yet: burrow post \"...\" writes the first");
         return Ok(());

@@ -17,24 +17,6 @@ fn up(home: &Path, url: &str, name: &str) -> Proc {
     loopback_up(home, url, name)
 }
 
-/// `from` asks `to` for a connection and `to` accepts; waits until linked.
-fn link(from: (&Path, &str), to: (&Path, &str)) {
-    // Online, and any connection to an earlier run of it gone.
-    wait_json(from.0, &["peers"], "peer online, not linked", |v| {
-        peer(v, to.1).is_some_and(|p| p["online"] == true && p["connection"] == "none")
-    });
-    let (ok, _, err) = run(from.0, &["connect", to.1]);
-    assert!(ok, "{err}");
-    wait_json(to.0, &["peers"], "request", |v| {
-        peer(v, from.1).is_some_and(|p| p["connection"] == "pending_in")
-    });
-    let (ok, _, err) = run(to.0, &["accept", from.1]);
-    assert!(ok, "{err}");
-    wait_json(from.0, &["peers"], "connected", |v| {
-        peer(v, to.1).is_some_and(|p| p["connection"] == "direct" || p["connection"] == "relayed")
-    });
-}
-
 fn share(home: &Path, file: &Path, name: Option<&str>) -> Value {
     let mut args = vec!["share", file.to_str().unwrap()];
     if let Some(n) = name {

@@ -73,10 +73,7 @@ async fn accept(inner: &Arc<Inner>, peer: NodeId, posts: Vec<Post>) -> Vec<(Post
     }
     let now = inner.wall_ms();
     let batch = valid.clone();
-    let fresh = match inner
-        .with_store(move |s| s.insert_posts(&batch, now))
-        .await
-    {
+    let fresh = match inner.with_store(move |s| s.insert_posts(&batch, now)).await {
         Ok(f) => f,
         Err(e) => {
             warn!(error = %e, "cannot store posts");
@@ -303,12 +300,7 @@ async fn sync_topic(inner: Arc<Inner>, peer: NodeId, topic: Topic) {
         l.syncing.insert(topic.clone(), rec);
         l.tx.clone()
     };
-    let _ = tx
-        .send(MeshFrame::Sync {
-            topic,
-            msg: first,
-        })
-        .await;
+    let _ = tx.send(MeshFrame::Sync { topic, msg: first }).await;
 }
 
 /// Responder: answers one reconciliation message. The set is read once per

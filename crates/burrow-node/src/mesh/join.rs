@@ -111,7 +111,9 @@ pub(crate) fn ticket(inner: &Inner) -> Result<Ticket, ApiError> {
     let secret = st.mesh.secret.ok_or(ApiError::NotServerless)?;
     let addrs = own_addrs(inner, &st);
     if addrs.is_empty() {
-        return Err(ApiError::Mesh("this node knows no address of its own yet".into()));
+        return Err(ApiError::Mesh(
+            "this node knows no address of its own yet".into(),
+        ));
     }
     Ok(Ticket {
         id: inner.id,
@@ -158,7 +160,11 @@ async fn join_loop(inner: Arc<Inner>, ticket: Ticket) {
 /// Dials the ticket's addresses in turn; the first that answers carries the link.
 async fn attempt(inner: &Arc<Inner>, ticket: &Ticket) -> Result<(), String> {
     let paths = inner.endpoint.paths();
-    let local_v4 = inner.endpoint.local_addr().map(|a| a.is_ipv4()).unwrap_or(true);
+    let local_v4 = inner
+        .endpoint
+        .local_addr()
+        .map(|a| a.is_ipv4())
+        .unwrap_or(true);
     let mut last = String::from("the ticket has no address this node can use");
     for &addr in ticket.addrs.iter().filter(|a| a.is_ipv4() == local_v4) {
         let v = paths.open(ticket.id);
@@ -360,7 +366,9 @@ fn seek(inner: &Inner, st: &mut State) {
         intro.failed.insert(peer, now);
         intro.pending = None;
     }
-    intro.failed.retain(|_, t| now.duration_since(*t) < INTRO_RETRY);
+    intro
+        .failed
+        .retain(|_, t| now.duration_since(*t) < INTRO_RETRY);
     if st.mesh.links.len() >= inner.config.mesh_links {
         return;
     }

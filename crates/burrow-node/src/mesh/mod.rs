@@ -127,7 +127,11 @@ impl MeshState {
 
 /// The address `peer` is reached at when it is a real one: the connection's
 /// remote address, or the direct path behind its virtual address.
-pub(crate) fn real_addr(inner: &Inner, peer: &NodeId, conn: &quinn::Connection) -> Option<SocketAddr> {
+pub(crate) fn real_addr(
+    inner: &Inner,
+    peer: &NodeId,
+    conn: &quinn::Connection,
+) -> Option<SocketAddr> {
     let remote = burrow_net::paths::canonical(conn.remote_address());
     if !burrow_net::paths::is_virtual(remote) {
         return Some(remote);
@@ -253,7 +257,13 @@ pub(crate) async fn run(
     if inner.state().mesh.banned(&peer) {
         warn!(peer = %peer.short(), "closing the mesh link of a misbehaving peer");
         conn.close(quinn::VarInt::from_u32(MISBEHAVED), b"misbehaving");
-        for c in inner.state().peers.get(&peer).map(|p| p.conns.clone()).unwrap_or_default() {
+        for c in inner
+            .state()
+            .peers
+            .get(&peer)
+            .map(|p| p.conns.clone())
+            .unwrap_or_default()
+        {
             c.close(quinn::VarInt::from_u32(MISBEHAVED), b"misbehaving");
         }
     }
@@ -262,7 +272,11 @@ pub(crate) async fn run(
     writer.abort();
     let gone = {
         let mut st = inner.state();
-        let ours = st.mesh.links.get(&peer).is_some_and(|l| l.session == session);
+        let ours = st
+            .mesh
+            .links
+            .get(&peer)
+            .is_some_and(|l| l.session == session);
         if ours {
             st.mesh.links.remove(&peer);
         }

@@ -227,6 +227,90 @@ pub fn loopback_up(home: &Path, url: &str, name: &str) -> Proc {
     p
 }
 
+/// `from` asks `to` for a connection and `to` accepts; waits until linked.
+pub fn link(from: (&Path, &str), to: (&Path, &str)) {
+    // Online, and any connection to an earlier run of it gone.
+    wait_json(from.0, &["peers"], "peer online, not linked", |v| {
+        peer(v, to.1).is_some_and(|p| p["online"] == true && p["connection"] == "none")
+    });
+    let (ok, _, err) = run(from.0, &["connect", to.1]);
+    assert!(ok, "{err}");
+    wait_json(to.0, &["peers"], "request", |v| {
+        peer(v, from.1).is_some_and(|p| p["connection"] == "pending_in")
+    });
+    let (ok, _, err) = run(to.0, &["accept", from.1]);
+    assert!(ok, "{err}");
+    wait_json(from.0, &["peers"], "connected", |v| {
+        peer(v, to.1).is_some_and(|p| p["connection"] == "direct" || p["connection"] == "relayed")
+    });
+}
+
+/// Starts a serverless `burrow up` as `name` on loopback (joining from
+/// `ticket`, if given) with fast keepalives and `extra` arguments; waits until
+/// it is up.
+pub fn serverless_up(home: &Path, name: &str, ticket: Option<&str>, extra: &[&str]) -> Proc {
+    let mut args = vec![
+        "--home",
+        home.to_str().expect("a UTF-8 temp path"),
+        "up",
+        "--name",
+        name,
+        "--bind",
+        "127.0.0.1:0",
+        "--keepalive",
+        "300ms",
+        "--idle-timeout",
+        "1500ms",
+    ];
+    if let Some(t) = ticket {
+        args.extend(["--join", t]);
+    }
+    args.extend_from_slice(extra);
+    let mut p = Proc::spawn(&args);
+    p.expect_line("is up");
+    p
+}
+
+/// The node's ticket.
+pub fn ticket(home: &Path) -> String {
+    let (ok, out, err) = run(home, &["ticket"]);
+    assert!(ok, "ticket: {err}");
+    out.trim().to_string()
+}
+
+/// The node's forum (a topic, default `forum`) as `forum --json` lists it.
+pub fn forum(home: &Path) -> Vec<Value> {
+    json(home, &["forum"])
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Waits until `home`'s forum has a post with this id.
+pub fn wait_post(home: &Path, id: &str) -> Value {
+    let v = wait_json(home, &["forum"], &format!("post {}", &id[..8]), |v| {
+        v.as_array()
+            .is_some_and(|a| a.iter().any(|p| p["id"] == id))
+    });
+    v.as_array()
+        .and_then(|a| a.iter().find(|p| p["id"] == id).cloned())
+        .expect("found above")
+}
+
+/// Posts `text` (as a reply to `parent`, if given); returns the post's id.
+pub fn post(home: &Path, text: &str, parent: Option<&str>) -> String {
+    let mut args = vec!["post"];
+    if let Some(p) = parent {
+        args.extend(["--reply-to", &p[..8]]);
+    }
+    args.push(text);
+    let (ok, out, err) = run(home, &args);
+    assert!(ok, "post: {err}");
+    let id = out.trim().to_string();
+    assert_eq!(id.len(), 64, "post prints the id: {out}");
+    id
+}
+
 /// Starts `burrow server` in the lab's server namespace on its first address,
 /// port 7700, with `extra` arguments; returns the process and its join URL.
 pub fn lab_server(lab: &burrow_lab::Lab, home: &Path, extra: &[&str]) -> (Proc, String) {

@@ -1,0 +1,316 @@
+//! The forum and the mesh end to end: real `burrow` processes on 127.0.0.1
+//! (through a server, and serverless from tickets), driven through the CLI; and a
+//! hostile mesh peer, in this process, sending forged and orphaned posts.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use burrow_net::{Endpoint, EndpointConfig, FrameReader, FrameWriter};
+use burrow_proto::forum::{Hlc, Post, PostId, Topic};
+use burrow_proto::mesh::{self, MeshFrame, MeshSecret, Ticket};
+use burrow_proto::SecretKey;
+use common::proc::*;
+use serde_json::Value;
+
+fn ids(forum: &[Value]) -> Vec<String> {
+    forum
+        .iter()
+        .map(|p| p["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Five members through a server, linked in a ring: posts and replies reach
+/// everyone; a member away while others post catches up when it links again;
+/// its forum reads from the store while it is stopped, and survives the restart.
+#[test]
+fn posts_reach_every_member_and_a_returning_member_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, url) = loopback_server(&dir.path().join("srv"), &[]);
+    let names = ["alice", "bob", "carol", "dave", "erin"];
+    let homes: Vec<_> = names.iter().map(|n| dir.path().join(n)).collect();
+    let mut procs: Vec<Proc> = names
+        .iter()
+        .zip(&homes)
+        .map(|(n, h)| loopback_up(h, &url, n))
+        .collect();
+    for i in 0..names.len() {
+        let j = (i + 1) % names.len();
+        link((&homes[i], names[i]), (&homes[j], names[j]));
+    }
+
+    let first = post(&homes[0], "Anyone up for a game tonight?", None);
+    for h in &homes {
+        wait_post(h, &first);
+    }
+    let reply = post(&homes[4], "yes, 9pm", Some(&first));
+    for h in &homes {
+        let r = wait_post(h, &reply);
+        assert_eq!(r["parent"], first.as_str());
+        assert_eq!(r["author_name"], "erin");
+    }
+    // The thread as bob reads it: the reply under its post.
+    let (ok, out, _) = run(&homes[1], &["forum", &first[..8]]);
+    assert!(ok);
+    assert!(
+        out.contains("alice") && out.contains("Anyone up for a game tonight?"),
+        "{out}"
+    );
+    assert!(
+        out.contains("↳") && out.contains("erin") && out.contains("yes, 9pm"),
+        "{out}"
+    );
+
+    // dave leaves; two posts are written while he is away.
+    procs[3].terminate();
+    let while_away = [
+        post(&homes[0], "dave, you missed this", None),
+        post(&homes[2], "and this", None),
+    ];
+    for id in &while_away {
+        wait_post(&homes[4], id);
+    }
+    // His forum still reads, from the store, without the node.
+    let offline = forum(&homes[3]);
+    assert_eq!(ids(&offline), [first.clone(), reply.clone()]);
+
+    procs[3] = loopback_up(&homes[3], &url, "dave");
+    let kept = forum(&homes[3]);
+    assert_eq!(
+        ids(&kept),
+        [first.clone(), reply.clone()],
+        "posts survive a restart"
+    );
+    link((&homes[2], "carol"), (&homes[3], "dave"));
+    for id in &while_away {
+        wait_post(&homes[3], id);
+    }
+    let all = ids(&forum(&homes[3]));
+    assert_eq!(all.len(), 4, "{all:?}");
+    let pos = |id: &str| all.iter().position(|x| x == id).unwrap();
+    assert!(pos(&first) < pos(&reply));
+}
+
+/// Six serverless nodes, each given only the previous one's ticket, end up in
+/// one mesh (introductions link nodes that never saw each other's tickets); a
+/// post from the last reaches the first. One node's clock runs 5 s fast: its
+/// neighbours measure the offset, and a reply to its post still sorts after it.
+#[test]
+fn a_chain_of_tickets_becomes_one_mesh() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = ["n1", "n2", "n3", "n4", "n5", "n6"];
+    let homes: Vec<_> = names.iter().map(|n| dir.path().join(n)).collect();
+    let mut procs = Vec::new();
+    for (i, (name, home)) in names.iter().zip(&homes).enumerate() {
+        let skew = if i == 2 { "5000" } else { "0" };
+        let extra = ["--links", "3", "--clock-skew-ms", skew];
+        let t = (i > 0).then(|| ticket(&homes[i - 1]));
+        procs.push(serverless_up(home, name, t.as_deref(), &extra));
+        if i > 0 {
+            wait_json(home, &["peers"], "linked to the previous node", |v| {
+                peer(v, names[i - 1]).is_some_and(|p| p["connection"] == "direct")
+            });
+        }
+    }
+
+    let last = post(&homes[5], "hello from the end of the chain", None);
+    let got = wait_post(&homes[0], &last);
+    assert_eq!(got["author_name"], "n6");
+
+    // Introductions: n1 ends up linked beyond the one node it ever heard of
+    // directly (n2 joined it; nobody gave it another ticket).
+    let peers = wait_json(&homes[0], &["peers"], "links beyond n2", |v| {
+        v.as_array().is_some_and(|a| {
+            a.iter()
+                .filter(|p| p["connection"] == "direct" && p["name"] != "n2")
+                .count()
+                >= 1
+        })
+    });
+    assert!(peer(&peers, "n2").is_some());
+
+    // n3's clock is 5 s ahead, and n2 and n4 see that.
+    for neighbour in [&homes[1], &homes[3]] {
+        let v = wait_json(neighbour, &["peers"], "n3's clock offset", |v| {
+            peer(v, "n3").is_some_and(|p| p["clock_offset_ms"].is_number())
+        });
+        let off = peer(&v, "n3").unwrap()["clock_offset_ms"].as_f64().unwrap();
+        assert!((off - 5000.0).abs() < 250.0, "measured offset {off} ms");
+    }
+    let fast = post(&homes[2], "posted by a clock 5 s fast", None);
+    wait_post(&homes[3], &fast);
+    let answer = post(&homes[3], "answered by a right clock", Some(&fast));
+    let thread = wait_json(&homes[0], &["forum", &fast[..8]], "the thread", |v| {
+        v.as_array().is_some_and(|a| a.len() == 2)
+    });
+    assert_eq!(thread[0]["id"], fast.as_str());
+    assert_eq!(thread[1]["id"], answer.as_str());
+    assert!(thread[1]["hlc"].as_u64() > thread[0]["hlc"].as_u64());
+}
+
+/// A member as a test drives it: a mesh session to one node.
+struct Member {
+    key: SecretKey,
+    writer: FrameWriter,
+    _reader: FrameReader,
+    conn: quinn::Connection,
+    _endpoint: Endpoint,
+}
+
+async fn dial_member(t: &Ticket, secret: MeshSecret, key: SecretKey) -> Option<Member> {
+    let endpoint = Endpoint::bind(
+        &key,
+        EndpointConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            ..EndpointConfig::default()
+        },
+    )
+    .unwrap();
+    let (conn, _) = endpoint
+        .connect(t.addrs[0], mesh::ALPN, Some(t.id))
+        .await
+        .unwrap();
+    let (send, recv) = conn.open_bi().await.unwrap();
+    let mut writer = FrameWriter::new(send, mesh::VERSION, mesh::MAX_FRAME);
+    let mut reader = FrameReader::new(recv, mesh::VERSION, mesh::MAX_FRAME);
+    writer
+        .write(&MeshFrame::Hello {
+            name: "mallory".parse().unwrap(),
+            topics: vec![Topic::default_topic()],
+            addrs: vec![],
+            observed: None,
+            proof: Some(mesh::membership_proof(&secret, &key.public(), &t.id)),
+        })
+        .await
+        .unwrap();
+    match tokio::time::timeout(Duration::from_secs(10), reader.read::<MeshFrame>()).await {
+        Ok(Ok(Some(MeshFrame::Hello { .. }))) => Some(Member {
+            key,
+            writer,
+            _reader: reader,
+            conn,
+            _endpoint: endpoint,
+        }),
+        _ => None,
+    }
+}
+
+impl Member {
+    fn post(&self, text: &str, parent: Option<PostId>, t: u64) -> Post {
+        Post::create(
+            &self.key,
+            "mallory".parse().unwrap(),
+            Topic::default_topic(),
+            parent,
+            Hlc::from_ms(t),
+            text.into(),
+        )
+    }
+
+    async fn send(&mut self, p: Post) {
+        self.writer.write(&MeshFrame::Post(p)).await.unwrap();
+    }
+}
+
+fn has(home: &Path, id: &PostId) -> bool {
+    forum(home).iter().any(|p| p["id"] == id.to_string())
+}
+
+/// A hostile member: a stranger without the network's secret is refused; a
+/// member's forged and altered posts are refused and counted, and the third
+/// strike closes its link; an orphan reply waits under "lost" until its parent
+/// arrives, then moves into its thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_posts_are_refused_and_orphans_find_their_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("n1");
+    let _node = serverless_up(&home, "n1", None, &[]);
+    let t: Ticket = ticket(&home).parse().unwrap();
+    let mut rng = rand::thread_rng();
+
+    let stranger = dial_member(&t, MeshSecret([0; 16]), SecretKey::generate(&mut rng)).await;
+    assert!(stranger.is_none(), "a wrong membership proof is refused");
+
+    let mut m = dial_member(&t, t.secret, SecretKey::generate(&mut rng))
+        .await
+        .expect("a member with the ticket's secret gets in");
+    let now = burrow_proto::time::unix_ms(std::time::SystemTime::now());
+
+    // An orphan: the reply first, its parent later.
+    let parent = m.post("the parent", None, now);
+    let orphan = m.post("a reply that came first", Some(parent.id), now + 1);
+    m.send(orphan.clone()).await;
+    let h = home.clone();
+    let oid = orphan.id;
+    tokio::task::spawn_blocking(move || {
+        wait_json(&h, &["forum"], "the orphan", |v| {
+            v.as_array()
+                .is_some_and(|a| a.iter().any(|p| p["id"] == oid.to_string()))
+        })
+    })
+    .await
+    .unwrap();
+    let (_, out, _) = run(&home, &["forum"]);
+    assert!(
+        out.contains("lost") && out.contains("a reply that came first"),
+        "{out}"
+    );
+
+    // Altered text (the id no longer matches), and a post in someone else's name.
+    let mut altered = m.post("original", None, now + 2);
+    altered.text = "altered".into();
+    m.send(altered.clone()).await;
+    let mut forged = Post::create(
+        &SecretKey::generate(&mut rng),
+        "n1".parse().unwrap(),
+        Topic::default_topic(),
+        None,
+        Hlc::from_ms(now + 3),
+        "I am n1, honest".into(),
+    );
+    forged.author = t.id;
+    forged.id = Post::content_id(
+        &forged.author,
+        &forged.author_name,
+        &forged.topic,
+        &forged.parent,
+        forged.created,
+        &forged.text,
+    );
+    m.send(forged.clone()).await;
+
+    m.send(parent.clone()).await;
+    let h = home.clone();
+    let pid = parent.id;
+    tokio::task::spawn_blocking(move || {
+        wait_json(&h, &["forum"], "the parent", |v| {
+            v.as_array()
+                .is_some_and(|a| a.iter().any(|p| p["id"] == pid.to_string()))
+        })
+    })
+    .await
+    .unwrap();
+    let (_, out, _) = run(&home, &["forum"]);
+    assert!(
+        !out.contains("lost"),
+        "the orphan moved into its thread:\n{out}"
+    );
+    assert!(
+        out.contains("↳") && out.contains("a reply that came first"),
+        "{out}"
+    );
+    assert!(!has(&home, &altered.id) && !has(&home, &forged.id));
+
+    // The third strike ends the link.
+    let mut third = m.post("third", None, now + 4);
+    third.text = "tampered".into();
+    m.send(third).await;
+    let closed = tokio::time::timeout(Duration::from_secs(10), m.conn.closed())
+        .await
+        .expect("the node closes the link of a misbehaving member");
+    assert!(
+        matches!(closed, quinn::ConnectionError::ApplicationClosed(ref c) if c.error_code == quinn::VarInt::from_u32(0x20)),
+        "{closed:?}"
+    );
+}
