@@ -70,15 +70,14 @@ pub async fn status(home: &Path, json: bool) -> Result<(), CliError> {
     let s: StatusView = parse(v)?;
     println!("name        {}", s.name);
     println!("id          {}", s.id);
-    println!(
-        "server      {} ({})",
-        s.server,
-        if s.server_connected {
-            "registered"
-        } else {
-            "reconnecting"
-        }
-    );
+    let link = if s.server.starts_with("none") {
+        ""
+    } else if s.server_connected {
+        " (registered)"
+    } else {
+        " (reconnecting)"
+    };
+    println!("server      {}{link}", s.server);
     println!(
         "public addr {}",
         s.public_addr.as_deref().unwrap_or("unknown yet")

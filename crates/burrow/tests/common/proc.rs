@@ -249,26 +249,48 @@ pub fn link(from: (&Path, &str), to: (&Path, &str)) {
 /// `ticket`, if given) with fast keepalives and `extra` arguments; waits until
 /// it is up.
 pub fn serverless_up(home: &Path, name: &str, ticket: Option<&str>, extra: &[&str]) -> Proc {
-    let mut args = vec![
+    let mut cmd = Command::new(BIN);
+    cmd.args(serverless_args(home, name, ticket))
+        .args(["--bind", "127.0.0.1:0"])
+        .args(extra);
+    let mut p = Proc::spawn_command(cmd);
+    p.expect_line("is up");
+    p
+}
+
+/// Starts a serverless `burrow up` as `name` on lab `host` (joining from
+/// `ticket`, if given); waits until it is up.
+pub fn lab_serverless_up(
+    host: &burrow_lab::Host,
+    home: &Path,
+    name: &str,
+    ticket: Option<&str>,
+) -> Proc {
+    let mut cmd = host.command(BIN);
+    cmd.args(serverless_args(home, name, ticket));
+    let mut p = Proc::spawn_command(cmd);
+    p.expect_line("is up");
+    p
+}
+
+fn serverless_args(home: &Path, name: &str, ticket: Option<&str>) -> Vec<String> {
+    let mut args: Vec<String> = [
         "--home",
         home.to_str().expect("a UTF-8 temp path"),
         "up",
         "--name",
         name,
-        "--bind",
-        "127.0.0.1:0",
         "--keepalive",
         "300ms",
         "--idle-timeout",
         "1500ms",
-    ];
+    ]
+    .map(String::from)
+    .to_vec();
     if let Some(t) = ticket {
-        args.extend(["--join", t]);
+        args.extend(["--join".to_string(), t.to_string()]);
     }
-    args.extend_from_slice(extra);
-    let mut p = Proc::spawn(&args);
-    p.expect_line("is up");
-    p
+    args
 }
 
 /// The node's ticket.
