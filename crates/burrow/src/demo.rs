@@ -120,6 +120,48 @@ async fn share_a_file(dir: &Path, alice: &Node, bob: &Node) -> Result<(), CliErr
     Ok(())
 }
 
+/// alice posts to the forum, bob replies; the thread as alice reads it.
+async fn forum_thread(
+    alice: &Node,
+    alice_events: &mut broadcast::Receiver<NodeEvent>,
+    bob: &Node,
+    bob_events: &mut broadcast::Receiver<NodeEvent>,
+) -> Result<(), CliError> {
+    let err = |e: burrow_node::ApiError| CliError::new(e, None);
+    let posted = Instant::now();
+    let first = alice
+        .post("Anyone up for a game tonight?", None, None)
+        .await
+        .map_err(err)?;
+    println!("\n  alice   $ burrow post \"Anyone up for a game tonight?\"");
+    println!("          {}", first.id);
+    wait_for(bob_events, "alice's post", |e| {
+        matches!(e, NodeEvent::Post(p) if p.id == first.id).then_some(())
+    })
+    .await?;
+    println!(
+        "          signed by alice, gossiped to bob in {}",
+        ms(posted.elapsed())
+    );
+    let reply = bob
+        .post("yes, 9pm", Some(&first.id[..8]), None)
+        .await
+        .map_err(err)?;
+    println!(
+        "  bob     $ burrow post --reply-to {} \"yes, 9pm\"",
+        &first.id[..8]
+    );
+    wait_for(alice_events, "bob's reply", |e| {
+        matches!(e, NodeEvent::Post(p) if p.id == reply.id).then_some(())
+    })
+    .await?;
+    println!("  alice   $ burrow forum");
+    for line in crate::forum::tree_lines(alice.forum(None, None).await.map_err(err)?, None) {
+        println!("          {line}");
+    }
+    Ok(())
+}
+
 pub async fn run() -> Result<(), CliError> {
     let started = Instant::now();
     let dir = tempfile::Builder::new().prefix("burrow-demo-").tempdir()?;
@@ -254,6 +296,7 @@ pub async fn run() -> Result<(), CliError> {
     }
 
     share_a_file(dir.path(), &alice, &bob).await?;
+    forum_thread(&alice, &mut alice_events, &bob, &mut bob_events).await?;
 
     bob.shutdown().await;
     wait_for(&mut alice_events, "bob to leave", |e| {

@@ -63,18 +63,31 @@ pub async fn forum(
         println!("no posts in {topic_name} yet: burrow post \"...\" writes the first");
         return Ok(());
     }
-    let tree = forum::tree(posts, thread.as_deref());
-    for t in &tree.threads {
-        print_branch(t, 0);
-        println!();
-    }
-    if !tree.lost.is_empty() {
-        println!("lost (replies whose parent hasn't arrived yet):");
-        for b in &tree.lost {
-            print_branch(b, 1);
-        }
+    for line in tree_lines(posts, thread.as_deref()) {
+        println!("{line}");
     }
     Ok(())
+}
+
+/// The forum as people read it: threads, newest first, replies indented under
+/// what they answer, then the replies still waiting for their parent.
+pub(crate) fn tree_lines(posts: Vec<PostView>, thread: Option<&str>) -> Vec<String> {
+    let tree = forum::tree(posts, thread);
+    let mut out = Vec::new();
+    for (i, t) in tree.threads.iter().enumerate() {
+        if i > 0 {
+            out.push(String::new());
+        }
+        branch_lines(t, 0, &mut out);
+    }
+    if !tree.lost.is_empty() {
+        out.push(String::new());
+        out.push("lost (replies whose parent hasn't arrived yet):".into());
+        for b in &tree.lost {
+            branch_lines(b, 1, &mut out);
+        }
+    }
+    out
 }
 
 /// The forum from the store, with no node running.
@@ -98,7 +111,7 @@ fn offline(
     forum::list(&store, &topic, thread).map_err(|e| CliError::new(&e, e.hint()))
 }
 
-fn print_branch(b: &Branch, depth: usize) {
+fn branch_lines(b: &Branch, depth: usize, out: &mut Vec<String>) {
     let p = &b.post;
     let when = p
         .created_at
@@ -108,17 +121,20 @@ fn print_branch(b: &Branch, depth: usize) {
     let indent = "  ".repeat(depth);
     let mark = if depth == 0 { "" } else { "↳ " };
     let mut lines = p.text.lines();
-    println!(
+    out.push(format!(
         "{indent}{mark}{} {} ({when}): {}",
         &p.id[..8],
         p.author_name,
         lines.next().unwrap_or("")
-    );
+    ));
     for more in lines {
-        println!("{indent}{}{more}", " ".repeat(mark.chars().count() + 9));
+        out.push(format!(
+            "{indent}{}{more}",
+            " ".repeat(mark.chars().count() + 9)
+        ));
     }
     for r in &b.replies {
-        print_branch(r, depth + 1);
+        branch_lines(r, depth + 1, out);
     }
 }
 

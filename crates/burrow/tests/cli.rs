@@ -252,7 +252,7 @@ async fn hostile_input_does_not_stop_the_server() {
 }
 
 #[test]
-fn the_demo_connects_chats_and_shares_a_file() {
+fn the_demo_connects_chats_shares_a_file_and_posts() {
     let out = std::process::Command::new(BIN)
         .arg("demo")
         .env_remove("BURROW_HOME")
@@ -271,6 +271,11 @@ fn the_demo_connects_chats_and_shares_a_file() {
         "holiday.bin  128 MiB  from alice",
         "every 16 KiB checked against the hash, saved in",
         "Gbit/s",
+        "gossiped to bob in",
+        "alice (",
+        "↳ ",
+        "bob (",
+        "yes, 9pm",
         "alice sees: bob went offline",
     ] {
         assert!(text.contains(step), "the demo lacks {step:?}:\n{text}");
