@@ -13,9 +13,13 @@
 //!
 //! Needs root (the lab); run with `cargo run --release -p burrow-bench -- setup`.
 //!
+//! `forum`: see [`forum`]. Run with `cargo run --release -p burrow-bench -- forum`
+//! (no root needed: loopback and memory).
+//!
 //! `transfer`: see [`transfer`]. Run with `cargo build --release -p burrow &&
 //! cargo run --release -p burrow-bench -- transfer [--lab]`.
 
+mod forum;
 mod transfer;
 
 use std::net::{SocketAddr, UdpSocket};
@@ -29,7 +33,9 @@ use clap::{Parser, Subcommand};
 use tokio::sync::oneshot;
 
 #[derive(Parser)]
-#[command(about = "burrow's benchmarks (need root: they build a network lab)")]
+#[command(
+    about = "burrow's benchmarks (setup and transfer --lab need root: they build a network lab)"
+)]
 struct Cli {
     #[command(subcommand)]
     bench: Bench,
@@ -62,6 +68,15 @@ enum Bench {
         #[arg(long, default_value_t = 10)]
         delay_ms: u64,
     },
+    /// Forum gossip across in-process nodes, and set reconciliation.
+    Forum {
+        /// Nodes in the gossip mesh.
+        #[arg(long, default_value_t = 50)]
+        nodes: usize,
+        /// Posts to spread (the first one shapes the tree).
+        #[arg(long, default_value_t = 21)]
+        posts: usize,
+    },
 }
 
 fn main() {
@@ -77,6 +92,7 @@ fn main() {
             lab,
             delay_ms,
         } => transfer::run(size_mib, lab.then(|| Duration::from_millis(delay_ms))),
+        Bench::Forum { nodes, posts } => forum::run(nodes, posts),
     }
 }
 
