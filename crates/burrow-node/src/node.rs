@@ -722,13 +722,14 @@ impl Node {
     pub async fn shutdown(&self) {
         self.inner.shutdown.cancel();
         // Close peer links first: their tasks end when the connections do.
-        let conns: Vec<quinn::Connection> = self
-            .inner
-            .state()
-            .peers
-            .values()
-            .flat_map(|p| p.conns.iter().cloned())
-            .collect();
+        let conns: Vec<quinn::Connection> = {
+            let st = self.inner.state();
+            st.peers
+                .values()
+                .flat_map(|p| p.conns.iter().cloned())
+                .chain(st.mesh.links.values().map(|l| l.conn.clone()))
+                .collect()
+        };
         for c in conns {
             c.close(quinn::VarInt::from_u32(0), b"node shutting down");
         }
