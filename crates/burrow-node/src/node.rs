@@ -193,13 +193,8 @@ impl Inner {
         &self,
         f: impl FnOnce(&mut NodeStore) -> Result<T, burrow_store::StoreError> + Send + 'static,
     ) -> Result<T, ApiError> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || {
-            f(&mut store.lock().expect("store lock is never poisoned"))
-        })
-        .await
-        .map_err(|e| ApiError::Store(e.to_string()))?
-        .map_err(|e| ApiError::Store(e.to_string()))
+        self.with_store_api(move |s| f(s).map_err(|e| ApiError::Store(e.to_string())))
+            .await
     }
 
     pub fn message_view(&self, m: &StoredMessage) -> MessageView {

@@ -213,6 +213,14 @@ impl Member {
     }
 }
 
+/// Waits until the node at `home` has stored post `id`.
+async fn arrives(home: &Path, id: PostId) {
+    let home = home.to_path_buf();
+    tokio::task::spawn_blocking(move || wait_post(&home, &id.to_string()))
+        .await
+        .unwrap();
+}
+
 fn has(home: &Path, id: &PostId) -> bool {
     forum(home).iter().any(|p| p["id"] == id.to_string())
 }
@@ -241,16 +249,7 @@ async fn forged_posts_are_refused_and_orphans_find_their_thread() {
     let parent = m.post("the parent", None, now);
     let orphan = m.post("a reply that came first", Some(parent.id), now + 1);
     m.send(orphan.clone()).await;
-    let h = home.clone();
-    let oid = orphan.id;
-    tokio::task::spawn_blocking(move || {
-        wait_json(&h, &["forum"], "the orphan", |v| {
-            v.as_array()
-                .is_some_and(|a| a.iter().any(|p| p["id"] == oid.to_string()))
-        })
-    })
-    .await
-    .unwrap();
+    arrives(&home, orphan.id).await;
     let (_, out, _) = run(&home, &["forum"]);
     assert!(
         out.contains("lost") && out.contains("a reply that came first"),
@@ -281,16 +280,7 @@ async fn forged_posts_are_refused_and_orphans_find_their_thread() {
     m.send(forged.clone()).await;
 
     m.send(parent.clone()).await;
-    let h = home.clone();
-    let pid = parent.id;
-    tokio::task::spawn_blocking(move || {
-        wait_json(&h, &["forum"], "the parent", |v| {
-            v.as_array()
-                .is_some_and(|a| a.iter().any(|p| p["id"] == pid.to_string()))
-        })
-    })
-    .await
-    .unwrap();
+    arrives(&home, parent.id).await;
     let (_, out, _) = run(&home, &["forum"]);
     assert!(
         !out.contains("lost"),
