@@ -47,12 +47,20 @@ pub fn view(p: &Post) -> PostView {
         author_name: p.author_name.to_string(),
         topic: p.topic.to_string(),
         text: p.text.clone(),
-        created_at: humantime::format_rfc3339_millis(burrow_proto::time::from_unix_ms(
-            p.created.ms(),
-        ))
-        .to_string(),
+        created_at: rfc3339(p.created.ms()),
         hlc: p.created.0,
     }
+}
+
+/// Unix ms as RFC 3339; times humantime can't write (past year 9999) as ms.
+fn rfc3339(ms: u64) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let t = humantime::format_rfc3339_millis(burrow_proto::time::from_unix_ms(ms));
+    if write!(out, "{t}").is_err() {
+        out = format!("{ms} ms after 1970");
+    }
+    out
 }
 
 /// Reads a topic name, or the default topic.
@@ -313,6 +321,12 @@ mod tests {
             created_at: String::new(),
             hlc,
         }
+    }
+
+    #[test]
+    fn any_time_prints() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert!(rfc3339(u64::MAX >> 16).ends_with("ms after 1970"));
     }
 
     #[test]

@@ -768,12 +768,20 @@ fn config_wall_ms(config: &NodeConfig) -> u64 {
 /// Finds the peer a person means: a name, or a unique id prefix.
 pub(crate) fn resolve(st: &State, peer: &str) -> Result<NodeId, ApiError> {
     let wanted = peer.trim().to_ascii_lowercase();
-    if let Some((id, _)) = st
+    // Serverless, names are only what peers claim: two may claim the same one.
+    let named: Vec<NodeId> = st
         .peers
         .iter()
-        .find(|(_, p)| p.name.as_ref().is_some_and(|n| n.as_str() == wanted))
-    {
-        return Ok(*id);
+        .filter(|(_, p)| p.name.as_ref().is_some_and(|n| n.as_str() == wanted))
+        .map(|(id, _)| *id)
+        .collect();
+    match named.as_slice() {
+        [id] => return Ok(*id),
+        [] => {}
+        many => {
+            let ids: Vec<String> = many.iter().map(|id| id.short()).collect();
+            return Err(ApiError::AmbiguousPeer(peer.to_string(), ids.join(", ")));
+        }
     }
     if !wanted.is_empty() && wanted.chars().all(|c| c.is_ascii_hexdigit()) {
         let matches: Vec<NodeId> = st

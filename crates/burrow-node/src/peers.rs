@@ -293,8 +293,19 @@ pub(crate) async fn monitor(inner: Arc<Inner>) {
     }
 }
 
-/// Dials `peer` at its virtual address and registers the connection.
+/// Dials `peer` and registers the connection.
+/// Serverless, the mesh connection goes first (its Hello proves membership), and
+/// the chat connection follows once it is up.
 pub(crate) async fn dial(inner: Arc<Inner>, peer: NodeId) {
+    if inner.state().mesh.secret.is_some() {
+        crate::mesh::dial(inner, peer).await;
+        return;
+    }
+    dial_chat(inner, peer).await;
+}
+
+/// Dials `peer`'s chat connection (the link) at its virtual address.
+pub(crate) async fn dial_chat(inner: Arc<Inner>, peer: NodeId) {
     let v = inner.endpoint.paths().open(peer);
     debug!(peer = %peer.short(), "dialing");
     match inner.endpoint.connect(v, chat::ALPN, Some(peer)).await {
@@ -372,10 +383,16 @@ pub(crate) async fn accept_loop(inner: Arc<Inner>) {
             let admitted = {
                 let st = inner.state();
                 // Serverless, a mesh connection from a stranger may be someone
-                // joining from our ticket: its Hello must prove it.
+                // joining from our ticket: its Hello must prove it; the other
+                // services wait for that proof (a live mesh link).
+                let accepted = st.peers.get(&peer).is_some_and(|p| p.accepted);
+                let serverless = st.mesh.secret.is_some();
                 !st.mesh.banned(&peer)
-                    && (st.peers.get(&peer).is_some_and(|p| p.accepted)
-                        || (is_mesh && st.mesh.secret.is_some()))
+                    && match (serverless, is_mesh) {
+                        (false, _) => accepted,
+                        (true, true) => true,
+                        (true, false) => accepted && st.mesh.links.contains_key(&peer),
+                    }
             };
             // A connection through a link's virtual address must come from that
             // link's peer.

@@ -28,6 +28,9 @@ pub const DEFAULT_TOPIC: &str = "forum";
 /// whose clock is further ahead still has its posts stored, but can't drag
 /// everyone's timestamps into the future.
 pub const MAX_CLOCK_PULL_MS: u64 = 60_000;
+/// Posts stamped further ahead of the receiver's clock than this are refused:
+/// no honest clock is a day fast, and a far-future stamp would sort first forever.
+pub const MAX_AHEAD_MS: u64 = 24 * 3600 * 1000;
 
 /// A forum topic: 1 to [`Topic::MAX_LEN`] characters of `a-z`, `0-9`, `-`, `_`,
 /// starting with a letter (the same rules as names).
@@ -159,14 +162,21 @@ impl HlcClock {
     /// A reading for an event now (`wall_ms`: our wall clock), after every
     /// reading issued or observed so far.
     pub fn now(&mut self, wall_ms: u64) -> Hlc {
-        self.last = (self.last + 1).max(Hlc::from_ms(wall_ms).0);
+        self.last = self.last.saturating_add(1).max(Hlc::from_ms(wall_ms).0);
         Hlc(self.last)
     }
 
-    /// A reading for a reply to a post stamped `parent`: after both now and the parent.
+    /// A reading for a reply to a post stamped `parent`: after both now and the
+    /// parent. A parent from far ahead gets a reply stamped just after it, without
+    /// pulling this clock along (see [`HlcClock::observe`]).
     pub fn after(&mut self, parent: Hlc, wall_ms: u64) -> Hlc {
-        self.last = self.last.max(parent.0);
-        self.now(wall_ms)
+        self.observe(parent, wall_ms);
+        let now = self.now(wall_ms);
+        if now > parent {
+            now
+        } else {
+            Hlc(parent.0.saturating_add(1))
+        }
     }
 
     /// Takes in a reading from elsewhere, so later local readings sort after it;
@@ -241,6 +251,17 @@ pub enum PostError {
     /// A post can't answer itself.
     #[error("it names itself as its parent")]
     OwnParent,
+    /// Stamped more than [`MAX_AHEAD_MS`] ahead of our clock.
+    #[error("it is dated more than a day ahead")]
+    FromTheFuture,
+}
+
+impl PostError {
+    /// Whether the sender must have done it on purpose (a forwarder can't check
+    /// a clock it doesn't have, so only a post's content counts against it).
+    pub fn is_forgery(&self) -> bool {
+        !matches!(self, PostError::FromTheFuture)
+    }
 }
 
 /// What the id hashes, in this order, with a domain label in front.
@@ -305,8 +326,12 @@ impl Post {
         PostId(*blake3::hash(&bytes).as_bytes())
     }
 
-    /// Checks everything a receiver must before storing the post.
-    pub fn verify(&self) -> Result<(), PostError> {
+    /// Checks everything a receiver must before storing the post (`wall_ms`:
+    /// the receiver's clock).
+    pub fn verify(&self, wall_ms: u64) -> Result<(), PostError> {
+        if self.created.ms() > wall_ms.saturating_add(MAX_AHEAD_MS) {
+            return Err(PostError::FromTheFuture);
+        }
         if self.text.is_empty() || self.text.len() > MAX_TEXT {
             return Err(PostError::BadText);
         }
@@ -368,11 +393,16 @@ mod tests {
     #[test]
     fn a_post_verifies_and_any_change_is_caught() {
         let p = post("hello");
-        assert_eq!(p.verify(), Ok(()));
+        let now = 1_700_000_000_000;
+        assert_eq!(p.verify(now), Ok(()));
+        assert_eq!(
+            p.verify(now - MAX_AHEAD_MS - 1),
+            Err(PostError::FromTheFuture)
+        );
 
         let mut edited = p.clone();
         edited.text = "hellO".into();
-        assert_eq!(edited.verify(), Err(PostError::IdMismatch));
+        assert_eq!(edited.verify(now), Err(PostError::IdMismatch));
 
         // Re-hashing the edit doesn't help: the signature is over the old id.
         edited.id = Post::content_id(
@@ -383,7 +413,7 @@ mod tests {
             edited.created,
             &edited.text,
         );
-        assert_eq!(edited.verify(), Err(PostError::BadSignature));
+        assert_eq!(edited.verify(now), Err(PostError::BadSignature));
 
         // Someone else's post claimed in our name.
         let mut stolen = Post::create(
@@ -395,11 +425,11 @@ mod tests {
             "hi".into(),
         );
         stolen.author = p.author;
-        assert_eq!(stolen.verify(), Err(PostError::IdMismatch));
+        assert_eq!(stolen.verify(now), Err(PostError::IdMismatch));
 
         let mut empty = p.clone();
         empty.text.clear();
-        assert_eq!(empty.verify(), Err(PostError::BadText));
+        assert_eq!(empty.verify(now), Err(PostError::BadText));
     }
 
     #[test]
@@ -409,6 +439,12 @@ mod tests {
         let mut clock = HlcClock::default();
         let reply = clock.after(parent, 1_700_000_000_000);
         assert!(reply > parent);
+        // A reply to a post from the far future sorts after it without dragging
+        // this clock there, and the end of time doesn't overflow.
+        let far = Hlc::from_ms(1_900_000_000_000);
+        assert!(clock.after(far, 1_700_000_000_000) > far);
+        assert!(clock.now(1_700_000_000_000) < Hlc::from_ms(1_700_100_000_000));
+        assert_eq!(clock.after(Hlc(u64::MAX), 0), Hlc(u64::MAX));
         // Observed readings from far ahead don't drag the clock along...
         clock.observe(Hlc::from_ms(1_800_000_000_000), 1_700_000_000_000);
         assert!(clock.now(1_700_000_000_000) < Hlc::from_ms(1_700_100_000_000));
@@ -433,7 +469,7 @@ mod tests {
             let p = Post::create(&key(3), name("carol"), Topic::default_topic(), parent.map(PostId), Hlc(t), text);
             let bytes = postcard::to_stdvec(&p).unwrap();
             let back: Post = postcard::from_bytes(&bytes).unwrap();
-            prop_assert_eq!(back.verify(), Ok(()));
+            prop_assert_eq!(back.verify(u64::MAX), Ok(()));
             prop_assert_eq!(back, p);
         }
     }

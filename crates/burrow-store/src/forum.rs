@@ -117,26 +117,26 @@ impl NodeStore {
             .collect()
     }
 
-    /// The ids of posts whose hex id starts with `prefix` (lowercase hex).
+    /// The ids of posts whose hex id starts with `prefix` (lowercase hex), at
+    /// most 10 (enough to say a prefix is ambiguous).
     pub fn find_posts(&self, prefix: &str) -> Result<Vec<PostId>, StoreError> {
-        // Hex ids sort like their bytes: search the byte range the prefix covers.
-        let even = &prefix[..prefix.len() & !1];
-        let low = hex::decode(even).unwrap_or_default();
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT id FROM posts WHERE id >= ?1 ORDER BY id LIMIT 10000")?;
-        let rows = stmt.query_map([low], |r| r.get::<_, Vec<u8>>(0))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let id = post_id(&row?)?;
-            let text = id.to_string();
-            if text.starts_with(prefix) {
-                out.push(id);
-            } else if !text.starts_with(even) {
-                break;
+        // Hex ids sort like their bytes: the prefix padded with 0s and with fs
+        // bounds the ids it covers.
+        let bound = |fill: char| -> Option<Vec<u8>> {
+            let mut full: String = prefix.chars().take(64).collect();
+            while full.len() < 64 {
+                full.push(fill);
             }
-        }
-        Ok(out)
+            hex::decode(full).ok()
+        };
+        let (Some(low), Some(high)) = (bound('0'), bound('f')) else {
+            return Ok(Vec::new());
+        };
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id FROM posts WHERE id BETWEEN ?1 AND ?2 ORDER BY id LIMIT 10",
+        )?;
+        let rows = stmt.query_map([low, high], |r| r.get::<_, Vec<u8>>(0))?;
+        rows.map(|row| post_id(&row?)).collect()
     }
 
     /// The topics this node follows, by name.
@@ -253,6 +253,9 @@ mod tests {
         assert_eq!(s.find_posts(&a.id.to_string()[..7]).unwrap(), [a.id]);
         assert_eq!(s.find_posts(&b.id.short()).unwrap(), [b.id]);
         assert!(s.find_posts("").unwrap().len() == 2);
+        let one_digit = &a.id.to_string()[..1];
+        assert!(s.find_posts(one_digit).unwrap().contains(&a.id));
+        assert!(s.find_posts("xyz").unwrap().is_empty());
         assert_eq!(s.topics().unwrap(), ["games".parse().unwrap()]);
         assert_eq!(s.setting("k").unwrap().as_deref(), Some(&b"v"[..]));
     }

@@ -17,6 +17,10 @@ use std::time::Duration;
 use burrow_proto::mesh::MeshFrame;
 use tokio::sync::mpsc;
 
+/// A probe that took longer than this (µs) is not one of ours, or useless.
+const MAX_ROUND_TRIP_US: i128 = 60_000_000;
+/// Offsets beyond ten years (µs) are a peer lying, not a clock.
+const MAX_OFFSET_US: i128 = 10 * 365 * 24 * 3600 * 1_000_000;
 /// Samples kept per link.
 const SAMPLES: usize = 8;
 /// Probes right after a link comes up (for an early estimate), and their spacing...
@@ -35,13 +39,17 @@ pub(crate) struct Estimate {
 impl Estimate {
     /// Adds a probe's four timestamps (Unix microseconds; t1, t4 ours, t2, t3 theirs).
     pub fn add(&mut self, t1: u64, t2: u64, t3: u64, t4: u64) {
-        let (t1, t2, t3, t4) = (t1 as i64, t2 as i64, t3 as i64, t4 as i64);
+        // The peer chooses t1..t3: compute wide, so no value can overflow.
+        let (t1, t2, t3, t4) = (t1 as i128, t2 as i128, t3 as i128, t4 as i128);
         let delay = (t4 - t1) - (t3 - t2);
-        if t4 < t1 || delay < 0 {
-            return; // not a sane round trip (a replay, or a peer lying badly)
-        }
         let offset = ((t2 - t1) + (t3 - t4)) / 2;
-        self.samples.push_back((offset, delay));
+        if !(0..=MAX_ROUND_TRIP_US).contains(&(t4 - t1))
+            || delay < 0
+            || offset.abs() > MAX_OFFSET_US
+        {
+            return; // not a round trip we made, or a clock beyond any use
+        }
+        self.samples.push_back((offset as i64, delay as i64));
         if self.samples.len() > SAMPLES {
             self.samples.pop_front();
         }
@@ -88,8 +96,10 @@ mod tests {
         // A probe queued 300 ms on the way back skews its own sample only.
         e.add(2_000_000, 7_002_000, 7_002_100, 2_304_100);
         assert_eq!(e.offset_ms(), Some(5000.0));
-        // Nonsense (answer before question) is ignored.
+        // Nonsense (answer before question, absurd stamps) is ignored.
         e.add(3_000_000, 0, 0, 2_000_000);
+        e.add(3_000_000, 1 << 63, 0, 3_000_100);
+        e.add(0, u64::MAX, u64::MAX, 0);
         assert_eq!(e.samples.len(), 2);
     }
 }

@@ -8,8 +8,8 @@
 //! lazy link hasn't arrived as a post within [`GRAFT_AFTER`], the member asks that
 //! link for it (`Graft`), which also makes the link eager again.
 //!
-//! Reconciliation: when a link comes up, its dialer reconciles every topic both
-//! sides follow; each side then sends the other the posts it lacks (`Synced`, not
+//! Reconciliation: when a link comes up (and every [`RESYNC_EVERY`] after), its
+//! dialer reconciles every topic both sides follow; each side then sends the other the posts it lacks (`Synced`, not
 //! forwarded on: the other members reconcile on their own links).
 
 use std::sync::Arc;
@@ -26,6 +26,8 @@ use crate::node::Inner;
 
 /// How long an announced post may take to arrive before it is grafted.
 pub(crate) const GRAFT_AFTER: Duration = Duration::from_millis(1000);
+/// How often a link's dialer reconciles again while the link is up.
+pub(crate) const RESYNC_EVERY: Duration = Duration::from_secs(60);
 /// Reconciled posts stored per transaction.
 pub(crate) const SYNC_BATCH: usize = 256;
 /// Posts read from the store per batch when answering.
@@ -58,10 +60,13 @@ pub(crate) fn broadcast(inner: &Inner, post: &Post, from: Option<NodeId>) {
 /// dropped.
 async fn accept(inner: &Arc<Inner>, peer: NodeId, posts: Vec<Post>) -> Vec<(Post, bool)> {
     let mut valid = Vec::with_capacity(posts.len());
+    let wall = inner.wall_ms();
     for p in posts {
-        if let Err(e) = p.verify() {
+        if let Err(e) = p.verify(wall) {
             warn!(peer = %peer.short(), post = %p.id.short(), error = %e, "refusing a post");
-            inner.state().mesh.misbehaved(peer);
+            if e.is_forgery() {
+                inner.state().mesh.misbehaved(peer);
+            }
             continue;
         }
         if inner.state().mesh.topics.contains(&p.topic) {
@@ -137,14 +142,13 @@ pub(crate) async fn receive_post(inner: &Arc<Inner>, peer: NodeId, post: Post) {
         if new {
             broadcast(inner, &p, Some(peer));
         } else {
-            // A duplicate: this link is not on the tree.
+            // A duplicate: this link is not on the tree. (Prune again if it
+            // was lazy already: our first Prune may have been dropped.)
             let mut st = inner.state();
             st.mesh.stats.duplicates += 1;
             if let Some(l) = st.mesh.links.get_mut(&peer) {
-                if l.eager {
-                    l.eager = false;
-                    let _ = l.tx.try_send(MeshFrame::Prune);
-                }
+                l.eager = false;
+                let _ = l.tx.try_send(MeshFrame::Prune);
             }
         }
     }
@@ -243,6 +247,22 @@ async fn send_posts(
     sent
 }
 
+/// Reconciles again every link this node dialed (called on a timer): repairs
+/// what gossip dropped on a full queue while the link stayed up.
+pub(crate) fn resync_dialed(inner: &Arc<Inner>) {
+    let dialed: Vec<NodeId> = inner
+        .state()
+        .mesh
+        .links
+        .iter()
+        .filter(|(_, l)| l.dialer == inner.id && l.syncing.is_empty())
+        .map(|(id, _)| *id)
+        .collect();
+    for peer in dialed {
+        start_sync(inner, peer);
+    }
+}
+
 /// Starts reconciling every topic both sides follow (we dialed the link).
 pub(crate) fn start_sync(inner: &Arc<Inner>, peer: NodeId) {
     let topics: Vec<Topic> = {
@@ -335,12 +355,17 @@ pub(crate) async fn receive_sync(inner: &Arc<Inner>, peer: NodeId, topic: Topic,
     };
     match rec.respond(&msg) {
         Ok(answer) => {
-            let mut st = inner.state();
-            st.mesh.stats.sync_bytes += (msg.len() + answer.len()) as u64;
-            if let Some(l) = st.mesh.links.get_mut(&peer) {
+            let tx = {
+                let mut st = inner.state();
+                st.mesh.stats.sync_bytes += (msg.len() + answer.len()) as u64;
+                let Some(l) = st.mesh.links.get_mut(&peer) else {
+                    return;
+                };
                 l.answering.insert(topic.clone(), rec);
-                let _ = l.tx.try_send(MeshFrame::SyncReply { topic, msg: answer });
-            }
+                l.tx.clone()
+            };
+            // Waits for room: a dropped answer would stall the reconciliation.
+            let _ = tx.send(MeshFrame::SyncReply { topic, msg: answer }).await;
         }
         Err(e) => {
             warn!(peer = %peer.short(), error = %e, "bad reconciliation message");

@@ -195,7 +195,8 @@ async fn attempt(inner: &Arc<Inner>, ticket: &Ticket) -> Result<(), String> {
 }
 
 /// A mesh link came up. Serverless: tell it whom we are linked with, and (as the
-/// side that dialed) open the chat connection if there is none yet.
+/// side that dialed) open the chat connection if there is none yet: serverless,
+/// the mesh connection comes first, because its Hello proves membership.
 pub(crate) fn linked(inner: &Arc<Inner>, peer: NodeId, dialed: bool) {
     let chat = {
         let mut st = inner.state();
@@ -212,7 +213,7 @@ pub(crate) fn linked(inner: &Arc<Inner>, peer: NodeId, dialed: bool) {
         dialed && !st.peers.get(&peer).is_some_and(|p| p.connected())
     };
     if chat {
-        inner.spawn(peers::dial(inner.clone(), peer));
+        inner.spawn(peers::dial_chat(inner.clone(), peer));
     }
 }
 
@@ -299,17 +300,19 @@ pub(crate) fn introduced(
         }
         let linked = st.mesh.links.contains_key(&other)
             || st.peers.get(&other).is_some_and(|p| p.connected());
+        let table_full = !st.peers.contains_key(&other) && st.peers.len() >= crate::node::MAX_PEERS;
         let full = st.mesh.links.len() >= 2 * inner.config.mesh_links;
         // We dial only the introductions we asked for; the others we take while
         // there is room.
         let asked = st.mesh.intro.pending.is_some_and(|(p, _)| p == other);
-        if linked || full || (dial && !asked) {
+        if linked || full || table_full || (dial && !asked) {
             return;
         }
+        // Accepted for the punch and the mesh connection; chat and files still
+        // wait for its mesh Hello to prove it a member (see `accept_loop`).
         let p = st.peers.entry(other).or_default();
         p.name = Some(name.clone());
         p.accepted = true;
-        p.online = true;
     }
     info!(peer = %other.short(), %name, via = %via.short(), dial, "introduced");
     let direction = if dial {
@@ -326,12 +329,17 @@ pub(crate) fn introduced(
 /// Looks after the mesh until shutdown: grafts overdue posts; serverless, tells
 /// links about link changes and seeks introductions while below the target.
 async fn maintain(inner: Arc<Inner>) {
+    let mut last_resync = Instant::now();
     loop {
         tokio::select! {
             _ = inner.shutdown.cancelled() => return,
             _ = tokio::time::sleep(MAINTAIN_EVERY) => {}
         }
         super::gossip::graft_overdue(&inner);
+        if last_resync.elapsed() >= super::gossip::RESYNC_EVERY {
+            last_resync = Instant::now();
+            super::gossip::resync_dialed(&inner);
+        }
         let mut st = inner.state();
         if st.mesh.secret.is_none() {
             continue;

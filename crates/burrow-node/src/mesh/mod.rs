@@ -44,6 +44,8 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) const MISBEHAVIOUR_LIMIT: u32 = 3;
 /// QUIC close code for a mesh link ended for misbehaviour.
 const MISBEHAVED: u32 = 0x20;
+/// QUIC close code for a mesh session not admitted (no proof, or a duplicate).
+const REFUSED: u32 = 0x21;
 
 /// One live mesh link.
 #[derive(Debug)]
@@ -142,8 +144,8 @@ pub(crate) fn real_addr(
     }
 }
 
-/// Opens the mesh connection to `peer` (we dialed its chat connection), unless
-/// one is up already.
+/// Opens the mesh connection to `peer` (we dialed its chat connection; or,
+/// serverless, we are about to), unless one is up already.
 pub(crate) async fn dial(inner: Arc<Inner>, peer: NodeId) {
     if inner.state().mesh.links.contains_key(&peer) {
         return;
@@ -185,7 +187,12 @@ pub(crate) async fn run(
         }
         w.finish();
     });
-    let _ = tx.send(hello(&inner, &peer, &conn)).await;
+    // Serverless, the side that was dialed speaks only after the dialer proved
+    // it is a member: a stranger learns nothing.
+    let hello_first = dialed || inner.state().mesh.secret.is_none();
+    if hello_first {
+        let _ = tx.send(hello(&inner, &peer, &conn)).await;
+    }
     let mut reader = FrameReader::new(recv, mesh::VERSION, mesh::MAX_FRAME);
     let theirs = match tokio::time::timeout(HELLO_TIMEOUT, reader.read::<MeshFrame>()).await {
         Ok(Ok(Some(f @ MeshFrame::Hello { .. }))) => f,
@@ -196,11 +203,17 @@ pub(crate) async fn run(
             return;
         }
     };
-    let Some(session) = admit(&inner, peer, &conn, &tx, theirs, dialed) else {
-        conn.close(quinn::VarInt::from_u32(MISBEHAVED), b"not a member");
-        writer.abort();
-        return;
+    let session = match admit(&inner, peer, &conn, &tx, theirs, dialed) {
+        Ok(session) => session,
+        Err(why) => {
+            conn.close(quinn::VarInt::from_u32(REFUSED), why.as_bytes());
+            writer.abort();
+            return;
+        }
     };
+    if !hello_first {
+        let _ = tx.send(hello(&inner, &peer, &conn)).await;
+    }
     info!(peer = %peer.short(), dialed, "mesh link up");
     if dialed {
         gossip::start_sync(&inner, peer);
@@ -304,7 +317,8 @@ fn hello(inner: &Inner, peer: &NodeId, conn: &quinn::Connection) -> MeshFrame {
     }
 }
 
-/// Checks `peer`'s Hello and records the link. `None` refuses it.
+/// Checks `peer`'s Hello and records the link; returns the session's number,
+/// or why it is refused.
 fn admit(
     inner: &Arc<Inner>,
     peer: NodeId,
@@ -312,7 +326,7 @@ fn admit(
     tx: &mpsc::Sender<MeshFrame>,
     hello: MeshFrame,
     dialed: bool,
-) -> Option<u64> {
+) -> Result<u64, &'static str> {
     let MeshFrame::Hello {
         name,
         topics,
@@ -321,22 +335,26 @@ fn admit(
         proof,
     } = hello
     else {
-        return None;
+        return Err("no hello");
     };
     if hello_check(&topics, &addrs).is_err() {
-        return None;
+        return Err("hello over its limits");
     }
     let mut st = inner.state();
     if st.mesh.banned(&peer) {
-        return None;
+        return Err("misbehaving");
     }
     // Serverless, a member proves it knows the network's secret; with a server,
     // admission was settled by connect/accept before this connection was let in.
     if let Some(secret) = st.mesh.secret {
         if proof != Some(mesh::membership_proof(&secret, &peer, &inner.id)) {
+            // Not counted: strangers cost nothing to make, and a count per
+            // stranger would grow without bound.
             warn!(peer = %peer.short(), "mesh Hello without a valid membership proof");
-            st.mesh.misbehaved(peer);
-            return None;
+            return Err("not a member");
+        }
+        if !st.peers.contains_key(&peer) && st.peers.len() >= crate::node::MAX_PEERS {
+            return Err("peer table full");
         }
         let p = st.peers.entry(peer).or_default();
         p.accepted = true;
@@ -346,14 +364,16 @@ fn admit(
             st.mesh.observed = Some(seen);
         }
     } else if !st.peers.get(&peer).is_some_and(|p| p.accepted) {
-        return None;
+        return Err("not accepted");
     }
     let dialer = if dialed { inner.id } else { peer };
     if let Some(existing) = st.mesh.links.get(&peer) {
-        // Two sessions at once: keep the one whose dialer has the smaller id.
-        if existing.dialer <= dialer {
+        // Two sessions at once: keep the one whose dialer has the smaller id. A
+        // new session from the same dialer replaces the old one (the peer
+        // restarted, or moved, and the old connection hasn't timed out yet).
+        if existing.dialer < dialer {
             debug!(peer = %peer.short(), "a second mesh session; keeping the first");
-            return None;
+            return Err("a session exists");
         }
         existing
             .conn
@@ -368,7 +388,7 @@ fn admit(
     all_addrs.truncate(mesh::MAX_ADDRS);
     st.mesh.next_session += 1;
     let session = st.mesh.next_session;
-    st.mesh.links.insert(
+    let _ = st.mesh.links.insert(
         peer,
         Link {
             tx: tx.clone(),
@@ -385,7 +405,7 @@ fn admit(
             answering: HashMap::new(),
         },
     );
-    Some(session)
+    Ok(session)
 }
 
 fn hello_check(topics: &[Topic], addrs: &[SocketAddr]) -> Result<(), ()> {
