@@ -327,6 +327,9 @@ fn admit(
     hello: MeshFrame,
     dialed: bool,
 ) -> Result<u64, &'static str> {
+    if hello.check().is_err() {
+        return Err("hello over its limits");
+    }
     let MeshFrame::Hello {
         name,
         topics,
@@ -337,9 +340,6 @@ fn admit(
     else {
         return Err("no hello");
     };
-    if hello_check(&topics, &addrs).is_err() {
-        return Err("hello over its limits");
-    }
     let mut st = inner.state();
     if st.mesh.banned(&peer) {
         return Err("misbehaving");
@@ -406,13 +406,6 @@ fn admit(
         },
     );
     Ok(session)
-}
-
-fn hello_check(topics: &[Topic], addrs: &[SocketAddr]) -> Result<(), ()> {
-    if topics.len() > mesh::MAX_TOPICS || addrs.len() > mesh::MAX_ADDRS {
-        return Err(());
-    }
-    Ok(())
 }
 
 /// Handles one frame; false ends the session.
