@@ -90,6 +90,26 @@ fn posts_reach_every_member_and_a_returning_member_catches_up() {
     assert_eq!(all.len(), 4, "{all:?}");
     let pos = |id: &str| all.iter().position(|x| x == id).unwrap();
     assert!(pos(&first) < pos(&reply));
+
+    // Topics: erin posts in "games", which only she follows; alice starts
+    // following it by reading it, and gets the post from erin, her neighbour.
+    let (ok, out, err) = run(&homes[4], &["post", "--topic", "games", "chess at 8?"]);
+    assert!(ok, "{err}");
+    let chess = out.trim().to_string();
+    assert!(
+        !ids(&forum(&homes[0])).contains(&chess),
+        "not in the default topic"
+    );
+    let games = wait_json(
+        &homes[0],
+        &["forum", "--topic", "games"],
+        "the games topic",
+        |v| {
+            v.as_array()
+                .is_some_and(|a| a.iter().any(|p| p["id"] == chess.as_str()))
+        },
+    );
+    assert_eq!(games[0]["topic"], "games");
 }
 
 /// Six serverless nodes, each given only the previous one's ticket, end up in
