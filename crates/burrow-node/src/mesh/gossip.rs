@@ -97,7 +97,7 @@ async fn accept(inner: &Arc<Inner>, peer: NodeId, posts: Vec<Post>) -> Vec<(Post
     }
     for (p, new) in &out {
         if *new {
-            inner.emit(NodeEvent::Post(crate::forum::view(&p.clone())));
+            inner.emit(NodeEvent::Post(crate::forum::view(p)));
         }
     }
     // A reply whose parent we lack: ask the sender for it now rather than wait
