@@ -19,15 +19,28 @@ use tokio::task::JoinHandle;
 
 use crate::socket::RawSender;
 
+/// Decides whether a STUN request from an address is answered (see
+/// [`StunGrid::set_gate`]): a server's rate limits and bans.
+pub type StunGate = Arc<dyn Fn(SocketAddr) -> bool + Send + Sync>;
+
 /// The alternate STUN sockets and the rules for answering from them.
-#[derive(Debug)]
 pub struct StunGrid {
+    gate: std::sync::OnceLock<StunGate>,
     primary: SocketAddr,
     main: RawSender,
     alt_ip: Option<IpAddr>,
     alt_port: u16,
     alts: Vec<(SocketAddr, Arc<UdpSocket>)>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for StunGrid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StunGrid")
+            .field("primary", &self.primary)
+            .field("alternates", &self.alternates())
+            .finish()
+    }
 }
 
 impl Drop for StunGrid {
@@ -99,6 +112,7 @@ impl StunGrid {
                 .collect();
             let tasks = std::sync::Mutex::new(tasks);
             StunGrid {
+                gate: std::sync::OnceLock::new(),
                 primary,
                 main,
                 alt_ip,
@@ -142,8 +156,19 @@ impl StunGrid {
         }
     }
 
-    /// Answers `req` from `from`, which arrived on our socket `arrived_on`.
+    /// Answers only the requests `gate` lets through (on every socket of the
+    /// grid). Set once; later calls are ignored.
+    pub fn set_gate(&self, gate: StunGate) {
+        let _ = self.gate.set(gate);
+    }
+
+    /// Answers `req` from `from`, which arrived on our socket `arrived_on`
+    /// (unless the gate says no).
     pub fn answer(&self, arrived_on: SocketAddr, from: SocketAddr, req: Request) {
+        if self.gate.get().is_some_and(|g| !g(from)) {
+            tracing::trace!(%from, "STUN request not answered (gate)");
+            return;
+        }
         // The mapped address is where it came from; the answer may go to another
         // port of the same IP (RESPONSE-PORT), never to another IP.
         let to = SocketAddr::new(from.ip(), req.response_port.unwrap_or(from.port()));

@@ -46,6 +46,21 @@ pub enum Request {
     },
     /// Diagnose the NAT in front of this node (RFC 5780 tests against the server).
     Nat,
+    /// List, add or remove contacts (peers that connect without asking).
+    Contacts {
+        /// Add this peer (name or id prefix).
+        #[serde(default)]
+        add: Option<String>,
+        /// Remove this contact (name or id prefix).
+        #[serde(default)]
+        remove: Option<String>,
+    },
+    /// Show settings, or change what happens to incoming requests.
+    Settings {
+        /// `ask`, `contacts-only` or `anyone`.
+        #[serde(default)]
+        incoming: Option<String>,
+    },
     /// Offer a file: hash it (once) and tell the tracker.
     Share {
         /// Absolute path of the file.
@@ -279,6 +294,12 @@ pub struct MessageView {
     pub sent_at: String,
     /// When the recipient stored it (RFC 3339).
     pub received_at: String,
+    /// A notice from the server's operator (`from` is the server's key), not chat.
+    #[serde(default)]
+    pub from_server: bool,
+    /// A notice to every node (`admin say`) rather than to this one.
+    #[serde(default)]
+    pub everyone: bool,
 }
 
 /// One connection in `status`.
@@ -313,4 +334,22 @@ pub struct StatusView {
     pub local_addr: String,
     /// Live peer connections.
     pub connections: Vec<ConnectionView>,
+}
+
+/// A contact.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContactView {
+    /// Its id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Whether it is online now.
+    pub online: bool,
+}
+
+/// The node's settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SettingsView {
+    /// What happens to connect requests: `ask`, `contacts-only` or `anyone`.
+    pub incoming: String,
 }

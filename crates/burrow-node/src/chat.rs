@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use burrow_net::{FrameReader, FrameWriter, FramedError};
 use burrow_proto::chat::{self, ChatFrame};
 use burrow_proto::NodeId;
-use burrow_store::StoredMessage;
+use burrow_store::{MessageKind, StoredMessage};
 use tracing::{debug, warn};
 
 use crate::event::NodeEvent;
@@ -103,6 +103,7 @@ async fn receive(
         text,
         sent_at_ms,
         received_at_ms: burrow_proto::time::unix_ms(SystemTime::now()),
+        kind: MessageKind::Chat,
     };
     let stored = m.clone();
     let fresh = match inner.with_store(move |s| s.insert_message(&stored)).await {
@@ -119,4 +120,39 @@ async fn receive(
         inner.emit(NodeEvent::Message(inner.message_view(&m)));
     }
     Ok(())
+}
+
+/// Stores a notice from the server's operator in the chat history (from the
+/// server's key, named "server") and shows it like a message.
+pub(crate) fn notice(inner: &Arc<Inner>, text: String, everyone: bool) {
+    if text.is_empty() || text.len() > burrow_proto::rendezvous::MAX_NOTICE {
+        warn!(len = text.len(), "ignoring a server notice of bad length");
+        return;
+    }
+    let Some(server) = inner.state().server_id else {
+        return;
+    };
+    let now = burrow_proto::time::unix_ms(SystemTime::now());
+    let m = StoredMessage {
+        id: burrow_proto::chat::MessageId::random(&mut rand::thread_rng()),
+        from: server,
+        from_name: "server".into(),
+        to: inner.id,
+        text,
+        sent_at_ms: now,
+        received_at_ms: now,
+        kind: if everyone {
+            MessageKind::NoticeToAll
+        } else {
+            MessageKind::NoticeToUs
+        },
+    };
+    let inner2 = inner.clone();
+    inner.spawn(async move {
+        let stored = m.clone();
+        if let Err(e) = inner2.with_store(move |s| s.insert_message(&stored)).await {
+            warn!(error = %e, "cannot store a server notice");
+        }
+        inner2.emit(NodeEvent::Message(inner2.message_view(&m)));
+    });
 }

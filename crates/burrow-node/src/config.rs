@@ -27,6 +27,9 @@ pub struct NodeConfig {
     pub clock_skew_ms: i64,
     /// The name to register.
     pub name: Name,
+    /// Password or invite for a server that keeps accounts. Default: none (a
+    /// key that holds its name needs neither).
+    pub credentials: burrow_proto::rendezvous::Credentials,
     /// UDP address to bind. Default `0.0.0.0:0`: every interface, any port.
     pub bind: SocketAddr,
     /// QUIC keepalive. Default 10 s: under the 30 s UDP mapping timeout common on
@@ -52,6 +55,7 @@ impl NodeConfig {
             mesh_links: 4,
             clock_skew_ms: 0,
             name,
+            credentials: Default::default(),
             bind: SocketAddr::from(([0, 0, 0, 0], 0)),
             keepalive: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),

@@ -130,6 +130,16 @@ async fn client(node: Node, stream: UnixStream) -> std::io::Result<()> {
             Request::Reject { peer } => done(node.reject(&peer).await),
             Request::Cancel { peer } => done(node.cancel(&peer).await),
             Request::Nat => node.nat().await.map(ok).unwrap_or_else(err),
+            Request::Contacts { add, remove } => node
+                .contacts(add.as_deref(), remove.as_deref())
+                .await
+                .map(ok)
+                .unwrap_or_else(err),
+            Request::Settings { incoming } => node
+                .settings(incoming.as_deref())
+                .await
+                .map(ok)
+                .unwrap_or_else(err),
             Request::Post {
                 text,
                 reply_to,
@@ -269,8 +279,9 @@ impl ControlClient {
         })
     }
 
-    /// Sends `request` and reads the first reply.
-    pub async fn request(&mut self, request: &Request) -> Result<Reply, ClientError> {
+    /// Sends `request` and reads the first reply. (Any serializable request: the
+    /// server's admin socket speaks the same line protocol.)
+    pub async fn request(&mut self, request: &impl Serialize) -> Result<Reply, ClientError> {
         let mut line = serde_json::to_vec(request).expect("requests serialize to JSON");
         line.push(b'\n');
         self.write.write_all(&line).await?;

@@ -38,6 +38,23 @@ pub enum NodeEvent {
         /// Its name.
         name: String,
     },
+    /// A peer's request was answered for the user, by the incoming setting.
+    RequestAnswered {
+        /// Its name.
+        name: String,
+        /// Accepted (else rejected).
+        accepted: bool,
+        /// Why, in words ("a contact", "not a contact", "anyone may connect").
+        why: &'static str,
+    },
+    /// The server refused us for good (banned, kicked, not allowed, wrong
+    /// password...): the node no longer tries to register.
+    Expelled {
+        /// What the server said.
+        error: String,
+        /// What to do about it.
+        hint: Option<String>,
+    },
     /// A request ended without a connection.
     RequestClosed {
         /// The other side's name.

@@ -22,6 +22,7 @@
 pub mod api;
 pub mod chat;
 pub mod config;
+pub mod contacts;
 pub mod control;
 pub mod event;
 pub mod files;

@@ -96,6 +96,8 @@ pub(crate) struct State {
     pub downloads: HashSet<BlobHash>,
     /// Forum gossip, reconciliation, clock offsets, serverless links.
     pub mesh: crate::mesh::MeshState,
+    /// Who may connect without asking, and what to do with strangers.
+    pub contacts: crate::contacts::Contacts,
 }
 
 impl State {
@@ -208,6 +210,8 @@ impl Inner {
             text: m.text.clone(),
             sent_at: rfc3339(m.sent_at_ms),
             received_at: rfc3339(m.received_at_ms),
+            from_server: m.kind != burrow_store::MessageKind::Chat,
+            everyone: m.kind == burrow_store::MessageKind::NoticeToAll,
         }
     }
 }
@@ -353,6 +357,12 @@ pub enum ApiError {
     /// The mesh can't do what was asked.
     #[error("{0}")]
     Mesh(String),
+    /// A setting's value is not one it takes.
+    #[error("{0}")]
+    BadSetting(String),
+    /// The peer is not a contact.
+    #[error("{0} is not a contact")]
+    NotAContact(String),
     /// A peer's files service failed.
     #[error("{name}: {reason}")]
     Peer {
@@ -386,6 +396,8 @@ impl ApiError {
             ApiError::NoSuchPost(_) => "burrow forum lists posts with their ids".into(),
             ApiError::AmbiguousPost(..) => "type more of the id".into(),
             ApiError::NotServerless => "start a node without --server to begin a network of your own: burrow up --name <name>".into(),
+            ApiError::BadSetting(_) => "burrow settings incoming ask|contacts-only|anyone".into(),
+            ApiError::NotAContact(_) => "burrow contacts list shows your contacts".into(),
             _ => return None,
         })
     }
@@ -433,6 +445,7 @@ impl Node {
         if config.server.is_none() {
             mesh.secret = Some(crate::mesh::join::secret(&mut store, &config.join)?);
         }
+        let contacts = crate::contacts::load(&store)?;
         let endpoint = Endpoint::bind(
             &config.secret,
             EndpointConfig {
@@ -459,6 +472,7 @@ impl Node {
             store: Arc::new(Mutex::new(store)),
             state: Mutex::new(State {
                 mesh,
+                contacts,
                 ..State::default()
             }),
             events,
@@ -589,7 +603,7 @@ impl Node {
         self.request(peer, RequestOp::Cancel).await
     }
 
-    async fn request(&self, peer: &str, op: RequestOp) -> Result<(), ApiError> {
+    pub(crate) async fn request(&self, peer: &str, op: RequestOp) -> Result<(), ApiError> {
         let (id, name, tx, rx) = {
             let mut st = self.inner.state();
             let id = resolve(&st, peer)?;
@@ -671,6 +685,7 @@ impl Node {
             text: text.to_string(),
             sent_at_ms: burrow_proto::time::unix_ms(SystemTime::now()),
             received_at_ms: 0,
+            kind: burrow_store::MessageKind::Chat,
         };
         crate::chat::send(&conn, &msg)
             .await

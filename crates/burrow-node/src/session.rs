@@ -91,12 +91,41 @@ impl SessionError {
             SessionError::KeyChanged { file, host, .. } => {
                 format!("if you trust the new key, remove the line for {host} from {file}")
             }
-            SessionError::Refused(Refusal::NameTaken) => {
-                "that name belongs to another key on this server: pick another with --name".into()
-            }
+            SessionError::Refused(r) => return refusal_hint(r),
             _ => return None,
         })
     }
+}
+
+/// What a person can do about a refusal of our registration.
+fn refusal_hint(r: &Refusal) -> Option<String> {
+    Some(match r {
+        Refusal::NameTaken => {
+            "that name belongs to another key on this server: pick another with --name".into()
+        }
+        Refusal::CredentialsRequired => {
+            "give the account's password (--password-stdin) or an invite from the server's operator (--invite CODE)".into()
+        }
+        Refusal::WrongPassword => {
+            "check the password; after 5 failures logins for the name are blocked for a while".into()
+        }
+        Refusal::InviteInvalid => "ask the server's operator for a new invite".into(),
+        Refusal::NotAllowed => {
+            "this server admits only the nodes its operator allowed: send them your id (burrow status shows it)".into()
+        }
+        Refusal::Banned { until_ms: Some(t) } => format!(
+            "the ban ends at {}",
+            humantime::format_rfc3339_seconds(burrow_proto::time::from_unix_ms(*t))
+        ),
+        Refusal::Banned { until_ms: None } => {
+            "ask the server's operator if you think it is a mistake".into()
+        }
+        Refusal::Blocked { retry_in_ms } => {
+            format!("try again in {} s", retry_in_ms.div_ceil(1000))
+        }
+        Refusal::Kicked => "start the node again to come back".into(),
+        _ => return None,
+    })
 }
 
 impl From<burrow_net::FramedError> for SessionError {
@@ -184,6 +213,7 @@ pub(crate) async fn connect(inner: &Arc<Inner>) -> Result<Session, SessionError>
         .write(&ClientMsg::Hello {
             name: inner.config.name.clone(),
             lan_addrs,
+            credentials: inner.config.credentials.clone(),
         })
         .await?;
     let first = tokio::time::timeout(WELCOME_TIMEOUT, reader.read::<ServerMsg>())
@@ -246,7 +276,8 @@ pub(crate) async fn connect(inner: &Arc<Inner>) -> Result<Session, SessionError>
     }
 }
 
-/// Runs sessions until shutdown: serves one, and when it is lost, reconnects.
+/// Runs sessions until shutdown: serves one, and when it is lost, reconnects,
+/// unless the server refused us for a reason that trying again won't change.
 pub(crate) async fn run(inner: Arc<Inner>, first: Session) {
     let mut session = first;
     loop {
@@ -255,6 +286,9 @@ pub(crate) async fn run(inner: Arc<Inner>, first: Session) {
             return;
         }
         forget_session(&inner);
+        if expelled(&inner, &error) {
+            return;
+        }
         let mut error = error.to_string();
         let mut attempt = 0u32;
         session = loop {
@@ -271,9 +305,25 @@ pub(crate) async fn run(inner: Arc<Inner>, first: Session) {
             }
             match connect(&inner).await {
                 Ok(s) => break s,
+                Err(e) if expelled(&inner, &e) => return,
                 Err(e) => error = e.to_string(),
             }
         };
+    }
+}
+
+/// If `error` is a final refusal, says so (the node stops trying) and returns true.
+fn expelled(inner: &Inner, error: &SessionError) -> bool {
+    match error {
+        SessionError::Refused(r) if r.is_final() => {
+            warn!(reason = %r, "the server refused us; not trying again");
+            inner.emit(NodeEvent::Expelled {
+                error: error.to_string(),
+                hint: error.hint(),
+            });
+            true
+        }
+        _ => false,
     }
 }
 
@@ -333,6 +383,9 @@ async fn serve(inner: &Arc<Inner>, session: Session) -> SessionError {
             m = reader.read::<ServerMsg>() => m,
         };
         match msg {
+            Ok(Some(ServerMsg::Refused { peer: None, reason })) if reason.is_final() => {
+                break SessionError::Refused(reason)
+            }
             Ok(Some(m)) => handle(inner, m),
             Ok(None) => break SessionError::Lost("the server closed the session".into()),
             Err(e) => break e.into(),
@@ -386,13 +439,22 @@ fn handle(inner: &Arc<Inner>, msg: ServerMsg) {
         }
         ServerMsg::Incoming { peer } => {
             let name = peer.name.to_string();
+            let id = peer.id;
             let Some(p) = st.mark_online(peer) else {
                 warn!(%name, "peer table full; ignoring a connect request");
                 return;
             };
             p.request = Some(Direction::Incoming);
+            let answer = crate::contacts::answer(&st, &id);
             drop(st);
-            inner.emit(NodeEvent::IncomingRequest { name });
+            match answer {
+                crate::contacts::Answer::Ask => inner.emit(NodeEvent::IncomingRequest { name }),
+                other => crate::contacts::answer_for_user(inner, id, name, other),
+            }
+        }
+        ServerMsg::Notice { text, everyone } => {
+            drop(st);
+            crate::chat::notice(inner, text, everyone);
         }
         ServerMsg::Accepted {
             peer,

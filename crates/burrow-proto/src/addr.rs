@@ -88,8 +88,36 @@ impl fmt::Display for ServerAddr {
     }
 }
 
+/// The part of an address that one party controls, for rate limits and bans:
+/// an IPv4 address as it is, an IPv6 address cut to its /64 (one home or
+/// phone usually gets a whole /64, so single v6 addresses cost an attacker
+/// nothing), an IPv4-mapped IPv6 address as the IPv4 address it maps.
+pub fn ip_group(ip: std::net::IpAddr) -> std::net::IpAddr {
+    use std::net::{IpAddr, Ipv6Addr};
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let bits = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(Ipv6Addr::from(bits))
+            }
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn ip_groups_are_v4_addresses_and_v6_slash_64s() {
+        use super::ip_group;
+        let g = |s: &str| ip_group(s.parse().unwrap()).to_string();
+        assert_eq!(g("203.0.113.7"), "203.0.113.7");
+        assert_eq!(g("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::");
+        assert_eq!(g("2001:db8:1:2:ffff::9"), "2001:db8:1:2::");
+        assert_eq!(g("::ffff:198.51.100.4"), "198.51.100.4");
+    }
+
     use super::*;
     use crate::id::SecretKey;
     use rand::SeedableRng;

@@ -37,7 +37,7 @@ pub mod rendezvous;
 pub mod stun;
 pub mod time;
 
-pub use addr::{ServerAddr, ServerAddrError};
+pub use addr::{ip_group, ServerAddr, ServerAddrError};
 pub use files::{BlobHash, ShareName};
 pub use frame::DecodeError;
 pub use id::{NodeId, NodeIdError, SecretKey};

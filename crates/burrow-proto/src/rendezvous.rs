@@ -5,9 +5,12 @@
 //!
 //! ```text
 //! node                                   server
-//!  |-- Hello{name, lan_addrs} ------------>|  binds name to key (or Refused)
-//!  |<----------- Welcome{observed, peers} -|
-//!  |<---------- PeerJoined / PeerLeft -----|  live presence, no polling
+//!  |-- Hello{name, lan_addrs, -------------->|  admits the key (policy, bans),
+//!  |         credentials}                    |  binds name to key (or Refused)
+//!  |<----------- Welcome{observed, peers} ---|
+//!  |<---------- PeerJoined / PeerLeft -------|  live presence, no polling
+//!  |<---------- Notice{text, everyone} ------|  the operator's `say` / `tell`
+//!  |<---------- Refused{None, Banned|Kicked}-|  then the server closes the session
 //!
 //! bob                       server                      alice
 //!  |-- Connect{alice} ------->|                            |
@@ -42,8 +45,8 @@ use crate::relay::Channel;
 /// ALPN of the node ↔ server connection.
 pub const ALPN: &[u8] = b"burrow/rendezvous/1";
 /// Version byte of every control-stream frame. 2: relay channels and re-punching;
-/// 3: the file tracker.
-pub const VERSION: u8 = 3;
+/// 3: the file tracker; 4: credentials in Hello, bans and operator notices.
+pub const VERSION: u8 = 4;
 /// Largest frame the server sends. Presence snapshots are split
 /// ([`PEERS_PER_FRAME`]) to stay well under it.
 pub const MAX_FRAME: usize = 1 << 20;
@@ -65,6 +68,60 @@ pub const MAX_PROVIDERS: usize = 32;
 pub const PEERS_PER_FRAME: usize = 1000;
 /// Most addresses a node may offer as its own candidates.
 pub const MAX_CANDIDATES: usize = 16;
+/// Longest password a node may send, in bytes (argon2 takes any length; this
+/// bounds what a stranger makes the server hash).
+pub const MAX_PASSWORD: usize = 256;
+/// Longest operator notice, in bytes.
+pub const MAX_NOTICE: usize = 4096;
+
+/// A secret a node sends once, in Hello: its `Debug` never shows the text, so a
+/// logged message can't leak it. Longer than [`MAX_PASSWORD`] bytes does not decode.
+#[derive(Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps `text`, if it is within [`MAX_PASSWORD`] bytes.
+    pub fn new(text: String) -> Result<Self, SecretTooLong> {
+        if text.len() > MAX_PASSWORD {
+            return Err(SecretTooLong);
+        }
+        Ok(Secret(text))
+    }
+
+    /// The text, for the one place that checks it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A password or invite code longer than [`MAX_PASSWORD`] bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("longer than {MAX_PASSWORD} bytes")]
+pub struct SecretTooLong;
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(…)")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Secret::new(String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+/// What a node offers to prove it may register its name, on a server whose
+/// policy asks for more than a key (`burrow server --policy accounts`). A key
+/// that already holds the name needs neither.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credentials {
+    /// The account's password (or, with `invite`, the password to set).
+    pub password: Option<Secret>,
+    /// An invite code from the operator: creates the account.
+    pub invite: Option<Secret>,
+}
 
 /// A node as everyone else sees it in the presence list.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,6 +141,8 @@ pub enum ClientMsg {
         name: Name,
         /// The node's own interface addresses with its UDP port.
         lan_addrs: Vec<SocketAddr>,
+        /// Password or invite, where the server keeps accounts.
+        credentials: Credentials,
     },
     /// Ask `peer` for a connection.
     Connect {
@@ -182,6 +241,45 @@ pub enum Refusal {
     TooManyRequests,
     /// The node offers too many files ([`MAX_OFFERS`]).
     TooManyOffers,
+    /// The server keeps accounts and the name has none of ours: a password or an
+    /// invite is needed.
+    CredentialsRequired,
+    /// The password does not match the account's.
+    WrongPassword,
+    /// The invite code is unknown, used up or expired, or the name already has
+    /// an account.
+    InviteInvalid,
+    /// The server admits only nodes its operator allowed.
+    NotAllowed,
+    /// The operator banned this node, its name or its address.
+    Banned {
+        /// Until when, Unix ms; `None` for good.
+        until_ms: Option<u64>,
+    },
+    /// Too many failed logins for this name or from this address: wait.
+    Blocked {
+        /// How long until the block ends, ms.
+        retry_in_ms: u64,
+    },
+    /// The operator disconnected this node.
+    Kicked,
+}
+
+impl Refusal {
+    /// Whether a node should stop trying to register after this: trying again
+    /// as it is can only be refused again (until someone changes something).
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            Refusal::NameTaken
+                | Refusal::CredentialsRequired
+                | Refusal::WrongPassword
+                | Refusal::InviteInvalid
+                | Refusal::NotAllowed
+                | Refusal::Banned { .. }
+                | Refusal::Kicked
+        )
+    }
 }
 
 impl std::fmt::Display for Refusal {
@@ -195,6 +293,20 @@ impl std::fmt::Display for Refusal {
             Refusal::AlreadyPending => "a request to that peer is already pending",
             Refusal::TooManyRequests => "too many requests pending",
             Refusal::TooManyOffers => "too many files offered to the tracker",
+            Refusal::CredentialsRequired => {
+                "this server keeps accounts: that name needs its password or an invite"
+            }
+            Refusal::WrongPassword => "wrong password for that name",
+            Refusal::InviteInvalid => {
+                "the invite is unknown, used up or expired (or the name already has an account)"
+            }
+            Refusal::NotAllowed => "this server admits only nodes its operator allowed",
+            Refusal::Banned { until_ms: None } => "banned from this server",
+            Refusal::Banned { until_ms: Some(_) } => "banned from this server for a while",
+            Refusal::Blocked { .. } => {
+                "too many failed logins for this name or from this address; try again later"
+            }
+            Refusal::Kicked => "disconnected by the server's operator",
         })
     }
 }
@@ -276,6 +388,14 @@ pub enum ServerMsg {
         punch: PunchTicket,
         /// The link's relay channel (new if the link was made again).
         relay: Option<Channel>,
+    },
+    /// A notice from the server's operator (`admin say` / `admin tell`), at
+    /// most [`MAX_NOTICE`] bytes.
+    Notice {
+        /// The text.
+        text: String,
+        /// Sent to every online node (`say`), not only to us (`tell`).
+        everyone: bool,
     },
     /// The answer to [`ClientMsg::Search`].
     SearchResults {
@@ -363,8 +483,20 @@ mod tests {
     }
     fn arb_client() -> impl Strategy<Value = ClientMsg> {
         prop_oneof![
-            (arb_name(), arb_addrs())
-                .prop_map(|(name, lan_addrs)| ClientMsg::Hello { name, lan_addrs }),
+            (
+                arb_name(),
+                arb_addrs(),
+                proptest::option::of("[ -~]{0,64}"),
+                proptest::option::of("[a-z0-9]{0,26}")
+            )
+                .prop_map(|(name, lan_addrs, password, invite)| ClientMsg::Hello {
+                    name,
+                    lan_addrs,
+                    credentials: Credentials {
+                        password: password.map(|p| Secret::new(p).unwrap()),
+                        invite: invite.map(|i| Secret::new(i).unwrap()),
+                    }
+                }),
             arb_id().prop_map(|peer| ClientMsg::Connect { peer }),
             arb_id().prop_map(|peer| ClientMsg::Accept { peer }),
             arb_id().prop_map(|peer| ClientMsg::Reject { peer }),
@@ -404,11 +536,18 @@ mod tests {
                 prop_oneof![
                     Just(Refusal::NameTaken),
                     Just(Refusal::PeerOffline),
-                    Just(Refusal::NoSuchRequest)
+                    Just(Refusal::NoSuchRequest),
+                    Just(Refusal::WrongPassword),
+                    proptest::option::of(any::<u64>())
+                        .prop_map(|until_ms| Refusal::Banned { until_ms }),
+                    any::<u64>().prop_map(|retry_in_ms| Refusal::Blocked { retry_in_ms }),
+                    Just(Refusal::Kicked),
                 ]
             )
                 .prop_map(|(peer, reason)| ServerMsg::Refused { peer, reason }),
             info().prop_map(ServerMsg::PeerJoined),
+            ("[ -~]{0,100}", any::<bool>())
+                .prop_map(|(text, everyone)| ServerMsg::Notice { text, everyone }),
             proptest::collection::vec(info(), 0..4).prop_map(ServerMsg::Peers),
             arb_id().prop_map(|id| ServerMsg::PeerLeft { id }),
             arb_id().prop_map(|peer| ServerMsg::Pending { peer }),
@@ -532,6 +671,28 @@ mod tests {
                 max: MAX_FRAME
             })
         );
+    }
+
+    #[test]
+    fn secrets_are_bounded_and_never_shown() {
+        let s = Secret::new("hunter2".into()).unwrap();
+        assert_eq!(format!("{s:?}"), "Secret(…)");
+        let hello = ClientMsg::Hello {
+            name: "alice".parse().unwrap(),
+            lan_addrs: vec![],
+            credentials: Credentials {
+                password: Some(s),
+                invite: None,
+            },
+        };
+        assert!(!format!("{hello:?}").contains("hunter2"));
+        assert_eq!(
+            Secret::new("x".repeat(MAX_PASSWORD + 1)),
+            Err(SecretTooLong)
+        );
+        // A too-long password on the wire is malformed, not allocated and hashed.
+        let long = postcard::to_stdvec(&"x".repeat(MAX_PASSWORD + 1)).unwrap();
+        assert!(postcard::from_bytes::<Secret>(&long).is_err());
     }
 
     #[test]

@@ -9,11 +9,24 @@
 //! [`broker::Registry`] holds the rules and is sans-IO; [`Server`] is its driver:
 //! one task per node connection, one timer task, one shared registry behind a
 //! short-held mutex.
+//!
+//! Who may register and what happens to those who misbehave is
+//! [`admission::Admission`] (sans-IO too: policy, bans, the allowlist, rate
+//! limits, failed-login blocks, misbehaviour scores); [`register`] applies it
+//! and the accounts in the store to each Hello, with argon2 work on
+//! [`password::Hasher`]. Decisions go to the audit log through [`journal`], and
+//! the operator drives it all through the [`admin`] socket.
 
+pub mod admin;
+pub mod admission;
 pub mod broker;
+pub mod journal;
 pub mod limit;
+pub mod password;
+mod register;
 mod server;
 pub mod tracker;
 
+pub use admission::{AdmissionConfig, Policy};
 pub use broker::BrokerConfig;
 pub use server::{Server, ServerConfig, ServerError};

@@ -27,6 +27,13 @@ impl RateLimit {
         self.allow_n(now, 1.0)
     }
 
+    /// Whether the bucket would be full at `now`: nothing to remember, so a
+    /// table of limiters may forget it.
+    pub fn idle(&self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens + elapsed * self.rate >= self.burst
+    }
+
     /// Takes `n` tokens (bytes, say) if there are that many.
     pub fn allow_n(&mut self, now: Instant, n: f64) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();

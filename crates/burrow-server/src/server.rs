@@ -11,14 +11,17 @@ use burrow_net::{Endpoint, EndpointConfig, FrameReader, FrameWriter};
 use burrow_proto::relay::Channel;
 use burrow_proto::rendezvous::{self, ClientMsg, PeerInfo, Refusal, ServerMsg, MAX_CANDIDATES};
 use burrow_proto::{NodeId, SecretKey};
-use burrow_store::{NameBinding, ServerStore};
+use burrow_store::ServerStore;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
+use crate::admission::{points, Admission, AdmissionConfig, AdmissionEvent, ConnVerdict, Now};
 use crate::broker::{BrokerConfig, Out, Registry, RelayDrop};
+use crate::journal::{Actor, Journal};
 use crate::limit::RateLimit;
-use crate::tracker;
+use crate::password::Hasher;
+use crate::{admin, register, tracker};
 
 /// How many messages wait for a slow node before the server drops its session.
 const SESSION_QUEUE: usize = 256;
@@ -47,6 +50,8 @@ pub struct ServerConfig {
     /// answered there, on the listen port and the next one. Without it, only the
     /// next port is added, and nodes can't tell every filtering kind apart.
     pub alt_ip: Option<std::net::IpAddr>,
+    /// Who may register, and intrusion detection's limits.
+    pub admission: AdmissionConfig,
 }
 
 impl ServerConfig {
@@ -58,6 +63,7 @@ impl ServerConfig {
             broker: BrokerConfig::default(),
             idle_timeout: Duration::from_secs(30),
             alt_ip: None,
+            admission: AdmissionConfig::default(),
         }
     }
 }
@@ -77,20 +83,42 @@ pub enum ServerError {
     /// The STUN alternates could not be bound.
     #[error(transparent)]
     Stun(#[from] burrow_net::stun_server::GridError),
+    /// The admin socket could not be bound.
+    #[error("cannot open the admin socket {path}: {source}")]
+    Admin {
+        /// Its path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
-struct Session {
-    id: u64,
-    tx: mpsc::Sender<ServerMsg>,
-    conn: quinn::Connection,
+pub(crate) struct Session {
+    pub(crate) id: u64,
+    pub(crate) tx: mpsc::Sender<ServerMsg>,
+    pub(crate) conn: quinn::Connection,
+    pub(crate) name: burrow_proto::Name,
+}
+
+impl Session {
+    /// Tells the node why it must go, then closes its connection once the node
+    /// has read that (or after a second).
+    pub(crate) fn expel(&self, reason: Refusal) {
+        let _ = self.tx.try_send(ServerMsg::Refused { peer: None, reason });
+        let conn = self.conn.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await;
+            conn.close(quinn::VarInt::from_u32(7), b"expelled");
+        });
+    }
 }
 
 /// The registry and the sessions that deliver its output, behind one lock: a
 /// change and the messages announcing it happen in one step, so every node sees
 /// the same order of events the registry does.
-struct Hub {
-    registry: Registry,
-    sessions: HashMap<NodeId, Session>,
+pub(crate) struct Hub {
+    pub(crate) registry: Registry,
+    pub(crate) sessions: HashMap<NodeId, Session>,
 }
 
 impl Hub {
@@ -127,7 +155,9 @@ impl Hub {
 
     /// Handles a message from `from`, first noting where the server sees the
     /// nodes it concerns now (a NAT may have moved them since they registered).
-    fn handle_msg(&mut self, from: NodeId, msg: ClientMsg) {
+    /// Returns whether it answered or cancelled a request that doesn't exist
+    /// (which no honest node does twice).
+    fn handle_msg(&mut self, from: NodeId, msg: ClientMsg) -> bool {
         let mut refresh = vec![from];
         if let ClientMsg::Repunch { peer } = &msg {
             refresh.push(*peer);
@@ -139,12 +169,23 @@ impl Hub {
             }
         }
         let out = self.registry.handle_msg(Instant::now(), from, msg);
+        let forged = out.iter().any(|(to, m)| {
+            *to == from
+                && matches!(
+                    m,
+                    ServerMsg::Refused {
+                        reason: Refusal::NoSuchRequest,
+                        ..
+                    }
+                )
+        });
         self.deliver(out);
+        forged
     }
 
     /// Delivers the registry's output. A node whose queue is full is too slow to
     /// keep up: its connection is closed, and its leave is handled when its task ends.
-    fn deliver(&self, out: Vec<Out>) {
+    pub(crate) fn deliver(&self, out: Vec<Out>) {
         for (to, msg) in out {
             if let Some(s) = self.sessions.get(&to) {
                 match s.tx.try_send(msg) {
@@ -163,13 +204,96 @@ impl Hub {
     }
 }
 
-struct Shared {
-    hub: Mutex<Hub>,
-    store: Arc<Mutex<ServerStore>>,
+pub(crate) struct Shared {
+    pub(crate) hub: Mutex<Hub>,
+    pub(crate) store: Arc<Mutex<ServerStore>>,
     next_session: AtomicU64,
+    admission: Mutex<Admission>,
+    pub(crate) journal: Journal,
+    pub(crate) hasher: Hasher,
 }
 
 impl Shared {
+    /// Runs `f` on the admission state, then acts on what it decided: bans are
+    /// persisted and logged, and sessions from a banned address are closed.
+    pub(crate) fn admission<R>(&self, f: impl FnOnce(&mut Admission, Now) -> R) -> R {
+        let (r, events) = {
+            let mut a = self
+                .admission
+                .lock()
+                .expect("admission lock is never poisoned");
+            let r = f(&mut a, Now::real());
+            let events: Vec<AdmissionEvent> = std::iter::from_fn(|| a.poll_event()).collect();
+            (r, events)
+        };
+        for event in events {
+            self.record(event);
+        }
+        r
+    }
+
+    fn record(&self, event: AdmissionEvent) {
+        match event {
+            AdmissionEvent::Banned(ban) => {
+                let until = match ban.until_ms {
+                    Some(t) => format!(
+                        "until {}",
+                        humantime::format_rfc3339_seconds(burrow_proto::time::from_unix_ms(t))
+                    ),
+                    None => "for good".into(),
+                };
+                warn!(target = %ban.target, reason = %ban.reason, %until, "banned");
+                self.journal.log(
+                    Actor::Ids,
+                    "ban",
+                    &ban.target,
+                    format!("{}, {until}", ban.reason),
+                );
+                if let burrow_store::BanTarget::Addr(group) = ban.target {
+                    let hub = self.hub();
+                    for s in hub.sessions.values() {
+                        if burrow_proto::ip_group(s.conn.remote_address().ip()) == group {
+                            s.expel(Refusal::Banned {
+                                until_ms: ban.until_ms,
+                            });
+                        }
+                    }
+                }
+                self.journal.ban(ban);
+            }
+            AdmissionEvent::LoginFailed { name, addr, reason } => {
+                info!(%name, %addr, %reason, "login failed");
+                self.journal.log(
+                    Actor::Ids,
+                    "login-failed",
+                    &name,
+                    format!("from {addr}: {reason}"),
+                );
+            }
+            AdmissionEvent::NameBlocked { name, duration } => {
+                warn!(%name, ?duration, "too many failed logins; blocking password logins for the name");
+                self.journal.log(
+                    Actor::Ids,
+                    "block",
+                    &name,
+                    format!(
+                        "password and invite logins refused for {}",
+                        humantime::format_duration(duration)
+                    ),
+                );
+            }
+            AdmissionEvent::Misbehaved { addr, what, score } => {
+                debug!(%addr, what, score, "misbehaviour");
+                self.journal.log(
+                    Actor::Ids,
+                    "misbehaviour",
+                    addr,
+                    format!("{what}; score {score}"),
+                );
+            }
+        }
+    }
+
     /// Runs `f` on the registry and delivers what it returns, under one lock.
     fn update(&self, f: impl FnOnce(&mut Registry) -> Vec<Out>) {
         let mut hub = self.hub.lock().expect("hub lock is never poisoned");
@@ -177,7 +301,7 @@ impl Shared {
         hub.deliver(out);
     }
 
-    fn hub(&self) -> std::sync::MutexGuard<'_, Hub> {
+    pub(crate) fn hub(&self) -> std::sync::MutexGuard<'_, Hub> {
         self.hub.lock().expect("hub lock is never poisoned")
     }
 }
@@ -187,13 +311,21 @@ pub struct Server {
     endpoint: Endpoint,
     shared: Arc<Shared>,
     stun_grid: Arc<burrow_net::StunGrid>,
+    admin: tokio::net::UnixListener,
+    home: PathBuf,
 }
 
 impl Server {
     /// Opens the store and binds the socket. Call inside a tokio runtime.
     pub fn bind(secret: &SecretKey, config: ServerConfig) -> Result<Self, ServerError> {
         burrow_net::keyfile::create_private_dir(&config.home).map_err(ServerError::Home)?;
-        let store = ServerStore::open(&config.home.join("server.db"))?;
+        let mut store = ServerStore::open(&config.home.join("server.db"))?;
+        let bans = store.bans(burrow_proto::time::unix_ms(SystemTime::now()))?;
+        let allowed = store.allowed()?;
+        let admin = admin::bind(&config.home).map_err(|source| ServerError::Admin {
+            path: admin::socket_path(&config.home),
+            source,
+        })?;
         // STUN also needs the next port. With a fixed port a clash is an error;
         // with port 0 (any port) another pair is tried.
         let tries = if config.listen.port() == 0 { 16 } else { 1 };
@@ -207,22 +339,33 @@ impl Server {
                 Err(_) => continue,
             }
         };
+        let store = Arc::new(Mutex::new(store));
         let shared = Arc::new(Shared {
             hub: Mutex::new(Hub {
                 registry: Registry::new(config.broker),
                 sessions: HashMap::new(),
             }),
-            store: Arc::new(Mutex::new(store)),
+            journal: Journal::start(store.clone()),
+            store,
             next_session: AtomicU64::new(1),
+            admission: Mutex::new(Admission::new(config.admission.clone(), bans, allowed)),
+            hasher: Hasher::default(),
         });
         let relay = Arc::downgrade(&shared);
         endpoint.set_relay(Arc::new(move |from, channel, len| {
             relay.upgrade()?.hub().relay(from, channel, len)
         }));
+        let gate = Arc::downgrade(&shared);
+        stun_grid.set_gate(Arc::new(move |from| {
+            gate.upgrade()
+                .is_some_and(|s| s.admission(|a, now| a.check_stun(now, from)))
+        }));
         Ok(Server {
             endpoint,
             stun_grid,
             shared,
+            admin,
+            home: config.home,
         })
     }
 
@@ -268,9 +411,19 @@ impl Server {
         self.shared.hub().registry.online()
     }
 
+    /// The admission policy in force.
+    pub fn policy(&self) -> crate::Policy {
+        self.shared.admission(|a, _| a.policy())
+    }
+
     /// Serves until `shutdown` fires, then closes every connection.
     pub async fn run(self, shutdown: CancellationToken) {
         let timer = tokio::spawn(expire_requests(self.shared.clone(), shutdown.clone()));
+        let admin = tokio::spawn(admin::serve(
+            self.shared.clone(),
+            self.admin,
+            shutdown.clone(),
+        ));
         let mut sessions = tokio::task::JoinSet::new();
         loop {
             let incoming = tokio::select! {
@@ -278,8 +431,24 @@ impl Server {
                 i = self.endpoint.quic().accept() => i,
             };
             let Some(incoming) = incoming else { break };
-            let shared = self.shared.clone();
             let remote = incoming.remote_address();
+            match self
+                .shared
+                .admission(|a, now| a.check_connection(now, remote.ip()))
+            {
+                ConnVerdict::Accept => {}
+                ConnVerdict::Refuse => {
+                    debug!(%remote, "refused: banned address");
+                    incoming.refuse();
+                    continue;
+                }
+                ConnVerdict::Ignore => {
+                    debug!(%remote, "ignored: too many connection attempts");
+                    incoming.ignore();
+                    continue;
+                }
+            }
+            let shared = self.shared.clone();
             while sessions.try_join_next().is_some() {}
             sessions.spawn(
                 async move {
@@ -291,6 +460,9 @@ impl Server {
             );
         }
         timer.abort();
+        admin.abort();
+        admin::unlink(&self.home);
+        self.shared.journal.flush().await;
         self.endpoint
             .quic()
             .close(quinn::VarInt::from_u32(0), b"server shutting down");
@@ -310,12 +482,17 @@ impl Server {
 
 async fn expire_requests(shared: Arc<Shared>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
-    loop {
+    for n in 0u64.. {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
         shared.update(|r| r.handle_timeout(Instant::now()));
+        // Intrusion detection's tables are pruned every 5 s: they are large and
+        // nothing in them is urgent.
+        if n % 20 == 0 {
+            shared.admission(|a, now| a.handle_timeout(now));
+        }
     }
 }
 
@@ -337,50 +514,67 @@ enum SessionError {
 }
 
 async fn serve_node(incoming: quinn::Incoming, shared: Arc<Shared>) -> Result<(), SessionError> {
+    let observed = incoming.remote_address();
+    let misbehaved = |what: &'static str, points: u32| {
+        shared.admission(|a, now| a.misbehaved(now, observed.ip(), what, points))
+    };
     let conn = incoming.await?;
     let id = burrow_net::peer_id(&conn).ok_or(SessionError::NoKey)?;
-    let observed = conn.remote_address();
-    let (send, recv) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi())
-        .await
-        .map_err(|_| SessionError::HelloTimeout)??;
+    let Ok(stream) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi()).await else {
+        misbehaved("no Hello", points::NO_HELLO);
+        return Err(SessionError::HelloTimeout);
+    };
+    let (send, recv) = stream?;
     let mut reader = FrameReader::new(recv, rendezvous::VERSION, rendezvous::MAX_CLIENT_FRAME);
     let mut writer = FrameWriter::new(send, rendezvous::VERSION, rendezvous::MAX_FRAME);
 
     let hello = tokio::time::timeout(HELLO_TIMEOUT, reader.read::<ClientMsg>())
         .await
         .map_err(|_| SessionError::HelloTimeout);
-    let (name, lan_addrs) = match hello {
-        Ok(Ok(Some(ClientMsg::Hello { name, lan_addrs }))) => (name, lan_addrs),
+    let (name, lan_addrs, credentials) = match hello {
+        Ok(Ok(Some(ClientMsg::Hello {
+            name,
+            lan_addrs,
+            credentials,
+        }))) => (name, lan_addrs, credentials),
         Ok(Err(e)) => {
             warn!(node = %id.short(), error = %e, "bad first frame");
+            misbehaved("bad first frame", points::BAD_FRAME);
             conn.close(quinn::VarInt::from_u32(3), b"bad frame");
             return Err(e.into());
         }
-        Err(e) => return Err(e),
+        Err(e) => {
+            misbehaved("no Hello", points::NO_HELLO);
+            return Err(e);
+        }
         Ok(Ok(_)) => {
+            misbehaved("no Hello", points::NO_HELLO);
             refuse(&conn, &mut writer, Refusal::HelloExpected).await;
             return Err(SessionError::Refused(Refusal::HelloExpected));
         }
     };
 
-    let binding = {
-        let store = shared.store.clone();
-        let name = name.clone();
-        let now = burrow_proto::time::unix_ms(SystemTime::now());
-        tokio::task::spawn_blocking(move || {
-            store
-                .lock()
-                .expect("store lock is never poisoned")
-                .bind_name(&name, &id, now)
-        })
-        .await
-        .map_err(|e| SessionError::Store(e.to_string()))?
-        .map_err(|e| SessionError::Store(e.to_string()))?
-    };
-    if let NameBinding::Taken { owner } = binding {
-        info!(node = %id.short(), %name, owner = %owner.short(), "refused: name taken");
-        refuse(&conn, &mut writer, Refusal::NameTaken).await;
-        return Err(SessionError::Refused(Refusal::NameTaken));
+    match register::admit(&shared, id, &name, credentials, observed.ip()).await {
+        Ok(how) => {
+            shared.journal.log(
+                Actor::Server,
+                "registered",
+                &name,
+                format!("node {} from {observed} ({how})", id.short()),
+            );
+        }
+        Err(register::AdmitError::Store(e)) => return Err(SessionError::Store(e)),
+        Err(register::AdmitError::Refused(reason)) => {
+            info!(node = %id.short(), %name, %observed, %reason, "registration refused");
+            shared.journal.log(
+                Actor::Server,
+                "refused",
+                &name,
+                format!("node {} from {observed}: {reason}", id.short()),
+            );
+            refuse(&conn, &mut writer, reason.clone()).await;
+            return Err(SessionError::Refused(reason));
+        }
     }
 
     let lan: Vec<SocketAddr> = lan_addrs
@@ -401,6 +595,7 @@ async fn serve_node(incoming: quinn::Incoming, shared: Arc<Shared>) -> Result<()
                 id: session,
                 tx,
                 conn: conn.clone(),
+                name: name.clone(),
             },
         );
         if let Some(old) = replaced {
@@ -414,6 +609,7 @@ async fn serve_node(incoming: quinn::Incoming, shared: Arc<Shared>) -> Result<()
         let out = hub.registry.handle_join(info, session, observed, lan);
         hub.deliver(out);
     }
+    shared.admission(|a, _| a.registered(observed.ip()));
     info!(node = %id.short(), %name, %observed, "online");
 
     let writer_task = tokio::spawn(async move {
@@ -431,8 +627,19 @@ async fn serve_node(incoming: quinn::Incoming, shared: Arc<Shared>) -> Result<()
             Ok(Some(msg)) => {
                 if !limit.allow(Instant::now()) {
                     warn!(node = %id.short(), "too many messages; closing the session");
+                    misbehaved("message flood", points::FLOOD);
                     conn.close(quinn::VarInt::from_u32(6), b"too many messages");
                     break Ok(());
+                }
+                if let ClientMsg::Connect { peer } = &msg {
+                    if !shared.admission(|a, now| a.allow_request(now, id)) {
+                        let refusal = ServerMsg::Refused {
+                            peer: Some(*peer),
+                            reason: Refusal::TooManyRequests,
+                        };
+                        let _ = answers.try_send(refusal);
+                        continue;
+                    }
                 }
                 debug!(node = %id.short(), ?msg, "message");
                 if matches!(
@@ -445,8 +652,8 @@ async fn serve_node(incoming: quinn::Incoming, shared: Arc<Shared>) -> Result<()
                             warn!(node = %id.short(), "node is not reading its answers");
                         }
                     }
-                } else {
-                    shared.hub().handle_msg(id, msg);
+                } else if shared.hub().handle_msg(id, msg) {
+                    misbehaved("answer to no request", points::FORGED_REQUEST);
                 }
             }
             Err(burrow_net::FramedError::Read(e)) => {
@@ -455,6 +662,7 @@ async fn serve_node(incoming: quinn::Incoming, shared: Arc<Shared>) -> Result<()
             }
             Err(e) => {
                 warn!(node = %id.short(), error = %e, "bad frame; closing the session");
+                misbehaved("bad frame", points::BAD_FRAME);
                 conn.close(quinn::VarInt::from_u32(3), b"bad frame");
                 break Err(e.into());
             }
@@ -469,6 +677,7 @@ async fn serve_node(incoming: quinn::Incoming, shared: Arc<Shared>) -> Result<()
         let out = hub.registry.handle_leave(id, session);
         hub.deliver(out);
     }
+    shared.admission(|a, _| a.left(observed.ip()));
     writer_task.abort();
     conn.close(quinn::VarInt::from_u32(0), b"bye");
     info!(node = %id.short(), %name, "offline");

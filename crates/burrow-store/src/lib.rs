@@ -4,19 +4,22 @@
 //! numbered migrations ([`migrate`]) in one transaction, and writes in transactions:
 //! once a call returns, what it wrote survives a crash of the process or machine.
 //!
-//! - [`ServerStore`]: name → key bindings, the file tracker.
+//! - [`ServerStore`]: name → key bindings, the file tracker, and (in
+//!   [`admission`]) accounts, invites, the allowlist, bans and the audit log.
 //! - [`NodeStore`]: chat history, shared files, downloads in progress, forum posts
 //!   and followed topics, settings.
 //!
 //! The API is synchronous; async callers run it on a blocking thread.
 
+pub mod admission;
 mod forum;
 pub mod migrate;
 pub mod node;
 pub mod server;
 
+pub use admission::{Account, AuditEntry, Ban, BanTarget, BoundName, Redeemed};
 pub use forum::StoredPost;
-pub use node::{NodeStore, StoredDownload, StoredMessage, StoredShare};
+pub use node::{Contact, MessageKind, NodeStore, StoredDownload, StoredMessage, StoredShare};
 pub use server::{NameBinding, Offered, ServerStore};
 
 /// Why a store operation failed.

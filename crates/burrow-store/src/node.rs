@@ -53,7 +53,61 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX posts_by_topic ON posts(topic, created);
     CREATE TABLE topics (topic TEXT PRIMARY KEY);
     CREATE TABLE settings (key TEXT PRIMARY KEY, value BLOB NOT NULL);",
+    // Notices from the server's operator sit in the chat history, marked by kind;
+    // contacts may connect without being asked about.
+    "ALTER TABLE messages ADD COLUMN kind INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE contacts (
+        node_id BLOB PRIMARY KEY,
+        name TEXT NOT NULL,
+        added_at_ms INTEGER NOT NULL
+    );",
 ];
+
+/// What a stored message is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageKind {
+    /// Chat between two nodes.
+    Chat,
+    /// A notice from the server's operator to this node (`admin tell`).
+    NoticeToUs,
+    /// A notice from the server's operator to every node (`admin say`).
+    NoticeToAll,
+}
+
+impl MessageKind {
+    fn code(self) -> i64 {
+        match self {
+            MessageKind::Chat => 0,
+            MessageKind::NoticeToUs => 1,
+            MessageKind::NoticeToAll => 2,
+        }
+    }
+
+    fn from_code(c: i64) -> Result<Self, StoreError> {
+        Ok(match c {
+            0 => MessageKind::Chat,
+            1 => MessageKind::NoticeToUs,
+            2 => MessageKind::NoticeToAll,
+            _ => {
+                return Err(StoreError::Corrupt {
+                    table: "messages",
+                    what: format!("kind {c}"),
+                })
+            }
+        })
+    }
+}
+
+/// A peer allowed to connect without asking the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contact {
+    /// Its key.
+    pub id: NodeId,
+    /// Its name when added.
+    pub name: String,
+    /// When it was added, Unix ms.
+    pub added_at_ms: u64,
+}
 
 /// A file this node offers, served from where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +161,8 @@ pub struct StoredMessage {
     pub sent_at_ms: u64,
     /// When the recipient stored it (for our own messages: when the ack came), Unix ms.
     pub received_at_ms: u64,
+    /// Chat, or a notice from the server (then `from` is the server's key).
+    pub kind: MessageKind,
 }
 
 /// The node's persistent state.
@@ -127,8 +183,8 @@ impl NodeStore {
     /// resend after a lost ack): the first copy is kept.
     pub fn insert_message(&mut self, m: &StoredMessage) -> Result<bool, StoreError> {
         let n = self.conn.execute(
-            "INSERT OR IGNORE INTO messages (id, from_id, from_name, to_id, text, sent_at_ms, received_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT OR IGNORE INTO messages (id, from_id, from_name, to_id, text, sent_at_ms, received_at_ms, kind)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 m.id.0.as_slice(),
                 m.from.as_bytes().as_slice(),
@@ -136,7 +192,8 @@ impl NodeStore {
                 m.to.as_bytes().as_slice(),
                 m.text,
                 m.sent_at_ms as i64,
-                m.received_at_ms as i64
+                m.received_at_ms as i64,
+                m.kind.code()
             ],
         )?;
         Ok(n == 1)
@@ -145,7 +202,7 @@ impl NodeStore {
     /// The newest `limit` messages, oldest first.
     pub fn messages(&self, limit: usize) -> Result<Vec<StoredMessage>, StoreError> {
         let mut stmt = self.conn.prepare(
-            "SELECT id, from_id, from_name, to_id, text, sent_at_ms, received_at_ms FROM messages
+            "SELECT id, from_id, from_name, to_id, text, sent_at_ms, received_at_ms, kind FROM messages
              ORDER BY received_at_ms DESC, rowid DESC LIMIT ?1",
         )?;
         let rows = stmt.query_map([limit as i64], |r| {
@@ -157,11 +214,12 @@ impl NodeStore {
                 r.get::<_, String>(4)?,
                 r.get::<_, i64>(5)?,
                 r.get::<_, i64>(6)?,
+                r.get::<_, i64>(7)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, from, from_name, to, text, sent, received) = row?;
+            let (id, from, from_name, to, text, sent, received, kind) = row?;
             let id: [u8; 16] = id.as_slice().try_into().map_err(|_| StoreError::Corrupt {
                 table: "messages",
                 what: "message id length".into(),
@@ -174,10 +232,58 @@ impl NodeStore {
                 text,
                 sent_at_ms: sent as u64,
                 received_at_ms: received as u64,
+                kind: MessageKind::from_code(kind)?,
             });
         }
         out.reverse();
         Ok(out)
+    }
+
+    /// Adds (or renames) a contact. Returns false when it was one already.
+    pub fn add_contact(&mut self, c: &Contact) -> Result<bool, StoreError> {
+        let existed: bool = self.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM contacts WHERE node_id = ?1)",
+            [c.id.as_bytes().as_slice()],
+            |r| r.get(0),
+        )?;
+        self.conn.execute(
+            "INSERT INTO contacts (node_id, name, added_at_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (node_id) DO UPDATE SET name = ?2",
+            params![c.id.as_bytes().as_slice(), c.name, c.added_at_ms as i64],
+        )?;
+        Ok(!existed)
+    }
+
+    /// Removes a contact. Returns whether it was one.
+    pub fn remove_contact(&mut self, id: &NodeId) -> Result<bool, StoreError> {
+        let n = self.conn.execute(
+            "DELETE FROM contacts WHERE node_id = ?1",
+            [id.as_bytes().as_slice()],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Every contact, by name.
+    pub fn contacts(&self) -> Result<Vec<Contact>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT node_id, name, added_at_ms FROM contacts ORDER BY name")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?;
+        rows.map(|row| {
+            let (id, name, at) = row?;
+            Ok(Contact {
+                id: node_id("contacts", &id)?,
+                name,
+                added_at_ms: at as u64,
+            })
+        })
+        .collect()
     }
 
     /// Records a share (replacing one with the same hash).
@@ -344,6 +450,11 @@ mod tests {
             text: format!("m{n}"),
             sent_at_ms: t,
             received_at_ms: t + 1,
+            kind: if n == 2 {
+                MessageKind::NoticeToAll
+            } else {
+                MessageKind::Chat
+            },
         };
         {
             let mut s = NodeStore::open(&path).unwrap();
@@ -355,6 +466,28 @@ mod tests {
         let got = s.messages(10).unwrap();
         assert_eq!(got, vec![msg(1, 100), msg(2, 200)]);
         assert_eq!(s.messages(1).unwrap(), vec![msg(2, 200)]);
+    }
+
+    #[test]
+    fn contacts_are_kept_renamed_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.db");
+        let a = SecretKey::generate(&mut rand::rngs::StdRng::seed_from_u64(1)).public();
+        let c = |name: &str| Contact {
+            id: a,
+            name: name.into(),
+            added_at_ms: 5,
+        };
+        {
+            let mut s = NodeStore::open(&path).unwrap();
+            assert!(s.add_contact(&c("bob")).unwrap());
+            assert!(!s.add_contact(&c("bobby")).unwrap());
+        }
+        let mut s = NodeStore::open(&path).unwrap();
+        assert_eq!(s.contacts().unwrap(), vec![c("bobby")]);
+        assert!(s.remove_contact(&a).unwrap());
+        assert!(!s.remove_contact(&a).unwrap());
+        assert!(s.contacts().unwrap().is_empty());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The server's store: which key owns which name, and the file tracker (who
-//! offers which file).
+//! offers which file). Accounts, invites, the allowlist, bans and the audit
+//! log are in [`crate::admission`].
 
 use std::path::Path;
 
@@ -27,6 +28,7 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX offers_by_node ON offers(node_id);
     CREATE INDEX offers_by_name ON offers(name COLLATE NOCASE);",
+    crate::admission::MIGRATION,
 ];
 
 /// A file in the tracker with every node that offers it (online or not).
@@ -55,7 +57,7 @@ pub enum NameBinding {
 /// The rendezvous server's persistent state.
 #[derive(Debug)]
 pub struct ServerStore {
-    conn: rusqlite::Connection,
+    pub(crate) conn: rusqlite::Connection,
 }
 
 impl ServerStore {

@@ -3,7 +3,9 @@
 
 use std::path::Path;
 
-use burrow_node::api::{MessageView, PeerView, Reply, Request, StatusView};
+use burrow_node::api::{
+    ContactView, MessageView, PeerView, Reply, Request, SettingsView, StatusView,
+};
 use burrow_node::control::{ClientError, ControlClient};
 use serde::de::DeserializeOwned;
 
@@ -204,7 +206,53 @@ pub fn message_line(m: &MessageView) -> String {
         .get(..19)
         .unwrap_or(&m.received_at)
         .replace('T', " ");
-    format!("[{when}] {}: {}", m.from_name, m.text)
+    match (m.from_server, m.everyone) {
+        (false, _) => format!("[{when}] {}: {}", m.from_name, m.text),
+        (true, true) => format!("[{when}] notice from the server to everyone: {}", m.text),
+        (true, false) => format!("[{when}] notice from the server to you: {}", m.text),
+    }
+}
+
+pub async fn contacts(
+    home: &Path,
+    json: bool,
+    add: Option<String>,
+    remove: Option<String>,
+) -> Result<(), CliError> {
+    let v = call(home, &Request::Contacts { add, remove }).await?;
+    if json {
+        print_json(&v);
+        return Ok(());
+    }
+    let list: Vec<ContactView> = parse(v)?;
+    if list.is_empty() {
+        println!("no contacts (burrow contacts add <peer>)");
+    }
+    for c in list {
+        println!(
+            "{:<20} {}  {}",
+            c.name,
+            &c.id[..8],
+            if c.online { "online" } else { "offline" }
+        );
+    }
+    Ok(())
+}
+
+pub async fn settings(home: &Path, json: bool, incoming: Option<String>) -> Result<(), CliError> {
+    let v = call(home, &Request::Settings { incoming }).await?;
+    if json {
+        print_json(&v);
+        return Ok(());
+    }
+    let s: SettingsView = parse(v)?;
+    let meaning = match s.incoming.as_str() {
+        "ask" => "contacts are accepted; others wait for burrow accept / reject",
+        "contacts-only" => "contacts are accepted; others are refused without asking",
+        _ => "every request is accepted",
+    };
+    println!("incoming {} ({meaning})", s.incoming);
+    Ok(())
 }
 
 pub async fn messages(home: &Path, json: bool, follow: bool, limit: usize) -> Result<(), CliError> {

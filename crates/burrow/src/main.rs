@@ -2,6 +2,7 @@
 //! node, in one binary. Everything that reads arguments, environment and files for
 //! configuration lives here; the libraries take parsed values.
 
+mod admin;
 mod client;
 mod demo;
 #[cfg(target_os = "linux")]
@@ -42,6 +43,11 @@ use clap::{Parser, Subcommand};
   burrow up --name carol --home ./carol                    no server: a network of your own
   burrow --home ./carol ticket                             hand it to a friend, who runs:
   burrow up --name dave --home ./dave --join <ticket>
+  burrow server --home ./srv --policy accounts             names need a password or invite
+  burrow --home ./srv admin invite --expires 24h           prints an invite code
+  burrow --home ./srv admin ban mallory --for 1h
+  burrow --home ./srv console                              an interactive operator console
+  burrow --home ./alice settings incoming contacts-only    refuse strangers quietly
 
 Logs: BURROW_LOG=debug (stderr)."
 )]
@@ -170,7 +176,25 @@ enum Command {
     /// Print this node's ticket (serverless networks): a friend runs
     /// `burrow up --join <ticket>` to join the network through this node.
     Ticket,
-    /// Show chat history.
+    /// Operate a running server (run on the server's machine, with its --home).
+    Admin {
+        #[command(subcommand)]
+        cmd: admin::AdminCmd,
+    },
+    /// An interactive console on a running server: users, say, tell, kick, ban,
+    /// unban, log, ... (type help).
+    Console,
+    /// Peers that may connect without asking: list them, add or remove one.
+    Contacts {
+        #[command(subcommand)]
+        cmd: Option<ContactsCmd>,
+    },
+    /// Show or change this node's settings.
+    Settings {
+        #[command(subcommand)]
+        cmd: Option<SettingsCmd>,
+    },
+    /// Show chat history (and notices from the server's operator).
     Messages {
         /// Keep running and print new messages as they arrive.
         #[arg(long, short)]
@@ -178,6 +202,36 @@ enum Command {
         /// How many of the newest messages to show.
         #[arg(long, default_value_t = 100)]
         limit: usize,
+    },
+}
+
+/// `burrow contacts ...`.
+#[derive(Subcommand, Debug)]
+enum ContactsCmd {
+    /// List contacts (the default).
+    List,
+    /// Let a peer connect without asking (it must be online or known).
+    Add {
+        /// Peer name, or a unique prefix of its id.
+        peer: String,
+    },
+    /// Stop treating a peer as a contact.
+    Remove {
+        /// Contact name, or a prefix of its id.
+        peer: String,
+    },
+}
+
+/// `burrow settings ...`.
+#[derive(Subcommand, Debug)]
+enum SettingsCmd {
+    /// What happens to connect requests: `ask` (default: contacts are accepted,
+    /// others wait for accept/reject), `contacts-only` (others are refused
+    /// without asking you), `anyone` (all are accepted).
+    Incoming {
+        /// ask, contacts-only or anyone.
+        #[arg(value_parser = ["ask", "contacts-only", "anyone"])]
+        policy: String,
     },
 }
 
@@ -239,7 +293,10 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), CliError> {
-    let is_server = matches!(cli.command, Command::Server(_));
+    let is_server = matches!(
+        cli.command,
+        Command::Server(_) | Command::Admin { .. } | Command::Console
+    );
     let home = cli.home.clone().unwrap_or_else(|| default_home(is_server));
     match cli.command {
         Command::Server(args) => serve::run(home, args).await,
@@ -281,6 +338,20 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Ticket => forum::ticket(&home, cli.json).await,
         Command::Messages { follow, limit } => {
             client::messages(&home, cli.json, follow, limit).await
+        }
+        Command::Admin { cmd } => admin::run(&home, cli.json, cmd).await,
+        Command::Console => admin::console(&home).await,
+        Command::Contacts { cmd } => {
+            let (add, remove) = match cmd.unwrap_or(ContactsCmd::List) {
+                ContactsCmd::List => (None, None),
+                ContactsCmd::Add { peer } => (Some(peer), None),
+                ContactsCmd::Remove { peer } => (None, Some(peer)),
+            };
+            client::contacts(&home, cli.json, add, remove).await
+        }
+        Command::Settings { cmd } => {
+            let incoming = cmd.map(|SettingsCmd::Incoming { policy }| policy);
+            client::settings(&home, cli.json, incoming).await
         }
     }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use burrow_proto::ServerAddr;
-use burrow_server::{BrokerConfig, Server, ServerConfig};
+use burrow_server::{AdmissionConfig, BrokerConfig, Policy, Server, ServerConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::CliError;
@@ -36,6 +36,32 @@ pub struct ServerArgs {
     /// Relayed traffic one node may send per session, in MiB.
     #[arg(long, default_value_t = 1024, value_name = "MIB")]
     relay_quota_mib: u64,
+    /// Who may register: `open` (any key takes a free name), `accounts` (a name
+    /// needs an account: `admin add-user` or an invite; a new key needs the
+    /// password), `allowlist` (only node ids `admin allow`ed).
+    #[arg(long, default_value = "open")]
+    policy: Policy,
+    /// Failed logins (per name, and per address) before the name's password
+    /// logins are blocked and the address is banned.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    max_failures: u32,
+    /// ... counted within this window.
+    #[arg(long, default_value = "10min", value_parser = humantime::parse_duration)]
+    failure_window: Duration,
+    /// The first such block or ban; each repeat doubles it (up to a day).
+    #[arg(long, default_value = "1min", value_parser = humantime::parse_duration)]
+    block: Duration,
+    /// New connections per second from one address (IPv6: one /64), after a
+    /// burst of four times as many.
+    #[arg(long, default_value_t = 5.0, value_name = "PER_SEC")]
+    conn_rate: f64,
+    /// STUN requests per second from one address, after a burst of twice as many.
+    #[arg(long, default_value_t = 20.0, value_name = "PER_SEC")]
+    stun_rate: f64,
+    /// Misbehaviour points (a bad frame is 20) that get an address banned for
+    /// 10 minutes (doubling on repeats).
+    #[arg(long, default_value_t = 100, value_name = "POINTS")]
+    misbehaviour_limit: u32,
 }
 
 pub async fn run(home: PathBuf, args: ServerArgs) -> Result<(), CliError> {
@@ -53,11 +79,24 @@ pub async fn run(home: PathBuf, args: ServerArgs) -> Result<(), CliError> {
         },
         idle_timeout: args.idle_timeout,
         alt_ip: args.alt_addr,
+        admission: AdmissionConfig {
+            policy: args.policy,
+            max_failures: args.max_failures.max(1),
+            failure_window: args.failure_window,
+            block_base: args.block,
+            conn_rate: args.conn_rate,
+            conn_burst: args.conn_rate * 4.0,
+            stun_rate: args.stun_rate,
+            stun_burst: args.stun_rate * 2.0,
+            misbehaviour_limit: args.misbehaviour_limit.max(1),
+            ..AdmissionConfig::default()
+        },
     };
     let server = Server::bind(&secret, config).map_err(|e| {
         let hint = match e {
             burrow_server::ServerError::Endpoint(_) => Some("is another server using that port? pick another with --listen".to_string()),
             burrow_server::ServerError::Stun(_) => Some("STUN also needs the next port (and --alt-addr, if given, needs a specific --listen address)".to_string()),
+            burrow_server::ServerError::Admin { .. } => Some("is a server already running with this --home? stop it, or pick another home".to_string()),
             _ => None,
         };
         CliError::new(e, hint)
@@ -99,7 +138,22 @@ pub async fn run(home: PathBuf, args: ServerArgs) -> Result<(), CliError> {
     }
     println!("server id: {}", server.id());
     println!("join URL:  {url}");
-    println!("nodes join with: burrow up --server {url} --name <name>");
+    match args.policy {
+        Policy::Open => {
+            println!("policy open: nodes join with: burrow up --server {url} --name <name>")
+        }
+        Policy::Accounts => {
+            println!("policy accounts: a name needs an account (burrow --home {} admin add-user <name>, or admin invite)", home.display());
+            println!("nodes join with: burrow up --server {url} --name <name> --password-stdin | --invite <code>");
+        }
+        Policy::Allowlist => {
+            println!("policy allowlist: only allowed node ids register (burrow --home {} admin allow <node-id>)", home.display());
+        }
+    }
+    println!(
+        "operate it with: burrow --home {} admin ... | console",
+        home.display()
+    );
     if local.ip().is_unspecified() {
         println!(
             "(use this machine's public address in place of {} if peers are elsewhere)",

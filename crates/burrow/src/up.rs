@@ -47,6 +47,15 @@ pub struct UpArgs {
     /// download is shared too, from where it was saved).
     #[arg(long)]
     no_reshare: bool,
+    /// On a server that keeps accounts: read the account's password from
+    /// standard input (its first line). With --invite, it becomes the new
+    /// account's password. A node whose key already holds its name needs none.
+    #[arg(long, requires = "server")]
+    password_stdin: bool,
+    /// On a server that keeps accounts: an invite code from its operator,
+    /// which makes the account for --name.
+    #[arg(long, requires = "server", value_name = "CODE")]
+    invite: Option<String>,
 }
 
 pub async fn run(home: PathBuf, args: UpArgs) -> Result<(), CliError> {
@@ -55,12 +64,27 @@ pub async fn run(home: PathBuf, args: UpArgs) -> Result<(), CliError> {
         println!("created a new identity in {}", home.join("key").display());
     }
     let server_mode = args.server.is_some();
+    let secret_arg = |text: String| {
+        burrow_proto::rendezvous::Secret::new(text).map_err(|e| CliError::new(e, None))
+    };
+    let credentials = burrow_proto::rendezvous::Credentials {
+        password: if args.password_stdin {
+            Some(secret_arg(crate::admin::read_password(true, "")?)?)
+        } else {
+            None
+        },
+        invite: args
+            .invite
+            .map(|c| secret_arg(c.trim().to_string()))
+            .transpose()?,
+    };
     let joining = !args.join.is_empty();
     let mut config = NodeConfig::new(home.clone(), secret, args.server, args.name);
     config.bind = args.bind;
     config.keepalive = args.keepalive;
     config.idle_timeout = args.idle_timeout;
     config.reshare = !args.no_reshare;
+    config.credentials = credentials;
     config.join = args.join;
     config.mesh_links = args.links.max(1);
     config.clock_skew_ms = args.clock_skew_ms;
@@ -110,10 +134,15 @@ pub async fn run(home: PathBuf, args: UpArgs) -> Result<(), CliError> {
     );
 
     let mut events = node.subscribe();
+    let mut expelled = None;
     loop {
         tokio::select! {
             _ = crate::stop_signal() => break,
             e = events.recv() => match e {
+                Ok(NodeEvent::Expelled { error, hint }) => {
+                    expelled = Some(CliError::new(error, hint));
+                    break;
+                }
                 Ok(event) => {
                     if let Some(line) = describe(&event, node.name()) {
                         println!("{line}");
@@ -129,7 +158,10 @@ pub async fn run(home: PathBuf, args: UpArgs) -> Result<(), CliError> {
     println!("stopping...");
     node.shutdown().await;
     println!("stopped");
-    Ok(())
+    match expelled {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// One event as a line for a person; `None` for events not worth a line.
@@ -149,6 +181,17 @@ pub fn describe(event: &NodeEvent, me: &Name) -> Option<String> {
         NodeEvent::IncomingRequest { name } => {
             format!("{name} asks to connect: burrow accept {name} (or burrow reject {name})")
         }
+        NodeEvent::RequestAnswered {
+            name,
+            accepted: true,
+            why,
+        } => format!("{name} asked to connect: accepted ({why})"),
+        NodeEvent::RequestAnswered {
+            name,
+            accepted: false,
+            why,
+        } => format!("{name} asked to connect: refused ({why})"),
+        NodeEvent::Expelled { error, .. } => error.clone(),
         NodeEvent::RequestClosed {
             name,
             direction,

@@ -181,8 +181,9 @@ async fn hostile_input_does_not_stop_the_server() {
     let server_addr: burrow_proto::ServerAddr = url.parse().unwrap();
     let addr: std::net::SocketAddr = server_addr.host_port().parse().unwrap();
 
-    // 1. Random datagrams, some dressed up as STUN.
-    let junk = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    // 1. Random datagrams, some dressed up as STUN (from an address of their
+    //    own, as an attacker's would be).
+    let junk = std::net::UdpSocket::bind("127.0.0.2:0").unwrap();
     let mut rng = rand::thread_rng();
     for i in 0..2000usize {
         let mut d = vec![0u8; 1 + (i * 13) % 1400];
@@ -199,7 +200,7 @@ async fn hostile_input_does_not_stop_the_server() {
     let ep = Endpoint::bind(
         &key,
         EndpointConfig {
-            bind: "127.0.0.1:0".parse().unwrap(),
+            bind: "127.0.0.2:0".parse().unwrap(),
             ..Default::default()
         },
     )

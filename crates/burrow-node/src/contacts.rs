@@ -1,0 +1,196 @@
+//! Contacts, and what happens to connect requests: the user's `settings incoming`.
+//!
+//! - `ask` (the default): contacts are accepted at once; anyone else waits for
+//!   `burrow accept` or `burrow reject`.
+//! - `contacts-only`: contacts are accepted; strangers are rejected without
+//!   bothering the user.
+//! - `anyone`: every request is accepted.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use burrow_proto::NodeId;
+use burrow_store::{Contact, NodeStore, StoreError};
+use tracing::{info, warn};
+
+use crate::api::{ContactView, SettingsView};
+use crate::event::NodeEvent;
+use crate::node::{resolve, ApiError, Inner, Node, RequestOp, State};
+
+/// The settings key of the incoming policy.
+const INCOMING_KEY: &str = "incoming";
+
+/// What happens to a connect request from someone who is not a contact.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Incoming {
+    /// Ask the user.
+    #[default]
+    Ask,
+    /// Reject it.
+    ContactsOnly,
+    /// Accept it.
+    Anyone,
+}
+
+impl std::str::FromStr for Incoming {
+    type Err = ApiError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "ask" => Ok(Incoming::Ask),
+            "contacts-only" => Ok(Incoming::ContactsOnly),
+            "anyone" => Ok(Incoming::Anyone),
+            _ => Err(ApiError::BadSetting(format!(
+                "incoming is ask, contacts-only or anyone, not {s:?}"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for Incoming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Incoming::Ask => "ask",
+            Incoming::ContactsOnly => "contacts-only",
+            Incoming::Anyone => "anyone",
+        })
+    }
+}
+
+/// Contacts and the incoming policy, as the node holds them.
+#[derive(Debug, Default)]
+pub(crate) struct Contacts {
+    ids: HashMap<NodeId, String>,
+    incoming: Incoming,
+}
+
+/// Loads contacts and the incoming policy from the store.
+pub(crate) fn load(store: &NodeStore) -> Result<Contacts, StoreError> {
+    let incoming = store
+        .setting(INCOMING_KEY)?
+        .and_then(|v| String::from_utf8(v).ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_default();
+    let ids = store
+        .contacts()?
+        .into_iter()
+        .map(|c| (c.id, c.name))
+        .collect();
+    Ok(Contacts { ids, incoming })
+}
+
+/// What to do with a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Answer {
+    Ask,
+    Accept(&'static str),
+    Reject(&'static str),
+}
+
+/// What the user's settings say about a request from `id`.
+pub(crate) fn answer(st: &State, id: &NodeId) -> Answer {
+    if st.contacts.ids.contains_key(id) {
+        return Answer::Accept("a contact");
+    }
+    match st.contacts.incoming {
+        Incoming::Ask => Answer::Ask,
+        Incoming::ContactsOnly => Answer::Reject("not a contact"),
+        Incoming::Anyone => Answer::Accept("anyone may connect"),
+    }
+}
+
+/// Answers a request as the settings say, and tells whoever watches.
+pub(crate) fn answer_for_user(inner: &Arc<Inner>, id: NodeId, name: String, answer: Answer) {
+    let (op, accepted, why) = match answer {
+        Answer::Ask => return,
+        Answer::Accept(why) => (RequestOp::Accept, true, why),
+        Answer::Reject(why) => (RequestOp::Reject, false, why),
+    };
+    let node = Node {
+        inner: inner.clone(),
+    };
+    inner.spawn(async move {
+        match node.request(&id.to_string(), op).await {
+            Ok(()) => {
+                info!(peer = %id.short(), accepted, why, "answered a request by the settings");
+                node.inner.emit(NodeEvent::RequestAnswered {
+                    name,
+                    accepted,
+                    why,
+                });
+            }
+            Err(e) => warn!(peer = %id.short(), error = %e, "could not answer a request"),
+        }
+    });
+}
+
+impl Node {
+    /// Adds `add` or removes `remove` (names or id prefixes), then lists the contacts.
+    pub async fn contacts(
+        &self,
+        add: Option<&str>,
+        remove: Option<&str>,
+    ) -> Result<Vec<ContactView>, ApiError> {
+        if let Some(peer) = add {
+            let (id, name) = {
+                let st = self.inner.state();
+                let id = resolve(&st, peer)?;
+                (id, st.name_of(&id))
+            };
+            let contact = Contact {
+                id,
+                name: name.clone(),
+                added_at_ms: burrow_proto::time::unix_ms(SystemTime::now()),
+            };
+            self.inner
+                .with_store(move |s| s.add_contact(&contact))
+                .await?;
+            self.inner.state().contacts.ids.insert(id, name);
+        }
+        if let Some(peer) = remove {
+            let id = {
+                let st = self.inner.state();
+                let wanted = peer.trim().to_ascii_lowercase();
+                let found = st
+                    .contacts
+                    .ids
+                    .iter()
+                    .find(|(id, name)| **name == wanted || id.to_string().starts_with(&wanted))
+                    .map(|(id, _)| *id);
+                found.ok_or_else(|| ApiError::NotAContact(peer.to_string()))?
+            };
+            self.inner
+                .with_store(move |s| s.remove_contact(&id))
+                .await?;
+            self.inner.state().contacts.ids.remove(&id);
+        }
+        let st = self.inner.state();
+        let mut list: Vec<ContactView> = st
+            .contacts
+            .ids
+            .iter()
+            .map(|(id, name)| ContactView {
+                id: id.to_string(),
+                name: name.clone(),
+                online: st.peers.get(id).is_some_and(|p| p.online),
+            })
+            .collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(list)
+    }
+
+    /// Sets what happens to incoming requests (if given), then shows the settings.
+    pub async fn settings(&self, incoming: Option<&str>) -> Result<SettingsView, ApiError> {
+        if let Some(value) = incoming {
+            let policy: Incoming = value.parse()?;
+            let stored = policy.to_string();
+            self.inner
+                .with_store(move |s| s.set_setting(INCOMING_KEY, stored.as_bytes()))
+                .await?;
+            self.inner.state().contacts.incoming = policy;
+        }
+        Ok(SettingsView {
+            incoming: self.inner.state().contacts.incoming.to_string(),
+        })
+    }
+}
