@@ -73,6 +73,10 @@ pub enum SessionError {
     /// The server refused our registration.
     #[error("the server refused to register us: {0}")]
     Refused(Refusal),
+    /// The server ended our session for good (kicked, banned, taken off the
+    /// allowlist).
+    #[error("the server disconnected us: {0}")]
+    Expelled(Refusal),
     /// The session broke.
     #[error("lost the server: {0}")]
     Lost(String),
@@ -91,7 +95,7 @@ impl SessionError {
             SessionError::KeyChanged { file, host, .. } => {
                 format!("if you trust the new key, remove the line for {host} from {file}")
             }
-            SessionError::Refused(r) => return refusal_hint(r),
+            SessionError::Refused(r) | SessionError::Expelled(r) => return refusal_hint(r),
             _ => return None,
         })
     }
@@ -312,14 +316,23 @@ pub(crate) async fn run(inner: Arc<Inner>, first: Session) {
     }
 }
 
+/// What to tell a user whose key the server doesn't allow.
+pub fn allow_hint(id: &NodeId) -> String {
+    format!("this server admits only the nodes its operator allowed: ask them to run `burrow admin allow {id}`")
+}
+
 /// If `error` is a final refusal, says so (the node stops trying) and returns true.
 fn expelled(inner: &Inner, error: &SessionError) -> bool {
     match error {
-        SessionError::Refused(r) if r.is_final() => {
-            warn!(reason = %r, "the server refused us; not trying again");
+        SessionError::Refused(r) | SessionError::Expelled(r) if r.is_final() => {
+            info!(reason = %r, "the server refused us; not trying again");
+            let hint = match r {
+                Refusal::NotAllowed => Some(allow_hint(&inner.id)),
+                _ => error.hint(),
+            };
             inner.emit(NodeEvent::Expelled {
                 error: error.to_string(),
-                hint: error.hint(),
+                hint,
             });
             true
         }
@@ -384,7 +397,7 @@ async fn serve(inner: &Arc<Inner>, session: Session) -> SessionError {
         };
         match msg {
             Ok(Some(ServerMsg::Refused { peer: None, reason })) if reason.is_final() => {
-                break SessionError::Refused(reason)
+                break SessionError::Expelled(reason)
             }
             Ok(Some(m)) => handle(inner, m),
             Ok(None) => break SessionError::Lost("the server closed the session".into()),

@@ -479,10 +479,11 @@ async fn handle(shared: &Arc<Shared>, request: AdminRequest) -> Outcome {
                     text: text.clone(),
                     everyone: false,
                 })
+                .is_ok()
             });
             match sent {
-                Some(Ok(())) => {}
-                Some(Err(_)) => return Err(Failure::new(format!("{who} is not reading"), None)),
+                Some(true) => {}
+                Some(false) => return Err(Failure::new(format!("{who} is not reading"), None)),
                 None => return Err(Failure::new(format!("{who} is not online"), None)),
             }
             journal.log(Actor::Operator, "tell", &who, text);

@@ -1,0 +1,328 @@
+//! Attackers against a real server on loopback, each from an address of its
+//! own, while honest nodes go about their business: the honest side is
+//! measured and must succeed.
+//!
+//! - forged and replayed answers to connect requests are refused, and enough
+//!   of them get the forger's address banned;
+//! - a flood of random datagrams and of half-open QUIC handshakes (real
+//!   Initial packets from many addresses, never answered) leaves honest nodes
+//!   able to register, connect and chat in normal time.
+
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use burrow_net::{Endpoint, EndpointConfig, FrameReader, FrameWriter};
+use burrow_proto::rendezvous::{self, ClientMsg, CloseReason, Refusal, ServerMsg};
+use burrow_proto::{NodeId, SecretKey, ServerAddr};
+use common::proc::*;
+use rand::{Rng, RngCore};
+
+/// A hand-driven rendezvous client: speaks the protocol, but is no node.
+struct RawClient {
+    _ep: Endpoint,
+    _conn: quinn::Connection,
+    reader: FrameReader,
+    writer: FrameWriter,
+}
+
+impl RawClient {
+    async fn register(bind: &str, server: &common::TestServer, name: &str) -> RawClient {
+        let key = SecretKey::generate(&mut rand::rngs::OsRng);
+        let ep = Endpoint::bind(
+            &key,
+            EndpointConfig {
+                bind: bind.parse().unwrap(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let (conn, _) = ep
+            .connect(server.addr, rendezvous::ALPN, server.url.key)
+            .await
+            .unwrap();
+        let (send, recv) = conn.open_bi().await.unwrap();
+        let mut c = RawClient {
+            _ep: ep,
+            _conn: conn,
+            reader: FrameReader::new(recv, rendezvous::VERSION, rendezvous::MAX_FRAME),
+            writer: FrameWriter::new(send, rendezvous::VERSION, rendezvous::MAX_FRAME),
+        };
+        c.send(ClientMsg::Hello {
+            name: name.parse().unwrap(),
+            lan_addrs: vec![],
+            credentials: Default::default(),
+        })
+        .await;
+        let welcome = c.next(|m| matches!(m, ServerMsg::Welcome { .. })).await;
+        assert!(welcome.is_some(), "no Welcome");
+        c
+    }
+
+    async fn send(&mut self, msg: ClientMsg) {
+        self.writer.write(&msg).await.unwrap();
+    }
+
+    /// The next message `pick` accepts (others are skipped); `None` if the
+    /// session ends first or nothing comes within the test's wait.
+    async fn next(&mut self, pick: impl Fn(&ServerMsg) -> bool) -> Option<ServerMsg> {
+        let deadline = tokio::time::Instant::now() + common::WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.reader.read::<ServerMsg>()).await {
+                Ok(Ok(Some(m))) if pick(&m) => return Some(m),
+                Ok(Ok(Some(_))) => {}
+                _ => return None,
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_and_replayed_answers_are_refused_and_the_forger_is_banned() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start_server(&dir.path().join("srv")).await;
+    let alice = common::start_node(&dir.path().join("alice"), "alice", &server.url).await;
+    let mut mallory = RawClient::register("127.0.0.5:0", &server, "mallory").await;
+    common::wait_until("alice sees mallory", || common::online(&alice, "mallory")).await;
+    let alice_id: NodeId = alice.id();
+    let refused_no_request = |m: &ServerMsg| {
+        matches!(
+            m,
+            ServerMsg::Refused {
+                reason: Refusal::NoSuchRequest,
+                ..
+            }
+        )
+    };
+
+    // An answer to a request nobody made.
+    mallory.send(ClientMsg::Accept { peer: alice_id }).await;
+    assert!(mallory.next(refused_no_request).await.is_some());
+
+    // A real request, withdrawn; mallory's accept replayed after it.
+    alice.connect("mallory").await.unwrap();
+    let incoming = mallory
+        .next(|m| matches!(m, ServerMsg::Incoming { .. }))
+        .await;
+    assert!(incoming.is_some());
+    alice.cancel("mallory").await.unwrap();
+    let closed = mallory
+        .next(|m| matches!(m, ServerMsg::Closed { .. }))
+        .await;
+    assert!(matches!(
+        closed,
+        Some(ServerMsg::Closed {
+            reason: CloseReason::Cancelled,
+            ..
+        })
+    ));
+    mallory.send(ClientMsg::Accept { peer: alice_id }).await;
+    assert!(mallory.next(refused_no_request).await.is_some());
+    assert_eq!(
+        common::link(&alice, "mallory"),
+        Some(burrow_node::api::ConnectionState::None),
+        "a replayed accept must not link anyone"
+    );
+
+    // Forging on and on: the address is banned and the session closed.
+    let mut banned = None;
+    for _ in 0..30 {
+        mallory.send(ClientMsg::Reject { peer: alice_id }).await;
+        if let Some(m) = mallory
+            .next(|m| {
+                refused_no_request(m)
+                    || matches!(
+                        m,
+                        ServerMsg::Refused {
+                            reason: Refusal::Banned { .. },
+                            ..
+                        }
+                    )
+            })
+            .await
+        {
+            if !refused_no_request(&m) {
+                banned = Some(m);
+                break;
+            }
+        }
+    }
+    assert!(banned.is_some(), "30 forged answers and no ban");
+    let again = Endpoint::bind(
+        &SecretKey::generate(&mut rand::rngs::OsRng),
+        EndpointConfig {
+            bind: "127.0.0.5:0".parse().unwrap(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(
+        again
+            .connect(server.addr, rendezvous::ALPN, server.url.key)
+            .await
+            .is_err(),
+        "a banned address got a new connection"
+    );
+    // alice, elsewhere, carries on.
+    common::wait_until("mallory gone", || !common::online(&alice, "mallory")).await;
+    let bob = common::start_node(&dir.path().join("bob"), "bob", &server.url).await;
+    common::connect_pair(&bob, &alice).await;
+    bob.shutdown().await;
+    alice.shutdown().await;
+    server.stop().await;
+}
+
+/// Real QUIC Initial packets, each opening a different connection: made by a
+/// client dialing a socket that never answers.
+async fn capture_initials(n: usize) -> Vec<Vec<u8>> {
+    let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sink.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let to = sink.local_addr().unwrap();
+    let client = Arc::new(
+        Endpoint::bind(
+            &SecretKey::generate(&mut rand::rngs::OsRng),
+            EndpointConfig {
+                bind: "127.0.0.1:0".parse().unwrap(),
+                ..Default::default()
+            },
+        )
+        .unwrap(),
+    );
+    let dials: Vec<_> = (0..n)
+        .map(|_| {
+            let c = client.clone();
+            tokio::spawn(async move {
+                let _ = c.connect(to, rendezvous::ALPN, None).await;
+            })
+        })
+        .collect();
+    let packets = tokio::task::spawn_blocking(move || {
+        let mut seen = std::collections::HashSet::new();
+        let mut packets = Vec::new();
+        let mut buf = [0u8; 2048];
+        while let Ok(len) = sink.recv(&mut buf) {
+            // One per connection (retransmissions repeat the destination
+            // connection id, which follows the first byte, version and length).
+            let dcid = buf[6..6 + (buf[5] as usize).min(20)].to_vec();
+            if len >= 1200 && seen.insert(dcid) {
+                packets.push(buf[..len].to_vec());
+            }
+            if packets.len() >= n {
+                break;
+            }
+        }
+        packets
+    })
+    .await
+    .unwrap();
+    for d in dials {
+        d.abort();
+    }
+    packets
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn floods_of_junk_and_half_open_handshakes_leave_honest_nodes_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = dir.path().join("srv");
+    let (mut server, url) = loopback_server(&srv, &[]);
+    let server_addr: SocketAddr = url
+        .parse::<ServerAddr>()
+        .unwrap()
+        .host_port()
+        .parse()
+        .unwrap();
+    let initials = Arc::new(capture_initials(400).await);
+    assert!(
+        initials.len() >= 100,
+        "captured {} Initials",
+        initials.len()
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (junk_sent, initials_sent) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // Random datagrams, some dressed as STUN, from 127.0.0.3.
+    let junk = {
+        let (stop, sent) = (stop.clone(), junk_sent.clone());
+        std::thread::spawn(move || {
+            let s = UdpSocket::bind("127.0.0.3:0").unwrap();
+            let mut rng = rand::thread_rng();
+            let mut d = [0u8; 1400];
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                for _ in 0..1000 {
+                    let len = rng.gen_range(1..1400);
+                    rng.fill_bytes(&mut d[..len]);
+                    if len > 20 && rng.gen_bool(0.25) {
+                        d[0] &= 0x3f;
+                        d[4..8].copy_from_slice(&burrow_proto::stun::MAGIC_COOKIE);
+                    }
+                    let _ = s.send_to(&d[..len], server_addr);
+                }
+                sent.fetch_add(1000, Ordering::Relaxed);
+            }
+        })
+    };
+    // Half-open handshakes: Initials from 64 ports of 127.0.0.4 and from 256
+    // addresses 127.0.1.x, never answered.
+    let half_open = {
+        let (stop, sent, initials) = (stop.clone(), initials_sent.clone(), initials.clone());
+        std::thread::spawn(move || {
+            let mut sockets: Vec<UdpSocket> = (0..64)
+                .map(|_| UdpSocket::bind("127.0.0.4:0").unwrap())
+                .collect();
+            sockets.extend((0..=255).map(|x| UdpSocket::bind(format!("127.0.1.{x}:0")).unwrap()));
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                for s in &sockets {
+                    let _ = s.send_to(&initials[i % initials.len()], server_addr);
+                    i += 1;
+                }
+                sent.fetch_add(sockets.len() as u64, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Honest users, measured while it goes on.
+    let (ah, bh) = (dir.path().join("alice"), dir.path().join("bob"));
+    let (registered, linked) = tokio::task::spawn_blocking(move || {
+        let t = Instant::now();
+        let alice = loopback_up(&ah, &url, "alice");
+        let bob = loopback_up(&bh, &url, "bob");
+        let registered = t.elapsed();
+        let t = Instant::now();
+        link((&bh, "bob"), (&ah, "alice"));
+        let (ok, out, err) = run(&bh, &["send", "alice", "hello under fire"]);
+        assert!(ok, "{out}{err}");
+        let linked = t.elapsed();
+        drop((alice, bob));
+        (registered, linked)
+    })
+    .await
+    .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    junk.join().unwrap();
+    half_open.join().unwrap();
+    println!(
+        "under {} junk datagrams and {} half-open handshakes: two nodes registered in {:?}, connected and chatted in {:?}",
+        junk_sent.load(Ordering::Relaxed),
+        initials_sent.load(Ordering::Relaxed),
+        registered,
+        linked
+    );
+    assert!(junk_sent.load(Ordering::Relaxed) > 10_000);
+    assert!(initials_sent.load(Ordering::Relaxed) > 1_000);
+    assert!(registered < Duration::from_secs(5), "{registered:?}");
+    assert!(linked < Duration::from_secs(5), "{linked:?}");
+    // The server still answers its operator, and is still running.
+    let status = json(&srv, &["admin", "status"]);
+    assert_eq!(status["policy"], "open");
+    assert!(server.child.try_wait().unwrap().is_none(), "server died");
+    assert!(server.terminate().success());
+}
