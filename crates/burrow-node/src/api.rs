@@ -334,6 +334,10 @@ pub struct StatusView {
     pub local_addr: String,
     /// Live peer connections.
     pub connections: Vec<ConnectionView>,
+    /// Whom the server announces: `everyone`, or only `watched` nodes (contacts
+    /// and links; others are found by name).
+    #[serde(default)]
+    pub presence: String,
 }
 
 /// A contact.

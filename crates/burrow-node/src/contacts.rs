@@ -64,6 +64,13 @@ pub(crate) struct Contacts {
     incoming: Incoming,
 }
 
+impl Contacts {
+    /// The contacts' ids.
+    pub(crate) fn ids(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.ids.keys().copied()
+    }
+}
+
 /// Loads contacts and the incoming policy from the store.
 pub(crate) fn load(store: &NodeStore) -> Result<Contacts, StoreError> {
     let incoming = store
@@ -132,6 +139,7 @@ impl Node {
         remove: Option<&str>,
     ) -> Result<Vec<ContactView>, ApiError> {
         if let Some(peer) = add {
+            self.find_peer(peer).await?;
             let (id, name) = {
                 let st = self.inner.state();
                 let id = resolve(&st, peer)?;
@@ -146,6 +154,7 @@ impl Node {
                 .with_store(move |s| s.add_contact(&contact))
                 .await?;
             self.inner.state().contacts.ids.insert(id, name);
+            crate::presence::set_watch(&self.inner, id, true);
         }
         if let Some(peer) = remove {
             let id = {
@@ -163,6 +172,7 @@ impl Node {
                 .with_store(move |s| s.remove_contact(&id))
                 .await?;
             self.inner.state().contacts.ids.remove(&id);
+            crate::presence::set_watch(&self.inner, id, false);
         }
         let st = self.inner.state();
         let mut list: Vec<ContactView> = st

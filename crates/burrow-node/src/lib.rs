@@ -31,6 +31,7 @@ pub mod mesh;
 pub mod nat;
 mod node;
 pub mod peers;
+mod presence;
 pub mod session;
 pub mod trust;
 

@@ -26,7 +26,7 @@ use crate::{control, peers};
 /// Most peers the node tracks (the server's presence list can be long).
 pub(crate) const MAX_PEERS: usize = 100_000;
 /// How long an operation waits for the server's answer.
-const SERVER_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const SERVER_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Events buffered for slow watchers before they miss some.
 const EVENT_BUFFER: usize = 1024;
 
@@ -98,6 +98,10 @@ pub(crate) struct State {
     pub mesh: crate::mesh::MeshState,
     /// Who may connect without asking, and what to do with strangers.
     pub contacts: crate::contacts::Contacts,
+    /// Whom the server tells us about: everyone, or whom we watch.
+    pub presence: burrow_proto::rendezvous::PresenceScope,
+    /// Name lookups waiting for the server's answer, by query id.
+    pub lookups: HashMap<u32, oneshot::Sender<Option<PeerInfo>>>,
 }
 
 impl State {
@@ -556,6 +560,11 @@ impl Node {
                 .map(|a| a.to_string())
                 .unwrap_or_default(),
             connections,
+            presence: match st.presence {
+                burrow_proto::rendezvous::PresenceScope::Everyone => "everyone",
+                burrow_proto::rendezvous::PresenceScope::Watched => "watched",
+            }
+            .into(),
         }
     }
 
@@ -604,6 +613,7 @@ impl Node {
     }
 
     pub(crate) async fn request(&self, peer: &str, op: RequestOp) -> Result<(), ApiError> {
+        self.find_peer(peer).await?;
         let (id, name, tx, rx) = {
             let mut st = self.inner.state();
             let id = resolve(&st, peer)?;

@@ -225,7 +225,10 @@ pub(crate) async fn connect(inner: &Arc<Inner>) -> Result<Session, SessionError>
         .map_err(|_| SessionError::Lost("no answer to Hello".into()))??;
     match first {
         Some(ServerMsg::Welcome {
-            observed, peers, ..
+            observed,
+            peers,
+            presence,
+            ..
         }) => {
             let (tx, rx) = mpsc::channel::<ClientMsg>(OUTBOX);
             {
@@ -236,6 +239,7 @@ pub(crate) async fn connect(inner: &Arc<Inner>) -> Result<Session, SessionError>
                 st.server_addr = Some(addr);
                 st.server_id = Some(key);
                 st.public_addr = Some(observed);
+                st.presence = presence;
                 for p in st.peers.values_mut() {
                     p.online = false;
                 }
@@ -246,6 +250,7 @@ pub(crate) async fn connect(inner: &Arc<Inner>) -> Result<Session, SessionError>
                 for id in ids {
                     st.forget_idle(&id);
                 }
+                crate::presence::send_watches(&st);
             }
             // Ask STUN too: it is what peers will see once punching needs it, and
             // it checks the shared socket end to end.
@@ -550,6 +555,11 @@ fn handle(inner: &Arc<Inner>, msg: ServerMsg) {
             resolve_waiter(&mut st, peer, |_| true, Err(reason));
         }
         ServerMsg::Refused { peer: None, reason } => warn!(%reason, "server refused a message"),
+        ServerMsg::Found { query_id, peer } => {
+            if let Some(tx) = st.lookups.remove(&query_id) {
+                let _ = tx.send(peer);
+            }
+        }
         ServerMsg::SearchResults { query_id, results } => {
             if let Some(tx) = st.searches.remove(&query_id) {
                 let _ = tx.send(results);

@@ -9,6 +9,8 @@
 //!  |         credentials}                    |  binds name to key (or Refused)
 //!  |<----------- Welcome{observed, peers} ---|
 //!  |<---------- PeerJoined / PeerLeft -------|  live presence, no polling
+//!  |-- Watch{ids} / Lookup{name} ----------->|  (presence `Watched`: only
+//!  |<---------- Peers / Found ---------------|   watched nodes are announced)
 //!  |<---------- Notice{text, everyone} ------|  the operator's `say` / `tell`
 //!  |<---------- Refused{None, Banned|Kicked}-|  then the server closes the session
 //!
@@ -71,6 +73,10 @@ pub const MAX_CANDIDATES: usize = 16;
 /// Longest password a node may send, in bytes (argon2 takes any length; this
 /// bounds what a stranger makes the server hash).
 pub const MAX_PASSWORD: usize = 256;
+/// Most ids in one [`ClientMsg::Watch`] or [`ClientMsg::Unwatch`] (8 KiB).
+pub const WATCH_PER_FRAME: usize = 256;
+/// Most nodes one node may watch (contacts and links; more are ignored).
+pub const MAX_WATCHES: usize = 1024;
 /// Longest operator notice, in bytes.
 pub const MAX_NOTICE: usize = 4096;
 
@@ -121,6 +127,19 @@ pub struct Credentials {
     pub password: Option<Secret>,
     /// An invite code from the operator: creates the account.
     pub invite: Option<Secret>,
+}
+
+/// Whom a node hears come and go.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PresenceScope {
+    /// Every node online (a community server: `burrow peers` lists everyone).
+    #[default]
+    Everyone,
+    /// Only the nodes it watches ([`ClientMsg::Watch`]: its contacts; its links
+    /// are watched for it) and those it looked up by name ([`ClientMsg::Lookup`]).
+    /// What a server of many thousands runs: presence then costs each node what
+    /// it watches, not the square of the nodes online.
+    Watched,
 }
 
 /// A node as everyone else sees it in the presence list.
@@ -177,6 +196,26 @@ pub enum ClientMsg {
     },
     /// Leaving now (the server says so to the others at once).
     Bye,
+    /// Tell us when these nodes come and go (presence [`PresenceScope::Watched`];
+    /// at most [`WATCH_PER_FRAME`]). Answered with [`ServerMsg::Peers`] listing
+    /// those online now.
+    Watch {
+        /// The nodes.
+        ids: Vec<NodeId>,
+    },
+    /// Stop telling us about these nodes.
+    Unwatch {
+        /// The nodes.
+        ids: Vec<NodeId>,
+    },
+    /// Who is online under `name`? Answered by [`ServerMsg::Found`] with the same
+    /// `query_id`; a node found is watched from then on.
+    Lookup {
+        /// Chosen by the node to match the answer.
+        query_id: u32,
+        /// The name.
+        name: Name,
+    },
     /// Put these files in the tracker as offered by us (at most
     /// [`OFFERS_PER_FRAME`]). With `replace`, first forget everything we offered
     /// before: a node sends its whole list this way after registering.
@@ -331,6 +370,8 @@ pub enum ServerMsg {
         peers: Vec<PeerInfo>,
         /// How long a connect request waits for an answer, in milliseconds.
         request_ttl_ms: u64,
+        /// Whom we will hear about: everyone, or only whom we watch.
+        presence: PresenceScope,
     },
     /// Something the node asked for was refused. Refusing `Hello` ends the session.
     Refused {
@@ -396,6 +437,13 @@ pub enum ServerMsg {
         text: String,
         /// Sent to every online node (`say`), not only to us (`tell`).
         everyone: bool,
+    },
+    /// The answer to [`ClientMsg::Lookup`].
+    Found {
+        /// The lookup's id.
+        query_id: u32,
+        /// The node online under that name, if any.
+        peer: Option<PeerInfo>,
     },
     /// The answer to [`ClientMsg::Search`].
     SearchResults {
@@ -504,6 +552,10 @@ mod tests {
             arb_id().prop_map(|peer| ClientMsg::Repunch { peer }),
             arb_id().prop_map(|peer| ClientMsg::Release { peer }),
             Just(ClientMsg::Bye),
+            proptest::collection::vec(arb_id(), 0..8).prop_map(|ids| ClientMsg::Watch { ids }),
+            proptest::collection::vec(arb_id(), 0..8).prop_map(|ids| ClientMsg::Unwatch { ids }),
+            (any::<u32>(), arb_name())
+                .prop_map(|(query_id, name)| ClientMsg::Lookup { query_id, name }),
             (any::<bool>(), proptest::collection::vec(arb_file(), 0..4))
                 .prop_map(|(replace, files)| ClientMsg::Offer { replace, files }),
             any::<[u8; 32]>().prop_map(|h| ClientMsg::Unoffer { hash: BlobHash(h) }),
@@ -524,13 +576,23 @@ mod tests {
             (
                 arb_addr(),
                 proptest::collection::vec(info(), 0..8),
-                any::<u64>()
+                any::<u64>(),
+                any::<bool>()
             )
-                .prop_map(|(observed, peers, request_ttl_ms)| ServerMsg::Welcome {
-                    observed,
-                    peers,
-                    request_ttl_ms
+                .prop_map(|(observed, peers, request_ttl_ms, watched)| {
+                    ServerMsg::Welcome {
+                        observed,
+                        peers,
+                        request_ttl_ms,
+                        presence: if watched {
+                            PresenceScope::Watched
+                        } else {
+                            PresenceScope::Everyone
+                        },
+                    }
                 }),
+            (any::<u32>(), proptest::option::of(info()))
+                .prop_map(|(query_id, peer)| ServerMsg::Found { query_id, peer }),
             (
                 proptest::option::of(arb_id()),
                 prop_oneof![

@@ -25,13 +25,15 @@ use std::time::{Duration, Instant};
 use burrow_proto::punch::PunchTicket;
 use burrow_proto::relay::Channel;
 use burrow_proto::rendezvous::{
-    ClientMsg, CloseReason, Direction, PeerInfo, Refusal, ServerMsg, PEERS_PER_FRAME,
+    ClientMsg, CloseReason, Direction, PeerInfo, PresenceScope, Refusal, ServerMsg,
+    PEERS_PER_FRAME, WATCH_PER_FRAME,
 };
 use burrow_proto::NodeId;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use crate::limit::RateLimit;
+use crate::presence::Presence;
 
 /// Fresh punches for one link at most this often (both sides may ask at once).
 const REPUNCH_INTERVAL: Duration = Duration::from_secs(2);
@@ -56,6 +58,10 @@ pub struct BrokerConfig {
     /// Most links one node may have; a new one past that ends its oldest.
     /// Default 64.
     pub max_links_per_node: usize,
+    /// Whom each node hears come and go. Default [`PresenceScope::Everyone`]:
+    /// right for thousands of nodes; [`PresenceScope::Watched`] for more (see
+    /// [`crate::presence`]).
+    pub presence: PresenceScope,
 }
 
 impl Default for BrokerConfig {
@@ -68,6 +74,7 @@ impl Default for BrokerConfig {
             relay_burst: 4 << 20,
             relay_quota: 1 << 30,
             max_links_per_node: 64,
+            presence: PresenceScope::Everyone,
         }
     }
 }
@@ -130,6 +137,8 @@ pub struct Registry {
     channels: HashMap<Channel, (NodeId, NodeId)>,
     /// (asker, peer) → expiry: a `Repunch` without a link, waiting for the peer's.
     wishes: HashMap<(NodeId, NodeId), Instant>,
+    /// Who hears about whom.
+    presence: Presence,
 }
 
 impl Registry {
@@ -141,6 +150,7 @@ impl Registry {
     /// An empty registry drawing punch tickets from `rng`.
     pub fn with_rng(config: BrokerConfig, rng: StdRng) -> Self {
         Registry {
+            presence: Presence::new(config.presence),
             config,
             rng,
             nodes: HashMap::new(),
@@ -181,16 +191,21 @@ impl Registry {
         };
         let mut candidates = vec![observed];
         candidates.extend(lan.into_iter().filter(|a| *a != observed));
-        let mut peers: Vec<PeerInfo> = self
-            .nodes
-            .values()
-            .filter(|n| n.info.id != id)
-            .map(|n| n.info.clone())
-            .collect();
-        out.extend(
-            peers
+        self.presence.joined(id, &info.name);
+        let audience = self.presence.audience(id, self.nodes.keys());
+        // Under `Everyone` the audience is everyone else, and that is the
+        // newcomer's snapshot too; under `Watched` it starts with nothing.
+        let mut peers: Vec<PeerInfo> = match self.presence.scope() {
+            PresenceScope::Everyone => audience
                 .iter()
-                .map(|p| (p.id, ServerMsg::PeerJoined(info.clone()))),
+                .filter_map(|o| self.nodes.get(o).map(|n| n.info.clone()))
+                .collect(),
+            PresenceScope::Watched => Vec::new(),
+        };
+        out.extend(
+            audience
+                .into_iter()
+                .map(|o| (o, ServerMsg::PeerJoined(info.clone()))),
         );
         let rest = peers.split_off(peers.len().min(PEERS_PER_FRAME));
         out.push((
@@ -199,6 +214,7 @@ impl Registry {
                 observed,
                 peers,
                 request_ttl_ms: self.config.request_ttl.as_millis() as u64,
+                presence: self.presence.scope(),
             },
         ));
         out.extend(
@@ -224,13 +240,17 @@ impl Registry {
         if self.nodes.get(&id).is_none_or(|n| n.session != session) {
             return Vec::new();
         }
-        self.nodes.remove(&id);
+        if let Some(gone) = self.nodes.remove(&id) {
+            self.presence.left(id, &gone.info.name);
+        }
         self.end_links_of(id);
         let mut out = self.end_requests_of(id);
         out.extend(
-            self.nodes
-                .keys()
-                .map(|&other| (other, ServerMsg::PeerLeft { id })),
+            self.presence
+                .audience(id, self.nodes.keys())
+                .into_iter()
+                .filter(|o| self.nodes.contains_key(o))
+                .map(|other| (other, ServerMsg::PeerLeft { id })),
         );
         out
     }
@@ -267,6 +287,33 @@ impl Registry {
                 self.end_link(pair(from, peer));
                 self.wishes.remove(&(from, peer));
                 Vec::new()
+            }
+            ClientMsg::Watch { ids } => {
+                let ids = &ids[..ids.len().min(WATCH_PER_FRAME)];
+                let online: Vec<PeerInfo> = self
+                    .presence
+                    .watch(from, ids)
+                    .iter()
+                    .filter_map(|w| self.nodes.get(w).map(|n| n.info.clone()))
+                    .collect();
+                if online.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![(from, ServerMsg::Peers(online))]
+                }
+            }
+            ClientMsg::Unwatch { ids } => {
+                self.presence
+                    .unwatch(from, &ids[..ids.len().min(WATCH_PER_FRAME)]);
+                Vec::new()
+            }
+            ClientMsg::Lookup { query_id, name } => {
+                let peer = self.presence.lookup(&name);
+                if let Some(p) = peer {
+                    self.presence.watch(from, &[p]);
+                }
+                let peer = peer.and_then(|p| self.nodes.get(&p).map(|n| n.info.clone()));
+                vec![(from, ServerMsg::Found { query_id, peer })]
             }
             ClientMsg::Hello { .. } => vec![refused(from, None, Refusal::HelloExpected)],
             // The tracker's messages are the server driver's (they touch the store).
@@ -387,6 +434,9 @@ impl Registry {
                 }
             }
         }
+        // Linked nodes hear about each other, whatever the presence scope.
+        self.presence.watch(a, &[b]);
+        self.presence.watch(b, &[a]);
         let channel = Channel::random(&mut self.rng);
         self.links.insert(
             key,

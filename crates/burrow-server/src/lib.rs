@@ -23,6 +23,7 @@ pub mod broker;
 pub mod journal;
 pub mod limit;
 pub mod password;
+pub mod presence;
 mod register;
 mod server;
 pub mod tracker;

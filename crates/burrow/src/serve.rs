@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use burrow_proto::rendezvous::PresenceScope;
 use burrow_proto::ServerAddr;
 use burrow_server::{AdmissionConfig, BrokerConfig, Policy, Server, ServerConfig};
 use tokio_util::sync::CancellationToken;
@@ -62,6 +63,19 @@ pub struct ServerArgs {
     /// 10 minutes (doubling on repeats).
     #[arg(long, default_value_t = 100, value_name = "POINTS")]
     misbehaviour_limit: u32,
+    /// Whom each node hears come and go: `everyone` (every node sees every
+    /// other; fine for thousands), or `watched` (only its contacts and links;
+    /// others are found by name: for tens of thousands and more).
+    #[arg(long, default_value = "everyone", value_parser = parse_presence)]
+    presence: PresenceScope,
+}
+
+fn parse_presence(s: &str) -> Result<PresenceScope, String> {
+    match s {
+        "everyone" => Ok(PresenceScope::Everyone),
+        "watched" => Ok(PresenceScope::Watched),
+        _ => Err(format!("{s:?}: use everyone or watched")),
+    }
 }
 
 pub async fn run(home: PathBuf, args: ServerArgs) -> Result<(), CliError> {
@@ -75,6 +89,7 @@ pub async fn run(home: PathBuf, args: ServerArgs) -> Result<(), CliError> {
             relay_rate: args.relay_rate_kib.saturating_mul(1024),
             relay_burst: args.relay_rate_kib.saturating_mul(2048),
             relay_quota: args.relay_quota_mib.saturating_mul(1 << 20),
+            presence: args.presence,
             ..BrokerConfig::default()
         },
         idle_timeout: args.idle_timeout,

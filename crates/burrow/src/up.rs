@@ -131,7 +131,9 @@ pub async fn run(home: PathBuf, args: UpArgs) -> Result<(), CliError> {
         .filter(|p| p.online)
         .filter_map(|p| p.name)
         .collect();
-    if online.is_empty() {
+    if status.presence == "watched" {
+        println!("this server announces only your contacts and links; connect to others by name");
+    } else if online.is_empty() {
         println!("nobody else is online yet");
     } else {
         println!("online: {}", online.join(", "));

@@ -290,3 +290,58 @@ async fn nat_diagnosis_against_a_one_address_server() {
     alice.shutdown().await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watched_presence_announces_only_contacts_and_links_and_finds_others_by_name() {
+    use burrow_proto::rendezvous::PresenceScope;
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("srv");
+    let mut config = fast_server_config(&home, "127.0.0.1:0".parse().unwrap());
+    config.broker.presence = PresenceScope::Watched;
+    let server = start_server_with(&home, config).await;
+    let alice = start_node(&dir.path().join("alice"), "alice", &server.url).await;
+    let bob = start_node(&dir.path().join("bob"), "bob", &server.url).await;
+    let carol = start_node(&dir.path().join("carol"), "carol", &server.url).await;
+    assert_eq!(alice.status().presence, "watched");
+    // Nobody hears about anybody yet.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(alice.peers().is_empty(), "{:?}", alice.peers());
+
+    // alice names bob: the server finds him, and the request goes through.
+    let mut bob_events = bob.subscribe();
+    alice.connect("bob").await.expect("bob found by name");
+    wait_event(&mut bob_events, "alice's request", |e| {
+        matches!(e, NodeEvent::IncomingRequest { name } if name == "alice").then_some(())
+    })
+    .await;
+    bob.accept("alice").await.unwrap();
+    wait_until("linked", || {
+        link(&alice, "bob") == Some(ConnectionState::Direct)
+    })
+    .await;
+    assert!(
+        !online(&alice, "carol"),
+        "carol is nobody's business of alice's"
+    );
+
+    // A contact is announced as it comes and goes.
+    alice
+        .contacts(Some("carol"), None)
+        .await
+        .expect("carol found by name");
+    wait_until("carol online for alice", || online(&alice, "carol")).await;
+    let mut events = alice.subscribe();
+    carol.shutdown().await;
+    wait_event(&mut events, "carol leaving", |e| {
+        matches!(e, NodeEvent::PeerOffline { name } if name == "carol").then_some(())
+    })
+    .await;
+    // A name nobody holds is still an unknown peer.
+    assert!(matches!(
+        alice.connect("nobody").await,
+        Err(ApiError::UnknownPeer(_))
+    ));
+    bob.shutdown().await;
+    alice.shutdown().await;
+    server.stop().await;
+}
