@@ -16,10 +16,14 @@
 //! `forum`: see [`forum`]. Run with `cargo run --release -p burrow-bench -- forum`
 //! (no root needed: loopback and memory).
 //!
+//! `server`: see [`server`]. Run with `cargo build --release -p burrow &&
+//! cargo run --release -p burrow-bench -- server` (no root needed: loopback).
+//!
 //! `transfer`: see [`transfer`]. Run with `cargo build --release -p burrow &&
 //! cargo run --release -p burrow-bench -- transfer [--lab]`.
 
 mod forum;
+mod server;
 mod transfer;
 
 use std::net::{SocketAddr, UdpSocket};
@@ -68,6 +72,29 @@ enum Bench {
         #[arg(long, default_value_t = 10)]
         delay_ms: u64,
     },
+    /// One server process under many simulated nodes: registrations per second,
+    /// memory per node, brokering latency at a steady rate.
+    Server {
+        /// Simulated nodes.
+        #[arg(long, default_value_t = 100_000)]
+        nodes: usize,
+        /// Nodes per source address (127.x.y.z): within the server's per-address
+        /// connection burst (20).
+        #[arg(long, default_value_t = 16)]
+        per_addr: usize,
+        /// Registrations in flight at once.
+        #[arg(long, default_value_t = 256)]
+        parallel: usize,
+        /// Connect requests per second in the brokering phase.
+        #[arg(long, default_value_t = 1000)]
+        rate: u32,
+        /// How long the brokering phase lasts, in seconds.
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+        /// The server's presence scope: watched or everyone.
+        #[arg(long, default_value = "watched")]
+        presence: String,
+    },
     /// Forum gossip across in-process nodes, and set reconciliation.
     Forum {
         /// Nodes in the gossip mesh.
@@ -93,6 +120,21 @@ fn main() {
             delay_ms,
         } => transfer::run(size_mib, lab.then(|| Duration::from_millis(delay_ms))),
         Bench::Forum { nodes, posts } => forum::run(nodes, posts),
+        Bench::Server {
+            nodes,
+            per_addr,
+            parallel,
+            rate,
+            secs,
+            presence,
+        } => server::run(server::Args {
+            nodes,
+            per_addr,
+            parallel,
+            rate,
+            secs,
+            presence,
+        }),
     }
 }
 

@@ -340,7 +340,7 @@ fn burrow(bin: &Path, dir: &Path, file: &Path, server: &End, from: &End, to: &En
 }
 
 /// The release `burrow` binary, built beside this benchmark.
-fn burrow_binary() -> PathBuf {
+pub(crate) fn burrow_binary() -> PathBuf {
     let bin = std::env::current_exe()
         .expect("own path")
         .with_file_name("burrow");

@@ -461,10 +461,10 @@ async fn handle(shared: &Arc<Shared>, request: AdminRequest) -> Outcome {
             check_notice(&text)?;
             let hub = shared.hub();
             for s in hub.sessions.values() {
-                let _ = s.tx.try_send(ServerMsg::Notice {
+                let _ = s.tx.try_send(Box::new(ServerMsg::Notice {
                     text: text.clone(),
                     everyone: true,
-                });
+                }));
             }
             let n = hub.sessions.len();
             drop(hub);
@@ -475,10 +475,10 @@ async fn handle(shared: &Arc<Shared>, request: AdminRequest) -> Outcome {
             check_notice(&text)?;
             let id = resolve_node(shared, &who).await?;
             let sent = shared.hub().sessions.get(&id).map(|s| {
-                s.tx.try_send(ServerMsg::Notice {
+                s.tx.try_send(Box::new(ServerMsg::Notice {
                     text: text.clone(),
                     everyone: false,
-                })
+                }))
                 .is_ok()
             });
             match sent {

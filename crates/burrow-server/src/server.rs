@@ -95,7 +95,9 @@ pub enum ServerError {
 
 pub(crate) struct Session {
     pub(crate) id: u64,
-    pub(crate) tx: mpsc::Sender<ServerMsg>,
+    /// Boxed: a queue's first block holds 32 slots whether used or not, and
+    /// with 100 000 sessions 32 whole messages each would be 400 MiB.
+    pub(crate) tx: mpsc::Sender<Box<ServerMsg>>,
     pub(crate) conn: quinn::Connection,
     pub(crate) name: burrow_proto::Name,
 }
@@ -104,7 +106,9 @@ impl Session {
     /// Tells the node why it must go, then closes its connection once the node
     /// has read that (or after a second).
     pub(crate) fn expel(&self, reason: Refusal) {
-        let _ = self.tx.try_send(ServerMsg::Refused { peer: None, reason });
+        let _ = self
+            .tx
+            .try_send(Box::new(ServerMsg::Refused { peer: None, reason }));
         let conn = self.conn.clone();
         tokio::spawn(async move {
             let _ = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await;
@@ -188,7 +192,7 @@ impl Hub {
     pub(crate) fn deliver(&self, out: Vec<Out>) {
         for (to, msg) in out {
             if let Some(s) = self.sessions.get(&to) {
-                match s.tx.try_send(msg) {
+                match s.tx.try_send(Box::new(msg)) {
                     Ok(()) => {}
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         if s.conn.close_reason().is_none() {
@@ -554,7 +558,17 @@ async fn serve_node(incoming: quinn::Incoming, shared: Arc<Shared>) -> Result<()
         }
     };
 
-    match register::admit(&shared, id, &name, credentials, observed.ip()).await {
+    // Boxed: the registration's future is large and finished after Hello; the
+    // session's own future lives as long as the node stays.
+    match Box::pin(register::admit(
+        &shared,
+        id,
+        &name,
+        credentials,
+        observed.ip(),
+    ))
+    .await
+    {
         Ok(how) => {
             shared.journal.log(
                 Actor::Server,
@@ -637,7 +651,7 @@ async fn serve_node(incoming: quinn::Incoming, shared: Arc<Shared>) -> Result<()
                             peer: Some(*peer),
                             reason: Refusal::TooManyRequests,
                         };
-                        let _ = answers.try_send(refusal);
+                        let _ = answers.try_send(Box::new(refusal));
                         continue;
                     }
                 }
@@ -647,8 +661,10 @@ async fn serve_node(incoming: quinn::Incoming, shared: Arc<Shared>) -> Result<()
                     ClientMsg::Offer { .. } | ClientMsg::Unoffer { .. } | ClientMsg::Search { .. }
                 ) {
                     let online = |found| tracker::entries(&shared.hub().registry, found);
-                    if let Some(answer) = tracker::handle(&shared.store, online, id, msg).await {
-                        if answers.try_send(answer).is_err() {
+                    if let Some(answer) =
+                        Box::pin(tracker::handle(&shared.store, online, id, msg)).await
+                    {
+                        if answers.try_send(Box::new(answer)).is_err() {
                             warn!(node = %id.short(), "node is not reading its answers");
                         }
                     }
