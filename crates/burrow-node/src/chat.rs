@@ -92,6 +92,7 @@ async fn receive(
     };
     if text.is_empty() || text.len() > chat::MAX_TEXT {
         warn!(peer = %peer.short(), len = text.len(), "refusing chat message of bad length");
+        crate::conduct::strike(inner, peer, "a chat message of a bad length");
         return Ok(());
     }
     let from_name = inner.state().name_of(&peer);

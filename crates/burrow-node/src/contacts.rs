@@ -94,10 +94,16 @@ pub(crate) enum Answer {
     Reject(&'static str),
 }
 
-/// What the user's settings say about a request from `id`.
-pub(crate) fn answer(st: &State, id: &NodeId) -> Answer {
+/// What the user's settings (and the peer's conduct) say about a request from `id`.
+pub(crate) fn answer(st: &mut State, id: &NodeId) -> Answer {
+    if st.conduct.refused(id) {
+        return Answer::Reject("it misbehaved");
+    }
     if st.contacts.ids.contains_key(id) {
         return Answer::Accept("a contact");
+    }
+    if !st.conduct.request(*id, std::time::Instant::now()) {
+        return Answer::Reject("asking too often");
     }
     match st.contacts.incoming {
         Incoming::Ask => Answer::Ask,
@@ -202,5 +208,42 @@ impl Node {
         Ok(SettingsView {
             incoming: self.inner.state().contacts.incoming.to_string(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burrow_proto::SecretKey;
+    use rand::SeedableRng;
+
+    fn id(seed: u64) -> NodeId {
+        SecretKey::generate(&mut rand::rngs::StdRng::seed_from_u64(seed)).public()
+    }
+
+    #[test]
+    fn requests_are_answered_by_contacts_policy_rate_and_conduct() {
+        let mut st = State::default();
+        let (friend, stranger, pest, cheat) = (id(1), id(2), id(3), id(4));
+        st.contacts.ids.insert(friend, "friend".into());
+        assert_eq!(answer(&mut st, &friend), Answer::Accept("a contact"));
+        assert_eq!(answer(&mut st, &stranger), Answer::Ask);
+        st.contacts.incoming = Incoming::ContactsOnly;
+        assert_eq!(answer(&mut st, &stranger), Answer::Reject("not a contact"));
+        st.contacts.incoming = Incoming::Anyone;
+        assert_eq!(
+            answer(&mut st, &stranger),
+            Answer::Accept("anyone may connect")
+        );
+        // A peer asking over and over is turned away without asking the user.
+        let answers: Vec<Answer> = (0..8).map(|_| answer(&mut st, &pest)).collect();
+        assert_eq!(answers[4], Answer::Accept("anyone may connect"));
+        assert_eq!(answers[5], Answer::Reject("asking too often"));
+        // Three strikes, and even a contact is refused.
+        st.contacts.ids.insert(cheat, "cheat".into());
+        for _ in 0..3 {
+            st.conduct.strike(cheat);
+        }
+        assert_eq!(answer(&mut st, &cheat), Answer::Reject("it misbehaved"));
     }
 }

@@ -21,6 +21,7 @@
 
 pub mod api;
 pub mod chat;
+mod conduct;
 pub mod config;
 pub mod contacts;
 pub mod control;

@@ -100,6 +100,8 @@ pub(crate) struct State {
     pub contacts: crate::contacts::Contacts,
     /// Whom the server tells us about: everyone, or whom we watch.
     pub presence: burrow_proto::rendezvous::PresenceScope,
+    /// Strikes against peers, and their connect requests (see [`crate::conduct`]).
+    pub conduct: crate::conduct::Conduct,
     /// Name lookups waiting for the server's answer, by query id.
     pub lookups: HashMap<u32, oneshot::Sender<Option<PeerInfo>>>,
 }

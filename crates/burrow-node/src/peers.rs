@@ -387,7 +387,7 @@ pub(crate) async fn accept_loop(inner: Arc<Inner>) {
                 // services wait for that proof (a live mesh link).
                 let accepted = st.peers.get(&peer).is_some_and(|p| p.accepted);
                 let serverless = st.mesh.secret.is_some();
-                !st.mesh.banned(&peer)
+                !st.conduct.refused(&peer)
                     && match (serverless, is_mesh) {
                         (false, _) => accepted,
                         (true, true) => true,

@@ -463,7 +463,7 @@ fn handle(inner: &Arc<Inner>, msg: ServerMsg) {
                 return;
             };
             p.request = Some(Direction::Incoming);
-            let answer = crate::contacts::answer(&st, &id);
+            let answer = crate::contacts::answer(&mut st, &id);
             drop(st);
             match answer {
                 crate::contacts::Answer::Ask => inner.emit(NodeEvent::IncomingRequest { name }),

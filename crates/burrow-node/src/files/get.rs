@@ -279,6 +279,9 @@ impl Node {
                 end = tasks.join_next() => match end {
                     None => break,
                     Some(Ok(end)) => {
+                        if let Some(PieceError::Lied(_)) = &end.error {
+                            crate::conduct::strike(&self.inner, end.id, "sent data that does not match its hash");
+                        }
                         if let Some(text) = describe(&end) {
                             let _ = updates.send(GetUpdate::Notice(text)).await;
                         }

@@ -65,7 +65,7 @@ async fn accept(inner: &Arc<Inner>, peer: NodeId, posts: Vec<Post>) -> Vec<(Post
         if let Err(e) = p.verify(wall) {
             warn!(peer = %peer.short(), post = %p.id.short(), error = %e, "refusing a post");
             if e.is_forgery() {
-                inner.state().mesh.misbehaved(peer);
+                inner.state().conduct.strike(peer);
             }
             continue;
         }
@@ -158,7 +158,7 @@ pub(crate) async fn receive_post(inner: &Arc<Inner>, peer: NodeId, post: Post) {
 /// the session (the peer is past the misbehaviour limit).
 pub(crate) async fn receive_synced(inner: &Arc<Inner>, peer: NodeId, posts: Vec<Post>) -> bool {
     accept(inner, peer, posts).await;
-    !inner.state().mesh.banned(&peer)
+    !inner.state().conduct.refused(&peer)
 }
 
 /// A lazy link announces posts: note the ones we lack, to graft if they don't
@@ -369,7 +369,7 @@ pub(crate) async fn receive_sync(inner: &Arc<Inner>, peer: NodeId, topic: Topic,
         }
         Err(e) => {
             warn!(peer = %peer.short(), error = %e, "bad reconciliation message");
-            inner.state().mesh.misbehaved(peer);
+            inner.state().conduct.strike(peer);
         }
     }
 }
@@ -396,7 +396,7 @@ pub(crate) async fn receive_sync_reply(
         Ok(r) => r,
         Err(e) => {
             warn!(peer = %peer.short(), error = %e, "bad reconciliation answer");
-            inner.state().mesh.misbehaved(peer);
+            inner.state().conduct.strike(peer);
             return;
         }
     };

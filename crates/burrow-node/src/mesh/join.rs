@@ -295,7 +295,7 @@ pub(crate) fn introduced(
 ) {
     {
         let mut st = inner.state();
-        if st.mesh.secret.is_none() || other == inner.id || st.mesh.banned(&other) {
+        if st.mesh.secret.is_none() || other == inner.id || st.conduct.refused(&other) {
             return;
         }
         let linked = st.mesh.links.contains_key(&other)
@@ -386,7 +386,7 @@ fn seek(inner: &Inner, st: &mut State) {
             let known = st.mesh.links.contains_key(&ad.id)
                 || st.peers.get(&ad.id).is_some_and(|p| p.connected())
                 || st.mesh.intro.failed.contains_key(&ad.id)
-                || st.mesh.banned(&ad.id);
+                || st.conduct.refused(&ad.id);
             if !known && ad.id != inner.id {
                 options.push((ad.id, *via));
             }

@@ -39,11 +39,7 @@ use crate::node::Inner;
 const OUTBOX: usize = 4096;
 /// How long the other side has to say Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-/// Misbehaviour (bad posts, bad proofs, bad sync messages) a peer may show
-/// before its mesh link is closed and its connections refused.
-pub(crate) const MISBEHAVIOUR_LIMIT: u32 = 3;
-/// QUIC close code for a mesh link ended for misbehaviour.
-const MISBEHAVED: u32 = 0x20;
+use crate::conduct::MISBEHAVED;
 /// QUIC close code for a mesh session not admitted (no proof, or a duplicate).
 const REFUSED: u32 = 0x21;
 
@@ -105,26 +101,10 @@ pub(crate) struct MeshState {
     pub missing: HashMap<PostId, (NodeId, Instant)>,
     /// Our address as a peer saw it (serverless: there is no STUN).
     pub observed: Option<SocketAddr>,
-    pub misbehaviour: HashMap<NodeId, u32>,
     pub stats: MeshStats,
     next_session: u64,
     /// Serverless bookkeeping of introductions ([`join`]).
     pub intro: join::Intros,
-}
-
-impl MeshState {
-    /// Counts misbehaviour; true once the peer is past the limit.
-    pub fn misbehaved(&mut self, peer: NodeId) -> bool {
-        let n = self.misbehaviour.entry(peer).or_default();
-        *n += 1;
-        *n >= MISBEHAVIOUR_LIMIT
-    }
-
-    pub fn banned(&self, peer: &NodeId) -> bool {
-        self.misbehaviour
-            .get(peer)
-            .is_some_and(|n| *n >= MISBEHAVIOUR_LIMIT)
-    }
 }
 
 /// The address `peer` is reached at when it is a real one: the connection's
@@ -262,12 +242,12 @@ pub(crate) async fn run(
                 }
                 other => handle(&inner, peer, other).await,
             };
-            if !ok || inner.state().mesh.banned(&peer) {
+            if !ok || inner.state().conduct.refused(&peer) {
                 break 'frames;
             }
         }
     }
-    if inner.state().mesh.banned(&peer) {
+    if inner.state().conduct.refused(&peer) {
         warn!(peer = %peer.short(), "closing the mesh link of a misbehaving peer");
         conn.close(quinn::VarInt::from_u32(MISBEHAVED), b"misbehaving");
         for c in inner
@@ -341,7 +321,7 @@ fn admit(
         return Err("no hello");
     };
     let mut st = inner.state();
-    if st.mesh.banned(&peer) {
+    if st.conduct.refused(&peer) {
         return Err("misbehaving");
     }
     // Serverless, a member proves it knows the network's secret; with a server,
@@ -412,7 +392,7 @@ fn admit(
 async fn handle(inner: &Arc<Inner>, peer: NodeId, frame: MeshFrame) -> bool {
     if frame.check().is_err() {
         warn!(peer = %peer.short(), "mesh frame over its limits");
-        return !inner.state().mesh.misbehaved(peer);
+        return !inner.state().conduct.strike(peer);
     }
     match frame {
         MeshFrame::Hello { .. } => {
