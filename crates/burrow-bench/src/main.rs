@@ -82,8 +82,9 @@ enum Bench {
         /// connection burst (20).
         #[arg(long, default_value_t = 16)]
         per_addr: usize,
-        /// Registrations in flight at once.
-        #[arg(long, default_value_t = 256)]
+        /// Registrations in flight at once (more loses packets on loopback's
+        /// socket buffers and waits for retransmissions).
+        #[arg(long, default_value_t = 16)]
         parallel: usize,
         /// Connect requests per second in the brokering phase.
         #[arg(long, default_value_t = 1000)]

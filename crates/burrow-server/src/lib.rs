@@ -26,6 +26,7 @@ pub mod password;
 pub mod presence;
 mod register;
 mod server;
+mod session;
 pub mod tracker;
 
 pub use admission::{AdmissionConfig, Policy};

@@ -3,36 +3,24 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use burrow_net::{Endpoint, EndpointConfig, FrameReader, FrameWriter};
+use burrow_net::{Endpoint, EndpointConfig};
 use burrow_proto::relay::Channel;
-use burrow_proto::rendezvous::{self, ClientMsg, PeerInfo, Refusal, ServerMsg, MAX_CANDIDATES};
+use burrow_proto::rendezvous::{self, ClientMsg, Refusal, ServerMsg};
 use burrow_proto::{NodeId, SecretKey};
 use burrow_store::ServerStore;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::admission::{points, Admission, AdmissionConfig, AdmissionEvent, ConnVerdict, Now};
+use crate::admin;
+use crate::admission::{Admission, AdmissionConfig, AdmissionEvent, ConnVerdict, Now};
 use crate::broker::{BrokerConfig, Out, Registry, RelayDrop};
 use crate::journal::{Actor, Journal};
-use crate::limit::RateLimit;
 use crate::password::Hasher;
-use crate::{admin, register, tracker};
-
-/// How many messages wait for a slow node before the server drops its session.
-const SESSION_QUEUE: usize = 256;
-/// Messages per second a node may send after its first [`MESSAGE_BURST`]: far
-/// above what a person's commands produce, far below what would let one node
-/// flood others through the broker.
-const MESSAGE_RATE: f64 = 20.0;
-/// Messages a node may send at once.
-const MESSAGE_BURST: f64 = 40.0;
-/// How long a new connection has to open its control stream and say Hello.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How the server runs. Parsed by the binary; defaults suit a public server.
 #[derive(Clone, Debug)]
@@ -161,7 +149,7 @@ impl Hub {
     /// nodes it concerns now (a NAT may have moved them since they registered).
     /// Returns whether it answered or cancelled a request that doesn't exist
     /// (which no honest node does twice).
-    fn handle_msg(&mut self, from: NodeId, msg: ClientMsg) -> bool {
+    pub(crate) fn handle_msg(&mut self, from: NodeId, msg: ClientMsg) -> bool {
         let mut refresh = vec![from];
         if let ClientMsg::Repunch { peer } = &msg {
             refresh.push(*peer);
@@ -211,7 +199,7 @@ impl Hub {
 pub(crate) struct Shared {
     pub(crate) hub: Mutex<Hub>,
     pub(crate) store: Arc<Mutex<ServerStore>>,
-    next_session: AtomicU64,
+    pub(crate) next_session: AtomicU64,
     admission: Mutex<Admission>,
     pub(crate) journal: Journal,
     pub(crate) hasher: Hasher,
@@ -456,7 +444,7 @@ impl Server {
             while sessions.try_join_next().is_some() {}
             sessions.spawn(
                 async move {
-                    if let Err(e) = serve_node(incoming, shared).await {
+                    if let Err(e) = crate::session::serve_node(incoming, shared).await {
                         debug!(error = %e, "session ended");
                     }
                 }
@@ -498,215 +486,4 @@ async fn expire_requests(shared: Arc<Shared>, shutdown: CancellationToken) {
             shared.admission(|a, now| a.handle_timeout(now));
         }
     }
-}
-
-/// Why a node's session ended early.
-#[derive(Debug, thiserror::Error)]
-enum SessionError {
-    #[error("handshake: {0}")]
-    Handshake(#[from] quinn::ConnectionError),
-    #[error("no key in handshake")]
-    NoKey,
-    #[error("no Hello within {HELLO_TIMEOUT:?}")]
-    HelloTimeout,
-    #[error("stream: {0}")]
-    Framed(#[from] burrow_net::FramedError),
-    #[error("refused: {0}")]
-    Refused(Refusal),
-    #[error("store: {0}")]
-    Store(String),
-}
-
-async fn serve_node(incoming: quinn::Incoming, shared: Arc<Shared>) -> Result<(), SessionError> {
-    let observed = incoming.remote_address();
-    let misbehaved = |what: &'static str, points: u32| {
-        shared.admission(|a, now| a.misbehaved(now, observed.ip(), what, points))
-    };
-    let conn = incoming.await?;
-    let id = burrow_net::peer_id(&conn).ok_or(SessionError::NoKey)?;
-    let Ok(stream) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi()).await else {
-        misbehaved("no Hello", points::NO_HELLO);
-        return Err(SessionError::HelloTimeout);
-    };
-    let (send, recv) = stream?;
-    let mut reader = FrameReader::new(recv, rendezvous::VERSION, rendezvous::MAX_CLIENT_FRAME);
-    let mut writer = FrameWriter::new(send, rendezvous::VERSION, rendezvous::MAX_FRAME);
-
-    let hello = tokio::time::timeout(HELLO_TIMEOUT, reader.read::<ClientMsg>())
-        .await
-        .map_err(|_| SessionError::HelloTimeout);
-    let (name, lan_addrs, credentials) = match hello {
-        Ok(Ok(Some(ClientMsg::Hello {
-            name,
-            lan_addrs,
-            credentials,
-        }))) => (name, lan_addrs, credentials),
-        Ok(Err(e)) => {
-            warn!(node = %id.short(), error = %e, "bad first frame");
-            misbehaved("bad first frame", points::BAD_FRAME);
-            conn.close(quinn::VarInt::from_u32(3), b"bad frame");
-            return Err(e.into());
-        }
-        Err(e) => {
-            misbehaved("no Hello", points::NO_HELLO);
-            return Err(e);
-        }
-        Ok(Ok(_)) => {
-            misbehaved("no Hello", points::NO_HELLO);
-            refuse(&conn, &mut writer, Refusal::HelloExpected).await;
-            return Err(SessionError::Refused(Refusal::HelloExpected));
-        }
-    };
-
-    // Boxed: the registration's future is large and finished after Hello; the
-    // session's own future lives as long as the node stays.
-    match Box::pin(register::admit(
-        &shared,
-        id,
-        &name,
-        credentials,
-        observed.ip(),
-    ))
-    .await
-    {
-        Ok(how) => {
-            shared.journal.log(
-                Actor::Server,
-                "registered",
-                &name,
-                format!("node {} from {observed} ({how})", id.short()),
-            );
-        }
-        Err(register::AdmitError::Store(e)) => return Err(SessionError::Store(e)),
-        Err(register::AdmitError::Refused(reason)) => {
-            info!(node = %id.short(), %name, %observed, %reason, "registration refused");
-            shared.journal.log(
-                Actor::Server,
-                "refused",
-                &name,
-                format!("node {} from {observed}: {reason}", id.short()),
-            );
-            refuse(&conn, &mut writer, reason.clone()).await;
-            return Err(SessionError::Refused(reason));
-        }
-    }
-
-    let lan: Vec<SocketAddr> = lan_addrs
-        .into_iter()
-        .filter(|a| !a.ip().is_unspecified() && !a.ip().is_multicast() && a.port() != 0)
-        .take(MAX_CANDIDATES)
-        .collect();
-    let session = shared.next_session.fetch_add(1, Ordering::Relaxed);
-    let (tx, mut rx) = mpsc::channel(SESSION_QUEUE);
-    let answers = tx.clone();
-    {
-        // Session map and registry change together, so both name the same
-        // (newest) session for this node.
-        let mut hub = shared.hub();
-        let replaced = hub.sessions.insert(
-            id,
-            Session {
-                id: session,
-                tx,
-                conn: conn.clone(),
-                name: name.clone(),
-            },
-        );
-        if let Some(old) = replaced {
-            old.conn
-                .close(quinn::VarInt::from_u32(4), b"replaced by a newer session");
-        }
-        let info = PeerInfo {
-            id,
-            name: name.clone(),
-        };
-        let out = hub.registry.handle_join(info, session, observed, lan);
-        hub.deliver(out);
-    }
-    shared.admission(|a, _| a.registered(observed.ip()));
-    info!(node = %id.short(), %name, %observed, "online");
-
-    let writer_task = tokio::spawn(async move {
-        while let Some(msg) = rx.recv().await {
-            if writer.write(&msg).await.is_err() {
-                break;
-            }
-        }
-    });
-
-    let mut limit = RateLimit::new(MESSAGE_RATE, MESSAGE_BURST, Instant::now());
-    let result = loop {
-        match reader.read::<ClientMsg>().await {
-            Ok(Some(ClientMsg::Bye)) | Ok(None) => break Ok(()),
-            Ok(Some(msg)) => {
-                if !limit.allow(Instant::now()) {
-                    warn!(node = %id.short(), "too many messages; closing the session");
-                    misbehaved("message flood", points::FLOOD);
-                    conn.close(quinn::VarInt::from_u32(6), b"too many messages");
-                    break Ok(());
-                }
-                if let ClientMsg::Connect { peer } = &msg {
-                    if !shared.admission(|a, now| a.allow_request(now, id)) {
-                        let refusal = ServerMsg::Refused {
-                            peer: Some(*peer),
-                            reason: Refusal::TooManyRequests,
-                        };
-                        let _ = answers.try_send(Box::new(refusal));
-                        continue;
-                    }
-                }
-                debug!(node = %id.short(), ?msg, "message");
-                if matches!(
-                    msg,
-                    ClientMsg::Offer { .. } | ClientMsg::Unoffer { .. } | ClientMsg::Search { .. }
-                ) {
-                    let online = |found| tracker::entries(&shared.hub().registry, found);
-                    if let Some(answer) =
-                        Box::pin(tracker::handle(&shared.store, online, id, msg)).await
-                    {
-                        if answers.try_send(Box::new(answer)).is_err() {
-                            warn!(node = %id.short(), "node is not reading its answers");
-                        }
-                    }
-                } else if shared.hub().handle_msg(id, msg) {
-                    misbehaved("answer to no request", points::FORGED_REQUEST);
-                }
-            }
-            Err(burrow_net::FramedError::Read(e)) => {
-                debug!(node = %id.short(), error = %e, "connection lost");
-                break Ok(());
-            }
-            Err(e) => {
-                warn!(node = %id.short(), error = %e, "bad frame; closing the session");
-                misbehaved("bad frame", points::BAD_FRAME);
-                conn.close(quinn::VarInt::from_u32(3), b"bad frame");
-                break Err(e.into());
-            }
-        }
-    };
-
-    {
-        let mut hub = shared.hub();
-        if hub.sessions.get(&id).is_some_and(|s| s.id == session) {
-            hub.sessions.remove(&id);
-        }
-        let out = hub.registry.handle_leave(id, session);
-        hub.deliver(out);
-    }
-    shared.admission(|a, _| a.left(observed.ip()));
-    writer_task.abort();
-    conn.close(quinn::VarInt::from_u32(0), b"bye");
-    info!(node = %id.short(), %name, "offline");
-    result
-}
-
-/// Sends a refusal and closes the connection once the peer has read it.
-async fn refuse(conn: &quinn::Connection, writer: &mut FrameWriter, reason: Refusal) {
-    let _ = writer
-        .write(&ServerMsg::Refused { peer: None, reason })
-        .await;
-    writer.finish();
-    // Give the refusal time to arrive before the close overtakes it.
-    let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
-    conn.close(quinn::VarInt::from_u32(5), b"refused");
 }

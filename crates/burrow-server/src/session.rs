@@ -1,0 +1,285 @@
+//! One node's session with the server: the QUIC handshake, Hello and
+//! admission ([`register_node`]), then its control stream until it leaves
+//! ([`run_session`]): messages in, rate-limited and checked, and the registry's
+//! answers out through the session's queue.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use burrow_net::{FrameReader, FrameWriter};
+use burrow_proto::rendezvous::{self, ClientMsg, PeerInfo, Refusal, ServerMsg, MAX_CANDIDATES};
+use burrow_proto::{Name, NodeId};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::admission::points;
+use crate::journal::Actor;
+use crate::limit::RateLimit;
+use crate::server::{Session, Shared};
+use crate::{register, tracker};
+
+/// How many messages wait for a slow node before the server drops its session.
+const SESSION_QUEUE: usize = 256;
+/// Messages per second a node may send after its first [`MESSAGE_BURST`]: far
+/// above what a person's commands produce, far below what would let one node
+/// flood others through the broker.
+const MESSAGE_RATE: f64 = 20.0;
+/// Messages a node may send at once.
+const MESSAGE_BURST: f64 = 40.0;
+/// How long a new connection has to open its control stream and say Hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a node's session ended early.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SessionError {
+    #[error("handshake: {0}")]
+    Handshake(#[from] quinn::ConnectionError),
+    #[error("no key in handshake")]
+    NoKey,
+    #[error("no Hello within {HELLO_TIMEOUT:?}")]
+    HelloTimeout,
+    #[error("stream: {0}")]
+    Framed(#[from] burrow_net::FramedError),
+    #[error("refused: {0}")]
+    Refused(Refusal),
+    #[error("store: {0}")]
+    Store(String),
+}
+
+/// Serves one node's connection: its handshake and registration, then its
+/// session until it leaves.
+pub(crate) async fn serve_node(
+    incoming: quinn::Incoming,
+    shared: Arc<Shared>,
+) -> Result<(), SessionError> {
+    // Boxed: registering takes a large future that is done with once the node
+    // is in, while the session's lives as long as the node stays (100 000 of
+    // them on a busy server).
+    let node = Box::pin(register_node(incoming, &shared)).await?;
+    run_session(node, shared).await
+}
+
+/// A node that registered.
+struct Registered {
+    conn: quinn::Connection,
+    id: NodeId,
+    name: Name,
+    observed: SocketAddr,
+    lan_addrs: Vec<SocketAddr>,
+    reader: FrameReader,
+    writer: FrameWriter,
+}
+
+/// The handshake, Hello and admission.
+async fn register_node(
+    incoming: quinn::Incoming,
+    shared: &Arc<Shared>,
+) -> Result<Registered, SessionError> {
+    let observed = incoming.remote_address();
+    let misbehaved = |what: &'static str, points: u32| {
+        shared.admission(|a, now| a.misbehaved(now, observed.ip(), what, points))
+    };
+    let conn = incoming.await?;
+    let id = burrow_net::peer_id(&conn).ok_or(SessionError::NoKey)?;
+    let Ok(stream) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi()).await else {
+        misbehaved("no Hello", points::NO_HELLO);
+        return Err(SessionError::HelloTimeout);
+    };
+    let (send, recv) = stream?;
+    let mut reader = FrameReader::new(recv, rendezvous::VERSION, rendezvous::MAX_CLIENT_FRAME);
+    let mut writer = FrameWriter::new(send, rendezvous::VERSION, rendezvous::MAX_FRAME);
+
+    let hello = tokio::time::timeout(HELLO_TIMEOUT, reader.read::<ClientMsg>())
+        .await
+        .map_err(|_| SessionError::HelloTimeout);
+    let (name, lan_addrs, credentials) = match hello {
+        Ok(Ok(Some(ClientMsg::Hello {
+            name,
+            lan_addrs,
+            credentials,
+        }))) => (name, lan_addrs, credentials),
+        Ok(Err(e)) => {
+            warn!(node = %id.short(), error = %e, "bad first frame");
+            misbehaved("bad first frame", points::BAD_FRAME);
+            conn.close(quinn::VarInt::from_u32(3), b"bad frame");
+            return Err(e.into());
+        }
+        Err(e) => {
+            misbehaved("no Hello", points::NO_HELLO);
+            return Err(e);
+        }
+        Ok(Ok(_)) => {
+            misbehaved("no Hello", points::NO_HELLO);
+            refuse(&conn, &mut writer, Refusal::HelloExpected).await;
+            return Err(SessionError::Refused(Refusal::HelloExpected));
+        }
+    };
+
+    match register::admit(shared, id, &name, credentials, observed.ip()).await {
+        Ok(how) => {
+            shared.journal.log(
+                Actor::Server,
+                "registered",
+                &name,
+                format!("node {} from {observed} ({how})", id.short()),
+            );
+        }
+        Err(register::AdmitError::Store(e)) => return Err(SessionError::Store(e)),
+        Err(register::AdmitError::Refused(reason)) => {
+            info!(node = %id.short(), %name, %observed, %reason, "registration refused");
+            shared.journal.log(
+                Actor::Server,
+                "refused",
+                &name,
+                format!("node {} from {observed}: {reason}", id.short()),
+            );
+            refuse(&conn, &mut writer, reason.clone()).await;
+            return Err(SessionError::Refused(reason));
+        }
+    }
+    Ok(Registered {
+        conn,
+        id,
+        name,
+        observed,
+        lan_addrs,
+        reader,
+        writer,
+    })
+}
+
+/// The session of a registered node, until it leaves.
+async fn run_session(node: Registered, shared: Arc<Shared>) -> Result<(), SessionError> {
+    let Registered {
+        conn,
+        id,
+        name,
+        observed,
+        lan_addrs,
+        mut reader,
+        mut writer,
+    } = node;
+    let misbehaved = |what: &'static str, points: u32| {
+        shared.admission(|a, now| a.misbehaved(now, observed.ip(), what, points))
+    };
+    let lan: Vec<SocketAddr> = lan_addrs
+        .into_iter()
+        .filter(|a| !a.ip().is_unspecified() && !a.ip().is_multicast() && a.port() != 0)
+        .take(MAX_CANDIDATES)
+        .collect();
+    let session = shared.next_session.fetch_add(1, Ordering::Relaxed);
+    let (tx, mut rx) = mpsc::channel(SESSION_QUEUE);
+    let answers = tx.clone();
+    {
+        // Session map and registry change together, so both name the same
+        // (newest) session for this node.
+        let mut hub = shared.hub();
+        let replaced = hub.sessions.insert(
+            id,
+            Session {
+                id: session,
+                tx,
+                conn: conn.clone(),
+                name: name.clone(),
+            },
+        );
+        if let Some(old) = replaced {
+            old.conn
+                .close(quinn::VarInt::from_u32(4), b"replaced by a newer session");
+        }
+        let info = PeerInfo {
+            id,
+            name: name.clone(),
+        };
+        let out = hub.registry.handle_join(info, session, observed, lan);
+        hub.deliver(out);
+    }
+    shared.admission(|a, _| a.registered(observed.ip()));
+    info!(node = %id.short(), %name, %observed, "online");
+
+    let writer_task = tokio::spawn(async move {
+        while let Some(msg) = rx.recv().await {
+            if writer.write(&msg).await.is_err() {
+                break;
+            }
+        }
+    });
+
+    let mut limit = RateLimit::new(MESSAGE_RATE, MESSAGE_BURST, Instant::now());
+    let result = loop {
+        match reader.read::<ClientMsg>().await {
+            Ok(Some(ClientMsg::Bye)) | Ok(None) => break Ok(()),
+            Ok(Some(msg)) => {
+                if !limit.allow(Instant::now()) {
+                    warn!(node = %id.short(), "too many messages; closing the session");
+                    misbehaved("message flood", points::FLOOD);
+                    conn.close(quinn::VarInt::from_u32(6), b"too many messages");
+                    break Ok(());
+                }
+                if let ClientMsg::Connect { peer } = &msg {
+                    if !shared.admission(|a, now| a.allow_request(now, id)) {
+                        let refusal = ServerMsg::Refused {
+                            peer: Some(*peer),
+                            reason: Refusal::TooManyRequests,
+                        };
+                        let _ = answers.try_send(Box::new(refusal));
+                        continue;
+                    }
+                }
+                debug!(node = %id.short(), ?msg, "message");
+                if matches!(
+                    msg,
+                    ClientMsg::Offer { .. } | ClientMsg::Unoffer { .. } | ClientMsg::Search { .. }
+                ) {
+                    let online = |found| tracker::entries(&shared.hub().registry, found);
+                    if let Some(answer) =
+                        Box::pin(tracker::handle(&shared.store, online, id, msg)).await
+                    {
+                        if answers.try_send(Box::new(answer)).is_err() {
+                            warn!(node = %id.short(), "node is not reading its answers");
+                        }
+                    }
+                } else if shared.hub().handle_msg(id, msg) {
+                    misbehaved("answer to no request", points::FORGED_REQUEST);
+                }
+            }
+            Err(burrow_net::FramedError::Read(e)) => {
+                debug!(node = %id.short(), error = %e, "connection lost");
+                break Ok(());
+            }
+            Err(e) => {
+                warn!(node = %id.short(), error = %e, "bad frame; closing the session");
+                misbehaved("bad frame", points::BAD_FRAME);
+                conn.close(quinn::VarInt::from_u32(3), b"bad frame");
+                break Err(e.into());
+            }
+        }
+    };
+
+    {
+        let mut hub = shared.hub();
+        if hub.sessions.get(&id).is_some_and(|s| s.id == session) {
+            hub.sessions.remove(&id);
+        }
+        let out = hub.registry.handle_leave(id, session);
+        hub.deliver(out);
+    }
+    shared.admission(|a, _| a.left(observed.ip()));
+    writer_task.abort();
+    conn.close(quinn::VarInt::from_u32(0), b"bye");
+    info!(node = %id.short(), %name, "offline");
+    result
+}
+
+/// Sends a refusal and closes the connection once the peer has read it.
+async fn refuse(conn: &quinn::Connection, writer: &mut FrameWriter, reason: Refusal) {
+    let _ = writer
+        .write(&ServerMsg::Refused { peer: None, reason })
+        .await;
+    writer.finish();
+    // Give the refusal time to arrive before the close overtakes it.
+    let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+    conn.close(quinn::VarInt::from_u32(5), b"refused");
+}
