@@ -472,5 +472,12 @@ mod tests {
             prop_assert_eq!(back.verify(u64::MAX), Ok(()));
             prop_assert_eq!(back, p);
         }
+
+        #[test]
+        fn random_bytes_never_panic_and_never_verify(bytes in proptest::collection::vec(any::<u8>(), 0..700)) {
+            if let Ok(p) = postcard::from_bytes::<Post>(&bytes) {
+                prop_assert!(p.verify(u64::MAX).is_err());
+            }
+        }
     }
 }

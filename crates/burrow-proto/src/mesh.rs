@@ -329,6 +329,13 @@ mod tests {
 
     proptest! {
         #[test]
+        fn random_tickets_never_panic(s in "\\PC{0,200}", tail in "[a-z0-9:.@_-]{0,80}") {
+            let _ = s.parse::<Ticket>();
+            let _ = format!("burrow1:{tail}").parse::<Ticket>();
+            let _ = s.parse::<crate::ServerAddr>();
+        }
+
+        #[test]
         fn frames_round_trip(text in ".{1,100}", ids in proptest::collection::vec(any::<[u8; 32]>(), 0..20), t in any::<u64>()) {
             let post = Post::create(&key(1), "alice".parse().unwrap(), Topic::default_topic(), None, Hlc(t), text);
             let ids: Vec<PostId> = ids.into_iter().map(PostId).collect();

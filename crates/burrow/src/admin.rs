@@ -355,7 +355,7 @@ async fn follow_log(
 
 /// One console line: an admin command without the `burrow admin` in front.
 #[derive(Parser, Debug)]
-#[command(no_binary_name = true, disable_version_flag = true)]
+#[command(name = "console", no_binary_name = true, disable_version_flag = true)]
 struct ConsoleLine {
     #[command(subcommand)]
     cmd: AdminCmd,
@@ -412,8 +412,12 @@ pub async fn console(home: &Path) -> Result<(), CliError> {
         }
         let cmd = match ConsoleLine::try_parse_from(&words) {
             Ok(c) => c.cmd,
+            Err(e) if e.kind() == clap::error::ErrorKind::InvalidSubcommand => {
+                println!("error: unknown command {:?} (type help)", words[0]);
+                continue;
+            }
             Err(e) => {
-                // clap's own text: the usage, or the --help of a command.
+                // clap's own text: a command's --help, or what was wrong with it.
                 let _ = e.print();
                 continue;
             }

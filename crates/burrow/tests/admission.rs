@@ -394,3 +394,45 @@ fn contacts_connect_without_asking_and_strangers_are_refused_quietly() {
     let (ok, _, err) = run(&ah, &["settings", "incoming", "sometimes"]);
     assert!(!ok && err.contains("possible values"), "{err}");
 }
+
+#[test]
+fn the_console_takes_the_admin_commands_and_a_log_follower_sees_them_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = dir.path().join("srv");
+    let (_server, _url) = loopback_server(&srv, &[]);
+    let (ok, _, err) = run(&srv, &["admin", "say", "hello"]);
+    assert!(ok, "{err}");
+    let mut follower = Proc::spawn(&[
+        "--home",
+        srv.to_str().unwrap(),
+        "admin",
+        "log",
+        "--follow",
+        "--json",
+    ]);
+    // The history comes first, then each entry as it is stored: a JSON line each.
+    follower.expect_line("\"action\":\"say\"");
+    let (ok, out, err) = run_stdin(
+        &srv,
+        &["console"],
+        "help\nstatus\nsay \"back in five\"\nban 203.0.113.9 --for 10min --reason 'port scan'\nbans\nfrobnicate\nkick nobody\nexit\n",
+    );
+    assert!(ok, "{out}{err}");
+    for line in [
+        "burrow console: server in",
+        "kick <who>",
+        "policy open, 0 nodes online, 0 bans in force",
+        "sent to 0 nodes",
+        "banned ip:203.0.113.9 until",
+        "port scan",
+        "error: unknown command \"frobnicate\" (type help)",
+        "error: no node named \"nobody\"",
+    ] {
+        assert!(out.contains(line), "the console lacks {line:?}:\n{out}");
+    }
+    let entry = follower.expect_line("\"action\":\"ban\"");
+    let v: Value = serde_json::from_str(&entry).unwrap();
+    assert_eq!(v["subject"], "ip:203.0.113.9");
+    assert_eq!(v["actor"], "operator");
+    follower.expect_line("back in five");
+}
