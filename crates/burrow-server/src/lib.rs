@@ -19,6 +19,7 @@
 
 pub mod admin;
 pub mod admission;
+mod binder;
 pub mod broker;
 pub mod journal;
 pub mod limit;

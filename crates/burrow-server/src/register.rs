@@ -76,8 +76,12 @@ pub(crate) async fn admit(
         shared.admission(|a, now| a.check_hello(now, &id, name, ip).map(|()| a.policy()))?;
     let now_ms = burrow_proto::time::unix_ms(SystemTime::now());
     if policy != Policy::Accounts {
-        let n = name.clone();
-        return match store(shared, move |s| s.bind_name(&n, &id, now_ms)).await? {
+        let binding = shared
+            .binder
+            .bind(name.clone(), id)
+            .await
+            .map_err(AdmitError::Store)?;
+        return match binding {
             NameBinding::Taken { .. } => Err(Refusal::NameTaken.into()),
             NameBinding::New | NameBinding::Existing => Ok(Admitted::Key),
         };

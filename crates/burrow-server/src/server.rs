@@ -203,6 +203,7 @@ pub(crate) struct Shared {
     admission: Mutex<Admission>,
     pub(crate) journal: Journal,
     pub(crate) hasher: Hasher,
+    pub(crate) binder: crate::binder::Binder,
 }
 
 impl Shared {
@@ -338,6 +339,7 @@ impl Server {
                 sessions: HashMap::new(),
             }),
             journal: Journal::start(store.clone()),
+            binder: crate::binder::Binder::start(store.clone()),
             store,
             next_session: AtomicU64::new(1),
             admission: Mutex::new(Admission::new(config.admission.clone(), bans, allowed)),

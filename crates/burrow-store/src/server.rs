@@ -75,35 +75,27 @@ impl ServerStore {
         id: &NodeId,
         now_ms: u64,
     ) -> Result<NameBinding, StoreError> {
+        Ok(self
+            .bind_names(&[(name.clone(), *id)], now_ms)?
+            .pop()
+            .expect("one binding per request"))
+    }
+
+    /// [`Self::bind_name`] for many at once, in one transaction (one sync to
+    /// disk for a burst of registrations). Later requests see earlier ones: of
+    /// two keys asking for one free name, the first gets it.
+    pub fn bind_names(
+        &mut self,
+        requests: &[(Name, NodeId)],
+        now_ms: u64,
+    ) -> Result<Vec<NameBinding>, StoreError> {
         let tx = self.conn.transaction()?;
-        let owner: Option<Vec<u8>> = tx
-            .query_row(
-                "SELECT node_id FROM names WHERE name = ?1",
-                [name.as_str()],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let result = match owner {
-            None => {
-                tx.execute(
-                    "INSERT INTO names (name, node_id, registered_at_ms, last_seen_ms) VALUES (?1, ?2, ?3, ?3)",
-                    params![name.as_str(), id.as_bytes().as_slice(), now_ms as i64],
-                )?;
-                NameBinding::New
-            }
-            Some(bytes) if bytes == id.as_bytes() => {
-                tx.execute(
-                    "UPDATE names SET last_seen_ms = ?2 WHERE name = ?1",
-                    params![name.as_str(), now_ms as i64],
-                )?;
-                NameBinding::Existing
-            }
-            Some(bytes) => NameBinding::Taken {
-                owner: node_id("names", &bytes)?,
-            },
-        };
+        let mut out = Vec::with_capacity(requests.len());
+        for (name, id) in requests {
+            out.push(bind_in(&tx, name, id, now_ms)?);
+        }
         tx.commit()?;
-        Ok(result)
+        Ok(out)
     }
 
     /// The key that owns `name`, if any.
@@ -238,6 +230,42 @@ impl ServerStore {
     }
 }
 
+/// One binding inside `tx` (see [`ServerStore::bind_name`]).
+fn bind_in(
+    tx: &rusqlite::Transaction<'_>,
+    name: &Name,
+    id: &NodeId,
+    now_ms: u64,
+) -> Result<NameBinding, StoreError> {
+    let owner: Option<Vec<u8>> = tx
+        .query_row(
+            "SELECT node_id FROM names WHERE name = ?1",
+            [name.as_str()],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let result = match owner {
+        None => {
+            tx.execute(
+                "INSERT INTO names (name, node_id, registered_at_ms, last_seen_ms) VALUES (?1, ?2, ?3, ?3)",
+                params![name.as_str(), id.as_bytes().as_slice(), now_ms as i64],
+            )?;
+            NameBinding::New
+        }
+        Some(bytes) if bytes == id.as_bytes() => {
+            tx.execute(
+                "UPDATE names SET last_seen_ms = ?2 WHERE name = ?1",
+                params![name.as_str(), now_ms as i64],
+            )?;
+            NameBinding::Existing
+        }
+        Some(bytes) => NameBinding::Taken {
+            owner: node_id("names", &bytes)?,
+        },
+    };
+    Ok(result)
+}
+
 pub(crate) fn node_id(table: &'static str, bytes: &[u8]) -> Result<NodeId, StoreError> {
     let arr: [u8; 32] = bytes.try_into().map_err(|_| StoreError::Corrupt {
         table,
@@ -278,6 +306,27 @@ mod tests {
             NameBinding::Taken { owner: id(1) }
         );
         assert_eq!(s.name_owner(&alice).unwrap(), Some(id(1)));
+        // A batch binds in order: of two keys asking for one free name, the
+        // first gets it.
+        let bob: Name = "bob".parse().unwrap();
+        let got = s
+            .bind_names(
+                &[
+                    (bob.clone(), id(3)),
+                    (bob.clone(), id(4)),
+                    (alice.clone(), id(1)),
+                ],
+                40,
+            )
+            .unwrap();
+        assert_eq!(
+            got,
+            vec![
+                NameBinding::New,
+                NameBinding::Taken { owner: id(3) },
+                NameBinding::Existing
+            ]
+        );
     }
 
     #[test]
