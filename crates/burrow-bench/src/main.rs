@@ -74,28 +74,7 @@ enum Bench {
     },
     /// One server process under many simulated nodes: registrations per second,
     /// memory per node, brokering latency at a steady rate.
-    Server {
-        /// Simulated nodes.
-        #[arg(long, default_value_t = 100_000)]
-        nodes: usize,
-        /// Nodes per source address (127.x.y.z): within the server's per-address
-        /// connection burst (20).
-        #[arg(long, default_value_t = 16)]
-        per_addr: usize,
-        /// Registrations in flight at once (more loses packets on loopback's
-        /// socket buffers and waits for retransmissions).
-        #[arg(long, default_value_t = 16)]
-        parallel: usize,
-        /// Connect requests per second in the brokering phase.
-        #[arg(long, default_value_t = 1000)]
-        rate: u32,
-        /// How long the brokering phase lasts, in seconds.
-        #[arg(long, default_value_t = 10)]
-        secs: u64,
-        /// The server's presence scope: watched or everyone.
-        #[arg(long, default_value = "watched")]
-        presence: String,
-    },
+    Server(server::Args),
     /// Forum gossip across in-process nodes, and set reconciliation.
     Forum {
         /// Nodes in the gossip mesh.
@@ -121,21 +100,7 @@ fn main() {
             delay_ms,
         } => transfer::run(size_mib, lab.then(|| Duration::from_millis(delay_ms))),
         Bench::Forum { nodes, posts } => forum::run(nodes, posts),
-        Bench::Server {
-            nodes,
-            per_addr,
-            parallel,
-            rate,
-            secs,
-            presence,
-        } => server::run(server::Args {
-            nodes,
-            per_addr,
-            parallel,
-            rate,
-            secs,
-            presence,
-        }),
+        Bench::Server(args) => server::run(args),
     }
 }
 

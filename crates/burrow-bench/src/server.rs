@@ -29,13 +29,28 @@ use burrow_proto::{NodeId, SecretKey};
 use quinn::crypto::rustls::QuicClientConfig;
 use tokio::sync::{mpsc, Semaphore};
 
-/// What the benchmark was asked to do.
+/// What the benchmark is asked to do.
+#[derive(clap::Args)]
 pub struct Args {
+    /// Simulated nodes.
+    #[arg(long, default_value_t = 100_000)]
     pub nodes: usize,
+    /// Nodes per source address (127.x.y.z): within the server's per-address
+    /// connection burst (20).
+    #[arg(long, default_value_t = 16)]
     pub per_addr: usize,
+    /// Registrations in flight at once (more loses packets on loopback's
+    /// socket buffers and waits for retransmissions).
+    #[arg(long, default_value_t = 16)]
     pub parallel: usize,
+    /// Connect requests per second in the brokering phase.
+    #[arg(long, default_value_t = 1000)]
     pub rate: u32,
+    /// How long the brokering phase lasts, in seconds.
+    #[arg(long, default_value_t = 10)]
     pub secs: u64,
+    /// The server's presence scope: watched or everyone.
+    #[arg(long, default_value = "watched")]
     pub presence: String,
 }
 

@@ -10,7 +10,9 @@
 //!   together ([`Endpoint`]).
 //! - [`framed`]: length-prefixed, versioned frames on QUIC streams.
 //! - [`iface`]: the machine's own addresses, offered to peers as LAN candidates.
+//! - [`control`]: the local control sockets the CLI talks to a node or server on.
 
+pub mod control;
 pub mod endpoint;
 pub mod framed;
 pub mod iface;

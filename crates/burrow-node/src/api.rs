@@ -215,21 +215,7 @@ pub struct SearchView {
     pub offline_providers: u32,
 }
 
-/// A reply line.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Reply {
-    /// Whether the request succeeded.
-    pub ok: bool,
-    /// The result, when `ok`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data: Option<serde_json::Value>,
-    /// What went wrong, when not `ok`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// What the user can do about it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hint: Option<String>,
-}
+pub use burrow_net::control::Reply;
 
 /// The state of our link with a peer, as `peers --json` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

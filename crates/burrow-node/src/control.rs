@@ -4,7 +4,6 @@
 //! its owner can talk to the node. Request lines are bounded ([`MAX_LINE`]).
 
 use std::collections::HashSet;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -29,11 +28,7 @@ pub fn socket_path(home: &Path) -> PathBuf {
 /// Binds the control socket, replacing a stale one (the caller holds the home lock,
 /// so no live node owns it).
 pub(crate) fn bind(home: &Path) -> std::io::Result<UnixListener> {
-    let path = socket_path(home);
-    let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+    burrow_net::control::bind(&socket_path(home))
 }
 
 /// Removes the socket file.
@@ -66,21 +61,11 @@ pub(crate) async fn serve(node: Node, listener: UnixListener) {
 }
 
 fn ok<T: Serialize>(data: T) -> Reply {
-    Reply {
-        ok: true,
-        data: Some(serde_json::to_value(data).expect("API views serialize to JSON")),
-        error: None,
-        hint: None,
-    }
+    Reply::ok(serde_json::to_value(data).expect("API views serialize to JSON"))
 }
 
 fn err(e: ApiError) -> Reply {
-    Reply {
-        ok: false,
-        data: None,
-        error: Some(e.to_string()),
-        hint: e.hint(),
-    }
+    Reply::err(e.to_string(), e.hint())
 }
 
 fn done(r: Result<(), ApiError>) -> Reply {
@@ -91,9 +76,7 @@ async fn write_reply(
     stream: &mut (impl AsyncWriteExt + Unpin),
     reply: &Reply,
 ) -> std::io::Result<()> {
-    let mut line = serde_json::to_vec(reply).expect("replies serialize to JSON");
-    line.push(b'\n');
-    stream.write_all(&line).await
+    reply.write_to(stream).await
 }
 
 async fn client(node: Node, stream: UnixStream) -> std::io::Result<()> {

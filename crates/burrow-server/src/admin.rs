@@ -1,20 +1,20 @@
 //! The operator's socket, `home/control.sock`: `burrow admin ...` and
 //! `burrow console` are its clients.
 //!
-//! One JSON object per line, as on a node's control socket: a request is
-//! `{"cmd": "...", ...}` ([`AdminRequest`]); every reply is
-//! `{"ok": true, "data": ...}` or `{"ok": false, "error": "...", "hint": "..."}`.
+//! One JSON object per line, as on a node's control socket
+//! ([`burrow_net::control`]): a request is `{"cmd": "...", ...}`
+//! ([`AdminRequest`]); every reply is a [`Reply`].
 //! `log` with `follow` keeps the connection open and sends one more line per
 //! audit entry. The socket is mode 0600 in the 0700 home: only the operator's
 //! account reaches it. Every command that changes something is written to the
 //! audit log.
 
 use std::net::IpAddr;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use burrow_net::control::Reply;
 use burrow_proto::rendezvous::{Refusal, ServerMsg, MAX_NOTICE, MAX_PASSWORD};
 use burrow_proto::{Name, NodeId};
 use burrow_store::{AuditEntry, Ban, BanTarget};
@@ -108,22 +108,6 @@ pub enum AdminRequest {
         #[serde(default)]
         follow: bool,
     },
-}
-
-/// A reply line (the same shape a node's control socket uses).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AdminReply {
-    /// Whether the request succeeded.
-    pub ok: bool,
-    /// The result, when `ok`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data: Option<serde_json::Value>,
-    /// What went wrong, when not `ok`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// What to do about it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hint: Option<String>,
 }
 
 /// `status`.
@@ -234,17 +218,7 @@ pub fn socket_path(home: &Path) -> PathBuf {
 
 /// Binds the admin socket (mode 0600), replacing a stale one.
 pub(crate) fn bind(home: &Path) -> std::io::Result<UnixListener> {
-    let path = socket_path(home);
-    if std::os::unix::net::UnixStream::connect(&path).is_ok() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::AddrInUse,
-            "another server is running in this home",
-        ));
-    }
-    let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+    burrow_net::control::bind(&socket_path(home))
 }
 
 /// Removes the socket file.
@@ -305,23 +279,12 @@ async fn write_reply(
     w: &mut (impl AsyncWriteExt + Unpin),
     outcome: Outcome,
 ) -> std::io::Result<()> {
-    let reply = match outcome {
-        Ok(data) => AdminReply {
-            ok: true,
-            data: Some(data),
-            error: None,
-            hint: None,
-        },
-        Err(Failure(error, hint)) => AdminReply {
-            ok: false,
-            data: None,
-            error: Some(error),
-            hint,
-        },
-    };
-    let mut line = serde_json::to_vec(&reply).expect("replies serialize to JSON");
-    line.push(b'\n');
-    w.write_all(&line).await
+    match outcome {
+        Ok(data) => Reply::ok(data),
+        Err(Failure(error, hint)) => Reply::err(error, hint),
+    }
+    .write_to(w)
+    .await
 }
 
 async fn client(

@@ -44,14 +44,7 @@ impl Binder {
 }
 
 async fn run(store: Arc<Mutex<ServerStore>>, mut rx: mpsc::Receiver<(Name, NodeId, Reply)>) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < BATCH {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
-            }
-        }
+    while let Some(batch) = crate::journal::recv_batch(&mut rx, BATCH).await {
         let requests: Vec<(Name, NodeId)> =
             batch.iter().map(|(n, id, _)| (n.clone(), *id)).collect();
         let store = store.clone();

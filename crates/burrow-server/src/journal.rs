@@ -118,6 +118,20 @@ impl Journal {
     }
 }
 
+/// Waits for one item, then takes what else is queued, up to `max` in all;
+/// `None` once every sender is gone. The writers here use it to put a burst of
+/// work in one transaction.
+pub(crate) async fn recv_batch<T>(rx: &mut mpsc::Receiver<T>, max: usize) -> Option<Vec<T>> {
+    let mut batch = vec![rx.recv().await?];
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(r) => batch.push(r),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
 async fn write(
     store: Arc<Mutex<ServerStore>>,
     mut rx: mpsc::Receiver<Record>,
@@ -125,14 +139,7 @@ async fn write(
     dropped: Arc<AtomicU64>,
 ) {
     let mut reported = 0;
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < BATCH {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
-            }
-        }
+    while let Some(batch) = recv_batch(&mut rx, BATCH).await {
         let store = store.clone();
         let written = tokio::task::spawn_blocking(move || {
             let mut store = store.lock().expect("store lock is never poisoned");

@@ -378,6 +378,9 @@ impl Server {
                 max_bidi_streams: 1,
                 stream_window: 4 * rendezvous::MAX_CLIENT_FRAME as u32,
                 receive_window: 8 * rendezvous::MAX_CLIENT_FRAME as u32,
+                // Small frames only; relayed traffic is raw datagrams, not
+                // these connections. Saves 1.3 KiB per connected node.
+                mtu_discovery: false,
                 ..EndpointConfig::default()
             },
         )?)

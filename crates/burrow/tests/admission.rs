@@ -39,22 +39,9 @@ fn run_stdin(home: &Path, args: &[&str], input: &str) -> (bool, String, String) 
 }
 
 /// The arguments of `burrow up` on loopback, plus `extra`.
-fn up_args<'a>(home: &'a Path, url: &'a str, name: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "up",
-        "--server",
-        url,
-        "--name",
-        name,
-        "--bind",
-        "127.0.0.1:0",
-        "--keepalive",
-        "300ms",
-        "--idle-timeout",
-        "1500ms",
-    ];
+fn up_args<'a>(url: &'a str, name: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = loopback_up_args(url, name);
     args.extend_from_slice(extra);
-    let _ = home;
     args
 }
 
@@ -62,7 +49,7 @@ fn up_args<'a>(home: &'a Path, url: &'a str, name: &'a str, extra: &[&'a str]) -
 /// (bounded) and returns (exit success, stderr).
 fn up_refused(home: &Path, url: &str, name: &str, extra: &[&str], input: &str) -> (bool, String) {
     let started = Instant::now();
-    let (ok, _, err) = run_stdin(home, &up_args(home, url, name, extra), input);
+    let (ok, _, err) = run_stdin(home, &up_args(url, name, extra), input);
     assert!(
         started.elapsed() < Duration::from_secs(15),
         "a refused registration took {:?}",
@@ -76,7 +63,7 @@ fn up_with(home: &Path, url: &str, name: &str, extra: &[&str], input: &str) -> P
     let mut cmd = Command::new(BIN);
     cmd.arg("--home")
         .arg(home)
-        .args(up_args(home, url, name, extra))
+        .args(up_args(url, name, extra))
         .stdin(Stdio::piped());
     let mut p = Proc::spawn_command(cmd);
     if let Some(mut stdin) = p.child.stdin.take() {
@@ -153,7 +140,7 @@ fn accounts_need_a_password_or_an_invite_and_guessing_gets_the_guesser_banned() 
     // use) gets five wrong answers, then its address is banned.
     let guess = |n: usize| {
         let home = dir.path().join(format!("guesser{n}"));
-        let mut args = up_args(&home, &url, "alice", &["--password-stdin"]);
+        let mut args = up_args(&url, "alice", &["--password-stdin"]);
         args[6] = "127.0.0.2:0";
         run_stdin(&home, &args, &format!("guess {n}\n"))
     };

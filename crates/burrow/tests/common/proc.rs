@@ -204,12 +204,10 @@ pub fn loopback_server(home: &Path, extra: &[&str]) -> (Proc, String) {
     (p, url)
 }
 
-/// Starts `burrow up` as `name` on loopback with fast keepalives; waits until
-/// it is up.
-pub fn loopback_up(home: &Path, url: &str, name: &str) -> Proc {
-    let args = [
-        "--home",
-        home.to_str().expect("a UTF-8 temp path"),
+/// The arguments of `burrow up` as `name` on loopback with fast keepalives
+/// (`--home` not included).
+pub fn loopback_up_args<'a>(url: &'a str, name: &'a str) -> Vec<&'a str> {
+    vec![
         "up",
         "--server",
         url,
@@ -221,7 +219,14 @@ pub fn loopback_up(home: &Path, url: &str, name: &str) -> Proc {
         "300ms",
         "--idle-timeout",
         "1500ms",
-    ];
+    ]
+}
+
+/// Starts `burrow up` as `name` on loopback with fast keepalives; waits until
+/// it is up.
+pub fn loopback_up(home: &Path, url: &str, name: &str) -> Proc {
+    let mut args = vec!["--home", home.to_str().expect("a UTF-8 temp path")];
+    args.extend(loopback_up_args(url, name));
     let mut p = Proc::spawn(&args);
     p.expect_line("is up");
     p

@@ -1,0 +1,72 @@
+//! Local control sockets: how the CLI talks to a running node
+//! (`<home>/control.sock`) or server (the admin socket). One JSON object per
+//! line each way; every reply is a [`Reply`]. The socket is a Unix socket with
+//! mode 0600 inside the 0700 home, so only its owner reaches it.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+use tokio::net::UnixListener;
+
+/// A reply line: `{"ok": true, "data": ...}` or
+/// `{"ok": false, "error": "...", "hint": "..."}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Reply {
+    /// Whether the request succeeded.
+    pub ok: bool,
+    /// The result, when `ok`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+    /// What went wrong, when not `ok`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// What the user can do about it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+impl Reply {
+    /// A success carrying `data`.
+    pub fn ok(data: serde_json::Value) -> Self {
+        Reply {
+            ok: true,
+            data: Some(data),
+            error: None,
+            hint: None,
+        }
+    }
+
+    /// A failure: what went wrong and what to do.
+    pub fn err(error: String, hint: Option<String>) -> Self {
+        Reply {
+            ok: false,
+            data: None,
+            error: Some(error),
+            hint,
+        }
+    }
+
+    /// Writes it as one line.
+    pub async fn write_to(&self, w: &mut (impl AsyncWriteExt + Unpin)) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(self).expect("replies serialize to JSON");
+        line.push(b'\n');
+        w.write_all(&line).await
+    }
+}
+
+/// Binds the control socket at `path` (mode 0600), replacing a stale one left
+/// by a process that died; refuses when a live one answers there.
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "something is already running there",
+        ));
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
