@@ -4,7 +4,7 @@
 //! mode 0600 inside the 0700 home, so only its owner reaches it.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
@@ -56,9 +56,15 @@ impl Reply {
     }
 }
 
-/// Binds the control socket at `path` (mode 0600), replacing a stale one left
+/// The control socket's path in a node's or server's `home`.
+pub fn socket_path(home: &Path) -> PathBuf {
+    home.join("control.sock")
+}
+
+/// Binds the control socket in `home` (mode 0600), replacing a stale one left
 /// by a process that died; refuses when a live one answers there.
-pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+pub fn bind(home: &Path) -> std::io::Result<UnixListener> {
+    let path = &socket_path(home);
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::AddrInUse,
@@ -69,4 +75,9 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
+}
+
+/// Removes the control socket in `home` (on the way out).
+pub fn unlink(home: &Path) {
+    let _ = std::fs::remove_file(socket_path(home));
 }

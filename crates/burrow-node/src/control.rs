@@ -20,21 +20,7 @@ pub const MAX_LINE: usize = 64 * 1024;
 /// Default number of messages `messages` returns.
 pub const DEFAULT_MESSAGES: usize = 100;
 
-/// The control socket's path in `home`.
-pub fn socket_path(home: &Path) -> PathBuf {
-    home.join("control.sock")
-}
-
-/// Binds the control socket, replacing a stale one (the caller holds the home lock,
-/// so no live node owns it).
-pub(crate) fn bind(home: &Path) -> std::io::Result<UnixListener> {
-    burrow_net::control::bind(&socket_path(home))
-}
-
-/// Removes the socket file.
-pub(crate) fn unlink(home: &Path) {
-    let _ = std::fs::remove_file(socket_path(home));
-}
+pub use burrow_net::control::{bind, socket_path, unlink};
 
 /// Serves control clients until shutdown.
 pub(crate) async fn serve(node: Node, listener: UnixListener) {

@@ -10,7 +10,6 @@
 //! audit log.
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -211,20 +210,7 @@ fn time(ms: u64) -> String {
     humantime::format_rfc3339_millis(burrow_proto::time::from_unix_ms(ms)).to_string()
 }
 
-/// The admin socket's path in `home`.
-pub fn socket_path(home: &Path) -> PathBuf {
-    home.join("control.sock")
-}
-
-/// Binds the admin socket (mode 0600), replacing a stale one.
-pub(crate) fn bind(home: &Path) -> std::io::Result<UnixListener> {
-    burrow_net::control::bind(&socket_path(home))
-}
-
-/// Removes the socket file.
-pub(crate) fn unlink(home: &Path) {
-    let _ = std::fs::remove_file(socket_path(home));
-}
+pub use burrow_net::control::{bind, socket_path, unlink};
 
 /// Serves admin clients until shutdown.
 pub(crate) async fn serve(shared: Arc<Shared>, listener: UnixListener, stop: CancellationToken) {
