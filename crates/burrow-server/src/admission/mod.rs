@@ -20,7 +20,6 @@
 //! flood of addresses lock honest newcomers out).
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::hash::Hash;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -28,7 +27,9 @@ use burrow_proto::rendezvous::Refusal;
 use burrow_proto::{ip_group, Name, NodeId};
 use burrow_store::{Ban, BanTarget};
 
-use crate::limit::RateLimit;
+mod tables;
+
+use tables::{Bounded, Failures, Limiters, Score};
 
 /// Who may register.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -502,162 +503,6 @@ fn humantime_short(d: Duration) -> String {
         s if s >= 3600 && s % 3600 == 0 => format!("{} h", s / 3600),
         s if s >= 60 && s % 60 == 0 => format!("{} min", s / 60),
         s => format!("{s} s"),
-    }
-}
-
-/// A bounded map: at most `cap` entries.
-#[derive(Debug)]
-struct Bounded<K, V> {
-    map: HashMap<K, V>,
-    cap: usize,
-}
-
-impl<K: Hash + Eq, V> Bounded<K, V> {
-    fn new(cap: usize) -> Self {
-        Bounded {
-            map: HashMap::new(),
-            cap,
-        }
-    }
-
-    fn get(&self, k: &K) -> Option<&V> {
-        self.map.get(k)
-    }
-
-    /// The entry for `k`, made with `new` if there is room; `None` when full.
-    fn entry(&mut self, k: K, new: impl FnOnce() -> V) -> Option<&mut V> {
-        if !self.map.contains_key(&k) && self.map.len() >= self.cap {
-            return None;
-        }
-        Some(self.map.entry(k).or_insert_with(new))
-    }
-
-    fn remove(&mut self, k: &K) {
-        self.map.remove(k);
-    }
-
-    fn retain(&mut self, keep: impl Fn(&V) -> bool) {
-        self.map.retain(|_, v| keep(v));
-    }
-}
-
-/// Token buckets per key, bounded.
-#[derive(Debug)]
-struct Limiters<K> {
-    map: HashMap<K, RateLimit>,
-    rate: f64,
-    burst: f64,
-    cap: usize,
-}
-
-impl<K: Hash + Eq> Limiters<K> {
-    fn new(rate: f64, burst: f64, cap: usize) -> Self {
-        Limiters {
-            map: HashMap::new(),
-            rate,
-            burst,
-            cap,
-        }
-    }
-
-    fn allow(&mut self, now: Instant, key: K) -> bool {
-        if !self.map.contains_key(&key) && self.map.len() >= self.cap {
-            self.prune(now);
-            if self.map.len() >= self.cap {
-                return true;
-            }
-        }
-        self.map
-            .entry(key)
-            .or_insert_with(|| RateLimit::new(self.rate, self.burst, now))
-            .allow(now)
-    }
-
-    /// Drops buckets that are full again: a fresh one would be the same.
-    fn prune(&mut self, now: Instant) {
-        self.map.retain(|_, l| !l.idle(now));
-    }
-}
-
-/// Failed logins for one name or address.
-#[derive(Debug, Default)]
-struct Failures {
-    count: u32,
-    window_start: Option<Instant>,
-    /// How many times it was blocked (each block is twice the last).
-    blocks: u32,
-    until: Option<Instant>,
-    last: Option<Instant>,
-}
-
-impl Failures {
-    /// Counts a failure; returns the block's length if this one starts a block.
-    fn add(
-        &mut self,
-        now: Instant,
-        max: u32,
-        window: Duration,
-        base: Duration,
-        cap: Duration,
-    ) -> Option<Duration> {
-        self.last = Some(now);
-        if self
-            .window_start
-            .is_none_or(|s| now.saturating_duration_since(s) > window)
-        {
-            self.window_start = Some(now);
-            self.count = 0;
-        }
-        self.count += 1;
-        if self.count < max {
-            return None;
-        }
-        self.count = 0;
-        self.window_start = None;
-        self.blocks += 1;
-        let d = base.saturating_mul(1 << (self.blocks - 1).min(16)).min(cap);
-        self.until = Some(now + d);
-        Some(d)
-    }
-
-    /// Nothing happened for `keep` and no block is in force: it can go (and with
-    /// it the memory of earlier blocks).
-    fn forgotten(&self, now: Instant, keep: Duration) -> bool {
-        self.until.is_none_or(|u| u <= now)
-            && self
-                .last
-                .is_none_or(|l| now.saturating_duration_since(l) > keep)
-    }
-}
-
-/// Misbehaviour points for one address, decaying by one every 10 s.
-#[derive(Debug)]
-struct Score {
-    points: f64,
-    last: Instant,
-    offences: u32,
-}
-
-impl Score {
-    const DECAY_PER_SEC: f64 = 0.1;
-
-    fn new(now: Instant) -> Self {
-        Score {
-            points: 0.0,
-            last: now,
-            offences: 0,
-        }
-    }
-
-    fn add(&mut self, now: Instant, points: u32) -> u32 {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.points = (self.points - elapsed * Self::DECAY_PER_SEC).max(0.0) + points as f64;
-        self.last = now;
-        self.points as u32
-    }
-
-    fn forgotten(&self, now: Instant, keep: Duration) -> bool {
-        now.saturating_duration_since(self.last) > keep
     }
 }
 
