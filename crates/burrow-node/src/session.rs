@@ -71,12 +71,22 @@ pub enum SessionError {
         file: String,
     },
     /// The server refused our registration.
-    #[error("the server refused to register us: {0}")]
-    Refused(Refusal),
+    #[error("the server refused to register us: {reason}")]
+    Refused {
+        /// Why.
+        reason: Refusal,
+        /// Our key: what an allowlist's operator needs to let us in.
+        us: NodeId,
+    },
     /// The server ended our session for good (kicked, banned, taken off the
     /// allowlist).
-    #[error("the server disconnected us: {0}")]
-    Expelled(Refusal),
+    #[error("the server disconnected us: {reason}")]
+    Expelled {
+        /// Why.
+        reason: Refusal,
+        /// Our key.
+        us: NodeId,
+    },
     /// The session broke.
     #[error("lost the server: {0}")]
     Lost(String),
@@ -95,14 +105,16 @@ impl SessionError {
             SessionError::KeyChanged { file, host, .. } => {
                 format!("if you trust the new key, remove the line for {host} from {file}")
             }
-            SessionError::Refused(r) | SessionError::Expelled(r) => return refusal_hint(r),
+            SessionError::Refused { reason, us } | SessionError::Expelled { reason, us } => {
+                return refusal_hint(reason, us)
+            }
             _ => return None,
         })
     }
 }
 
-/// What a person can do about a refusal of our registration.
-fn refusal_hint(r: &Refusal) -> Option<String> {
+/// What a person can do about a refusal of our registration (`us` is our key).
+fn refusal_hint(r: &Refusal, us: &NodeId) -> Option<String> {
     Some(match r {
         Refusal::NameTaken => {
             "that name belongs to another key on this server: pick another with --name".into()
@@ -114,9 +126,9 @@ fn refusal_hint(r: &Refusal) -> Option<String> {
             "check the password; after 5 failures logins for the name are blocked for a while".into()
         }
         Refusal::InviteInvalid => "ask the server's operator for a new invite".into(),
-        Refusal::NotAllowed => {
-            "this server admits only the nodes its operator allowed: send them your id (burrow status shows it)".into()
-        }
+        Refusal::NotAllowed => format!(
+            "this server admits only the nodes its operator allowed: ask them to run `burrow admin allow {us}`"
+        ),
         Refusal::Banned { until_ms: Some(t) } => format!(
             "the ban ends at {}",
             humantime::format_rfc3339_seconds(burrow_proto::time::from_unix_ms(*t))
@@ -276,7 +288,10 @@ pub(crate) async fn connect(inner: &Arc<Inner>) -> Result<Session, SessionError>
         }
         Some(ServerMsg::Refused { reason, .. }) => {
             conn.close(quinn::VarInt::from_u32(0), b"refused");
-            Err(SessionError::Refused(reason))
+            Err(SessionError::Refused {
+                reason,
+                us: inner.id,
+            })
         }
         Some(other) => Err(SessionError::Lost(format!(
             "expected Welcome, got {other:?}"
@@ -321,23 +336,16 @@ pub(crate) async fn run(inner: Arc<Inner>, first: Session) {
     }
 }
 
-/// What to tell a user whose key the server doesn't allow.
-pub fn allow_hint(id: &NodeId) -> String {
-    format!("this server admits only the nodes its operator allowed: ask them to run `burrow admin allow {id}`")
-}
-
 /// If `error` is a final refusal, says so (the node stops trying) and returns true.
 fn expelled(inner: &Inner, error: &SessionError) -> bool {
     match error {
-        SessionError::Refused(r) | SessionError::Expelled(r) if r.is_final() => {
-            info!(reason = %r, "the server refused us; not trying again");
-            let hint = match r {
-                Refusal::NotAllowed => Some(allow_hint(&inner.id)),
-                _ => error.hint(),
-            };
+        SessionError::Refused { reason, .. } | SessionError::Expelled { reason, .. }
+            if reason.is_final() =>
+        {
+            info!(%reason, "the server refused us; not trying again");
             inner.emit(NodeEvent::Expelled {
                 error: error.to_string(),
-                hint,
+                hint: error.hint(),
             });
             true
         }
@@ -402,7 +410,10 @@ async fn serve(inner: &Arc<Inner>, session: Session) -> SessionError {
         };
         match msg {
             Ok(Some(ServerMsg::Refused { peer: None, reason })) if reason.is_final() => {
-                break SessionError::Expelled(reason)
+                break SessionError::Expelled {
+                    reason,
+                    us: inner.id,
+                }
             }
             Ok(Some(m)) => handle(inner, m),
             Ok(None) => break SessionError::Lost("the server closed the session".into()),

@@ -5,9 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use burrow_node::api::ConnectionState;
-use burrow_node::session::SessionError;
-use burrow_node::{Node, NodeConfig, NodeEvent, StartError};
-use burrow_proto::rendezvous::Refusal;
+use burrow_node::{Node, NodeConfig, NodeEvent};
 use burrow_proto::rendezvous::{CloseReason, Direction};
 use burrow_proto::{Name, ServerAddr};
 
@@ -90,14 +88,8 @@ pub async fn run(home: PathBuf, args: UpArgs) -> Result<(), CliError> {
     config.join = args.join;
     config.mesh_links = args.links.max(1);
     config.clock_skew_ms = args.clock_skew_ms;
-    let id = config.secret.public();
     let node = Node::start(config).await.map_err(|e| {
-        let hint = match &e {
-            StartError::Server(SessionError::Refused(Refusal::NotAllowed)) => {
-                Some(burrow_node::session::allow_hint(&id))
-            }
-            _ => e.hint(),
-        };
+        let hint = e.hint();
         CliError::new(e, hint)
     })?;
     let status = node.status();

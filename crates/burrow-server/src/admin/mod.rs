@@ -475,7 +475,11 @@ async fn users(shared: &Arc<Shared>) -> Outcome {
         .iter()
         .map(|(id, s)| (*id, s.conn.remote_address().to_string()))
         .collect();
-    let account = |n: &Name| accounts.iter().find(|a| a.name == *n);
+    // Indexed once: a server may list 100 000 names.
+    let has_password: std::collections::HashMap<&Name, bool> =
+        accounts.iter().map(|a| (&a.name, a.has_password)).collect();
+    let allowed: std::collections::HashSet<NodeId> = allowed.into_iter().collect();
+    let bound: std::collections::HashSet<&Name> = names.iter().map(|b| &b.name).collect();
     let mut views: Vec<UserView> = names
         .iter()
         .map(|b| UserView {
@@ -483,14 +487,14 @@ async fn users(shared: &Arc<Shared>) -> Outcome {
             id: Some(b.id.to_string()),
             online: online.contains_key(&b.id),
             addr: online.get(&b.id).cloned(),
-            account: account(&b.name).is_some(),
-            password: account(&b.name).is_some_and(|a| a.has_password),
+            account: has_password.contains_key(&b.name),
+            password: has_password.get(&b.name).copied().unwrap_or(false),
             allowed: allowed.contains(&b.id),
             last_seen: Some(time(b.last_seen_ms)),
         })
         .collect();
     for a in &accounts {
-        if !names.iter().any(|b| b.name == a.name) {
+        if !bound.contains(&a.name) {
             views.push(UserView {
                 name: a.name.to_string(),
                 id: None,
