@@ -20,6 +20,13 @@
 //! - `PortRestricted`: plain masquerade: endpoint-independent mapping,
 //!   address-and-port-dependent filtering (conntrack lets in replies only).
 //! - `Symmetric`: masquerade `fully-random`: a new random port per destination.
+//! - `Sequential`: a new port per destination, one after the other: UDP is
+//!   source-NATed to the WAN address and a port looked up by `numgen inc`, a
+//!   counter nftables advances once per new mapping (the nat chain sees only a
+//!   flow's first packet). Linux's own NAT never allocates sequentially (it
+//!   keeps the source port or draws a random one), so this rule makes the
+//!   behaviour of routers that do. (The lookup map is needed: the counter's
+//!   value used as a port directly lands byte-swapped, counting in steps of 256.)
 //!
 //! Delay: [`Lab::set_uplink_delay`] gives links to the public segment a fixed
 //! one-way delay (the kernel here has no `netem`; see [`delay`]).
@@ -76,17 +83,26 @@ pub enum NatKind {
     PortRestricted,
     /// Endpoint-dependent mapping with random ports.
     Symmetric,
+    /// Endpoint-dependent mapping with sequential ports.
+    Sequential,
 }
 
 impl NatKind {
     /// Every kind, for matrices.
-    pub const ALL: [NatKind; 4] = [
+    pub const ALL: [NatKind; 5] = [
         NatKind::None,
         NatKind::FullCone,
         NatKind::PortRestricted,
         NatKind::Symmetric,
+        NatKind::Sequential,
     ];
 }
+
+/// First port the `Sequential` NAT hands out; it counts up from here and wraps
+/// after [`SEQUENTIAL_PORTS`].
+pub const SEQUENTIAL_FIRST_PORT: u16 = 20000;
+/// Ports the `Sequential` NAT cycles through.
+pub const SEQUENTIAL_PORTS: u16 = 2048;
 
 /// Where a program runs in the lab: a namespace and its address there.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -385,7 +401,7 @@ impl Lab {
             "net.ipv4.ip_forward=1",
         ])?;
         let o = lan_net.octets();
-        nat_rules(&ns, kind, Ipv4Addr::new(o[0], o[1], o[2], 2))?;
+        nat_rules(&ns, kind, wan, Ipv4Addr::new(o[0], o[1], o[2], 2))?;
         Ok(Router {
             host: Host { ns, addr: wan },
             lan_net,
@@ -509,12 +525,21 @@ impl Drop for Lab {
     }
 }
 
-/// Installs `kind`'s NAT rules on router namespace `ns`; `first_peer` receives
-/// unsolicited inbound UDP for `FullCone`.
-fn nat_rules(ns: &str, kind: NatKind, first_peer: Ipv4Addr) -> Result<(), LabError> {
+/// Installs `kind`'s NAT rules on router namespace `ns` (WAN address `wan`);
+/// `first_peer` receives unsolicited inbound UDP for `FullCone`.
+fn nat_rules(ns: &str, kind: NatKind, wan: Ipv4Addr, first_peer: Ipv4Addr) -> Result<(), LabError> {
     let masquerade = match kind {
-        NatKind::Symmetric => "masquerade fully-random",
-        _ => "masquerade",
+        NatKind::Symmetric => "masquerade fully-random".to_string(),
+        NatKind::Sequential => {
+            let ports: Vec<String> = (0..SEQUENTIAL_PORTS)
+                .map(|i| format!("{i} : {}", SEQUENTIAL_FIRST_PORT + i))
+                .collect();
+            format!(
+                "meta l4proto udp snat to {wan} : numgen inc mod {SEQUENTIAL_PORTS} map {{ {} }}\n  oifname \"wan\" masquerade",
+                ports.join(", ")
+            )
+        }
+        _ => "masquerade".to_string(),
     };
     let inbound = match kind {
         NatKind::FullCone => format!(

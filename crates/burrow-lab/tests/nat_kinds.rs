@@ -28,6 +28,8 @@ fn reaches(from: &UdpSocket, mapped: SocketAddr, client: &UdpSocket) -> bool {
 struct Behaviour {
     translated: bool,
     endpoint_independent_mapping: bool,
+    /// The second mapping's port minus the first's.
+    port_step: i32,
     /// A host the client never contacted can reach the mapping.
     open_to_strangers: bool,
     /// The contacted address, from another port, can reach the mapping.
@@ -48,6 +50,7 @@ fn measure(server: &Host, client_host: &Host) -> Behaviour {
     Behaviour {
         translated: o1 != client.local_addr().unwrap(),
         endpoint_independent_mapping: o1 == o2,
+        port_step: i32::from(o2.port()) - i32::from(o1.port()),
         open_to_strangers: reaches(&stranger, o1, &client),
         open_to_other_ports: reaches(&s1b, o1, &client),
         replies_arrive: reaches(&s1, o1, &client),
@@ -107,6 +110,11 @@ fn each_nat_kind_maps_and_filters_as_named() {
                     !b.endpoint_independent_mapping,
                     "symmetric maps per destination"
                 );
+                assert_ne!(b.port_step, 1, "random ports, not sequential ones");
+                assert!(!b.open_to_strangers && !b.open_to_other_ports);
+            }
+            NatKind::Sequential => {
+                assert_eq!(b.port_step, 1, "sequential maps per destination, +1 each");
                 assert!(!b.open_to_strangers && !b.open_to_other_ports);
             }
         }

@@ -13,7 +13,7 @@ use rand::RngCore;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use burrow_proto::punch::{PunchConfig, PunchSession, PunchTicket, Role};
+use burrow_proto::punch::{PunchConfig, PunchSession, PunchTicket, Role, Strategy};
 use burrow_proto::relay::{self, Channel};
 
 use crate::paths::PathTable;
@@ -160,6 +160,7 @@ pub struct Endpoint {
     waiters: Waiters,
     grid: GridSlot,
     punches: crate::punch::Routes,
+    birthdays: Arc<crate::side::BirthdaySlots>,
     paths: Arc<PathTable>,
     relay: RelaySlot,
     dispatcher: JoinHandle<()>,
@@ -259,6 +260,7 @@ impl Endpoint {
             waiters,
             grid,
             punches,
+            birthdays: Arc::default(),
             paths,
             relay,
             dispatcher,
@@ -339,28 +341,63 @@ impl Endpoint {
         Ok(grid)
     }
 
-    /// Starts punching toward `candidates` (see [`burrow_proto::punch`]). The
-    /// receiver yields the peer's address on a path that works both ways, or
-    /// `None` when the punch gave up. With `peer`, addresses the punch proves to
-    /// be the peer's are noted in its path ([`PathTable::learn`]).
+    /// Starts punching toward `candidates` (see [`burrow_proto::punch`]), doing
+    /// `strategy`'s part for hard NATs. The receiver yields the path found (the
+    /// peer's address, how, and the side socket it leaves from for a birthday
+    /// punch), or `None` when the punch gave up. With `peer`, addresses the
+    /// punch proves to be the peer's are noted in its path
+    /// ([`PathTable::learn`]).
+    ///
+    /// Side sockets are opened here, at most [`crate::side::MAX_BIRTHDAY_PUNCHES`]
+    /// punches' worth at once; past that, or when binding fails, the punch
+    /// runs with the ones it got (or none).
     pub fn start_punch(
         &self,
         role: Role,
         ticket: PunchTicket,
         candidates: &[SocketAddr],
+        strategy: &Strategy,
         config: PunchConfig,
         peer: Option<NodeId>,
-    ) -> Result<oneshot::Receiver<Option<SocketAddr>>, crate::punch::PunchError> {
-        let session = PunchSession::new(
+    ) -> Result<oneshot::Receiver<Option<crate::punch::Punched>>, crate::punch::PunchError> {
+        let (tx, rx) = tokio::sync::mpsc::channel(crate::punch::SESSION_QUEUE);
+        let mut strategy = strategy.clone();
+        let slot = (strategy.side_sockets > 0)
+            .then(|| self.birthdays.take())
+            .flatten();
+        let mut sides = Vec::new();
+        if let (Some(_), Ok(like)) = (&slot, self.local_addr()) {
+            for i in 1..=strategy.side_sockets {
+                let local = burrow_proto::punch::Local(i);
+                match crate::side::SideSocket::bind(like, local, tx.clone(), self.paths.clone()) {
+                    Ok(s) => sides.push(Arc::new(s)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, opened = sides.len(), "cannot open more side sockets");
+                        break;
+                    }
+                }
+            }
+        } else if strategy.side_sockets > 0 {
+            tracing::debug!("birthday punches busy: punching without side sockets");
+        }
+        strategy.side_sockets = sides.len() as u16;
+        let session = PunchSession::with_strategy(
             std::time::Instant::now(),
             role,
             ticket,
             candidates,
+            &strategy,
             config,
             rand::random(),
         );
         crate::punch::start(
-            session,
+            crate::punch::Prepared {
+                session,
+                rx,
+                tx,
+                sides,
+                slot,
+            },
             self.raw.clone(),
             self.punches.clone(),
             peer.map(|p| (self.paths.clone(), p)),
@@ -456,7 +493,7 @@ async fn dispatch(
                 .cloned();
             match route {
                 Some(r) => {
-                    let _ = r.try_send((from, data));
+                    let _ = r.try_send((burrow_proto::punch::Local::MAIN, from, data));
                 }
                 None => tracing::debug!(%from, "punch datagram for no session"),
             }
@@ -672,21 +709,30 @@ mod tests {
                 Role::Requester,
                 ticket,
                 &[dead, ba],
+                &Strategy::default(),
                 PunchConfig::default(),
                 None,
             )
             .unwrap();
         let rb = b
-            .start_punch(Role::Acceptor, ticket, &[aa], PunchConfig::default(), None)
+            .start_punch(
+                Role::Acceptor,
+                ticket,
+                &[aa],
+                &Strategy::default(),
+                PunchConfig::default(),
+                None,
+            )
             .unwrap();
         let t = Duration::from_secs(5);
+        let found = |r: Option<crate::punch::Punched>| r.map(|p| (p.addr, p.via.is_none()));
         assert_eq!(
-            tokio::time::timeout(t, ra).await.unwrap().unwrap(),
-            Some(ba)
+            found(tokio::time::timeout(t, ra).await.unwrap().unwrap()),
+            Some((ba, true))
         );
         assert_eq!(
-            tokio::time::timeout(t, rb).await.unwrap().unwrap(),
-            Some(aa)
+            found(tokio::time::timeout(t, rb).await.unwrap().unwrap()),
+            Some((aa, true))
         );
         // The same socket carries QUIC on the path.
         let accept =

@@ -19,6 +19,7 @@ pub mod iface;
 pub mod keyfile;
 pub mod paths;
 pub mod punch;
+pub mod side;
 pub mod socket;
 pub mod stun_server;
 pub mod tls;

@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 use burrow_proto::relay::Channel;
 use burrow_proto::NodeId;
 
+use crate::side::Via;
+
 /// First octet of virtual addresses (240.0.0.0/4 is reserved: never on a wire).
 const VIRTUAL_NET: u32 = 240 << 24;
 /// Port of every virtual address (quinn refuses port 0).
@@ -86,6 +88,9 @@ const MAX_ALIASES: usize = 8;
 struct Entry {
     peer: NodeId,
     direct: Option<SocketAddr>,
+    /// The side socket the direct path leaves from, when a birthday punch
+    /// found it (otherwise the endpoint's own socket).
+    via: Option<Via>,
     /// Addresses proven to be the peer's (by an authenticated punch datagram):
     /// QUIC packets from them are the peer's, even before our side of the punch
     /// has finished and we send there ourselves.
@@ -115,12 +120,14 @@ struct Table {
 }
 
 /// Where the socket should send a packet quinn addressed to `dest`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum SendRoute {
     /// Not a virtual address: send as addressed.
     AsAddressed,
     /// To this real address.
     Direct(SocketAddr),
+    /// To this real address, from a side socket.
+    DirectVia(Via, SocketAddr),
     /// Wrapped for this channel, to the server at this address.
     Relay(SocketAddr, Channel),
     /// Nowhere to send it yet: drop it (QUIC retransmits).
@@ -176,6 +183,7 @@ impl PathTable {
             Entry {
                 peer,
                 direct: None,
+                via: None,
                 aliases: VecDeque::new(),
                 relay: None,
                 unanswered_since: None,
@@ -241,6 +249,11 @@ impl PathTable {
                 .expect("inbox lock is never poisoned")
                 .extend(found);
         }
+        self.wake();
+    }
+
+    /// Wakes quinn's receive task (packets are waiting in the inbox).
+    fn wake(&self) {
         if let Some(w) = self
             .waker
             .lock()
@@ -248,6 +261,18 @@ impl PathTable {
             .take()
         {
             w.wake();
+        }
+    }
+
+    /// Hands quinn a QUIC packet that a side socket received from `from`, if
+    /// `from` is a peer's (see [`crate::side`]).
+    pub(crate) fn deliver_direct(&self, from: SocketAddr, packet: &[u8]) {
+        let Some(v) = self.route_direct_recv(from) else {
+            tracing::trace!(%from, "side socket packet from no peer");
+            return;
+        };
+        if self.push_inbox((v, packet.to_vec())) {
+            self.wake();
         }
     }
 
@@ -293,6 +318,26 @@ impl PathTable {
 
     /// Sets (or clears) the direct path. Returns the route before and after.
     pub fn set_direct(&self, peer: &NodeId, direct: Option<SocketAddr>) -> (Route, Route) {
+        self.set_path(peer, direct, None)
+    }
+
+    /// Sets the direct path to `direct`, leaving from side socket `via` when
+    /// given (a birthday punch found it there). Returns the route before and after.
+    pub fn set_direct_via(
+        &self,
+        peer: &NodeId,
+        direct: SocketAddr,
+        via: Option<Via>,
+    ) -> (Route, Route) {
+        self.set_path(peer, Some(direct), via)
+    }
+
+    fn set_path(
+        &self,
+        peer: &NodeId,
+        direct: Option<SocketAddr>,
+        via: Option<Via>,
+    ) -> (Route, Route) {
         let mut t = self.lock();
         let Some(v) = t.by_peer.get(peer).copied() else {
             return (Route::Unreachable, Route::Unreachable);
@@ -303,6 +348,7 @@ impl PathTable {
         };
         let before = e.route();
         e.direct = direct;
+        e.via = via;
         e.unanswered_since = None;
         let after = e.route();
         if let Some(d) = direct {
@@ -348,6 +394,7 @@ impl PathTable {
                     pe.aliases.retain(|a| *a != addr);
                     if pe.direct == Some(addr) {
                         pe.direct = None;
+                        pe.via = None;
                     }
                 }
             }
@@ -406,7 +453,10 @@ impl PathTable {
         match (e.direct, e.relay) {
             (Some(d), _) => {
                 e.unanswered_since.get_or_insert(now);
-                SendRoute::Direct(d)
+                match &e.via {
+                    Some(via) => SendRoute::DirectVia(via.clone(), d),
+                    None => SendRoute::Direct(d),
+                }
             }
             (None, Some((server, channel))) => SendRoute::Relay(server, channel),
             (None, None) => SendRoute::Drop,

@@ -15,20 +15,25 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use burrow_proto::punch::{PunchEvent, PunchSession};
+use burrow_proto::punch::{Local, Method, PunchEvent, PunchSession};
 use burrow_proto::NodeId;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::paths::PathTable;
+use crate::side::{BirthdaySlot, SideSocket, Via};
 use crate::socket::RawSender;
 
-/// Punch datagrams queued for one session before more are dropped.
-const SESSION_QUEUE: usize = 64;
+/// Punch datagrams queued for one session before more are dropped (a birthday
+/// punch's 256 side sockets may all answer at once).
+pub(crate) const SESSION_QUEUE: usize = 512;
 /// Most punch sessions running at once on one endpoint.
 pub const MAX_SESSIONS: usize = 64;
 
+/// A punch datagram for a session: the socket it came in on, its source, its bytes.
+pub(crate) type Inbound = (Local, SocketAddr, Vec<u8>);
+
 /// Routes from session id to the driver of that session.
-pub(crate) type Routes = Arc<Mutex<HashMap<[u8; 16], mpsc::Sender<(SocketAddr, Vec<u8>)>>>>;
+pub(crate) type Routes = Arc<Mutex<HashMap<[u8; 16], mpsc::Sender<Inbound>>>>;
 
 /// Why a punch could not start.
 #[derive(Debug, thiserror::Error)]
@@ -41,16 +46,36 @@ pub enum PunchError {
     Duplicate,
 }
 
-/// Registers `session` and drives it in a task. The receiver yields the peer's
-/// address on a working path, or `None` when the punch failed.
+/// The path a punch found.
+#[derive(Clone, Debug)]
+pub struct Punched {
+    /// The peer's address on it.
+    pub addr: SocketAddr,
+    /// What found it.
+    pub method: Method,
+    /// The side socket it leaves from, when it isn't the endpoint's own socket
+    /// (set it with [`PathTable::set_direct_via`]).
+    pub via: Option<Via>,
+}
+
+/// A punch ready to run: its session, its inbox, and its side sockets (if any).
+pub(crate) struct Prepared {
+    pub(crate) session: PunchSession,
+    pub(crate) rx: mpsc::Receiver<Inbound>,
+    pub(crate) tx: mpsc::Sender<Inbound>,
+    pub(crate) sides: Vec<Arc<SideSocket>>,
+    pub(crate) slot: Option<BirthdaySlot>,
+}
+
+/// Registers the session and drives it in a task. The receiver yields the path
+/// found, or `None` when the punch failed.
 pub(crate) fn start(
-    session: PunchSession,
+    p: Prepared,
     raw: RawSender,
     routes: Routes,
     learn: Option<(Arc<PathTable>, NodeId)>,
-) -> Result<oneshot::Receiver<Option<SocketAddr>>, PunchError> {
-    let id = session.session();
-    let (tx, rx) = mpsc::channel(SESSION_QUEUE);
+) -> Result<oneshot::Receiver<Option<Punched>>, PunchError> {
+    let id = p.session.session();
     {
         let mut r = routes.lock().expect("punch routes lock is never poisoned");
         if r.contains_key(&id) {
@@ -59,36 +84,58 @@ pub(crate) fn start(
         if r.len() >= MAX_SESSIONS {
             return Err(PunchError::Busy);
         }
-        r.insert(id, tx);
+        r.insert(id, p.tx.clone());
     }
     let (outcome_tx, outcome_rx) = oneshot::channel();
-    tokio::spawn(drive(session, rx, raw, outcome_tx, routes, id, learn));
+    tokio::spawn(drive(p, raw, outcome_tx, routes, id, learn));
     Ok(outcome_rx)
 }
 
 async fn drive(
-    mut s: PunchSession,
-    mut rx: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
+    p: Prepared,
     raw: RawSender,
-    outcome: oneshot::Sender<Option<SocketAddr>>,
+    outcome: oneshot::Sender<Option<Punched>>,
     routes: Routes,
     id: [u8; 16],
     learn: Option<(Arc<PathTable>, NodeId)>,
 ) {
+    let Prepared {
+        session: mut s,
+        mut rx,
+        tx,
+        sides,
+        slot,
+    } = p;
+    // Only side sockets and the routes hold senders: the channel closes when
+    // they are all gone.
+    drop(tx);
+    let side = |l: Local| sides.get(usize::from(l.0).checked_sub(1)?);
     let mut outcome = Some(outcome);
     loop {
         let now = Instant::now();
         s.handle_timeout(now);
         while let Some(t) = s.poll_transmit(now) {
-            if let Err(e) = raw.send(t.to, &t.data) {
-                tracing::debug!(to = %t.to, error = %e, "punch probe not sent");
+            if t.from == Local::MAIN {
+                if let Err(e) = raw.send(t.to, &t.data) {
+                    tracing::debug!(to = %t.to, error = %e, "punch probe not sent");
+                }
+            } else if let Some(sock) = side(t.from) {
+                sock.send(t.to, &t.data);
             }
         }
         while let Some(event) = s.poll_event() {
             let result = match event {
-                PunchEvent::Success { addr } => {
-                    tracing::debug!(%addr, "punch succeeded");
-                    Some(addr)
+                PunchEvent::Success {
+                    addr,
+                    local,
+                    method,
+                } => {
+                    tracing::debug!(%addr, ?local, ?method, "punch succeeded");
+                    Some(Punched {
+                        addr,
+                        method,
+                        via: side(local).map(|sock| Via(sock.clone())),
+                    })
                 }
                 PunchEvent::Failed => {
                     tracing::debug!("punch failed");
@@ -105,8 +152,8 @@ async fn drive(
         let wake = s.poll_timeout().map(tokio::time::Instant::from_std);
         tokio::select! {
             d = rx.recv() => match d {
-                Some((from, data)) => {
-                    if !s.handle_datagram(Instant::now(), from, &data) {
+                Some((local, from, data)) => {
+                    if !s.handle_datagram(Instant::now(), local, from, &data) {
                         tracing::debug!(%from, "invalid punch datagram");
                     } else if let Some((paths, peer)) = &learn {
                         paths.learn(peer, from);
@@ -121,4 +168,7 @@ async fn drive(
         .lock()
         .expect("punch routes lock is never poisoned")
         .remove(&id);
+    // The losing side sockets close here; a winner lives on in the path table.
+    drop(sides);
+    drop(slot);
 }

@@ -331,6 +331,16 @@ impl AsyncUdpSocket for DemuxSocket {
                 src_ip: None,
                 ..*transmit
             }),
+            SendRoute::DirectVia(via, to) => {
+                let segment = transmit
+                    .segment_size
+                    .unwrap_or(transmit.contents.len())
+                    .max(1);
+                for packet in transmit.contents.chunks(segment) {
+                    via.0.send(to, packet);
+                }
+                Ok(())
+            }
             SendRoute::Relay(server, channel) => self.send_relayed(server, channel, transmit),
             // No way to the peer yet: as if lost on the wire.
             SendRoute::Drop => Ok(()),

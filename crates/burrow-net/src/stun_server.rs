@@ -9,6 +9,11 @@
 //!
 //! Whether such an answer gets through tells the client how its NAT filters; where
 //! its mapping changes between A1:P1, A2:P1 and A2:P2 tells how it maps.
+//!
+//! One more socket, A1:P3 (P3 = P1 + 2), answers plain Binding requests from
+//! itself: a running node measures there how its NAT allocates ports (the
+//! public port toward P1 against the one toward P3). It is apart from the
+//! RFC 5780 sockets so that measuring opens no filter those tests look at.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -30,6 +35,8 @@ pub struct StunGrid {
     main: RawSender,
     alt_ip: Option<IpAddr>,
     alt_port: u16,
+    /// P3: answers from itself, ignoring CHANGE-REQUEST.
+    mapping_port: u16,
     alts: Vec<(SocketAddr, Arc<UdpSocket>)>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
@@ -87,10 +94,16 @@ impl StunGrid {
             .port()
             .checked_add(1)
             .ok_or(GridError::NoAltPort(primary.port()))?;
+        let mapping_port = alt_port
+            .checked_add(1)
+            .ok_or(GridError::NoAltPort(primary.port()))?;
         if alt_ip.is_some() && primary.ip().is_unspecified() {
             return Err(GridError::WildcardPrimary(primary));
         }
-        let mut addrs = vec![SocketAddr::new(primary.ip(), alt_port)];
+        let mut addrs = vec![
+            SocketAddr::new(primary.ip(), alt_port),
+            SocketAddr::new(primary.ip(), mapping_port),
+        ];
         if let Some(ip) = alt_ip {
             addrs.push(SocketAddr::new(ip, primary.port()));
             addrs.push(SocketAddr::new(ip, alt_port));
@@ -117,6 +130,7 @@ impl StunGrid {
                 main,
                 alt_ip,
                 alt_port,
+                mapping_port,
                 alts,
                 tasks,
             }
@@ -177,11 +191,14 @@ impl StunGrid {
             self.other_port(arrived_on.port()),
         );
         let mut want = arrived_on;
-        if req.change.ip && !other.ip().is_unspecified() {
-            want.set_ip(other.ip());
-        }
-        if req.change.port {
-            want.set_port(other.port());
+        // P3 only measures mappings: it answers from itself, as asked or not.
+        if arrived_on.port() != self.mapping_port {
+            if req.change.ip && !other.ip().is_unspecified() {
+                want.set_ip(other.ip());
+            }
+            if req.change.port {
+                want.set_port(other.port());
+            }
         }
         tracing::debug!(%arrived_on, %from, change_ip = req.change.ip, change_port = req.change.port, %want, "STUN request");
         let origin = |a: SocketAddr| (!a.ip().is_unspecified()).then_some(a);

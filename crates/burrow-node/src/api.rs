@@ -256,6 +256,10 @@ pub struct PeerView {
     pub online: bool,
     /// Our link with it.
     pub connection: ConnectionState,
+    /// What found the direct path: `probe` (ordinary hole punching),
+    /// `predicted` (a sequential NAT's next port) or `birthday` (side sockets
+    /// and random ports); none while relayed.
+    pub method: Option<burrow_proto::punch::Method>,
     /// Round-trip time of the connection, in milliseconds.
     pub rtt_ms: Option<f64>,
     /// The peer's clock minus ours, in milliseconds, from NTP-style probes on

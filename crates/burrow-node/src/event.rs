@@ -83,6 +83,8 @@ pub enum NodeEvent {
         path: ConnectionState,
         /// Where packets go now.
         remote: String,
+        /// What found the direct path (none when it fell back to the relay).
+        method: Option<burrow_proto::punch::Method>,
     },
     /// A connection could not be made.
     ConnectFailed {

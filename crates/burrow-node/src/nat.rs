@@ -8,10 +8,15 @@
 //! main address, at the other address, and at the other address's other port.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use burrow_net::Endpoint;
+use burrow_proto::punch::Mapping;
+use burrow_proto::rendezvous::ClientMsg;
 use burrow_proto::stun::Change;
+
+use crate::node::Inner;
 use serde::{Deserialize, Serialize};
 
 /// How long one test waits for its answer. A missing answer is the result of a
@@ -58,6 +63,9 @@ pub struct NatReport {
     pub mapping: Behaviour,
     /// Who may send to our public address.
     pub filtering: Behaviour,
+    /// How new public ports are chosen, in words: `preserved` (one port for
+    /// every destination), `sequential (step N)`, `random` or `unknown`.
+    pub ports: String,
     /// The server's other address and port used for the tests, if any.
     pub server_other: Option<SocketAddr>,
     /// The verdict, in plain words.
@@ -152,14 +160,27 @@ pub async fn diagnose(
     };
 
     let behind_nat = !own.contains(&public);
+    let ports = self::mapping(ep, server)
+        .await
+        .map_or(Mapping::Unknown, |(_, m)| m);
     Ok(NatReport {
         public_addr: public,
         behind_nat,
         mapping,
         filtering,
+        ports: ports_words(ports),
         server_other: other,
-        summary: summary(behind_nat, public, mapping, filtering),
+        summary: summary(behind_nat, public, mapping, filtering, ports),
     })
+}
+
+fn ports_words(m: Mapping) -> String {
+    match m {
+        Mapping::Unknown => "unknown".into(),
+        Mapping::Independent => "preserved".into(),
+        Mapping::Sequential { step, .. } => format!("sequential (step {step})"),
+        Mapping::Random => "random".into(),
+    }
 }
 
 fn summary(
@@ -167,6 +188,7 @@ fn summary(
     public: SocketAddr,
     mapping: Behaviour,
     filtering: Behaviour,
+    ports: Mapping,
 ) -> String {
     let place = if behind_nat {
         format!("You are behind a NAT; the internet sees you at {public}.")
@@ -174,12 +196,24 @@ fn summary(
         format!("No NAT: your address {public} is reachable as it is.")
     };
     let map = match mapping {
-        Behaviour::EndpointIndependent => "It keeps the same public port whatever you send to (easy to punch through).".to_string(),
-        Behaviour::Unknown => "Whether it keeps the same public port could not be tested.".to_string(),
-        m => format!(
-            "It picks a new public port per destination ({}): a 'symmetric' NAT, the hard kind; direct connections need a peer with an easier NAT, otherwise the relay.",
-            m.words()
-        ),
+        Behaviour::EndpointIndependent => {
+            "It keeps the same public port whatever you send to (easy to punch through)."
+                .to_string()
+        }
+        Behaviour::Unknown => {
+            "Whether it keeps the same public port could not be tested.".to_string()
+        }
+        m => {
+            let how = match ports {
+                Mapping::Sequential { .. } => "Its ports come one after the other: a peer with an easier NAT predicts the next one and connects directly; with another hard NAT, the relay carries the connection.",
+                Mapping::Random => "Its ports are random: a peer with an easier NAT still connects directly by birthday probing (256 extra sockets here, random ports there); with another hard NAT, the relay carries the connection.",
+                _ => "Direct connections need a peer with an easier NAT, otherwise the relay.",
+            };
+            format!(
+                "It picks a new public port per destination ({}): a 'symmetric' NAT, the hard kind. {how}",
+                m.words()
+            )
+        }
     };
     let filter = match filtering {
         Behaviour::EndpointIndependent => "Anyone can send to that port once it is open (full cone).".to_string(),
@@ -194,4 +228,59 @@ fn summary(
         (false, Behaviour::EndpointIndependent) => format!("{place} Nothing filters incoming UDP."),
         (false, _) => format!("{place} A firewall lets in only hosts you have sent to: peers reach you by hole punching."),
     }
+}
+
+/// How long the mapping measurement waits for each answer.
+const MAPPING_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Measures how our NAT maps ports: our public address as the server's main
+/// port P sees it (the mapping our server connection already made), then as
+/// its measurement port P+2 sees it (a new destination, so a new mapping on a
+/// NAT whose mapping depends on it; see `burrow_net::stun_server`). Returns
+/// the first address and the mapping; `None` when the main port did not answer.
+pub async fn mapping(ep: &Endpoint, server: SocketAddr) -> Option<(SocketAddr, Mapping)> {
+    let first = ep
+        .stun_query(server, Change::default(), MAPPING_DEADLINE)
+        .await
+        .ok()?
+        .mapped;
+    let next = server
+        .port()
+        .checked_add(2)
+        .map(|p| SocketAddr::new(server.ip(), p))?;
+    let mapping = match ep
+        .stun_query(next, Change::default(), MAPPING_DEADLINE)
+        .await
+    {
+        Ok(r) if r.mapped.ip() == first.ip() => Mapping::from_ports(first.port(), r.mapped.port()),
+        // Another public address per destination: ports can't be predicted.
+        Ok(_) => Mapping::Random,
+        Err(_) => Mapping::Unknown,
+    };
+    Some((first, mapping))
+}
+
+/// Measures our mapping in the background and tells the server when it
+/// changed (or when it must hear it again: a new session). Node state keeps it
+/// for choosing a punch strategy.
+pub(crate) fn refresh_mapping(inner: &Arc<Inner>, tell_anyway: bool) {
+    let Some(server) = inner.state().server_addr else {
+        return;
+    };
+    let inner2 = inner.clone();
+    inner.spawn(async move {
+        let Some((seen, mapping)) = mapping(&inner2.endpoint, server).await else {
+            return;
+        };
+        let mut st = inner2.state();
+        st.public_addr = Some(seen);
+        let changed = st.mapping != mapping;
+        st.mapping = mapping;
+        if changed || tell_anyway {
+            tracing::debug!(?mapping, "our NAT's mapping");
+            if let Some(tx) = &st.server_tx {
+                let _ = tx.try_send(ClientMsg::Nat { mapping });
+            }
+        }
+    });
 }

@@ -47,6 +47,8 @@ pub(crate) struct Peer {
     /// When a relayed link next asks for a direct path, and the wait after that.
     pub repunch_at: Option<std::time::Instant>,
     pub repunch_wait: Duration,
+    /// What found the direct path, while there is one.
+    pub method: Option<burrow_proto::punch::Method>,
 }
 
 impl Default for Peer {
@@ -59,6 +61,7 @@ impl Default for Peer {
             conns: Vec::new(),
             repunch_at: None,
             repunch_wait: peers::REPUNCH_FIRST,
+            method: None,
         }
     }
 }
@@ -86,6 +89,8 @@ pub(crate) struct State {
     /// The server's address, as resolved for the current session.
     pub server_addr: Option<SocketAddr>,
     pub public_addr: Option<SocketAddr>,
+    /// How our NAT maps ports, as last measured ([`crate::nat::refresh_mapping`]).
+    pub mapping: burrow_proto::punch::Mapping,
     pub peers: HashMap<NodeId, Peer>,
     /// Operations waiting for the server's answer about a peer (one per peer).
     pub waiters: HashMap<NodeId, (RequestOp, oneshot::Sender<Result<(), Refusal>>)>,
@@ -586,6 +591,12 @@ impl Node {
                     (None, Some(Direction::Incoming)) => ConnectionState::PendingIn,
                     (None, None) => ConnectionState::None,
                 },
+                method: p
+                    .conn()
+                    .filter(|c| {
+                        peers::path_of(&self.inner, id, Some(c)).0 == ConnectionState::Direct
+                    })
+                    .and(p.method),
                 rtt_ms: p.conn().map(|c| c.rtt().as_secs_f64() * 1000.0),
                 clock_offset_ms: st.mesh.links.get(id).and_then(|l| l.clock.offset_ms()),
             })

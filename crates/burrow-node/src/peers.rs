@@ -24,9 +24,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use burrow_net::punch::Punched;
 use burrow_net::{Health, Route};
 use burrow_proto::chat;
-use burrow_proto::punch::{PunchConfig, PunchTicket, Role};
+use burrow_proto::punch::{Mapping, PunchConfig, PunchTicket, Role, Strategy};
 use burrow_proto::relay::Channel;
 use burrow_proto::rendezvous::{ClientMsg, Direction};
 use burrow_proto::NodeId;
@@ -91,6 +92,7 @@ pub(crate) fn link(
     peer: NodeId,
     direction: Direction,
     candidates: &[SocketAddr],
+    peer_mapping: Mapping,
     ticket: PunchTicket,
     relay: Option<Channel>,
 ) {
@@ -106,10 +108,18 @@ pub(crate) fn link(
         Direction::Incoming => Role::Acceptor,
     };
     let candidates = usable(inner, candidates);
+    let own_mapping = inner.state().mapping;
+    // Behind hard NATs, each side does its part (side sockets, random ports,
+    // predicted ports); see `burrow_proto::punch::strategy`.
+    let strategy = Strategy::choose(own_mapping, peer_mapping, candidates.first().copied());
+    if strategy.is_hard() {
+        debug!(peer = %peer.short(), ?own_mapping, ?peer_mapping, ?strategy, "hard NAT punch");
+    }
     let punched = inner.endpoint.start_punch(
         role,
         ticket,
         &candidates,
+        &strategy,
         PunchConfig::default(),
         Some(peer),
     );
@@ -131,15 +141,21 @@ pub(crate) fn link(
                 None
             }
         };
+        // A sequential NAT's ports moved on with this punch's mappings:
+        // measure again, so the next punch predicts from the newest.
+        if matches!(own_mapping, Mapping::Sequential { .. }) {
+            crate::nat::refresh_mapping(&inner2, false);
+        }
+        let found = direct.is_some();
         match direct {
-            Some(addr) => go_direct(&inner2, peer, addr),
+            Some(p) => go_direct(&inner2, peer, p),
             None => {
                 debug!(peer = %peer.short(), "hole punching found no direct path");
                 schedule_repunch(&inner2, peer, false);
             }
         }
         if dial_now && !has_relay {
-            if direct.is_some() {
+            if found {
                 dial(inner2, peer).await;
             } else {
                 fail(
@@ -152,10 +168,14 @@ pub(crate) fn link(
     });
 }
 
-/// A punch found `addr`: the path goes direct (the connection moves there).
-fn go_direct(inner: &Arc<Inner>, peer: NodeId, addr: SocketAddr) {
-    let (before, after) = inner.endpoint.paths().set_direct(&peer, Some(addr));
+/// A punch found a path: it goes direct (the connection moves there).
+fn go_direct(inner: &Arc<Inner>, peer: NodeId, found: Punched) {
+    let Punched { addr, method, via } = found;
+    let (before, after) = inner.endpoint.paths().set_direct_via(&peer, addr, via);
     schedule_repunch(inner, peer, true);
+    if let Some(p) = inner.state().peers.get_mut(&peer) {
+        p.method = Some(method);
+    }
     if before == after {
         return;
     }
@@ -164,13 +184,14 @@ fn go_direct(inner: &Arc<Inner>, peer: NodeId, addr: SocketAddr) {
         .peers
         .get(&peer)
         .is_some_and(|p| p.connected());
-    info!(peer = %peer.short(), %addr, "direct path");
+    info!(peer = %peer.short(), %addr, ?method, "direct path");
     if connected {
         let name = inner.state().name_of(&peer);
         inner.emit(NodeEvent::PathChanged {
             name,
             path: ConnectionState::Direct,
             remote: addr.to_string(),
+            method: Some(method),
         });
     }
 }
@@ -264,11 +285,15 @@ pub(crate) async fn monitor(inner: Arc<Inner>) {
                 }
                 Health::Dead => {
                     paths.set_direct(&peer, None);
+                    if let Some(p) = inner.state().peers.get_mut(&peer) {
+                        p.method = None;
+                    }
                     let has_relay = paths.status(&peer).is_some_and(|s| s.has_relay);
                     warn!(peer = %peer.short(), "direct path lost");
                     let name = inner.state().name_of(&peer);
                     inner.emit(NodeEvent::PathChanged {
                         name,
+                        method: None,
                         path: ConnectionState::Relayed,
                         remote: if has_relay {
                             path_of(&inner, &peer, None).1

@@ -264,14 +264,10 @@ pub(crate) async fn connect(inner: &Arc<Inner>) -> Result<Session, SessionError>
                 }
                 crate::presence::send_watches(&st);
             }
-            // Ask STUN too: it is what peers will see once punching needs it, and
-            // it checks the shared socket end to end.
-            let stun_inner = inner.clone();
-            inner.spawn(async move {
-                if let Ok(seen) = stun_inner.endpoint.stun(addr, Duration::from_secs(3)).await {
-                    stun_inner.state().public_addr = Some(seen);
-                }
-            });
+            // Ask STUN too: it is what peers will see once punching needs it,
+            // it checks the shared socket end to end, and the server's next
+            // port tells how our NAT maps (which hard-NAT technique is ours).
+            crate::nat::refresh_mapping(inner, true);
             inner.emit(NodeEvent::ServerConnected {
                 server: host,
                 public_addr: observed,
@@ -489,6 +485,7 @@ fn handle(inner: &Arc<Inner>, msg: ServerMsg) {
             peer,
             direction,
             candidates,
+            peer_mapping,
             punch,
             relay,
         } => {
@@ -505,7 +502,15 @@ fn handle(inner: &Arc<Inner>, msg: ServerMsg) {
             };
             resolve_waiter(&mut st, peer, |o| o == op, Ok(()));
             drop(st);
-            peers::link(inner, peer, direction, &candidates, punch, relay);
+            peers::link(
+                inner,
+                peer,
+                direction,
+                &candidates,
+                peer_mapping,
+                punch,
+                relay,
+            );
             if direction == Direction::Incoming {
                 inner.spawn(peers::admission_deadline(inner.clone(), peer))
             }
@@ -514,6 +519,7 @@ fn handle(inner: &Arc<Inner>, msg: ServerMsg) {
             peer,
             direction,
             candidates,
+            peer_mapping,
             punch,
             relay,
         } => {
@@ -524,7 +530,15 @@ fn handle(inner: &Arc<Inner>, msg: ServerMsg) {
                 .is_some_and(|p| p.connected() || p.accepted);
             drop(st);
             if ours {
-                peers::link(inner, peer, direction, &candidates, punch, relay);
+                peers::link(
+                    inner,
+                    peer,
+                    direction,
+                    &candidates,
+                    peer_mapping,
+                    punch,
+                    relay,
+                );
             } else {
                 peers::unlink(inner, peer);
             }

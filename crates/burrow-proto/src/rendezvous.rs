@@ -41,14 +41,14 @@ use serde::{Deserialize, Serialize};
 use crate::files::{BlobHash, FileEntry};
 use crate::id::NodeId;
 use crate::name::Name;
-use crate::punch::PunchTicket;
+use crate::punch::{Mapping, PunchTicket};
 use crate::relay::Channel;
 
 /// ALPN of the node ↔ server connection.
 pub const ALPN: &[u8] = b"burrow/rendezvous/1";
 /// Version byte of every control-stream frame. 2: relay channels and re-punching;
 /// 3: the file tracker; 4: credentials in Hello, bans and operator notices.
-pub const VERSION: u8 = 4;
+pub const VERSION: u8 = 5;
 /// Largest frame the server sends. Presence snapshots are split
 /// ([`PEERS_PER_FRAME`]) to stay well under it.
 pub const MAX_FRAME: usize = 1 << 20;
@@ -188,6 +188,14 @@ pub enum ClientMsg {
     Repunch {
         /// The linked peer.
         peer: NodeId,
+    },
+    /// How our NAT maps ports, as we measured it (after each Welcome, and when
+    /// it changes). The server hands it to the peers we punch with, so that
+    /// each side knows which hard-NAT technique is its part
+    /// ([`crate::punch::Strategy`]).
+    Nat {
+        /// Our mapping.
+        mapping: Mapping,
     },
     /// Our link with `peer` is closed: the server stops relaying for it.
     Release {
@@ -410,6 +418,8 @@ pub enum ServerMsg {
         direction: Direction,
         /// The other side's addresses: server-observed first, then LAN.
         candidates: Vec<SocketAddr>,
+        /// How the other side's NAT maps ports (as it reported).
+        peer_mapping: Mapping,
         /// Both sides punch with this ticket, at once (see [`crate::punch`]).
         punch: PunchTicket,
         /// The relay channel for this link (see [`crate::relay`]), unless the
@@ -425,6 +435,8 @@ pub enum ServerMsg {
         direction: Direction,
         /// The peer's addresses as the server sees them now, then its LAN ones.
         candidates: Vec<SocketAddr>,
+        /// How the peer's NAT maps ports (as it reported).
+        peer_mapping: Mapping,
         /// The ticket for this punch.
         punch: PunchTicket,
         /// The link's relay channel (new if the link was made again).
@@ -551,6 +563,14 @@ mod tests {
             arb_id().prop_map(|peer| ClientMsg::Cancel { peer }),
             arb_id().prop_map(|peer| ClientMsg::Repunch { peer }),
             arb_id().prop_map(|peer| ClientMsg::Release { peer }),
+            prop_oneof![
+                Just(Mapping::Unknown),
+                Just(Mapping::Independent),
+                Just(Mapping::Random),
+                (any::<u16>(), any::<i16>())
+                    .prop_map(|(last, step)| Mapping::Sequential { last, step }),
+            ]
+            .prop_map(|mapping| ClientMsg::Nat { mapping }),
             Just(ClientMsg::Bye),
             proptest::collection::vec(arb_id(), 0..8).prop_map(|ids| ClientMsg::Watch { ids }),
             proptest::collection::vec(arb_id(), 0..8).prop_map(|ids| ClientMsg::Unwatch { ids }),
@@ -649,6 +669,10 @@ mod tests {
                         peer,
                         direction,
                         candidates,
+                        peer_mapping: Mapping::Sequential {
+                            last: session[0].into(),
+                            step: 1,
+                        },
                         punch: PunchTicket { session, secret },
                         relay: relay.map(Channel),
                     }
@@ -666,6 +690,10 @@ mod tests {
                         peer,
                         direction,
                         candidates,
+                        peer_mapping: Mapping::Sequential {
+                            last: session[0].into(),
+                            step: 1,
+                        },
                         punch: PunchTicket { session, secret },
                         relay: relay.map(Channel),
                     }

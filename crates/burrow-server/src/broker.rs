@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use burrow_proto::punch::PunchTicket;
+use burrow_proto::punch::{Mapping, PunchTicket};
 use burrow_proto::relay::Channel;
 use burrow_proto::rendezvous::{
     ClientMsg, CloseReason, Direction, PeerInfo, PresenceScope, Refusal, ServerMsg,
@@ -102,6 +102,8 @@ struct Online {
     session: u64,
     /// Server-observed address first, then the node's LAN addresses.
     candidates: Vec<SocketAddr>,
+    /// How its NAT maps ports, as it reported.
+    mapping: Mapping,
     /// Relayed bytes sent this session, and the rate they are sent at.
     relayed: u64,
     relay_rate: Option<RateLimit>,
@@ -227,6 +229,7 @@ impl Registry {
                 info,
                 session,
                 candidates,
+                mapping: Mapping::Unknown,
                 relayed: 0,
                 relay_rate: None,
             },
@@ -283,6 +286,12 @@ impl Registry {
             ClientMsg::Reject { peer } => self.end(peer, from, CloseReason::Rejected, from),
             ClientMsg::Cancel { peer } => self.end(from, peer, CloseReason::Cancelled, from),
             ClientMsg::Repunch { peer } => self.repunch(now, from, peer),
+            ClientMsg::Nat { mapping } => {
+                if let Some(n) = self.nodes.get_mut(&from) {
+                    n.mapping = mapping;
+                }
+                Vec::new()
+            }
             ClientMsg::Release { peer } => {
                 self.end_link(pair(from, peer));
                 self.wishes.remove(&(from, peer));
@@ -390,6 +399,7 @@ impl Registry {
             return Vec::new();
         };
         let (a_cands, r_cands) = (a.candidates.clone(), r.candidates.clone());
+        let (a_map, r_map) = (a.mapping, r.mapping);
         let punch = PunchTicket::random(&mut self.rng);
         let relay = self.make_link(now, requester, acceptor);
         vec![
@@ -399,6 +409,7 @@ impl Registry {
                     peer: acceptor,
                     direction: Direction::Outgoing,
                     candidates: a_cands,
+                    peer_mapping: a_map,
                     punch,
                     relay,
                 },
@@ -409,6 +420,7 @@ impl Registry {
                     peer: requester,
                     direction: Direction::Incoming,
                     candidates: r_cands,
+                    peer_mapping: r_map,
                     punch,
                     relay,
                 },
@@ -508,6 +520,7 @@ impl Registry {
                     peer,
                     direction: Direction::Outgoing,
                     candidates: p.candidates.clone(),
+                    peer_mapping: p.mapping,
                     punch,
                     relay,
                 },
@@ -518,6 +531,7 @@ impl Registry {
                     peer: from,
                     direction: Direction::Incoming,
                     candidates: f.candidates.clone(),
+                    peer_mapping: f.mapping,
                     punch,
                     relay,
                 },
@@ -647,6 +661,13 @@ mod tests {
                 (a.id, ServerMsg::Incoming { peer: b.clone() })
             ]
         );
+        // a measured its NAT: b hears how a's ports are allocated (b doesn't
+        // know its own mapping yet).
+        let a_map = Mapping::Sequential {
+            last: 20001,
+            step: 1,
+        };
+        r.handle_msg(now, a.id, ClientMsg::Nat { mapping: a_map });
         let out = r.handle_msg(now, a.id, ClientMsg::Accept { peer: b.id });
         let ServerMsg::Accepted { punch, relay, .. } = out[0].1 else {
             panic!("{out:?}")
@@ -661,6 +682,7 @@ mod tests {
                         peer: a.id,
                         direction: Direction::Outgoing,
                         candidates: vec![addr(1), SocketAddr::from(([192, 168, 1, 2], 1))],
+                        peer_mapping: a_map,
                         punch,
                         relay,
                     }
@@ -671,6 +693,7 @@ mod tests {
                         peer: b.id,
                         direction: Direction::Incoming,
                         candidates: vec![addr(2)],
+                        peer_mapping: Mapping::Unknown,
                         punch,
                         relay,
                     }
@@ -952,6 +975,7 @@ mod tests {
                 candidates,
                 punch,
                 relay,
+                ..
             },
         ), (
             to_a,

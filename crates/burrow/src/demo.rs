@@ -256,6 +256,7 @@ pub async fn run() -> Result<(), CliError> {
                 name,
                 path: ConnectionState::Direct,
                 remote,
+                ..
             } if name == "alice" => Some(remote.clone()),
             _ => None,
         })

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use burrow_lab::{Lab, NatKind, NsRuntime, SERVER_ADDRS};
 use burrow_node::api::ConnectionState;
 use burrow_node::{Node, NodeConfig, NodeEvent};
+use burrow_proto::punch::Method;
 use burrow_proto::{SecretKey, ServerAddr};
 use burrow_server::{Server, ServerConfig};
 use tokio::sync::broadcast;
@@ -153,7 +154,7 @@ pub async fn run() -> Result<(), CliError> {
     chat(
         alice,
         carol,
-        "hello carol, relayed but still end-to-end encrypted",
+        "hello carol, straight through your carrier's NAT too",
     )
     .await?;
 
@@ -240,17 +241,23 @@ async fn link(from: &mut LabNode, to: &mut LabNode) -> Result<(), CliError> {
             name,
             path: ConnectionState::Direct,
             remote,
-        } if name == b => Some(remote.clone()),
+            method,
+        } if name == b => Some((remote.clone(), *method)),
         _ => None,
     })
     .await;
     match moved {
-        Ok(remote) => println!(
-            "  {a:<7} hole punching worked: the connection moved to a direct path ({remote}), {} after asking",
+        Ok((remote, Some(Method::Birthday))) => println!(
+            "  {a:<7} birthday probing worked: 256 extra sockets behind the symmetric NAT, random ports probed from the other side, until one met; the connection moved to that direct path ({remote}), {} after asking",
+            ms(asked.elapsed())
+        ),
+        Ok((remote, method)) => println!(
+            "  {a:<7} {} worked: the connection moved to a direct path ({remote}), {} after asking",
+            method.unwrap_or(Method::Probe).words(),
             ms(asked.elapsed())
         ),
         Err(_) => println!(
-            "  {a:<7} hole punching found no direct path (a symmetric NAT against a filtering one): the connection stays on the relay, and keeps trying"
+            "  {a:<7} no direct path found (two NATs that both pick a new port per destination): the connection stays on the relay, and keeps trying"
         ),
     }
     Ok(())

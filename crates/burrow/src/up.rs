@@ -232,7 +232,16 @@ pub fn describe(event: &NodeEvent, me: &Name) -> Option<String> {
             name,
             path: ConnectionState::Direct,
             remote,
-        } => format!("{name}: connection now direct ({remote})"),
+            method,
+        } => match method {
+            Some(m) if *m != burrow_proto::punch::Method::Probe => {
+                format!(
+                    "{name}: connection now direct ({remote}, found by {})",
+                    m.words()
+                )
+            }
+            _ => format!("{name}: connection now direct ({remote})"),
+        },
         NodeEvent::PathChanged { name, remote, .. } => {
             format!("{name}: direct path lost; relaying ({remote}) while looking for another")
         }

@@ -4,9 +4,12 @@
 //! kernel NATs; driven through the CLI.
 //!
 //! Every cell must connect and chat (through the relay where nothing else
-//! works). Every cell where one side is None or FullCone, and PortRestricted
-//! with PortRestricted, must end direct. Cells with a Symmetric NAT against a
-//! filtering one stay relayed for now (the hard-NAT issue makes them direct).
+//! works). Every cell with at least one side whose mapping is
+//! endpoint-independent (None, FullCone, PortRestricted) must end direct:
+//! ordinary hole punching between two of them, port prediction against a
+//! Sequential NAT, birthday probing against a Symmetric one. Two
+//! endpoint-dependent NATs (Symmetric or Sequential on both sides) may stay
+//! relayed. The table printed says per cell which method found the path.
 
 mod common;
 
@@ -17,9 +20,20 @@ use common::proc::*;
 
 fn must_go_direct(req: NatKind, acc: NatKind) -> bool {
     use NatKind::*;
-    matches!(req, None | FullCone)
-        || matches!(acc, None | FullCone)
-        || (req == PortRestricted && acc == PortRestricted)
+    let independent = |k| matches!(k, None | FullCone | PortRestricted);
+    independent(req) || independent(acc)
+}
+
+/// The method the cell must report, where only one can work: prediction
+/// against a sequential NAT, birthday probing against a symmetric one, when the
+/// other side filters by port.
+fn expected_method(req: NatKind, acc: NatKind) -> Option<&'static str> {
+    use NatKind::*;
+    match (req, acc) {
+        (PortRestricted, Sequential) | (Sequential, PortRestricted) => Some("predicted"),
+        (PortRestricted, Symmetric) | (Symmetric, PortRestricted) => Some("birthday"),
+        _ => Option::None,
+    }
 }
 
 /// How long a cell waits for the direct path: past the punch's 10 s deadline.
@@ -84,6 +98,31 @@ fn every_pair_of_nat_kinds() {
             } else {
                 "relayed"
             };
+            // Each side knows what found its end of the path; one side may
+            // see only its ordinary probe answered (the other's trick opened
+            // the way), so the cell reports the more specific of the two.
+            let method = if direct.is_some() {
+                let q_method = direct
+                    .as_ref()
+                    .and_then(|v| peer(v, &a))
+                    .map(|p| p["method"].clone());
+                let a_method = poll_json(&a_home, &["peers"], Duration::from_secs(3), |v| {
+                    peer(v, &q).is_some_and(|p| p["connection"] == "direct")
+                })
+                .and_then(|v| peer(&v, &q).map(|p| p["method"].clone()));
+                let seen: Vec<String> = [q_method, a_method]
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|m| m.as_str().map(String::from))
+                    .collect();
+                seen.iter()
+                    .find(|m| *m != "probe")
+                    .or(seen.first())
+                    .cloned()
+                    .unwrap_or_else(|| "?".into())
+            } else {
+                "relay".into()
+            };
             if direct.is_none() {
                 // Relayed for good: chat still works both ways.
                 let (ok1, _, e1) = run(&q_home, &["send", &a, "still there?"]);
@@ -91,10 +130,11 @@ fn every_pair_of_nat_kinds() {
                 assert!(ok1 && ok2, "{cell}: relayed chat failed: {e1} {e2}");
             }
             table.push(format!(
-                "{:<15} {:<15} {:<8} {:>9} ms {:>9}",
+                "{:<15} {:<15} {:<8} {:<10} {:>9} ms {:>9}",
                 format!("{req_kind:?}"),
                 format!("{acc_kind:?}"),
                 path,
+                method,
                 first_message.as_millis(),
                 to_direct
                     .map(|d| format!("{} ms", d.as_millis()))
@@ -103,13 +143,18 @@ fn every_pair_of_nat_kinds() {
             if must_go_direct(req_kind, acc_kind) && direct.is_none() {
                 failures.push(format!("{cell}: expected direct, stayed relayed"));
             }
+            if let Some(want) = expected_method(req_kind, acc_kind) {
+                if direct.is_some() && method != want {
+                    failures.push(format!("{cell}: direct by {method}, expected {want}"));
+                }
+            }
             qp.terminate();
             ap.terminate();
         }
     }
     println!(
-        "{:<15} {:<15} {:<8} {:>12} {:>12}",
-        "requester", "acceptor", "path", "1st message", "to direct"
+        "{:<15} {:<15} {:<8} {:<10} {:>12} {:>12}",
+        "requester", "acceptor", "path", "method", "1st message", "to direct"
     );
     for row in &table {
         println!("{row}");

@@ -24,8 +24,8 @@ fn burrow_nat_names_each_kind_of_nat() {
     );
 
     println!(
-        "{:<15} {:<24} {:<28} {:<28}",
-        "NAT", "public address", "mapping", "filtering"
+        "{:<15} {:<24} {:<28} {:<28} {:<20}",
+        "NAT", "public address", "mapping", "filtering", "ports"
     );
     let mut nodes = Vec::new();
     for kind in NatKind::ALL {
@@ -40,11 +40,12 @@ fn burrow_nat_names_each_kind_of_nat() {
         node.expect_line("is up");
         let r = json(&home, &["nat"]);
         println!(
-            "{:<15} {:<24} {:<28} {:<28}",
+            "{:<15} {:<24} {:<28} {:<28} {:<20}",
             format!("{kind:?}"),
             r["public_addr"].as_str().unwrap(),
             r["mapping"].as_str().unwrap(),
-            r["filtering"].as_str().unwrap()
+            r["filtering"].as_str().unwrap(),
+            r["ports"].as_str().unwrap_or("?")
         );
         let public_ip = r["public_addr"]
             .as_str()
@@ -63,13 +64,29 @@ fn burrow_nat_names_each_kind_of_nat() {
             "{kind:?}: the public address is the router's"
         );
         assert_eq!(r["behind_nat"], kind != NatKind::None, "{kind:?}: {r}");
-        let (mapping, filtering) = match kind {
-            NatKind::None | NatKind::FullCone => ("endpoint_independent", "endpoint_independent"),
-            NatKind::PortRestricted => ("endpoint_independent", "address_and_port_dependent"),
-            NatKind::Symmetric => ("address_and_port_dependent", "address_and_port_dependent"),
+        let (mapping, filtering, ports) = match kind {
+            NatKind::None | NatKind::FullCone => {
+                ("endpoint_independent", "endpoint_independent", "preserved")
+            }
+            NatKind::PortRestricted => (
+                "endpoint_independent",
+                "address_and_port_dependent",
+                "preserved",
+            ),
+            NatKind::Symmetric => (
+                "address_and_port_dependent",
+                "address_and_port_dependent",
+                "random",
+            ),
+            NatKind::Sequential => (
+                "address_and_port_dependent",
+                "address_and_port_dependent",
+                "sequential (step 1)",
+            ),
         };
         assert_eq!(r["mapping"], mapping, "{kind:?}: {r}");
         assert_eq!(r["filtering"], filtering, "{kind:?}: {r}");
+        assert_eq!(r["ports"], ports, "{kind:?}: {r}");
         assert!(!r["summary"].as_str().unwrap().is_empty());
         nodes.push(node);
     }

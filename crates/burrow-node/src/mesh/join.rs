@@ -320,7 +320,17 @@ pub(crate) fn introduced(
     } else {
         Direction::Incoming
     };
-    peers::link(inner, other, direction, &candidates, punch, None);
+    // Serverless nodes don't measure their mapping (no STUN grid to measure
+    // against): ordinary probing only.
+    peers::link(
+        inner,
+        other,
+        direction,
+        &candidates,
+        burrow_proto::punch::Mapping::Unknown,
+        punch,
+        None,
+    );
     if !dial {
         inner.spawn(peers::admission_deadline(inner.clone(), other));
     }

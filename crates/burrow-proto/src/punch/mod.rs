@@ -18,22 +18,40 @@
 //!
 //! [`PunchSession`] takes time as an argument and never touches a socket; the
 //! driver in `burrow-net` feeds it datagrams and timeouts and sends what it polls.
+//!
+//! Behind hard NATs ([`strategy`]) a session also probes from side sockets
+//! (datagrams carry the [`Local`] socket they leave from or came in on), sprays
+//! random ports of the peer's address, or probes ports predicted for it. Every
+//! probe's nonce remembers its socket, address and [`Method`], so the success
+//! event says which of them found the path.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+
+mod probe;
+#[cfg(test)]
+mod sim;
+pub mod strategy;
+
+pub use probe::session_of;
+use probe::{decode, encode};
+use strategy::PortWalk;
+pub use strategy::{Local, Mapping, Method, Strategy};
 
 /// First bytes of every punch datagram. `0x00` clears QUIC's fixed bit; bytes 4..8
 /// can never be STUN's cookie (byte 4 is the kind, 1 or 2).
 pub const MAGIC: [u8; 4] = [0x00, b'b', b'r', b'w'];
 /// Size of a punch datagram.
 pub const DATAGRAM_LEN: usize = 4 + 1 + 16 + 8 + 16;
-/// Most candidate addresses probed (ours from the server plus peer-reflexive ones).
+/// Most candidate addresses probed (ours from the server plus peer-reflexive
+/// ones), besides side sockets' and predicted ones.
 pub const MAX_CANDIDATES: usize = 24;
-/// Most outstanding nonces remembered.
-const MAX_NONCES: usize = 1024;
+/// Most outstanding nonces remembered (a spray's 2 000 and the candidates'
+/// probes fit); the oldest are forgotten first.
+const MAX_NONCES: usize = 4096;
 
 /// What the server hands both sides of an accepted request.
 #[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +137,8 @@ impl Default for PunchConfig {
 pub struct Transmit {
     /// Where to.
     pub to: SocketAddr,
+    /// From which of our sockets.
+    pub from: Local,
     /// What.
     pub data: Vec<u8>,
 }
@@ -126,10 +146,15 @@ pub struct Transmit {
 /// What happened.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PunchEvent {
-    /// `addr` answered our probe: a path that works both ways.
+    /// `addr`, probed from our socket `local`, answered: a path that works
+    /// both ways, found by `method`.
     Success {
         /// The peer's address on that path.
         addr: SocketAddr,
+        /// Our socket on that path.
+        local: Local,
+        /// What found it.
+        method: Method,
     },
     /// The deadline passed without success.
     Failed,
@@ -138,8 +163,20 @@ pub enum PunchEvent {
 #[derive(Debug)]
 struct Candidate {
     addr: SocketAddr,
+    local: Local,
+    method: Method,
     next_at: Instant,
     interval: Duration,
+    max_interval: Duration,
+}
+
+/// Random-port probing of one address.
+#[derive(Debug)]
+struct Spray {
+    ip: IpAddr,
+    ports: PortWalk,
+    left: u32,
+    next_at: Instant,
 }
 
 /// One side of one punch.
@@ -149,8 +186,12 @@ pub struct PunchSession {
     role: Role,
     config: PunchConfig,
     candidates: Vec<Candidate>,
-    /// Nonces of our probes → where they went.
-    sent: HashMap<u64, SocketAddr>,
+    /// How many of `candidates` are ordinary (server-given or peer-reflexive).
+    ordinary: usize,
+    spray: Option<Spray>,
+    /// Nonces of our probes → where they went and why, oldest first in `order`.
+    sent: HashMap<u64, (Local, SocketAddr, Method)>,
+    order: VecDeque<u64>,
     next_nonce: u64,
     deadline: Instant,
     succeeded: Option<(SocketAddr, Instant)>,
@@ -170,13 +211,44 @@ impl PunchSession {
         config: PunchConfig,
         nonce_seed: u64,
     ) -> Self {
+        Self::with_strategy(
+            now,
+            role,
+            ticket,
+            candidates,
+            &Strategy::default(),
+            config,
+            nonce_seed,
+        )
+    }
+
+    /// Like [`Self::new`], doing `strategy`'s extra work for hard NATs too: side
+    /// sockets probe the first candidate, the spray and predicted ports start
+    /// at once.
+    pub fn with_strategy(
+        now: Instant,
+        role: Role,
+        ticket: PunchTicket,
+        candidates: &[SocketAddr],
+        strategy: &Strategy,
+        config: PunchConfig,
+        nonce_seed: u64,
+    ) -> Self {
         let mut s = PunchSession {
             ticket,
             role,
             deadline: now + config.deadline,
             config,
             candidates: Vec::new(),
+            ordinary: 0,
+            spray: strategy.spray.map(|ip| Spray {
+                ip,
+                ports: PortWalk::new(nonce_seed.rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15),
+                left: strategy::SPRAY_BUDGET,
+                next_at: now + strategy::BIRTHDAY_AFTER,
+            }),
             sent: HashMap::new(),
+            order: VecDeque::new(),
             next_nonce: nonce_seed,
             succeeded: None,
             finished: false,
@@ -185,6 +257,22 @@ impl PunchSession {
         };
         for &addr in candidates {
             s.add_candidate(now, addr);
+        }
+        if let Some(&first) = candidates.first() {
+            let start = now + strategy::BIRTHDAY_AFTER;
+            for i in 1..=strategy.side_sockets.min(strategy::SIDE_SOCKETS) {
+                s.push(
+                    start,
+                    first,
+                    Local(i),
+                    Method::Birthday,
+                    strategy::SIDE_INTERVAL,
+                );
+            }
+        }
+        for &addr in strategy.predicted.iter().take(strategy::PREDICTED.into()) {
+            let interval = s.config.first_interval;
+            s.push(now, addr, Local::MAIN, Method::Predicted, interval);
         }
         s
     }
@@ -196,19 +284,63 @@ impl PunchSession {
 
     /// Adds a candidate (ignored when known or when the list is full).
     pub fn add_candidate(&mut self, now: Instant, addr: SocketAddr) {
-        if self.candidates.len() < MAX_CANDIDATES && !self.candidates.iter().any(|c| c.addr == addr)
-        {
-            self.candidates.push(Candidate {
-                addr,
-                next_at: now,
-                interval: self.config.first_interval,
-            });
+        self.add_ordinary(now, Local::MAIN, addr, Method::Probe);
+    }
+
+    fn add_ordinary(&mut self, now: Instant, local: Local, addr: SocketAddr, method: Method) {
+        if self.ordinary < MAX_CANDIDATES && !self.knows(local, addr) {
+            self.ordinary += 1;
+            let interval = self.config.first_interval;
+            self.push(now, addr, local, method, interval);
         }
     }
 
-    /// Feeds a punch datagram from `from`. Returns false when it is not a valid
-    /// datagram of this session (the caller may count that as misbehaviour).
-    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> bool {
+    fn knows(&self, local: Local, addr: SocketAddr) -> bool {
+        self.candidates
+            .iter()
+            .any(|c| c.addr == addr && c.local == local)
+    }
+
+    /// Adds a candidate probed at `now`, then after `first`, doubling up to
+    /// the configured maximum (side sockets: every `first`).
+    fn push(
+        &mut self,
+        now: Instant,
+        addr: SocketAddr,
+        local: Local,
+        method: Method,
+        first: Duration,
+    ) {
+        if self.knows(local, addr) {
+            return;
+        }
+        let side =
+            local != Local::MAIN && method == Method::Birthday && first == strategy::SIDE_INTERVAL;
+        let max_interval = if side {
+            first
+        } else {
+            self.config.max_interval
+        };
+        self.candidates.push(Candidate {
+            addr,
+            local,
+            method,
+            next_at: now,
+            interval: first,
+            max_interval,
+        });
+    }
+
+    /// Feeds a punch datagram that came from `from` on our socket `local`.
+    /// Returns false when it is not a valid datagram of this session (the
+    /// caller may count that as misbehaviour).
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        local: Local,
+        from: SocketAddr,
+        data: &[u8],
+    ) -> bool {
         let Some((kind, role, nonce)) = decode(&self.ticket, data) else {
             return false;
         };
@@ -221,6 +353,7 @@ impl PunchSession {
                 let ack = encode(&self.ticket, Kind::Ack, self.role, nonce);
                 self.outbox.push_back(Transmit {
                     to: from,
+                    from: local,
                     data: ack,
                 });
                 if self.succeeded.is_none() {
@@ -228,19 +361,43 @@ impl PunchSession {
                     // "triggered check", as ICE calls it) rather than at the next
                     // retry, and add it if the server didn't know it (a
                     // peer-reflexive candidate).
-                    match self.candidates.iter_mut().find(|c| c.addr == from) {
+                    match self
+                        .candidates
+                        .iter_mut()
+                        .find(|c| c.addr == from && c.local == local)
+                    {
                         Some(c) => c.next_at = c.next_at.min(now),
-                        None => self.add_candidate(now, from),
+                        None => {
+                            // An address our spray probed: the spray opened
+                            // our filter to it, the birthday technique found it.
+                            let sprayed = self.spray.is_some()
+                                && self.sent.values().any(|&(l, to, m)| {
+                                    (l, to, m) == (local, from, Method::Birthday)
+                                });
+                            let method = if sprayed {
+                                Method::Birthday
+                            } else {
+                                Method::Probe
+                            };
+                            self.add_ordinary(now, local, from, method);
+                        }
                     }
                 }
             }
             Kind::Ack => {
-                if self.sent.get(&nonce) != Some(&from) {
+                let Some(&(sent_from, sent_to, method)) = self.sent.get(&nonce) else {
+                    return false;
+                };
+                if (sent_from, sent_to) != (local, from) {
                     return false;
                 }
                 if self.succeeded.is_none() && !self.finished {
                     self.succeeded = Some((from, now));
-                    self.events.push_back(PunchEvent::Success { addr: from });
+                    self.events.push_back(PunchEvent::Success {
+                        addr: from,
+                        local,
+                        method,
+                    });
                 }
             }
         }
@@ -270,20 +427,37 @@ impl PunchSession {
         if self.finished || self.succeeded.is_some() || now >= self.deadline {
             return None;
         }
-        let c = self.candidates.iter_mut().find(|c| c.next_at <= now)?;
-        c.next_at = now + c.interval;
-        c.interval = (c.interval * 2).min(self.config.max_interval);
-        let to = c.addr;
+        if let Some(c) = self.candidates.iter_mut().find(|c| c.next_at <= now) {
+            c.next_at = now + c.interval;
+            c.interval = (c.interval * 2).min(c.max_interval);
+            let (to, from, method) = (c.addr, c.local, c.method);
+            return Some(self.probe(to, from, method));
+        }
+        let spray = self
+            .spray
+            .as_mut()
+            .filter(|s| s.left > 0 && s.next_at <= now)?;
+        spray.left -= 1;
+        spray.next_at = now + strategy::SPRAY_INTERVAL;
+        let to = SocketAddr::new(spray.ip, spray.ports.next_port());
+        Some(self.probe(to, Local::MAIN, Method::Birthday))
+    }
+
+    fn probe(&mut self, to: SocketAddr, from: Local, method: Method) -> Transmit {
         let nonce = self.next_nonce;
         self.next_nonce = self.next_nonce.wrapping_add(1);
-        if self.sent.len() >= MAX_NONCES {
-            self.sent.clear();
+        while self.order.len() >= MAX_NONCES {
+            if let Some(old) = self.order.pop_front() {
+                self.sent.remove(&old);
+            }
         }
-        self.sent.insert(nonce, to);
-        Some(Transmit {
+        self.sent.insert(nonce, (from, to, method));
+        self.order.push_back(nonce);
+        Transmit {
             to,
+            from,
             data: encode(&self.ticket, Kind::Probe, self.role, nonce),
-        })
+        }
     }
 
     /// When to call [`Self::handle_timeout`] / [`Self::poll_transmit`] next.
@@ -295,7 +469,13 @@ impl PunchSession {
             return Some(at + self.config.linger);
         }
         let next_probe = self.candidates.iter().map(|c| c.next_at).min();
-        Some(next_probe.map_or(self.deadline, |p| p.min(self.deadline)))
+        let next_spray = self
+            .spray
+            .as_ref()
+            .filter(|s| s.left > 0)
+            .map(|s| s.next_at);
+        let next = [next_probe, next_spray].into_iter().flatten().min();
+        Some(next.map_or(self.deadline, |p| p.min(self.deadline)))
     }
 
     /// The next event, if any.
@@ -307,59 +487,6 @@ impl PunchSession {
     pub fn is_finished(&self) -> bool {
         self.finished && self.outbox.is_empty()
     }
-}
-
-/// The session id of a punch datagram, if `data` is one (checked before routing).
-pub fn session_of(data: &[u8]) -> Option<[u8; 16]> {
-    if data.len() != DATAGRAM_LEN || data[..4] != MAGIC {
-        return None;
-    }
-    data[5..21].try_into().ok()
-}
-
-fn tag(ticket: &PunchTicket, body: &[u8]) -> [u8; 16] {
-    let full = blake3::keyed_hash(&ticket.secret, body);
-    full.as_bytes()[..16]
-        .try_into()
-        .expect("a BLAKE3 hash has 32 bytes")
-}
-
-fn encode(ticket: &PunchTicket, kind: Kind, role: Role, nonce: u64) -> Vec<u8> {
-    let mut d = Vec::with_capacity(DATAGRAM_LEN);
-    d.extend_from_slice(&MAGIC);
-    d.push((kind as u8) << 4 | role.byte());
-    d.extend_from_slice(&ticket.session);
-    d.extend_from_slice(&nonce.to_be_bytes());
-    let t = tag(ticket, &d);
-    d.extend_from_slice(&t);
-    d
-}
-
-fn decode(ticket: &PunchTicket, data: &[u8]) -> Option<(Kind, Role, u64)> {
-    if session_of(data)? != ticket.session {
-        return None;
-    }
-    let (body, t) = data.split_at(DATAGRAM_LEN - 16);
-    // Constant-time comparison: the tag is a MAC.
-    if !constant_time_eq(&tag(ticket, body), t) {
-        return None;
-    }
-    let kind = match body[4] >> 4 {
-        1 => Kind::Probe,
-        2 => Kind::Ack,
-        _ => return None,
-    };
-    let role = match body[4] & 0x0f {
-        1 => Role::Requester,
-        2 => Role::Acceptor,
-        _ => return None,
-    };
-    let nonce = u64::from_be_bytes(body[21..29].try_into().ok()?);
-    Some((kind, role, nonce))
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]
@@ -395,13 +522,13 @@ mod tests {
                 while let Some(t) = a.poll_transmit(now) {
                     moved = true;
                     if t.to == b_addr && delivered(a_addr, b_addr) {
-                        b.handle_datagram(now, a_addr, &t.data);
+                        b.handle_datagram(now, Local::MAIN, a_addr, &t.data);
                     }
                 }
                 while let Some(t) = b.poll_transmit(now) {
                     moved = true;
                     if t.to == a_addr && delivered(b_addr, a_addr) {
-                        a.handle_datagram(now, b_addr, &t.data);
+                        a.handle_datagram(now, Local::MAIN, b_addr, &t.data);
                     }
                 }
             }
@@ -443,8 +570,22 @@ mod tests {
             2,
         );
         let (ea, eb, took) = run(&mut a, aa, &mut b, ba, |_, _| true, now);
-        assert_eq!(ea, Some(PunchEvent::Success { addr: ba }));
-        assert_eq!(eb, Some(PunchEvent::Success { addr: aa }));
+        assert_eq!(
+            ea,
+            Some(PunchEvent::Success {
+                addr: ba,
+                local: Local::MAIN,
+                method: Method::Probe
+            })
+        );
+        assert_eq!(
+            eb,
+            Some(PunchEvent::Success {
+                addr: aa,
+                local: Local::MAIN,
+                method: Method::Probe
+            })
+        );
         assert_eq!(took, Duration::ZERO);
     }
 
@@ -472,15 +613,22 @@ mod tests {
         );
         assert!(a.poll_transmit(now).is_some(), "a's first probe (lost)");
         let probe = b.poll_transmit(now).unwrap();
-        assert!(a.handle_datagram(now, ba, &probe.data));
+        assert!(a.handle_datagram(now, Local::MAIN, ba, &probe.data));
         let ack = a.poll_transmit(now).unwrap();
         let again = a.poll_transmit(now).expect("a triggered probe, now");
         assert_eq!(again.to, ba);
-        assert!(b.handle_datagram(now, aa, &ack.data));
-        assert!(b.handle_datagram(now, aa, &again.data));
+        assert!(b.handle_datagram(now, Local::MAIN, aa, &ack.data));
+        assert!(b.handle_datagram(now, Local::MAIN, aa, &again.data));
         let b_ack = std::iter::from_fn(|| b.poll_transmit(now)).last().unwrap();
-        assert!(a.handle_datagram(now, ba, &b_ack.data));
-        assert_eq!(a.poll_event(), Some(PunchEvent::Success { addr: ba }));
+        assert!(a.handle_datagram(now, Local::MAIN, ba, &b_ack.data));
+        assert_eq!(
+            a.poll_event(),
+            Some(PunchEvent::Success {
+                addr: ba,
+                local: Local::MAIN,
+                method: Method::Probe
+            })
+        );
     }
 
     #[test]
@@ -517,8 +665,22 @@ mod tests {
             },
             now,
         );
-        assert_eq!(ea, Some(PunchEvent::Success { addr: ba }));
-        assert_eq!(eb, Some(PunchEvent::Success { addr: aa }));
+        assert_eq!(
+            ea,
+            Some(PunchEvent::Success {
+                addr: ba,
+                local: Local::MAIN,
+                method: Method::Probe
+            })
+        );
+        assert_eq!(
+            eb,
+            Some(PunchEvent::Success {
+                addr: aa,
+                local: Local::MAIN,
+                method: Method::Probe
+            })
+        );
     }
 
     #[test]
@@ -568,25 +730,25 @@ mod tests {
         );
         let probe = a.poll_transmit(now).unwrap();
         // Our own probe reflected back.
-        assert!(!a.handle_datagram(now, peer, &probe.data));
+        assert!(!a.handle_datagram(now, Local::MAIN, peer, &probe.data));
         // A tampered tag.
         let mut forged = probe.data.clone();
         forged[DATAGRAM_LEN - 1] ^= 1;
-        assert!(!a.handle_datagram(now, peer, &forged));
+        assert!(!a.handle_datagram(now, Local::MAIN, peer, &forged));
         // Another session's secret.
         let other = PunchTicket {
             secret: [9; 32],
             ..ticket()
         };
         let mut b = PunchSession::new(now, Role::Acceptor, other, &[], PunchConfig::default(), 2);
-        let _ = b.handle_datagram(now, addr("198.51.100.10:1"), &probe.data);
+        let _ = b.handle_datagram(now, Local::MAIN, addr("198.51.100.10:1"), &probe.data);
         assert!(
             b.poll_transmit(now).is_none(),
             "no answer to a probe it can't verify"
         );
         // An ack for a nonce we never sent to that address.
         let ack = encode(&ticket(), Kind::Ack, Role::Acceptor, 12345);
-        assert!(!a.handle_datagram(now, peer, &ack));
+        assert!(!a.handle_datagram(now, Local::MAIN, peer, &ack));
         assert_eq!(a.poll_event(), None);
     }
 
@@ -598,7 +760,7 @@ mod tests {
             }
             let now = Instant::now();
             let mut a = PunchSession::new(now, Role::Requester, ticket(), &[], PunchConfig::default(), 1);
-            prop_assert!(!a.handle_datagram(now, "1.2.3.4:5".parse().unwrap(), &data));
+            prop_assert!(!a.handle_datagram(now, Local::MAIN, "1.2.3.4:5".parse().unwrap(), &data));
             let _ = session_of(&data);
         }
     }
