@@ -151,6 +151,12 @@ impl Router {
 
 /// The public segment's network (RFC 5737 documentation range, never routed).
 pub const PUBLIC_NET: [u8; 3] = [198, 51, 100];
+/// A public segment in a range that is *not* reserved, for labs whose routers
+/// run `miniupnpd` ([`Lab::with_public_net`]): miniupnpd refuses to map ports
+/// on a WAN address that is private or reserved (198.51.100.0/24 is). Using
+/// someone's real addresses is safe only because the lab has no link to the
+/// host's network: nothing sent to them can leave the lab's namespaces.
+pub const ROUTABLE_NET: [u8; 3] = [11, 0, 0];
 /// The server's two public addresses.
 pub const SERVER_ADDRS: [Ipv4Addr; 2] = [
     Ipv4Addr::new(198, 51, 100, 1),
@@ -165,6 +171,8 @@ pub struct Lab {
     namespaces: Vec<String>,
     inet: String,
     server: Host,
+    /// The public segment's /24.
+    net: [u8; 3],
     next: u8,
     /// Host numbers handed out on each router's LAN.
     lan_hosts: std::collections::HashMap<String, u8>,
@@ -173,12 +181,25 @@ pub struct Lab {
     uplink_delay: Option<Duration>,
     /// The delayed links' relays (stopped before the namespaces go).
     delayed: Vec<delay::DelayLink>,
+    /// `miniupnpd` daemons on routers (killed before the namespaces go).
+    daemons: Vec<std::process::Child>,
+    /// Their configuration files.
+    scratch: Option<tempfile::TempDir>,
 }
 
 /// Builds a lab, or explains why not: `Ok(None)` means "skip" (with the reason
 /// printed), and under `BURROW_LAB=required` an unavailable lab panics instead.
 pub fn require_or_skip(test: &str) -> Option<Lab> {
-    match Lab::new() {
+    require_or_skip_with(test, Lab::new)
+}
+
+/// Like [`require_or_skip`], building the lab with `build` (another public
+/// net, extra tools checked).
+pub fn require_or_skip_with(
+    test: &str,
+    build: impl FnOnce() -> Result<Lab, LabError>,
+) -> Option<Lab> {
+    match build() {
         Ok(lab) => Some(lab),
         Err(LabError::Unavailable(why)) => {
             let required = std::env::var("BURROW_LAB").is_ok_and(|v| v == "required");
@@ -194,8 +215,14 @@ pub fn require_or_skip(test: &str) -> Option<Lab> {
 }
 
 impl Lab {
-    /// Builds the public segment and the server host.
+    /// Builds the public segment (on [`PUBLIC_NET`]) and the server host.
     pub fn new() -> Result<Lab, LabError> {
+        Self::with_public_net(PUBLIC_NET)
+    }
+
+    /// Like [`Lab::new`], with the public segment on `net`/24 (the server at
+    /// .1 and .2, routers from .11, public peers from .101).
+    pub fn with_public_net(net: [u8; 3]) -> Result<Lab, LabError> {
         check_available()?;
         ns::remove_stale_labs();
         let prefix = format!(
@@ -207,14 +234,17 @@ impl Lab {
             inet: format!("{prefix}-inet"),
             server: Host {
                 ns: format!("{prefix}-srv"),
-                addr: SERVER_ADDRS[0],
+                addr: Ipv4Addr::new(net[0], net[1], net[2], 1),
             },
+            net,
             prefix,
             namespaces: Vec::new(),
             next: 1,
             lan_hosts: Default::default(),
             uplink_delay: None,
             delayed: Vec::new(),
+            daemons: Vec::new(),
+            scratch: None,
         };
         let inet = lab.inet.clone();
         lab.add_ns(&inet)?;
@@ -223,15 +253,25 @@ impl Lab {
         let srv = lab.server.ns.clone();
         lab.add_ns(&srv)?;
         lab.attach_public(&srv, "eth0")?;
-        for a in SERVER_ADDRS {
+        for a in lab.server_addrs() {
             add_addr(&srv, "eth0", a)?;
         }
         Ok(lab)
     }
 
-    /// The server's host (its first address; it also has [`SERVER_ADDRS`]`[1]`).
+    /// The server's host (its first address; it also has a second, see
+    /// [`Lab::server_addrs`]).
     pub fn server(&self) -> &Host {
         &self.server
+    }
+
+    /// The server's two public addresses ([`SERVER_ADDRS`] on the default net).
+    pub fn server_addrs(&self) -> [Ipv4Addr; 2] {
+        let n = self.net;
+        [
+            Ipv4Addr::new(n[0], n[1], n[2], 1),
+            Ipv4Addr::new(n[0], n[1], n[2], 2),
+        ]
     }
 
     fn add_ns(&mut self, name: &str) -> Result<(), LabError> {
@@ -300,7 +340,7 @@ impl Lab {
             let ns = format!("{}-{name}", self.prefix);
             self.add_ns(&ns)?;
             self.attach_public(&ns, "eth0")?;
-            let addr = Ipv4Addr::new(PUBLIC_NET[0], PUBLIC_NET[1], PUBLIC_NET[2], 100 + i);
+            let addr = Ipv4Addr::new(self.net[0], self.net[1], self.net[2], 100 + i);
             add_addr(&ns, "eth0", addr)?;
             return Ok((Host { ns, addr }, None));
         }
@@ -350,7 +390,7 @@ impl Lab {
                 self.attach_public(&ns, "wan")?;
                 let i = self.take_index();
                 (
-                    Ipv4Addr::new(PUBLIC_NET[0], PUBLIC_NET[1], PUBLIC_NET[2], 10 + i),
+                    Ipv4Addr::new(self.net[0], self.net[1], self.net[2], 10 + i),
                     None,
                 )
             }
@@ -406,6 +446,83 @@ impl Lab {
             host: Host { ns, addr: wan },
             lan_net,
             kind,
+        })
+    }
+
+    /// Whether `miniupnpd` can run here ([`Lab::run_miniupnpd`]).
+    pub fn check_miniupnpd() -> Result<(), LabError> {
+        match Command::new("miniupnpd").arg("--version").output() {
+            Ok(_) => Ok(()),
+            Err(_) => Err(LabError::Unavailable(
+                "`miniupnpd` is missing (apt-get install miniupnpd-nftables)".into(),
+            )),
+        }
+    }
+
+    /// Runs `miniupnpd` on `router`: UPnP IGD, and NAT-PMP and PCP when `pmp`,
+    /// for its LAN, mapping onto its WAN address. It refuses a reserved WAN
+    /// address, so the lab must be built on [`ROUTABLE_NET`]
+    /// ([`Lab::with_public_net`]). Needs the `miniupnpd-nftables` package; the
+    /// daemon stops with the lab.
+    pub fn run_miniupnpd(&mut self, router: &Router, pmp: bool) -> Result<(), LabError> {
+        Self::check_miniupnpd()?;
+        let ns = &router.host.ns;
+        // The chains miniupnpd fills in, hooked in without filtering anything
+        // else (its own init script would make the forward policy drop).
+        nft(
+            ns,
+            "table inet filter {\n chain forward { type filter hook forward priority 0; policy accept; jump miniupnpd; }\n chain miniupnpd { }\n chain prerouting { type nat hook prerouting priority -100; policy accept; jump prerouting_miniupnpd; }\n chain postrouting { type nat hook postrouting priority 100; policy accept; jump postrouting_miniupnpd; }\n chain prerouting_miniupnpd { }\n chain postrouting_miniupnpd { }\n}\n",
+        )?;
+        let dir = match &self.scratch {
+            Some(d) => d.path().to_path_buf(),
+            None => {
+                let d = tempfile::tempdir()?;
+                let p = d.path().to_path_buf();
+                self.scratch = Some(d);
+                p
+            }
+        };
+        let name = router.host.ns.rsplit('-').next().unwrap_or("r");
+        let conf = dir.join(format!("{name}.conf"));
+        let o = router.lan_net.octets();
+        std::fs::write(
+            &conf,
+            format!(
+                "ext_ifname=wan\nlistening_ip=lan\nenable_natpmp={}\nenable_upnp=yes\nsecure_mode=yes\nsystem_uptime=yes\n\
+                 upnp_table_name=filter\nupnp_nat_table_name=filter\nupnp_forward_chain=miniupnpd\n\
+                 upnp_nat_chain=prerouting_miniupnpd\nupnp_nat_postrouting_chain=postrouting_miniupnpd\n\
+                 lease_file={}\nuuid=3b2d6c1e-0000-4000-8000-{:012x}\n\
+                 allow 1024-65535 {}.{}.{}.0/24 1024-65535\ndeny 0-65535 0.0.0.0/0 0-65535\n",
+                if pmp { "yes" } else { "no" },
+                dir.join(format!("{name}.leases")).display(),
+                u32::from(router.wan()),
+                o[0], o[1], o[2],
+            ),
+        )?;
+        let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
+        let child = router
+            .host
+            .command("miniupnpd")
+            .arg("-d")
+            .arg("-f")
+            .arg(&conf)
+            .arg("-P")
+            .arg(dir.join(format!("{name}.pid")))
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.daemons.push(child);
+        // Ready once its SSDP port is bound (bounded wait).
+        for _ in 0..50 {
+            let out = run(&["ip", "netns", "exec", ns, "ss", "-lun", "sport", "= :1900"])?;
+            if out.lines().count() > 1 {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(LabError::Command {
+            cmd: "miniupnpd".into(),
+            stderr: std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default(),
         })
     }
 
@@ -518,6 +635,10 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        for d in &mut self.daemons {
+            let _ = d.kill();
+            let _ = d.wait();
+        }
         self.delayed.clear();
         for ns in self.namespaces.iter().rev() {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();

@@ -18,6 +18,7 @@ pub mod framed;
 pub mod iface;
 pub mod keyfile;
 pub mod paths;
+pub mod portmap;
 pub mod punch;
 pub mod side;
 pub mod socket;

@@ -42,6 +42,11 @@ pub struct NodeConfig {
     /// Offer what we downloaded, as a provider, once it is complete. Default on:
     /// every finished download adds a source.
     pub reshare: bool,
+    /// Ask the router for a public port (PCP, NAT-PMP, UPnP) and offer it to
+    /// peers as a candidate. Default on: where a router grants one, peers
+    /// reach us directly even through a symmetric NAT; where none does, it
+    /// costs a few seconds of quiet asking once.
+    pub port_mapping: bool,
 }
 
 impl NodeConfig {
@@ -61,6 +66,7 @@ impl NodeConfig {
             idle_timeout: Duration::from_secs(30),
             max_backoff: Duration::from_secs(30),
             reshare: true,
+            port_mapping: true,
         }
     }
 }

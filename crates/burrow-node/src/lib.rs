@@ -32,6 +32,7 @@ pub mod mesh;
 pub mod nat;
 mod node;
 pub mod peers;
+mod portmap;
 mod presence;
 pub mod session;
 pub mod trust;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use burrow_net::Endpoint;
-use burrow_proto::punch::Mapping;
+use burrow_proto::punch::{Mapping, NatInfo};
 use burrow_proto::rendezvous::ClientMsg;
 use burrow_proto::stun::Change;
 
@@ -66,6 +66,11 @@ pub struct NatReport {
     /// How new public ports are chosen, in words: `preserved` (one port for
     /// every destination), `sequential (step N)`, `random` or `unknown`.
     pub ports: String,
+    /// The protocol our router granted a port mapping with (`pcp`, `nat_pmp`,
+    /// `upnp`), if any.
+    pub port_mapping: Option<burrow_net::portmap::PortMapProtocol>,
+    /// The public address of that mapping.
+    pub mapped_addr: Option<SocketAddr>,
     /// The server's other address and port used for the tests, if any.
     pub server_other: Option<SocketAddr>,
     /// The verdict, in plain words.
@@ -169,6 +174,8 @@ pub async fn diagnose(
         mapping,
         filtering,
         ports: ports_words(ports),
+        port_mapping: None,
+        mapped_addr: None,
         server_other: other,
         summary: summary(behind_nat, public, mapping, filtering, ports),
     })
@@ -278,9 +285,18 @@ pub(crate) fn refresh_mapping(inner: &Arc<Inner>, tell_anyway: bool) {
         st.mapping = mapping;
         if changed || tell_anyway {
             tracing::debug!(?mapping, "our NAT's mapping");
-            if let Some(tx) = &st.server_tx {
-                let _ = tx.try_send(ClientMsg::Nat { mapping });
-            }
+            report(&st);
         }
     });
+}
+
+/// Tells the server what we know of our NAT now (its mapping, our port mapping).
+pub(crate) fn report(st: &crate::node::State) {
+    let nat = NatInfo {
+        mapping: st.mapping,
+        mapped: st.port_map.map(|(a, _)| a),
+    };
+    if let Some(tx) = &st.server_tx {
+        let _ = tx.try_send(ClientMsg::Nat { nat });
+    }
 }

@@ -91,6 +91,8 @@ pub(crate) struct State {
     pub public_addr: Option<SocketAddr>,
     /// How our NAT maps ports, as last measured ([`crate::nat::refresh_mapping`]).
     pub mapping: burrow_proto::punch::Mapping,
+    /// The public port our router maps to us, and how ([`crate::portmap`]).
+    pub port_map: Option<(SocketAddr, burrow_net::portmap::PortMapProtocol)>,
     pub peers: HashMap<NodeId, Peer>,
     /// Operations waiting for the server's answer about a peer (one per peer).
     pub waiters: HashMap<NodeId, (RequestOp, oneshot::Sender<Result<(), Refusal>>)>,
@@ -505,6 +507,9 @@ impl Node {
         crate::mesh::join::start(&inner);
         inner.spawn(peers::accept_loop(inner.clone()));
         inner.spawn(peers::monitor(inner.clone()));
+        if inner.config.port_mapping && inner.config.server.is_some() {
+            inner.spawn(crate::portmap::run(inner.clone()));
+        }
         inner.spawn(control::serve(node.clone(), listener));
         Ok(node)
     }
@@ -740,9 +745,17 @@ impl Node {
             .map_err(|e| ApiError::Store(e.to_string()))?;
         let mut own = burrow_net::iface::lan_candidates(local);
         own.push(local);
-        crate::nat::diagnose(&self.inner.endpoint, server, &own)
+        let mut report = crate::nat::diagnose(&self.inner.endpoint, server, &own)
             .await
-            .map_err(|e| ApiError::Nat(e.to_string()))
+            .map_err(|e| ApiError::Nat(e.to_string()))?;
+        if let Some((addr, protocol)) = self.inner.state().port_map {
+            report.port_mapping = Some(protocol);
+            report.mapped_addr = Some(addr);
+            report.summary.push_str(&format!(
+                " Your router forwards {addr} to this node ({protocol}): peers reach you there whatever its NAT does."
+            ));
+        }
+        Ok(report)
     }
 
     /// The newest `limit` messages, oldest first.

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use burrow_net::punch::Punched;
 use burrow_net::{Health, Route};
 use burrow_proto::chat;
-use burrow_proto::punch::{Mapping, PunchConfig, PunchTicket, Role, Strategy};
+use burrow_proto::punch::{Mapping, NatInfo, PunchConfig, PunchTicket, Role, Strategy};
 use burrow_proto::relay::Channel;
 use burrow_proto::rendezvous::{ClientMsg, Direction};
 use burrow_proto::NodeId;
@@ -92,7 +92,7 @@ pub(crate) fn link(
     peer: NodeId,
     direction: Direction,
     candidates: &[SocketAddr],
-    peer_mapping: Mapping,
+    peer_nat: NatInfo,
     ticket: PunchTicket,
     relay: Option<Channel>,
 ) {
@@ -111,9 +111,9 @@ pub(crate) fn link(
     let own_mapping = inner.state().mapping;
     // Behind hard NATs, each side does its part (side sockets, random ports,
     // predicted ports); see `burrow_proto::punch::strategy`.
-    let strategy = Strategy::choose(own_mapping, peer_mapping, candidates.first().copied());
+    let strategy = Strategy::choose(own_mapping, peer_nat, candidates.first().copied());
     if strategy.is_hard() {
-        debug!(peer = %peer.short(), ?own_mapping, ?peer_mapping, ?strategy, "hard NAT punch");
+        debug!(peer = %peer.short(), ?own_mapping, ?peer_nat, ?strategy, "hard NAT punch");
     }
     let punched = inner.endpoint.start_punch(
         role,

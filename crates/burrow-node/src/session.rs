@@ -485,7 +485,7 @@ fn handle(inner: &Arc<Inner>, msg: ServerMsg) {
             peer,
             direction,
             candidates,
-            peer_mapping,
+            peer_nat,
             punch,
             relay,
         } => {
@@ -502,15 +502,7 @@ fn handle(inner: &Arc<Inner>, msg: ServerMsg) {
             };
             resolve_waiter(&mut st, peer, |o| o == op, Ok(()));
             drop(st);
-            peers::link(
-                inner,
-                peer,
-                direction,
-                &candidates,
-                peer_mapping,
-                punch,
-                relay,
-            );
+            peers::link(inner, peer, direction, &candidates, peer_nat, punch, relay);
             if direction == Direction::Incoming {
                 inner.spawn(peers::admission_deadline(inner.clone(), peer))
             }
@@ -519,7 +511,7 @@ fn handle(inner: &Arc<Inner>, msg: ServerMsg) {
             peer,
             direction,
             candidates,
-            peer_mapping,
+            peer_nat,
             punch,
             relay,
         } => {
@@ -530,15 +522,7 @@ fn handle(inner: &Arc<Inner>, msg: ServerMsg) {
                 .is_some_and(|p| p.connected() || p.accepted);
             drop(st);
             if ours {
-                peers::link(
-                    inner,
-                    peer,
-                    direction,
-                    &candidates,
-                    peer_mapping,
-                    punch,
-                    relay,
-                );
+                peers::link(inner, peer, direction, &candidates, peer_nat, punch, relay);
             } else {
                 peers::unlink(inner, peer);
             }

@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 use crate::files::{BlobHash, FileEntry};
 use crate::id::NodeId;
 use crate::name::Name;
-use crate::punch::{Mapping, PunchTicket};
+use crate::punch::{NatInfo, PunchTicket};
 use crate::relay::Channel;
 
 /// ALPN of the node ↔ server connection.
@@ -189,13 +189,13 @@ pub enum ClientMsg {
         /// The linked peer.
         peer: NodeId,
     },
-    /// How our NAT maps ports, as we measured it (after each Welcome, and when
-    /// it changes). The server hands it to the peers we punch with, so that
-    /// each side knows which hard-NAT technique is its part
-    /// ([`crate::punch::Strategy`]).
+    /// How our NAT maps ports, as we measured it, and the port our router
+    /// maps to us, if any (after each Welcome, and when either changes). The
+    /// server hands it to the peers we punch with, so that each side knows
+    /// which hard-NAT technique is its part ([`crate::punch::Strategy`]).
     Nat {
-        /// Our mapping.
-        mapping: Mapping,
+        /// What we know of our NAT.
+        nat: NatInfo,
     },
     /// Our link with `peer` is closed: the server stops relaying for it.
     Release {
@@ -418,8 +418,8 @@ pub enum ServerMsg {
         direction: Direction,
         /// The other side's addresses: server-observed first, then LAN.
         candidates: Vec<SocketAddr>,
-        /// How the other side's NAT maps ports (as it reported).
-        peer_mapping: Mapping,
+        /// What the other side said of its NAT.
+        peer_nat: NatInfo,
         /// Both sides punch with this ticket, at once (see [`crate::punch`]).
         punch: PunchTicket,
         /// The relay channel for this link (see [`crate::relay`]), unless the
@@ -435,8 +435,8 @@ pub enum ServerMsg {
         direction: Direction,
         /// The peer's addresses as the server sees them now, then its LAN ones.
         candidates: Vec<SocketAddr>,
-        /// How the peer's NAT maps ports (as it reported).
-        peer_mapping: Mapping,
+        /// What the peer said of its NAT.
+        peer_nat: NatInfo,
         /// The ticket for this punch.
         punch: PunchTicket,
         /// The link's relay channel (new if the link was made again).
@@ -514,6 +514,7 @@ mod tests {
     use super::*;
     use crate::frame::{decode, DecodeError};
     use crate::id::SecretKey;
+    use crate::punch::Mapping;
     use proptest::prelude::*;
     use rand::SeedableRng;
 
@@ -570,7 +571,12 @@ mod tests {
                 (any::<u16>(), any::<i16>())
                     .prop_map(|(last, step)| Mapping::Sequential { last, step }),
             ]
-            .prop_map(|mapping| ClientMsg::Nat { mapping }),
+            .prop_map(|mapping| ClientMsg::Nat {
+                nat: NatInfo {
+                    mapping,
+                    mapped: Some(SocketAddr::from(([198, 51, 100, 7], 4000)))
+                }
+            }),
             Just(ClientMsg::Bye),
             proptest::collection::vec(arb_id(), 0..8).prop_map(|ids| ClientMsg::Watch { ids }),
             proptest::collection::vec(arb_id(), 0..8).prop_map(|ids| ClientMsg::Unwatch { ids }),
@@ -669,9 +675,12 @@ mod tests {
                         peer,
                         direction,
                         candidates,
-                        peer_mapping: Mapping::Sequential {
-                            last: session[0].into(),
-                            step: 1,
+                        peer_nat: NatInfo {
+                            mapping: Mapping::Sequential {
+                                last: session[0].into(),
+                                step: 1,
+                            },
+                            mapped: None,
                         },
                         punch: PunchTicket { session, secret },
                         relay: relay.map(Channel),
@@ -690,9 +699,12 @@ mod tests {
                         peer,
                         direction,
                         candidates,
-                        peer_mapping: Mapping::Sequential {
-                            last: session[0].into(),
-                            step: 1,
+                        peer_nat: NatInfo {
+                            mapping: Mapping::Sequential {
+                                last: session[0].into(),
+                                step: 1,
+                            },
+                            mapped: None,
                         },
                         punch: PunchTicket { session, secret },
                         relay: relay.map(Channel),

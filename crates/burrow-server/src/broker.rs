@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use burrow_proto::punch::{Mapping, PunchTicket};
+use burrow_proto::punch::{NatInfo, PunchTicket};
 use burrow_proto::relay::Channel;
 use burrow_proto::rendezvous::{
     ClientMsg, CloseReason, Direction, PeerInfo, PresenceScope, Refusal, ServerMsg,
@@ -102,8 +102,8 @@ struct Online {
     session: u64,
     /// Server-observed address first, then the node's LAN addresses.
     candidates: Vec<SocketAddr>,
-    /// How its NAT maps ports, as it reported.
-    mapping: Mapping,
+    /// What it reported of its NAT.
+    nat: NatInfo,
     /// Relayed bytes sent this session, and the rate they are sent at.
     relayed: u64,
     relay_rate: Option<RateLimit>,
@@ -229,7 +229,7 @@ impl Registry {
                 info,
                 session,
                 candidates,
-                mapping: Mapping::Unknown,
+                nat: NatInfo::default(),
                 relayed: 0,
                 relay_rate: None,
             },
@@ -286,9 +286,9 @@ impl Registry {
             ClientMsg::Reject { peer } => self.end(peer, from, CloseReason::Rejected, from),
             ClientMsg::Cancel { peer } => self.end(from, peer, CloseReason::Cancelled, from),
             ClientMsg::Repunch { peer } => self.repunch(now, from, peer),
-            ClientMsg::Nat { mapping } => {
+            ClientMsg::Nat { nat } => {
                 if let Some(n) = self.nodes.get_mut(&from) {
-                    n.mapping = mapping;
+                    n.nat = nat;
                 }
                 Vec::new()
             }
@@ -399,7 +399,7 @@ impl Registry {
             return Vec::new();
         };
         let (a_cands, r_cands) = (a.candidates.clone(), r.candidates.clone());
-        let (a_map, r_map) = (a.mapping, r.mapping);
+        let (a_nat, r_nat) = (a.nat, r.nat);
         let punch = PunchTicket::random(&mut self.rng);
         let relay = self.make_link(now, requester, acceptor);
         vec![
@@ -409,7 +409,7 @@ impl Registry {
                     peer: acceptor,
                     direction: Direction::Outgoing,
                     candidates: a_cands,
-                    peer_mapping: a_map,
+                    peer_nat: a_nat,
                     punch,
                     relay,
                 },
@@ -420,7 +420,7 @@ impl Registry {
                     peer: requester,
                     direction: Direction::Incoming,
                     candidates: r_cands,
-                    peer_mapping: r_map,
+                    peer_nat: r_nat,
                     punch,
                     relay,
                 },
@@ -520,7 +520,7 @@ impl Registry {
                     peer,
                     direction: Direction::Outgoing,
                     candidates: p.candidates.clone(),
-                    peer_mapping: p.mapping,
+                    peer_nat: p.nat,
                     punch,
                     relay,
                 },
@@ -531,7 +531,7 @@ impl Registry {
                     peer: from,
                     direction: Direction::Incoming,
                     candidates: f.candidates.clone(),
-                    peer_mapping: f.mapping,
+                    peer_nat: f.nat,
                     punch,
                     relay,
                 },
@@ -663,11 +663,14 @@ mod tests {
         );
         // a measured its NAT: b hears how a's ports are allocated (b doesn't
         // know its own mapping yet).
-        let a_map = Mapping::Sequential {
-            last: 20001,
-            step: 1,
+        let a_nat = NatInfo {
+            mapping: burrow_proto::punch::Mapping::Sequential {
+                last: 20001,
+                step: 1,
+            },
+            mapped: Some(addr(7)),
         };
-        r.handle_msg(now, a.id, ClientMsg::Nat { mapping: a_map });
+        r.handle_msg(now, a.id, ClientMsg::Nat { nat: a_nat });
         let out = r.handle_msg(now, a.id, ClientMsg::Accept { peer: b.id });
         let ServerMsg::Accepted { punch, relay, .. } = out[0].1 else {
             panic!("{out:?}")
@@ -682,7 +685,7 @@ mod tests {
                         peer: a.id,
                         direction: Direction::Outgoing,
                         candidates: vec![addr(1), SocketAddr::from(([192, 168, 1, 2], 1))],
-                        peer_mapping: a_map,
+                        peer_nat: a_nat,
                         punch,
                         relay,
                     }
@@ -693,7 +696,7 @@ mod tests {
                         peer: b.id,
                         direction: Direction::Incoming,
                         candidates: vec![addr(2)],
-                        peer_mapping: Mapping::Unknown,
+                        peer_nat: NatInfo::default(),
                         punch,
                         relay,
                     }

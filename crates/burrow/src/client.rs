@@ -124,6 +124,11 @@ pub async fn nat(home: &Path, json: bool) -> Result<(), CliError> {
     );
     println!("mapping         {}", words(r.mapping));
     println!("filtering       {}", words(r.filtering));
+    println!("new ports       {}", r.ports);
+    match (r.port_mapping, r.mapped_addr) {
+        (Some(p), Some(a)) => println!("port mapping    {a} (granted by the router over {p})"),
+        _ => println!("port mapping    none (the router granted none over PCP, NAT-PMP or UPnP)"),
+    }
     println!("\n{}", r.summary);
     Ok(())
 }

@@ -47,6 +47,11 @@ pub struct UpArgs {
     /// download is shared too, from where it was saved).
     #[arg(long)]
     no_reshare: bool,
+    /// Don't ask the router for a public port. By default the node asks it
+    /// (PCP, then NAT-PMP, then UPnP) and offers the mapped port to peers, so
+    /// they reach it directly even through a symmetric NAT.
+    #[arg(long)]
+    no_port_mapping: bool,
     /// On a server that keeps accounts: read the account's password from
     /// standard input (its first line). With --invite, it becomes the new
     /// account's password. A node whose key already holds its name needs none.
@@ -84,6 +89,7 @@ pub async fn run(home: PathBuf, args: UpArgs) -> Result<(), CliError> {
     config.keepalive = args.keepalive;
     config.idle_timeout = args.idle_timeout;
     config.reshare = !args.no_reshare;
+    config.port_mapping = !args.no_port_mapping;
     config.credentials = credentials;
     config.join = args.join;
     config.mesh_links = args.links.max(1);

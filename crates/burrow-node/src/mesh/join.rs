@@ -327,7 +327,7 @@ pub(crate) fn introduced(
         other,
         direction,
         &candidates,
-        burrow_proto::punch::Mapping::Unknown,
+        burrow_proto::punch::NatInfo::default(),
         punch,
         None,
     );

@@ -39,7 +39,7 @@ pub mod strategy;
 pub use probe::session_of;
 use probe::{decode, encode};
 use strategy::PortWalk;
-pub use strategy::{Local, Mapping, Method, Strategy};
+pub use strategy::{Local, Mapping, Method, NatInfo, Strategy};
 
 /// First bytes of every punch datagram. `0x00` clears QUIC's fixed bit; bytes 4..8
 /// can never be STUN's cookie (byte 4 is the kind, 1 or 2).
@@ -255,6 +255,12 @@ impl PunchSession {
             outbox: VecDeque::new(),
             events: VecDeque::new(),
         };
+        // The peer's port mapping first, so it is labelled as such even when
+        // the server lists it among the candidates too.
+        if let Some(mapped) = strategy.mapped {
+            let interval = s.config.first_interval;
+            s.push(now, mapped, Local::MAIN, Method::PortMapping, interval);
+        }
         for &addr in candidates {
             s.add_candidate(now, addr);
         }

@@ -178,7 +178,7 @@ fn run(ka: Kind, kb: Kind, seed: u64) -> Outcome {
         Role::Requester,
         t,
         &[b_seen],
-        &Strategy::choose(a_map, b_map, Some(b_seen)),
+        &Strategy::choose(a_map, nat(b_map), Some(b_seen)),
         cfg.clone(),
         seed,
     );
@@ -187,11 +187,18 @@ fn run(ka: Kind, kb: Kind, seed: u64) -> Outcome {
         Role::Acceptor,
         t,
         &[a_seen],
-        &Strategy::choose(b_map, a_map, Some(a_seen)),
+        &Strategy::choose(b_map, nat(a_map), Some(a_seen)),
         cfg,
         seed.wrapping_mul(31),
     );
     punch(&mut a, &mut na, &mut b, &mut nb)
+}
+
+fn nat(mapping: Mapping) -> NatInfo {
+    NatInfo {
+        mapping,
+        mapped: None,
+    }
 }
 
 fn method(e: &Option<PunchEvent>) -> Option<Method> {

@@ -19,6 +19,10 @@
 //!   succeed with probability 1 − (1 − 1/252)^1000 ≈ 98 %, and the
 //!   [`SPRAY_BUDGET`] of 2 000 with 99.96 %.
 //!
+//! - **Port mapping**: a node whose router granted it a public port (PCP,
+//!   NAT-PMP or UPnP) reports it, and the peer probes it like any candidate;
+//!   it gets through whatever the router's NAT would do.
+//!
 //! Two random-port NATs face each other with 64 512² possible pairs: no
 //! technique here helps, and the link stays on the relay.
 
@@ -46,6 +50,15 @@ pub enum Mapping {
     },
     /// A new, unpredictable port per destination.
     Random,
+}
+
+/// What a node tells the server (and the server its peers) about its NAT.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NatInfo {
+    /// How its NAT allocates ports.
+    pub mapping: Mapping,
+    /// A public address its router forwards to it (a port mapping), if any.
+    pub mapped: Option<SocketAddr>,
 }
 
 /// Steps larger than this are not "sequential" but random.
@@ -83,6 +96,8 @@ pub enum Method {
     Predicted,
     /// The birthday technique: side sockets on one side, random ports on the other.
     Birthday,
+    /// Probing the public port the peer's router maps to it (PCP, NAT-PMP, UPnP).
+    PortMapping,
 }
 
 impl Method {
@@ -92,6 +107,7 @@ impl Method {
             Method::Probe => "hole punching",
             Method::Predicted => "port prediction",
             Method::Birthday => "birthday probing",
+            Method::PortMapping => "port mapping",
         }
     }
 }
@@ -137,16 +153,22 @@ pub struct Strategy {
     pub spray: Option<IpAddr>,
     /// Probe these predicted addresses.
     pub predicted: Vec<SocketAddr>,
+    /// Probe this address, the peer's port mapping.
+    pub mapped: Option<SocketAddr>,
 }
 
 impl Strategy {
-    /// What to do given our mapping and the peer's, and the peer's address as
-    /// the server sees it (its first candidate).
-    pub fn choose(own: Mapping, peer: Mapping, peer_observed: Option<SocketAddr>) -> Strategy {
+    /// What to do given our mapping and what the peer said of its NAT, and the
+    /// peer's address as the server sees it (its first candidate).
+    pub fn choose(own: Mapping, peer: NatInfo, peer_observed: Option<SocketAddr>) -> Strategy {
+        let mapped = peer.mapped;
         let Some(observed) = peer_observed else {
-            return Strategy::default();
+            return Strategy {
+                mapped,
+                ..Strategy::default()
+            };
         };
-        match (own, peer) {
+        let strategy = match (own, peer.mapping) {
             // Our ports are random, the peer's aren't: hold many mappings open
             // toward its one address.
             (Mapping::Random, Mapping::Independent) => Strategy {
@@ -172,12 +194,16 @@ impl Strategy {
                 ..Strategy::default()
             },
             _ => Strategy::default(),
-        }
+        };
+        Strategy { mapped, ..strategy }
     }
 
     /// Whether there is anything beyond ordinary probing.
     pub fn is_hard(&self) -> bool {
-        self.side_sockets > 0 || self.spray.is_some() || !self.predicted.is_empty()
+        self.side_sockets > 0
+            || self.spray.is_some()
+            || !self.predicted.is_empty()
+            || self.mapped.is_some()
     }
 }
 
@@ -237,13 +263,20 @@ mod tests {
         assert_eq!(Mapping::from_ports(1500, 61234), Mapping::Random);
     }
 
+    fn nat(mapping: Mapping) -> NatInfo {
+        NatInfo {
+            mapping,
+            mapped: None,
+        }
+    }
+
     #[test]
     fn each_side_does_its_part_and_two_random_nats_do_nothing() {
         use Mapping::*;
         let peer: SocketAddr = "198.51.100.20:20005".parse().unwrap();
-        let s = Strategy::choose(Random, Independent, Some(peer));
+        let s = Strategy::choose(Random, nat(Independent), Some(peer));
         assert_eq!(s.side_sockets, SIDE_SOCKETS);
-        let s = Strategy::choose(Independent, Random, Some(peer));
+        let s = Strategy::choose(Independent, nat(Random), Some(peer));
         assert_eq!(s.spray, Some(peer.ip()));
         let s = Strategy::choose(
             Independent,
@@ -255,9 +288,21 @@ mod tests {
         );
         assert_eq!(s.predicted.len(), PREDICTED as usize);
         assert_eq!(s.predicted[0], "198.51.100.20:20006".parse().unwrap());
-        assert!(!Strategy::choose(Random, Random, Some(peer)).is_hard());
-        assert!(!Strategy::choose(Independent, Independent, Some(peer)).is_hard());
-        assert!(!Strategy::choose(Unknown, Random, Some(peer)).is_hard());
+        assert!(!Strategy::choose(Random, nat(Random), Some(peer)).is_hard());
+        assert!(!Strategy::choose(Independent, nat(Independent), Some(peer)).is_hard());
+        assert!(!Strategy::choose(Unknown, nat(Random), Some(peer)).is_hard());
+        // A peer's port mapping is probed whatever the NATs are.
+        let mapped: SocketAddr = "198.51.100.20:40001".parse().unwrap();
+        let s = Strategy::choose(
+            Random,
+            NatInfo {
+                mapping: Random,
+                mapped: Some(mapped),
+            },
+            Some(peer),
+        );
+        assert_eq!(s.mapped, Some(mapped));
+        assert!(s.is_hard() && s.side_sockets == 0 && s.spray.is_none());
         // Prediction stays inside the port range.
         let s = Strategy::choose(
             Independent,

@@ -342,7 +342,7 @@ pub fn post(home: &Path, text: &str, parent: Option<&str>) -> String {
 /// port 7700, with `extra` arguments; returns the process and its join URL.
 pub fn lab_server(lab: &burrow_lab::Lab, home: &Path, extra: &[&str]) -> (Proc, String) {
     let mut cmd = lab.server().command(BIN);
-    let listen = format!("{}:7700", burrow_lab::SERVER_ADDRS[0]);
+    let listen = format!("{}:7700", lab.server().addr);
     cmd.arg("--home")
         .arg(home)
         .args(["server", "--listen", &listen])
