@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use burrow_lab::{Host, Lab, NatKind, NsRuntime, SERVER_ADDRS};
 use burrow_node::api::ConnectionState;
 use burrow_node::{Node, NodeConfig, NodeEvent};
+use burrow_proto::punch::Method;
 use burrow_proto::{Name, SecretKey, ServerAddr};
 use clap::{Parser, Subcommand};
 use tokio::sync::oneshot;
@@ -236,13 +237,14 @@ fn bare_quic(a: &Host, b: &Host, runs: usize) -> Duration {
     median(&mut times).unwrap()
 }
 
-/// One run of a cell: fresh nodes connect; returns (first message, direct path).
+/// One run of a cell: fresh nodes connect; returns (first message, direct
+/// path, what found it).
 fn one_setup(
     server: &ServerAddr,
     (req, req_name): (&NsRuntime, &str),
     (acc, acc_name): (&NsRuntime, &str),
     direct_wait: Duration,
-) -> (Duration, Option<Duration>) {
+) -> (Duration, Option<Duration>, Option<Method>) {
     // Names stay bound to their first key: every run's fresh nodes get new ones.
     let (req_name, acc_name) = (req_name.to_string(), acc_name.to_string());
     let dir = tempfile::tempdir().unwrap();
@@ -273,6 +275,7 @@ fn one_setup(
         }
     });
     let r = requester.clone();
+    let (acc_name2, req_name2) = (acc_name.clone(), req_name.clone());
     let result = req.run(async move {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !r
@@ -328,6 +331,24 @@ fn one_setup(
             .and_then(|d| d.ok());
         (first, direct)
     });
+    // Each side knows what found its end; the more specific of the two.
+    let method_of = |node: &Node, other: &str| {
+        node.peers()
+            .into_iter()
+            .find(|p| p.name.as_deref() == Some(other))
+            .and_then(|p| p.method)
+    };
+    let seen = [
+        method_of(&requester, &acc_name2),
+        method_of(&acceptor, &req_name2),
+    ];
+    let method = seen
+        .iter()
+        .flatten()
+        .find(|m| **m != Method::Probe)
+        .or(seen.iter().flatten().next())
+        .copied();
+    let result = (result.0, result.1, result.1.and(method));
     req.run(async move { requester.shutdown().await });
     acc.run(async move { acceptor.shutdown().await });
     result
@@ -387,8 +408,8 @@ fn setup(runs: usize, delay: Duration, direct_wait: Duration) {
     );
     println!();
     println!(
-        "{:<15} {:<15} {:>22} {:>22} {:>8}",
-        "requester", "acceptor", "first message", "direct path", "direct"
+        "{:<15} {:<15} {:>22} {:>22} {:>8}  {}",
+        "requester", "acceptor", "first message", "direct path", "direct", "found by"
     );
     let mut over = Vec::new();
     for (i, req_kind) in NatKind::ALL.into_iter().enumerate() {
@@ -401,11 +422,12 @@ fn setup(runs: usize, delay: Duration, direct_wait: Duration) {
             );
             let mut firsts = Vec::new();
             let mut directs = Vec::new();
+            let mut methods = Vec::new();
             for run in 0..runs {
                 for r in [&rr, &ar].into_iter().flatten() {
                     lab.flush_mappings(r).unwrap();
                 }
-                let (first, direct) = one_setup(
+                let (first, direct, method) = one_setup(
                     &server_addr,
                     (&req, &format!("req{i}{j}n{run}")),
                     (&acc, &format!("acc{i}{j}n{run}")),
@@ -413,12 +435,20 @@ fn setup(runs: usize, delay: Duration, direct_wait: Duration) {
                 );
                 firsts.push(first);
                 directs.extend(direct);
+                methods.extend(method);
             }
+            methods.sort_by_key(|m| m.words());
+            methods.dedup();
+            let method = methods
+                .iter()
+                .map(|m| m.words())
+                .collect::<Vec<_>>()
+                .join(", ");
             let n_direct = directs.len();
             let first = median(&mut firsts).unwrap();
             let direct = median(&mut directs);
             println!(
-                "{:<15} {:<15} {:>9.0} ms {:>5.1} RTT {:>22} {:>5}/{runs}",
+                "{:<15} {:<15} {:>9.0} ms {:>5.1} RTT {:>22} {:>5}/{runs}  {method}",
                 format!("{req_kind:?}"),
                 format!("{acc_kind:?}"),
                 ms(first),
@@ -434,7 +464,10 @@ fn setup(runs: usize, delay: Duration, direct_wait: Duration) {
                     in_rtts(first)
                 ));
             }
-            if direct.is_some_and(|d| in_rtts(d) > 6.0) {
+            // Birthday probing takes seconds by design (random ports hit at
+            // 250 probes a second): it has no round-trip target.
+            let birthday = methods.contains(&Method::Birthday);
+            if !birthday && direct.is_some_and(|d| in_rtts(d) > 6.0) {
                 over.push(format!(
                     "{req_kind:?} x {acc_kind:?}: direct path {:.1} RTT",
                     in_rtts(direct.unwrap())
@@ -445,7 +478,7 @@ fn setup(runs: usize, delay: Duration, direct_wait: Duration) {
     println!();
     if over.is_empty() {
         println!(
-            "targets met: first message within 4 RTT, direct path within 6 RTT, in every cell"
+            "targets met: first message within 4 RTT in every cell, direct path within 6 RTT where no birthday probing is needed"
         );
     } else {
         println!("over target (first message 4 RTT, direct 6 RTT):");

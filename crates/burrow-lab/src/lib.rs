@@ -28,6 +28,9 @@
 //!   behaviour of routers that do. (The lookup map is needed: the counter's
 //!   value used as a port directly lands byte-swapped, counting in steps of 256.)
 //!
+//! - `UdpBlocked`: `PortRestricted` for TCP, and every UDP datagram from the
+//!   LAN dropped.
+//!
 //! Delay: [`Lab::set_uplink_delay`] gives links to the public segment a fixed
 //! one-way delay (the kernel here has no `netem`; see [`delay`]).
 //!
@@ -85,6 +88,10 @@ pub enum NatKind {
     Symmetric,
     /// Endpoint-dependent mapping with sequential ports.
     Sequential,
+    /// A firewall that drops all UDP from its LAN (TCP is masqueraded as
+    /// `PortRestricted`), as some corporate and guest networks do. Not in
+    /// [`NatKind::ALL`], the UDP matrix.
+    UdpBlocked,
 }
 
 impl NatKind {
@@ -674,6 +681,12 @@ fn nat_rules(ns: &str, kind: NatKind, wan: Ipv4Addr, first_peer: Ipv4Addr) -> Re
             "table ip nat {{\n chain post {{\n  type nat hook postrouting priority srcnat;\n  oifname \"wan\" {masquerade}\n }}\n{inbound}}}\n"
         ),
     )?;
+    if kind == NatKind::UdpBlocked {
+        nft(
+            ns,
+            "table inet udpblock {\n chain forward {\n  type filter hook forward priority filter;\n  oifname \"wan\" meta l4proto udp drop\n }\n}\n",
+        )?;
+    }
     // Like a home router's firewall: unsolicited packets from the WAN to the router
     // itself are dropped. Besides being realistic, this matters for punching: a
     // dropped packet's conntrack entry is never confirmed, while an accepted one

@@ -147,6 +147,9 @@ type Waiters = Arc<Mutex<HashMap<TransactionId, oneshot::Sender<stun::Response>>
 pub type RelayHandler =
     Arc<dyn Fn(SocketAddr, &Channel, usize) -> Option<(SocketAddr, Option<IpAddr>)> + Send + Sync>;
 type RelaySlot = Arc<OnceLock<RelayHandler>>;
+/// Decides whether a TCP connection from an address is taken ([`Endpoint::listen_tcp`]).
+pub type TcpGate = Arc<dyn Fn(SocketAddr) -> bool + Send + Sync>;
+
 /// Where the main socket's STUN requests go when the server runs a [`StunGrid`].
 type GridSlot = Arc<Mutex<Option<std::sync::Weak<StunGrid>>>>;
 
@@ -162,6 +165,9 @@ pub struct Endpoint {
     punches: crate::punch::Routes,
     birthdays: Arc<crate::side::BirthdaySlots>,
     paths: Arc<PathTable>,
+    links: Arc<crate::tcp::Links>,
+    deliver: crate::tcp::Deliver,
+    tcp_listener: Mutex<Option<JoinHandle<()>>>,
     relay: RelaySlot,
     dispatcher: JoinHandle<()>,
 }
@@ -179,6 +185,14 @@ impl std::fmt::Debug for Endpoint {
 impl Drop for Endpoint {
     fn drop(&mut self) {
         self.dispatcher.abort();
+        if let Some(t) = self
+            .tcp_listener
+            .get_mut()
+            .expect("listener lock is never poisoned")
+            .take()
+        {
+            t.abort();
+        }
     }
 }
 
@@ -193,8 +207,15 @@ impl Endpoint {
             })?;
         socket.set_nonblocking(true).map_err(EndpointError::Quic)?;
         let paths = Arc::new(PathTable::default());
+        let links = Arc::new(crate::tcp::Links::default());
         let (demux, raw, raw_rx) =
-            DemuxSocket::wrap(socket, paths.clone()).map_err(EndpointError::Quic)?;
+            DemuxSocket::wrap(socket, paths.clone(), links.clone()).map_err(EndpointError::Quic)?;
+        let weak_demux = Arc::downgrade(&demux);
+        let deliver: crate::tcp::Deliver = Arc::new(move |from, data: &[u8]| {
+            if let Some(d) = weak_demux.upgrade() {
+                d.deliver_link(from, data);
+            }
+        });
 
         let mut transport = quinn::TransportConfig::default();
         transport
@@ -262,6 +283,9 @@ impl Endpoint {
             punches,
             birthdays: Arc::default(),
             paths,
+            links,
+            deliver,
+            tcp_listener: Mutex::new(None),
             relay,
             dispatcher,
         })
@@ -280,6 +304,79 @@ impl Endpoint {
     /// The bound socket address.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.quic.local_addr()
+    }
+
+    /// Also accepts TCP on our UDP socket's address: each connection becomes a
+    /// link ([`crate::tcp`]) that QUIC and the relay use like a UDP path.
+    /// `gate` may refuse a connection by its source address (bans, rate
+    /// limits) before anything is read from it.
+    pub fn listen_tcp(&self, gate: Option<TcpGate>) -> std::io::Result<SocketAddr> {
+        let local = self.local_addr()?;
+        let socket = if local.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(local)?;
+        let listener = socket.listen(1024)?;
+        let (links, deliver) = (self.links.clone(), self.deliver.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, from)) = listener.accept().await else {
+                    continue;
+                };
+                if gate.as_ref().is_some_and(|g| !g(from)) {
+                    tracing::debug!(%from, "TCP connection refused (gate)");
+                    continue;
+                }
+                if let Err(e) = links.attach(stream, deliver.clone()) {
+                    tracing::debug!(%from, error = %e, "TCP link refused");
+                }
+            }
+        });
+        if let Some(old) = self
+            .tcp_listener
+            .lock()
+            .expect("listener lock is never poisoned")
+            .replace(task)
+        {
+            old.abort();
+        }
+        Ok(local)
+    }
+
+    /// Connects to `to` over TCP and makes the connection a link: returns the
+    /// virtual address to dial (QUIC) or send to (relay datagrams) through it.
+    pub async fn dial_tcp(
+        &self,
+        to: SocketAddr,
+        timeout: Duration,
+    ) -> Result<SocketAddr, crate::tcp::LinkError> {
+        let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(to))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        self.links.attach(stream, self.deliver.clone())
+    }
+
+    /// The real address behind `addr`: the other end of a TCP link when `addr`
+    /// is one's virtual address, else `addr` itself.
+    pub fn real_addr(&self, addr: SocketAddr) -> SocketAddr {
+        if crate::tcp::is_link(addr) {
+            self.links.real_addr(addr)
+        } else {
+            addr
+        }
+    }
+
+    /// The TCP links (to look up real addresses from anywhere).
+    pub fn links(&self) -> Arc<crate::tcp::Links> {
+        self.links.clone()
+    }
+
+    /// Closes the TCP link at `addr`, if it is one.
+    pub fn close_link(&self, addr: SocketAddr) {
+        self.links.close(addr);
     }
 
     /// Every peer's path: how packets to a peer's virtual address travel.

@@ -23,6 +23,7 @@ pub mod punch;
 pub mod side;
 pub mod socket;
 pub mod stun_server;
+pub mod tcp;
 pub mod tls;
 
 pub use endpoint::{

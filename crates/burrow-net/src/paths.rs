@@ -253,7 +253,7 @@ impl PathTable {
     }
 
     /// Wakes quinn's receive task (packets are waiting in the inbox).
-    fn wake(&self) {
+    pub(crate) fn wake(&self) {
         if let Some(w) = self
             .waker
             .lock()

@@ -33,6 +33,7 @@ use quinn::{AsyncUdpSocket, Runtime, UdpPoller};
 use tokio::sync::mpsc;
 
 use crate::paths::{PathTable, SendRoute};
+use crate::tcp::{self, Links};
 
 /// How many non-QUIC datagrams wait for burrow before new ones are dropped.
 pub const RAW_QUEUE: usize = 1024;
@@ -52,6 +53,8 @@ pub struct DemuxSocket {
     raw_tx: mpsc::Sender<RawDatagram>,
     dropped: AtomicU64,
     paths: Arc<PathTable>,
+    /// TCP links: datagrams to their virtual addresses go down them.
+    links: Arc<Links>,
     /// Whether the socket is IPv6 (quinn then uses IPv4-mapped addresses).
     ipv6: bool,
 }
@@ -64,10 +67,12 @@ impl fmt::Debug for DemuxSocket {
     }
 }
 
-/// Sends raw (non-QUIC) datagrams from the shared socket.
+/// Sends raw (non-QUIC) datagrams from the shared socket (or down a TCP link,
+/// when addressed to one).
 #[derive(Clone, Debug)]
 pub struct RawSender {
     inner: Arc<dyn AsyncUdpSocket>,
+    links: Arc<Links>,
 }
 
 impl RawSender {
@@ -80,6 +85,10 @@ impl RawSender {
     /// Like [`Self::send`], from local address `src` when given (a socket bound
     /// to every address otherwise lets the kernel choose).
     pub fn send_from(&self, to: SocketAddr, src: Option<IpAddr>, data: &[u8]) -> io::Result<()> {
+        if tcp::is_link(to) {
+            self.links.send(to, data);
+            return Ok(());
+        }
         self.inner.try_send(&Transmit {
             destination: to,
             ecn: None,
@@ -96,21 +105,51 @@ impl DemuxSocket {
     pub fn wrap(
         socket: std::net::UdpSocket,
         paths: Arc<PathTable>,
+        links: Arc<Links>,
     ) -> io::Result<(Arc<DemuxSocket>, RawSender, mpsc::Receiver<RawDatagram>)> {
         let ipv6 = socket.local_addr()?.is_ipv6();
         let inner = quinn::TokioRuntime.wrap_udp_socket(socket)?;
         let (raw_tx, raw_rx) = mpsc::channel(RAW_QUEUE);
         let sender = RawSender {
             inner: inner.clone(),
+            links: links.clone(),
         };
         let demux = Arc::new(DemuxSocket {
             inner,
             raw_tx,
             dropped: AtomicU64::new(0),
             paths,
+            links,
             ipv6,
         });
         Ok((demux, sender, raw_rx))
+    }
+
+    /// Receives a datagram that came up the TCP link at `from` (its virtual
+    /// address), as if the socket had: burrow's own are diverted, QUIC (direct
+    /// or relayed) is queued for quinn.
+    pub(crate) fn deliver_link(&self, from: SocketAddr, data: &[u8]) {
+        let Some((addr, start)) = self.classify(from, data) else {
+            return;
+        };
+        if self.paths.push_inbox((addr, data[start..].to_vec())) {
+            self.paths.wake();
+        } else {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Sends each segment of `contents` to `to`, down a TCP link when `to` is
+    /// one. Returns false when `to` is not a link (the caller sends by UDP).
+    fn send_link(&self, to: SocketAddr, contents: &[u8], segment_size: Option<usize>) -> bool {
+        if !tcp::is_link(to) {
+            return false;
+        }
+        let segment = segment_size.unwrap_or(contents.len()).max(1);
+        for packet in contents.chunks(segment) {
+            self.links.send(to, packet);
+        }
+        true
     }
 
     /// Non-QUIC datagrams dropped because burrow's queue was full.
@@ -213,6 +252,9 @@ impl DemuxSocket {
                 continue;
             }
             relay::wrap(&channel, packet, &mut datagram);
+            if self.send_link(server, &datagram, None) {
+                continue;
+            }
             let sent = self.inner.try_send(&Transmit {
                 destination: server,
                 ecn: None,
@@ -322,15 +364,29 @@ impl AsyncUdpSocket for DemuxSocket {
             .paths
             .route_send(transmit.destination, std::time::Instant::now())
         {
-            SendRoute::AsAddressed => self.inner.try_send(transmit),
+            SendRoute::AsAddressed => {
+                if self.send_link(
+                    transmit.destination,
+                    transmit.contents,
+                    transmit.segment_size,
+                ) {
+                    return Ok(());
+                }
+                self.inner.try_send(transmit)
+            }
             // The kernel picks the source address for the real destination:
             // the one quinn remembers came with the first packet, which may have
             // arrived on another path (through the relay).
-            SendRoute::Direct(to) => self.inner.try_send(&Transmit {
-                destination: to,
-                src_ip: None,
-                ..*transmit
-            }),
+            SendRoute::Direct(to) => {
+                if self.send_link(to, transmit.contents, transmit.segment_size) {
+                    return Ok(());
+                }
+                self.inner.try_send(&Transmit {
+                    destination: to,
+                    src_ip: None,
+                    ..*transmit
+                })
+            }
             SendRoute::DirectVia(via, to) => {
                 let segment = transmit
                     .segment_size

@@ -318,6 +318,9 @@ pub struct StatusView {
     pub server: String,
     /// Whether the node is registered with the server right now.
     pub server_connected: bool,
+    /// How the session reaches the server: `udp`, or `tcp` where nothing came
+    /// back over UDP (a network that drops it; the relay carries peers then).
+    pub server_transport: Option<String>,
     /// Our address as the server sees it (STUN), once known.
     pub public_addr: Option<String>,
     /// Our UDP socket's local address.

@@ -15,6 +15,8 @@ pub enum NodeEvent {
         server: String,
         /// Our address as the server sees it.
         public_addr: SocketAddr,
+        /// The session runs over TCP (nothing came back over UDP).
+        over_tcp: bool,
     },
     /// Lost the server; retrying in the background.
     ServerLost {

@@ -274,6 +274,15 @@ pub(crate) fn refresh_mapping(inner: &Arc<Inner>, tell_anyway: bool) {
     let Some(server) = inner.state().server_addr else {
         return;
     };
+    if burrow_net::tcp::is_link(server) {
+        // Over TCP there is no UDP mapping to measure (UDP is what failed).
+        let mut st = inner.state();
+        st.mapping = Mapping::Unknown;
+        if tell_anyway {
+            report(&st);
+        }
+        return;
+    }
     let inner2 = inner.clone();
     inner.spawn(async move {
         let Some((seen, mapping)) = mapping(&inner2.endpoint, server).await else {

@@ -564,6 +564,14 @@ impl Node {
             name: self.inner.config.name.to_string(),
             server,
             server_connected: st.server_tx.is_some(),
+            server_transport: st.server_tx.as_ref().and(st.server_addr).map(|a| {
+                if burrow_net::tcp::is_link(a) {
+                    "tcp"
+                } else {
+                    "udp"
+                }
+                .to_string()
+            }),
             public_addr: st.public_addr.map(|a| a.to_string()),
             local_addr: self
                 .inner
@@ -738,6 +746,11 @@ impl Node {
             .state()
             .server_addr
             .ok_or(ApiError::ServerUnavailable)?;
+        if burrow_net::tcp::is_link(server) {
+            return Err(ApiError::Nat(
+                "this node reaches the server over TCP because nothing came back over UDP: this network seems to drop UDP, so there is no UDP mapping to test; peers reach you through the server's relay".into(),
+            ));
+        }
         let local = self
             .inner
             .endpoint

@@ -160,6 +160,77 @@ pub(crate) struct Session {
     rx: mpsc::Receiver<ClientMsg>,
 }
 
+/// How long UDP has the server to itself before TCP is tried beside it: a
+/// handshake that works takes one round trip; one that hasn't answered by now
+/// may be on a network that drops UDP.
+const UDP_HEAD_START: Duration = Duration::from_secs(2);
+/// How long a TCP connection to the server may take.
+const TCP_CONNECT: Duration = Duration::from_secs(5);
+
+/// Dials the server over UDP, and, when that has not answered within
+/// [`UDP_HEAD_START`], over TCP beside it (QUIC over a TCP link, see
+/// `burrow_net::tcp`): the first to connect wins. Returns the address the
+/// session runs to (the link's virtual address over TCP) and the outcome;
+/// when both fail, UDP's error.
+async fn dial(
+    inner: &Arc<Inner>,
+    addr: SocketAddr,
+    expected: Option<NodeId>,
+) -> (
+    SocketAddr,
+    Result<(quinn::Connection, NodeId), ConnectError>,
+) {
+    let ep = &inner.endpoint;
+    let udp = ep.connect(addr, rendezvous::ALPN, expected);
+    tokio::pin!(udp);
+    tokio::select! {
+        r = &mut udp => return (addr, r),
+        _ = tokio::time::sleep(UDP_HEAD_START) => {}
+    }
+    let tcp = async {
+        let link = match ep.dial_tcp(addr, TCP_CONNECT).await {
+            Ok(link) => link,
+            Err(e) => {
+                debug!(%addr, error = %e, "no TCP either");
+                return None;
+            }
+        };
+        match ep.connect(link, rendezvous::ALPN, expected).await {
+            Ok(c) => Some((link, Ok(c))),
+            // A wrong key is the answer, whichever way it came.
+            Err(e @ ConnectError::WrongKey { .. }) => Some((link, Err(e))),
+            Err(e) => {
+                debug!(%addr, error = %e, "QUIC over TCP failed");
+                ep.close_link(link);
+                None
+            }
+        }
+    };
+    tokio::pin!(tcp);
+    let mut tcp_done = false;
+    loop {
+        tokio::select! {
+            r = &mut udp => {
+                if r.is_ok() || tcp_done {
+                    return (addr, r);
+                }
+                // UDP failed: wait for TCP, and report UDP's failure if it fails too.
+                return match (&mut tcp).await {
+                    Some(t) => t,
+                    None => (addr, r),
+                };
+            }
+            t = &mut tcp, if !tcp_done => match t {
+                Some(t) => {
+                    info!(server = %addr, "reaching the server over TCP (no answer over UDP)");
+                    return t;
+                }
+                None => tcp_done = true,
+            },
+        }
+    }
+}
+
 /// Dials the server, checks its key, registers, and applies the Welcome.
 pub(crate) async fn connect(inner: &Arc<Inner>) -> Result<Session, SessionError> {
     let Some(server) = &inner.config.server else {
@@ -185,11 +256,8 @@ pub(crate) async fn connect(inner: &Arc<Inner>) -> Result<Session, SessionError>
     let known = KnownServers::new(&inner.config.home);
     let remembered = known.lookup(&host);
     let expected = server.key.or(remembered);
-    let (conn, key) = match inner
-        .endpoint
-        .connect(addr, rendezvous::ALPN, expected)
-        .await
-    {
+    let (via, dialed) = dial(inner, addr, expected).await;
+    let (conn, key) = match dialed {
         Ok(ok) => ok,
         Err(ConnectError::WrongKey {
             expected, actual, ..
@@ -248,7 +316,7 @@ pub(crate) async fn connect(inner: &Arc<Inner>) -> Result<Session, SessionError>
                 // Usable as soon as the Welcome is applied: operations queue in the
                 // outbox until the session's writer starts.
                 st.server_tx = Some(tx.clone());
-                st.server_addr = Some(addr);
+                st.server_addr = Some(via);
                 st.server_id = Some(key);
                 st.public_addr = Some(observed);
                 st.presence = presence;
@@ -269,6 +337,7 @@ pub(crate) async fn connect(inner: &Arc<Inner>) -> Result<Session, SessionError>
             // port tells how our NAT maps (which hard-NAT technique is ours).
             crate::nat::refresh_mapping(inner, true);
             inner.emit(NodeEvent::ServerConnected {
+                over_tcp: burrow_net::tcp::is_link(via),
                 server: host,
                 public_addr: observed,
             });
@@ -363,6 +432,10 @@ fn forget_session(inner: &Inner) {
     let mut st = inner.state();
     st.server_tx = None;
     st.waiters.clear();
+    // A TCP link to the server carried only this session.
+    if let Some(link) = st.server_addr.filter(|a| burrow_net::tcp::is_link(*a)) {
+        inner.endpoint.close_link(link);
+    }
     for p in st.peers.values_mut() {
         p.online = false;
         p.request = None;

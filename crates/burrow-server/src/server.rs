@@ -71,6 +71,14 @@ pub enum ServerError {
     /// The STUN alternates could not be bound.
     #[error(transparent)]
     Stun(#[from] burrow_net::stun_server::GridError),
+    /// The TCP listener could not be bound.
+    #[error("cannot listen on TCP {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The admin socket could not be bound.
     #[error("cannot open the admin socket {path}: {source}")]
     Admin {
@@ -111,9 +119,19 @@ impl Session {
 pub(crate) struct Hub {
     pub(crate) registry: Registry,
     pub(crate) sessions: HashMap<NodeId, Session>,
+    links: Arc<burrow_net::tcp::Links>,
 }
 
 impl Hub {
+    /// A session's real remote address (see [`Shared::real`]).
+    pub(crate) fn real(&self, addr: SocketAddr) -> SocketAddr {
+        if burrow_net::tcp::is_link(addr) {
+            self.links.real_addr(addr)
+        } else {
+            addr
+        }
+    }
+
     /// Where a relay datagram on `channel` from `from` goes: to the other end of
     /// a live link, if `from` is one end's current address and within its quota.
     fn relay(
@@ -157,7 +175,7 @@ impl Hub {
         for id in refresh {
             if let Some(s) = self.sessions.get(&id) {
                 let seen = s.conn.remote_address();
-                self.registry.update_observed(id, seen);
+                self.registry.update_observed(id, self.real(seen));
             }
         }
         let out = self.registry.handle_msg(Instant::now(), from, msg);
@@ -204,9 +222,29 @@ pub(crate) struct Shared {
     pub(crate) journal: Journal,
     pub(crate) hasher: Hasher,
     pub(crate) binder: crate::binder::Binder,
+    /// TCP links: nodes on networks that drop UDP reach us over TCP, and
+    /// quinn knows them by a virtual address.
+    links: Arc<burrow_net::tcp::Links>,
 }
 
 impl Shared {
+    /// Closes the TCP link at `addr`, if it is one.
+    pub(crate) fn close_link(&self, addr: SocketAddr) {
+        if burrow_net::tcp::is_link(addr) {
+            self.links.close(addr);
+        }
+    }
+
+    /// The real address of a node quinn knows at `addr` (the other end of its
+    /// TCP link, when it came over TCP). Bans, limits and candidates use this.
+    pub(crate) fn real(&self, addr: SocketAddr) -> SocketAddr {
+        if burrow_net::tcp::is_link(addr) {
+            self.links.real_addr(addr)
+        } else {
+            addr
+        }
+    }
+
     /// Runs `f` on the admission state, then acts on what it decided: bans are
     /// persisted and logged, and sessions from a banned address are closed.
     pub(crate) fn admission<R>(&self, f: impl FnOnce(&mut Admission, Now) -> R) -> R {
@@ -245,7 +283,7 @@ impl Shared {
                 if let burrow_store::BanTarget::Addr(group) = ban.target {
                     let hub = self.hub();
                     for s in hub.sessions.values() {
-                        if burrow_proto::ip_group(s.conn.remote_address().ip()) == group {
+                        if burrow_proto::ip_group(hub.real(s.conn.remote_address()).ip()) == group {
                             s.expel(Refusal::Banned {
                                 until_ms: ban.until_ms,
                             });
@@ -335,6 +373,7 @@ impl Server {
         let store = Arc::new(Mutex::new(store));
         let shared = Arc::new(Shared {
             hub: Mutex::new(Hub {
+                links: endpoint.links(),
                 registry: Registry::new(config.broker),
                 sessions: HashMap::new(),
             }),
@@ -344,6 +383,7 @@ impl Server {
             next_session: AtomicU64::new(1),
             admission: Mutex::new(Admission::new(config.admission.clone(), bans, allowed)),
             hasher: Hasher::default(),
+            links: endpoint.links(),
         });
         let relay = Arc::downgrade(&shared);
         endpoint.set_relay(Arc::new(move |from, channel, len| {
@@ -354,6 +394,19 @@ impl Server {
             gate.upgrade()
                 .is_some_and(|s| s.admission(|a, now| a.check_stun(now, from)))
         }));
+        // The same port over TCP, for nodes whose networks drop UDP: the
+        // connection limits and bans apply before a byte is read.
+        let gate = Arc::downgrade(&shared);
+        endpoint
+            .listen_tcp(Some(Arc::new(move |from: SocketAddr| {
+                gate.upgrade().is_some_and(|s| {
+                    s.admission(|a, now| a.check_connection(now, from.ip())) == ConnVerdict::Accept
+                })
+            })))
+            .map_err(|source| ServerError::Bind {
+                addr: config.listen,
+                source,
+            })?;
         Ok(Server {
             endpoint,
             stun_grid,
@@ -428,7 +481,7 @@ impl Server {
                 i = self.endpoint.quic().accept() => i,
             };
             let Some(incoming) = incoming else { break };
-            let remote = incoming.remote_address();
+            let remote = self.shared.real(incoming.remote_address());
             match self
                 .shared
                 .admission(|a, now| a.check_connection(now, remote.ip()))

@@ -57,8 +57,14 @@ pub(crate) async fn serve_node(
     // Boxed: registering takes a large future that is done with once the node
     // is in, while the session's lives as long as the node stays (100 000 of
     // them on a busy server).
-    let node = Box::pin(register_node(incoming, &shared)).await?;
-    run_session(node, shared).await
+    let remote = incoming.remote_address();
+    let result = match Box::pin(register_node(incoming, &shared)).await {
+        Ok(node) => run_session(node, shared.clone()).await,
+        Err(e) => Err(e),
+    };
+    // A node over TCP had its link for this session only.
+    shared.close_link(remote);
+    result
 }
 
 /// A node that registered.
@@ -77,7 +83,7 @@ async fn register_node(
     incoming: quinn::Incoming,
     shared: &Arc<Shared>,
 ) -> Result<Registered, SessionError> {
-    let observed = incoming.remote_address();
+    let observed = shared.real(incoming.remote_address());
     let misbehaved = |what: &'static str, points: u32| {
         shared.admission(|a, now| a.misbehaved(now, observed.ip(), what, points))
     };

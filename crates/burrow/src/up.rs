@@ -106,6 +106,9 @@ pub async fn run(home: PathBuf, args: UpArgs) -> Result<(), CliError> {
             &status.id[..8],
             status.server
         );
+        if status.server_transport.as_deref() == Some("tcp") {
+            println!("{TCP_NOTE}");
+        }
     } else {
         println!(
             "{} is up (id {}), serverless{}",
@@ -173,14 +176,23 @@ pub async fn run(home: PathBuf, args: UpArgs) -> Result<(), CliError> {
     }
 }
 
+/// What `up` says when the server session runs over TCP.
+const TCP_NOTE: &str = "reaching the server over TCP: nothing came back over UDP, so this network seems to drop it; peers reach you through the server's relay";
+
 /// One event as a line for a person; `None` for events not worth a line.
 pub fn describe(event: &NodeEvent, me: &Name) -> Option<String> {
     Some(match event {
         NodeEvent::ServerConnected {
             server,
             public_addr,
+            over_tcp,
         } => {
-            format!("registered with {server} again, public address {public_addr}")
+            let tcp = if *over_tcp {
+                format!("\n{TCP_NOTE}")
+            } else {
+                String::new()
+            };
+            format!("registered with {server} again, public address {public_addr}{tcp}")
         }
         NodeEvent::ServerLost { error, retry_in_ms } => {
             format!("{error}; retrying in {:.1} s", *retry_in_ms as f64 / 1000.0)

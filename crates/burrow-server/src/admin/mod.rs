@@ -420,7 +420,9 @@ fn expel_banned(shared: &Arc<Shared>, targets: &[BanTarget], until_ms: Option<u6
         let hit = targets.iter().any(|t| match t {
             BanTarget::Node(n) => n == id,
             BanTarget::Name(n) => *n == s.name,
-            BanTarget::Addr(g) => burrow_proto::ip_group(s.conn.remote_address().ip()) == *g,
+            BanTarget::Addr(g) => {
+                burrow_proto::ip_group(hub.real(s.conn.remote_address()).ip()) == *g
+            }
         });
         if hit {
             s.expel(Refusal::Banned { until_ms });
@@ -469,12 +471,13 @@ async fn users(shared: &Arc<Shared>) -> Outcome {
         Ok((s.bound_names()?, s.accounts()?, s.allowed()?))
     })
     .await?;
-    let online: std::collections::HashMap<NodeId, String> = shared
-        .hub()
-        .sessions
-        .iter()
-        .map(|(id, s)| (*id, s.conn.remote_address().to_string()))
-        .collect();
+    let online: std::collections::HashMap<NodeId, String> = {
+        let hub = shared.hub();
+        hub.sessions
+            .iter()
+            .map(|(id, s)| (*id, hub.real(s.conn.remote_address()).to_string()))
+            .collect()
+    };
     // Indexed once: a server may list 100 000 names.
     let has_password: std::collections::HashMap<&Name, bool> =
         accounts.iter().map(|a| (&a.name, a.has_password)).collect();
