@@ -59,6 +59,10 @@ enum Bench {
         /// How long a run waits for the direct path.
         #[arg(long, default_value = "11s", value_parser = humantime::parse_duration)]
         direct_wait: Duration,
+        /// Only the cells whose requester or acceptor kind is named here
+        /// (e.g. `--only Symmetric`); every cell by default.
+        #[arg(long)]
+        only: Vec<String>,
     },
     /// One file between two nodes, beside plain TCP and bare QUIC.
     Transfer {
@@ -94,7 +98,8 @@ fn main() {
             runs,
             delay_ms,
             direct_wait,
-        } => setup(runs, Duration::from_millis(delay_ms), direct_wait),
+            only,
+        } => setup(runs, Duration::from_millis(delay_ms), direct_wait, &only),
         Bench::Transfer {
             size_mib,
             lab,
@@ -354,7 +359,7 @@ fn one_setup(
     result
 }
 
-fn setup(runs: usize, delay: Duration, direct_wait: Duration) {
+fn setup(runs: usize, delay: Duration, direct_wait: Duration, only: &[String]) {
     let mut lab = Lab::new().unwrap_or_else(|e| {
         eprintln!("error: {e}");
         eprintln!("hint: the lab needs root, iproute2, nftables and conntrack");
@@ -414,6 +419,10 @@ fn setup(runs: usize, delay: Duration, direct_wait: Duration) {
     let mut over = Vec::new();
     for (i, req_kind) in NatKind::ALL.into_iter().enumerate() {
         for (j, acc_kind) in NatKind::ALL.into_iter().enumerate() {
+            let named = |k: NatKind| only.iter().any(|o| o.eq_ignore_ascii_case(&format!("{k:?}")));
+            if !only.is_empty() && !named(req_kind) && !named(acc_kind) {
+                continue;
+            }
             let (rh, rr) = lab.add_peer(&format!("req{i}{j}"), req_kind).unwrap();
             let (ah, ar) = lab.add_peer(&format!("acc{i}{j}"), acc_kind).unwrap();
             let (req, acc) = (

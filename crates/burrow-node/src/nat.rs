@@ -267,32 +267,24 @@ pub async fn mapping(ep: &Endpoint, server: SocketAddr) -> Option<(SocketAddr, M
     Some((first, mapping))
 }
 
-/// Measures our mapping in the background and tells the server when it
-/// changed (or when it must hear it again: a new session). Node state keeps it
-/// for choosing a punch strategy.
-pub(crate) fn refresh_mapping(inner: &Arc<Inner>, tell_anyway: bool) {
+/// Measures our mapping again in the background (a sequential NAT's ports
+/// move on with every punch) and tells the server when it changed. The first
+/// measurement is made while the session connects (`session::connect`).
+pub(crate) fn refresh_mapping(inner: &Arc<Inner>) {
     let Some(server) = inner.state().server_addr else {
         return;
     };
     if burrow_net::tcp::is_link(server) {
-        // Over TCP there is no UDP mapping to measure (UDP is what failed).
-        let mut st = inner.state();
-        st.mapping = Mapping::Unknown;
-        if tell_anyway {
-            report(&st);
-        }
-        return;
+        return; // no UDP mapping to measure: UDP is what failed
     }
     let inner2 = inner.clone();
     inner.spawn(async move {
-        let Some((seen, mapping)) = mapping(&inner2.endpoint, server).await else {
+        let Some((_, mapping)) = mapping(&inner2.endpoint, server).await else {
             return;
         };
         let mut st = inner2.state();
-        st.public_addr = Some(seen);
-        let changed = st.mapping != mapping;
-        st.mapping = mapping;
-        if changed || tell_anyway {
+        if st.mapping != mapping {
+            st.mapping = mapping;
             tracing::debug!(?mapping, "our NAT's mapping");
             report(&st);
         }

@@ -144,7 +144,7 @@ pub(crate) fn link(
         // A sequential NAT's ports moved on with this punch's mappings:
         // measure again, so the next punch predicts from the newest.
         if matches!(own_mapping, Mapping::Sequential { .. }) {
-            crate::nat::refresh_mapping(&inner2, false);
+            crate::nat::refresh_mapping(&inner2);
         }
         let found = direct.is_some();
         match direct {

@@ -256,7 +256,14 @@ pub(crate) async fn connect(inner: &Arc<Inner>) -> Result<Session, SessionError>
     let known = KnownServers::new(&inner.config.home);
     let remembered = known.lookup(&host);
     let expected = server.key.or(remembered);
-    let (via, dialed) = dial(inner, addr, expected).await;
+    // How our NAT maps is measured (STUN at the server's main and measurement
+    // ports) while the handshake runs: it takes the same round trip, and the
+    // server must know it before anyone can ask to connect to us.
+    let (dialed, measured) = tokio::join!(
+        dial(inner, addr, expected),
+        crate::nat::mapping(&inner.endpoint, addr)
+    );
+    let (via, dialed) = dialed;
     let (conn, key) = match dialed {
         Ok(ok) => ok,
         Err(ConnectError::WrongKey {
@@ -300,6 +307,21 @@ pub(crate) async fn connect(inner: &Arc<Inner>) -> Result<Session, SessionError>
             credentials: inner.config.credentials.clone(),
         })
         .await?;
+    // Right behind the Hello, so the server has it before it makes any link.
+    // Over TCP there is no UDP mapping to speak of (UDP is what failed).
+    let mapping = match measured {
+        Some((_, m)) if !burrow_net::tcp::is_link(via) => m,
+        _ => burrow_proto::punch::Mapping::Unknown,
+    };
+    let nat = {
+        let mut st = inner.state();
+        st.mapping = mapping;
+        burrow_proto::punch::NatInfo {
+            mapping,
+            mapped: st.port_map.map(|(a, _)| a),
+        }
+    };
+    writer.write(&ClientMsg::Nat { nat }).await?;
     let first = tokio::time::timeout(WELCOME_TIMEOUT, reader.read::<ServerMsg>())
         .await
         .map_err(|_| SessionError::Lost("no answer to Hello".into()))??;
@@ -332,10 +354,6 @@ pub(crate) async fn connect(inner: &Arc<Inner>) -> Result<Session, SessionError>
                 }
                 crate::presence::send_watches(&st);
             }
-            // Ask STUN too: it is what peers will see once punching needs it,
-            // it checks the shared socket end to end, and the server's next
-            // port tells how our NAT maps (which hard-NAT technique is ours).
-            crate::nat::refresh_mapping(inner, true);
             inner.emit(NodeEvent::ServerConnected {
                 over_tcp: burrow_net::tcp::is_link(via),
                 server: host,
