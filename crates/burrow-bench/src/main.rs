@@ -419,7 +419,10 @@ fn setup(runs: usize, delay: Duration, direct_wait: Duration, only: &[String]) {
     let mut over = Vec::new();
     for (i, req_kind) in NatKind::ALL.into_iter().enumerate() {
         for (j, acc_kind) in NatKind::ALL.into_iter().enumerate() {
-            let named = |k: NatKind| only.iter().any(|o| o.eq_ignore_ascii_case(&format!("{k:?}")));
+            let named = |k: NatKind| {
+                only.iter()
+                    .any(|o| o.eq_ignore_ascii_case(&format!("{k:?}")))
+            };
             if !only.is_empty() && !named(req_kind) && !named(acc_kind) {
                 continue;
             }

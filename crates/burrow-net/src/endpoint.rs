@@ -346,17 +346,47 @@ impl Endpoint {
         Ok(local)
     }
 
-    /// Connects to `to` over TCP and makes the connection a link: returns the
-    /// virtual address to dial (QUIC) or send to (relay datagrams) through it.
+    /// Connects to `to` over TCP (from our UDP socket's port number, so the
+    /// address the server sees is the one a TCP punch would use) and makes the
+    /// connection a link: returns the virtual address to dial (QUIC) or send
+    /// to (relay datagrams) through it.
     pub async fn dial_tcp(
         &self,
         to: SocketAddr,
         timeout: Duration,
     ) -> Result<SocketAddr, crate::tcp::LinkError> {
-        let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(to))
+        let socket = crate::tcp::shared_port_socket(self.shared_port()?)?;
+        let stream = tokio::time::timeout(timeout, socket.connect(to))
             .await
             .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
         self.links.attach(stream, self.deliver.clone())
+    }
+
+    /// Our port number on every address, for TCP sockets that share it.
+    fn shared_port(&self) -> std::io::Result<SocketAddr> {
+        let local = self.local_addr()?;
+        let any: IpAddr = if local.is_ipv4() {
+            std::net::Ipv4Addr::UNSPECIFIED.into()
+        } else {
+            std::net::Ipv6Addr::UNSPECIFIED.into()
+        };
+        Ok(SocketAddr::new(any, local.port()))
+    }
+
+    /// Punches over TCP (simultaneous open, see [`crate::tcp`]) toward
+    /// `candidates` for up to `deadline`, proving `ticket` on the stream;
+    /// returns the new link's virtual address, to use as the peer's direct path.
+    pub async fn tcp_punch(
+        &self,
+        role: Role,
+        ticket: PunchTicket,
+        candidates: &[SocketAddr],
+        deadline: Duration,
+    ) -> Option<SocketAddr> {
+        let local = self.shared_port().ok()?;
+        let stream =
+            crate::tcp::simultaneous_open(local, candidates, ticket, role, deadline).await?;
+        self.links.attach(stream, self.deliver.clone()).ok()
     }
 
     /// The real address behind `addr`: the other end of a TCP link when `addr`

@@ -210,9 +210,133 @@ async fn write_link(
     }
 }
 
+/// A TCP socket bound to `local` that others (the other attempts, the
+/// server link) may share: SO_REUSEADDR and SO_REUSEPORT, so every connection
+/// leaves from the node's one port number.
+pub(crate) fn shared_port_socket(local: SocketAddr) -> io::Result<tokio::net::TcpSocket> {
+    let socket = if local.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(local)?;
+    Ok(socket)
+}
+
+/// Candidates a TCP punch dials at most.
+const MAX_TCP_CANDIDATES: usize = 4;
+/// Each connect waits this long (the kernel resends a SYN after 1 s).
+const CONNECT_ATTEMPT: std::time::Duration = std::time::Duration::from_secs(3);
+/// Between attempts to one candidate (a refused connect comes back at once).
+const RETRY: std::time::Duration = std::time::Duration::from_millis(250);
+/// How long the other side has to prove itself on a new stream.
+const PROOF_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// TCP simultaneous open: connects from our port `local` to every candidate at
+/// once, again and again until `deadline`, while the peer does the same toward
+/// us. Each NAT sees an outgoing SYN before the peer's arrives (or the peer's
+/// SYN meets ours in flight), so the two SYNs cross and the kernels complete
+/// the handshake. The first stream whose other end proves the punch's secret
+/// ([`burrow_proto::punch::stream_proof`]) wins.
+pub(crate) async fn simultaneous_open(
+    local: SocketAddr,
+    candidates: &[SocketAddr],
+    ticket: burrow_proto::punch::PunchTicket,
+    role: burrow_proto::punch::Role,
+    deadline: std::time::Duration,
+) -> Option<TcpStream> {
+    let end = tokio::time::Instant::now() + deadline;
+    let mut tries = tokio::task::JoinSet::new();
+    for &to in candidates.iter().take(MAX_TCP_CANDIDATES) {
+        tries.spawn(async move {
+            while tokio::time::Instant::now() < end {
+                let attempt = async {
+                    let socket = shared_port_socket(local).ok()?;
+                    let stream = tokio::time::timeout(CONNECT_ATTEMPT, socket.connect(to))
+                        .await
+                        .ok()?
+                        .ok()?;
+                    prove(stream, &ticket, role).await
+                };
+                if let Some(stream) = attempt.await {
+                    return Some(stream);
+                }
+                tokio::time::sleep(RETRY).await;
+            }
+            None
+        });
+    }
+    while let Some(r) = tries.join_next().await {
+        if let Ok(Some(stream)) = r {
+            tries.abort_all();
+            return Some(stream);
+        }
+    }
+    None
+}
+
+/// Sends our proof and checks the peer's, both framed like datagrams.
+async fn prove(
+    mut stream: TcpStream,
+    ticket: &burrow_proto::punch::PunchTicket,
+    role: burrow_proto::punch::Role,
+) -> Option<TcpStream> {
+    let ours = burrow_proto::punch::stream_proof(ticket, role);
+    let exchange = async {
+        stream.write_u16(ours.len() as u16).await.ok()?;
+        stream.write_all(&ours).await.ok()?;
+        let len = usize::from(stream.read_u16().await.ok()?);
+        if len != ours.len() {
+            return None;
+        }
+        let mut theirs = [0u8; 32];
+        stream.read_exact(&mut theirs).await.ok()?;
+        burrow_proto::punch::check_stream_proof(ticket, role.other(), &theirs).then_some(())
+    };
+    tokio::time::timeout(PROOF_WAIT, exchange).await.ok()??;
+    Some(stream)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn two_sides_dialing_each_other_meet_and_prove_the_ticket() {
+        use burrow_proto::punch::{PunchTicket, Role};
+        use rand::SeedableRng;
+        let ticket = PunchTicket::random(&mut rand::rngs::StdRng::seed_from_u64(3));
+        // Two free ports on loopback: each side dials the other's from its own.
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+        };
+        let (a, b) = (free(), free());
+        let t = std::time::Duration::from_secs(5);
+        let (sa, sb) = tokio::join!(
+            simultaneous_open(a, &[b], ticket, Role::Requester, t),
+            simultaneous_open(b, &[a], ticket, Role::Acceptor, t)
+        );
+        let (sa, sb) = (sa.expect("a met b"), sb.expect("b met a"));
+        assert_eq!(sa.local_addr().unwrap(), a);
+        assert_eq!(sb.local_addr().unwrap(), b);
+        // The wrong secret gets nowhere.
+        let wrong = PunchTicket {
+            secret: [7; 32],
+            ..ticket
+        };
+        let (c, d) = (free(), free());
+        let short = std::time::Duration::from_millis(1500);
+        let (sc, sd) = tokio::join!(
+            simultaneous_open(c, &[d], ticket, Role::Requester, short),
+            simultaneous_open(d, &[c], wrong, Role::Acceptor, short)
+        );
+        assert!(sc.is_none() && sd.is_none());
+    }
 
     #[test]
     fn link_addresses_are_apart_from_peer_addresses() {

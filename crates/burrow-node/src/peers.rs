@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use burrow_net::punch::Punched;
 use burrow_net::{Health, Route};
 use burrow_proto::chat;
-use burrow_proto::punch::{Mapping, NatInfo, PunchConfig, PunchTicket, Role, Strategy};
+use burrow_proto::punch::{Mapping, Method, NatInfo, PunchConfig, PunchTicket, Role, Strategy};
 use burrow_proto::relay::Channel;
 use burrow_proto::rendezvous::{ClientMsg, Direction};
 use burrow_proto::NodeId;
@@ -50,6 +50,8 @@ const PATH_DEAD: Duration = Duration::from_secs(3);
 /// up to [`REPUNCH_MAX`].
 pub(crate) const REPUNCH_FIRST: Duration = Duration::from_secs(10);
 const REPUNCH_MAX: Duration = Duration::from_secs(300);
+/// How long a TCP punch (after a UDP punch found nothing) keeps dialing.
+const TCP_PUNCH: Duration = Duration::from_secs(8);
 
 /// The candidates our socket can reach (same address family).
 fn usable(inner: &Inner, candidates: &[SocketAddr]) -> Vec<SocketAddr> {
@@ -65,6 +67,15 @@ fn usable(inner: &Inner, candidates: &[SocketAddr]) -> Vec<SocketAddr> {
         .collect()
 }
 
+/// An address for people: a TCP link's real other end, marked as TCP.
+pub(crate) fn shown(inner: &Inner, addr: SocketAddr) -> String {
+    if burrow_net::tcp::is_link(addr) {
+        format!("{} over TCP", inner.endpoint.real_addr(addr))
+    } else {
+        addr.to_string()
+    }
+}
+
 /// How `peer`'s connection travels now, and the address it travels to, in words.
 /// A connection a peer dialed from a real address (joining from our ticket) has
 /// no path entry: it is direct, to that address.
@@ -74,8 +85,11 @@ pub(crate) fn path_of(
     conn: Option<&quinn::Connection>,
 ) -> (ConnectionState, String) {
     match inner.endpoint.paths().status(peer).map(|s| s.route) {
-        Some(Route::Direct(a)) => (ConnectionState::Direct, a.to_string()),
-        Some(Route::Relayed(server)) => (ConnectionState::Relayed, format!("relay {server}")),
+        Some(Route::Direct(a)) => (ConnectionState::Direct, shown(inner, a)),
+        Some(Route::Relayed(server)) => (
+            ConnectionState::Relayed,
+            format!("relay {}", shown(inner, server)),
+        ),
         _ => match conn.map(|c| burrow_net::paths::canonical(c.remote_address())) {
             Some(a) if !burrow_net::paths::is_virtual(a) => {
                 (ConnectionState::Direct, a.to_string())
@@ -108,6 +122,7 @@ pub(crate) fn link(
         Direction::Incoming => Role::Acceptor,
     };
     let candidates = usable(inner, candidates);
+    let tcp_candidates = candidates.clone();
     let own_mapping = inner.state().mapping;
     // Behind hard NATs, each side does its part (side sockets, random ports,
     // predicted ports); see `burrow_proto::punch::strategy`.
@@ -134,13 +149,27 @@ pub(crate) fn link(
     }
     let inner2 = inner.clone();
     inner.spawn(async move {
-        let direct = match punched {
+        let mut direct = match punched {
             Ok(outcome) => outcome.await.ok().flatten(),
             Err(e) => {
                 warn!(peer = %peer.short(), error = %e, "cannot punch");
                 None
             }
         };
+        if direct.is_none() {
+            // Nothing over UDP (a network that drops it, or NATs that map
+            // UDP worse than TCP). Both sides' punches end at the same
+            // deadline, so both try TCP simultaneous open now, together.
+            let tcp = inner2
+                .endpoint
+                .tcp_punch(role, ticket, &tcp_candidates, TCP_PUNCH)
+                .await;
+            direct = tcp.map(|link| Punched {
+                addr: link,
+                method: Method::Tcp,
+                via: None,
+            });
+        }
         // A sequential NAT's ports moved on with this punch's mappings:
         // measure again, so the next punch predicts from the newest.
         if matches!(own_mapping, Mapping::Sequential { .. }) {
@@ -172,6 +201,12 @@ pub(crate) fn link(
 fn go_direct(inner: &Arc<Inner>, peer: NodeId, found: Punched) {
     let Punched { addr, method, via } = found;
     let (before, after) = inner.endpoint.paths().set_direct_via(&peer, addr, via);
+    // A TCP link the path no longer uses carries nothing else: close it.
+    if let burrow_net::Route::Direct(old) = before {
+        if old != addr && burrow_net::tcp::is_link(old) {
+            inner.endpoint.close_link(old);
+        }
+    }
     schedule_repunch(inner, peer, true);
     if let Some(p) = inner.state().peers.get_mut(&peer) {
         p.method = Some(method);
@@ -190,7 +225,7 @@ fn go_direct(inner: &Arc<Inner>, peer: NodeId, found: Punched) {
         inner.emit(NodeEvent::PathChanged {
             name,
             path: ConnectionState::Direct,
-            remote: addr.to_string(),
+            remote: shown(inner, addr),
             method: Some(method),
         });
     }
@@ -251,6 +286,13 @@ pub(crate) fn relink_all(inner: &Arc<Inner>) {
 
 /// Ends our link with `peer`: its path is forgotten, the server stops relaying.
 pub(crate) fn unlink(inner: &Inner, peer: NodeId) {
+    if let Some(burrow_net::Route::Direct(a)) =
+        inner.endpoint.paths().status(&peer).map(|s| s.route)
+    {
+        if burrow_net::tcp::is_link(a) {
+            inner.endpoint.close_link(a);
+        }
+    }
     inner.endpoint.paths().remove(&peer);
     let tx = inner.state().server_tx.clone();
     if let Some(tx) = tx {
@@ -284,7 +326,12 @@ pub(crate) async fn monitor(inner: Arc<Inner>) {
                     let _ = conn.send_datagram(bytes::Bytes::from_static(b"?"));
                 }
                 Health::Dead => {
-                    paths.set_direct(&peer, None);
+                    let (before, _) = paths.set_direct(&peer, None);
+                    if let burrow_net::Route::Direct(a) = before {
+                        if burrow_net::tcp::is_link(a) {
+                            inner.endpoint.close_link(a);
+                        }
+                    }
                     if let Some(p) = inner.state().peers.get_mut(&peer) {
                         p.method = None;
                     }

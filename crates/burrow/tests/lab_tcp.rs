@@ -1,7 +1,8 @@
-//! A network that drops UDP: the node reaches the server over TCP (QUIC over a
+//! Networks that drop UDP: the node reaches the server over TCP (QUIC over a
 //! framed TCP link), registers, and talks to a peer through the relay, which
-//! forwards between its TCP link and the peer's UDP. Real processes, a real
-//! kernel firewall dropping every UDP datagram from alice's LAN.
+//! forwards between its TCP link and the peer's UDP; then the two go direct
+//! by TCP simultaneous open. Real processes, a real kernel firewall dropping
+//! every UDP datagram from the LAN.
 
 mod common;
 
@@ -11,10 +12,10 @@ use burrow_lab::{require_or_skip, NatKind};
 use common::proc::*;
 
 #[test]
-fn a_node_behind_a_udp_blocking_firewall_registers_and_chats_over_tcp() {
-    let Some(mut lab) =
-        require_or_skip("a_node_behind_a_udp_blocking_firewall_registers_and_chats_over_tcp")
-    else {
+fn nodes_behind_udp_blocking_firewalls_register_relay_and_go_direct_over_tcp() {
+    let Some(mut lab) = require_or_skip(
+        "nodes_behind_udp_blocking_firewalls_register_relay_and_go_direct_over_tcp",
+    ) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -49,10 +50,30 @@ fn a_node_behind_a_udp_blocking_firewall_registers_and_chats_over_tcp() {
     let (ok, _, err) = run(&alice.home, &["nat"]);
     assert!(!ok && err.contains("drop UDP"), "{err}");
 
-    // The link stays up: a message a few seconds later still arrives.
-    std::thread::sleep(Duration::from_secs(3));
-    bob.say(&mut alice, "still there?");
-    alice.proc.terminate();
-    bob.proc.terminate();
+    // Once UDP punching has given up (10 s), both sides open TCP to each
+    // other at once: bob's NAT filters TCP like UDP, and the SYNs cross.
+    let c = alice
+        .wait_path("bob", "direct", Duration::from_secs(25))
+        .expect("alice and bob went direct over TCP");
+    let peers = json(&alice.home, &["peers"]);
+    assert_eq!(peer(&peers, "bob").unwrap()["method"], "tcp", "{peers}");
+    assert!(
+        c["remote_addr"].as_str().unwrap().ends_with(" over TCP"),
+        "the path shows the real address, over TCP: {c}"
+    );
+    bob.say(&mut alice, "now straight over TCP");
+    alice.say(&mut bob, "and back");
+
+    // Two networks that both drop UDP: the same, across two NATs.
+    let (dh, _) = lab.add_peer("dave", NatKind::UdpBlocked).unwrap();
+    let mut dave = LabNode::up(&dh, dir.path(), &url, "dave");
+    dave.link(&mut alice);
+    dave.say(&mut alice, "hello from another UDP-less network");
+    dave.wait_path("alice", "direct", Duration::from_secs(25))
+        .expect("dave and alice went direct over TCP");
+    alice.say(&mut dave, "direct over TCP, both behind firewalls");
+    for n in [&mut alice, &mut bob, &mut dave] {
+        n.proc.terminate();
+    }
     assert!(server.terminate().success());
 }

@@ -36,7 +36,7 @@ mod probe;
 mod sim;
 pub mod strategy;
 
-pub use probe::session_of;
+pub use probe::{check_stream_proof, session_of, stream_proof};
 use probe::{decode, encode};
 use strategy::PortWalk;
 pub use strategy::{Local, Mapping, Method, NatInfo, Strategy};
@@ -92,6 +92,14 @@ pub enum Role {
 }
 
 impl Role {
+    /// The other side's role.
+    pub fn other(self) -> Role {
+        match self {
+            Role::Requester => Role::Acceptor,
+            Role::Acceptor => Role::Requester,
+        }
+    }
+
     fn byte(self) -> u8 {
         match self {
             Role::Requester => 1,
@@ -720,6 +728,23 @@ mod tests {
             t = a.poll_timeout().unwrap_or(t + Duration::from_millis(10));
         }
         panic!("no Failed event");
+    }
+
+    #[test]
+    fn a_stream_proof_holds_for_its_ticket_and_role_only() {
+        let t = ticket();
+        let p = stream_proof(&t, Role::Requester);
+        assert!(check_stream_proof(&t, Role::Requester, &p));
+        assert!(
+            !check_stream_proof(&t, Role::Acceptor, &p),
+            "not reflectable"
+        );
+        let other = PunchTicket {
+            secret: [9; 32],
+            ..t
+        };
+        assert!(!check_stream_proof(&other, Role::Requester, &p));
+        assert!(!check_stream_proof(&t, Role::Requester, &p[..31]));
     }
 
     #[test]

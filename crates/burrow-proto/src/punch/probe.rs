@@ -55,3 +55,20 @@ pub(super) fn decode(ticket: &PunchTicket, data: &[u8]) -> Option<(Kind, Role, u
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
+
+/// What each side of a TCP simultaneous open sends first on the new stream:
+/// proof that it holds this punch's secret, for its role. The stream carries
+/// the link's QUIC packets only after both proofs check out, so a stranger
+/// who connects to our port can't pose as the peer.
+pub fn stream_proof(ticket: &PunchTicket, role: Role) -> [u8; 32] {
+    let mut body = Vec::with_capacity(32);
+    body.extend_from_slice(b"burrow tcp punch");
+    body.extend_from_slice(&ticket.session);
+    body.push(role.byte());
+    *blake3::keyed_hash(&ticket.secret, &body).as_bytes()
+}
+
+/// Whether `proof` is [`stream_proof`] for `ticket` and the sender's `role`.
+pub fn check_stream_proof(ticket: &PunchTicket, role: Role, proof: &[u8]) -> bool {
+    constant_time_eq(&stream_proof(ticket, role), proof)
+}

@@ -98,6 +98,8 @@ pub enum Method {
     Birthday,
     /// Probing the public port the peer's router maps to it (PCP, NAT-PMP, UPnP).
     PortMapping,
+    /// TCP simultaneous open (after UDP found nothing), QUIC over the stream.
+    Tcp,
 }
 
 impl Method {
@@ -108,6 +110,7 @@ impl Method {
             Method::Predicted => "port prediction",
             Method::Birthday => "birthday probing",
             Method::PortMapping => "port mapping",
+            Method::Tcp => "TCP simultaneous open",
         }
     }
 }
