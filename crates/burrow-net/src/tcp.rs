@@ -317,9 +317,10 @@ mod tests {
         };
         let (a, b) = (free(), free());
         let t = std::time::Duration::from_secs(5);
+        let (to_b, to_a) = ([b], [a]);
         let (sa, sb) = tokio::join!(
-            simultaneous_open(a, &[b], ticket, Role::Requester, t),
-            simultaneous_open(b, &[a], ticket, Role::Acceptor, t)
+            simultaneous_open(a, &to_b, ticket, Role::Requester, t),
+            simultaneous_open(b, &to_a, ticket, Role::Acceptor, t)
         );
         let (sa, sb) = (sa.expect("a met b"), sb.expect("b met a"));
         assert_eq!(sa.local_addr().unwrap(), a);
@@ -331,9 +332,10 @@ mod tests {
         };
         let (c, d) = (free(), free());
         let short = std::time::Duration::from_millis(1500);
+        let (to_d, to_c) = ([d], [c]);
         let (sc, sd) = tokio::join!(
-            simultaneous_open(c, &[d], ticket, Role::Requester, short),
-            simultaneous_open(d, &[c], wrong, Role::Acceptor, short)
+            simultaneous_open(c, &to_d, ticket, Role::Requester, short),
+            simultaneous_open(d, &to_c, wrong, Role::Acceptor, short)
         );
         assert!(sc.is_none() && sd.is_none());
     }

@@ -256,14 +256,7 @@ pub(crate) async fn connect(inner: &Arc<Inner>) -> Result<Session, SessionError>
     let known = KnownServers::new(&inner.config.home);
     let remembered = known.lookup(&host);
     let expected = server.key.or(remembered);
-    // How our NAT maps is measured (STUN at the server's main and measurement
-    // ports) while the handshake runs: it takes the same round trip, and the
-    // server must know it before anyone can ask to connect to us.
-    let (dialed, measured) = tokio::join!(
-        dial(inner, addr, expected),
-        crate::nat::mapping(&inner.endpoint, addr)
-    );
-    let (via, dialed) = dialed;
+    let (via, dialed) = dial(inner, addr, expected).await;
     let (conn, key) = match dialed {
         Ok(ok) => ok,
         Err(ConnectError::WrongKey {
@@ -292,6 +285,21 @@ pub(crate) async fn connect(inner: &Arc<Inner>) -> Result<Session, SessionError>
         }
     }
 
+    // How our NAT maps (STUN at the server's main and measurement ports),
+    // measured once the handshake is done and sent right behind the Hello, so
+    // the server knows it before anyone can ask to connect to us. Not during
+    // the handshake: a STUN request racing the QUIC Initial out of one socket
+    // can make a random-port NAT create two mappings for the one flow (a
+    // conntrack clash), and the server then hears the session from a port
+    // that isn't its connection's (seen as 1 registration in 40 failing).
+    // Over TCP there is no UDP mapping to measure (UDP is what failed).
+    let mapping = if burrow_net::tcp::is_link(via) {
+        burrow_proto::punch::Mapping::Unknown
+    } else {
+        crate::nat::mapping(&inner.endpoint, addr)
+            .await
+            .map_or(burrow_proto::punch::Mapping::Unknown, |(_, m)| m)
+    };
     let (send, recv) = conn
         .open_bi()
         .await
@@ -307,12 +315,6 @@ pub(crate) async fn connect(inner: &Arc<Inner>) -> Result<Session, SessionError>
             credentials: inner.config.credentials.clone(),
         })
         .await?;
-    // Right behind the Hello, so the server has it before it makes any link.
-    // Over TCP there is no UDP mapping to speak of (UDP is what failed).
-    let mapping = match measured {
-        Some((_, m)) if !burrow_net::tcp::is_link(via) => m,
-        _ => burrow_proto::punch::Mapping::Unknown,
-    };
     let nat = {
         let mut st = inner.state();
         st.mapping = mapping;

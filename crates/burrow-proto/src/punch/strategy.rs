@@ -283,10 +283,10 @@ mod tests {
         assert_eq!(s.spray, Some(peer.ip()));
         let s = Strategy::choose(
             Independent,
-            Sequential {
+            nat(Sequential {
                 last: 20005,
                 step: 1,
-            },
+            }),
             Some(peer),
         );
         assert_eq!(s.predicted.len(), PREDICTED as usize);
@@ -309,10 +309,10 @@ mod tests {
         // Prediction stays inside the port range.
         let s = Strategy::choose(
             Independent,
-            Sequential {
+            nat(Sequential {
                 last: 65530,
                 step: 1,
-            },
+            }),
             Some(peer),
         );
         assert_eq!(s.predicted.len(), 5);
