@@ -167,6 +167,7 @@ pub struct Endpoint {
     paths: Arc<PathTable>,
     links: Arc<crate::tcp::Links>,
     deliver: crate::tcp::Deliver,
+    waiting: Arc<crate::tcp::Waiting>,
     tcp_listener: Mutex<Option<JoinHandle<()>>>,
     relay: RelaySlot,
     dispatcher: JoinHandle<()>,
@@ -285,6 +286,7 @@ impl Endpoint {
             paths,
             links,
             deliver,
+            waiting: Arc::default(),
             tcp_listener: Mutex::new(None),
             relay,
             dispatcher,
@@ -373,6 +375,23 @@ impl Endpoint {
         Ok(SocketAddr::new(any, local.port()))
     }
 
+    /// Listens on TCP on our port for peers' side of TCP punches (a node
+    /// behind no NAT, or one that lets the SYN in, is reached here before
+    /// its own SYN leaves): see [`Endpoint::tcp_punch`].
+    pub fn listen_punches(&self) -> std::io::Result<()> {
+        let listener = crate::tcp::shared_port_socket(self.shared_port()?)?.listen(64)?;
+        let task = tokio::spawn(crate::tcp::serve_punches(listener, self.waiting.clone()));
+        if let Some(old) = self
+            .tcp_listener
+            .lock()
+            .expect("listener lock is never poisoned")
+            .replace(task)
+        {
+            old.abort();
+        }
+        Ok(())
+    }
+
     /// Punches over TCP (simultaneous open, see [`crate::tcp`]) toward
     /// `candidates` for up to `deadline`, proving `ticket` on the stream;
     /// returns the new link's virtual address, to use as the peer's direct path.
@@ -384,9 +403,12 @@ impl Endpoint {
         deadline: Duration,
     ) -> Option<SocketAddr> {
         let local = self.shared_port().ok()?;
+        let (id, accepted) = self.waiting.add(ticket, role);
         let stream =
-            crate::tcp::simultaneous_open(local, candidates, ticket, role, deadline).await?;
-        self.links.attach(stream, self.deliver.clone()).ok()
+            crate::tcp::simultaneous_open(local, candidates, ticket, role, deadline, accepted)
+                .await;
+        self.waiting.remove(id);
+        self.links.attach(stream?, self.deliver.clone()).ok()
     }
 
     /// The real address behind `addr`: the other end of a TCP link when `addr`

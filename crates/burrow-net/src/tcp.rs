@@ -18,6 +18,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
+use burrow_proto::punch::{PunchTicket, Role};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -246,6 +247,7 @@ pub(crate) async fn simultaneous_open(
     ticket: burrow_proto::punch::PunchTicket,
     role: burrow_proto::punch::Role,
     deadline: std::time::Duration,
+    mut accepted: mpsc::Receiver<TcpStream>,
 ) -> Option<TcpStream> {
     let end = tokio::time::Instant::now() + deadline;
     let mut tries = tokio::task::JoinSet::new();
@@ -268,13 +270,105 @@ pub(crate) async fn simultaneous_open(
             None
         });
     }
-    while let Some(r) = tries.join_next().await {
-        if let Ok(Some(stream)) = r {
-            tries.abort_all();
-            return Some(stream);
+    let mut listening = true;
+    loop {
+        tokio::select! {
+            r = tries.join_next() => match r {
+                Some(Ok(Some(stream))) => return Some(stream),
+                Some(_) => {}
+                None => return None,
+            },
+            // The peer's SYN reached our listener first (we have no NAT, or
+            // it let the SYN in): the listener checked its proof already.
+            s = accepted.recv(), if listening => match s {
+                Some(stream) => return Some(stream),
+                None => listening = false,
+            },
+            _ = tokio::time::sleep_until(end) => return None,
         }
     }
-    None
+}
+
+/// One punch waiting: its id, ticket, our role, where its streams go.
+type WaitingPunch = (u64, PunchTicket, Role, mpsc::Sender<TcpStream>);
+
+/// TCP punches in progress, for the node's listener ([`serve_punches`]) to
+/// hand the streams it accepted to: by ticket, with our role.
+#[derive(Default)]
+pub(crate) struct Waiting {
+    punches: Mutex<Vec<WaitingPunch>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl Waiting {
+    /// Registers a punch; its accepted streams come out of the receiver.
+    pub(crate) fn add(&self, ticket: PunchTicket, role: Role) -> (u64, mpsc::Receiver<TcpStream>) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(1);
+        let mut p = self.punches.lock().expect("waiting lock is never poisoned");
+        if p.len() < crate::punch::MAX_SESSIONS {
+            p.push((id, ticket, role, tx));
+        }
+        (id, rx)
+    }
+
+    /// The punch is over.
+    pub(crate) fn remove(&self, id: u64) {
+        self.punches
+            .lock()
+            .expect("waiting lock is never poisoned")
+            .retain(|(i, ..)| *i != id);
+    }
+
+    /// The punch whose peer this proof is from.
+    fn find(&self, proof: &[u8]) -> Option<(PunchTicket, Role, mpsc::Sender<TcpStream>)> {
+        let p = self.punches.lock().expect("waiting lock is never poisoned");
+        p.iter()
+            .find(|(_, t, role, _)| burrow_proto::punch::check_stream_proof(t, role.other(), proof))
+            .map(|(_, t, role, tx)| (*t, *role, tx.clone()))
+    }
+}
+
+/// Streams the node's listener is checking at once; more wait to be accepted.
+const MAX_ANSWERING: usize = 64;
+
+/// A node's TCP listener: a stream that proves the secret of a punch in
+/// progress goes to that punch; anything else is closed. Nothing but a proof
+/// (32 bytes, within 3 s) is read from a stranger.
+pub(crate) async fn serve_punches(listener: tokio::net::TcpListener, waiting: Arc<Waiting>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_ANSWERING));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Ok((stream, from)) = listener.accept().await else {
+            continue;
+        };
+        let waiting = waiting.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            if answer(stream, &waiting).await.is_none() {
+                tracing::debug!(%from, "TCP connection with no punch to join, closed");
+            }
+        });
+    }
+}
+
+async fn answer(mut stream: TcpStream, waiting: &Waiting) -> Option<()> {
+    let exchange = async {
+        if stream.read_u16().await.ok()? != 32 {
+            return None;
+        }
+        let mut theirs = [0u8; 32];
+        stream.read_exact(&mut theirs).await.ok()?;
+        let (ticket, role, tx) = waiting.find(&theirs)?;
+        let ours = burrow_proto::punch::stream_proof(&ticket, role);
+        stream.write_u16(32).await.ok()?;
+        stream.write_all(&ours).await.ok()?;
+        Some(tx)
+    };
+    let tx = tokio::time::timeout(PROOF_WAIT, exchange).await.ok()??;
+    tx.send(stream).await.ok()
 }
 
 /// Sends our proof and checks the peer's, both framed like datagrams.
@@ -318,13 +412,22 @@ mod tests {
         let (a, b) = (free(), free());
         let t = std::time::Duration::from_secs(5);
         let (to_b, to_a) = ([b], [a]);
+        // b has a listener (no NAT in front of it on loopback): a's SYN reaches
+        // it, and b's own SYNs meet a's port in between a's attempts.
+        let waiting = Arc::new(Waiting::default());
+        let listener = shared_port_socket(b).unwrap().listen(16).unwrap();
+        let server = tokio::spawn(serve_punches(listener, waiting.clone()));
+        let (id, accepted) = waiting.add(ticket, Role::Acceptor);
+        let (_, none) = mpsc::channel(1);
         let (sa, sb) = tokio::join!(
-            simultaneous_open(a, &to_b, ticket, Role::Requester, t),
-            simultaneous_open(b, &to_a, ticket, Role::Acceptor, t)
+            simultaneous_open(a, &to_b, ticket, Role::Requester, t, none),
+            simultaneous_open(b, &to_a, ticket, Role::Acceptor, t, accepted)
         );
+        waiting.remove(id);
         let (sa, sb) = (sa.expect("a met b"), sb.expect("b met a"));
         assert_eq!(sa.local_addr().unwrap(), a);
         assert_eq!(sb.local_addr().unwrap(), b);
+        assert_eq!(sa.peer_addr().unwrap(), b);
         // The wrong secret gets nowhere.
         let wrong = PunchTicket {
             secret: [7; 32],
@@ -333,11 +436,18 @@ mod tests {
         let (c, d) = (free(), free());
         let short = std::time::Duration::from_millis(1500);
         let (to_d, to_c) = ([d], [c]);
+        let (id, accepted) = waiting.add(wrong, Role::Acceptor);
+        let listener = shared_port_socket(d).unwrap().listen(16).unwrap();
+        let server2 = tokio::spawn(serve_punches(listener, waiting.clone()));
+        let (_, none) = mpsc::channel(1);
         let (sc, sd) = tokio::join!(
-            simultaneous_open(c, &to_d, ticket, Role::Requester, short),
-            simultaneous_open(d, &to_c, wrong, Role::Acceptor, short)
+            simultaneous_open(c, &to_d, ticket, Role::Requester, short, none),
+            simultaneous_open(d, &to_c, wrong, Role::Acceptor, short, accepted)
         );
+        waiting.remove(id);
         assert!(sc.is_none() && sd.is_none());
+        server.abort();
+        server2.abort();
     }
 
     #[test]

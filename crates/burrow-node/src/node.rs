@@ -507,6 +507,12 @@ impl Node {
         crate::mesh::join::start(&inner);
         inner.spawn(peers::accept_loop(inner.clone()));
         inner.spawn(peers::monitor(inner.clone()));
+        // Peers punching over TCP (when UDP found nothing) may reach our port
+        // before our own SYN leaves; without a listener the kernel would
+        // refuse them.
+        if let Err(e) = inner.endpoint.listen_punches() {
+            tracing::warn!(error = %e, "no TCP listener: TCP punches rely on crossing SYNs alone");
+        }
         if inner.config.port_mapping && inner.config.server.is_some() {
             inner.spawn(crate::portmap::run(inner.clone()));
         }

@@ -67,6 +67,27 @@ fn usable(inner: &Inner, candidates: &[SocketAddr]) -> Vec<SocketAddr> {
         .collect()
 }
 
+/// Where to dial a peer over TCP: its public address as the server saw it,
+/// the same IP with the peer's own port number (a node's TCP sockets share
+/// its UDP port number, and NATs that remap UDP often keep TCP ports: the
+/// lab's sequential one does), then its LAN addresses.
+fn tcp_candidates(candidates: &[SocketAddr]) -> Vec<SocketAddr> {
+    let mut out: Vec<SocketAddr> = Vec::new();
+    if let Some(first) = candidates.first() {
+        out.push(*first);
+        if let Some(lan) = candidates.get(1) {
+            out.push(SocketAddr::new(first.ip(), lan.port()));
+        }
+    }
+    for c in candidates.iter().skip(1) {
+        if !out.contains(c) {
+            out.push(*c);
+        }
+    }
+    out.dedup();
+    out
+}
+
 /// An address for people: a TCP link's real other end, marked as TCP.
 pub(crate) fn shown(inner: &Inner, addr: SocketAddr) -> String {
     if burrow_net::tcp::is_link(addr) {
@@ -122,7 +143,7 @@ pub(crate) fn link(
         Direction::Incoming => Role::Acceptor,
     };
     let candidates = usable(inner, candidates);
-    let tcp_candidates = candidates.clone();
+    let tcp_candidates = tcp_candidates(&candidates);
     let own_mapping = inner.state().mapping;
     // Behind hard NATs, each side does its part (side sockets, random ports,
     // predicted ports); see `burrow_proto::punch::strategy`.
@@ -551,4 +572,23 @@ fn register(inner: &Arc<Inner>, peer: NodeId, conn: quinn::Connection, dialed: b
         info!(peer = %peer.short(), %reason, "disconnected");
         inner2.emit(NodeEvent::Disconnected { name, reason });
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_public_ip_is_tried_with_the_peers_own_port_too() {
+        let c: Vec<SocketAddr> = ["198.51.100.19:20003", "10.0.4.2:41000"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(
+            tcp_candidates(&c),
+            vec![c[0], "198.51.100.19:41000".parse().unwrap(), c[1]]
+        );
+        let public: Vec<SocketAddr> = vec!["198.51.100.101:41000".parse().unwrap()];
+        assert_eq!(tcp_candidates(&public), public);
+    }
 }
