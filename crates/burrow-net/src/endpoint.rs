@@ -314,14 +314,7 @@ impl Endpoint {
     /// limits) before anything is read from it.
     pub fn listen_tcp(&self, gate: Option<TcpGate>) -> std::io::Result<SocketAddr> {
         let local = self.local_addr()?;
-        let socket = if local.is_ipv4() {
-            tokio::net::TcpSocket::new_v4()?
-        } else {
-            tokio::net::TcpSocket::new_v6()?
-        };
-        socket.set_reuseaddr(true)?;
-        socket.bind(local)?;
-        let listener = socket.listen(1024)?;
+        let listener = crate::tcp::bound_socket(local, false)?.listen(1024)?;
         let (links, deliver) = (self.links.clone(), self.deliver.clone());
         let task = tokio::spawn(async move {
             loop {
@@ -337,6 +330,12 @@ impl Endpoint {
                 }
             }
         });
+        self.set_listener(task);
+        Ok(local)
+    }
+
+    /// Keeps `task` as the endpoint's TCP listener (one at a time).
+    fn set_listener(&self, task: JoinHandle<()>) {
         if let Some(old) = self
             .tcp_listener
             .lock()
@@ -345,7 +344,6 @@ impl Endpoint {
         {
             old.abort();
         }
-        Ok(local)
     }
 
     /// Connects to `to` over TCP (from our UDP socket's port number, so the
@@ -381,14 +379,7 @@ impl Endpoint {
     pub fn listen_punches(&self) -> std::io::Result<()> {
         let listener = crate::tcp::shared_port_socket(self.shared_port()?)?.listen(64)?;
         let task = tokio::spawn(crate::tcp::serve_punches(listener, self.waiting.clone()));
-        if let Some(old) = self
-            .tcp_listener
-            .lock()
-            .expect("listener lock is never poisoned")
-            .replace(task)
-        {
-            old.abort();
-        }
+        self.set_listener(task);
         Ok(())
     }
 

@@ -215,13 +215,21 @@ async fn write_link(
 /// server link) may share: SO_REUSEADDR and SO_REUSEPORT, so every connection
 /// leaves from the node's one port number.
 pub(crate) fn shared_port_socket(local: SocketAddr) -> io::Result<tokio::net::TcpSocket> {
+    bound_socket(local, true)
+}
+
+/// A TCP socket bound to `local` with SO_REUSEADDR (and SO_REUSEPORT when
+/// `shared`: only sockets of the same user can then share the port).
+pub(crate) fn bound_socket(local: SocketAddr, shared: bool) -> io::Result<tokio::net::TcpSocket> {
     let socket = if local.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
         tokio::net::TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
-    socket.set_reuseport(true)?;
+    if shared {
+        socket.set_reuseport(true)?;
+    }
     socket.bind(local)?;
     Ok(socket)
 }

@@ -805,8 +805,13 @@ impl Node {
                 .lock()
                 .expect("tasks lock is never poisoned"),
         );
-        for t in tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+        // Two seconds for all of them together (tasks that watch the token end
+        // at once; a punch in flight doesn't, and is cut short).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        for mut t in tasks {
+            if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
+                t.abort();
+            }
         }
         self.inner
             .endpoint

@@ -517,6 +517,15 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// Success at `addr` on the main socket, by ordinary probing.
+    fn probed(addr: SocketAddr) -> Option<PunchEvent> {
+        Some(PunchEvent::Success {
+            addr,
+            local: Local::MAIN,
+            method: Method::Probe,
+        })
+    }
+
     /// Two sessions joined by a network that drops whatever `blocked` says, with
     /// the given NAT-like address rewriting done by the caller's candidates.
     fn run(
@@ -584,22 +593,8 @@ mod tests {
             2,
         );
         let (ea, eb, took) = run(&mut a, aa, &mut b, ba, |_, _| true, now);
-        assert_eq!(
-            ea,
-            Some(PunchEvent::Success {
-                addr: ba,
-                local: Local::MAIN,
-                method: Method::Probe
-            })
-        );
-        assert_eq!(
-            eb,
-            Some(PunchEvent::Success {
-                addr: aa,
-                local: Local::MAIN,
-                method: Method::Probe
-            })
-        );
+        assert_eq!(ea, probed(ba));
+        assert_eq!(eb, probed(aa));
         assert_eq!(took, Duration::ZERO);
     }
 
@@ -635,14 +630,7 @@ mod tests {
         assert!(b.handle_datagram(now, Local::MAIN, aa, &again.data));
         let b_ack = std::iter::from_fn(|| b.poll_transmit(now)).last().unwrap();
         assert!(a.handle_datagram(now, Local::MAIN, ba, &b_ack.data));
-        assert_eq!(
-            a.poll_event(),
-            Some(PunchEvent::Success {
-                addr: ba,
-                local: Local::MAIN,
-                method: Method::Probe
-            })
-        );
+        assert_eq!(a.poll_event(), probed(ba));
     }
 
     #[test]
@@ -679,22 +667,8 @@ mod tests {
             },
             now,
         );
-        assert_eq!(
-            ea,
-            Some(PunchEvent::Success {
-                addr: ba,
-                local: Local::MAIN,
-                method: Method::Probe
-            })
-        );
-        assert_eq!(
-            eb,
-            Some(PunchEvent::Success {
-                addr: aa,
-                local: Local::MAIN,
-                method: Method::Probe
-            })
-        );
+        assert_eq!(ea, probed(ba));
+        assert_eq!(eb, probed(aa));
     }
 
     #[test]
