@@ -14,7 +14,10 @@ use crate::CliError;
 /// Options of `burrow server`.
 #[derive(clap::Args, Debug)]
 pub struct ServerArgs {
-    /// UDP address to listen on, for QUIC and STUN.
+    /// Address to listen on: UDP for QUIC and STUN (the next two ports answer
+    /// STUN too, for NAT tests), and TCP on the same port for nodes whose
+    /// networks drop UDP (QUIC over TCP; run on port 443 to reach networks
+    /// that allow little else).
     #[arg(long, default_value = "0.0.0.0:7700")]
     listen: SocketAddr,
     /// How long a connect request waits for an answer.
@@ -134,7 +137,7 @@ pub async fn run(home: PathBuf, args: ServerArgs) -> Result<(), CliError> {
         println!("created a new server key in {}", home.join("key").display());
     }
     println!(
-        "burrow server {} listening on {local} (QUIC and STUN, UDP)",
+        "burrow server {} listening on {local} (QUIC and STUN over UDP; QUIC over TCP for networks that drop UDP)",
         server.id().short()
     );
     let alts: Vec<String> = server
