@@ -33,6 +33,8 @@ pub const MAX_DATAGRAM: usize = 2048;
 const QUEUE: usize = 1024;
 /// Most links at once on one endpoint.
 pub const MAX_LINKS: usize = 4096;
+/// A link that brings nothing for this long is closed.
+const LINK_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Whether `addr` is a link's virtual address.
 pub fn is_link(addr: SocketAddr) -> bool {
@@ -165,7 +167,9 @@ async fn read_link(
     links: Weak<Links>,
 ) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
-    while let Ok(len) = read.read_u16().await {
+    // A live link carries QUIC keepalives (every 10 s from a node); one silent
+    // for a minute is a stranger holding a slot, or a dead peer.
+    while let Ok(Ok(len)) = tokio::time::timeout(LINK_IDLE, read.read_u16()).await {
         let len = usize::from(len);
         if len > MAX_DATAGRAM {
             tracing::debug!(%virt, len, "TCP link sent an oversized frame");

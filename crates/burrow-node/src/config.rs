@@ -45,7 +45,8 @@ pub struct NodeConfig {
     /// Ask the router for a public port (PCP, NAT-PMP, UPnP) and offer it to
     /// peers as a candidate. Default on: where a router grants one, peers
     /// reach us directly even through a symmetric NAT; where none does, it
-    /// costs a few seconds of quiet asking once.
+    /// costs a few seconds of quiet asking once. Never with a server on
+    /// loopback (the peers are on this machine) or without a server.
     pub port_mapping: bool,
 }
 

@@ -513,7 +513,14 @@ impl Node {
         if let Err(e) = inner.endpoint.listen_punches() {
             tracing::warn!(error = %e, "no TCP listener: TCP punches rely on crossing SYNs alone");
         }
-        if inner.config.port_mapping && inner.config.server.is_some() {
+        // A server on this machine (loopback) means peers on this machine
+        // too: a router's port would serve nobody, and asking it would send
+        // PCP and SSDP onto the LAN for nothing.
+        let server_here = inner
+            .state()
+            .server_addr
+            .is_some_and(|a| inner.endpoint.real_addr(a).ip().is_loopback());
+        if inner.config.port_mapping && inner.config.server.is_some() && !server_here {
             inner.spawn(crate::portmap::run(inner.clone()));
         }
         inner.spawn(control::serve(node.clone(), listener));
