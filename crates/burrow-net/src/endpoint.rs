@@ -405,11 +405,7 @@ impl Endpoint {
     /// The real address behind `addr`: the other end of a TCP link when `addr`
     /// is one's virtual address, else `addr` itself.
     pub fn real_addr(&self, addr: SocketAddr) -> SocketAddr {
-        if crate::tcp::is_link(addr) {
-            self.links.real_addr(addr)
-        } else {
-            addr
-        }
+        self.links.real_addr(addr)
     }
 
     /// The TCP links (to look up real addresses from anywhere).

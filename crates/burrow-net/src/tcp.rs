@@ -129,15 +129,22 @@ impl Links {
         true
     }
 
-    /// The real address behind `addr` when it is a link's, else `addr`.
+    /// The real address behind `addr` when it is a link's, else `addr` (UDP
+    /// addresses are answered without a lookup).
     pub fn real_addr(&self, addr: SocketAddr) -> SocketAddr {
+        if !is_link(addr) {
+            return addr;
+        }
         self.lock()
             .get(&crate::paths::canonical(addr))
             .map_or(addr, |l| l.real)
     }
 
-    /// Closes the link at `addr`.
+    /// Closes the link at `addr`, if it is one.
     pub fn close(&self, addr: SocketAddr) {
+        if !is_link(addr) {
+            return;
+        }
         if let Some(link) = self.lock().remove(&crate::paths::canonical(addr)) {
             for t in link.tasks {
                 t.abort();

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use burrow_net::Endpoint;
-use burrow_proto::punch::{Mapping, NatInfo};
+use burrow_proto::punch::Mapping;
 use burrow_proto::rendezvous::ClientMsg;
 use burrow_proto::stun::Change;
 
@@ -293,11 +293,7 @@ pub(crate) fn refresh_mapping(inner: &Arc<Inner>) {
 
 /// Tells the server what we know of our NAT now (its mapping, our port mapping).
 pub(crate) fn report(st: &crate::node::State) {
-    let nat = NatInfo {
-        mapping: st.mapping,
-        mapped: st.port_map.map(|(a, _)| a),
-    };
     if let Some(tx) = &st.server_tx {
-        let _ = tx.try_send(ClientMsg::Nat { nat });
+        let _ = tx.try_send(ClientMsg::Nat { nat: st.nat_info() });
     }
 }

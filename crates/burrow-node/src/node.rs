@@ -114,6 +114,14 @@ pub(crate) struct State {
 }
 
 impl State {
+    /// What we tell the server of our NAT: its mapping and our port mapping.
+    pub fn nat_info(&self) -> burrow_proto::punch::NatInfo {
+        burrow_proto::punch::NatInfo {
+            mapping: self.mapping,
+            mapped: self.port_map.map(|(a, _)| a),
+        }
+    }
+
     pub fn name_of(&self, id: &NodeId) -> String {
         self.peers
             .get(id)

@@ -218,16 +218,21 @@ pub(crate) fn link(
     });
 }
 
+/// The peer's path was `before` and is now direct at `now` (or not direct):
+/// a TCP link it left carries nothing else, so it is closed.
+fn left(inner: &Inner, before: Route, now: Option<SocketAddr>) {
+    if let Route::Direct(old) = before {
+        if Some(old) != now {
+            inner.endpoint.close_link(old); // a no-op unless `old` is a link
+        }
+    }
+}
+
 /// A punch found a path: it goes direct (the connection moves there).
 fn go_direct(inner: &Arc<Inner>, peer: NodeId, found: Punched) {
     let Punched { addr, method, via } = found;
     let (before, after) = inner.endpoint.paths().set_direct_via(&peer, addr, via);
-    // A TCP link the path no longer uses carries nothing else: close it.
-    if let burrow_net::Route::Direct(old) = before {
-        if old != addr && burrow_net::tcp::is_link(old) {
-            inner.endpoint.close_link(old);
-        }
-    }
+    left(inner, before, Some(addr));
     schedule_repunch(inner, peer, true);
     if let Some(p) = inner.state().peers.get_mut(&peer) {
         p.method = Some(method);
@@ -307,12 +312,8 @@ pub(crate) fn relink_all(inner: &Arc<Inner>) {
 
 /// Ends our link with `peer`: its path is forgotten, the server stops relaying.
 pub(crate) fn unlink(inner: &Inner, peer: NodeId) {
-    if let Some(burrow_net::Route::Direct(a)) =
-        inner.endpoint.paths().status(&peer).map(|s| s.route)
-    {
-        if burrow_net::tcp::is_link(a) {
-            inner.endpoint.close_link(a);
-        }
+    if let Some(s) = inner.endpoint.paths().status(&peer) {
+        left(inner, s.route, None);
     }
     inner.endpoint.paths().remove(&peer);
     let tx = inner.state().server_tx.clone();
@@ -348,11 +349,7 @@ pub(crate) async fn monitor(inner: Arc<Inner>) {
                 }
                 Health::Dead => {
                     let (before, _) = paths.set_direct(&peer, None);
-                    if let burrow_net::Route::Direct(a) = before {
-                        if burrow_net::tcp::is_link(a) {
-                            inner.endpoint.close_link(a);
-                        }
-                    }
+                    left(&inner, before, None);
                     if let Some(p) = inner.state().peers.get_mut(&peer) {
                         p.method = None;
                     }

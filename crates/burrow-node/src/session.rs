@@ -318,10 +318,7 @@ pub(crate) async fn connect(inner: &Arc<Inner>) -> Result<Session, SessionError>
     let nat = {
         let mut st = inner.state();
         st.mapping = mapping;
-        burrow_proto::punch::NatInfo {
-            mapping,
-            mapped: st.port_map.map(|(a, _)| a),
-        }
+        st.nat_info()
     };
     writer.write(&ClientMsg::Nat { nat }).await?;
     let first = tokio::time::timeout(WELCOME_TIMEOUT, reader.read::<ServerMsg>())
@@ -453,8 +450,8 @@ fn forget_session(inner: &Inner) {
     st.server_tx = None;
     st.waiters.clear();
     // A TCP link to the server carried only this session.
-    if let Some(link) = st.server_addr.filter(|a| burrow_net::tcp::is_link(*a)) {
-        inner.endpoint.close_link(link);
+    if let Some(server) = st.server_addr {
+        inner.endpoint.close_link(server); // a no-op over UDP
     }
     for p in st.peers.values_mut() {
         p.online = false;

@@ -125,11 +125,7 @@ pub(crate) struct Hub {
 impl Hub {
     /// A session's real remote address (see [`Shared::real`]).
     pub(crate) fn real(&self, addr: SocketAddr) -> SocketAddr {
-        if burrow_net::tcp::is_link(addr) {
-            self.links.real_addr(addr)
-        } else {
-            addr
-        }
+        self.links.real_addr(addr)
     }
 
     /// Where a relay datagram on `channel` from `from` goes: to the other end of
@@ -230,19 +226,13 @@ pub(crate) struct Shared {
 impl Shared {
     /// Closes the TCP link at `addr`, if it is one.
     pub(crate) fn close_link(&self, addr: SocketAddr) {
-        if burrow_net::tcp::is_link(addr) {
-            self.links.close(addr);
-        }
+        self.links.close(addr);
     }
 
     /// The real address of a node quinn knows at `addr` (the other end of its
     /// TCP link, when it came over TCP). Bans, limits and candidates use this.
     pub(crate) fn real(&self, addr: SocketAddr) -> SocketAddr {
-        if burrow_net::tcp::is_link(addr) {
-            self.links.real_addr(addr)
-        } else {
-            addr
-        }
+        self.links.real_addr(addr)
     }
 
     /// Runs `f` on the admission state, then acts on what it decided: bans are

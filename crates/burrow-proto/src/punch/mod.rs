@@ -517,6 +517,15 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// A requester probing `to_b` and an acceptor probing `aa`, at `now`.
+    fn pair(now: Instant, to_b: &[SocketAddr], aa: SocketAddr) -> (PunchSession, PunchSession) {
+        let cfg = PunchConfig::default();
+        (
+            PunchSession::new(now, Role::Requester, ticket(), to_b, cfg.clone(), 1),
+            PunchSession::new(now, Role::Acceptor, ticket(), &[aa], cfg, 2),
+        )
+    }
+
     /// Success at `addr` on the main socket, by ordinary probing.
     fn probed(addr: SocketAddr) -> Option<PunchEvent> {
         Some(PunchEvent::Success {
@@ -576,22 +585,7 @@ mod tests {
     fn two_open_sides_succeed_on_the_first_exchange() {
         let now = Instant::now();
         let (aa, ba) = (addr("198.51.100.10:1000"), addr("198.51.100.11:2000"));
-        let mut a = PunchSession::new(
-            now,
-            Role::Requester,
-            ticket(),
-            &[ba],
-            PunchConfig::default(),
-            1,
-        );
-        let mut b = PunchSession::new(
-            now,
-            Role::Acceptor,
-            ticket(),
-            &[aa],
-            PunchConfig::default(),
-            2,
-        );
+        let (mut a, mut b) = pair(now, &[ba], aa);
         let (ea, eb, took) = run(&mut a, aa, &mut b, ba, |_, _| true, now);
         assert_eq!(ea, probed(ba));
         assert_eq!(eb, probed(aa));
@@ -604,22 +598,7 @@ mod tests {
         // b again right away instead of at its next retry.
         let now = Instant::now();
         let (aa, ba) = (addr("198.51.100.10:1000"), addr("198.51.100.11:2000"));
-        let mut a = PunchSession::new(
-            now,
-            Role::Requester,
-            ticket(),
-            &[ba],
-            PunchConfig::default(),
-            1,
-        );
-        let mut b = PunchSession::new(
-            now,
-            Role::Acceptor,
-            ticket(),
-            &[aa],
-            PunchConfig::default(),
-            2,
-        );
+        let (mut a, mut b) = pair(now, &[ba], aa);
         assert!(a.poll_transmit(now).is_some(), "a's first probe (lost)");
         let probe = b.poll_transmit(now).unwrap();
         assert!(a.handle_datagram(now, Local::MAIN, ba, &probe.data));
@@ -639,22 +618,7 @@ mod tests {
         // as a port-restricted NAT does.
         let now = Instant::now();
         let (aa, ba) = (addr("198.51.100.10:1000"), addr("198.51.100.11:2000"));
-        let mut a = PunchSession::new(
-            now,
-            Role::Requester,
-            ticket(),
-            &[addr("10.0.0.5:9"), ba],
-            PunchConfig::default(),
-            1,
-        );
-        let mut b = PunchSession::new(
-            now,
-            Role::Acceptor,
-            ticket(),
-            &[aa],
-            PunchConfig::default(),
-            2,
-        );
+        let (mut a, mut b) = pair(now, &[addr("10.0.0.5:9"), ba], aa);
         let mut opened = std::collections::HashSet::new();
         let (ea, eb, _) = run(
             &mut a,
