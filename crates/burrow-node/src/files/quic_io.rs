@@ -1,26 +1,30 @@
 //! The adapters bao-tree's async codec reads and writes through: QUIC streams
 //! and files.
 //!
-//! - [`StreamReader`]: a receive stream as iroh-io's `AsyncStreamReader`. A read
-//!   that fits in what quinn holds in one chunk is a slice of it (no copy);
-//!   a longer one (a 16 KiB group spans a dozen packets) is read straight into
-//!   its buffer.
+//! - [`StreamReader`]: a receive stream as iroh-io's `AsyncStreamReader`. It
+//!   takes quinn's chunks (one STREAM frame each, about a packet) up to 32 at a
+//!   time, under one lock of the connection. A read that fits in the next chunk
+//!   is a slice of it (no copy); a longer one (a 16 KiB group spans a dozen
+//!   packets) is gathered into one buffer.
 //! - [`StreamWriter`]: a send stream as `AsyncStreamWriter`. Chunk groups (16 KiB)
-//!   go to quinn as they are (`write_chunk`, no copy); hash pairs are gathered.
-//! - [`FileSlice`]: a file as `AsyncSliceReader`, read with `pread`.
+//!   are queued as they are (no copy), hash pairs gathered, and the queue is
+//!   handed to quinn 256 KiB at a time: each hand-over locks the connection and
+//!   wakes its driver.
+//! - [`FileSlice`]: a file as `AsyncSliceReader`, read ahead in blocks (256 KiB
+//!   of a shared file, 16 KiB of an outboard) that the next reads slice.
 //!
 //! File reads and writes are made inline on the runtime thread: they are page-cache
-//! copies of 16 KiB (microseconds), and handing each to a blocking thread cost
-//! more in wake-ups than the copy itself (the transfer benchmark measured a
-//! third of the throughput that way). A cold read from a slow disk does hold
-//! one runtime thread for its duration.
+//! copies (microseconds), and handing each to a blocking thread cost more in
+//! wake-ups than the copy itself (the transfer benchmark measured a third of
+//! the throughput that way). A cold read from a slow disk does hold one runtime
+//! thread for its duration.
 //!
 //! Every stream read or write has a deadline ([`STALL`]): a peer that stops
 //! sending, or stops granting credit, can't hold a transfer forever.
 
+use std::collections::VecDeque;
 use std::fs::File;
-use std::io;
-use std::os::unix::fs::FileExt;
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::Path;
 use std::time::Duration;
 
@@ -29,8 +33,18 @@ use iroh_io::{AsyncSliceReader, AsyncStreamReader, AsyncStreamWriter};
 
 /// How long one read or write may wait for the peer.
 pub(crate) const STALL: Duration = Duration::from_secs(20);
-/// Hash pairs gathered before they go out (a piece has a few dozen).
+/// Hash pairs gathered into one chunk (a piece has a few dozen).
 const GATHER: usize = 16 * 1024;
+/// Bytes handed to quinn at once: each hand-over locks the connection and
+/// wakes its driver, so it is not done per 16 KiB group.
+const WRITE_BATCH: usize = 256 * 1024;
+/// Chunks taken from quinn at once (each is one STREAM frame, about a packet).
+const READ_BATCH: usize = 32;
+/// How much the provider reads from a shared file at once.
+pub(crate) const READ_AHEAD: usize = 256 * 1024;
+/// How much it reads from an outboard at once: a piece's hash pairs lie
+/// together in pre-order (127 pairs, 8 KiB), read 64 bytes at a time.
+pub(crate) const OUTBOARD_READ_AHEAD: usize = 16 * 1024;
 
 fn stalled(what: &str) -> io::Error {
     io::Error::new(
@@ -42,54 +56,63 @@ fn stalled(what: &str) -> io::Error {
 /// A receive stream for bao-tree's decoder.
 pub(crate) struct StreamReader {
     stream: quinn::RecvStream,
-    /// What is left of the last chunk.
-    rest: Bytes,
+    /// Chunks received and not yet used, in order.
+    chunks: VecDeque<Bytes>,
 }
 
 impl StreamReader {
     pub fn new(stream: quinn::RecvStream) -> Self {
         StreamReader {
             stream,
-            rest: Bytes::new(),
+            chunks: VecDeque::new(),
         }
     }
 
-    async fn chunk(&mut self) -> io::Result<Option<Bytes>> {
-        match tokio::time::timeout(STALL, self.stream.read_chunk(usize::MAX, true)).await {
-            Ok(Ok(c)) => Ok(c.map(|c| c.bytes)),
+    /// Takes what quinn holds for the stream (at least one chunk, up to
+    /// [`READ_BATCH`], under one lock of the connection). False at the end
+    /// of the stream.
+    async fn fill(&mut self) -> io::Result<bool> {
+        let mut batch: [Bytes; READ_BATCH] = Default::default();
+        match tokio::time::timeout(STALL, self.stream.read_chunks(&mut batch)).await {
+            Ok(Ok(Some(n))) => {
+                self.chunks.extend(batch.into_iter().take(n));
+                Ok(true)
+            }
+            Ok(Ok(None)) => Ok(false),
             Ok(Err(e)) => Err(io::Error::new(io::ErrorKind::ConnectionAborted, e)),
             Err(_) => Err(stalled("sent nothing")),
         }
     }
 
-    /// Up to `len` bytes; fewer only at the end of the stream. What the last
-    /// chunk left over is used first; the rest is read straight into the
-    /// result (one copy, one deadline per call).
+    /// Up to `len` bytes; fewer only at the end of the stream. A read that
+    /// fits in the next chunk is a slice of it; a longer one is gathered
+    /// into one buffer (one copy).
     async fn take(&mut self, len: usize) -> io::Result<Bytes> {
-        if self.rest.len() >= len {
-            return Ok(self.rest.split_to(len));
+        if self.chunks.is_empty() && !self.fill().await? {
+            return Ok(Bytes::new());
         }
-        if self.rest.is_empty() {
-            match self.chunk().await? {
-                Some(c) if c.len() >= len => {
-                    self.rest = c;
-                    return Ok(self.rest.split_to(len));
+        if let Some(front) = self.chunks.front_mut().filter(|f| f.len() >= len) {
+            let b = front.split_to(len);
+            if front.is_empty() {
+                self.chunks.pop_front();
+            }
+            return Ok(b);
+        }
+        let mut out = BytesMut::with_capacity(len);
+        while out.len() < len {
+            let Some(mut chunk) = self.chunks.pop_front() else {
+                if self.fill().await? {
+                    continue;
                 }
-                Some(c) => self.rest = c,
-                None => return Ok(Bytes::new()),
+                break;
+            };
+            let want = len - out.len();
+            if chunk.len() > want {
+                out.extend_from_slice(&chunk.split_to(want));
+                self.chunks.push_front(chunk);
+            } else {
+                out.extend_from_slice(&chunk);
             }
-        }
-        let have = self.rest.len();
-        let mut out = BytesMut::zeroed(len.min(1 << 20));
-        out[..have].copy_from_slice(&std::mem::take(&mut self.rest));
-        let read = tokio::time::timeout(STALL, self.stream.read_exact(&mut out[have..])).await;
-        match read {
-            Ok(Ok(())) => {}
-            Ok(Err(quinn::ReadExactError::FinishedEarly(n))) => out.truncate(have + n),
-            Ok(Err(quinn::ReadExactError::ReadError(e))) => {
-                return Err(io::Error::new(io::ErrorKind::ConnectionAborted, e))
-            }
-            Err(_) => return Err(stalled("sent nothing")),
         }
         Ok(out.freeze())
     }
@@ -111,38 +134,59 @@ impl AsyncStreamReader for StreamReader {
 /// A send stream for bao-tree's encoder.
 pub(crate) struct StreamWriter {
     pub stream: quinn::SendStream,
-    gathered: BytesMut,
+    /// Chunks not yet handed to quinn, in order.
+    pending: Vec<Bytes>,
+    pending_len: usize,
+    /// Small writes (hash pairs) gathered into one chunk.
+    small: BytesMut,
 }
 
 impl StreamWriter {
     pub fn new(stream: quinn::SendStream) -> Self {
         StreamWriter {
             stream,
-            gathered: BytesMut::new(),
+            pending: Vec::new(),
+            pending_len: 0,
+            small: BytesMut::new(),
         }
     }
 
-    async fn send(&mut self, b: Bytes) -> io::Result<()> {
-        match tokio::time::timeout(STALL, self.stream.write_chunk(b)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(io::Error::new(io::ErrorKind::ConnectionAborted, e)),
-            Err(_) => Err(stalled("took nothing")),
+    /// Moves the gathered small writes behind the pending chunks.
+    fn seal(&mut self) {
+        if !self.small.is_empty() {
+            let b = self.small.split().freeze();
+            self.push(b);
         }
     }
 
+    fn push(&mut self, b: Bytes) {
+        self.pending_len += b.len();
+        self.pending.push(b);
+    }
+
+    /// Hands everything pending to quinn (one lock of the connection for as
+    /// much as its send buffer takes).
     async fn flush(&mut self) -> io::Result<()> {
-        if !self.gathered.is_empty() {
-            let b = self.gathered.split().freeze();
-            self.send(b).await?;
+        self.seal();
+        let write = self.stream.write_all_chunks(&mut self.pending);
+        match tokio::time::timeout(STALL, write).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(io::Error::new(io::ErrorKind::ConnectionAborted, e)),
+            Err(_) => return Err(stalled("took nothing")),
         }
+        self.pending.clear();
+        self.pending_len = 0;
         Ok(())
     }
 }
 
 impl AsyncStreamWriter for StreamWriter {
     async fn write(&mut self, data: &[u8]) -> io::Result<()> {
-        self.gathered.extend_from_slice(data);
-        if self.gathered.len() >= GATHER {
+        self.small.extend_from_slice(data);
+        if self.small.len() >= GATHER {
+            self.seal();
+        }
+        if self.pending_len >= WRITE_BATCH {
             self.flush().await?;
         }
         Ok(())
@@ -152,8 +196,12 @@ impl AsyncStreamWriter for StreamWriter {
         if data.len() < 4096 {
             return self.write(&data).await;
         }
-        self.flush().await?;
-        self.send(data).await
+        self.seal();
+        self.push(data);
+        if self.pending_len >= WRITE_BATCH {
+            self.flush().await?;
+        }
+        Ok(())
     }
 
     async fn sync(&mut self) -> io::Result<()> {
@@ -161,17 +209,30 @@ impl AsyncStreamWriter for StreamWriter {
     }
 }
 
-/// A file read at offsets.
+/// A file read at offsets, with read-ahead for sequential reads.
 pub(crate) struct FileSlice {
     file: File,
     size: u64,
+    /// How much one read from the file takes at least.
+    read_ahead: usize,
+    /// The last block read, and where in the file it starts.
+    block: Bytes,
+    block_at: u64,
 }
 
 impl FileSlice {
-    pub fn open(path: &Path) -> io::Result<Self> {
+    /// Opens `path`; each read from the file takes at least `read_ahead` bytes
+    /// (0 for exact reads), so the next sequential reads are slices of it.
+    pub fn open(path: &Path, read_ahead: usize) -> io::Result<Self> {
         let file = File::open(path)?;
         let size = file.metadata()?.len();
-        Ok(FileSlice { file, size })
+        Ok(FileSlice {
+            file,
+            size,
+            read_ahead,
+            block: Bytes::new(),
+            block_at: 0,
+        })
     }
 }
 
@@ -181,9 +242,25 @@ impl AsyncSliceReader for FileSlice {
         if offset >= end {
             return Ok(Bytes::new());
         }
-        let mut buf = BytesMut::zeroed((end - offset) as usize);
-        self.file.read_exact_at(&mut buf, offset)?;
-        Ok(buf.freeze())
+        let block_end = self.block_at + self.block.len() as u64;
+        if offset >= self.block_at && end <= block_end {
+            let start = (offset - self.block_at) as usize;
+            return Ok(self.block.slice(start..start + (end - offset) as usize));
+        }
+        let want = ((end - offset) as usize)
+            .max(self.read_ahead)
+            .min((self.size - offset) as usize);
+        // Read into spare capacity: nothing is zeroed first.
+        let mut buf = Vec::with_capacity(want);
+        let mut reader = &self.file;
+        reader.seek(SeekFrom::Start(offset))?;
+        reader.take(want as u64).read_to_end(&mut buf)?;
+        if buf.len() < (end - offset) as usize {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        self.block = Bytes::from(buf);
+        self.block_at = offset;
+        Ok(self.block.slice(..(end - offset) as usize))
     }
 
     async fn size(&mut self) -> io::Result<u64> {

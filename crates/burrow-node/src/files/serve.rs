@@ -108,11 +108,11 @@ async fn stream_ranges(
     send: quinn::SendStream,
 ) -> Result<(), std::io::Error> {
     let outboard_path = super::outboard_path(&inner.config.home, &share.hash);
-    let data = FileSlice::open(&share.path)?;
+    let data = FileSlice::open(&share.path, super::quic_io::READ_AHEAD)?;
     let outboard = PreOrderOutboard {
         root: share.hash.into(),
         tree: super::tree(share.size),
-        data: FileSlice::open(&outboard_path)?,
+        data: FileSlice::open(&outboard_path, super::quic_io::OUTBOARD_READ_AHEAD)?,
     };
     let wanted = super::chunk_ranges(ranges.iter().map(|r| r.start..r.end));
     let mut out = StreamWriter::new(send);
