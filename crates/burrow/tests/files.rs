@@ -403,3 +403,87 @@ fn names_from_peers_never_choose_a_path_and_errors_say_what_to_do() {
 fn blake3_hex(data: &[u8]) -> String {
     blake3::hash(data).to_hex().to_string()
 }
+
+/// A tmpfs mounted at a directory for one test, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (e.g. "6m") at `at`; `None` (with the reason
+    /// printed) where mounting needs a root this test doesn't have, unless
+    /// `BURROW_LAB=required`.
+    fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(at).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .expect("mount runs");
+        if out.status.success() {
+            return Some(Tmpfs(at.to_path_buf()));
+        }
+        let why = String::from_utf8_lossy(&out.stderr);
+        let required = std::env::var("BURROW_LAB").is_ok_and(|v| v == "required");
+        assert!(
+            !required,
+            "BURROW_LAB=required but mounting a tmpfs failed: {why}"
+        );
+        eprintln!("SKIPPED: mounting a small file system needs root: {why}");
+        None
+    }
+
+    fn resize(&self, size: &str) {
+        let ok = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .expect("mount runs")
+            .success();
+        assert!(ok, "remounting the tmpfs");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("--lazy")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_disk_too_small_is_reported_before_the_download_and_more_space_lets_it_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // bob's home on a small file system: room for the node, not for the file.
+    // (Declared first: unmounted after bob's node stops.)
+    let Some(small) = Tmpfs::mount(&d.join("bob"), "6m") else {
+        return;
+    };
+    let (_srv, url) = server(&d.join("srv"));
+    let (ah, bh) = (d.join("alice"), d.join("bob"));
+    let _alice = up(&ah, &url, "alice");
+    let _bob = up(&bh, &url, "bob");
+    link((&bh, "bob"), (&ah, "alice"));
+    let f = d.join("big.bin");
+    write_random(&f, 16 << 20, 21);
+    share(&ah, &f, None);
+    let out = d.join("dl");
+
+    let (ok, _, err) = get(&bh, "big.bin", &out, &[]);
+    assert!(
+        !ok && err.contains("not enough free space") && err.contains("16777216 bytes"),
+        "{err}"
+    );
+    assert!(
+        !out.join("big.bin").exists(),
+        "nothing appears under the name"
+    );
+
+    // With room, the same command fetches and verifies the whole file.
+    small.resize("64m");
+    let (ok, got, err) = get(&bh, "big.bin", &out, &[]);
+    assert!(ok, "{err}");
+    assert_eq!(got["size"], 16 << 20);
+    assert!(same_bytes(&f, &out.join("big.bin")));
+}

@@ -19,7 +19,13 @@
 //! (bao-tree's `valid_ranges`, BLAKE3 speed) and any that don't hold (a power
 //! loss before the kernel wrote them) are fetched again. That is why the
 //! partial file needs no `fdatasync` while the transfer runs; the finished
-//! file is synced once, before it gets its name.
+//! file is synced once, before it gets its name. So that this last sync has
+//! little to wait for, each finished piece is handed to the kernel's writeback
+//! at once ([`Plan::write_back`]): the disk works while the network does.
+//!
+//! The partial file's blocks are reserved when the download starts
+//! (`fallocate`): a disk too small for the file says so before anything is
+//! fetched.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -33,7 +39,7 @@ use std::time::Duration;
 use bao_tree::io::fsm::{ResponseDecoder, ResponseDecoderNext};
 use bao_tree::io::outboard::PreOrderOutboard;
 use bao_tree::io::{BaoContentItem, DecodeError};
-use bao_tree::{BaoTree, ChunkRanges, TreeNode};
+use bao_tree::{BaoTree, ChunkRanges};
 use burrow_net::{FrameReader, FrameWriter};
 use burrow_proto::files::{self, BlobHash, ChunkSpan, FilesRequest, FilesResponse, CHUNK_GROUP};
 use tokio::sync::Notify;
@@ -47,6 +53,8 @@ pub(crate) const PIECE_GROUPS: u64 = 128;
 /// Pieces each provider works on at once: keeps the path busy across the gap
 /// between one piece's end and the next one's first byte.
 pub(crate) const STREAMS_PER_PROVIDER: usize = 4;
+/// Chunk groups written before they are marked verified (256 KiB).
+const MARK_BATCH: usize = 16;
 
 /// One bit per chunk group.
 #[derive(Debug, Clone)]
@@ -194,6 +202,7 @@ impl Plan {
                 Bitmap::new(groups)
             }
         };
+        preallocate(&data, size, dir)?;
         let pieces = groups.div_ceil(PIECE_GROUPS);
         let missing = |p: u64| piece_groups(p, groups).any(|g| !bitmap.get(g));
         // The last piece first: it proves the size (the hash covers it).
@@ -288,40 +297,35 @@ impl Plan {
         spans
     }
 
-    /// Stores a verified hash pair in the outboard.
-    fn record_parent(
-        &self,
-        node: TreeNode,
-        pair: &(blake3::Hash, blake3::Hash),
-    ) -> std::io::Result<()> {
-        if let Some(i) = self.tree.pre_order_offset(node) {
-            let mut buf = [0u8; 64];
-            buf[..32].copy_from_slice(pair.0.as_bytes());
-            buf[32..].copy_from_slice(pair.1.as_bytes());
-            self.outboard.write_all_at(&buf, i * 64)?;
-        }
-        Ok(())
+    /// Writes verified hash pairs (consecutive in the outboard) at `at`.
+    fn write_parents(&self, at: u64, pairs: &[u8]) -> std::io::Result<()> {
+        self.outboard.write_all_at(pairs, at)
     }
 
-    /// Writes a verified chunk group in place and marks it. Returns the bytes
-    /// newly verified.
-    fn record_leaf(&self, offset: u64, data: &[u8]) -> std::io::Result<u64> {
-        self.data.write_all_at(data, offset)?;
-        let g = offset / CHUNK_GROUP;
-        // Only whole groups count (a request always asks for whole groups).
-        if !offset.is_multiple_of(CHUNK_GROUP) || data.len() as u64 != group_len(self.size, g) {
-            return Ok(0);
-        }
+    /// Writes a verified chunk group in place (not yet marked).
+    fn write_leaf(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.data.write_all_at(data, offset)
+    }
+
+    /// Marks chunk groups written at these (offset, length)s as verified.
+    /// Returns the bytes newly verified.
+    fn mark(&self, written: &[(u64, usize)]) -> u64 {
         let mut st = self.state();
-        if st.bitmap.set(g) {
+        let mut added = 0;
+        for &(at, len) in written {
+            let g = at / CHUNK_GROUP;
+            // Only whole groups count (a request always asks for whole groups).
+            let whole = at.is_multiple_of(CHUNK_GROUP) && len as u64 == group_len(self.size, g);
+            if whole && st.bitmap.set(g) {
+                added += len as u64;
+            }
+        }
+        if added > 0 {
             st.dirty = true;
             drop(st);
-            self.verified
-                .fetch_add(data.len() as u64, Ordering::Relaxed);
-            Ok(data.len() as u64)
-        } else {
-            Ok(0)
+            self.verified.fetch_add(added, Ordering::Relaxed);
         }
+        added
     }
 
     /// The bitmap to store, if it changed since the last call.
@@ -332,6 +336,17 @@ impl Plan {
         }
         st.dirty = false;
         Some(st.bitmap.as_bytes().to_vec())
+    }
+
+    /// Starts writing `piece` to disk now, so that the sync at the end has
+    /// little left to wait for (the disk works while the network does).
+    /// Pages already written are dropped from the cache.
+    pub fn write_back(&self, piece: u64) {
+        let start = piece * PIECE_GROUPS * CHUNK_GROUP;
+        let len = (PIECE_GROUPS * CHUNK_GROUP).min(self.size.saturating_sub(start));
+        if let Some(len) = std::num::NonZeroU64::new(len) {
+            let _ = rustix::fs::fadvise(&self.data, start, Some(len), rustix::fs::Advice::DontNeed);
+        }
     }
 
     /// Syncs the finished file and its outboard to disk.
@@ -348,6 +363,93 @@ impl Plan {
             .get_or_insert(error);
         self.stop.store(true, Ordering::Relaxed);
         self.changed.notify_waiters();
+    }
+}
+
+/// Reserves the partial file's blocks before anything is fetched: a disk
+/// too full for the download says so at once, and the writes that follow
+/// don't allocate one block at a time.
+fn preallocate(file: &File, size: u64, dir: &Path) -> std::io::Result<()> {
+    if size == 0 {
+        return Ok(());
+    }
+    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, size) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::NOSPC) => Err(std::io::Error::new(
+            std::io::ErrorKind::StorageFull,
+            format!(
+                "not enough free space in {} for {size} bytes",
+                dir.display()
+            ),
+        )),
+        // File systems without it allocate as they are written.
+        Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::NOSYS) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Verified hash pairs and chunk groups on their way to the partial files.
+///
+/// Each group is written as it is verified, with its own 16 KiB write: the
+/// page cache then holds it in small folios. (Larger writes get large folios,
+/// which on a VM whose free memory goes back to the host cost several times
+/// the copy: the transfer benchmark measured 0.4 to 6 s per GiB in 256 KiB
+/// writes, 0.6 to 0.8 s in 16 KiB ones.) Hash pairs, 64 bytes each, are
+/// gathered while consecutive in the outboard, and groups are marked in
+/// batches, after the hash pairs that prove them are written.
+#[derive(Default)]
+struct Pending {
+    /// Hash pairs, consecutive in the outboard from `parents_at`.
+    parents: Vec<u8>,
+    parents_at: u64,
+    /// Groups written and not yet marked: (offset, length).
+    written: Vec<(u64, usize)>,
+}
+
+impl Pending {
+    fn parent(
+        &mut self,
+        plan: &Plan,
+        at: u64,
+        pair: &(blake3::Hash, blake3::Hash),
+    ) -> std::io::Result<()> {
+        if !self.parents.is_empty() && self.parents_at + self.parents.len() as u64 != at {
+            self.write_parents(plan)?;
+        }
+        if self.parents.is_empty() {
+            self.parents_at = at;
+        }
+        self.parents.extend_from_slice(pair.0.as_bytes());
+        self.parents.extend_from_slice(pair.1.as_bytes());
+        Ok(())
+    }
+
+    /// Writes a verified group; returns the bytes newly marked, if this
+    /// filled a batch.
+    fn leaf(&mut self, plan: &Plan, offset: u64, data: &[u8]) -> std::io::Result<u64> {
+        plan.write_leaf(offset, data)?;
+        self.written.push((offset, data.len()));
+        if self.written.len() >= MARK_BATCH {
+            return self.flush(plan);
+        }
+        Ok(0)
+    }
+
+    fn write_parents(&mut self, plan: &Plan) -> std::io::Result<()> {
+        if !self.parents.is_empty() {
+            plan.write_parents(self.parents_at, &self.parents)?;
+            self.parents.clear();
+        }
+        Ok(())
+    }
+
+    /// Writes the gathered hash pairs, then marks the written groups.
+    /// Returns the bytes newly verified.
+    fn flush(&mut self, plan: &Plan) -> std::io::Result<u64> {
+        self.write_parents(plan)?;
+        let added = plan.mark(&self.written);
+        self.written.clear();
+        Ok(added)
     }
 }
 
@@ -444,45 +546,52 @@ pub(crate) async fn fetch_piece(
     let ranges = super::chunk_ranges(spans.iter().map(|s| s.start..s.end));
     let reader = StreamReader::new(reader.into_inner());
     let mut decoder = ResponseDecoder::new(plan.hash.into(), ranges, plan.tree, reader);
-    loop {
+    let mut pending = Pending::default();
+    let result = loop {
         if plan.stop.load(Ordering::Relaxed) {
-            return Ok(());
+            break Ok(());
         }
         let item = match decoder.next().await {
             ResponseDecoderNext::More((next, item)) => {
                 decoder = next;
                 item
             }
-            ResponseDecoderNext::Done(_) => return Ok(()),
+            ResponseDecoderNext::Done(_) => break Ok(()),
         };
-        match item {
-            Ok(BaoContentItem::Parent(p)) => plan
-                .record_parent(p.node, &p.pair)
-                .map_err(PieceError::Disk)?,
-            Ok(BaoContentItem::Leaf(l)) => {
-                let n = plan
-                    .record_leaf(l.offset, &l.data)
-                    .map_err(PieceError::Disk)?;
-                counted.fetch_add(n, Ordering::Relaxed);
-            }
+        let written = match item {
+            Ok(BaoContentItem::Parent(p)) => match plan.tree.pre_order_offset(p.node) {
+                Some(i) => pending.parent(plan, i * 64, &p.pair).map(|()| 0),
+                None => Ok(0),
+            },
+            Ok(BaoContentItem::Leaf(l)) => pending.leaf(plan, l.offset, &l.data),
             Err(DecodeError::LeafHashMismatch(c)) => {
-                return Err(PieceError::Lied(format!(
+                break Err(PieceError::Lied(format!(
                     "sent data at byte {} that does not match the file's hash",
                     c.to_bytes()
                 )))
             }
             Err(DecodeError::ParentHashMismatch(n)) => {
-                return Err(PieceError::Lied(format!(
+                break Err(PieceError::Lied(format!(
                     "sent hashes for bytes from {} that do not match the file's hash",
                     n.chunk_range().start.to_bytes()
                 )))
             }
             Err(DecodeError::ParentNotFound(_) | DecodeError::LeafNotFound(_)) => {
-                return Err(PieceError::Lost("ended the transfer early".into()))
+                break Err(PieceError::Lost("ended the transfer early".into()))
             }
-            Err(DecodeError::Io(e)) => return Err(PieceError::Lost(e.to_string())),
-        }
+            Err(DecodeError::Io(e)) => break Err(PieceError::Lost(e.to_string())),
+        };
+        match written {
+            Ok(n) => counted.fetch_add(n, Ordering::Relaxed),
+            Err(e) => break Err(PieceError::Disk(e)),
+        };
+    };
+    // What was verified before the piece ended (or failed) is kept.
+    if !matches!(result, Err(PieceError::Disk(_))) {
+        let n = pending.flush(plan).map_err(PieceError::Disk)?;
+        counted.fetch_add(n, Ordering::Relaxed);
     }
+    result
 }
 
 #[cfg(test)]
@@ -516,8 +625,9 @@ mod tests {
         assert_eq!(spans[0].start, 2 * PIECE_GROUPS * 16);
         assert_eq!(spans[0].end, size.div_ceil(1024));
         // Mark one group of piece 0 as verified: its spans skip it.
-        plan.record_leaf(CHUNK_GROUP, &vec![0; CHUNK_GROUP as usize])
-            .unwrap();
+        let group = vec![0; CHUNK_GROUP as usize];
+        plan.write_leaf(CHUNK_GROUP, &group).unwrap();
+        assert_eq!(plan.mark(&[(CHUNK_GROUP, group.len())]), CHUNK_GROUP);
         let spans = plan.missing_spans(0);
         assert_eq!(
             spans,
