@@ -19,9 +19,7 @@
 //! (bao-tree's `valid_ranges`, BLAKE3 speed) and any that don't hold (a power
 //! loss before the kernel wrote them) are fetched again. That is why the
 //! partial file needs no `fdatasync` while the transfer runs; the finished
-//! file is synced once, before it gets its name. So that this last sync has
-//! little to wait for, each finished piece is handed to the kernel's writeback
-//! at once ([`Plan::write_back`]): the disk works while the network does.
+//! file is synced once, before it gets its name.
 //!
 //! The partial file's blocks are reserved when the download starts
 //! (`fallocate`): a disk too small for the file says so before anything is
@@ -157,6 +155,7 @@ pub(crate) struct Plan {
     pub verified: AtomicU64,
     /// Bytes verified before this run started.
     pub resumed: u64,
+
     /// Set by a worker that could not write: every worker stops.
     pub fatal: Mutex<Option<String>>,
     pub stop: AtomicBool,
@@ -336,17 +335,6 @@ impl Plan {
         }
         st.dirty = false;
         Some(st.bitmap.as_bytes().to_vec())
-    }
-
-    /// Starts writing `piece` to disk now, so that the sync at the end has
-    /// little left to wait for (the disk works while the network does).
-    /// Pages already written are dropped from the cache.
-    pub fn write_back(&self, piece: u64) {
-        let start = piece * PIECE_GROUPS * CHUNK_GROUP;
-        let len = (PIECE_GROUPS * CHUNK_GROUP).min(self.size.saturating_sub(start));
-        if let Some(len) = std::num::NonZeroU64::new(len) {
-            let _ = rustix::fs::fadvise(&self.data, start, Some(len), rustix::fs::Advice::DontNeed);
-        }
     }
 
     /// Syncs the finished file and its outboard to disk.

@@ -393,12 +393,7 @@ async fn provide(
                     fetch_piece(&plan, &conn, spans, &sent).await
                 };
                 match result {
-                    Ok(()) => {
-                        plan.put_back(piece);
-                        // Off the runtime: starting writeback can wait on the disk.
-                        let plan = plan.clone();
-                        tokio::task::spawn_blocking(move || plan.write_back(piece));
-                    }
+                    Ok(()) => plan.put_back(piece),
                     Err(PieceError::Disk(e)) => {
                         plan.fail(format!("cannot write the download: {e}"));
                         plan.put_back(piece);
