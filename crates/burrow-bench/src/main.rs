@@ -76,6 +76,10 @@ enum Bench {
         /// peers are four uplink crossings apart: 10 ms makes a 40 ms round trip).
         #[arg(long, default_value_t = 10)]
         delay_ms: u64,
+        /// Rounds of bare QUIC then burrow, one after the other; the medians
+        /// are reported (this machine's speed drifts from minute to minute).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=20))]
+        rounds: u64,
     },
     /// One server process under many simulated nodes: registrations per second,
     /// memory per node, brokering latency at a steady rate.
@@ -104,17 +108,23 @@ fn main() {
             size_mib,
             lab,
             delay_ms,
-        } => transfer::run(size_mib, lab.then(|| Duration::from_millis(delay_ms))),
+            rounds,
+        } => transfer::run(
+            size_mib,
+            rounds as usize,
+            lab.then(|| Duration::from_millis(delay_ms)),
+        ),
         Bench::Forum { nodes, posts } => forum::run(nodes, posts),
         Bench::Server(args) => server::run(args),
     }
 }
 
-fn median(v: &mut [Duration]) -> Option<Duration> {
+/// The middle value (the upper one of an even count); none of nothing.
+fn median<T: PartialOrd + Copy>(v: &mut [T]) -> Option<T> {
     if v.is_empty() {
         return None;
     }
-    v.sort();
+    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
     Some(v[v.len() / 2])
 }
 

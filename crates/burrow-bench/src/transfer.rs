@@ -5,7 +5,16 @@
 //! burrow runs as it does for people: the release `burrow` binary as a server and
 //! two `up` nodes, `share` on one side and `get --json` on the other (BLAKE3
 //! verification of every 16 KiB group, the file written to disk and synced).
-//! Peak memory is each node process's high-water mark (VmHWM).
+//! Peak memory is each node process's high-water mark (VmHWM); CPU time is
+//! each end's user + system time during the transfer (from `/proc`).
+//!
+//! This machine's speed drifts by a third from one minute to the next, so bare
+//! QUIC and burrow run in alternating rounds on the same nodes, and the medians
+//! are reported with every round's figures. Each round also times the disk
+//! side alone (the same bytes to a new file in 16 KiB writes, synced): on this
+//! VM, filling new page-cache memory costs from under a second to several
+//! seconds per GiB depending on how much of its free memory went back to the
+//! host, and that cost lands on the receiver.
 //!
 //! On loopback by default; with `--lab`, across the NAT lab with a delay on every
 //! uplink (two uplinks each way: 4 × delay round trip), the sender behind a
@@ -20,6 +29,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use burrow_lab::{Host, Lab, NatKind};
+
+use crate::median;
 use burrow_proto::SecretKey;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 
@@ -53,6 +64,50 @@ fn generate(path: &Path, size: u64) {
     std::fs::File::open(path)
         .and_then(|f| f.sync_all())
         .expect("test data synced");
+}
+
+/// The disk side alone: the file's bytes written to a new file in 16 KiB
+/// writes (as the downloader writes) and synced, in this process. Returns the
+/// time and the CPU seconds it took.
+fn disk_write(file: &Path, dir: &Path) -> (Duration, f64) {
+    let copy = dir.join("disk-write.bin");
+    let mut from = std::fs::File::open(file).unwrap();
+    let mut to = std::fs::File::create(&copy).unwrap();
+    let mut buf = vec![0u8; 16 * 1024];
+    let (start, cpu0) = (Instant::now(), thread_cpu());
+    loop {
+        let n = from.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        to.write_all(&buf[..n]).unwrap();
+    }
+    to.sync_data().unwrap();
+    let took = (start.elapsed(), thread_cpu() - cpu0);
+    std::fs::remove_file(&copy).unwrap();
+    took
+}
+
+/// CPU time (user + system) used so far by the thread or process whose
+/// `/proc` stat file is `stat`, in seconds.
+fn cpu_secs(stat: &str) -> f64 {
+    let text = std::fs::read_to_string(stat).expect("a /proc stat file");
+    // Fields after the command name (which may hold spaces): state is the
+    // first, utime the 12th, stime the 13th, in clock ticks.
+    let fields: Vec<&str> = text
+        .rsplit_once(')')
+        .expect("a /proc stat line")
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// CPU time used so far by the calling thread, in seconds.
+fn thread_cpu() -> f64 {
+    cpu_secs("/proc/thread-self/stat")
 }
 
 /// Plain TCP: the file's bytes from `from` to `to`, read and dropped there.
@@ -99,8 +154,8 @@ fn tcp(file: &Path, from: &End, to: &End) -> Duration {
 }
 
 /// quinn alone: one stream, burrow's TLS and windows, the file's bytes read
-/// and dropped.
-fn bare_quic(file: &Path, from: &End, to: &End) -> Duration {
+/// and dropped. Returns the time and the CPU seconds of sender and receiver.
+fn bare_quic(file: &Path, from: &End, to: &End) -> (Duration, f64, f64) {
     let transport = || {
         let mut t = quinn::TransportConfig::default();
         t.stream_receive_window((4u32 << 20).into())
@@ -127,15 +182,17 @@ fn bare_quic(file: &Path, from: &End, to: &End) -> Duration {
             let ep = quinn::Endpoint::server(cfg, SocketAddr::new(to2.ip, 0)).unwrap();
             tx.send(ep.local_addr().unwrap()).unwrap();
             let conn = ep.accept().await.unwrap().await.unwrap();
+            let cpu0 = thread_cpu();
             let mut r = conn.accept_uni().await.unwrap();
             let mut n = 0u64;
             while let Some(chunk) = r.read_chunk(usize::MAX, true).await.unwrap() {
                 n += chunk.bytes.len() as u64;
             }
             let end = Instant::now();
+            let cpu = thread_cpu() - cpu0;
             conn.close(0u8.into(), b"done");
             ep.wait_idle().await;
-            (end, n)
+            (end, n, cpu)
         })
     });
     let addr = rx.recv().unwrap();
@@ -156,6 +213,7 @@ fn bare_quic(file: &Path, from: &End, to: &End) -> Duration {
             let ep = quinn::Endpoint::client(bind).unwrap();
             let mut f = std::fs::File::open(file2).unwrap();
             let start = Instant::now();
+            let cpu0 = thread_cpu();
             let conn = ep
                 .connect_with(cfg, addr, burrow_net::tls::SERVER_NAME)
                 .unwrap()
@@ -174,13 +232,13 @@ fn bare_quic(file: &Path, from: &End, to: &End) -> Duration {
             }
             s.finish().unwrap();
             conn.closed().await;
-            start
+            (start, thread_cpu() - cpu0)
         })
     });
-    let start = sender.join().unwrap();
-    let (end, n) = receiver.join().unwrap();
+    let (start, tx_cpu) = sender.join().unwrap();
+    let (end, n, rx_cpu) = receiver.join().unwrap();
     assert_eq!(n, std::fs::metadata(file).unwrap().len());
-    end - start
+    (end - start, tx_cpu, rx_cpu)
 }
 
 /// A `burrow` process whose stdout is read line by line.
@@ -219,6 +277,11 @@ impl Proc {
                 return l;
             }
         }
+    }
+
+    /// CPU seconds the process has used so far, all threads.
+    fn cpu(&self) -> f64 {
+        cpu_secs(&format!("/proc/{}/stat", self.child.id()))
     }
 
     /// Peak resident memory, from /proc.
@@ -271,71 +334,103 @@ fn peer_is(v: &serde_json::Value, name: &str, states: &[&str]) -> bool {
     })
 }
 
-/// What the burrow run measured.
-struct BurrowRun {
-    elapsed: Duration,
+/// A server and two nodes, alice sharing the file with bob, linked directly.
+struct Burrow {
+    bin: PathBuf,
+    dir: PathBuf,
+    hash: String,
+    /// How long `share` took (hashing the file).
     hash_time: Duration,
-    sender_kib: u64,
-    receiver_kib: u64,
+    // Dropped (killed) in reverse order: the nodes, then the server.
+    alice: Proc,
+    bob: Proc,
+    _server: Proc,
 }
 
-/// burrow itself: a server and two nodes, `share`, then `get`.
-fn burrow(bin: &Path, dir: &Path, file: &Path, server: &End, from: &End, to: &End) -> BurrowRun {
-    let listen = format!("{}:0", server.ip);
-    let srv = Proc::spawn({
-        let mut c = server.command(bin);
-        c.arg("--home")
-            .arg(dir.join("srv"))
-            .args(["server", "--listen", &listen]);
-        c
-    });
-    let url = srv
-        .expect("join URL:")
-        .split_whitespace()
-        .last()
-        .unwrap()
-        .to_string();
-    let up = |end: &End, name: &str| {
-        let mut c = end.command(bin);
-        c.arg("--home")
-            .arg(dir.join(name))
-            .args(["up", "--server", &url, "--name", name]);
-        if end.host.is_none() {
-            c.args(["--bind", "127.0.0.1:0"]);
-        }
-        let p = Proc::spawn(c);
-        p.expect("is up");
-        p
-    };
-    let (alice, bob) = (up(from, "alice"), up(to, "bob"));
-    let (ah, bh) = (dir.join("alice"), dir.join("bob"));
-    let t = Instant::now();
-    let shared = cli(bin, &ah, &["share", file.to_str().unwrap()]);
-    let hash_time = t.elapsed();
-    let hash = shared["hash"].as_str().unwrap().to_string();
-    wait_for(bin, &bh, "alice online", |v| peer_is(v, "alice", &["none"]));
-    cli(bin, &bh, &["connect", "alice"]);
-    wait_for(bin, &ah, "bob's request", |v| {
-        peer_is(v, "bob", &["pending_in"])
-    });
-    cli(bin, &ah, &["accept", "bob"]);
-    wait_for(bin, &bh, "a direct path", |v| {
-        peer_is(v, "alice", &["direct"])
-    });
-    let out = dir.join("received");
-    let got = cli(bin, &bh, &["get", &hash, "-o", out.to_str().unwrap()]);
-    let elapsed = Duration::from_millis(got["elapsed_ms"].as_u64().unwrap());
-    assert_eq!(
-        std::fs::metadata(out.join(file.file_name().unwrap()))
+/// One `get`: its time, and the CPU seconds each node spent on it.
+struct Get {
+    elapsed: Duration,
+    sender_cpu: f64,
+    receiver_cpu: f64,
+}
+
+impl Burrow {
+    fn start(bin: &Path, dir: &Path, file: &Path, server: &End, from: &End, to: &End) -> Burrow {
+        let listen = format!("{}:0", server.ip);
+        let srv = Proc::spawn({
+            let mut c = server.command(bin);
+            c.arg("--home")
+                .arg(dir.join("srv"))
+                .args(["server", "--listen", &listen]);
+            c
+        });
+        let url = srv
+            .expect("join URL:")
+            .split_whitespace()
+            .last()
             .unwrap()
-            .len(),
-        std::fs::metadata(file).unwrap().len()
-    );
-    BurrowRun {
-        elapsed,
-        hash_time,
-        sender_kib: alice.peak_rss_kib(),
-        receiver_kib: bob.peak_rss_kib(),
+            .to_string();
+        let up = |end: &End, name: &str| {
+            let mut c = end.command(bin);
+            c.arg("--home")
+                .arg(dir.join(name))
+                .args(["up", "--server", &url, "--name", name]);
+            if end.host.is_none() {
+                c.args(["--bind", "127.0.0.1:0"]);
+            }
+            let p = Proc::spawn(c);
+            p.expect("is up");
+            p
+        };
+        let (alice, bob) = (up(from, "alice"), up(to, "bob"));
+        let (ah, bh) = (dir.join("alice"), dir.join("bob"));
+        let t = Instant::now();
+        let shared = cli(bin, &ah, &["share", file.to_str().unwrap()]);
+        let hash_time = t.elapsed();
+        let hash = shared["hash"].as_str().unwrap().to_string();
+        wait_for(bin, &bh, "alice online", |v| peer_is(v, "alice", &["none"]));
+        cli(bin, &bh, &["connect", "alice"]);
+        wait_for(bin, &ah, "bob's request", |v| {
+            peer_is(v, "bob", &["pending_in"])
+        });
+        cli(bin, &ah, &["accept", "bob"]);
+        wait_for(bin, &bh, "a direct path", |v| {
+            peer_is(v, "alice", &["direct"])
+        });
+        Burrow {
+            bin: bin.to_path_buf(),
+            dir: dir.to_path_buf(),
+            hash,
+            hash_time,
+            alice,
+            bob,
+            _server: srv,
+        }
+    }
+
+    /// bob downloads the file into a fresh directory, which is removed after.
+    fn get(&self, file: &Path, round: usize) -> Get {
+        let out = self.dir.join(format!("received-{round}"));
+        let cpu0 = (self.alice.cpu(), self.bob.cpu());
+        let got = cli(
+            &self.bin,
+            &self.dir.join("bob"),
+            &["get", &self.hash, "-o", out.to_str().unwrap()],
+        );
+        let elapsed = Duration::from_millis(got["elapsed_ms"].as_u64().unwrap());
+        let (sender_cpu, receiver_cpu) = (self.alice.cpu() - cpu0.0, self.bob.cpu() - cpu0.1);
+        assert_eq!(
+            std::fs::metadata(out.join(file.file_name().unwrap()))
+                .unwrap()
+                .len(),
+            std::fs::metadata(file).unwrap().len()
+        );
+        std::fs::remove_dir_all(&out).expect("the download removed");
+        Get {
+            elapsed,
+            sender_cpu,
+            receiver_cpu,
+        }
     }
 }
 
@@ -360,7 +455,7 @@ fn gbit(bytes: u64, d: Duration) -> f64 {
 
 /// Runs the benchmark with a file of `size_mib` MiB, on loopback or (with
 /// `delay`) across the lab.
-pub fn run(size_mib: u64, lab_delay: Option<Duration>) {
+pub fn run(size_mib: u64, rounds: usize, lab_delay: Option<Duration>) {
     let bin = burrow_binary();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("data.bin");
@@ -397,25 +492,45 @@ pub fn run(size_mib: u64, lab_delay: Option<Duration>) {
             (end(s), end(a), end(b), place)
         }
     };
-    println!("transfer: {size_mib} MiB, {place}");
+    println!("transfer: {size_mib} MiB, {place}, {rounds} rounds (bare QUIC and burrow alternate)");
     let t = tcp(&file, &from, &to);
     println!(
         "  plain TCP           {:6.2} Gbit/s  {:6.2} s",
         gbit(size, t),
         t.as_secs_f64()
     );
-    let q = bare_quic(&file, &from, &to);
+    let b = Burrow::start(&bin, dir.path(), &file, &server, &from, &to);
+    let (mut bare, mut ours, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        let (q, q_tx, q_rx) = bare_quic(&file, &from, &to);
+        let g = b.get(&file, round);
+        let (w, w_cpu) = disk_write(&file, dir.path());
+        let ratio = q.as_secs_f64() / g.elapsed.as_secs_f64();
+        println!(
+            "  round {round}: bare QUIC {:5.2} Gbit/s (cpu {q_tx:.2} + {q_rx:.2} s), burrow {:5.2} Gbit/s (cpu {:.2} + {:.2} s): {:.0}%; disk alone {:.2} s (cpu {w_cpu:.2} s)",
+            gbit(size, q),
+            gbit(size, g.elapsed),
+            g.sender_cpu,
+            g.receiver_cpu,
+            100.0 * ratio,
+            w.as_secs_f64()
+        );
+        bare.push(q);
+        ours.push(g.elapsed);
+        ratios.push(ratio);
+    }
+    let q = median(&mut bare).expect("at least one round");
+    let g = median(&mut ours).expect("at least one round");
     println!(
-        "  bare QUIC (quinn)   {:6.2} Gbit/s  {:6.2} s",
+        "  bare QUIC (quinn)   {:6.2} Gbit/s  {:6.2} s  (median)",
         gbit(size, q),
         q.as_secs_f64()
     );
-    let b = burrow(&bin, dir.path(), &file, &server, &from, &to);
     println!(
-        "  burrow get          {:6.2} Gbit/s  {:6.2} s  {:.0}% of bare QUIC (every 16 KiB verified, written to disk)",
-        gbit(size, b.elapsed),
-        b.elapsed.as_secs_f64(),
-        100.0 * q.as_secs_f64() / b.elapsed.as_secs_f64()
+        "  burrow get          {:6.2} Gbit/s  {:6.2} s  {:.0}% of bare QUIC (median of the rounds; every 16 KiB verified, written to disk and synced)",
+        gbit(size, g),
+        g.as_secs_f64(),
+        100.0 * median(&mut ratios).expect("at least one round")
     );
     println!(
         "  share (hashing)     {:6.2} GB/s",
@@ -423,8 +538,9 @@ pub fn run(size_mib: u64, lab_delay: Option<Duration>) {
     );
     println!(
         "  peak memory         sender {} MiB, receiver {} MiB",
-        b.sender_kib / 1024,
-        b.receiver_kib / 1024
+        b.alice.peak_rss_kib() / 1024,
+        b.bob.peak_rss_kib() / 1024
     );
+    drop(b);
     drop(lab);
 }
