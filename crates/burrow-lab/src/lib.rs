@@ -200,6 +200,14 @@ pub fn require_or_skip(test: &str) -> Option<Lab> {
     require_or_skip_with(test, Lab::new)
 }
 
+/// Says why `test` can't run on this machine, for the caller to return early;
+/// or fails it when `BURROW_LAB=required` (in CI nothing may skip).
+pub fn skip(test: &str, why: &str) {
+    let required = std::env::var("BURROW_LAB").is_ok_and(|v| v == "required");
+    assert!(!required, "{test}: BURROW_LAB=required, but {why}");
+    eprintln!("SKIPPED {test}: {why}");
+}
+
 /// Like [`require_or_skip`], building the lab with `build` (another public
 /// net, extra tools checked).
 pub fn require_or_skip_with(
@@ -209,12 +217,7 @@ pub fn require_or_skip_with(
     match build() {
         Ok(lab) => Some(lab),
         Err(LabError::Unavailable(why)) => {
-            let required = std::env::var("BURROW_LAB").is_ok_and(|v| v == "required");
-            assert!(
-                !required,
-                "{test}: BURROW_LAB=required but the lab can't run here: {why}"
-            );
-            eprintln!("SKIPPED {test}: the lab can't run here: {why}");
+            skip(test, &format!("the lab can't run here: {why}"));
             None
         }
         Err(e) => panic!("{test}: building the lab failed: {e}"),
