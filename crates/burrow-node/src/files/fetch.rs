@@ -18,8 +18,11 @@
 //! proof: on resume the claimed groups are hashed again against the outboard
 //! (bao-tree's `valid_ranges`, BLAKE3 speed) and any that don't hold (a power
 //! loss before the kernel wrote them) are fetched again. That is why the
-//! partial file needs no `fdatasync` while the transfer runs; the finished
-//! file is synced once, before it gets its name.
+//! partial file needs no `fdatasync` for safety while the transfer runs; the
+//! finished file is synced once, before it gets its name. So that this last
+//! sync has little left to wait for, the partial file is also synced in the
+//! background every 64 MiB ([`Plan::write_back`], on a blocking thread): the
+//! disk works while the network does.
 //!
 //! The partial file's blocks are reserved when the download starts
 //! (`fallocate`): a disk too small for the file says so before anything is
@@ -51,6 +54,8 @@ pub(crate) const PIECE_GROUPS: u64 = 128;
 /// Pieces each provider works on at once: keeps the path busy across the gap
 /// between one piece's end and the next one's first byte.
 pub(crate) const STREAMS_PER_PROVIDER: usize = 4;
+/// Verified bytes between background syncs of a download.
+const WRITE_BACK_EVERY: u64 = 64 << 20;
 /// Chunk groups written before they are marked verified (256 KiB).
 const MARK_BATCH: usize = 16;
 
@@ -155,6 +160,9 @@ pub(crate) struct Plan {
     pub verified: AtomicU64,
     /// Bytes verified before this run started.
     pub resumed: u64,
+    /// Verified bytes when the last background sync started, and whether one runs.
+    written_back: AtomicU64,
+    writing_back: AtomicBool,
 
     /// Set by a worker that could not write: every worker stops.
     pub fatal: Mutex<Option<String>>,
@@ -233,6 +241,8 @@ impl Plan {
             }),
             verified: AtomicU64::new(verified),
             resumed: verified,
+            written_back: AtomicU64::new(verified),
+            writing_back: AtomicBool::new(false),
             fatal: Mutex::new(None),
             stop: AtomicBool::new(false),
             changed: Notify::new(),
@@ -335,6 +345,27 @@ impl Plan {
         }
         st.dirty = false;
         Some(st.bitmap.as_bytes().to_vec())
+    }
+
+    /// Whether enough was verified since the last background sync to start
+    /// another ([`WRITE_BACK_EVERY`]), none running. The caller then runs
+    /// [`Self::write_back`] off the runtime.
+    pub fn write_back_due(&self) -> bool {
+        let verified = self.verified.load(Ordering::Relaxed);
+        verified >= self.written_back.load(Ordering::Relaxed) + WRITE_BACK_EVERY
+            && !self.writing_back.swap(true, Ordering::AcqRel)
+    }
+
+    /// Writes what the partial file holds to disk now, so that the sync at
+    /// the end has little left to wait for (the disk works while the network
+    /// does). Writers go on meanwhile: nothing is rewritten, so no page waits.
+    pub fn write_back(&self) {
+        let verified = self.verified.load(Ordering::Relaxed);
+        if let Err(e) = self.data.sync_data() {
+            tracing::debug!(error = %e, "background sync of a download failed");
+        }
+        self.written_back.store(verified, Ordering::Relaxed);
+        self.writing_back.store(false, Ordering::Release);
     }
 
     /// Syncs the finished file and its outboard to disk.

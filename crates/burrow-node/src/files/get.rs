@@ -393,7 +393,13 @@ async fn provide(
                     fetch_piece(&plan, &conn, spans, &sent).await
                 };
                 match result {
-                    Ok(()) => plan.put_back(piece),
+                    Ok(()) => {
+                        plan.put_back(piece);
+                        if plan.write_back_due() {
+                            let plan = plan.clone();
+                            tokio::task::spawn_blocking(move || plan.write_back());
+                        }
+                    }
                     Err(PieceError::Disk(e)) => {
                         plan.fail(format!("cannot write the download: {e}"));
                         plan.put_back(piece);
