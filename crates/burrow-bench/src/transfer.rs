@@ -29,10 +29,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use burrow_lab::{Host, Lab, NatKind};
-
-use crate::median;
 use burrow_proto::SecretKey;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+
+use crate::median;
 
 /// Where each end of a measurement runs: a lab host, or loopback.
 #[derive(Clone)]

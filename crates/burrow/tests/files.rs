@@ -423,7 +423,7 @@ impl Tmpfs {
         }
         let why = String::from_utf8_lossy(&out.stderr);
         burrow_lab::skip(
-            "a_disk_too_small_is_reported",
+            "a_disk_too_small_is_reported_before_the_download_and_more_space_lets_it_finish",
             &format!("mounting a small file system failed (root needed): {why}"),
         );
         None

@@ -163,7 +163,6 @@ pub(crate) struct Plan {
     /// Verified bytes when the last background sync started, and whether one runs.
     written_back: AtomicU64,
     writing_back: AtomicBool,
-
     /// Set by a worker that could not write: every worker stops.
     pub fatal: Mutex<Option<String>>,
     pub stop: AtomicBool,

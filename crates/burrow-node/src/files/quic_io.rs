@@ -136,7 +136,6 @@ pub(crate) struct StreamWriter {
     pub stream: quinn::SendStream,
     /// Chunks not yet handed to quinn, in order.
     pending: Vec<Bytes>,
-    pending_len: usize,
     /// Small writes (hash pairs) gathered into one chunk.
     small: BytesMut,
 }
@@ -146,7 +145,6 @@ impl StreamWriter {
         StreamWriter {
             stream,
             pending: Vec::new(),
-            pending_len: 0,
             small: BytesMut::new(),
         }
     }
@@ -154,14 +152,16 @@ impl StreamWriter {
     /// Moves the gathered small writes behind the pending chunks.
     fn seal(&mut self) {
         if !self.small.is_empty() {
-            let b = self.small.split().freeze();
-            self.push(b);
+            self.pending.push(self.small.split().freeze());
         }
     }
 
-    fn push(&mut self, b: Bytes) {
-        self.pending_len += b.len();
-        self.pending.push(b);
+    /// Hands the pending chunks to quinn once they reach [`WRITE_BATCH`].
+    async fn flush_if_full(&mut self) -> io::Result<()> {
+        if self.pending.iter().map(Bytes::len).sum::<usize>() >= WRITE_BATCH {
+            self.flush().await?;
+        }
+        Ok(())
     }
 
     /// Hands everything pending to quinn (one lock of the connection for as
@@ -175,7 +175,6 @@ impl StreamWriter {
             Err(_) => return Err(stalled("took nothing")),
         }
         self.pending.clear();
-        self.pending_len = 0;
         Ok(())
     }
 }
@@ -186,10 +185,7 @@ impl AsyncStreamWriter for StreamWriter {
         if self.small.len() >= GATHER {
             self.seal();
         }
-        if self.pending_len >= WRITE_BATCH {
-            self.flush().await?;
-        }
-        Ok(())
+        self.flush_if_full().await
     }
 
     async fn write_bytes(&mut self, data: Bytes) -> io::Result<()> {
@@ -197,11 +193,8 @@ impl AsyncStreamWriter for StreamWriter {
             return self.write(&data).await;
         }
         self.seal();
-        self.push(data);
-        if self.pending_len >= WRITE_BATCH {
-            self.flush().await?;
-        }
-        Ok(())
+        self.pending.push(data);
+        self.flush_if_full().await
     }
 
     async fn sync(&mut self) -> io::Result<()> {
