@@ -11,17 +11,15 @@
 //! This machine's speed drifts by a third from one minute to the next, so bare
 //! QUIC and burrow run in alternating rounds on the same nodes, and the medians
 //! are reported with every round's figures. Each round also times the disk
-//! side alone (the same bytes to a new file in 16 KiB writes, synced): on this
-//! VM, filling new page-cache memory costs from under a second to several
-//! seconds per GiB depending on how much of its free memory went back to the
-//! host, and that cost lands on the receiver.
+//! side alone (the same bytes to a new file, written as the downloader writes
+//! them, synced).
 //!
 //! On loopback by default; with `--lab`, across the NAT lab with a delay on every
 //! uplink (two uplinks each way: 4 × delay round trip), the sender behind a
 //! port-restricted NAT and the receiver on the public segment, so plain TCP can
 //! run over the same links.
 
-use std::io::{Read, Write};
+use std::io::{Read, Seek, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -66,19 +64,38 @@ fn generate(path: &Path, size: u64) {
         .expect("test data synced");
 }
 
-/// The disk side alone: the file's bytes written to a new file in 16 KiB
-/// writes (as the downloader writes) and synced, in this process. Returns the
-/// time and the CPU seconds it took.
+/// The disk side alone: the file's bytes written to a new file as the
+/// downloader writes them (1 MiB direct writes where the file system takes
+/// them, else 16 KiB writes through the page cache) and synced, in this
+/// process. Returns the time and the CPU seconds it took.
 fn disk_write(file: &Path, dir: &Path) -> (Duration, f64) {
+    use std::os::unix::fs::OpenOptionsExt;
     let copy = dir.join("disk-write.bin");
     let mut from = std::fs::File::open(file).unwrap();
-    let mut to = std::fs::File::create(&copy).unwrap();
-    let mut buf = vec![0u8; 16 * 1024];
+    let direct = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&copy);
+    let (mut to, block) = match direct {
+        Ok(f) => (f, 1 << 20),
+        Err(_) => (std::fs::File::create(&copy).unwrap(), 16 * 1024),
+    };
+    // Direct I/O needs the buffer aligned in memory.
+    let mut raw = vec![0u8; block + 4096];
+    let at = raw.as_ptr().align_offset(4096);
+    let buf = &mut raw[at..at + block];
     let (start, cpu0) = (Instant::now(), thread_cpu());
     loop {
-        let n = from.read(&mut buf).unwrap();
+        let n = from.read(buf).unwrap();
         if n == 0 {
             break;
+        }
+        if n < block {
+            // A short last block can't go direct.
+            to = std::fs::OpenOptions::new().write(true).open(&copy).unwrap();
+            to.seek(std::io::SeekFrom::End(0)).unwrap();
         }
         to.write_all(&buf[..n]).unwrap();
     }

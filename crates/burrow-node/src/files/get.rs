@@ -163,6 +163,7 @@ impl Node {
                 .await;
         }
         let ends = self.run(&plan, &running, providers, &updates).await;
+        tracing::debug!(hash = %hash.short(), elapsed_ms = started.elapsed().as_millis() as u64, "providers done");
         running.flush_async().await;
         let used: Vec<String> = ends
             .iter()
@@ -188,6 +189,7 @@ impl Node {
         let placed = tokio::task::spawn_blocking(move || place(&plan2, &home, &target, force))
             .await
             .map_err(|e| ApiError::File(e.to_string()))??;
+        tracing::debug!(hash = %hash.short(), elapsed_ms = started.elapsed().as_millis() as u64, "synced and in place");
         self.inner
             .with_store(move |s| s.remove_download(&hash))
             .await?;
