@@ -275,7 +275,11 @@ fn init_tracing() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Command::Up(args) = &cli.command {
+        runtime.worker_threads(args.worker_threads());
+    }
+    let runtime = runtime
         .enable_all()
         .build()
         .expect("the tokio runtime starts");
