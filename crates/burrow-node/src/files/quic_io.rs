@@ -13,11 +13,13 @@
 //! - [`FileSlice`]: a file as `AsyncSliceReader`, read ahead in blocks (256 KiB
 //!   of a shared file, 16 KiB of an outboard) that the next reads slice.
 //!
-//! File reads and writes are made inline on the runtime thread: they are page-cache
-//! copies (microseconds), and handing each to a blocking thread cost more in
-//! wake-ups than the copy itself (the transfer benchmark measured a third of
-//! the throughput that way). A cold read from a slow disk does hold one runtime
-//! thread for its duration.
+//! A provider's file reads are made inline on the runtime thread: they are
+//! page-cache copies (microseconds), and handing each to a blocking thread
+//! cost more in wake-ups than the copy itself (the transfer benchmark
+//! measured a third of the throughput that way). A cold read from a slow
+//! disk does hold one runtime thread for its duration. The downloader's
+//! writes are different: they go to a blocking thread 1 MiB at a time (see
+//! `fetch`), because a direct write waits for the disk.
 //!
 //! Every stream read or write has a deadline ([`STALL`]): a peer that stops
 //! sending, or stops granting credit, can't hold a transfer forever.
