@@ -26,7 +26,7 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io;
 use std::path::Path;
 use std::time::Duration;
 
@@ -245,11 +245,17 @@ impl AsyncSliceReader for FileSlice {
         let want = ((end - offset) as usize)
             .max(self.read_ahead)
             .min((self.size - offset) as usize);
-        // Read into spare capacity: nothing is zeroed first.
+        // Read into spare capacity (nothing is zeroed first), in one call
+        // unless the kernel returns less.
         let mut buf = Vec::with_capacity(want);
-        let mut reader = &self.file;
-        reader.seek(SeekFrom::Start(offset))?;
-        reader.take(want as u64).read_to_end(&mut buf)?;
+        while buf.len() < want {
+            let at = offset + buf.len() as u64;
+            match rustix::io::pread(&self.file, rustix::buffer::spare_capacity(&mut buf), at) {
+                Ok(0) => break,
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         if buf.len() < (end - offset) as usize {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
