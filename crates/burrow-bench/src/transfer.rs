@@ -92,12 +92,14 @@ fn disk_write(file: &Path, dir: &Path) -> (Duration, f64) {
         if n == 0 {
             break;
         }
-        if n < block {
-            // A short last block can't go direct.
+        let at = to.stream_position().unwrap();
+        if n < block || to.write_all(&buf[..n]).is_err() {
+            // A short last block can't go direct, nor anything on a file
+            // system that refuses direct writes: through the page cache.
             to = std::fs::OpenOptions::new().write(true).open(&copy).unwrap();
-            to.seek(std::io::SeekFrom::End(0)).unwrap();
+            to.seek(std::io::SeekFrom::Start(at)).unwrap();
+            to.write_all(&buf[..n]).unwrap();
         }
-        to.write_all(&buf[..n]).unwrap();
     }
     to.sync_data().unwrap();
     let took = (start.elapsed(), thread_cpu() - cpu0);

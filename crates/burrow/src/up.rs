@@ -61,10 +61,12 @@ pub struct UpArgs {
     /// which makes the account for --name.
     #[arg(long, requires = "server", value_name = "CODE")]
     invite: Option<String>,
-    /// Threads for the node's network work. Default: half this machine's
-    /// cores, at least one. quinn drives each connection on one thread, so
-    /// more threads mostly add wake-ups between them: on two cores, one
-    /// thread moved a file with 10-15 % less CPU than two.
+    /// Threads for the node's async work (connections, the API, checking
+    /// downloads; disk writes and the store have threads of their own).
+    /// Default: half this machine's cores, at least one. quinn drives each
+    /// connection on one task, so more threads mostly add wake-ups between
+    /// them: on two cores, one thread moved a file with 10-15 % less CPU
+    /// than two.
     #[arg(long, value_name = "N")]
     pub threads: Option<std::num::NonZeroUsize>,
 }

@@ -18,8 +18,9 @@
 //! the bytes go from the run's buffer to the disk without passing through
 //! the page cache. That costs the receiver a fraction of the CPU (0.15
 //! against 0.7 CPU-seconds per GiB here), and a download doesn't evict what
-//! the rest of the machine has cached. Where direct I/O is refused, the same
-//! runs go through the page cache in 16 KiB writes.
+//! the rest of the machine has cached. Where direct I/O is refused or a
+//! direct write fails, the same bytes go through the page cache in 16 KiB
+//! writes. A download holds at most [`RUNS_MAX`] runs over all its streams.
 //!
 //! Every second the bitmap is stored. A group is marked only after its run
 //! was written, so after a kill the next `get` asks only for what was not yet
@@ -42,7 +43,7 @@ use std::fs::{File, OpenOptions};
 use std::ops::Range;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -68,6 +69,10 @@ pub(crate) const STREAMS_PER_PROVIDER: usize = 4;
 const WRITE_BACK_EVERY: u64 = 64 << 20;
 /// The most verified bytes gathered before they are written (and marked).
 const RUN_BYTES: usize = 1 << 20;
+/// Runs one download holds at once over all its streams (32 MiB): each
+/// stream fills one while another is written, up to this; past it, groups
+/// are written one by one as they are verified.
+const RUNS_MAX: usize = 32;
 /// Memory and file alignment that direct I/O needs: the largest logical
 /// block size in common use.
 const DIRECT_ALIGN: usize = 4096;
@@ -174,6 +179,10 @@ pub(crate) struct Plan {
     outboard: File,
     /// Runs no worker holds now, kept for the next.
     spare: Mutex<Vec<Run>>,
+    /// Runs handed out and not given back (at most [`RUNS_MAX`]).
+    runs_out: AtomicUsize,
+    /// Bytes written with direct I/O (the rest went through the page cache).
+    pub written_direct: AtomicU64,
     pub data_path: PathBuf,
     pub outboard_path: PathBuf,
     state: Mutex<PlanState>,
@@ -259,6 +268,8 @@ impl Plan {
             direct_refused: AtomicBool::new(false),
             outboard,
             spare: Mutex::new(Vec::new()),
+            runs_out: AtomicUsize::new(0),
+            written_direct: AtomicU64::new(0),
             data_path,
             outboard_path,
             state: Mutex::new(PlanState {
@@ -354,13 +365,23 @@ impl Plan {
         if let Some(direct) = self.direct.as_ref().filter(|_| aligned && direct_len > 0) {
             if !self.direct_refused.load(Ordering::Relaxed) {
                 match direct.write_all_at(&bytes[..direct_len], at) {
-                    Ok(()) => cached = &bytes[direct_len..],
-                    // The file system opened it but won't do it: cache from now on.
-                    Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
-                        tracing::debug!("direct writes refused; writing through the page cache");
-                        self.direct_refused.store(true, Ordering::Relaxed);
+                    Ok(()) => {
+                        cached = &bytes[direct_len..];
+                        self.written_direct
+                            .fetch_add(direct_len as u64, Ordering::Relaxed);
                     }
-                    Err(e) => return Err(e),
+                    // Whatever went wrong, the page cache gets the whole run.
+                    // A file system that opened the file but won't write it
+                    // this way gets no more direct writes.
+                    Err(e) => {
+                        let refused = [rustix::io::Errno::INVAL, rustix::io::Errno::OPNOTSUPP]
+                            .map(|e| Some(e.raw_os_error()))
+                            .contains(&e.raw_os_error());
+                        tracing::debug!(error = %e, refused, "a direct write failed; writing through the page cache");
+                        if refused {
+                            self.direct_refused.store(true, Ordering::Relaxed);
+                        }
+                    }
                 }
             }
         }
@@ -372,28 +393,33 @@ impl Plan {
         Ok(())
     }
 
-    /// An empty run, with room for [`RUN_BYTES`] after its alignment padding.
-    fn take_run(&self) -> Run {
+    /// An empty run, with room for [`RUN_BYTES`] after its alignment
+    /// padding, unless the download holds [`RUNS_MAX`] already.
+    fn take_run(&self) -> Option<Run> {
+        if self.runs_out.fetch_add(1, Ordering::AcqRel) >= RUNS_MAX {
+            self.runs_out.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
         let spare = self
             .spare
             .lock()
             .expect("spare lock is never poisoned")
             .pop();
-        spare.unwrap_or_else(|| Run {
+        Some(spare.unwrap_or_else(|| Run {
             bytes: Vec::with_capacity(RUN_BYTES + DIRECT_ALIGN),
-            ..Run::empty()
-        })
+            start: 0,
+            at: 0,
+            groups: Vec::new(),
+        }))
     }
 
-    /// Keeps a run's buffer for the next (a piece's runs end with it).
-    fn give_back(&self, mut run: Run) {
-        if run.bytes.capacity() > 0 {
-            run.groups.clear();
-            self.spare
-                .lock()
-                .expect("spare lock is never poisoned")
-                .push(run);
-        }
+    /// Takes back a run from [`Self::take_run`], to hand out again.
+    fn give_back(&self, run: Run) {
+        self.spare
+            .lock()
+            .expect("spare lock is never poisoned")
+            .push(run);
+        self.runs_out.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Marks chunk groups written at these (offset, length)s as verified.
@@ -428,9 +454,14 @@ impl Plan {
     }
 
     /// Whether enough was verified since the last background sync to start
-    /// another ([`WRITE_BACK_EVERY`]), none running. The caller then runs
+    /// another ([`WRITE_BACK_EVERY`]), none running, while writes go through
+    /// the page cache (direct writes leave it nothing to do). The caller then runs
     /// [`Self::write_back`] off the runtime.
     pub fn write_back_due(&self) -> bool {
+        let direct = self.direct.is_some() && !self.direct_refused.load(Ordering::Relaxed);
+        if direct {
+            return false;
+        }
         let verified = self.verified.load(Ordering::Relaxed);
         verified >= self.written_back.load(Ordering::Relaxed) + WRITE_BACK_EVERY
             && !self.writing_back.swap(true, Ordering::AcqRel)
@@ -494,16 +525,20 @@ fn preallocate(file: &File, size: u64, dir: &Path) -> std::io::Result<()> {
 /// full run is written on a blocking thread while the next one fills (a
 /// direct write waits for the disk; the runtime must not). Once a run is
 /// written, the hash pairs that prove it are, then its groups are marked
-/// verified.
+/// verified. A stream holds two runs at most, and only while the download's
+/// budget ([`RUNS_MAX`]) allows; without one, each group is written through
+/// the page cache as it comes.
 struct Pending {
     plan: Arc<Plan>,
     /// Hash pairs, consecutive in the outboard from `parents_at`.
     parents: Vec<u8>,
     parents_at: u64,
     /// The run being gathered.
-    run: Run,
+    run: Option<Run>,
     /// The run before it, being written; the task hands it back.
     writing: Option<JoinHandle<(std::io::Result<()>, Run)>>,
+    /// A written run, to gather the next one in.
+    spare: Option<Run>,
 }
 
 /// Groups consecutive in the file from `at`, in `bytes[start..]` (the
@@ -517,22 +552,17 @@ struct Run {
 }
 
 impl Run {
-    /// A run without a buffer, for what is being dropped.
-    fn empty() -> Run {
-        Run {
-            bytes: Vec::new(),
-            start: 0,
-            at: 0,
-            groups: Vec::new(),
-        }
-    }
-
     fn len(&self) -> usize {
         self.bytes.len() - self.start
     }
 
     fn data(&self) -> &[u8] {
         &self.bytes[self.start..]
+    }
+
+    /// Whether a group at `offset` continues the run (which has room).
+    fn takes(&self, offset: u64) -> bool {
+        self.groups.is_empty() || (self.at + self.len() as u64 == offset && self.len() < RUN_BYTES)
     }
 
     /// Empties the run; the next group starts it at `at`.
@@ -551,8 +581,9 @@ impl Pending {
             plan: plan.clone(),
             parents: Vec::new(),
             parents_at: 0,
-            run: plan.take_run(),
+            run: None,
             writing: None,
+            spare: None,
         }
     }
 
@@ -568,20 +599,33 @@ impl Pending {
         Ok(())
     }
 
-    /// Adds a verified group to the run; returns the bytes newly marked, if
-    /// an earlier run was written meanwhile.
+    /// Adds a verified group to the run; returns the bytes newly marked.
     async fn leaf(&mut self, offset: u64, data: &[u8]) -> std::io::Result<u64> {
         let mut added = 0;
-        let run = &self.run;
-        let follows = run.at + run.len() as u64 == offset;
-        if !run.groups.is_empty() && (!follows || run.len() >= RUN_BYTES) {
-            added = self.write_run().await?;
+        if self.run.as_ref().is_some_and(|r| !r.takes(offset)) {
+            added += self.write_run().await?;
         }
-        if self.run.groups.is_empty() {
-            self.run.restart(offset);
+        if self.run.is_none() {
+            self.run = match self.spare.take().or_else(|| self.plan.take_run()) {
+                Some(run) => Some(run),
+                // Over budget: wait for our own run being written, if any.
+                None => {
+                    added += self.written().await?;
+                    self.spare.take()
+                }
+            };
+            if let Some(run) = self.run.as_mut() {
+                run.restart(offset);
+            }
         }
-        self.run.bytes.extend_from_slice(data);
-        self.run.groups.push((offset, data.len()));
+        let Some(run) = self.run.as_mut() else {
+            // No run to gather into: this group alone, through the page cache.
+            self.plan.write_run(offset, data)?;
+            self.write_parents()?;
+            return Ok(added + self.plan.mark(&[(offset, data.len())]));
+        };
+        run.bytes.extend_from_slice(data);
+        run.groups.push((offset, data.len()));
         Ok(added)
     }
 
@@ -593,18 +637,17 @@ impl Pending {
         Ok(())
     }
 
-    /// Starts writing the run (after the one before it is written, which is
-    /// then marked); a fresh run takes its place. Returns the bytes newly
-    /// verified.
+    /// Starts writing the run, after the one before it is written (and
+    /// marked). Returns the bytes newly verified.
     async fn write_run(&mut self) -> std::io::Result<u64> {
         let added = self.written().await?;
-        let next = self.plan.take_run();
-        let run = std::mem::replace(&mut self.run, next);
-        let plan = self.plan.clone();
-        self.writing = Some(tokio::task::spawn_blocking(move || {
-            let result = plan.write_run(run.at, run.data());
-            (result, run)
-        }));
+        if let Some(run) = self.run.take() {
+            let plan = self.plan.clone();
+            self.writing = Some(tokio::task::spawn_blocking(move || {
+                let result = plan.write_run(run.at, run.data());
+                (result, run)
+            }));
+        }
         Ok(added)
     }
 
@@ -614,11 +657,15 @@ impl Pending {
         let Some(task) = self.writing.take() else {
             return Ok(0);
         };
-        let (result, run) = task.await.map_err(std::io::Error::other)?;
+        let (result, run) = task.await.map_err(|e| {
+            std::io::Error::other(format!("the write of a verified run was lost: {e}"))
+        })?;
         let marked = result
             .and_then(|()| self.write_parents())
             .map(|()| self.plan.mark(&run.groups));
-        self.plan.give_back(run);
+        if let Some(extra) = self.spare.replace(run) {
+            self.plan.give_back(extra);
+        }
         marked
     }
 
@@ -626,7 +673,7 @@ impl Pending {
     /// verified.
     async fn flush(&mut self) -> std::io::Result<u64> {
         let mut added = 0;
-        if !self.run.groups.is_empty() {
+        if self.run.as_ref().is_some_and(|r| !r.groups.is_empty()) {
             added += self.write_run().await?;
         }
         added += self.written().await?;
@@ -636,9 +683,22 @@ impl Pending {
 }
 
 impl Drop for Pending {
+    /// Gives the runs back to the download. A run still being written (a
+    /// piece that failed on a write, or a cancelled `get`) finishes on its
+    /// own thread and is never marked: its bytes are verified and land where
+    /// they belong, and a resume checks them again.
     fn drop(&mut self) {
-        let run = std::mem::replace(&mut self.run, Run::empty());
-        self.plan.give_back(run);
+        for run in [self.run.take(), self.spare.take()].into_iter().flatten() {
+            self.plan.give_back(run);
+        }
+        if let (Some(task), Ok(rt)) = (self.writing.take(), tokio::runtime::Handle::try_current()) {
+            let plan = self.plan.clone();
+            rt.spawn(async move {
+                if let Ok((_, run)) = task.await {
+                    plan.give_back(run);
+                }
+            });
+        }
     }
 }
 
@@ -844,12 +904,13 @@ mod tests {
     fn runs_land_byte_for_byte_direct_or_through_the_page_cache() {
         let dir = tempfile::tempdir().unwrap();
         let group = CHUNK_GROUP as usize;
-        // The last group is short: its bytes can't be written direct.
+        // The last group is short: its bytes past the last 4 KiB boundary
+        // can't be written direct.
         let size = 5 * CHUNK_GROUP + 100;
         let content: Vec<u8> = (0..size).map(|i| (i * 13 % 251) as u8).collect();
         let plan = Plan::open(dir.path(), BlobHash([2; 32]), size, None).unwrap();
         // Aligned in memory: direct where the file system takes it.
-        let mut run = plan.take_run();
+        let mut run = plan.take_run().unwrap();
         run.restart(0);
         run.bytes.extend_from_slice(&content[..3 * group]);
         assert_eq!(run.data().as_ptr().align_offset(DIRECT_ALIGN), 0);
@@ -861,6 +922,75 @@ mod tests {
         buffer[off..off + rest.len()].copy_from_slice(rest);
         plan.write_run(3 * CHUNK_GROUP, &buffer[off..off + rest.len()])
             .unwrap();
+        plan.sync().unwrap();
+        assert_eq!(std::fs::read(&plan.data_path).unwrap(), content);
+        let direct = plan.written_direct.load(Ordering::Relaxed);
+        if plan.direct.is_some() && !plan.direct_refused.load(Ordering::Relaxed) {
+            assert_eq!(direct, 3 * CHUNK_GROUP, "only the aligned run went direct");
+        } else {
+            assert_eq!(direct, 0);
+            eprintln!(
+                "{}: this file system refuses direct I/O; only the page-cache path ran",
+                dir.path().display()
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn groups_are_marked_once_their_run_is_written_and_a_full_budget_writes_them_one_by_one()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let per_run = RUN_BYTES as u64 / CHUNK_GROUP;
+        let size = 4 * RUN_BYTES as u64;
+        let content: Vec<u8> = (0..size).map(|i| (i * 7 % 253) as u8).collect();
+        let plan = Arc::new(Plan::open(dir.path(), BlobHash([3; 32]), size, None).unwrap());
+        let group = |g: u64| &content[(g * CHUNK_GROUP) as usize..((g + 1) * CHUNK_GROUP) as usize];
+        let mut pending = Pending::new(&plan);
+        // A run's worth of groups is gathered, not yet written or marked.
+        let mut marked = 0;
+        for g in 0..per_run {
+            marked += pending.leaf(g * CHUNK_GROUP, group(g)).await.unwrap();
+        }
+        assert_eq!(marked, 0);
+        assert!(
+            plan.progress().is_none(),
+            "nothing is marked before it is written"
+        );
+        // The next group sends the full run off; it is marked once written,
+        // and the stream gathers its third run in its first one's buffer.
+        for g in per_run..3 * per_run {
+            marked += pending.leaf(g * CHUNK_GROUP, group(g)).await.unwrap();
+        }
+        marked += pending.written().await.unwrap();
+        assert_eq!(marked, 2 * RUN_BYTES as u64);
+        assert_eq!(
+            plan.runs_out.load(Ordering::Relaxed),
+            2,
+            "a stream holds two runs"
+        );
+        // With the download's budget spent, groups are written one by one.
+        let taken: Vec<Run> = std::iter::from_fn(|| plan.take_run()).collect();
+        assert_eq!(plan.runs_out.load(Ordering::Relaxed), RUNS_MAX);
+        let mut alone = Pending::new(&plan);
+        for g in 3 * per_run..4 * per_run {
+            marked += alone.leaf(g * CHUNK_GROUP, group(g)).await.unwrap();
+        }
+        assert_eq!(
+            marked,
+            3 * RUN_BYTES as u64,
+            "each group marked once written"
+        );
+        // The third run is marked at the flush.
+        marked += pending.flush().await.unwrap() + alone.flush().await.unwrap();
+        assert_eq!(marked, size);
+        assert!(plan.complete());
+        drop((pending, alone));
+        taken.into_iter().for_each(|r| plan.give_back(r));
+        assert_eq!(
+            plan.runs_out.load(Ordering::Relaxed),
+            0,
+            "every run given back"
+        );
         plan.sync().unwrap();
         assert_eq!(std::fs::read(&plan.data_path).unwrap(), content);
     }

@@ -18,8 +18,9 @@
 //! cost more in wake-ups than the copy itself (the transfer benchmark
 //! measured a third of the throughput that way). A cold read from a slow
 //! disk does hold one runtime thread for its duration. The downloader's
-//! writes are different: they go to a blocking thread 1 MiB at a time (see
-//! `fetch`), because a direct write waits for the disk.
+//! file writes are different: they go to a blocking thread 1 MiB at a time
+//! (see `fetch`), because a direct write waits for the disk; only its small
+//! outboard writes (hash pairs) stay inline.
 //!
 //! Every stream read or write has a deadline ([`STALL`]): a peer that stops
 //! sending, or stops granting credit, can't hold a transfer forever.
