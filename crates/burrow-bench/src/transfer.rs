@@ -87,12 +87,12 @@ fn disk_write(file: &Path, dir: &Path) -> (Duration, f64) {
     let at = raw.as_ptr().align_offset(4096);
     let buf = &mut raw[at..at + block];
     let (start, cpu0) = (Instant::now(), thread_cpu());
+    let mut at = 0;
     loop {
         let n = from.read(buf).unwrap();
         if n == 0 {
             break;
         }
-        let at = to.stream_position().unwrap();
         if n < block || to.write_all(&buf[..n]).is_err() {
             // A short last block can't go direct, nor anything on a file
             // system that refuses direct writes: through the page cache.
@@ -100,6 +100,7 @@ fn disk_write(file: &Path, dir: &Path) -> (Duration, f64) {
             to.seek(std::io::SeekFrom::Start(at)).unwrap();
             to.write_all(&buf[..n]).unwrap();
         }
+        at += n as u64;
     }
     to.sync_data().unwrap();
     let took = (start.elapsed(), thread_cpu() - cpu0);

@@ -68,7 +68,7 @@ pub struct UpArgs {
     /// them: on two cores, one thread moved a file with 10-15 % less CPU
     /// than two.
     #[arg(long, value_name = "N")]
-    pub threads: Option<std::num::NonZeroUsize>,
+    threads: Option<std::num::NonZeroUsize>,
 }
 
 impl UpArgs {

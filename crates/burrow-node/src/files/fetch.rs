@@ -362,25 +362,25 @@ impl Plan {
         let aligned = bytes.as_ptr().align_offset(DIRECT_ALIGN) == 0
             && at.is_multiple_of(DIRECT_ALIGN as u64);
         let direct_len = bytes.len() / DIRECT_ALIGN * DIRECT_ALIGN;
-        if let Some(direct) = self.direct.as_ref().filter(|_| aligned && direct_len > 0) {
-            if !self.direct_refused.load(Ordering::Relaxed) {
-                match direct.write_all_at(&bytes[..direct_len], at) {
-                    Ok(()) => {
-                        cached = &bytes[direct_len..];
-                        self.written_direct
-                            .fetch_add(direct_len as u64, Ordering::Relaxed);
-                    }
-                    // Whatever went wrong, the page cache gets the whole run.
-                    // A file system that opened the file but won't write it
-                    // this way gets no more direct writes.
-                    Err(e) => {
-                        let refused = [rustix::io::Errno::INVAL, rustix::io::Errno::OPNOTSUPP]
-                            .map(|e| Some(e.raw_os_error()))
-                            .contains(&e.raw_os_error());
-                        tracing::debug!(error = %e, refused, "a direct write failed; writing through the page cache");
-                        if refused {
-                            self.direct_refused.store(true, Ordering::Relaxed);
-                        }
+        if let Some(direct) = self.direct_file().filter(|_| aligned && direct_len > 0) {
+            match direct.write_all_at(&bytes[..direct_len], at) {
+                Ok(()) => {
+                    cached = &bytes[direct_len..];
+                    self.written_direct
+                        .fetch_add(direct_len as u64, Ordering::Relaxed);
+                }
+                // Whatever went wrong, the page cache gets the whole run. A
+                // file system that opened the file but won't write it this
+                // way gets no more direct writes.
+                Err(e) => {
+                    use rustix::io::Errno;
+                    let refused = matches!(
+                        Errno::from_io_error(&e),
+                        Some(Errno::INVAL | Errno::OPNOTSUPP)
+                    );
+                    tracing::debug!(error = %e, refused, "a direct write failed; writing through the page cache");
+                    if refused {
+                        self.direct_refused.store(true, Ordering::Relaxed);
                     }
                 }
             }
@@ -391,6 +391,14 @@ impl Plan {
             offset += piece.len() as u64;
         }
         Ok(())
+    }
+
+    /// The partial file opened for direct I/O, unless the file system
+    /// refused it.
+    fn direct_file(&self) -> Option<&File> {
+        self.direct
+            .as_ref()
+            .filter(|_| !self.direct_refused.load(Ordering::Relaxed))
     }
 
     /// An empty run, with room for [`RUN_BYTES`] after its alignment
@@ -458,8 +466,7 @@ impl Plan {
     /// the page cache (direct writes leave it nothing to do). The caller then runs
     /// [`Self::write_back`] off the runtime.
     pub fn write_back_due(&self) -> bool {
-        let direct = self.direct.is_some() && !self.direct_refused.load(Ordering::Relaxed);
-        if direct {
+        if self.direct_file().is_some() {
             return false;
         }
         let verified = self.verified.load(Ordering::Relaxed);
@@ -562,7 +569,7 @@ impl Run {
 
     /// Whether a group at `offset` continues the run (which has room).
     fn takes(&self, offset: u64) -> bool {
-        self.groups.is_empty() || (self.at + self.len() as u64 == offset && self.len() < RUN_BYTES)
+        self.at + self.len() as u64 == offset && self.len() < RUN_BYTES
     }
 
     /// Empties the run; the next group starts it at `at`.
@@ -672,11 +679,7 @@ impl Pending {
     /// Writes everything gathered and marks it. Returns the bytes newly
     /// verified.
     async fn flush(&mut self) -> std::io::Result<u64> {
-        let mut added = 0;
-        if self.run.as_ref().is_some_and(|r| !r.groups.is_empty()) {
-            added += self.write_run().await?;
-        }
-        added += self.written().await?;
+        let added = self.write_run().await? + self.written().await?;
         self.write_parents()?;
         Ok(added)
     }
