@@ -137,12 +137,12 @@ async fn client(node: Node, stream: UnixStream) -> std::io::Result<()> {
             Request::Search { query } => node.search(&query).await.map(ok).unwrap_or_else(err),
             Request::Files { peer } => node.files(&peer).await.map(ok).unwrap_or_else(err),
             Request::Get { file, dir, force } => {
-                return get(node, &file, &dir, force, &mut write).await;
+                return get(node, &file, &dir, force, &mut write, hung_up(lines)).await;
             }
             Request::Messages { limit, follow } => {
                 let limit = limit.unwrap_or(DEFAULT_MESSAGES);
                 if follow {
-                    return follow_messages(node, limit, &mut write).await;
+                    return follow_messages(node, limit, &mut write, hung_up(lines)).await;
                 }
                 node.messages(limit).await.map(ok).unwrap_or_else(err)
             }
@@ -151,20 +151,32 @@ async fn client(node: Node, stream: UnixStream) -> std::io::Result<()> {
     }
 }
 
-/// Runs a download, sending its progress lines, then its result. If the client
-/// goes away the download stops (what was verified is kept for the next `get`).
+/// Resolves when the client of a streaming request hangs up: a `get` or a
+/// follow has the connection to itself, so whatever else the client sends is
+/// read and dropped (within the connection's read limit) until it closes.
+async fn hung_up(mut read: impl tokio::io::AsyncRead + Unpin) {
+    let mut buf = [0u8; 256];
+    while let Ok(1..) = read.read(&mut buf).await {}
+}
+
+/// Runs a download, sending its progress lines, then its result. When the
+/// client hangs up (Ctrl-C on `get`), the download stops at once, saving what
+/// was verified for the next `get` of the same file, before the connection
+/// closes: a client that waits for the close knows the next `get` can start.
 async fn get(
     node: Node,
     file: &str,
     dir: &str,
     force: bool,
     write: &mut tokio::net::unix::OwnedWriteHalf,
+    hung_up: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
     let (tx, mut rx) = tokio::sync::mpsc::channel(64);
     let download = node.get(file, dir, force, tx);
-    tokio::pin!(download);
+    tokio::pin!(download, hung_up);
     let result = loop {
         tokio::select! {
+            _ = &mut hung_up => return Ok(()),
             r = &mut download => break r,
             Some(update) = rx.recv() => write_reply(write, &ok(update)).await?,
         }
@@ -180,7 +192,9 @@ async fn follow_messages(
     node: Node,
     limit: usize,
     write: &mut tokio::net::unix::OwnedWriteHalf,
+    hung_up: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
+    tokio::pin!(hung_up);
     let mut events = node.subscribe();
     let history = match node.messages(limit).await {
         Ok(h) => h,
@@ -191,6 +205,7 @@ async fn follow_messages(
     loop {
         let event = tokio::select! {
             _ = node.inner.shutdown.cancelled() => return Ok(()),
+            _ = &mut hung_up => return Ok(()),
             e = events.recv() => e,
         };
         match event {
@@ -257,6 +272,18 @@ impl ControlClient {
         self.next_reply()
             .await?
             .ok_or_else(|| ClientError::BadReply("the node closed the connection".into()))
+    }
+
+    /// Ends a streaming request: closes our side and waits, up to `limit`,
+    /// for the node to close its own once it has let go of the request (a
+    /// stopped `get` has saved its progress by then). Whatever the node still
+    /// sends is dropped.
+    pub async fn hang_up(mut self, limit: std::time::Duration) {
+        let _ = self.write.shutdown().await;
+        let _ = tokio::time::timeout(limit, async {
+            while let Ok(Some(_)) = self.lines.next_line().await {}
+        })
+        .await;
     }
 
     /// The next reply line (for `follow` streams); `None` when the node hung up.
