@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use tokio::io::AsyncBufReadExt;
 
 use crate::client::{data, parse, print_json};
+use crate::stop::StopSignal;
 use crate::CliError;
 
 /// What the operator can ask a running server.
@@ -114,10 +115,24 @@ async fn connect(home: &Path) -> Result<ControlClient, CliError> {
 
 /// Runs one admin command.
 pub async fn run(home: &Path, json: bool, cmd: AdminCmd) -> Result<(), CliError> {
-    let request = request(cmd)?;
+    execute(home, json, request(cmd)?, None).await
+}
+
+/// Sends one admin request and prints its answer. `log --follow` runs until
+/// a stop signal: the console's `stop`, or one caught for this follow alone
+/// (other commands leave Ctrl-C its default action).
+async fn execute(
+    home: &Path,
+    json: bool,
+    request: AdminRequest,
+    stop: Option<&mut StopSignal>,
+) -> Result<(), CliError> {
     let mut client = connect(home).await?;
     if let AdminRequest::Log { follow: true, .. } = request {
-        return follow_log(&mut client, &request, json).await;
+        return match stop {
+            Some(stop) => follow_log(&mut client, &request, json, stop).await,
+            None => follow_log(&mut client, &request, json, &mut StopSignal::install()?).await,
+        };
     }
     let v = data(client.request(&request).await?)?;
     if json {
@@ -326,6 +341,7 @@ async fn follow_log(
     client: &mut ControlClient,
     request: &AdminRequest,
     json: bool,
+    stop: &mut StopSignal,
 ) -> Result<(), CliError> {
     let first = data(client.request(request).await?)?;
     let print = |v: serde_json::Value| -> Result<(), CliError> {
@@ -343,7 +359,7 @@ async fn follow_log(
     }
     loop {
         let next = tokio::select! {
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = stop.wait() => return Ok(()),
             r = client.next_reply() => r?,
         };
         match next {
@@ -389,11 +405,18 @@ pub async fn console(home: &Path) -> Result<(), CliError> {
         status.policy,
         status.online
     );
+    // Ctrl-C at the prompt leaves the console; during `log --follow` it ends
+    // just the follow.
+    let mut stop = StopSignal::install()?;
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     loop {
         print!("burrow> ");
         std::io::stdout().flush()?;
-        let Some(line) = lines.next_line().await? else {
+        let line = tokio::select! {
+            _ = stop.wait() => None,
+            line = lines.next_line() => line?,
+        };
+        let Some(line) = line else {
             println!();
             return Ok(());
         };
@@ -422,7 +445,11 @@ pub async fn console(home: &Path) -> Result<(), CliError> {
                 continue;
             }
         };
-        if let Err(e) = run(home, false, cmd).await {
+        let result = match request(cmd) {
+            Ok(request) => execute(home, false, request, Some(&mut stop)).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
             println!("error: {}", e.message);
             if let Some(hint) = e.hint {
                 println!("hint: {hint}");

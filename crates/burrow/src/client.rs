@@ -9,6 +9,7 @@ use burrow_node::api::{
 use burrow_node::control::{ClientError, ControlClient};
 use serde::de::DeserializeOwned;
 
+use crate::stop::StopSignal;
 use crate::CliError;
 
 /// The request operations.
@@ -289,9 +290,10 @@ pub async fn messages(home: &Path, json: bool, follow: bool, limit: usize) -> Re
     if !follow {
         return Ok(());
     }
+    let mut stop = StopSignal::install()?;
     loop {
         let reply = tokio::select! {
-            _ = crate::stop_signal() => return Ok(()),
+            _ = stop.wait() => return Ok(()),
             r = client.next_reply() => r?,
         };
         let Some(reply) = reply else {

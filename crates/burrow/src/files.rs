@@ -9,6 +9,7 @@ use burrow_node::api::{FileView, GetUpdate, GetView, Request, SearchView, ShareV
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 
 use crate::client::{call, connect, data, parse, print_json};
+use crate::stop::StopSignal;
 use crate::CliError;
 
 /// An absolute form of `path` (relative to where the command runs: the node
@@ -241,6 +242,7 @@ pub async fn get(
         })
         .await?;
     let started = Instant::now();
+    let mut stop = StopSignal::install()?;
     let mut progress = Progress::new(json);
     let mut reply = Some(first);
     let result = loop {
@@ -248,8 +250,10 @@ pub async fn get(
             Some(r) => r,
             None => {
                 let next = tokio::select! {
-                    _ = crate::stop_signal() => {
+                    _ = stop.wait() => {
                         progress.finish();
+                        // The node saves what was verified as it lets go.
+                        client.hang_up(Duration::from_secs(2)).await;
                         return Err(CliError::new(
                             "stopped",
                             Some("run the same command again: it continues from what was already verified".into()),

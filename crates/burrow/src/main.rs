@@ -10,6 +10,7 @@ mod demo_lab;
 mod files;
 mod forum;
 mod serve;
+mod stop;
 mod up;
 
 use std::path::PathBuf;
@@ -360,7 +361,6 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
-/// Waits for Ctrl-C or SIGTERM.
 #[cfg(target_os = "linux")]
 async fn demo_lab() -> Result<(), CliError> {
     demo_lab::run().await
@@ -372,13 +372,4 @@ async fn demo_lab() -> Result<(), CliError> {
         "demo --lab needs Linux network namespaces",
         Some("run `burrow demo` without --lab".into()),
     ))
-}
-
-async fn stop_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler succeeds");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

@@ -9,6 +9,7 @@ use burrow_proto::ServerAddr;
 use burrow_server::{AdmissionConfig, BrokerConfig, Policy, Server, ServerConfig};
 use tokio_util::sync::CancellationToken;
 
+use crate::stop::StopSignal;
 use crate::CliError;
 
 /// Options of `burrow server`.
@@ -180,8 +181,9 @@ pub async fn run(home: PathBuf, args: ServerArgs) -> Result<(), CliError> {
     }
     let shutdown = CancellationToken::new();
     let stopper = shutdown.clone();
+    let mut stop = StopSignal::install()?;
     tokio::spawn(async move {
-        crate::stop_signal().await;
+        stop.wait().await;
         stopper.cancel();
     });
     server.run(shutdown).await;

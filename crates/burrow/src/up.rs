@@ -110,10 +110,19 @@ pub async fn run(home: PathBuf, args: UpArgs) -> Result<(), CliError> {
     config.join = args.join;
     config.mesh_links = args.links.max(1);
     config.clock_skew_ms = args.clock_skew_ms;
-    let node = Node::start(config).await.map_err(|e| {
-        let hint = e.hint();
-        CliError::new(e, hint)
-    })?;
+    // Caught from here to the end: a signal during start-up ends the start,
+    // and one that comes while an event is being printed is kept for the loop.
+    let mut stop = crate::stop::StopSignal::install()?;
+    let node = tokio::select! {
+        node = Node::start(config) => node.map_err(|e| {
+            let hint = e.hint();
+            CliError::new(e, hint)
+        })?,
+        _ = stop.wait() => {
+            println!("stopped before the node was up");
+            return Ok(());
+        }
+    };
     let status = node.status();
     if server_mode {
         println!(
@@ -164,7 +173,7 @@ pub async fn run(home: PathBuf, args: UpArgs) -> Result<(), CliError> {
     let mut expelled = None;
     loop {
         tokio::select! {
-            _ = crate::stop_signal() => break,
+            _ = stop.wait() => break,
             e = events.recv() => match e {
                 Ok(NodeEvent::Expelled { error, hint }) => {
                     println!("{error}");

@@ -25,11 +25,23 @@ impl Proc {
     }
 
     /// Starts `cmd` (e.g. `burrow` inside a lab namespace).
-    pub fn spawn_command(mut cmd: Command) -> Proc {
+    pub fn spawn_command(cmd: Command) -> Proc {
+        Proc::start(cmd, Stdio::inherit())
+    }
+
+    /// Like [`Proc::spawn`], with standard error written to `stderr` (for
+    /// tests of what a command says there).
+    pub fn spawn_with_stderr(args: &[&str], stderr: std::fs::File) -> Proc {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args);
+        Proc::start(cmd, stderr.into())
+    }
+
+    fn start(mut cmd: Command, stderr: Stdio) -> Proc {
         let mut child = cmd
             .env_remove("BURROW_HOME")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("burrow starts");
         let out = child.stdout.take().expect("piped stdout");
@@ -65,6 +77,30 @@ impl Proc {
                 }
                 Err(_) => panic!(
                     "no line containing {needle:?}; saw:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Waits until `n` lines contain `needle`; returns them.
+    pub fn expect_lines(&mut self, needle: &str, n: usize) -> Vec<String> {
+        let deadline = Instant::now() + super::WAIT;
+        loop {
+            let found: Vec<String> = self
+                .seen
+                .iter()
+                .filter(|l| l.contains(needle))
+                .cloned()
+                .collect();
+            if found.len() >= n {
+                return found;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => panic!(
+                    "fewer than {n} lines containing {needle:?}; saw:\n{}",
                     self.seen.join("\n")
                 ),
             }
@@ -185,8 +221,9 @@ pub fn peer<'a>(peers: &'a Value, name: &str) -> Option<&'a Value> {
     peers.as_array()?.iter().find(|p| p["name"] == name)
 }
 
-/// Starts `burrow server` on a free loopback port with fast timeouts (and
-/// `extra` arguments); returns the process and its join URL.
+/// Starts `burrow server` on a free loopback port with fast timeouts (an idle
+/// timeout of 1.5 s unless `extra` gives one) and `extra` arguments; returns
+/// the process and its join URL.
 pub fn loopback_server(home: &Path, extra: &[&str]) -> (Proc, String) {
     let mut args = vec![
         "--home",
@@ -194,9 +231,10 @@ pub fn loopback_server(home: &Path, extra: &[&str]) -> (Proc, String) {
         "server",
         "--listen",
         "127.0.0.1:0",
-        "--idle-timeout",
-        "1500ms",
     ];
+    if !extra.contains(&"--idle-timeout") {
+        args.extend(["--idle-timeout", "1500ms"]);
+    }
     args.extend_from_slice(extra);
     let mut p = Proc::spawn(&args);
     let line = p.expect_line("join URL:");
