@@ -15,7 +15,8 @@
 //! limits, failed-login blocks, misbehaviour scores); [`register`] applies it
 //! and the accounts in the store to each Hello, with argon2 work on
 //! [`password::Hasher`]. Decisions go to the audit log through [`journal`], and
-//! the operator drives it all through the [`admin`] socket.
+//! the operator drives it all through the [`admin`] socket. [`silence`] drops
+//! nodes that stopped sending, within a second of the idle timeout.
 
 pub mod admin;
 pub mod admission;
@@ -28,6 +29,7 @@ pub mod presence;
 mod register;
 mod server;
 mod session;
+pub mod silence;
 pub mod tracker;
 
 pub use admission::{AdmissionConfig, Policy};

@@ -21,6 +21,7 @@ use crate::admission::{Admission, AdmissionConfig, AdmissionEvent, ConnVerdict, 
 use crate::broker::{BrokerConfig, Out, Registry, RelayDrop};
 use crate::journal::{Actor, Journal};
 use crate::password::Hasher;
+use crate::silence::{Heard, Silence};
 
 /// How the server runs. Parsed by the binary; defaults suit a public server.
 #[derive(Clone, Debug)]
@@ -221,6 +222,8 @@ pub(crate) struct Shared {
     /// TCP links: nodes on networks that drop UDP reach us over TCP, and
     /// quinn knows them by a virtual address.
     links: Arc<burrow_net::tcp::Links>,
+    /// Sessions to watch for silence ([`crate::silence`]), to its driver.
+    pub(crate) watch: mpsc::Sender<(NodeId, quinn::Connection)>,
 }
 
 impl Shared {
@@ -331,6 +334,8 @@ impl Shared {
 pub struct Server {
     endpoint: Endpoint,
     shared: Arc<Shared>,
+    watched: mpsc::Receiver<(NodeId, quinn::Connection)>,
+    idle_timeout: Duration,
     stun_grid: Arc<burrow_net::StunGrid>,
     admin: tokio::net::UnixListener,
     home: PathBuf,
@@ -361,6 +366,9 @@ impl Server {
             }
         };
         let store = Arc::new(Mutex::new(store));
+        // Registrations wait here while the silence driver is busy reading
+        // counts: a few milliseconds with 100 000 nodes.
+        let (watch, watched) = mpsc::channel(1024);
         let shared = Arc::new(Shared {
             hub: Mutex::new(Hub {
                 links: endpoint.links(),
@@ -374,6 +382,7 @@ impl Server {
             admission: Mutex::new(Admission::new(config.admission.clone(), bans, allowed)),
             hasher: Hasher::default(),
             links: endpoint.links(),
+            watch,
         });
         let relay = Arc::downgrade(&shared);
         endpoint.set_relay(Arc::new(move |from, channel, len| {
@@ -401,6 +410,8 @@ impl Server {
             endpoint,
             stun_grid,
             shared,
+            watched,
+            idle_timeout: config.idle_timeout,
             admin,
             home: config.home,
         })
@@ -459,6 +470,7 @@ impl Server {
     /// Serves until `shutdown` fires, then closes every connection.
     pub async fn run(self, shutdown: CancellationToken) {
         let timer = tokio::spawn(expire_requests(self.shared.clone(), shutdown.clone()));
+        let silence = tokio::spawn(close_silent(self.watched, self.idle_timeout));
         let admin = tokio::spawn(admin::serve(
             self.shared.clone(),
             self.admin,
@@ -500,6 +512,7 @@ impl Server {
             );
         }
         timer.abort();
+        silence.abort();
         admin.abort();
         admin::unlink(&self.home);
         self.shared.journal.flush().await;
@@ -533,5 +546,40 @@ async fn expire_requests(shared: Arc<Shared>, shutdown: CancellationToken) {
         if n % 20 == 0 {
             shared.admission(|a, now| a.handle_timeout(now));
         }
+    }
+}
+
+/// Drives [`Silence`]: closes the sessions of nodes that sent nothing for
+/// `limit`, so that they leave at once (see [`crate::silence`] for why QUIC's
+/// idle timer alone can keep them twice as long).
+async fn close_silent(mut watched: mpsc::Receiver<(NodeId, quinn::Connection)>, limit: Duration) {
+    let heard = |conn: &quinn::Connection| match conn.close_reason() {
+        Some(_) => Heard::Gone,
+        None => Heard::Datagrams(conn.stats().udp_rx.datagrams),
+    };
+    let mut silence = Silence::new(limit);
+    loop {
+        let wake = silence.poll_timeout();
+        tokio::select! {
+            new = watched.recv() => {
+                let Some((id, conn)) = new else { return };
+                let Heard::Datagrams(n) = heard(&conn) else { continue };
+                silence.handle_added(Instant::now(), (id, conn), n);
+            }
+            _ = sleep_until_some(wake) => {
+                for (id, conn) in silence.handle_timeout(Instant::now(), |(_, c)| heard(c)) {
+                    info!(node = %id.short(), ?limit, "nothing heard from it; closing its session");
+                    conn.close(quinn::VarInt::from_u32(7), b"silent");
+                }
+            }
+        }
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }

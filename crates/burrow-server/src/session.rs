@@ -203,6 +203,8 @@ async fn run_session(node: Registered, shared: Arc<Shared>) -> Result<(), Sessio
         hub.deliver(out);
     }
     shared.admission(|a, _| a.registered(observed.ip()));
+    // Fails only while the server shuts down.
+    let _ = shared.watch.send((id, conn.clone())).await;
     info!(node = %id.short(), %name, %observed, "online");
 
     let writer_task = tokio::spawn(async move {

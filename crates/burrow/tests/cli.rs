@@ -153,6 +153,71 @@ fn a_node_killed_without_goodbye_is_noticed() {
 }
 
 #[test]
+fn nodes_killed_together_leave_presence_within_the_idle_timeout() {
+    // QUIC restarts its idle timer when the server sends to a node, and each
+    // dead node's departure is news to the others: without the server's own
+    // watch they were listed for up to twice the timeout (57 s against 30 s).
+    const IDLE: Duration = Duration::from_secs(4);
+    const KEEPALIVE: Duration = Duration::from_millis(500);
+    let dir = tempfile::tempdir().unwrap();
+    let srv = dir.path().join("srv");
+    let (_srv, url) = loopback_server(&srv, &["--idle-timeout", "4s", "--conn-rate", "100"]);
+    let mut alice = up(&dir.path().join("alice"), &url, "alice");
+    let mut doomed: Vec<Proc> = (0..5)
+        .map(|i| {
+            let home = dir.path().join(format!("n{i}"));
+            let name = format!("doomed{i}");
+            let mut p = Proc::spawn(&[
+                "--home",
+                home.to_str().unwrap(),
+                "up",
+                "--server",
+                &url,
+                "--name",
+                &name,
+                "--bind",
+                "127.0.0.1:0",
+                "--keepalive",
+                "500ms",
+                "--idle-timeout",
+                "4s",
+            ]);
+            p.expect_line("is up");
+            p
+        })
+        .collect();
+    for i in 0..5 {
+        alice.expect_line(&format!("doomed{i} is online"));
+    }
+    assert_eq!(json(&srv, &["admin", "status"])["online"], 6);
+    // Some keepalives go back and forth first, as they would.
+    std::thread::sleep(2 * KEEPALIVE);
+    for p in &mut doomed {
+        p.child.kill().unwrap(); // SIGKILL: no goodbye
+    }
+    let killed = Instant::now();
+    for p in &mut doomed {
+        p.child.wait().unwrap();
+    }
+    let status = poll_json(&srv, &["admin", "status"], 3 * IDLE, |v| v["online"] == 1);
+    let took = killed.elapsed();
+    assert!(
+        status.is_some(),
+        "still listed {took:?} after they were killed"
+    );
+    // The last keepalive came at most KEEPALIVE before the kill, and the
+    // server reads what it heard every tenth of the timeout.
+    assert!(
+        took >= IDLE - KEEPALIVE - Duration::from_millis(200)
+            && took <= IDLE + IDLE / 10 + Duration::from_millis(600),
+        "the server dropped them {took:?} after they were killed (idle timeout {IDLE:?})"
+    );
+    for i in 0..5 {
+        alice.expect_line(&format!("doomed{i} went offline"));
+    }
+}
+
+#[test]
 fn a_node_restarted_at_once_takes_over_its_old_session() {
     let dir = tempfile::tempdir().unwrap();
     let (ah, bh) = (dir.path().join("alice"), dir.path().join("bob"));
