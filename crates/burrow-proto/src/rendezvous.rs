@@ -303,7 +303,8 @@ pub enum Refusal {
         /// Until when, Unix ms; `None` for good.
         until_ms: Option<u64>,
     },
-    /// Too many failed logins for this name or from this address: wait.
+    /// Password logins from this address are paused: too many failed there,
+    /// or the server is busy checking passwords. Wait.
     Blocked {
         /// How long until the block ends, ms.
         retry_in_ms: u64,
@@ -351,7 +352,7 @@ impl std::fmt::Display for Refusal {
             Refusal::Banned { until_ms: None } => "banned from this server",
             Refusal::Banned { until_ms: Some(_) } => "banned from this server for a while",
             Refusal::Blocked { .. } => {
-                "too many failed logins for this name or from this address; try again later"
+                "password logins from this address are paused (too many failed logins, or the server is busy checking passwords); try again later"
             }
             Refusal::Kicked => "disconnected by the server's operator",
         })

@@ -98,7 +98,12 @@ pub(crate) async fn admit(
     if invite.is_none() && password.is_none() {
         return Err(Refusal::CredentialsRequired.into());
     }
-    shared.admission(|a, now| a.check_login(now, name, ip))?;
+    // A name guessed from many places makes every attempt wait; a correct
+    // password from an address that didn't fail still gets in, later.
+    let delay = shared.admission(|a, now| a.check_login(now, name, ip))?;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     let failed = |reason: Refusal| {
         shared.admission(|a, now| a.login_failed(now, name, ip, reason.clone()));
         AdmitError::Refused(reason)

@@ -294,15 +294,20 @@ impl Shared {
                     format!("from {addr}: {reason}"),
                 );
             }
-            AdmissionEvent::NameBlocked { name, duration } => {
-                warn!(%name, ?duration, "too many failed logins; blocking password logins for the name");
+            AdmissionEvent::NameUnderAttack {
+                name,
+                failures,
+                addresses,
+                delay,
+            } => {
+                warn!(%name, failures, addresses, ?delay, "name guessed from several addresses; slowing its password logins");
                 self.journal.log(
                     Actor::Ids,
-                    "block",
+                    "slow-logins",
                     &name,
                     format!(
-                        "password and invite logins refused for {}",
-                        humantime::format_duration(duration)
+                        "{failures} failed logins from {addresses} addresses: each password attempt now waits {} (growing with more)",
+                        humantime::format_duration(delay)
                     ),
                 );
             }

@@ -46,14 +46,15 @@ pub struct ServerArgs {
     /// password), `allowlist` (only node ids `admin allow`ed).
     #[arg(long, default_value = "open")]
     policy: Policy,
-    /// Failed logins (per name, and per address) before the name's password
-    /// logins are blocked and the address is banned.
+    /// Failed logins from one address before it is banned. As many on one
+    /// name from several addresses make password logins for that name wait
+    /// (0.5 s more per failure, at most 5 s); the name is never blocked.
     #[arg(long, default_value_t = 5, value_name = "N")]
     max_failures: u32,
     /// ... counted within this window.
     #[arg(long, default_value = "10min", value_parser = humantime::parse_duration)]
     failure_window: Duration,
-    /// The first such block or ban; each repeat doubles it (up to a day).
+    /// The first such ban; each repeat doubles it (up to a day).
     #[arg(long, default_value = "1min", value_parser = humantime::parse_duration)]
     block: Duration,
     /// New connections per second from one address (IPv6: one /64), after a

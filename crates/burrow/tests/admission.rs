@@ -163,7 +163,8 @@ fn accounts_need_a_password_or_an_invite_and_guessing_gets_the_guesser_banned() 
     );
     assert!(log_has(&srv, "login-failed", "alice"));
     assert!(log_has(&srv, "ban", "ip:127.0.0.2"));
-    assert!(log_has(&srv, "block", "alice"));
+    // One address guessing is throttled as that address: the name isn't.
+    assert!(!log_has(&srv, "slow-logins", "alice"));
 
     // Meanwhile the honest alice, on her own address and key, comes and goes
     // as usual: the block is on password guesses, not on her key.
@@ -171,6 +172,37 @@ fn accounts_need_a_password_or_an_invite_and_guessing_gets_the_guesser_banned() 
     let started = Instant::now();
     let _alice = up_with(&ah, &url, "alice", &[], "");
     assert!(started.elapsed() < Duration::from_secs(5));
+
+    // alice on a new machine (a new key, so she needs her password; the
+    // name moves to that key) on another address, seconds after the
+    // guessing: in at once.
+    let started = Instant::now();
+    let mut args = up_args(&url, "alice", &["--password-stdin"]);
+    args[6] = "127.0.0.3:0";
+    let new_machine = dir.path().join("alice-laptop");
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--home")
+        .arg(&new_machine)
+        .args(&args)
+        .stdin(Stdio::piped());
+    let mut laptop = Proc::spawn_command(cmd);
+    laptop
+        .child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"correct horse\n")
+        .unwrap();
+    laptop.expect_line("is up");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the owner's password login took {:?}",
+        started.elapsed()
+    );
+    laptop.terminate();
+    // The guesser stays banned: its connections are refused outright.
+    let (ok, _, err) = guess(6);
+    assert!(!ok && err.contains("refused to accept"), "{err}");
     // The password is nowhere in the server's store, in clear.
     let db = std::fs::read(srv.join("server.db")).unwrap();
     let wal = std::fs::read(srv.join("server.db-wal")).unwrap_or_default();

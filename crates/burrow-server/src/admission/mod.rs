@@ -8,9 +8,15 @@
 //!
 //! - connection attempts and STUN requests per address, connect requests per key:
 //!   token buckets; past them the server stays silent (no answer costs it less);
-//! - failed logins per name and per address: [`AdmissionConfig::max_failures`]
-//!   within [`AdmissionConfig::failure_window`] block the name for password
-//!   attempts and ban the address, for a period that doubles on each repeat;
+//! - failed logins per address: [`AdmissionConfig::max_failures`] within
+//!   [`AdmissionConfig::failure_window`] ban the address, for a period that
+//!   doubles on each repeat. The guesser is throttled, not the owner: a name's
+//!   own failures never refuse a login. Only when they come from several
+//!   addresses (a name under attack from many places) does every password
+//!   attempt for it wait a delay that grows with them
+//!   ([`AdmissionConfig::attack_delay_step`], up to
+//!   [`AdmissionConfig::attack_delay_max`]): slower for everyone, a lockout for
+//!   no one;
 //! - misbehaviour per address (bad frames, forged requests): points that decay;
 //!   past [`AdmissionConfig::misbehaviour_limit`] the address is banned.
 //!
@@ -29,7 +35,7 @@ use burrow_store::{Ban, BanTarget};
 
 mod tables;
 
-use tables::{Bounded, Failures, Limiters, Score};
+use tables::{Bounded, Failures, Limiters, NameFailures, Score};
 
 /// Who may register.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,7 +82,8 @@ impl std::fmt::Display for Policy {
 pub struct AdmissionConfig {
     /// Who may register. Default [`Policy::Open`].
     pub policy: Policy,
-    /// Failed logins (per name, and per address) that block. Default 5.
+    /// Failed logins from one address group that ban it; as many on one name
+    /// from several addresses slow password logins for that name. Default 5.
     pub max_failures: u32,
     /// ... within this long. Default 10 min.
     pub failure_window: Duration,
@@ -84,6 +91,15 @@ pub struct AdmissionConfig {
     pub block_base: Duration,
     /// The longest block. Default 24 h.
     pub block_max: Duration,
+    /// A name under attack (`max_failures` or more failures from two or more
+    /// address groups within the window): each password attempt for it waits
+    /// this long for every failure past the first `max_failures - 1`.
+    /// Default 500 ms: a person barely notices, a guesser gets two tries a
+    /// second per connection at most.
+    pub attack_delay_step: Duration,
+    /// ... and never longer than this. Default 5 s, well inside the node's
+    /// 10 s wait for its Welcome.
+    pub attack_delay_max: Duration,
     /// New connections per second per address group. Default 5.
     pub conn_rate: f64,
     /// ... and at once. Default 20 (a household behind one NAT starting up).
@@ -115,6 +131,8 @@ impl Default for AdmissionConfig {
             failure_window: Duration::from_secs(600),
             block_base: Duration::from_secs(60),
             block_max: Duration::from_secs(24 * 3600),
+            attack_delay_step: Duration::from_millis(500),
+            attack_delay_max: Duration::from_secs(5),
             conn_rate: 5.0,
             conn_burst: 20.0,
             stun_rate: 20.0,
@@ -192,12 +210,17 @@ pub enum AdmissionEvent {
         /// Why.
         reason: Refusal,
     },
-    /// Too many failed logins for a name: password attempts for it are refused.
-    NameBlocked {
+    /// A name is being guessed from several addresses: password attempts for
+    /// it now wait before they are checked (and the wait grows).
+    NameUnderAttack {
         /// The name.
         name: Name,
-        /// For how long.
-        duration: Duration,
+        /// Failures within the window.
+        failures: usize,
+        /// From how many address groups.
+        addresses: usize,
+        /// The wait each attempt has now.
+        delay: Duration,
     },
     /// An address misbehaved (points added).
     Misbehaved {
@@ -221,7 +244,7 @@ pub struct Admission {
     conn_limits: Limiters<IpAddr>,
     stun_limits: Limiters<IpAddr>,
     request_limits: Limiters<NodeId>,
-    name_failures: Bounded<Name, Failures>,
+    name_failures: Bounded<Name, NameFailures>,
     addr_failures: Bounded<IpAddr, Failures>,
     scores: Bounded<IpAddr, Score>,
     events: VecDeque<AdmissionEvent>,
@@ -307,28 +330,43 @@ impl Admission {
         Ok(())
     }
 
-    /// Whether password and invite attempts for `name` are blocked now; if so,
-    /// the refusal to send.
-    pub fn check_login(&mut self, now: Now, name: &Name, ip: IpAddr) -> Result<(), Refusal> {
-        for until in [
-            self.name_failures.get(name).and_then(|f| f.until),
-            self.addr_failures.get(&ip_group(ip)).and_then(|f| f.until),
-        ]
-        .into_iter()
-        .flatten()
-        {
+    /// Whether a password or invite attempt for `name` from `ip` may be
+    /// checked: `Err` with the refusal to send while the address is blocked
+    /// for its own failures, else how long the attempt waits first (zero
+    /// unless the name is under attack from several addresses).
+    pub fn check_login(&mut self, now: Now, name: &Name, ip: IpAddr) -> Result<Duration, Refusal> {
+        if let Some(until) = self.addr_failures.get(&ip_group(ip)).and_then(|f| f.until) {
             if until > now.at {
                 return Err(Refusal::Blocked {
                     retry_in_ms: (until - now.at).as_millis() as u64,
                 });
             }
         }
-        Ok(())
+        Ok(self.attack_delay(now, name))
+    }
+
+    /// The wait for a password attempt on `name`: zero while its recent
+    /// failures are fewer than `max_failures` or all from one address group
+    /// (that one is banned instead), then a step more per failure, capped.
+    fn attack_delay(&self, now: Now, name: &Name) -> Duration {
+        let Some(f) = self.name_failures.get(name) else {
+            return Duration::ZERO;
+        };
+        let (failures, groups) = f.pressure(now.at, self.config.failure_window);
+        let max = self.config.max_failures as usize;
+        if groups < 2 || failures < max {
+            return Duration::ZERO;
+        }
+        let steps = (failures - max + 1) as u32;
+        self.config
+            .attack_delay_step
+            .saturating_mul(steps)
+            .min(self.config.attack_delay_max)
     }
 
     /// A password or invite for `name` from `ip` was wrong. Past the limit the
-    /// name is blocked for logins and the address banned, each for a period
-    /// that doubles on every repeat.
+    /// address is banned, for a period that doubles on every repeat; failures
+    /// on the name from several addresses slow its password logins down.
     pub fn login_failed(&mut self, now: Now, name: &Name, ip: IpAddr, reason: Refusal) {
         self.events.push_back(AdmissionEvent::LoginFailed {
             name: name.clone(),
@@ -337,17 +375,26 @@ impl Admission {
         });
         let (max, window) = (self.config.max_failures, self.config.failure_window);
         let (base, cap) = (self.config.block_base, self.config.block_max);
-        if let Some(d) = self
+        let group = ip_group(ip);
+        let before = self.attack_delay(now, name);
+        let pressure = self
             .name_failures
-            .entry(name.clone(), Failures::default)
-            .and_then(|f| f.add(now.at, max, window, base, cap))
+            .entry(name.clone(), NameFailures::default)
+            .map(|f| {
+                f.add(now.at, group, window);
+                f.pressure(now.at, window)
+            });
+        let delay = self.attack_delay(now, name);
+        if let Some((failures, addresses)) =
+            pressure.filter(|_| before.is_zero() && !delay.is_zero())
         {
-            self.events.push_back(AdmissionEvent::NameBlocked {
+            self.events.push_back(AdmissionEvent::NameUnderAttack {
                 name: name.clone(),
-                duration: d,
+                failures,
+                addresses,
+                delay,
             });
         }
-        let group = ip_group(ip);
         if let Some(d) = self
             .addr_failures
             .entry(group, Failures::default)
@@ -529,10 +576,11 @@ mod tests {
     }
 
     #[test]
-    fn failed_logins_ban_the_address_and_block_the_name_for_longer_each_time() {
+    fn failed_logins_ban_the_guesser_for_longer_each_time_and_never_the_owner() {
         let mut a = Admission::new(AdmissionConfig::default(), vec![], vec![]);
         let alice: Name = "alice".parse().unwrap();
         let attacker = ip("127.0.0.9");
+        let owner = ip("127.0.0.1");
         let mut now = t0();
         for _ in 0..4 {
             a.login_failed(now, &alice, attacker, Refusal::WrongPassword);
@@ -540,41 +588,98 @@ mod tests {
         assert_eq!(a.check_connection(now, attacker), ConnVerdict::Accept);
         a.login_failed(now, &alice, attacker, Refusal::WrongPassword);
         let ev = events(&mut a);
-        assert!(ev.contains(&AdmissionEvent::NameBlocked {
-            name: alice.clone(),
-            duration: Duration::from_secs(60)
-        }));
         let banned = ev.iter().find_map(|e| match e {
             AdmissionEvent::Banned(b) => Some(b.clone()),
             _ => None,
         });
         assert_eq!(banned.unwrap().until_ms, Some(now.unix_ms + 60_000));
-        assert_eq!(a.check_connection(now, attacker), ConnVerdict::Refuse);
-        // An honest user elsewhere still connects; password logins for the
-        // name wait out the block, key logins don't ask.
-        assert_eq!(
-            a.check_connection(now, ip("127.0.0.1")),
-            ConnVerdict::Accept
+        assert!(
+            !ev.iter()
+                .any(|e| matches!(e, AdmissionEvent::NameUnderAttack { .. })),
+            "one address guessing is that address's problem: {ev:?}"
         );
+        assert_eq!(a.check_connection(now, attacker), ConnVerdict::Refuse);
         assert!(matches!(
-            a.check_login(now, &alice, ip("127.0.0.1")),
+            a.check_login(now, &alice, attacker),
             Err(Refusal::Blocked {
                 retry_in_ms: 60_000
             })
         ));
-        assert!(a.check_hello(now, &id(1), &alice, ip("127.0.0.1")).is_ok());
+        // The owner, from another address, logs in with her password at once,
+        // and with her key without being asked.
+        assert_eq!(a.check_connection(now, owner), ConnVerdict::Accept);
+        assert_eq!(a.check_login(now, &alice, owner), Ok(Duration::ZERO));
+        assert!(a.check_hello(now, &id(1), &alice, owner).is_ok());
 
-        // After the minute, five more failures block for two.
+        // After the minute, five more failures ban it for two.
         now = now.after(Duration::from_secs(61));
         assert_eq!(a.check_connection(now, attacker), ConnVerdict::Accept);
-        assert!(a.check_login(now, &alice, ip("127.0.0.1")).is_ok());
         for _ in 0..5 {
             a.login_failed(now, &alice, attacker, Refusal::WrongPassword);
         }
-        assert!(events(&mut a).contains(&AdmissionEvent::NameBlocked {
-            name: alice.clone(),
-            duration: Duration::from_secs(120)
-        }));
+        let ev = events(&mut a);
+        assert!(ev.iter().any(|e| matches!(e,
+            AdmissionEvent::Banned(b) if b.until_ms == Some(now.unix_ms + 120_000))));
+        assert_eq!(a.check_login(now, &alice, owner), Ok(Duration::ZERO));
+    }
+
+    #[test]
+    fn a_name_guessed_from_many_addresses_slows_down_for_everyone_and_refuses_no_one() {
+        let mut a = Admission::new(AdmissionConfig::default(), vec![], vec![]);
+        let alice: Name = "alice".parse().unwrap();
+        let owner = ip("198.51.100.1");
+        let now = t0();
+        // Four guesses from each of three addresses: none is banned.
+        let bots = [ip("203.0.113.1"), ip("203.0.113.2"), ip("203.0.113.3")];
+        let mut delays = Vec::new();
+        for round in 0..4 {
+            for bot in bots {
+                a.login_failed(now, &alice, bot, Refusal::WrongPassword);
+                delays.push(a.check_login(now, &alice, owner).unwrap());
+            }
+            assert!(
+                bots.iter()
+                    .all(|b| a.check_connection(now, *b) == ConnVerdict::Accept),
+                "round {round}"
+            );
+        }
+        // No wait until the fifth failure, then half a second more per failure.
+        assert!(delays[..4].iter().all(|d| d.is_zero()), "{delays:?}");
+        assert_eq!(delays[4], Duration::from_millis(500));
+        assert_eq!(delays[11], Duration::from_millis(4000));
+        assert!(delays.windows(2).all(|w| w[0] <= w[1]), "{delays:?}");
+        let ev = events(&mut a);
+        let attacks: Vec<_> = ev
+            .iter()
+            .filter_map(|e| match e {
+                AdmissionEvent::NameUnderAttack {
+                    failures,
+                    addresses,
+                    delay,
+                    ..
+                } => Some((*failures, *addresses, *delay)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(attacks, [(5, 3, Duration::from_millis(500))], "logged once");
+        // More failures: the wait stops growing at its cap.
+        for n in 0..40u8 {
+            a.login_failed(
+                now,
+                &alice,
+                IpAddr::from([203, 0, 114, n]),
+                Refusal::WrongPassword,
+            );
+        }
+        assert_eq!(
+            a.check_login(now, &alice, owner),
+            Ok(Duration::from_secs(5))
+        );
+        // Other names are not affected, and the window's end forgets it.
+        let bob: Name = "bob".parse().unwrap();
+        assert_eq!(a.check_login(now, &bob, owner), Ok(Duration::ZERO));
+        let later = now.after(Duration::from_secs(601));
+        assert_eq!(a.check_login(later, &alice, owner), Ok(Duration::ZERO));
     }
 
     #[test]

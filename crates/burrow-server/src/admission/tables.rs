@@ -1,9 +1,10 @@
 //! The bounded tables intrusion detection keeps per address, key or name:
-//! token buckets, failed-login counts with their growing blocks, and decaying
-//! misbehaviour scores.
+//! token buckets, failed-login counts with their growing blocks, the recent
+//! failures on each name, and decaying misbehaviour scores.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::Hash;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use crate::limit::RateLimit;
@@ -130,6 +131,59 @@ impl Failures {
             && self
                 .last
                 .is_none_or(|l| now.saturating_duration_since(l) > keep)
+    }
+}
+
+/// Failed logins for one name from every address: how hard it is being
+/// guessed, and from how many places.
+#[derive(Debug, Default)]
+pub(super) struct NameFailures {
+    /// The latest failures (time, address group), oldest first, at most
+    /// [`NameFailures::RECENT`].
+    recent: VecDeque<(Instant, IpAddr)>,
+}
+
+impl NameFailures {
+    /// Failures remembered per name: past this many in one window the delay
+    /// they earn is at its longest anyway.
+    const RECENT: usize = 64;
+
+    /// Counts a failure from `group`, forgetting those older than `window`.
+    pub(super) fn add(&mut self, now: Instant, group: IpAddr, window: Duration) {
+        self.expire(now, window);
+        if self.recent.len() == Self::RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((now, group));
+    }
+
+    /// Failures within `window`, and how many address groups they came from.
+    pub(super) fn pressure(&self, now: Instant, window: Duration) -> (usize, usize) {
+        let live: Vec<IpAddr> = self
+            .recent
+            .iter()
+            .filter(|(at, _)| now.saturating_duration_since(*at) <= window)
+            .map(|(_, g)| *g)
+            .collect();
+        let groups: HashSet<IpAddr> = live.iter().copied().collect();
+        (live.len(), groups.len())
+    }
+
+    fn expire(&mut self, now: Instant, window: Duration) {
+        while self
+            .recent
+            .front()
+            .is_some_and(|(at, _)| now.saturating_duration_since(*at) > window)
+        {
+            self.recent.pop_front();
+        }
+    }
+
+    /// Nothing within `keep`: it can go.
+    pub(super) fn forgotten(&self, now: Instant, keep: Duration) -> bool {
+        self.recent
+            .back()
+            .is_none_or(|(at, _)| now.saturating_duration_since(*at) > keep)
     }
 }
 
