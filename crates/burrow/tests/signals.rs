@@ -19,7 +19,11 @@ const CLIENT_EXIT: Duration = Duration::from_secs(1);
 /// Sends SIGTERM (even tries) or SIGINT (odd ones) to `p`; returns how long it
 /// took to exit, or panics if it is still running after `limit` (and kills it).
 fn stop(p: &mut Proc, attempt: usize, limit: Duration, what: &str) -> Duration {
-    let signal = if attempt.is_multiple_of(2) { "TERM" } else { "INT" };
+    let signal = if attempt.is_multiple_of(2) {
+        "TERM"
+    } else {
+        "INT"
+    };
     unsafe_kill(p.child.id(), signal);
     let sent = Instant::now();
     loop {
