@@ -1,7 +1,3 @@
 //! Chat frames, as a node reads them from a peer.
 #![no_main]
-use burrow_proto::chat::{ChatFrame, MAX_FRAME, VERSION};
-
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let _ = burrow_proto::frame::decode::<ChatFrame>(VERSION, data, MAX_FRAME);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| burrow_fuzz::chat(data));

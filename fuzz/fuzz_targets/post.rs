@@ -1,7 +1,3 @@
 //! Forum posts as stored and gossiped: decoded, then verified.
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    if let Ok(p) = postcard::from_bytes::<burrow_proto::forum::Post>(data) {
-        let _ = p.verify(1_800_000_000_000);
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| burrow_fuzz::post(data));

@@ -1,5 +1,3 @@
 //! Relay datagrams, as the server and a node read them.
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let _ = burrow_proto::relay::parse(data);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| burrow_fuzz::relay(data));
