@@ -198,6 +198,8 @@ pub struct ProviderView {
     pub id: String,
     /// Its name.
     pub name: String,
+    /// The name it offers the file under (each provider names it itself).
+    pub file_name: String,
 }
 
 /// A tracker search result.
@@ -205,9 +207,11 @@ pub struct ProviderView {
 pub struct SearchView {
     /// Content hash.
     pub hash: String,
-    /// The name it is offered under.
+    /// The name most of its providers give it.
     pub name: String,
-    /// Size in bytes.
+    /// Size in bytes, as these providers claim it: another claim for the
+    /// same hash is another result, and `get` downloads the one the data
+    /// proves.
     pub size: u64,
     /// Online providers.
     pub providers: Vec<ProviderView>,

@@ -38,6 +38,10 @@ pub const MAX_LIST: usize = 1000;
 pub const MAX_RANGES: usize = 1024;
 /// Longest share name, in bytes.
 pub const MAX_NAME: usize = 255;
+/// Largest file burrow shares or downloads: 16 TiB. A size comes from the
+/// tracker or a peer before anything proves it, and a download's bitmap and
+/// partial file are sized from it: past this it is refused, never allocated.
+pub const MAX_FILE_SIZE: u64 = 1 << 44;
 /// Chunk groups are 2^4 BLAKE3 chunks of 1 KiB: each 16 KiB of data costs one
 /// 64-byte hash pair in the outboard (0.4 %), and is the unit of verification
 /// and of resumption.

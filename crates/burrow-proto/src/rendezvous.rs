@@ -38,7 +38,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::files::{BlobHash, FileEntry};
+use crate::files::{BlobHash, FileEntry, ShareName};
 use crate::id::NodeId;
 use crate::name::Name;
 use crate::punch::{NatInfo, PunchTicket};
@@ -258,15 +258,29 @@ pub enum Query {
     Hash(BlobHash),
 }
 
-/// A file the tracker knows, and who offers it.
+/// A file the tracker knows, and who offers it. One entry per hash *and*
+/// size: offers are only claims until the data proves them, so a node that
+/// claims another size for a hash gets an entry of its own instead of
+/// overruling the honest providers' one.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TrackerEntry {
-    /// Hash, name (as its first sharer called it) and size.
+    /// Hash, size, and the name most of its providers give it (the earliest
+    /// of those on a tie).
     pub file: FileEntry,
-    /// Online nodes offering it (at most [`MAX_PROVIDERS`]).
-    pub providers: Vec<PeerInfo>,
+    /// Online nodes offering it (at most [`MAX_PROVIDERS`]), each with the
+    /// name it gave the file.
+    pub providers: Vec<Provider>,
     /// How many offline nodes offered it when last online.
     pub offline: u32,
+}
+
+/// One online node offering a tracker entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Provider {
+    /// Who.
+    pub peer: PeerInfo,
+    /// The name it offers the file under.
+    pub name: ShareName,
 }
 
 /// Why the server refused something.
@@ -646,7 +660,11 @@ mod tests {
                 proptest::collection::vec(
                     (
                         arb_file(),
-                        proptest::collection::vec(info(), 0..3),
+                        proptest::collection::vec(
+                            (info(), arb_file())
+                                .prop_map(|(peer, f)| Provider { peer, name: f.name }),
+                            0..3
+                        ),
                         any::<u32>()
                     ),
                     0..3

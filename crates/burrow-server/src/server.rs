@@ -551,6 +551,11 @@ async fn expire_requests(shared: Arc<Shared>, shutdown: CancellationToken) {
         if n % 20 == 0 {
             shared.admission(|a, now| a.handle_timeout(now));
         }
+        // The tracker forgets nodes gone a month, at start and every hour.
+        if n % (4 * 3600) == 0 {
+            let online = |id: &NodeId| shared.hub().registry.online_info(id).is_some();
+            crate::tracker::forget_stale(&shared.store, online).await;
+        }
     }
 }
 

@@ -1,18 +1,25 @@
 //! The file tracker: which node offers which file, by hash, name and size.
 //!
-//! The server never sees file contents, only what nodes say they offer. Offers
-//! live in the server's store ([`burrow_store::ServerStore`]), so they outlast a
-//! server restart; a node replaces its whole list after each registration
-//! (`Offer{replace: true}` first), which drops what it no longer has. A search
-//! lists, per file, the providers online now and how many others are offline.
+//! The server never sees file contents, only what nodes say they offer: claims,
+//! which only the data proves. So an entry is a hash *and* a size, and each
+//! provider's name for the file is kept beside it: a node that claims another
+//! size for a hash gets an entry of its own and can't make honest providers
+//! look like liars, and one that names a file differently is shown under its
+//! own name. Sizes past [`MAX_FILE_SIZE`] are not recorded. Offers live in the
+//! server's store ([`burrow_store::ServerStore`]), so they outlast a server
+//! restart; a node replaces its whole list after each registration
+//! (`Offer{replace: true}` first), which drops what it no longer has, and the
+//! offers of nodes gone for [`OFFER_TTL`] are forgotten ([`forget_stale`]). A
+//! search lists, per file, the providers online now and how many others are
+//! offline.
 
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-use burrow_proto::files::MAX_NAME;
+use burrow_proto::files::{MAX_FILE_SIZE, MAX_NAME};
 use burrow_proto::rendezvous::{
-    ClientMsg, Query, Refusal, ServerMsg, TrackerEntry, MAX_OFFERS, MAX_PROVIDERS, MAX_RESULTS,
-    OFFERS_PER_FRAME,
+    ClientMsg, Provider, Query, Refusal, ServerMsg, TrackerEntry, MAX_OFFERS, MAX_PROVIDERS,
+    MAX_RESULTS, OFFERS_PER_FRAME,
 };
 use burrow_proto::NodeId;
 use burrow_store::{Offered, ServerStore, StoreError};
@@ -32,10 +39,16 @@ pub(crate) async fn handle(
     let store = store.clone();
     let now_ms = burrow_proto::time::unix_ms(SystemTime::now());
     match msg {
-        ClientMsg::Offer { replace, files } => {
+        ClientMsg::Offer { replace, mut files } => {
             let ok = if files.len() > OFFERS_PER_FRAME {
                 false
             } else {
+                // No honest node shares a file this large: not worth a row.
+                let before = files.len();
+                files.retain(|f| f.size <= MAX_FILE_SIZE);
+                if files.len() < before {
+                    warn!(node = %from.short(), dropped = before - files.len(), "offers larger than any file burrow shares");
+                }
                 let n = files.len();
                 let result = blocking(store, move |s| {
                     s.offer(&from, replace, &files, MAX_OFFERS, now_ms)
@@ -59,9 +72,7 @@ pub(crate) async fn handle(
                     blocking(store, move |s| s.search_name(&text, MAX_RESULTS)).await
                 }
                 Query::Name(_) => None,
-                Query::Hash(hash) => blocking(store, move |s| s.lookup(&hash))
-                    .await
-                    .map(|o| o.into_iter().collect()),
+                Query::Hash(hash) => blocking(store, move |s| s.lookup(&hash)).await,
             };
             let results = online(found.unwrap_or_default());
             Some(ServerMsg::SearchResults { query_id, results })
@@ -76,10 +87,15 @@ pub(crate) fn entries(registry: &Registry, found: Vec<Offered>) -> Vec<TrackerEn
     let mut out: Vec<TrackerEntry> = found
         .into_iter()
         .map(|o| {
-            let online: Vec<_> = o
+            let online: Vec<Provider> = o
                 .providers
                 .iter()
-                .filter_map(|id| registry.online_info(id).cloned())
+                .filter_map(|(id, name)| {
+                    registry.online_info(id).map(|peer| Provider {
+                        peer: peer.clone(),
+                        name: name.clone(),
+                    })
+                })
                 .collect();
             let offline = (o.providers.len() - online.len()) as u32;
             TrackerEntry {
@@ -91,6 +107,31 @@ pub(crate) fn entries(registry: &Registry, found: Vec<Offered>) -> Vec<TrackerEn
         .collect();
     out.sort_by_key(|e| std::cmp::Reverse(e.providers.len()));
     out
+}
+
+/// How long the offers of a node that is not online are kept: a node
+/// renews its offers each time it registers, so these are nodes gone a month.
+pub const OFFER_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Forgets the offers of nodes that have not registered for [`OFFER_TTL`] and
+/// are not online now (`online` says which are), up to a thousand nodes a
+/// call. Returns how many it forgot.
+pub(crate) async fn forget_stale(
+    store: &Arc<Mutex<ServerStore>>,
+    online: impl Fn(&NodeId) -> bool,
+) -> usize {
+    let cutoff =
+        burrow_proto::time::unix_ms(SystemTime::now()).saturating_sub(OFFER_TTL.as_millis() as u64);
+    let Some(stale) = blocking(store.clone(), move |s| s.stale_offerers(cutoff, 1000)).await else {
+        return 0;
+    };
+    let gone: Vec<NodeId> = stale.into_iter().filter(|id| !online(id)).collect();
+    let n = gone.len();
+    if n > 0 {
+        blocking(store.clone(), move |s| s.forget_offers(&gone)).await;
+        debug!(nodes = n, "forgot the offers of nodes long gone");
+    }
+    n
 }
 
 /// Runs `f` on the store on a blocking thread; a failure is logged and `None`.

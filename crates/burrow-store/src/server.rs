@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use burrow_proto::files::{BlobHash, FileEntry};
+use burrow_proto::ShareName;
 use burrow_proto::{Name, NodeId};
 use rusqlite::{params, OptionalExtension};
 
@@ -31,13 +32,15 @@ const MIGRATIONS: &[&str] = &[
     crate::admission::MIGRATION,
 ];
 
-/// A file in the tracker with every node that offers it (online or not).
+/// A file in the tracker, by hash and claimed size, with every node that
+/// offers it so (online or not).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Offered {
-    /// Hash, name (as its earliest offer names it) and size.
+    /// Hash, size, and the name most providers give it (the earliest of
+    /// those on a tie).
     pub file: FileEntry,
-    /// Who offers it, earliest first.
-    pub providers: Vec<NodeId>,
+    /// Who offers it, earliest first, each with the name it gave.
+    pub providers: Vec<(NodeId, ShareName)>,
 }
 
 /// The outcome of asking for a name.
@@ -155,8 +158,8 @@ impl ServerStore {
         Ok(())
     }
 
-    /// Files whose name contains `text` (ASCII case-insensitive), at most `limit`,
-    /// most providers first.
+    /// Files whose name (as any provider gives it) contains `text` (ASCII
+    /// case-insensitive), at most `limit`, most providers first.
     pub fn search_name(&self, text: &str, limit: usize) -> Result<Vec<Offered>, StoreError> {
         let pattern = format!(
             "%{}%",
@@ -165,69 +168,107 @@ impl ServerStore {
                 .replace('_', "\\_")
         );
         self.offered(
-            "SELECT hash FROM offers WHERE name LIKE ?1 ESCAPE '\\'
-             GROUP BY hash ORDER BY COUNT(*) DESC, MIN(offered_at_ms) LIMIT ?2",
+            "SELECT hash, size FROM offers WHERE name LIKE ?1 ESCAPE '\\'
+             GROUP BY hash, size ORDER BY COUNT(*) DESC, MIN(offered_at_ms) LIMIT ?2",
             params![pattern, limit as i64],
         )
     }
 
-    /// The file with `hash`, if anyone offers it.
-    pub fn lookup(&self, hash: &BlobHash) -> Result<Option<Offered>, StoreError> {
-        Ok(self
-            .offered(
-                "SELECT DISTINCT hash FROM offers WHERE hash = ?1",
-                [hash.0.as_slice()],
-            )?
-            .pop())
+    /// The file with `hash`: one entry per size its providers claim, most
+    /// providers first (empty if nobody offers it).
+    pub fn lookup(&self, hash: &BlobHash) -> Result<Vec<Offered>, StoreError> {
+        self.offered(
+            "SELECT hash, size FROM offers WHERE hash = ?1
+             GROUP BY hash, size ORDER BY COUNT(*) DESC, MIN(offered_at_ms)",
+            [hash.0.as_slice()],
+        )
+    }
+
+    /// Nodes whose offers are all older than `cutoff_ms` (at most `limit`):
+    /// the caller forgets those that are not online ([`Self::forget_offers`]).
+    /// A node replaces its offers each time it registers, so these are nodes
+    /// long gone, or online ever since.
+    pub fn stale_offerers(&self, cutoff_ms: u64, limit: usize) -> Result<Vec<NodeId>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT node_id FROM offers GROUP BY node_id HAVING MAX(offered_at_ms) < ?1 LIMIT ?2",
+        )?;
+        let ids: Vec<Vec<u8>> = stmt
+            .query_map(params![cutoff_ms as i64, limit as i64], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        ids.iter().map(|b| node_id("offers", b)).collect()
+    }
+
+    /// Drops every offer of `nodes`, in one transaction.
+    pub fn forget_offers(&mut self, nodes: &[NodeId]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        for n in nodes {
+            tx.execute(
+                "DELETE FROM offers WHERE node_id = ?1",
+                [n.as_bytes().as_slice()],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     fn offered(
         &self,
-        hashes_sql: &str,
+        entries_sql: &str,
         params: impl rusqlite::Params,
     ) -> Result<Vec<Offered>, StoreError> {
-        let mut stmt = self.conn.prepare(hashes_sql)?;
-        let hashes: Vec<Vec<u8>> = stmt
-            .query_map(params, |r| r.get(0))?
+        let corrupt = |what: String| StoreError::Corrupt {
+            table: "offers",
+            what,
+        };
+        let mut stmt = self.conn.prepare(entries_sql)?;
+        let entries: Vec<(Vec<u8>, i64)> = stmt
+            .query_map(params, |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;
         let mut rows = self.conn.prepare(
-            "SELECT node_id, name, size FROM offers WHERE hash = ?1 ORDER BY offered_at_ms, rowid",
+            "SELECT node_id, name FROM offers WHERE hash = ?1 AND size = ?2
+             ORDER BY offered_at_ms, rowid",
         )?;
-        let mut out = Vec::with_capacity(hashes.len());
-        for h in hashes {
-            let hash = BlobHash(h.as_slice().try_into().map_err(|_| StoreError::Corrupt {
-                table: "offers",
-                what: format!("hash of {} bytes", h.len()),
-            })?);
-            let mut first = None;
+        let mut out = Vec::with_capacity(entries.len());
+        for (h, size) in entries {
+            let hash = BlobHash(
+                h.as_slice()
+                    .try_into()
+                    .map_err(|_| corrupt(format!("hash of {} bytes", h.len())))?,
+            );
             let mut providers = Vec::new();
-            let found = rows.query_map([h.as_slice()], |r| {
-                Ok((
-                    r.get::<_, Vec<u8>>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                ))
+            let found = rows.query_map(params![h.as_slice(), size], |r| {
+                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?))
             })?;
             for row in found {
-                let (node, name, size) = row?;
-                providers.push(node_id("offers", &node)?);
-                if first.is_none() {
-                    let name = name.parse().map_err(|e| StoreError::Corrupt {
-                        table: "offers",
-                        what: format!("name: {e}"),
-                    })?;
-                    first = Some((name, size as u64));
-                }
+                let (node, name) = row?;
+                let name: ShareName = name.parse().map_err(|e| corrupt(format!("name: {e}")))?;
+                providers.push((node_id("offers", &node)?, name));
             }
-            if let Some((name, size)) = first {
+            if let Some(name) = usual_name(&providers) {
                 out.push(Offered {
-                    file: FileEntry { hash, name, size },
+                    file: FileEntry {
+                        hash,
+                        name,
+                        size: size as u64,
+                    },
                     providers,
                 });
             }
         }
         Ok(out)
     }
+}
+
+/// The name most providers give a file; the earliest of those on a tie.
+fn usual_name(providers: &[(NodeId, ShareName)]) -> Option<ShareName> {
+    let mut counts: std::collections::HashMap<&ShareName, (usize, usize)> = Default::default();
+    for (i, (_, name)) in providers.iter().enumerate() {
+        counts.entry(name).or_insert((0, i)).0 += 1;
+    }
+    counts
+        .into_iter()
+        .max_by_key(|(_, (n, first))| (*n, std::cmp::Reverse(*first)))
+        .map(|(name, _)| name.clone())
 }
 
 /// One binding inside `tx` (see [`ServerStore::bind_name`]).
@@ -353,19 +394,67 @@ mod tests {
         let found = s.search_name("HOLIDAY", 10).unwrap();
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].file, file(1, "Holiday.mkv"));
-        assert_eq!(found[0].providers, vec![id(1), id(2)]);
+        let names = |o: &Offered| -> Vec<(NodeId, String)> {
+            o.providers
+                .iter()
+                .map(|(id, n)| (*id, n.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            names(&found[0]),
+            [
+                (id(1), "Holiday.mkv".into()),
+                (id(2), "holiday copy".into())
+            ]
+        );
         // LIKE's wildcards are matched literally.
         assert_eq!(s.search_name("100%", 10).unwrap().len(), 1);
         assert_eq!(s.search_name("_", 10).unwrap().len(), 0);
         assert_eq!(
-            s.lookup(&BlobHash([2; 32])).unwrap().unwrap().providers,
-            vec![id(1)]
+            names(&s.lookup(&BlobHash([2; 32])).unwrap()[0]),
+            [(id(1), "notes 100%.txt".into())]
         );
-        assert!(s.lookup(&BlobHash([9; 32])).unwrap().is_none());
+        assert!(s.lookup(&BlobHash([9; 32])).unwrap().is_empty());
         // Replacing forgets the node's old offers; unoffer removes one.
         s.offer(&id(1), true, &[], 10, 4).unwrap();
-        assert!(s.lookup(&BlobHash([2; 32])).unwrap().is_none());
+        assert!(s.lookup(&BlobHash([2; 32])).unwrap().is_empty());
         s.unoffer(&id(2), &BlobHash([1; 32])).unwrap();
         assert!(s.search_name("holiday", 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_claim_of_another_size_gets_its_own_entry_and_long_gone_offerers_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = ServerStore::open(&dir.path().join("server.db")).unwrap();
+        let entry = |size: u64, name: &str| FileEntry {
+            hash: BlobHash([7; 32]),
+            name: name.parse().unwrap(),
+            size,
+        };
+        // A liar claims the hash first, with its own size and name; two honest
+        // nodes offer the true one later.
+        s.offer(&id(9), true, &[entry(1 << 40, "free money")], 10, 1)
+            .unwrap();
+        s.offer(&id(1), true, &[entry(4096, "photo.jpg")], 10, 2)
+            .unwrap();
+        s.offer(&id(2), true, &[entry(4096, "photo.jpg")], 10, 3)
+            .unwrap();
+        let found = s.lookup(&BlobHash([7; 32])).unwrap();
+        let got: Vec<(u64, String, usize)> = found
+            .iter()
+            .map(|o| (o.file.size, o.file.name.to_string(), o.providers.len()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (4096, "photo.jpg".into(), 2),
+                (1 << 40, "free money".into(), 1)
+            ],
+            "the honest size is not overruled, and most providers come first"
+        );
+        // Offers older than the cutoff name their nodes; forgetting drops them.
+        assert_eq!(s.stale_offerers(2, 10).unwrap(), vec![id(9)]);
+        s.forget_offers(&[id(9)]).unwrap();
+        assert_eq!(s.lookup(&BlobHash([7; 32])).unwrap().len(), 1);
     }
 }

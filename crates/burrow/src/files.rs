@@ -108,7 +108,15 @@ pub async fn search(home: &Path, json: bool, query: String) -> Result<(), CliErr
     }
     println!("{:<30} {:>10}  {:<24}  HASH", "NAME", "SIZE", "PROVIDERS");
     for f in found {
-        let mut who: Vec<String> = f.providers.iter().map(|p| p.name.clone()).collect();
+        // A provider that names the file differently says so.
+        let mut who: Vec<String> = f
+            .providers
+            .iter()
+            .map(|p| match p.file_name == f.name {
+                true => p.name.clone(),
+                false => format!("{} (as {:?})", p.name, p.file_name),
+            })
+            .collect();
         if f.offline_providers > 0 {
             who.push(format!("+{} offline", f.offline_providers));
         }

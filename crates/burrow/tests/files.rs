@@ -485,3 +485,143 @@ fn a_disk_too_small_is_reported_before_the_download_and_more_space_lets_it_finis
     assert_eq!(got["size"], 16 << 20);
     assert!(same_bytes(&f, &out.join("big.bin")));
 }
+
+/// A node that says it offers `files` (whatever their real content) and does
+/// nothing else: it registers as `name` and stays online while the returned
+/// connection lives.
+async fn lying_offerer(
+    url: &str,
+    name: &str,
+    files: Vec<burrow_proto::files::FileEntry>,
+) -> quinn::Connection {
+    use burrow_net::{Endpoint, EndpointConfig, FrameReader, FrameWriter};
+    use burrow_proto::rendezvous::{self, ClientMsg, ServerMsg};
+    let server: burrow_proto::ServerAddr = url.parse().unwrap();
+    let addr: std::net::SocketAddr = server.host_port().parse().unwrap();
+    let key = burrow_proto::SecretKey::generate(&mut rand::rngs::OsRng);
+    let ep = Endpoint::bind(
+        &key,
+        EndpointConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let (conn, _) = ep
+        .connect(addr, rendezvous::ALPN, server.key)
+        .await
+        .unwrap();
+    let (send, recv) = conn.open_bi().await.unwrap();
+    let mut writer = FrameWriter::new(send, rendezvous::VERSION, rendezvous::MAX_CLIENT_FRAME);
+    let mut reader = FrameReader::new(recv, rendezvous::VERSION, rendezvous::MAX_FRAME);
+    writer
+        .write(&ClientMsg::Hello {
+            name: name.parse().unwrap(),
+            lan_addrs: vec![],
+            credentials: Default::default(),
+        })
+        .await
+        .unwrap();
+    let welcome = reader.read::<ServerMsg>().await.unwrap();
+    assert!(
+        matches!(welcome, Some(ServerMsg::Welcome { .. })),
+        "{welcome:?}"
+    );
+    writer
+        .write(&ClientMsg::Offer {
+            replace: true,
+            files,
+        })
+        .await
+        .unwrap();
+    // Keep the endpoint (and so the connection) alive with the connection.
+    std::mem::forget(ep);
+    conn
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lie_about_a_files_size_neither_blocks_its_download_nor_costs_the_honest_provider() {
+    use burrow_proto::files::{BlobHash, FileEntry};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let (ah, bh) = (d.join("alice"), d.join("bob"));
+    let (srv, url, alice, bob) = tokio::task::spawn_blocking({
+        let d = d.clone();
+        move || {
+            let (srv, url) = server(&d.join("srv"));
+            let alice = up(&d.join("alice"), &url, "alice");
+            let bob = up(&d.join("bob"), &url, "bob");
+            link((&d.join("bob"), "bob"), (&d.join("alice"), "alice"));
+            (srv, url, alice, bob)
+        }
+    })
+    .await
+    .unwrap();
+    let original = d.join("photo.jpg");
+    write_random(&original, 1024 * 1024 + 7, 9);
+    let hash: BlobHash = blake3::hash(&std::fs::read(&original).unwrap())
+        .to_hex()
+        .parse()
+        .unwrap();
+
+    // mallory claims alice's file first, under other sizes and a lure of a
+    // name: one near 2^60 (which would abort a node that allocated for it)
+    // and one of a terabyte (which no disk here has room for).
+    let lie = |size: u64| FileEntry {
+        hash,
+        name: "free money".parse().unwrap(),
+        size,
+    };
+    let _mallory = lying_offerer(&url, "mallory", vec![lie((1 << 60) - 1), lie(1 << 40)]).await;
+
+    let (hash_text, found) = tokio::task::spawn_blocking({
+        let (ah, bh, original) = (ah.clone(), bh.clone(), original.clone());
+        move || {
+            let shared = share(&ah, &original, None);
+            let hash = shared["hash"].as_str().unwrap().to_string();
+            (hash, json(&bh, &["search", "money"]))
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(hash_text, hash.to_string());
+    // The tracker lists the claim mallory can't back as its own entry, and
+    // not the size past what burrow handles.
+    let sizes: Vec<u64> = found
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["size"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sizes, [1 << 40], "{found}");
+
+    // Three gets, by hash: each comes from alice, verified, and alice is
+    // never counted as a liar (three strikes would cut her off).
+    tokio::task::spawn_blocking(move || {
+        for n in 0..3 {
+            let out = d.join(format!("out{n}"));
+            let (ok, got, err) = get(&bh, &hash_text, &out, &[]);
+            assert!(ok, "get {n}: {got} {err}");
+            assert_eq!(got["size"], 1024 * 1024 + 7, "{got}");
+            assert_eq!(got["name"], "photo.jpg", "{got}");
+            assert_eq!(got["providers"], serde_json::json!(["alice"]), "{got}");
+            assert!(same_bytes(
+                &original,
+                Path::new(got["path"].as_str().unwrap())
+            ));
+            // Not kept as a share, so the next get downloads again.
+            let (ok, _, err) = run(&bh, &["unshare", &hash_text]);
+            assert!(ok, "{err}");
+        }
+        let peers = json(&bh, &["peers"]);
+        let a = peer(&peers, "alice").unwrap();
+        assert!(
+            a["connection"] == "direct" || a["connection"] == "relayed",
+            "alice is still linked: {peers}"
+        );
+        drop((srv, alice, bob));
+    })
+    .await
+    .unwrap();
+    let _ = ah;
+}

@@ -141,7 +141,8 @@ impl Bitmap {
 /// Why a provider's piece failed.
 #[derive(Debug)]
 pub(crate) enum PieceError {
-    /// The provider sent data that doesn't match the hash, or a wrong size.
+    /// The provider sent data that does not match the hash: the one thing
+    /// that proves a provider dishonest (a strike).
     Lied(String),
     /// The provider doesn't have the file (any more).
     Gone(String),
@@ -751,22 +752,25 @@ fn group_len(size: u64, g: u64) -> u64 {
     size.saturating_sub(g * CHUNK_GROUP).min(CHUNK_GROUP)
 }
 
-/// Fetches the missing groups of one piece from the provider on `conn`,
-/// verifying as it reads. Counts what it verified into `counted`.
-pub(crate) async fn fetch_piece(
-    plan: &Arc<Plan>,
+/// Asks `conn` for `spans` of `hash` on a fresh stream and reads the answer:
+/// the stream to decode the data from once the provider says it has the file
+/// with `size` bytes. A provider that gives another size is dropped, not
+/// struck: the size only a download's data proves, and the data decides who
+/// lied.
+async fn ask(
     conn: &quinn::Connection,
-    spans: Vec<ChunkSpan>,
-    counted: &Arc<AtomicU64>,
-) -> Result<(), PieceError> {
+    hash: BlobHash,
+    size: u64,
+    spans: &[ChunkSpan],
+) -> Result<FrameReader, PieceError> {
     let lost = |e: &dyn std::fmt::Display| PieceError::Lost(e.to_string());
     let (send, recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
     let mut writer = FrameWriter::new(send, files::VERSION, files::MAX_FRAME);
     let mut reader = FrameReader::new(recv, files::VERSION, files::MAX_FRAME);
     writer
         .write(&FilesRequest::Get {
-            hash: plan.hash,
-            ranges: spans.clone(),
+            hash,
+            ranges: spans.to_vec(),
         })
         .await
         .map_err(|e| lost(&e))?;
@@ -776,25 +780,80 @@ pub(crate) async fn fetch_piece(
         .map_err(|_| PieceError::Lost(format!("no answer within {STALL:?}")))?
         .map_err(|e| lost(&e))?;
     match answer {
-        Some(FilesResponse::Found { size }) if size == plan.size => {}
-        Some(FilesResponse::Found { size }) => {
-            return Err(PieceError::Lied(format!(
-                "says the file has {size} bytes, not {}",
-                plan.size
-            )))
-        }
-        Some(FilesResponse::NotFound) => {
-            return Err(PieceError::Gone(
-                "does not have this file (any more)".into(),
-            ))
-        }
-        Some(FilesResponse::Changed) => {
-            return Err(PieceError::Gone(
-                "its copy changed on disk since it was shared".into(),
-            ))
-        }
-        other => return Err(PieceError::Lost(format!("answered {other:?}"))),
+        Some(FilesResponse::Found { size: s }) if s == size => Ok(reader),
+        Some(FilesResponse::Found { size: s }) => Err(PieceError::Gone(format!(
+            "offers it as {s} bytes, where the file has {size}"
+        ))),
+        Some(FilesResponse::NotFound) => Err(PieceError::Gone(
+            "does not have this file (any more)".into(),
+        )),
+        Some(FilesResponse::Changed) => Err(PieceError::Gone(
+            "its copy changed on disk since it was shared".into(),
+        )),
+        other => Err(PieceError::Lost(format!("answered {other:?}"))),
     }
+}
+
+/// Proves that `hash` is a file of `size` bytes before anything is allocated
+/// for it: asks `conn` for the last chunk group and checks it, with its hash
+/// pairs, against the hash (the tree's shape, and so the hash, depends on the
+/// size). A claimed size is only a claim until this holds. `Lied` means the
+/// provider sent data that doesn't match; nothing is written anywhere.
+pub(crate) async fn prove_size(
+    conn: &quinn::Connection,
+    hash: BlobHash,
+    size: u64,
+) -> Result<(), PieceError> {
+    if size == 0 {
+        // The empty file's hash is known: nothing to ask.
+        return if hash.0 == *blake3::hash(b"").as_bytes() {
+            Ok(())
+        } else {
+            Err(PieceError::Gone(
+                "claims it is empty, which its hash says it is not".into(),
+            ))
+        };
+    }
+    let tree = super::tree(size);
+    let chunks = tree.chunks().0;
+    let last = group_chunks(tree.blocks() - 1, chunks);
+    let spans = [ChunkSpan {
+        start: last.start,
+        end: last.end,
+    }];
+    let reader = ask(conn, hash, size, &spans).await?;
+    let ranges = super::chunk_ranges([last]);
+    let reader = StreamReader::new(reader.into_inner());
+    let mut decoder = ResponseDecoder::new(hash.into(), ranges, tree, reader);
+    loop {
+        match decoder.next().await {
+            ResponseDecoderNext::More((next, item)) => {
+                decoder = next;
+                match item {
+                    Ok(_) => {}
+                    Err(DecodeError::LeafHashMismatch(_) | DecodeError::ParentHashMismatch(_)) => {
+                        return Err(PieceError::Lied(format!(
+                            "sent an end of the file that does not match its hash for {size} bytes"
+                        )))
+                    }
+                    Err(DecodeError::Io(e)) => return Err(PieceError::Lost(e.to_string())),
+                    Err(_) => return Err(PieceError::Lost("ended the transfer early".into())),
+                }
+            }
+            ResponseDecoderNext::Done(_) => return Ok(()),
+        }
+    }
+}
+
+/// Fetches the missing groups of one piece from the provider on `conn`,
+/// verifying as it reads. Counts what it verified into `counted`.
+pub(crate) async fn fetch_piece(
+    plan: &Arc<Plan>,
+    conn: &quinn::Connection,
+    spans: Vec<ChunkSpan>,
+    counted: &Arc<AtomicU64>,
+) -> Result<(), PieceError> {
+    let reader = ask(conn, plan.hash, plan.size, &spans).await?;
     let ranges = super::chunk_ranges(spans.iter().map(|s| s.start..s.end));
     let reader = StreamReader::new(reader.into_inner());
     let mut decoder = ResponseDecoder::new(plan.hash.into(), ranges, plan.tree, reader);

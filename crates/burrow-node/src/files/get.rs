@@ -16,7 +16,7 @@ use burrow_store::{StoredDownload, StoredShare};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use super::fetch::{fetch_piece, PieceError, Plan, Take, STREAMS_PER_PROVIDER};
+use super::fetch::{fetch_piece, prove_size, PieceError, Plan, Take, STREAMS_PER_PROVIDER};
 use crate::api::{GetUpdate, GetView};
 use crate::node::{ApiError, Inner, Node};
 
@@ -26,6 +26,11 @@ const ACCEPT_WAIT: Duration = Duration::from_secs(60);
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 /// How often verified progress is made durable.
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// Sizes claimed for one hash that `get` tries to prove at once: the tracker
+/// lists most-offered first, and a hash has one true size.
+const MAX_CLAIMS: usize = 4;
+/// Providers of one claim asked for its proof, one after another.
+const PROVERS_PER_CLAIM: usize = 3;
 
 /// Opens a files connection to `peer` over our link with it (direct or relayed).
 pub(crate) async fn dial_files(
@@ -107,25 +112,20 @@ impl Node {
                 dir.display()
             )));
         }
-        let entry = self.find(file).await?;
-        let hash = entry.file.hash;
-        let name = entry.file.name.clone();
+        let claims = self.find(file).await?;
+        let hash = claims[0].file.hash;
         let have = self.inner.with_store(move |s| s.share(&hash)).await?;
         if let Some(share) = have.filter(super::unchanged) {
             return Err(ApiError::AlreadyHave(share.path.display().to_string()));
         }
+        let entry = self.prove(claims, &updates).await?;
+        let name = entry.file.name.clone();
         let providers: Vec<(NodeId, String)> = entry
             .providers
             .iter()
-            .filter(|p| p.id != self.inner.id)
-            .map(|p| (p.id, p.name.to_string()))
+            .filter(|p| p.peer.id != self.inner.id)
+            .map(|p| (p.peer.id, p.peer.name.to_string()))
             .collect();
-        if providers.is_empty() {
-            return Err(ApiError::NoProviders {
-                name: name.to_string(),
-                offline: entry.offline,
-            });
-        }
         let target = dir.join(safe_file_name(name.as_str()));
         if !force && target.symlink_metadata().is_ok() {
             return Err(ApiError::Exists(target.display().to_string()));
@@ -222,34 +222,133 @@ impl Node {
             .map_err(|e| ApiError::File(format!("cannot create the partial file: {e}")))
     }
 
-    /// The tracker entry `file` means: a hash, or an exact share name that
-    /// names one file.
-    async fn find(&self, file: &str) -> Result<TrackerEntry, ApiError> {
+    /// The tracker's entries for the file `file` means (a hash, or an exact
+    /// share name that names one file): one per size its providers claim,
+    /// most providers first.
+    async fn find(&self, file: &str) -> Result<Vec<TrackerEntry>, ApiError> {
         let wanted = file.trim();
-        if let Ok(hash) = wanted.parse::<BlobHash>() {
-            return self
-                .tracker(Query::Hash(hash))
-                .await?
-                .pop()
-                .ok_or_else(|| ApiError::UnknownFile(wanted.to_string()));
-        }
-        let found = self.tracker(Query::Name(wanted.to_string())).await?;
-        let exact: Vec<TrackerEntry> = found
-            .into_iter()
-            .filter(|e| e.file.name.as_str() == wanted)
-            .collect();
-        match exact.len() {
-            0 => Err(ApiError::UnknownFile(wanted.to_string())),
-            1 => Ok(exact.into_iter().next().expect("one entry")),
-            _ => Err(ApiError::AmbiguousFile(
-                wanted.to_string(),
-                exact
+        let hash = match wanted.parse::<BlobHash>() {
+            Ok(hash) => hash,
+            Err(_) => {
+                let found = self.tracker(Query::Name(wanted.to_string())).await?;
+                let mut hashes: Vec<BlobHash> = found
                     .iter()
-                    .map(|e| e.file.hash.short())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            )),
+                    .filter(|e| {
+                        e.file.name.as_str() == wanted
+                            || e.providers.iter().any(|p| p.name.as_str() == wanted)
+                    })
+                    .map(|e| e.file.hash)
+                    .collect();
+                hashes.sort();
+                hashes.dedup();
+                match hashes.as_slice() {
+                    [] => return Err(ApiError::UnknownFile(wanted.to_string())),
+                    [one] => *one,
+                    many => {
+                        return Err(ApiError::AmbiguousFile(
+                            wanted.to_string(),
+                            many.iter()
+                                .map(|h| h.short())
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                        ))
+                    }
+                }
+            }
+        };
+        let claims = self.tracker(Query::Hash(hash)).await?;
+        if claims.is_empty() {
+            return Err(ApiError::UnknownFile(wanted.to_string()));
         }
+        Ok(claims)
+    }
+
+    /// Which of the sizes claimed for one hash is true. Asks providers of
+    /// every claim at once (at most [`MAX_CLAIMS`] claims, up to
+    /// [`PROVERS_PER_CLAIM`] providers each, in turn) for the file's last
+    /// chunk group ([`prove_size`]), and takes the first claim proved. Nothing
+    /// is allocated before that, so a claimed size costs nothing until the
+    /// data backs it; a provider whose data fails the hash is struck, and one
+    /// that merely claims another size is not.
+    async fn prove(
+        &self,
+        claims: Vec<TrackerEntry>,
+        updates: &mpsc::Sender<GetUpdate>,
+    ) -> Result<TrackerEntry, ApiError> {
+        let name = claims[0].file.name.to_string();
+        let offline = claims.iter().map(|c| c.offline).sum();
+        let me = self.inner.id;
+        let mut tries = tokio::task::JoinSet::new();
+        for claim in claims.into_iter().take(MAX_CLAIMS) {
+            if claim.file.size > burrow_proto::files::MAX_FILE_SIZE {
+                continue;
+            }
+            let provers: Vec<(NodeId, String)> = claim
+                .providers
+                .iter()
+                .filter(|p| p.peer.id != me)
+                .take(PROVERS_PER_CLAIM)
+                .map(|p| (p.peer.id, p.peer.name.to_string()))
+                .collect();
+            if provers.is_empty() {
+                continue;
+            }
+            let (node, updates) = (self.clone(), updates.clone());
+            tries.spawn(async move {
+                let mut why_not = Vec::new();
+                for (id, who) in provers {
+                    let who = format!("{who} ({})", id.short());
+                    if let Err(why) = link_with(&node, id, &who, &updates).await {
+                        why_not.push(format!("{who} {why}"));
+                        continue;
+                    }
+                    let conn = match dial_files(&node.inner, id).await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            why_not.push(format!("lost {who}: {e}"));
+                            continue;
+                        }
+                    };
+                    let proved = prove_size(&conn, claim.file.hash, claim.file.size).await;
+                    conn.close(quinn::VarInt::from_u32(0), b"done");
+                    match proved {
+                        Ok(()) => return Ok(claim),
+                        Err(PieceError::Lied(why)) => {
+                            crate::conduct::strike(
+                                &node.inner,
+                                id,
+                                "sent data that does not match its hash",
+                            );
+                            let text = format!("{who} {why}; not asked again");
+                            let _ = updates.send(GetUpdate::Notice(text.clone())).await;
+                            why_not.push(text);
+                        }
+                        Err(PieceError::Gone(why)) => why_not.push(format!("{who} {why}")),
+                        Err(PieceError::Lost(why)) => why_not.push(format!("lost {who}: {why}")),
+                        Err(PieceError::Disk(e)) => why_not.push(e.to_string()),
+                    }
+                }
+                Err(why_not)
+            });
+        }
+        if tries.is_empty() {
+            return Err(ApiError::NoProviders { name, offline });
+        }
+        let mut why_not = Vec::new();
+        while let Some(done) = tries.join_next().await {
+            match done {
+                Ok(Ok(claim)) => {
+                    tries.abort_all();
+                    return Ok(claim);
+                }
+                Ok(Err(reasons)) => why_not.extend(reasons),
+                Err(e) => why_not.push(e.to_string()),
+            }
+        }
+        Err(ApiError::Download(format!(
+            "no provider could show it has {name}: {}",
+            why_not.join("; ")
+        )))
     }
 
     /// Runs the download's workers on every provider until the file is complete

@@ -115,6 +115,12 @@ fn hash_file(home: &Path, path: &Path) -> Result<Hashed, ApiError> {
             path.display()
         )));
     }
+    if meta.len() > files::MAX_FILE_SIZE {
+        return Err(ApiError::File(format!(
+            "{} is larger than the 16 TiB burrow shares",
+            path.display()
+        )));
+    }
     let dir = outboard_dir(home);
     std::fs::create_dir_all(&dir).map_err(io)?;
     let tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io)?;
@@ -415,8 +421,9 @@ fn search_view(e: &TrackerEntry) -> SearchView {
             .providers
             .iter()
             .map(|p| ProviderView {
-                id: p.id.to_string(),
-                name: p.name.to_string(),
+                id: p.peer.id.to_string(),
+                name: p.peer.name.to_string(),
+                file_name: p.name.to_string(),
             })
             .collect(),
         offline_providers: e.offline,
