@@ -394,7 +394,13 @@ impl Endpoint {
         deadline: Duration,
     ) -> Option<SocketAddr> {
         let local = self.shared_port().ok()?;
-        let (id, accepted) = self.waiting.add(ticket, role);
+        let Some((id, accepted)) = self.waiting.add(ticket, role) else {
+            tracing::debug!(
+                max = crate::tcp::MAX_TCP_PUNCHES,
+                "too many TCP punches at once; not punching"
+            );
+            return None;
+        };
         let stream =
             crate::tcp::simultaneous_open(local, candidates, ticket, role, deadline, accepted)
                 .await;

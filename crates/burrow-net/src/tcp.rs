@@ -247,6 +247,11 @@ pub(crate) fn bound_socket(local: SocketAddr, shared: bool) -> io::Result<tokio:
 
 /// Candidates a TCP punch dials at most.
 const MAX_TCP_CANDIDATES: usize = 4;
+/// TCP punches an endpoint runs at once: each dials up to
+/// [`MAX_TCP_CANDIDATES`] addresses a few times a second, so this bounds the
+/// SYNs and sockets that peers' candidates can cost us. Past it a punch is
+/// refused (the link stays on the relay) rather than queued.
+pub const MAX_TCP_PUNCHES: usize = 16;
 /// Each connect waits this long (the kernel resends a SYN after 1 s).
 const CONNECT_ATTEMPT: std::time::Duration = std::time::Duration::from_secs(3);
 /// Between attempts to one candidate (a refused connect comes back at once).
@@ -321,14 +326,21 @@ pub(crate) struct Waiting {
 
 impl Waiting {
     /// Registers a punch; its accepted streams come out of the receiver.
-    pub(crate) fn add(&self, ticket: PunchTicket, role: Role) -> (u64, mpsc::Receiver<TcpStream>) {
+    /// `None` when [`MAX_TCP_PUNCHES`] are running already: the caller runs
+    /// none.
+    pub(crate) fn add(
+        &self,
+        ticket: PunchTicket,
+        role: Role,
+    ) -> Option<(u64, mpsc::Receiver<TcpStream>)> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(1);
         let mut p = self.punches.lock().expect("waiting lock is never poisoned");
-        if p.len() < crate::punch::MAX_SESSIONS {
-            p.push((id, ticket, role, tx));
+        if p.len() >= MAX_TCP_PUNCHES {
+            return None;
         }
-        (id, rx)
+        p.push((id, ticket, role, tx));
+        Some((id, rx))
     }
 
     /// The punch is over.
@@ -436,7 +448,7 @@ mod tests {
         let waiting = Arc::new(Waiting::default());
         let listener = shared_port_socket(b).unwrap().listen(16).unwrap();
         let server = tokio::spawn(serve_punches(listener, waiting.clone()));
-        let (id, accepted) = waiting.add(ticket, Role::Acceptor);
+        let (id, accepted) = waiting.add(ticket, Role::Acceptor).unwrap();
         let (_, none) = mpsc::channel(1);
         let (sa, sb) = tokio::join!(
             simultaneous_open(a, &to_b, ticket, Role::Requester, t, none),
@@ -455,7 +467,7 @@ mod tests {
         let (c, d) = (free(), free());
         let short = std::time::Duration::from_millis(1500);
         let (to_d, to_c) = ([d], [c]);
-        let (id, accepted) = waiting.add(wrong, Role::Acceptor);
+        let (id, accepted) = waiting.add(wrong, Role::Acceptor).unwrap();
         let listener = shared_port_socket(d).unwrap().listen(16).unwrap();
         let server2 = tokio::spawn(serve_punches(listener, waiting.clone()));
         let (_, none) = mpsc::channel(1);
@@ -477,5 +489,22 @@ mod tests {
         let peer: SocketAddr = "240.0.0.7:1".parse().unwrap();
         assert!(!is_link(peer));
         assert!(!is_link("198.51.100.1:2".parse().unwrap()));
+    }
+
+    #[test]
+    fn tcp_punches_beyond_the_bound_are_refused_not_run_silently() {
+        let waiting = Waiting::default();
+        let ticket = PunchTicket {
+            session: [1; 16],
+            secret: [2; 32],
+        };
+        let running: Vec<u64> = (0..MAX_TCP_PUNCHES)
+            .map(|_| waiting.add(ticket, Role::Requester).unwrap().0)
+            .collect();
+        assert!(waiting.add(ticket, Role::Requester).is_none());
+        // One ends: there is room for one more.
+        waiting.remove(running[0]);
+        assert!(waiting.add(ticket, Role::Requester).is_some());
+        assert!(waiting.add(ticket, Role::Requester).is_none());
     }
 }

@@ -18,6 +18,21 @@
 //!  |<========= Peers / Introduce / Introduction|  serverless: meeting peers of peers
 //! ```
 //!
+//! An introduction is asked for by both the nodes it links, so that no member
+//! can make another punch (and dial) addresses it didn't choose to meet:
+//!
+//! ```text
+//! A                         V (linked with both)                         C
+//!  |-- Introduce{peer: C} ---->|                                          |
+//!  |                           |-- IntroRequest{peer: A, name} ---------->|  C has room: it
+//!  |                           |<------------------ IntroAccept{peer: A} -|  now awaits A from V
+//!  |<-- Introduction{C, dial} -|-- Introduction{A, no dial} ------------->|
+//!  |<======================== punch, then A dials ======================>|
+//! ```
+//!
+//! A takes the `Introduction` only while it waits for C, C only while it
+//! awaits A from V; each has a bounded number of those in flight.
+//!
 //! Gossip follows Plumtree (Leitão, Pereira, Rodrigues, 2007): a new post goes in
 //! full to "eager" links and as an id (`IHave`) to "lazy" ones. A duplicate turns
 //! the link it came on lazy (`Prune`), so the eager links settle into a spanning
@@ -126,8 +141,23 @@ pub enum MeshFrame {
         /// The peer.
         peer: NodeId,
     },
+    /// Serverless, from a mutual peer: `peer` asked to meet you. Answer
+    /// [`MeshFrame::IntroAccept`] to be introduced, or nothing.
+    IntroRequest {
+        /// Who asks.
+        peer: NodeId,
+        /// Its name.
+        name: Name,
+    },
+    /// Serverless, to the mutual peer: yes, introduce me to `peer`.
+    IntroAccept {
+        /// Who asked.
+        peer: NodeId,
+    },
     /// Serverless: meet this peer (an introduction by a mutual peer): punch to its
-    /// candidates with this ticket; the side with `dial` set dials.
+    /// candidates with this ticket; the side with `dial` set dials. Taken only
+    /// by a node that asked for it (`Introduce`, or `IntroAccept` to the same
+    /// mutual peer).
     Introduction {
         /// The peer to meet.
         peer: NodeId,
@@ -345,6 +375,8 @@ mod tests {
                 MeshFrame::Want(ids),
                 MeshFrame::Pong { t1: t, t2: t / 2, t3: t / 3 },
                 MeshFrame::Sync { topic: Topic::default_topic(), msg: vec![0x61, 1, 2] },
+                MeshFrame::IntroRequest { peer: key(2).public(), name: "carol".parse().unwrap() },
+                MeshFrame::IntroAccept { peer: key(3).public() },
             ] {
                 prop_assert_eq!(decode::<MeshFrame>(VERSION, &encode(&f).unwrap(), MAX_FRAME), Ok(f));
             }

@@ -346,3 +346,116 @@ async fn floods_of_junk_and_half_open_handshakes_leave_honest_nodes_working() {
     assert!(server.child.try_wait().unwrap().is_none(), "server died");
     assert!(server.terminate().success());
 }
+
+/// A member of a serverless network (it holds the ticket's secret) that
+/// speaks the mesh protocol by hand: it says Hello to `ticket`'s node and
+/// then sends whatever frames the test gives it.
+async fn hostile_member(
+    ticket: &burrow_proto::mesh::Ticket,
+) -> (Endpoint, FrameWriter, FrameReader) {
+    use burrow_proto::mesh::{self, MeshFrame};
+    let key = SecretKey::generate(&mut rand::rngs::OsRng);
+    let ep = Endpoint::bind(
+        &key,
+        EndpointConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let (conn, _) = ep
+        .connect(ticket.addrs[0], mesh::ALPN, Some(ticket.id))
+        .await
+        .unwrap();
+    let (send, recv) = conn.open_bi().await.unwrap();
+    let mut writer = FrameWriter::new(send, mesh::VERSION, mesh::MAX_FRAME);
+    let mut reader = FrameReader::new(recv, mesh::VERSION, mesh::MAX_FRAME);
+    writer
+        .write(&MeshFrame::Hello {
+            name: "mallory".parse().unwrap(),
+            topics: vec![],
+            addrs: vec![],
+            observed: None,
+            proof: Some(mesh::membership_proof(
+                &ticket.secret,
+                &key.public(),
+                &ticket.id,
+            )),
+        })
+        .await
+        .unwrap();
+    let hello = tokio::time::timeout(Duration::from_secs(10), reader.read::<MeshFrame>())
+        .await
+        .expect("the node answers the Hello")
+        .unwrap();
+    assert!(matches!(hello, Some(MeshFrame::Hello { .. })), "{hello:?}");
+    (ep, writer, reader)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_cannot_make_others_punch_or_dial_addresses_by_introducing_strangers() {
+    use burrow_proto::mesh::MeshFrame;
+    use burrow_proto::punch::PunchTicket;
+    let dir = tempfile::tempdir().unwrap();
+    let ch = dir.path().join("carol");
+    let (_carol, ticket) = tokio::task::spawn_blocking(move || {
+        let p = serverless_up(&ch, "carol", None, &[]);
+        let t = ticket(&ch);
+        (p, t)
+    })
+    .await
+    .unwrap();
+    let ticket: burrow_proto::mesh::Ticket = ticket.parse().unwrap();
+    let (_ep, mut mallory, _reader) = hostile_member(&ticket).await;
+
+    // Twenty addresses mallory wants carol to send to: UDP sockets and TCP
+    // listeners of the test's own, each counting what reaches it.
+    let hits = Arc::new(AtomicU64::new(0));
+    let mut targets = Vec::new();
+    let mut tasks = Vec::new();
+    for i in 0..20u8 {
+        let udp = tokio::net::UdpSocket::bind((std::net::Ipv4Addr::new(127, 0, 9, 10 + i), 0))
+            .await
+            .unwrap();
+        let addr = udp.local_addr().unwrap();
+        let tcp = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let h = hits.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            loop {
+                tokio::select! {
+                    r = udp.recv_from(&mut buf) => if r.is_ok() { h.fetch_add(1, Ordering::Relaxed); },
+                    c = tcp.accept() => if c.is_ok() { h.fetch_add(1, Ordering::Relaxed); },
+                }
+            }
+        }));
+        targets.push(addr);
+    }
+    // Introductions nobody asked for: to fake peers, at those addresses, some
+    // telling carol to wait to be dialed, some telling her to dial.
+    let mut rng = rand::rngs::OsRng;
+    for (i, to) in targets.iter().enumerate() {
+        let stranger = SecretKey::generate(&mut rng).public();
+        mallory
+            .write(&MeshFrame::Introduction {
+                peer: stranger,
+                name: format!("stranger{i}").parse().unwrap(),
+                candidates: vec![*to],
+                punch: PunchTicket::random(&mut rng),
+                dial: i % 2 == 0,
+            })
+            .await
+            .unwrap();
+    }
+    // An honest punch probes at once and keeps at it for seconds, then tries
+    // TCP: give it time to show.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        hits.load(Ordering::Relaxed),
+        0,
+        "carol sent packets or connections to addresses a member chose for her"
+    );
+    for t in tasks {
+        t.abort();
+    }
+}

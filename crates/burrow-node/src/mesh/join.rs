@@ -10,11 +10,15 @@
 //!
 //! Linked nodes tell each other whom they are linked with (`Peers`). A node with
 //! fewer links than its target ([`crate::NodeConfig::mesh_links`]) asks a mutual
-//! peer to introduce it to one of those (`Introduce`); the mutual peer hands
-//! both sides each other's addresses and a fresh punch ticket (`Introduction`),
-//! and they punch as they would after a server brokered the link. One
-//! introduction is in flight at a time; one that fails isn't retried for a
-//! minute. A node takes introductions up to twice its target.
+//! peer to introduce it to one of those (`Introduce`); the mutual peer asks the
+//! other whether it wants that (`IntroRequest`), and once it says yes
+//! (`IntroAccept`) hands both sides each other's addresses and a fresh punch
+//! ticket (`Introduction`), and they punch as they would after a server
+//! brokered the link. A node takes only introductions it asked for: the one it
+//! sought (one at a time; one that fails isn't retried for a minute), and at
+//! most [`MAX_AWAITED`] it agreed to, while it has fewer than twice its target
+//! of links. Any member could otherwise send introductions of its own making
+//! and have every other member punch and TCP-dial addresses of its choice.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -43,6 +47,8 @@ const INTRO_RETRY: Duration = Duration::from_secs(60);
 const JOIN_ATTEMPT: Duration = Duration::from_secs(3);
 /// Longest wait between attempts to join from a ticket.
 const JOIN_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Introductions a node agreed to (`IntroAccept`) and waits for at once.
+const MAX_AWAITED: usize = 2;
 
 /// Introductions in progress.
 #[derive(Debug, Default)]
@@ -51,6 +57,8 @@ pub(crate) struct Intros {
     pending: Option<(NodeId, Instant)>,
     /// Peers whose introduction failed, and when.
     failed: HashMap<NodeId, Instant>,
+    /// Introductions we agreed to: the peer, who introduces it, since when.
+    awaited: HashMap<NodeId, (NodeId, Instant)>,
     /// The links we last told our links about.
     announced: Vec<NodeId>,
 }
@@ -255,7 +263,8 @@ pub(crate) fn receive_peers(inner: &Inner, from: NodeId, mut list: Vec<PeerAd>) 
     }
 }
 
-/// `from` asks us to introduce it to `target`, a peer of ours.
+/// `from` asks us to introduce it to `target`, a peer of ours: we ask
+/// `target` whether it wants that.
 pub(crate) fn introduce(inner: &Inner, from: NodeId, target: NodeId) {
     let st = inner.state();
     if st.mesh.secret.is_none() || target == from || target == inner.id {
@@ -265,17 +274,61 @@ pub(crate) fn introduce(inner: &Inner, from: NodeId, target: NodeId) {
         debug!(peer = %from.short(), target = %target.short(), "cannot introduce: not linked");
         return;
     };
+    let _ = c.tx.try_send(MeshFrame::IntroRequest {
+        peer: from,
+        name: a.name.clone(),
+    });
+}
+
+/// `via` tells us `from` asked to meet us: we agree if we have room.
+pub(crate) fn intro_requested(inner: &Inner, via: NodeId, from: NodeId, name: Name) {
+    let mut st = inner.state();
+    if st.mesh.secret.is_none() || from == inner.id || from == via || st.conduct.refused(&from) {
+        return;
+    }
+    let now = Instant::now();
+    st.mesh
+        .intro
+        .awaited
+        .retain(|_, (_, since)| now.duration_since(*since) < INTRO_TIMEOUT);
+    let linked =
+        st.mesh.links.contains_key(&from) || st.peers.get(&from).is_some_and(|p| p.connected());
+    let full = st.mesh.links.len() >= 2 * inner.config.mesh_links
+        || st.mesh.intro.awaited.len() >= MAX_AWAITED;
+    if linked || full || st.mesh.intro.awaited.contains_key(&from) {
+        debug!(peer = %from.short(), %name, via = %via.short(), linked, full, "introduction declined");
+        return;
+    }
+    let Some(v) = st.mesh.links.get(&via) else {
+        return;
+    };
+    if v.tx.try_send(MeshFrame::IntroAccept { peer: from }).is_ok() {
+        st.mesh.intro.awaited.insert(from, (via, now));
+    }
+}
+
+/// `from` agreed to meet `peer`, who asked us for it: we introduce them.
+pub(crate) fn intro_accepted(inner: &Inner, from: NodeId, peer: NodeId) {
+    let st = inner.state();
+    if st.mesh.secret.is_none() || peer == from || peer == inner.id {
+        return;
+    }
+    // `peer` takes the introduction only if it is still looking for `from`,
+    // so nothing is checked here beyond both being linked with us.
+    let (Some(a), Some(c)) = (st.mesh.links.get(&peer), st.mesh.links.get(&from)) else {
+        return;
+    };
     let punch = PunchTicket::random(&mut rand::thread_rng());
     info!(a = %a.name, c = %c.name, "introducing");
     let _ = a.tx.try_send(MeshFrame::Introduction {
-        peer: target,
+        peer: from,
         name: c.name.clone(),
         candidates: c.addrs.clone(),
         punch,
         dial: true,
     });
     let _ = c.tx.try_send(MeshFrame::Introduction {
-        peer: from,
+        peer,
         name: a.name.clone(),
         candidates: a.addrs.clone(),
         punch,
@@ -301,11 +354,20 @@ pub(crate) fn introduced(
         let linked = st.mesh.links.contains_key(&other)
             || st.peers.get(&other).is_some_and(|p| p.connected());
         let table_full = !st.peers.contains_key(&other) && st.peers.len() >= crate::node::MAX_PEERS;
-        let full = st.mesh.links.len() >= 2 * inner.config.mesh_links;
-        // We dial only the introductions we asked for; the others we take while
-        // there is room.
-        let asked = st.mesh.intro.pending.is_some_and(|(p, _)| p == other);
-        if linked || full || table_full || (dial && !asked) {
+        // Only what we asked for: the introduction we sought (we dial), or one
+        // we agreed to meet from this very introducer (we wait to be dialed).
+        let asked = if dial {
+            st.mesh.intro.pending.is_some_and(|(p, _)| p == other)
+        } else {
+            let agreed = st.mesh.intro.awaited.get(&other).copied();
+            agreed.is_some_and(|(v, since)| v == via && since.elapsed() < INTRO_TIMEOUT)
+                && st.mesh.intro.awaited.remove(&other).is_some()
+        };
+        if !asked {
+            debug!(peer = %other.short(), via = %via.short(), dial, "introduction not asked for; ignored");
+            return;
+        }
+        if linked || table_full {
             return;
         }
         // Accepted for the punch and the mesh connection; chat and files still

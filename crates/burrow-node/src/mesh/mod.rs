@@ -436,6 +436,10 @@ async fn handle(inner: &Arc<Inner>, peer: NodeId, frame: MeshFrame) -> bool {
         }
         MeshFrame::Peers(list) => join::receive_peers(inner, peer, list),
         MeshFrame::Introduce { peer: target } => join::introduce(inner, peer, target),
+        MeshFrame::IntroRequest { peer: from, name } => {
+            join::intro_requested(inner, peer, from, name)
+        }
+        MeshFrame::IntroAccept { peer: asker } => join::intro_accepted(inner, peer, asker),
         MeshFrame::Introduction {
             peer: other,
             name,
