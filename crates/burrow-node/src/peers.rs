@@ -20,7 +20,7 @@
 //! Without a relay (the server doesn't relay) the requester dials once the punch
 //! has found a path.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -53,17 +53,32 @@ const REPUNCH_MAX: Duration = Duration::from_secs(300);
 /// How long a TCP punch (after a UDP punch found nothing) keeps dialing.
 const TCP_PUNCH: Duration = Duration::from_secs(8);
 
-/// The candidates our socket can reach (same address family).
+/// The candidates worth probing: of our socket's address family, never
+/// addresses that can't be a peer's (unspecified, multicast, broadcast, port
+/// 0) or that are our own, and loopback only when this node itself runs on
+/// loopback (with its server, or bound there). The server already offers a
+/// peer's own addresses only to nodes behind the same public address; this is
+/// the node's own check on what a server or an introducer hands it.
 fn usable(inner: &Inner, candidates: &[SocketAddr]) -> Vec<SocketAddr> {
-    let local_v4 = inner
-        .endpoint
-        .local_addr()
-        .map(|a| a.is_ipv4())
-        .unwrap_or(true);
+    let local = inner.endpoint.local_addr().ok();
+    let (public, server) = {
+        let st = inner.state();
+        (st.public_addr, st.server_addr)
+    };
+    let local_v4 = local.is_none_or(|a| a.is_ipv4());
+    let on_loopback =
+        local.is_some_and(|a| a.ip().is_loopback()) || server.is_some_and(|s| s.ip().is_loopback());
+    let broadcast = |ip: IpAddr| matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
     candidates
         .iter()
         .copied()
         .filter(|a| a.is_ipv4() == local_v4)
+        .filter(|a| {
+            let ip = a.ip();
+            !(ip.is_unspecified() || ip.is_multicast() || broadcast(ip) || a.port() == 0)
+        })
+        .filter(|a| !a.ip().is_loopback() || on_loopback)
+        .filter(|a| Some(*a) != local && Some(*a) != public)
         .collect()
 }
 

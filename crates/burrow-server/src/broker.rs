@@ -109,6 +109,44 @@ struct Online {
     relay_rate: Option<RateLimit>,
 }
 
+impl Online {
+    /// What of this node's addresses `viewer` is given to punch. The address
+    /// the server sees it at, always: that one the server vouches for. Its
+    /// own (LAN) addresses only when `viewer` is behind the same public
+    /// address, where they lead to it; anywhere else they are addresses of
+    /// the node's choosing for the viewer to probe and dial (loopback, a
+    /// neighbour's, any public host), and the viewer gets the node's own port
+    /// number at its public address instead (NATs that keep ports map it
+    /// there; TCP punches try it). Loopback ones only between nodes on the
+    /// server's own machine. A port mapping only when its public address is
+    /// the one the server sees (the router's own).
+    fn offered_to(&self, viewer: &Online) -> (Vec<SocketAddr>, NatInfo) {
+        let Some(&observed) = self.candidates.first() else {
+            return (Vec::new(), NatInfo::default());
+        };
+        let here = observed.ip();
+        let same_place = viewer.candidates.first().is_some_and(|v| v.ip() == here);
+        let mut out = vec![observed];
+        if same_place {
+            out.extend(
+                self.candidates[1..]
+                    .iter()
+                    .filter(|a| !a.ip().is_loopback() || here.is_loopback()),
+            );
+        } else if let Some(own) = self.candidates.get(1) {
+            let public = SocketAddr::new(here, own.port());
+            if public != observed {
+                out.push(public);
+            }
+        }
+        let mut nat = self.nat;
+        if nat.mapped.is_some_and(|m| m.ip() != here) {
+            nat.mapped = None;
+        }
+        (out, nat)
+    }
+}
+
 #[derive(Debug)]
 struct Link {
     channel: Channel,
@@ -398,8 +436,8 @@ impl Registry {
         let (Some(a), Some(r)) = (self.nodes.get(&acceptor), self.nodes.get(&requester)) else {
             return Vec::new();
         };
-        let (a_cands, r_cands) = (a.candidates.clone(), r.candidates.clone());
-        let (a_nat, r_nat) = (a.nat, r.nat);
+        let (a_cands, a_nat) = a.offered_to(r);
+        let (r_cands, r_nat) = r.offered_to(a);
         let punch = PunchTicket::random(&mut self.rng);
         let relay = self.make_link(now, requester, acceptor);
         vec![
@@ -513,14 +551,16 @@ impl Registry {
             return Vec::new();
         };
         let punch = PunchTicket::random(&mut self.rng);
+        let (p_cands, p_nat) = p.offered_to(f);
+        let (f_cands, f_nat) = f.offered_to(p);
         vec![
             (
                 from,
                 ServerMsg::Punch {
                     peer,
                     direction: Direction::Outgoing,
-                    candidates: p.candidates.clone(),
-                    peer_nat: p.nat,
+                    candidates: p_cands,
+                    peer_nat: p_nat,
                     punch,
                     relay,
                 },
@@ -530,8 +570,8 @@ impl Registry {
                 ServerMsg::Punch {
                     peer: from,
                     direction: Direction::Incoming,
-                    candidates: f.candidates.clone(),
-                    peer_nat: f.nat,
+                    candidates: f_cands,
+                    peer_nat: f_nat,
                     punch,
                     relay,
                 },
@@ -715,6 +755,54 @@ mod tests {
                     reason: Refusal::NoSuchRequest
                 }
             )]
+        );
+    }
+
+    #[test]
+    fn a_node_is_offered_only_the_addresses_the_server_vouches_for_or_that_lead_to_the_peer() {
+        let mut r = Registry::new(BrokerConfig::default());
+        let t = Instant::now();
+        let (a, b, c) = (node(1, "alice"), node(2, "bob"), node(3, "carol"));
+        // alice claims a LAN address, a loopback one and a public one that is
+        // somebody else's, and a port mapping on another public address.
+        let claimed = vec![
+            SocketAddr::from(([192, 168, 1, 2], 4000)),
+            SocketAddr::from(([127, 0, 0, 1], 22)),
+            SocketAddr::from(([198, 51, 100, 9], 80)),
+        ];
+        r.handle_join(a.clone(), 1, addr(1), claimed.clone());
+        // bob is behind alice's public address; carol is elsewhere.
+        r.handle_join(b.clone(), 2, addr(2), vec![]);
+        let carol_at = SocketAddr::from(([198, 51, 100, 20], 5000));
+        r.handle_join(c.clone(), 3, carol_at, vec![]);
+        let lie = NatInfo {
+            mapping: burrow_proto::punch::Mapping::Independent,
+            mapped: Some(SocketAddr::from(([198, 51, 100, 9], 443))),
+        };
+        r.handle_msg(t, a.id, ClientMsg::Nat { nat: lie });
+        let offered = |r: &mut Registry, to: &PeerInfo| {
+            r.handle_msg(t, to.id, ClientMsg::Connect { peer: a.id });
+            let out = r.handle_msg(t, a.id, ClientMsg::Accept { peer: to.id });
+            out.into_iter()
+                .find_map(|(id, m)| match m {
+                    ServerMsg::Accepted {
+                        candidates,
+                        peer_nat,
+                        ..
+                    } if id == to.id => Some((candidates, peer_nat.mapped)),
+                    _ => None,
+                })
+                .unwrap()
+        };
+        assert_eq!(
+            offered(&mut r, &c),
+            (vec![addr(1), addr(4000)], None),
+            "elsewhere: only the address the server sees, and its own port there"
+        );
+        assert_eq!(
+            offered(&mut r, &b),
+            (vec![addr(1), claimed[0], claimed[2]], None),
+            "behind the same address: its LAN addresses too, never loopback"
         );
     }
 

@@ -15,77 +15,19 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use burrow_net::{Endpoint, EndpointConfig, FrameReader, FrameWriter};
+use burrow_net::{Endpoint, EndpointConfig};
 use burrow_proto::rendezvous::{self, ClientMsg, CloseReason, Refusal, ServerMsg};
 use burrow_proto::{NodeId, SecretKey, ServerAddr};
 use common::proc::*;
+use common::raw::{Member, RawClient};
 use rand::{Rng, RngCore};
-
-/// A hand-driven rendezvous client: speaks the protocol, but is no node.
-struct RawClient {
-    _ep: Endpoint,
-    _conn: quinn::Connection,
-    reader: FrameReader,
-    writer: FrameWriter,
-}
-
-impl RawClient {
-    async fn register(bind: &str, server: &common::TestServer, name: &str) -> RawClient {
-        let key = SecretKey::generate(&mut rand::rngs::OsRng);
-        let ep = Endpoint::bind(
-            &key,
-            EndpointConfig {
-                bind: bind.parse().unwrap(),
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        let (conn, _) = ep
-            .connect(server.addr, rendezvous::ALPN, server.url.key)
-            .await
-            .unwrap();
-        let (send, recv) = conn.open_bi().await.unwrap();
-        let mut c = RawClient {
-            _ep: ep,
-            _conn: conn,
-            reader: FrameReader::new(recv, rendezvous::VERSION, rendezvous::MAX_FRAME),
-            writer: FrameWriter::new(send, rendezvous::VERSION, rendezvous::MAX_FRAME),
-        };
-        c.send(ClientMsg::Hello {
-            name: name.parse().unwrap(),
-            lan_addrs: vec![],
-            credentials: Default::default(),
-        })
-        .await;
-        let welcome = c.next(|m| matches!(m, ServerMsg::Welcome { .. })).await;
-        assert!(welcome.is_some(), "no Welcome");
-        c
-    }
-
-    async fn send(&mut self, msg: ClientMsg) {
-        self.writer.write(&msg).await.unwrap();
-    }
-
-    /// The next message `pick` accepts (others are skipped); `None` if the
-    /// session ends first or nothing comes within the test's wait.
-    async fn next(&mut self, pick: impl Fn(&ServerMsg) -> bool) -> Option<ServerMsg> {
-        let deadline = tokio::time::Instant::now() + common::WAIT;
-        loop {
-            match tokio::time::timeout_at(deadline, self.reader.read::<ServerMsg>()).await {
-                Ok(Ok(Some(m))) if pick(&m) => return Some(m),
-                Ok(Ok(Some(_))) => {}
-                _ => return None,
-            }
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_and_replayed_answers_are_refused_and_the_forger_is_banned() {
     let dir = tempfile::tempdir().unwrap();
     let server = common::start_server(&dir.path().join("srv")).await;
     let alice = common::start_node(&dir.path().join("alice"), "alice", &server.url).await;
-    let mut mallory = RawClient::register("127.0.0.5:0", &server, "mallory").await;
+    let mut mallory = RawClient::register("127.0.0.5:0", &server.url, "mallory", vec![]).await;
     common::wait_until("alice sees mallory", || common::online(&alice, "mallory")).await;
     let alice_id: NodeId = alice.id();
     let refused_no_request = |m: &ServerMsg| {
@@ -347,51 +289,6 @@ async fn floods_of_junk_and_half_open_handshakes_leave_honest_nodes_working() {
     assert!(server.terminate().success());
 }
 
-/// A member of a serverless network (it holds the ticket's secret) that
-/// speaks the mesh protocol by hand: it says Hello to `ticket`'s node and
-/// then sends whatever frames the test gives it.
-async fn hostile_member(
-    ticket: &burrow_proto::mesh::Ticket,
-) -> (Endpoint, FrameWriter, FrameReader) {
-    use burrow_proto::mesh::{self, MeshFrame};
-    let key = SecretKey::generate(&mut rand::rngs::OsRng);
-    let ep = Endpoint::bind(
-        &key,
-        EndpointConfig {
-            bind: "127.0.0.1:0".parse().unwrap(),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let (conn, _) = ep
-        .connect(ticket.addrs[0], mesh::ALPN, Some(ticket.id))
-        .await
-        .unwrap();
-    let (send, recv) = conn.open_bi().await.unwrap();
-    let mut writer = FrameWriter::new(send, mesh::VERSION, mesh::MAX_FRAME);
-    let mut reader = FrameReader::new(recv, mesh::VERSION, mesh::MAX_FRAME);
-    writer
-        .write(&MeshFrame::Hello {
-            name: "mallory".parse().unwrap(),
-            topics: vec![],
-            addrs: vec![],
-            observed: None,
-            proof: Some(mesh::membership_proof(
-                &ticket.secret,
-                &key.public(),
-                &ticket.id,
-            )),
-        })
-        .await
-        .unwrap();
-    let hello = tokio::time::timeout(Duration::from_secs(10), reader.read::<MeshFrame>())
-        .await
-        .expect("the node answers the Hello")
-        .unwrap();
-    assert!(matches!(hello, Some(MeshFrame::Hello { .. })), "{hello:?}");
-    (ep, writer, reader)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_cannot_make_others_punch_or_dial_addresses_by_introducing_strangers() {
     use burrow_proto::mesh::MeshFrame;
@@ -406,37 +303,20 @@ async fn a_member_cannot_make_others_punch_or_dial_addresses_by_introducing_stra
     .await
     .unwrap();
     let ticket: burrow_proto::mesh::Ticket = ticket.parse().unwrap();
-    let (_ep, mut mallory, _reader) = hostile_member(&ticket).await;
+    let key = SecretKey::generate(&mut rand::rngs::OsRng);
+    let mut mallory = Member::dial(&ticket, ticket.secret, key)
+        .await
+        .expect("carol takes a member with the secret");
 
-    // Twenty addresses mallory wants carol to send to: UDP sockets and TCP
-    // listeners of the test's own, each counting what reaches it.
-    let hits = Arc::new(AtomicU64::new(0));
-    let mut targets = Vec::new();
-    let mut tasks = Vec::new();
-    for i in 0..20u8 {
-        let udp = tokio::net::UdpSocket::bind((std::net::Ipv4Addr::new(127, 0, 9, 10 + i), 0))
-            .await
-            .unwrap();
-        let addr = udp.local_addr().unwrap();
-        let tcp = tokio::net::TcpListener::bind(addr).await.unwrap();
-        let h = hits.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut buf = [0u8; 2048];
-            loop {
-                tokio::select! {
-                    r = udp.recv_from(&mut buf) => if r.is_ok() { h.fetch_add(1, Ordering::Relaxed); },
-                    c = tcp.accept() => if c.is_ok() { h.fetch_add(1, Ordering::Relaxed); },
-                }
-            }
-        }));
-        targets.push(addr);
-    }
+    // Twenty addresses mallory wants carol to send to.
+    let (targets, hits, _listening) = counting_targets(9).await;
     // Introductions nobody asked for: to fake peers, at those addresses, some
     // telling carol to wait to be dialed, some telling her to dial.
     let mut rng = rand::rngs::OsRng;
     for (i, to) in targets.iter().enumerate() {
         let stranger = SecretKey::generate(&mut rng).public();
         mallory
+            .writer
             .write(&MeshFrame::Introduction {
                 peer: stranger,
                 name: format!("stranger{i}").parse().unwrap(),
@@ -455,7 +335,79 @@ async fn a_member_cannot_make_others_punch_or_dial_addresses_by_introducing_stra
         0,
         "carol sent packets or connections to addresses a member chose for her"
     );
-    for t in tasks {
-        t.abort();
+}
+
+/// Twenty addresses in 127.0.`net`.0/24, each a UDP socket and a TCP listener
+/// of the test's own that count what reaches them; the counting stops when
+/// the returned guard is dropped.
+async fn counting_targets(net: u8) -> (Vec<SocketAddr>, Arc<AtomicU64>, AbortOnDrop) {
+    let hits = Arc::new(AtomicU64::new(0));
+    let mut targets = Vec::new();
+    let mut tasks = Vec::new();
+    for i in 0..20u8 {
+        let ip = std::net::Ipv4Addr::new(127, 0, net, 10 + i);
+        let udp = tokio::net::UdpSocket::bind((ip, 0)).await.unwrap();
+        let addr = udp.local_addr().unwrap();
+        let tcp = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let h = hits.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            loop {
+                tokio::select! {
+                    r = udp.recv_from(&mut buf) => if r.is_ok() { h.fetch_add(1, Ordering::Relaxed); },
+                    c = tcp.accept() => if c.is_ok() { h.fetch_add(1, Ordering::Relaxed); },
+                }
+            }
+        }));
+        targets.push(addr);
     }
+    (targets, hits, AbortOnDrop(tasks))
+}
+
+/// Aborts its tasks when dropped.
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_cannot_make_a_node_probe_addresses_it_claims_as_its_own() {
+    use burrow_proto::punch::{Mapping, NatInfo};
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start_server(&dir.path().join("srv")).await;
+    let alice = common::start_node(&dir.path().join("alice"), "alice", &server.url).await;
+    alice.settings(Some("anyone")).await.unwrap();
+    // mallory, from another address than alice's, claims twenty addresses
+    // as its LAN ones and one of them as its router's port mapping, then
+    // asks alice for a connection, which she accepts.
+    let (targets, hits, _listening) = counting_targets(8).await;
+    let mut mallory =
+        RawClient::register("127.0.0.2:0", &server.url, "mallory", targets.clone()).await;
+    mallory
+        .send(ClientMsg::Nat {
+            nat: NatInfo {
+                mapping: Mapping::Independent,
+                mapped: Some(targets[0]),
+            },
+        })
+        .await;
+    mallory.send(ClientMsg::Connect { peer: alice.id() }).await;
+    let accepted = mallory
+        .next(|m| matches!(m, ServerMsg::Accepted { .. }))
+        .await;
+    assert!(accepted.is_some(), "alice accepts anyone");
+    // alice punches toward mallory for seconds, then tries TCP.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        hits.load(Ordering::Relaxed),
+        0,
+        "alice sent packets or connections to addresses mallory chose for her"
+    );
+    alice.shutdown().await;
+    server.stop().await;
 }

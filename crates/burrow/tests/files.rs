@@ -486,62 +486,11 @@ fn a_disk_too_small_is_reported_before_the_download_and_more_space_lets_it_finis
     assert!(same_bytes(&f, &out.join("big.bin")));
 }
 
-/// A node that says it offers `files` (whatever their real content) and does
-/// nothing else: it registers as `name` and stays online while the returned
-/// connection lives.
-async fn lying_offerer(
-    url: &str,
-    name: &str,
-    files: Vec<burrow_proto::files::FileEntry>,
-) -> quinn::Connection {
-    use burrow_net::{Endpoint, EndpointConfig, FrameReader, FrameWriter};
-    use burrow_proto::rendezvous::{self, ClientMsg, ServerMsg};
-    let server: burrow_proto::ServerAddr = url.parse().unwrap();
-    let addr: std::net::SocketAddr = server.host_port().parse().unwrap();
-    let key = burrow_proto::SecretKey::generate(&mut rand::rngs::OsRng);
-    let ep = Endpoint::bind(
-        &key,
-        EndpointConfig {
-            bind: "127.0.0.1:0".parse().unwrap(),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let (conn, _) = ep
-        .connect(addr, rendezvous::ALPN, server.key)
-        .await
-        .unwrap();
-    let (send, recv) = conn.open_bi().await.unwrap();
-    let mut writer = FrameWriter::new(send, rendezvous::VERSION, rendezvous::MAX_CLIENT_FRAME);
-    let mut reader = FrameReader::new(recv, rendezvous::VERSION, rendezvous::MAX_FRAME);
-    writer
-        .write(&ClientMsg::Hello {
-            name: name.parse().unwrap(),
-            lan_addrs: vec![],
-            credentials: Default::default(),
-        })
-        .await
-        .unwrap();
-    let welcome = reader.read::<ServerMsg>().await.unwrap();
-    assert!(
-        matches!(welcome, Some(ServerMsg::Welcome { .. })),
-        "{welcome:?}"
-    );
-    writer
-        .write(&ClientMsg::Offer {
-            replace: true,
-            files,
-        })
-        .await
-        .unwrap();
-    // Keep the endpoint (and so the connection) alive with the connection.
-    std::mem::forget(ep);
-    conn
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lie_about_a_files_size_neither_blocks_its_download_nor_costs_the_honest_provider() {
     use burrow_proto::files::{BlobHash, FileEntry};
+    use burrow_proto::rendezvous::ClientMsg;
+    use common::raw::RawClient;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_path_buf();
     let (ah, bh) = (d.join("alice"), d.join("bob"));
@@ -572,7 +521,14 @@ async fn a_lie_about_a_files_size_neither_blocks_its_download_nor_costs_the_hone
         name: "free money".parse().unwrap(),
         size,
     };
-    let _mallory = lying_offerer(&url, "mallory", vec![lie((1 << 60) - 1), lie(1 << 40)]).await;
+    let mut mallory =
+        RawClient::register("127.0.0.1:0", &url.parse().unwrap(), "mallory", vec![]).await;
+    mallory
+        .send(ClientMsg::Offer {
+            replace: true,
+            files: vec![lie((1 << 60) - 1), lie(1 << 40)],
+        })
+        .await;
 
     let (hash_text, found) = tokio::task::spawn_blocking({
         let (ah, bh, original) = (ah.clone(), bh.clone(), original.clone());

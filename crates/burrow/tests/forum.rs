@@ -7,11 +7,11 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use burrow_net::{Endpoint, EndpointConfig, FrameReader, FrameWriter};
 use burrow_proto::forum::{Hlc, Post, PostId, Topic};
-use burrow_proto::mesh::{self, MeshFrame, MeshSecret, Ticket};
+use burrow_proto::mesh::{MeshFrame, MeshSecret, Ticket};
 use burrow_proto::SecretKey;
 use common::proc::*;
+use common::raw::Member;
 use serde_json::Value;
 
 fn ids(forum: &[Value]) -> Vec<String> {
@@ -169,53 +169,6 @@ fn a_chain_of_tickets_becomes_one_mesh() {
     assert!(thread[1]["hlc"].as_u64() > thread[0]["hlc"].as_u64());
 }
 
-/// A member as a test drives it: a mesh session to one node.
-struct Member {
-    key: SecretKey,
-    writer: FrameWriter,
-    _reader: FrameReader,
-    conn: quinn::Connection,
-    _endpoint: Endpoint,
-}
-
-async fn dial_member(t: &Ticket, secret: MeshSecret, key: SecretKey) -> Option<Member> {
-    let endpoint = Endpoint::bind(
-        &key,
-        EndpointConfig {
-            bind: "127.0.0.1:0".parse().unwrap(),
-            ..EndpointConfig::default()
-        },
-    )
-    .unwrap();
-    let (conn, _) = endpoint
-        .connect(t.addrs[0], mesh::ALPN, Some(t.id))
-        .await
-        .unwrap();
-    let (send, recv) = conn.open_bi().await.unwrap();
-    let mut writer = FrameWriter::new(send, mesh::VERSION, mesh::MAX_FRAME);
-    let mut reader = FrameReader::new(recv, mesh::VERSION, mesh::MAX_FRAME);
-    writer
-        .write(&MeshFrame::Hello {
-            name: "mallory".parse().unwrap(),
-            topics: vec![Topic::default_topic()],
-            addrs: vec![],
-            observed: None,
-            proof: Some(mesh::membership_proof(&secret, &key.public(), &t.id)),
-        })
-        .await
-        .unwrap();
-    match tokio::time::timeout(Duration::from_secs(10), reader.read::<MeshFrame>()).await {
-        Ok(Ok(Some(MeshFrame::Hello { .. }))) => Some(Member {
-            key,
-            writer,
-            _reader: reader,
-            conn,
-            _endpoint: endpoint,
-        }),
-        _ => None,
-    }
-}
-
 impl Member {
     fn post(&self, text: &str, parent: Option<PostId>, t: u64) -> Post {
         Post::create(
@@ -257,10 +210,10 @@ async fn forged_posts_are_refused_and_orphans_find_their_thread() {
     let t: Ticket = ticket(&home).parse().unwrap();
     let mut rng = rand::thread_rng();
 
-    let stranger = dial_member(&t, MeshSecret([0; 16]), SecretKey::generate(&mut rng)).await;
+    let stranger = Member::dial(&t, MeshSecret([0; 16]), SecretKey::generate(&mut rng)).await;
     assert!(stranger.is_none(), "a wrong membership proof is refused");
 
-    let mut m = dial_member(&t, t.secret, SecretKey::generate(&mut rng))
+    let mut m = Member::dial(&t, t.secret, SecretKey::generate(&mut rng))
         .await
         .expect("a member with the ticket's secret gets in");
     let now = burrow_proto::time::unix_ms(std::time::SystemTime::now());

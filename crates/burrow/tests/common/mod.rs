@@ -4,6 +4,7 @@
 
 pub mod data;
 pub mod proc;
+pub mod raw;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
