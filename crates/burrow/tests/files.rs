@@ -408,10 +408,10 @@ fn blake3_hex(data: &[u8]) -> String {
 struct Tmpfs(PathBuf);
 
 impl Tmpfs {
-    /// Mounts a tmpfs of `size` (e.g. "6m") at `at`; `None` (with the reason
-    /// printed) where mounting needs a root this test doesn't have, unless
-    /// `BURROW_LAB=required`.
-    fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
+    /// Mounts a tmpfs of `size` (e.g. "6m") at `at` for `test`; `None` (with
+    /// the reason printed) where mounting needs a root this test doesn't
+    /// have, unless `BURROW_LAB=required`.
+    fn mount(at: &Path, size: &str, test: &str) -> Option<Tmpfs> {
         std::fs::create_dir_all(at).unwrap();
         let out = std::process::Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
@@ -423,7 +423,7 @@ impl Tmpfs {
         }
         let why = String::from_utf8_lossy(&out.stderr);
         burrow_lab::skip(
-            "a_disk_too_small_is_reported_before_the_download_and_more_space_lets_it_finish",
+            test,
             &format!("mounting a small file system failed (root needed): {why}"),
         );
         None
@@ -455,7 +455,8 @@ fn a_disk_too_small_is_reported_before_the_download_and_more_space_lets_it_finis
     let d = dir.path();
     // bob's home on a small file system: room for the node, not for the file.
     // (Declared first: unmounted after bob's node stops.)
-    let Some(small) = Tmpfs::mount(&d.join("bob"), "6m") else {
+    let test = "a_disk_too_small_is_reported_before_the_download_and_more_space_lets_it_finish";
+    let Some(small) = Tmpfs::mount(&d.join("bob"), "6m", test) else {
         return;
     };
     let (_srv, url) = server(&d.join("srv"));
@@ -484,6 +485,66 @@ fn a_disk_too_small_is_reported_before_the_download_and_more_space_lets_it_finis
     assert!(ok, "{err}");
     assert_eq!(got["size"], 16 << 20);
     assert!(same_bytes(&f, &out.join("big.bin")));
+}
+
+#[test]
+fn a_download_placed_on_another_file_system_follows_no_planted_link_and_leaves_nothing_half_written(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // The target directory is on a file system of its own: placing copies.
+    let out = d.join("usb");
+    let test = "a_download_placed_on_another_file_system_follows_no_planted_link_and_leaves_nothing_half_written";
+    let Some(small) = Tmpfs::mount(&out, "2m", test) else {
+        return;
+    };
+    let (_srv, url) = server(&d.join("srv"));
+    let (ah, bh) = (d.join("alice"), d.join("bob"));
+    let _alice = up(&ah, &url, "alice");
+    let _bob = up(&bh, &url, "bob");
+    link((&bh, "bob"), (&ah, "alice"));
+    let f = d.join("photos.tar");
+    write_random(&f, 3 << 20, 31);
+    let hash = share(&ah, &f, None)["hash"].as_str().unwrap().to_string();
+
+    // Too little room there: the copy fails, and neither the name nor a
+    // temporary file is left behind; the verified download is kept.
+    let (ok, _, err) = get(&bh, &hash, &out, &[]);
+    assert!(!ok && err.contains("No space left"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "a failed copy leaves nothing: {left:?}");
+
+    // Someone who can write to the directory plants links at every name the
+    // old code would have copied through, and an older file stands at the
+    // target: --force replaces that file and writes through no link.
+    small.resize("16m");
+    let victim = d.join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    for name in [
+        format!(".{}.burrow-part", &hash[..8]),
+        ".burrow-part".into(),
+    ] {
+        std::os::unix::fs::symlink(&victim, out.join(name)).unwrap();
+    }
+    std::fs::write(out.join("photos.tar"), b"an older copy").unwrap();
+    let (ok, got, err) = get(&bh, &hash, &out, &["--force"]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        got["resumed_bytes"],
+        3 << 20,
+        "nothing fetched again: {got}"
+    );
+    assert!(same_bytes(&f, &out.join("photos.tar")));
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    let extra: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "photos.tar" && !n.ends_with(".burrow-part"))
+        .collect();
+    assert!(extra.is_empty(), "no temporary file left: {extra:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,7 @@
 //! running the [`Plan`] with workers on every provider, and moving the verified
 //! file into place.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -590,48 +590,73 @@ async fn link_with(
 
 /// Syncs a complete download and moves it to `target` (never over an existing
 /// file unless `force`), and its outboard next to the node's others.
+///
+/// On the same file system the partial file is renamed (`force`) or
+/// hard-linked (no replacing: the link fails if the name is taken). Across
+/// file systems it is copied into a new file of a random name beside the
+/// target (created exclusively, so nothing planted there is followed),
+/// synced, and only then renamed into place; a failed copy leaves nothing
+/// behind. Either way the directory is synced, so the name survives a power
+/// cut as the bytes do.
 fn place(plan: &Plan, home: &Path, target: &Path, force: bool) -> Result<PathBuf, ApiError> {
     let io = |e: std::io::Error| ApiError::File(format!("{}: {e}", target.display()));
+    let exists = || ApiError::Exists(target.display().to_string());
     plan.sync().map_err(io)?;
     let dir = target.parent().expect("targets are dir/name");
     std::fs::create_dir_all(dir).map_err(io)?;
-    let exists = |_| ApiError::Exists(target.display().to_string());
-    if force {
-        if std::fs::rename(&plan.data_path, target).is_err() {
-            // Another file system: copy next to the target, then rename over it.
-            let tmp = dir.join(format!(".{}.burrow-part", plan.hash.short()));
-            std::fs::copy(&plan.data_path, &tmp).map_err(io)?;
-            std::fs::rename(&tmp, target).map_err(io)?;
-            let _ = std::fs::remove_file(&plan.data_path);
-        }
+    let moved = if force {
+        std::fs::rename(&plan.data_path, target).is_ok()
     } else {
         match std::fs::hard_link(&plan.data_path, target) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => return Err(exists(e)),
-            Err(_) => {
-                // Another file system: copy into a file that must not exist yet.
-                let mut to = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(target)
-                    .map_err(|e| {
-                        if e.kind() == ErrorKind::AlreadyExists {
-                            exists(e)
-                        } else {
-                            io(e)
-                        }
-                    })?;
-                let mut from = File::open(&plan.data_path).map_err(io)?;
-                std::io::copy(&mut from, &mut to).map_err(io)?;
-                to.sync_all().map_err(io)?;
-            }
+            Ok(()) => true,
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => return Err(exists()),
+            Err(_) => false,
         }
-        let _ = std::fs::remove_file(&plan.data_path);
+    };
+    if !moved {
+        copy_into_place(&plan.data_path, dir, target, force).map_err(|e| {
+            if e.kind() == ErrorKind::AlreadyExists {
+                exists()
+            } else {
+                io(e)
+            }
+        })?;
     }
+    let _ = std::fs::remove_file(&plan.data_path);
+    sync_dir(dir).map_err(io)?;
     let outboard = super::outboard_path(home, &plan.hash);
     if let Some(d) = outboard.parent() {
         std::fs::create_dir_all(d).map_err(io)?;
     }
     std::fs::rename(&plan.outboard_path, &outboard).map_err(io)?;
     Ok(target.to_path_buf())
+}
+
+/// Copies `from` into a new file in `dir` (random name, created exclusively),
+/// syncs it, and renames it to `target`: over an existing file with
+/// `replace`, else only if the name is free (`AlreadyExists` otherwise). On
+/// any failure the new file is removed.
+fn copy_into_place(from: &Path, dir: &Path, target: &Path, replace: bool) -> std::io::Result<()> {
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".burrow-")
+        .suffix(".part")
+        .tempfile_in(dir)?;
+    let mut source = File::open(from)?;
+    // The partial file's mode, as a copy would have it (a new temporary file
+    // is private to its owner).
+    tmp.as_file()
+        .set_permissions(source.metadata()?.permissions())?;
+    std::io::copy(&mut source, tmp.as_file_mut())?;
+    tmp.as_file().sync_all()?;
+    let placed = if replace {
+        tmp.persist(target)
+    } else {
+        tmp.persist_noclobber(target)
+    };
+    placed.map(drop).map_err(|e| e.error)
+}
+
+/// Makes a directory's entries durable (a rename or link in it).
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
 }
