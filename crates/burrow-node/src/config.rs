@@ -22,6 +22,12 @@ pub struct NodeConfig {
     /// Serverless: how many mesh links the node looks for through introductions.
     /// Default 4; it takes incoming links up to twice that.
     pub mesh_links: usize,
+    /// How often the links this node dialed reconcile their forum sets again
+    /// (besides when a link comes up). Default 60 s: what gossip missed (a
+    /// post synced from a third peer isn't forwarded) arrives within a minute,
+    /// at the cost of one short exchange per link per minute when nothing
+    /// differs.
+    pub resync_every: Duration,
     /// Added to the wall clock wherever the node reads it (post times, clock
     /// probes). Zero except in tests that give nodes disagreeing clocks.
     pub clock_skew_ms: i64,
@@ -59,6 +65,7 @@ impl NodeConfig {
             server,
             join: Vec::new(),
             mesh_links: 4,
+            resync_every: Duration::from_secs(60),
             clock_skew_ms: 0,
             name,
             credentials: Default::default(),

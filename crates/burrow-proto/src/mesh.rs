@@ -104,7 +104,8 @@ pub enum MeshFrame {
     Graft(Vec<PostId>),
     /// Stop pushing posts to me in full; ids are enough.
     Prune,
-    /// Reconciliation, initiator to responder: a negentropy message for a topic.
+    /// Reconciliation, initiator to responder: a negentropy message for a
+    /// topic, after the first ([`MeshFrame::SyncStart`]).
     Sync {
         /// The topic being reconciled.
         topic: Topic,
@@ -169,6 +170,16 @@ pub enum MeshFrame {
         punch: PunchTicket,
         /// This side dials once the punch finds a path.
         dial: bool,
+    },
+    /// Reconciliation, initiator to responder: the first negentropy message of
+    /// a reconciliation. The responder reads its set afresh for it (and keeps
+    /// that for the [`MeshFrame::Sync`] rounds that follow), so every
+    /// reconciliation sees what the responder holds now.
+    SyncStart {
+        /// The topic being reconciled.
+        topic: Topic,
+        /// The negentropy message.
+        msg: Vec<u8>,
     },
 }
 
@@ -377,6 +388,7 @@ mod tests {
                 MeshFrame::Sync { topic: Topic::default_topic(), msg: vec![0x61, 1, 2] },
                 MeshFrame::IntroRequest { peer: key(2).public(), name: "carol".parse().unwrap() },
                 MeshFrame::IntroAccept { peer: key(3).public() },
+                MeshFrame::SyncStart { topic: Topic::default_topic(), msg: vec![0x61, 9] },
             ] {
                 prop_assert_eq!(decode::<MeshFrame>(VERSION, &encode(&f).unwrap(), MAX_FRAME), Ok(f));
             }

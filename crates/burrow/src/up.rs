@@ -28,6 +28,9 @@ pub struct UpArgs {
     /// Serverless: how many links to look for through introductions by peers.
     #[arg(long, default_value_t = 4)]
     links: usize,
+    /// Testing aid: how often dialed links reconcile their forums again.
+    #[arg(long, hide = true, default_value = "60s", value_parser = humantime::parse_duration)]
+    resync_every: Duration,
     /// Testing aid: pretend the wall clock is this many milliseconds off.
     #[arg(long, hide = true, default_value_t = 0, allow_hyphen_values = true)]
     clock_skew_ms: i64,
@@ -110,6 +113,7 @@ pub async fn run(home: PathBuf, args: UpArgs) -> Result<(), CliError> {
     config.join = args.join;
     config.mesh_links = args.links.max(1);
     config.clock_skew_ms = args.clock_skew_ms;
+    config.resync_every = args.resync_every;
     // Caught from here to the end: a signal during start-up ends the start,
     // and one that comes while an event is being printed is kept for the loop.
     let mut stop = crate::stop::StopSignal::install()?;

@@ -21,6 +21,40 @@ fn ids(forum: &[Value]) -> Vec<String> {
         .collect()
 }
 
+/// A post that reached a member by reconciliation is not gossiped on; its
+/// other links get it at their next re-sync, which must read the member's set
+/// as it is then, not as it was when the link came up.
+#[test]
+fn a_resync_brings_what_the_other_side_learned_since_the_link_came_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, url) = loopback_server(&dir.path().join("srv"), &[]);
+    let names = ["alice", "bob", "carol"];
+    let homes: Vec<_> = names.iter().map(|n| dir.path().join(n)).collect();
+    let _procs: Vec<Proc> = names
+        .iter()
+        .zip(&homes)
+        .map(|(n, h)| {
+            let mut args = vec!["--home", h.to_str().unwrap()];
+            args.extend(loopback_up_args(&url, n));
+            // Re-sync every second instead of every minute.
+            args.extend(["--resync-every", "1s"]);
+            let mut p = Proc::spawn(&args);
+            p.expect_line("is up");
+            p
+        })
+        .collect();
+    // alice dials bob: she reconciles with him now and every second.
+    link((&homes[0], "alice"), (&homes[1], "bob"));
+    // carol posts with nobody listening, then bob links with her: he gets
+    // the post by reconciliation.
+    let quiet = post(&homes[2], "posted while nobody listened", None);
+    link((&homes[1], "bob"), (&homes[2], "carol"));
+    wait_post(&homes[1], &quiet);
+    // alice gets it from bob at her next re-sync.
+    let got = wait_post(&homes[0], &quiet);
+    assert_eq!(got["author_name"], "carol");
+}
+
 /// Five members through a server, linked in a ring: posts and replies reach
 /// everyone; a member away while others post catches up when it links again;
 /// its forum reads from the store while it is stopped, and survives the restart.

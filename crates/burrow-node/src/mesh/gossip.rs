@@ -8,7 +8,8 @@
 //! lazy link hasn't arrived as a post within [`GRAFT_AFTER`], the member asks that
 //! link for it (`Graft`), which also makes the link eager again.
 //!
-//! Reconciliation: when a link comes up (and every [`RESYNC_EVERY`] after), its
+//! Reconciliation: when a link comes up (and every
+//! [`crate::NodeConfig::resync_every`] after, a minute by default), its
 //! dialer reconciles every topic both sides follow; each side then sends the other the posts it lacks (`Synced`, not
 //! forwarded on: the other members reconcile on their own links).
 
@@ -26,8 +27,6 @@ use crate::node::Inner;
 
 /// How long an announced post may take to arrive before it is grafted.
 pub(crate) const GRAFT_AFTER: Duration = Duration::from_millis(1000);
-/// How often a link's dialer reconciles again while the link is up.
-pub(crate) const RESYNC_EVERY: Duration = Duration::from_secs(60);
 /// Reconciled posts stored per transaction.
 pub(crate) const SYNC_BATCH: usize = 256;
 /// Posts read from the store per batch when answering.
@@ -320,12 +319,20 @@ async fn sync_topic(inner: Arc<Inner>, peer: NodeId, topic: Topic) {
         l.syncing.insert(topic.clone(), rec);
         l.tx.clone()
     };
-    let _ = tx.send(MeshFrame::Sync { topic, msg: first }).await;
+    let _ = tx.send(MeshFrame::SyncStart { topic, msg: first }).await;
 }
 
-/// Responder: answers one reconciliation message. The set is read once per
-/// session and topic and kept for the following rounds.
-pub(crate) async fn receive_sync(inner: &Arc<Inner>, peer: NodeId, topic: Topic, msg: Vec<u8>) {
+/// Responder: answers one reconciliation message. The set is read at the
+/// start of each reconciliation (`start`) and kept for its following rounds:
+/// kept for the whole session, as it once was, the minute's re-sync never
+/// offered what arrived here since the link came up.
+pub(crate) async fn receive_sync(
+    inner: &Arc<Inner>,
+    peer: NodeId,
+    topic: Topic,
+    msg: Vec<u8>,
+    start: bool,
+) {
     if !inner.state().mesh.topics.contains(&topic) {
         // We don't follow it (any more): an empty answer ends their side.
         let answer = Reconciler::new([]).and_then(|mut r| r.respond(&msg));
@@ -339,7 +346,8 @@ pub(crate) async fn receive_sync(inner: &Arc<Inner>, peer: NodeId, topic: Topic,
         .mesh
         .links
         .get_mut(&peer)
-        .and_then(|l| l.answering.remove(&topic));
+        .and_then(|l| l.answering.remove(&topic))
+        .filter(|_| !start);
     let mut rec = match cached {
         Some(r) => r,
         None => {

@@ -408,7 +408,7 @@ async fn maintain(inner: Arc<Inner>) {
             _ = tokio::time::sleep(MAINTAIN_EVERY) => {}
         }
         super::gossip::graft_overdue(&inner);
-        if last_resync.elapsed() >= super::gossip::RESYNC_EVERY {
+        if last_resync.elapsed() >= inner.config.resync_every {
             last_resync = Instant::now();
             super::gossip::resync_dialed(&inner);
         }

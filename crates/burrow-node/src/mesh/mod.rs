@@ -68,7 +68,8 @@ pub(crate) struct Link {
     pub conn: quinn::Connection,
     /// Reconciliations we started, by topic.
     pub syncing: HashMap<Topic, Reconciler>,
-    /// Reconciliations we answer, by topic (the set as it was at the first round).
+    /// Reconciliations we answer, by topic (the set as it was at the start of
+    /// the one in progress).
     pub answering: HashMap<Topic, Reconciler>,
 }
 
@@ -411,7 +412,12 @@ async fn handle(inner: &Arc<Inner>, peer: NodeId, frame: MeshFrame) -> bool {
                 l.eager = false;
             }
         }
-        MeshFrame::Sync { topic, msg } => gossip::receive_sync(inner, peer, topic, msg).await,
+        MeshFrame::SyncStart { topic, msg } => {
+            gossip::receive_sync(inner, peer, topic, msg, true).await
+        }
+        MeshFrame::Sync { topic, msg } => {
+            gossip::receive_sync(inner, peer, topic, msg, false).await
+        }
         MeshFrame::SyncReply { topic, msg } => {
             gossip::receive_sync_reply(inner, peer, topic, msg).await
         }
