@@ -168,20 +168,39 @@ const RESERVED: &[&str] = &[
     "COM8", "COM9", "LPT0", "LPT1", "LPT2", "LPT3", "LPT4", "LPT5", "LPT6", "LPT7", "LPT8", "LPT9",
 ];
 
+/// Whether `c` is an invisible formatting character: bidirectional overrides
+/// and isolates (which can make `gpj.exe` display as `exe.jpg`), zero-width
+/// spaces and joiners, and the like (Unicode's `Cf` characters that matter in
+/// file names).
+fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{061C}' | '\u{180E}'
+        | '\u{200B}'..='\u{200F}'
+        | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}'
+        | '\u{2066}'..='\u{206F}'
+        | '\u{FEFF}'
+        | '\u{FFF9}'..='\u{FFFB}')
+}
+
 /// Turns any name (from a peer, the tracker or a person) into one plain file
-/// name: no separators, no control or shell-hostile characters, no leading dot
-/// (so never `.` or `..`), no reserved device name, at most [`MAX_NAME`] bytes, never
-/// empty. Characters that can't stay become `_`.
+/// name: no separators, no control, invisible or shell-hostile characters, no
+/// leading dot (so never `.` or `..`), no trailing dots or spaces (which
+/// Windows drops, making two names one), no reserved device name, at most
+/// [`MAX_NAME`] bytes, never empty. Characters that can't stay become `_`.
 pub fn safe_file_name(name: &str) -> String {
     let mut out: String = name
         .chars()
         .map(|c| match c {
             '/' | '\\' | ':' | '*' | '?' | '"' | '<' | '>' | '|' => '_',
-            c if c.is_control() => '_',
+            c if c.is_control() || is_invisible(c) => '_',
             c => c,
         })
         .collect();
-    out = out.trim().trim_end_matches('.').to_string();
+    out = out
+        .trim_start()
+        .trim_end_matches(|c: char| c == '.' || c.is_whitespace())
+        .to_string();
     if out.starts_with('.') {
         out = format!("_{}", out.trim_start_matches('.'));
     }
@@ -200,6 +219,11 @@ pub fn safe_file_name(name: &str) -> String {
             end -= 1;
         }
         out.truncate(end);
+        // The cut may leave what the trim took off the end.
+        out.truncate(
+            out.trim_end_matches(|c: char| c == '.' || c.is_whitespace())
+                .len(),
+        );
     }
     if out.is_empty() || out == "_" {
         out = "download".into();
@@ -295,6 +319,10 @@ mod tests {
             ("holiday video", "holiday video"),
             ("holiday.mkv", "holiday.mkv"),
             ("trailing. ", "trailing"),
+            ("trailing . . ", "trailing"),
+            ("photo\u{202E}gpj.exe", "photo_gpj.exe"),
+            ("in\u{200B}visible\u{FEFF}", "in_visible_"),
+            ("\u{2066}isolate\u{2069}", "_isolate_"),
             ("", "download"),
             ("/", "download"),
         ] {
@@ -303,6 +331,8 @@ mod tests {
         let long = "é".repeat(300);
         let safe = safe_file_name(&long);
         assert!(safe.len() <= MAX_NAME && safe.chars().all(|c| c == 'é'));
+        let cut_at_a_space = format!("{} tail", "a".repeat(MAX_NAME - 1));
+        assert_eq!(safe_file_name(&cut_at_a_space), "a".repeat(MAX_NAME - 1));
     }
 
     #[test]
@@ -382,7 +412,8 @@ mod tests {
             prop_assert!(!safe.is_empty() && safe.len() <= MAX_NAME);
             prop_assert!(!safe.contains('/') && !safe.contains('\\'));
             prop_assert!(!safe.starts_with('.'));
-            prop_assert!(!safe.chars().any(char::is_control));
+            prop_assert!(!safe.chars().any(|c| c.is_control() || is_invisible(c)));
+            prop_assert!(!safe.ends_with(|c: char| c == '.' || c.is_whitespace()));
             prop_assert!(std::path::Path::new(&safe).components().count() == 1);
         }
     }

@@ -329,6 +329,9 @@ fn names_from_peers_never_choose_a_path_and_errors_say_what_to_do() {
         ("..", "download"),
         ("CON", "_CON"),
         ("a/b\\c", "a_b_c"),
+        // Displays as "photoexe.jpg"; and a name Windows would shorten.
+        ("photo\u{202E}gpj.exe", "photo_gpj.exe"),
+        ("notes. . ", "notes"),
     ]
     .iter()
     .enumerate()
@@ -347,7 +350,7 @@ fn names_from_peers_never_choose_a_path_and_errors_say_what_to_do() {
     let entries: Vec<_> = std::fs::read_dir(&out).unwrap().collect();
     assert_eq!(
         entries.len(),
-        5,
+        7,
         "everything stayed in the target directory"
     );
 
