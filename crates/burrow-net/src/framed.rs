@@ -1,6 +1,9 @@
 //! Frames ([`burrow_proto::frame`]) on QUIC streams.
 
 use burrow_proto::frame::{self, DecodeError, EncodeError, LEN_PREFIX};
+
+/// What a frame's body gets up front; it grows as its bytes arrive.
+const FIRST_ALLOCATION: usize = 16 * 1024;
 use serde::{de::DeserializeOwned, Serialize};
 
 /// Why a frame could not be read or written.
@@ -52,11 +55,17 @@ impl FrameReader {
             Err(e) => return Err(e.into()),
         }
         let len = frame::decode_len(prefix, self.max)?;
-        let mut body = vec![0u8; len];
-        match self.stream.read_exact(&mut body).await {
-            Ok(()) => {}
-            Err(quinn::ReadExactError::FinishedEarly(_)) => return Err(FramedError::Truncated),
-            Err(e) => return Err(e.into()),
+        // Memory follows the bytes that came, not the length a peer claimed:
+        // a prefix alone doesn't get it `max` bytes of ours.
+        let mut body = Vec::with_capacity(len.min(FIRST_ALLOCATION));
+        let mut chunk = [0u8; 4096];
+        while body.len() < len {
+            let want = (len - body.len()).min(chunk.len());
+            let read = self.stream.read(&mut chunk[..want]).await;
+            match read.map_err(|e| FramedError::Read(quinn::ReadExactError::ReadError(e)))? {
+                Some(n) => body.extend_from_slice(&chunk[..n]),
+                None => return Err(FramedError::Truncated),
+            }
         }
         Ok(Some(frame::decode_body(self.version, &body)?))
     }

@@ -101,6 +101,9 @@ pub(crate) struct State {
     pub next_query: u32,
     /// Files being downloaded now.
     pub downloads: HashSet<BlobHash>,
+    /// Files connections we serve, per peer (at most
+    /// [`crate::files::serve::MAX_CONNS_PER_PEER`] each).
+    pub files_serving: HashMap<NodeId, usize>,
     /// Forum gossip, reconciliation, clock offsets, serverless links.
     pub mesh: crate::mesh::MeshState,
     /// Who may connect without asking, and what to do with strangers.

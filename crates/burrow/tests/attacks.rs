@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use burrow_net::{Endpoint, EndpointConfig};
+use burrow_net::{Endpoint, EndpointConfig, FrameReader, FrameWriter};
 use burrow_proto::rendezvous::{self, ClientMsg, CloseReason, Refusal, ServerMsg};
 use burrow_proto::{NodeId, SecretKey, ServerAddr};
 use common::proc::*;
@@ -408,6 +408,56 @@ async fn a_peer_cannot_make_a_node_probe_addresses_it_claims_as_its_own() {
         0,
         "alice sent packets or connections to addresses mallory chose for her"
     );
+    alice.shutdown().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_gets_a_bounded_number_of_files_connections() {
+    use burrow_proto::files::{self, FilesRequest, FilesResponse};
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start_server(&dir.path().join("srv")).await;
+    let alice = common::start_node(&dir.path().join("alice"), "alice", &server.url).await;
+    alice.settings(Some("anyone")).await.unwrap();
+    let mut mallory = RawClient::register("127.0.0.1:0", &server.url, "mallory", vec![]).await;
+    mallory.send(ClientMsg::Connect { peer: alice.id() }).await;
+    let Some(ServerMsg::Accepted { candidates, .. }) = mallory
+        .next(|m| matches!(m, ServerMsg::Accepted { .. }))
+        .await
+    else {
+        panic!("alice accepts anyone");
+    };
+    // Twenty files connections at once, each asking for the list.
+    let mut answered = 0;
+    let mut conns = Vec::new();
+    for _ in 0..20 {
+        let Ok((conn, _)) = mallory
+            .endpoint()
+            .connect(candidates[0], files::ALPN, Some(alice.id()))
+            .await
+        else {
+            continue;
+        };
+        let asked = async {
+            let (send, recv) = conn.open_bi().await.ok()?;
+            let mut w = FrameWriter::new(send, files::VERSION, files::MAX_FRAME);
+            let mut r = FrameReader::new(recv, files::VERSION, files::MAX_FRAME);
+            w.write(&FilesRequest::List).await.ok()?;
+            w.finish();
+            r.read::<FilesResponse>().await.ok()?
+        };
+        if tokio::time::timeout(Duration::from_secs(5), asked)
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+        {
+            answered += 1;
+        }
+        conns.push(conn); // kept open
+    }
+    assert_eq!(answered, 8, "alice serves 8 files connections per peer");
+    drop(conns);
     alice.shutdown().await;
     server.stop().await;
 }

@@ -22,8 +22,25 @@ use super::quic_io::{FileSlice, StreamWriter};
 use crate::event::NodeEvent;
 use crate::node::Inner;
 
-/// Serves `peer`'s requests on `conn` until it closes. Each stream is one request.
+/// Files connections one peer may have open to us at once: a `get` opens one
+/// (and one more, briefly, to prove the file's size), so this allows a few
+/// downloads at once and bounds what a peer can make us hold (each
+/// connection takes up to 32 streams).
+pub(crate) const MAX_CONNS_PER_PEER: usize = 8;
+
+/// Serves `peer`'s requests on `conn` until it closes. Each stream is one
+/// request. A peer past [`MAX_CONNS_PER_PEER`] is refused.
 pub(crate) async fn serve(inner: Arc<Inner>, peer: NodeId, conn: quinn::Connection) {
+    {
+        let mut st = inner.state();
+        let open = st.files_serving.entry(peer).or_default();
+        if *open >= MAX_CONNS_PER_PEER {
+            warn!(peer = %peer.short(), "too many files connections from one peer; refused");
+            conn.close(quinn::VarInt::from_u32(0x22), b"too many files connections");
+            return;
+        }
+        *open += 1;
+    }
     while let Ok((send, recv)) = conn.accept_bi().await {
         let inner = inner.clone();
         tokio::spawn(async move {
@@ -31,6 +48,13 @@ pub(crate) async fn serve(inner: Arc<Inner>, peer: NodeId, conn: quinn::Connecti
                 debug!(peer = %peer.short(), error = %e, "files request ended");
             }
         });
+    }
+    let mut st = inner.state();
+    if let Some(open) = st.files_serving.get_mut(&peer) {
+        *open -= 1;
+        if *open == 0 {
+            st.files_serving.remove(&peer);
+        }
     }
 }
 

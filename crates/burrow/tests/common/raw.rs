@@ -62,6 +62,11 @@ impl RawClient {
         c
     }
 
+    /// Its endpoint (to dial the peers the server links it with).
+    pub fn endpoint(&self) -> &Endpoint {
+        &self._ep
+    }
+
     pub async fn send(&mut self, msg: ClientMsg) {
         self.writer.write(&msg).await.unwrap();
     }
