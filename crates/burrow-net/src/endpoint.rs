@@ -325,7 +325,9 @@ impl Endpoint {
                     tracing::debug!(%from, "TCP connection refused (gate)");
                     continue;
                 }
-                if let Err(e) = links.attach(stream, deliver.clone()) {
+                if let Err(e) =
+                    links.attach(stream, deliver.clone(), crate::tcp::Opened::ByStranger)
+                {
                     tracing::debug!(%from, error = %e, "TCP link refused");
                 }
             }
@@ -359,7 +361,8 @@ impl Endpoint {
         let stream = tokio::time::timeout(timeout, socket.connect(to))
             .await
             .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-        self.links.attach(stream, self.deliver.clone())
+        self.links
+            .attach(stream, self.deliver.clone(), crate::tcp::Opened::ByUs)
     }
 
     /// Our port number on every address, for TCP sockets that share it.
@@ -405,7 +408,9 @@ impl Endpoint {
             crate::tcp::simultaneous_open(local, candidates, ticket, role, deadline, accepted)
                 .await;
         self.waiting.remove(id);
-        self.links.attach(stream?, self.deliver.clone()).ok()
+        self.links
+            .attach(stream?, self.deliver.clone(), crate::tcp::Opened::ByUs)
+            .ok()
     }
 
     /// The real address behind `addr`: the other end of a TCP link when `addr`

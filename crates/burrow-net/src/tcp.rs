@@ -11,6 +11,12 @@
 //!
 //! QUIC over TCP pays for head-of-line blocking and doubled congestion
 //! control; it is the path of last resort, chosen only when UDP gets nowhere.
+//!
+//! A listener's table of links is open to strangers, so it is guarded: one
+//! address group holds at most [`MAX_LINKS_PER_GROUP`] of the
+//! [`MAX_LINKS`], a link a stranger opened must start with a QUIC Initial
+//! (a frame of at least [`MIN_FIRST_FRAME`] bytes) within
+//! [`FIRST_FRAME_WAIT`], and empty frames don't count as a link being alive.
 
 use std::collections::HashMap;
 use std::io;
@@ -35,6 +41,23 @@ const QUEUE: usize = 1024;
 pub const MAX_LINKS: usize = 4096;
 /// A link that brings nothing for this long is closed.
 const LINK_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+/// Links one address group (an IPv4 address, an IPv6 /64) may hold in a
+/// listener's table: a household's nodes behind one NAT, not a table's worth.
+pub const MAX_LINKS_PER_GROUP: usize = 16;
+/// How long a stranger's link has to send its first datagram...
+pub const FIRST_FRAME_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// ...which must be at least this long: QUIC pads a client's Initial to 1200
+/// bytes, and every link a node opens starts with one.
+pub const MIN_FIRST_FRAME: usize = 1200;
+
+/// Who opened a link, which decides what its first frame must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Opened {
+    /// We dialed it, or a punch proved it: anything may come first.
+    ByUs,
+    /// A stranger connected to our listener: a QUIC Initial must come first.
+    ByStranger,
+}
 
 /// Whether `addr` is a link's virtual address.
 pub fn is_link(addr: SocketAddr) -> bool {
@@ -73,6 +96,9 @@ pub enum LinkError {
     /// Too many links.
     #[error("too many TCP links")]
     Full,
+    /// Too many links from the address group.
+    #[error("too many TCP links from {0}")]
+    TooManyFrom(std::net::IpAddr),
     /// The connection failed.
     #[error("TCP: {0}")]
     Io(#[from] io::Error),
@@ -90,6 +116,7 @@ impl Links {
         self: &Arc<Self>,
         stream: TcpStream,
         deliver: Deliver,
+        opened: Opened,
     ) -> Result<SocketAddr, LinkError> {
         let real = stream.peer_addr()?;
         let _ = stream.set_nodelay(true);
@@ -101,8 +128,19 @@ impl Links {
         if map.len() >= MAX_LINKS {
             return Err(LinkError::Full);
         }
+        let group = burrow_proto::ip_group(real.ip());
+        if opened == Opened::ByStranger
+            && map
+                .values()
+                .filter(|l| burrow_proto::ip_group(l.real.ip()) == group)
+                .count()
+                >= MAX_LINKS_PER_GROUP
+        {
+            return Err(LinkError::TooManyFrom(group));
+        }
         let weak = Arc::downgrade(self);
-        let reader = tokio::spawn(read_link(read, virt, deliver, weak.clone())).abort_handle();
+        let reader =
+            tokio::spawn(read_link(read, virt, deliver, weak.clone(), opened)).abort_handle();
         let writer = tokio::spawn(write_link(write, rx, virt, weak)).abort_handle();
         map.insert(
             virt,
@@ -172,19 +210,31 @@ async fn read_link(
     virt: SocketAddr,
     deliver: Deliver,
     links: Weak<Links>,
+    opened: Opened,
 ) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     // A live link carries QUIC keepalives (every 10 s from a node); one silent
-    // for a minute is a stranger holding a slot, or a dead peer.
-    while let Ok(Ok(len)) = tokio::time::timeout(LINK_IDLE, read.read_u16()).await {
+    // for a minute is a stranger holding a slot, or a dead peer. Empty frames
+    // carry nothing and keep nothing alive.
+    let mut first = opened == Opened::ByStranger;
+    let mut idle = tokio::time::Instant::now() + if first { FIRST_FRAME_WAIT } else { LINK_IDLE };
+    loop {
+        let Ok(Ok(len)) = tokio::time::timeout_at(idle, read.read_u16()).await else {
+            break;
+        };
         let len = usize::from(len);
-        if len > MAX_DATAGRAM {
-            tracing::debug!(%virt, len, "TCP link sent an oversized frame");
+        if len == 0 {
+            continue;
+        }
+        if len > MAX_DATAGRAM || (first && len < MIN_FIRST_FRAME) {
+            tracing::debug!(%virt, len, first, "TCP link sent a frame it must not");
             break;
         }
         if read.read_exact(&mut buf[..len]).await.is_err() {
             break;
         }
+        first = false;
+        idle = tokio::time::Instant::now() + LINK_IDLE;
         deliver(virt, &buf[..len]);
     }
     tracing::debug!(%virt, "TCP link down");

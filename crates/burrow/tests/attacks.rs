@@ -461,3 +461,51 @@ async fn a_peer_gets_a_bounded_number_of_files_connections() {
     alice.shutdown().await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_hold_the_servers_tcp_links_open() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start_server(&dir.path().join("srv")).await;
+    // Eighteen TCP connections from one address (within its connection
+    // burst), each sending nothing but empty frames, twice a second.
+    let mut links = Vec::new();
+    for _ in 0..18 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.7:0".parse().unwrap()).unwrap();
+        links.push(socket.connect(server.addr).await.unwrap());
+    }
+    let open = |links: &mut Vec<tokio::net::TcpStream>| {
+        let mut n = 0;
+        for l in links.iter_mut() {
+            let mut b = [0u8; 1];
+            match l.try_read(&mut b) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => n += 1,
+                _ => {}
+            }
+        }
+        n
+    };
+    let started = Instant::now();
+    let mut after_a_second = None;
+    while started.elapsed() < Duration::from_secs(7) {
+        for l in &mut links {
+            let _ = l.write_all(&[0, 0]).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if after_a_second.is_none() && started.elapsed() >= Duration::from_secs(1) {
+            after_a_second = Some(open(&mut links));
+        }
+    }
+    assert_eq!(
+        after_a_second,
+        Some(16),
+        "one address holds at most 16 links"
+    );
+    assert_eq!(
+        open(&mut links),
+        0,
+        "links that send no QUIC Initial are closed"
+    );
+    server.stop().await;
+}
