@@ -152,8 +152,16 @@ pub struct Tree {
     pub lost: Vec<Branch>,
 }
 
-/// Arranges `posts` (a [`list`]) into threads. With `root`, that post heads the
-/// one thread even though its parent isn't in the list.
+/// How deep replies nest in a [`Tree`]: replies below this depth are listed
+/// at it, in reading order. Building, ordering, showing and dropping a branch
+/// all recurse over its depth, so a chain of 10 000 replies (valid posts cost
+/// a member nothing) would otherwise exhaust a thread's stack and indent its
+/// last line by 20 000 spaces; 32 levels is deeper than people follow.
+pub const MAX_DEPTH: usize = 32;
+
+/// Arranges `posts` (a [`list`]) into threads, at most [`MAX_DEPTH`] deep.
+/// With `root`, that post heads the one thread even though its parent isn't
+/// in the list.
 pub fn tree(posts: Vec<PostView>, root: Option<&str>) -> Tree {
     let present: HashSet<String> = posts.iter().map(|p| p.id.clone()).collect();
     let mut children: HashMap<String, Vec<PostView>> = HashMap::new();
@@ -171,14 +179,26 @@ pub fn tree(posts: Vec<PostView>, root: Option<&str>) -> Tree {
     }
     fn grow(p: PostView, children: &mut HashMap<String, Vec<PostView>>, depth: usize) -> Branch {
         let kids = children.remove(&p.id).unwrap_or_default();
-        // Ids are hashes, so a cycle can't be built; the depth bound is a backstop.
-        let replies = if depth < 10_000 {
-            kids.into_iter()
+        if depth + 1 < MAX_DEPTH {
+            let replies = kids
+                .into_iter()
                 .map(|k| grow(k, children, depth + 1))
-                .collect()
-        } else {
-            Vec::new()
-        };
+                .collect();
+            return Branch { post: p, replies };
+        }
+        // At the limit: the rest of the branch, in reading order (each reply
+        // after the one it answers), one level.
+        let mut replies = Vec::new();
+        let mut stack: Vec<PostView> = kids.into_iter().rev().collect();
+        while let Some(k) = stack.pop() {
+            if let Some(grand) = children.remove(&k.id) {
+                stack.extend(grand.into_iter().rev());
+            }
+            replies.push(Branch {
+                post: k,
+                replies: Vec::new(),
+            });
+        }
         Branch { post: p, replies }
     }
     fn newest(b: &Branch) -> u64 {
@@ -354,5 +374,29 @@ mod tests {
         assert!(t.lost.is_empty());
         assert_eq!(t.threads[0].post.id, "x1");
         assert_eq!(t.threads[0].replies[0].replies[0].post.id, "x3");
+    }
+
+    #[test]
+    fn a_chain_of_a_hundred_thousand_replies_is_shown_whole_and_at_most_max_depth_deep() {
+        let n = 100_000;
+        let mut posts = vec![pv("p0", None, 0)];
+        for i in 1..n {
+            posts.push(pv(&format!("p{i}"), Some(&format!("p{}", i - 1)), i));
+        }
+        let t = tree(posts, None);
+        assert_eq!(t.threads.len(), 1);
+        // Walk it without recursion: depth and count.
+        let (mut seen, mut deepest) = (0, 0);
+        let mut stack = vec![(&t.threads[0], 0usize)];
+        let mut order = Vec::new();
+        while let Some((b, d)) = stack.pop() {
+            seen += 1;
+            deepest = deepest.max(d);
+            order.push(b.post.hlc);
+            stack.extend(b.replies.iter().rev().map(|r| (r, d + 1)));
+        }
+        assert_eq!(seen, n as usize, "every post is in the tree");
+        assert_eq!(deepest, MAX_DEPTH);
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "in reading order");
     }
 }
