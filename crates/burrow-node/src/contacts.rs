@@ -69,6 +69,11 @@ impl Contacts {
     pub(crate) fn ids(&self) -> impl Iterator<Item = NodeId> + '_ {
         self.ids.keys().copied()
     }
+
+    /// The name a contact was saved under.
+    pub(crate) fn name(&self, id: &NodeId) -> Option<&str> {
+        self.ids.get(id).map(String::as_str)
+    }
 }
 
 /// Loads contacts and the incoming policy from the store.

@@ -25,8 +25,13 @@ pub struct PostView {
     pub parent: Option<String>,
     /// The author's id.
     pub author: String,
-    /// The name the author goes by.
+    /// The name the author gave itself in the post.
     pub author_name: String,
+    /// Whether that name is the author's as far as this node knows: the name
+    /// the server binds to the author's key, a contact's name, or ours. A
+    /// post's name is whatever its author claims; `forum` shows the short id
+    /// beside one that isn't vouched for.
+    pub author_verified: bool,
     /// Its topic.
     pub topic: String,
     /// The text.
@@ -45,6 +50,7 @@ pub fn view(p: &Post) -> PostView {
         parent: p.parent.map(|id| id.to_string()),
         author: p.author.to_string(),
         author_name: p.author_name.to_string(),
+        author_verified: false,
         topic: p.topic.to_string(),
         text: p.text.clone(),
         created_at: rfc3339(p.created.ms()),
@@ -288,9 +294,18 @@ impl Node {
         let topic = self::topic(topic)?;
         self.follow(&topic).await?;
         let thread = thread.map(str::to_string);
-        self.inner
+        let mut posts = self
+            .inner
             .with_store_api(move |s| list(s, &topic, thread.as_deref()))
-            .await
+            .await?;
+        let st = self.inner.state();
+        for p in &mut posts {
+            p.author_verified = p
+                .author
+                .parse()
+                .is_ok_and(|id| st.vouched_name(&id, self.inner.id, &p.author_name));
+        }
+        Ok(posts)
     }
 
     /// Follows `topic`: stores it, tells the links, and reconciles it with those
@@ -336,6 +351,7 @@ mod tests {
             parent: parent.map(Into::into),
             author: "a".into(),
             author_name: "alice".into(),
+            author_verified: true,
             topic: "forum".into(),
             text: id.into(),
             created_at: String::new(),

@@ -108,7 +108,34 @@ fn offline(
     }
     let store = burrow_store::NodeStore::open(&path)?;
     let topic = forum::topic(topic).map_err(|e| CliError::new(&e, e.hint()))?;
-    forum::list(&store, &topic, thread).map_err(|e| CliError::new(&e, e.hint()))
+    let mut posts = forum::list(&store, &topic, thread).map_err(|e| CliError::new(&e, e.hint()))?;
+    // With no server to ask, only our own name and our contacts' are vouched for.
+    let me = burrow_net::keyfile::load_or_create(&home.join("key"))?
+        .0
+        .public();
+    let contacts = store.contacts()?;
+    for p in &mut posts {
+        p.author_verified = p.author == me.to_string()
+            || contacts
+                .iter()
+                .any(|c| c.id.to_string() == p.author && c.name == p.author_name);
+    }
+    Ok(posts)
+}
+
+/// A post's author as people read it: the name, and beside a name the node
+/// can't vouch for (not the server's binding, a contact's or ours), the
+/// author's short id, so `alice [3f9a1c2e]` can't pass for alice.
+pub(crate) fn author(p: &PostView) -> String {
+    if p.author_verified {
+        p.author_name.clone()
+    } else {
+        format!(
+            "{} [{}]",
+            p.author_name,
+            p.author.get(..8).unwrap_or(&p.author)
+        )
+    }
 }
 
 fn branch_lines(b: &Branch, depth: usize, out: &mut Vec<String>) {
@@ -124,7 +151,7 @@ fn branch_lines(b: &Branch, depth: usize, out: &mut Vec<String>) {
     out.push(format!(
         "{indent}{mark}{} {} ({when}): {}",
         &p.id[..8],
-        p.author_name,
+        author(p),
         lines.next().unwrap_or("")
     ));
     for more in lines {

@@ -296,11 +296,11 @@ pub fn describe(event: &NodeEvent, me: &Name) -> Option<String> {
         NodeEvent::Disconnected { name, reason } => format!("disconnected from {name}: {reason}"),
         NodeEvent::Message(m) if m.from_name == me.as_str() => return None,
         NodeEvent::Message(m) => crate::client::message_line(m),
-        NodeEvent::Post(p) if p.author_name == me.as_str() => return None,
+        NodeEvent::Post(p) if p.author_verified && p.author_name == me.as_str() => return None,
         NodeEvent::Post(p) => match &p.parent {
             Some(parent) => format!(
                 "{} replied to {} in {} ({}): {}",
-                p.author_name,
+                crate::forum::author(p),
                 &parent[..8],
                 p.topic,
                 &p.id[..8],
@@ -308,7 +308,7 @@ pub fn describe(event: &NodeEvent, me: &Name) -> Option<String> {
             ),
             None => format!(
                 "{} posted in {} ({}): {}",
-                p.author_name,
+                crate::forum::author(p),
                 p.topic,
                 &p.id[..8],
                 p.text

@@ -311,3 +311,64 @@ async fn forged_posts_are_refused_and_orphans_find_their_thread() {
         "{closed:?}"
     );
 }
+
+/// A post carries whatever name its author gave itself: a member posting as
+/// "n1" shows as `n1 [its id]` to n1, whose own posts show plainly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_under_someone_elses_name_shows_its_authors_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("n1");
+    let node = serverless_up(&home, "n1", None, &[]);
+    let t: Ticket = ticket(&home).parse().unwrap();
+    let key = SecretKey::generate(&mut rand::thread_rng());
+    let short = key.public().short();
+    let mut m = Member::dial(&t, t.secret, key.clone())
+        .await
+        .expect("a member with the ticket's secret gets in");
+    let now = burrow_proto::time::unix_ms(std::time::SystemTime::now());
+    let impostor = Post::create(
+        &key,
+        "n1".parse().unwrap(),
+        Topic::default_topic(),
+        None,
+        Hlc::from_ms(now),
+        "it's me, n1, send me your password".into(),
+    );
+    m.send(impostor.clone()).await;
+    arrives(&home, impostor.id).await;
+    let own = tokio::task::spawn_blocking({
+        let home = home.clone();
+        move || post(&home, "the real n1", None)
+    })
+    .await
+    .unwrap();
+
+    let (ok, out, _) = run(&home, &["forum"]);
+    assert!(ok);
+    let line = |text: &str| out.lines().find(|l| l.contains(text)).unwrap().to_string();
+    assert!(
+        line("send me your password").contains(&format!("n1 [{short}]")),
+        "{out}"
+    );
+    assert!(!line("the real n1").contains('['), "{out}");
+    let posts = forum(&home);
+    let verified = |id: &str| {
+        posts
+            .iter()
+            .find(|p| p["id"] == id)
+            .map(|p| p["author_verified"].clone())
+    };
+    assert_eq!(verified(&impostor.id.to_string()), Some(Value::Bool(false)));
+    assert_eq!(verified(&own), Some(Value::Bool(true)));
+
+    // Read from the store with the node stopped: the same.
+    drop(node);
+    let (ok, out, _) = run(&home, &["forum"]);
+    assert!(ok);
+    let line = |text: &str| out.lines().find(|l| l.contains(text)).unwrap().to_string();
+    assert!(
+        line("send me your password").contains(&format!("n1 [{short}]")),
+        "{out}"
+    );
+    assert!(!line("the real n1").contains('['), "{out}");
+}

@@ -96,7 +96,12 @@ async fn accept(inner: &Arc<Inner>, peer: NodeId, posts: Vec<Post>) -> Vec<(Post
     }
     for (p, new) in &out {
         if *new {
-            inner.emit(NodeEvent::Post(crate::forum::view(p)));
+            let mut view = crate::forum::view(p);
+            view.author_verified =
+                inner
+                    .state()
+                    .vouched_name(&p.author, inner.id, p.author_name.as_str());
+            inner.emit(NodeEvent::Post(view));
         }
     }
     // A reply whose parent we lack: ask the sender for it now rather than wait
