@@ -462,11 +462,8 @@ fn a_disk_too_small_is_reported_before_the_download_and_more_space_lets_it_finis
     let Some(small) = Tmpfs::mount(&d.join("bob"), "6m", test) else {
         return;
     };
-    let (_srv, url) = server(&d.join("srv"));
-    let (ah, bh) = (d.join("alice"), d.join("bob"));
-    let _alice = up(&ah, &url, "alice");
-    let _bob = up(&bh, &url, "bob");
-    link((&bh, "bob"), (&ah, "alice"));
+    let nodes = alice_and_bob(d);
+    let (ah, bh) = (nodes.ah.clone(), nodes.bh.clone());
     let f = d.join("big.bin");
     write_random(&f, 16 << 20, 21);
     share(&ah, &f, None);
@@ -501,11 +498,8 @@ fn a_download_placed_on_another_file_system_follows_no_planted_link_and_leaves_n
     let Some(small) = Tmpfs::mount(&out, "2m", test) else {
         return;
     };
-    let (_srv, url) = server(&d.join("srv"));
-    let (ah, bh) = (d.join("alice"), d.join("bob"));
-    let _alice = up(&ah, &url, "alice");
-    let _bob = up(&bh, &url, "bob");
-    link((&bh, "bob"), (&ah, "alice"));
+    let nodes = alice_and_bob(d);
+    let (ah, bh) = (nodes.ah.clone(), nodes.bh.clone());
     let f = d.join("photos.tar");
     write_random(&f, 3 << 20, 31);
     let hash = share(&ah, &f, None)["hash"].as_str().unwrap().to_string();

@@ -129,11 +129,8 @@ fn up_ends_on_every_sigterm_and_sigint_while_presence_events_pour_in() {
 #[test]
 fn messages_follow_ends_on_every_signal_while_messages_arrive() {
     let dir = tempfile::tempdir().unwrap();
-    let (ah, bh) = (dir.path().join("alice"), dir.path().join("bob"));
-    let (_srv, url) = loopback_server(&dir.path().join("srv"), &[]);
-    let _alice = loopback_up(&ah, &url, "alice");
-    let _bob = loopback_up(&bh, &url, "bob");
-    link((&bh, "bob"), (&ah, "alice"));
+    let nodes = alice_and_bob(dir.path());
+    let (ah, bh) = (nodes.ah.clone(), nodes.bh.clone());
     // bob keeps talking, from two shells at once.
     let talk = {
         let bh = bh.clone();
@@ -165,11 +162,8 @@ fn messages_follow_ends_on_every_signal_while_messages_arrive() {
 #[test]
 fn get_ends_on_every_signal_during_its_progress_and_then_resumes() {
     let dir = tempfile::tempdir().unwrap();
-    let (ah, bh) = (dir.path().join("alice"), dir.path().join("bob"));
-    let (_srv, url) = loopback_server(&dir.path().join("srv"), &[]);
-    let _alice = loopback_up(&ah, &url, "alice");
-    let _bob = loopback_up(&bh, &url, "bob");
-    link((&bh, "bob"), (&ah, "alice"));
+    let nodes = alice_and_bob(dir.path());
+    let (ah, bh) = (nodes.ah.clone(), nodes.bh.clone());
     // Ten files, each stopped twice: once fresh, once resumed. Each is large
     // enough that a short try doesn't finish it, and sparse, so it costs no
     // disk on the sharing side.

@@ -1,7 +1,7 @@
 //! `burrow` processes for tests: spawn, read their output, drive the CLI.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -286,6 +286,36 @@ pub fn link(from: (&Path, &str), to: (&Path, &str)) {
     wait_json(from.0, &["peers"], "connected", |v| {
         peer(v, to.1).is_some_and(|p| p["connection"] == "direct" || p["connection"] == "relayed")
     });
+}
+
+/// A server on loopback with alice and bob up, bob linked to alice. Fields
+/// drop in order: the nodes stop before the server.
+pub struct AliceAndBob {
+    pub alice: Proc,
+    pub bob: Proc,
+    pub server: Proc,
+    pub url: String,
+    /// alice's home.
+    pub ah: PathBuf,
+    /// bob's home.
+    pub bh: PathBuf,
+}
+
+/// [`AliceAndBob`] in `dir` (homes `dir/alice`, `dir/bob`, `dir/srv`).
+pub fn alice_and_bob(dir: &Path) -> AliceAndBob {
+    let (ah, bh) = (dir.join("alice"), dir.join("bob"));
+    let (server, url) = loopback_server(&dir.join("srv"), &[]);
+    let alice = loopback_up(&ah, &url, "alice");
+    let bob = loopback_up(&bh, &url, "bob");
+    link((&bh, "bob"), (&ah, "alice"));
+    AliceAndBob {
+        alice,
+        bob,
+        server,
+        url,
+        ah,
+        bh,
+    }
 }
 
 /// Starts a serverless `burrow up` as `name` on loopback (joining from
