@@ -102,6 +102,24 @@ pub async fn run(home: PathBuf, args: UpArgs) -> Result<(), CliError> {
             .map(|c| secret_arg(c.trim().to_string()))
             .transpose()?,
     };
+    // A password goes only to a server whose key we know: pinned in the join
+    // URL, or remembered from before. Sent to a key trusted on first use, it
+    // would go to whoever answered first.
+    if let (Some(_), Some(server)) = (&credentials.password, &args.server) {
+        let known = burrow_node::trust::KnownServers::new(&home).lookup(&server.host_port());
+        if server.key.is_none() && known.is_none() {
+            return Err(CliError::new(
+                format!(
+                    "not sending a password to {}: its key isn't pinned or known yet",
+                    server.host_port()
+                ),
+                Some(
+                    "use the server's join URL (burrow://<server-id>@host:port), which its operator's `burrow server` prints"
+                        .into(),
+                ),
+            ));
+        }
+    }
     let joining = !args.join.is_empty();
     let mut config = NodeConfig::new(home.clone(), secret, args.server, args.name);
     config.bind = args.bind;

@@ -99,6 +99,21 @@ fn accounts_need_a_password_or_an_invite_and_guessing_gets_the_guesser_banned() 
     assert!(err.contains("needs its password or an invite"), "{err}");
     assert!(err.contains("hint: give the account's password"), "{err}");
 
+    // A password goes only to a server whose key is pinned (or known): not
+    // to whatever answers at a bare address the first time.
+    let bare = url.rsplit('@').next().unwrap().to_string();
+    let (ok, err) = up_refused(
+        &dir.path().join("tofu"),
+        &bare,
+        "alice",
+        &["--password-stdin"],
+        "correct horse\n",
+    );
+    assert!(
+        !ok && err.contains("not sending a password") && err.contains("burrow://"),
+        "{err}"
+    );
+
     // alice logs in with her password; later starts need only her key.
     let ah = dir.path().join("alice");
     let mut alice = up_with(&ah, &url, "alice", &["--password-stdin"], "correct horse\n");
