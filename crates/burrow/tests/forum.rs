@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use burrow_proto::forum::{Hlc, Post, PostId, Topic};
-use burrow_proto::mesh::{MeshFrame, MeshSecret, Ticket};
+use burrow_proto::mesh::{self, MeshFrame, MeshSecret, Ticket};
 use burrow_proto::SecretKey;
 use common::proc::*;
 use common::raw::Member;
@@ -368,4 +368,51 @@ async fn a_post_under_someone_elses_name_shows_its_authors_id() {
     // Read from the store with the node stopped: the same.
     drop(node);
     shows_the_impostor();
+}
+
+/// Announcing a post costs a member nothing: a flood of announced ids is
+/// tracked only up to a bound, the rest dropped (reconciliation would fetch
+/// what was real).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_announcements_is_tracked_only_up_to_a_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("n1");
+    let key = burrow_net::keyfile::load_or_create(&home.join("key"))
+        .unwrap()
+        .0;
+    let mut config = burrow_node::NodeConfig::new(home, key, None, "n1".parse().unwrap());
+    config.bind = "127.0.0.1:0".parse().unwrap();
+    let node = burrow_node::Node::start(config).await.unwrap();
+    let t: Ticket = node.ticket().unwrap().parse().unwrap();
+    let mut m = Member::dial(&t, t.secret, SecretKey::generate(&mut rand::thread_rng()))
+        .await
+        .expect("a member with the ticket's secret gets in");
+    // Forty frames of a thousand ids each, faster than they expire.
+    let total = 40 * mesh::MAX_IDS as u64;
+    for f in 0..40u32 {
+        let ids = (0..mesh::MAX_IDS as u32)
+            .map(|i| {
+                let mut id = [0u8; 32];
+                id[..4].copy_from_slice(&f.to_be_bytes());
+                id[4..8].copy_from_slice(&i.to_be_bytes());
+                PostId(id)
+            })
+            .collect();
+        m.writer.write(&MeshFrame::IHave(ids)).await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let dropped = loop {
+        let d = node.mesh_stats().ihave_dropped;
+        if d >= total / 2 || std::time::Instant::now() > deadline {
+            break d;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // At most 8192 are awaited at once, each for a second: however slowly
+    // the node reads the flood, most of it is dropped.
+    assert!(
+        dropped >= total / 2,
+        "{dropped} of {total} announced ids dropped; at most 8192 are tracked at once"
+    );
+    node.shutdown().await;
 }

@@ -165,14 +165,28 @@ pub(crate) async fn receive_synced(inner: &Arc<Inner>, peer: NodeId, posts: Vec<
     !inner.state().conduct.refused(&peer)
 }
 
+/// Announced posts awaited at once (each for [`GRAFT_AFTER`]). Past this a
+/// link's announcements are not tracked: announcing costs a peer nothing, and
+/// what gossip misses this way reconciliation fetches later.
+const MAX_MISSING: usize = 8192;
+
 /// A lazy link announces posts: note the ones we lack, to graft if they don't
 /// come by the tree.
 pub(crate) async fn receive_ihave(inner: &Arc<Inner>, peer: NodeId, ids: Vec<PostId>) {
     let lacking = lacking(inner, ids).await;
     let due = Instant::now() + GRAFT_AFTER;
     let mut st = inner.state();
+    let mut dropped = 0;
     for id in lacking {
+        if st.mesh.missing.len() >= MAX_MISSING && !st.mesh.missing.contains_key(&id) {
+            dropped += 1;
+            continue;
+        }
         st.mesh.missing.entry(id).or_insert((peer, due));
+    }
+    if dropped > 0 {
+        debug!(peer = %peer.short(), dropped, "announcements not tracked: too many awaited");
+        st.mesh.stats.ihave_dropped += dropped;
     }
 }
 

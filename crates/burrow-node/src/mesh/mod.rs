@@ -86,6 +86,8 @@ pub struct MeshStats {
     pub synced_sent: u64,
     /// Reconciliation bytes sent and received.
     pub sync_bytes: u64,
+    /// Announced ids not tracked because too many were awaited already.
+    pub ihave_dropped: u64,
 }
 
 /// The mesh's part of the node's state.
