@@ -10,6 +10,7 @@ use std::str::FromStr;
 
 use burrow_proto::forum::{Post, PostId, Topic, MAX_TEXT};
 use burrow_proto::mesh::MeshFrame;
+use burrow_proto::NodeId;
 use burrow_store::NodeStore;
 use serde::{Deserialize, Serialize};
 
@@ -41,6 +42,29 @@ pub struct PostView {
     pub created_at: String,
     /// The hybrid logical clock reading posts are ordered by.
     pub hlc: u64,
+}
+
+/// Whether `name` is `id`'s as far as a reader knows: the reader's own
+/// (`me`), the name a contact was saved under, or the name the server binds
+/// to the key. Anything else is only what the author claims.
+pub fn vouched(
+    id: &NodeId,
+    name: &str,
+    me: &NodeId,
+    contact: Option<&str>,
+    server_binding: Option<&str>,
+) -> bool {
+    id == me || contact == Some(name) || server_binding == Some(name)
+}
+
+/// Sets [`PostView::author_verified`] on `posts` by `vouched(author, name)`.
+pub fn mark_vouched(posts: &mut [PostView], vouched: impl Fn(&NodeId, &str) -> bool) {
+    for p in posts {
+        p.author_verified = p
+            .author
+            .parse()
+            .is_ok_and(|id| vouched(&id, &p.author_name));
+    }
 }
 
 /// The view of a post.
@@ -299,12 +323,9 @@ impl Node {
             .with_store_api(move |s| list(s, &topic, thread.as_deref()))
             .await?;
         let st = self.inner.state();
-        for p in &mut posts {
-            p.author_verified = p
-                .author
-                .parse()
-                .is_ok_and(|id| st.vouched_name(&id, self.inner.id, &p.author_name));
-        }
+        mark_vouched(&mut posts, |id, name| {
+            st.vouched_name(id, self.inner.id, name)
+        });
         Ok(posts)
     }
 

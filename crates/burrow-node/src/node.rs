@@ -129,18 +129,12 @@ impl State {
     /// user named it), or, with a server, the name the server binds to the
     /// key. Serverless peers name themselves, so only contacts count there.
     pub fn vouched_name(&self, id: &NodeId, me: NodeId, name: &str) -> bool {
-        if *id == me {
-            return true;
-        }
-        if self.contacts.name(id).is_some_and(|n| n == name) {
-            return true;
-        }
-        self.server_id.is_some()
-            && self
-                .peers
-                .get(id)
-                .and_then(|p| p.name.as_ref())
-                .is_some_and(|n| n.as_str() == name)
+        let server_binding = self
+            .server_id
+            .and(self.peers.get(id))
+            .and_then(|p| p.name.as_ref())
+            .map(Name::as_str);
+        crate::forum::vouched(id, name, &me, self.contacts.name(id), server_binding)
     }
 
     pub fn name_of(&self, id: &NodeId) -> String {

@@ -114,12 +114,13 @@ fn offline(
         .0
         .public();
     let contacts = store.contacts()?;
-    for p in &mut posts {
-        p.author_verified = p.author == me.to_string()
-            || contacts
-                .iter()
-                .any(|c| c.id.to_string() == p.author && c.name == p.author_name);
-    }
+    forum::mark_vouched(&mut posts, |id, name| {
+        let contact = contacts
+            .iter()
+            .find(|c| c.id == *id)
+            .map(|c| c.name.as_str());
+        forum::vouched(id, name, &me, contact, None)
+    });
     Ok(posts)
 }
 

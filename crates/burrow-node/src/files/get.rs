@@ -311,22 +311,21 @@ impl Node {
                     };
                     let proved = prove_size(&conn, claim.file.hash, claim.file.size).await;
                     conn.close(quinn::VarInt::from_u32(0), b"done");
-                    match proved {
+                    let e = match proved {
                         Ok(()) => return Ok(claim),
-                        Err(PieceError::Lied(why)) => {
-                            crate::conduct::strike(
-                                &node.inner,
-                                id,
-                                "sent data that does not match its hash",
-                            );
-                            let text = format!("{who} {why}; not asked again");
-                            let _ = updates.send(GetUpdate::Notice(text.clone())).await;
-                            why_not.push(text);
-                        }
-                        Err(PieceError::Gone(why)) => why_not.push(format!("{who} {why}")),
-                        Err(PieceError::Lost(why)) => why_not.push(format!("lost {who}: {why}")),
-                        Err(PieceError::Disk(e)) => why_not.push(e.to_string()),
+                        Err(e) => e,
+                    };
+                    let mut text = what_happened(&who, &e);
+                    if let PieceError::Lied(_) = e {
+                        crate::conduct::strike(
+                            &node.inner,
+                            id,
+                            "sent data that does not match its hash",
+                        );
+                        text.push_str("; not asked again");
+                        let _ = updates.send(GetUpdate::Notice(text.clone())).await;
                     }
+                    why_not.push(text);
                 }
                 Err(why_not)
             });
@@ -436,14 +435,26 @@ impl Node {
 /// What a person should hear about a provider that stopped.
 fn describe(end: &ProviderEnd) -> Option<String> {
     let who = format!("{} ({})", end.name, end.id.short());
-    Some(match end.error.as_ref()? {
-        PieceError::Lied(why) => {
-            format!("{who} {why}; dropped from this download, carrying on with the others")
+    let e = end.error.as_ref()?;
+    let what = what_happened(&who, e);
+    Some(match e {
+        PieceError::Lied(_) => {
+            format!("{what}; dropped from this download, carrying on with the others")
         }
-        PieceError::Gone(why) => format!("{who} {why}; carrying on without it"),
-        PieceError::Lost(why) => format!("lost {who}: {why}; carrying on with the others"),
-        PieceError::Disk(e) => format!("cannot write the download: {e}"),
+        PieceError::Gone(_) => format!("{what}; carrying on without it"),
+        PieceError::Lost(_) => format!("{what}; carrying on with the others"),
+        PieceError::Disk(_) => what,
     })
+}
+
+/// What went wrong with provider `who`, in words: how every notice about it
+/// starts.
+fn what_happened(who: &str, e: &PieceError) -> String {
+    match e {
+        PieceError::Lied(why) | PieceError::Gone(why) => format!("{who} {why}"),
+        PieceError::Lost(why) => format!("lost {who}: {why}"),
+        PieceError::Disk(e) => format!("cannot write the download: {e}"),
+    }
 }
 
 /// One provider's part: connect (asking, if we are not linked yet), then run
