@@ -37,6 +37,12 @@
 //! Every router also drops unsolicited packets from its WAN to itself, as home
 //! routers do (see `nat_rules` for why that matters to hole punching).
 //!
+//! [`Lab::with_routed_server`] builds a server whose two public addresses live
+//! on its loopback interface, reached through routes every host on the public
+//! segment has to a transit address on the server's `eth0` (as on hosts with
+//! floating or secondary addresses): the kernel's own choice of source address
+//! for a reply there is the transit address, not the one the client asked.
+//!
 //! [`data`] writes seeded test files for tests and benchmarks.
 //!
 //! Needs root, `ip` (iproute2), `nft` (nftables) and `conntrack`; [`Lab::new`]
@@ -169,6 +175,11 @@ pub const SERVER_ADDRS: [Ipv4Addr; 2] = [
     Ipv4Addr::new(198, 51, 100, 1),
     Ipv4Addr::new(198, 51, 100, 2),
 ];
+/// The server's `eth0` address in a lab [`Lab::with_routed_server`] builds:
+/// hosts route [`SERVER_ADDRS`] through it, and it is the kernel's choice of
+/// source for the server's replies.
+pub const SERVER_TRANSIT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, SERVER_TRANSIT_HOST);
+const SERVER_TRANSIT_HOST: u8 = 254;
 
 static LABS: AtomicU32 = AtomicU32::new(0);
 
@@ -192,6 +203,9 @@ pub struct Lab {
     daemons: Vec<std::process::Child>,
     /// Their configuration files.
     scratch: Option<tempfile::TempDir>,
+    /// Where hosts on the public segment route the server's addresses, when
+    /// those live on its loopback ([`Lab::with_routed_server`]).
+    server_via: Option<Ipv4Addr>,
 }
 
 /// Builds a lab, or explains why not: `Ok(None)` means "skip" (with the reason
@@ -233,6 +247,19 @@ impl Lab {
     /// Like [`Lab::new`], with the public segment on `net`/24 (the server at
     /// .1 and .2, routers from .11, public peers from .101).
     pub fn with_public_net(net: [u8; 3]) -> Result<Lab, LabError> {
+        Self::build(net, false)
+    }
+
+    /// Like [`Lab::new`], with the server's two addresses on its loopback
+    /// interface and its `eth0` holding only a transit address ([`SERVER_TRANSIT`]
+    /// on the default net) that every host on the public segment routes them
+    /// through. The server answers no ARP for them on `eth0` (`arp_ignore=1`):
+    /// they are reached by route, not by accident.
+    pub fn with_routed_server() -> Result<Lab, LabError> {
+        Self::build(PUBLIC_NET, true)
+    }
+
+    fn build(net: [u8; 3], routed_server: bool) -> Result<Lab, LabError> {
         check_available()?;
         ns::remove_stale_labs();
         let prefix = format!(
@@ -255,6 +282,7 @@ impl Lab {
             delayed: Vec::new(),
             daemons: Vec::new(),
             scratch: None,
+            server_via: None,
         };
         let inet = lab.inet.clone();
         lab.add_ns(&inet)?;
@@ -263,10 +291,58 @@ impl Lab {
         let srv = lab.server.ns.clone();
         lab.add_ns(&srv)?;
         lab.attach_public(&srv, "eth0")?;
-        for a in lab.server_addrs() {
-            add_addr(&srv, "eth0", a)?;
+        if !routed_server {
+            for a in lab.server_addrs() {
+                add_addr(&srv, "eth0", a)?;
+            }
+            return Ok(lab);
         }
+        let transit = Ipv4Addr::new(net[0], net[1], net[2], SERVER_TRANSIT_HOST);
+        add_addr(&srv, "eth0", transit)?;
+        for a in lab.server_addrs() {
+            run(&[
+                "ip",
+                "-n",
+                &srv,
+                "addr",
+                "add",
+                &format!("{a}/32"),
+                "dev",
+                "lo",
+            ])?;
+        }
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            &srv,
+            "sysctl",
+            "-qw",
+            "net.ipv4.conf.eth0.arp_ignore=1",
+        ])?;
+        lab.server_via = Some(transit);
         Ok(lab)
+    }
+
+    /// Gives namespace `ns` (on the public segment) routes to the server's
+    /// addresses, when they live on its loopback.
+    fn route_to_server(&self, ns: &str) -> Result<(), LabError> {
+        let Some(via) = self.server_via else {
+            return Ok(());
+        };
+        for a in self.server_addrs() {
+            run(&[
+                "ip",
+                "-n",
+                ns,
+                "route",
+                "add",
+                &format!("{a}/32"),
+                "via",
+                &via.to_string(),
+            ])?;
+        }
+        Ok(())
     }
 
     /// The server's host (its first address; it also has a second, see
@@ -352,6 +428,7 @@ impl Lab {
             self.attach_public(&ns, "eth0")?;
             let addr = Ipv4Addr::new(self.net[0], self.net[1], self.net[2], 100 + i);
             add_addr(&ns, "eth0", addr)?;
+            self.route_to_server(&ns)?;
             return Ok((Host { ns, addr }, None));
         }
         let router = self.add_router(&format!("r{i}"), kind, Ipv4Addr::new(10, 0, i, 0), None)?;
@@ -438,8 +515,9 @@ impl Lab {
             }
         };
         add_addr(&ns, "wan", wan)?;
-        if let Some(gw) = gw {
-            add_default_route(&ns, gw)?;
+        match gw {
+            Some(gw) => add_default_route(&ns, gw)?,
+            None => self.route_to_server(&ns)?,
         }
         run(&[
             "ip",

@@ -620,7 +620,7 @@ async fn dispatch(
     punches: crate::punch::Routes,
     relay: RelaySlot,
 ) {
-    while let Some(RawDatagram { from, data }) = rx.recv().await {
+    while let Some(RawDatagram { from, to_ip, data }) = rx.recv().await {
         if let Some((channel, _)) = relay::parse(&data) {
             match relay.get().and_then(|h| h(from, &channel, data.len())) {
                 Some((to, src)) => {
@@ -658,10 +658,10 @@ async fn dispatch(
                     .as_ref()
                     .and_then(|g| g.upgrade());
                 match grid {
-                    Some(grid) => grid.answer(*local, from, req),
+                    Some(grid) => grid.answer(*local, to_ip, from, req),
                     None => {
                         let reply = stun::binding_response(req.tx, from, None, None);
-                        if let Err(e) = raw.send(from, &reply) {
+                        if let Err(e) = raw.send_from(from, to_ip, &reply) {
                             tracing::debug!(%from, error = %e, "STUN answer not sent");
                         }
                     }

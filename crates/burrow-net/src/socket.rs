@@ -43,6 +43,10 @@ pub const RAW_QUEUE: usize = 1024;
 pub struct RawDatagram {
     /// Where it came from.
     pub from: SocketAddr,
+    /// The local address it arrived at, when the socket could tell (a socket
+    /// bound to every address answers from this one: a NAT in front of the
+    /// sender lets in only answers from where its request went).
+    pub to_ip: Option<IpAddr>,
     /// Its bytes.
     pub data: Vec<u8>,
 }
@@ -129,7 +133,7 @@ impl DemuxSocket {
     /// address), as if the socket had: burrow's own are diverted, QUIC (direct
     /// or relayed) is queued for quinn.
     pub(crate) fn deliver_link(&self, from: SocketAddr, data: &[u8]) {
-        let Some((addr, start)) = self.classify(from, data) else {
+        let Some((addr, start)) = self.classify(from, None, data) else {
             return;
         };
         if self.paths.push_inbox((addr, data[start..].to_vec())) {
@@ -157,9 +161,10 @@ impl DemuxSocket {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    fn divert(&self, from: SocketAddr, data: &[u8]) {
+    fn divert(&self, from: SocketAddr, to_ip: Option<IpAddr>, data: &[u8]) {
         let d = RawDatagram {
             from,
+            to_ip,
             data: data.to_vec(),
         };
         if self.raw_tx.try_send(d).is_err() {
@@ -179,13 +184,19 @@ impl DemuxSocket {
 
     /// What quinn should see of one received datagram: `None` when it was
     /// burrow's own (diverted); else its source as quinn knows it and where its
-    /// QUIC packet starts (after a relay header).
-    fn classify(&self, from: SocketAddr, data: &[u8]) -> Option<(SocketAddr, usize)> {
-        match self.relayed(from, data) {
+    /// QUIC packet starts (after a relay header). `to_ip` is the local address
+    /// it arrived at, if known.
+    fn classify(
+        &self,
+        from: SocketAddr,
+        to_ip: Option<IpAddr>,
+        data: &[u8],
+    ) -> Option<(SocketAddr, usize)> {
+        match self.relayed(from, to_ip, data) {
             Relayed::Ours(v, _) => Some((self.for_quinn(v), relay::HEADER_LEN)),
             Relayed::Diverted => None,
             Relayed::No if is_burrow_datagram(data) => {
-                self.divert(from, data);
+                self.divert(from, to_ip, data);
                 None
             }
             Relayed::No => Some((self.direct_source(from), 0)),
@@ -195,7 +206,7 @@ impl DemuxSocket {
     /// Whether `data` is a relay datagram, and if so, whose: a relay datagram on
     /// a channel not ours is diverted (the server's relay forwards it) and held
     /// for a moment (it may be on a channel we are about to learn of).
-    fn relayed<'a>(&self, from: SocketAddr, data: &'a [u8]) -> Relayed<'a> {
+    fn relayed<'a>(&self, from: SocketAddr, to_ip: Option<IpAddr>, data: &'a [u8]) -> Relayed<'a> {
         let Some((channel, packet)) = relay::parse(data) else {
             return Relayed::No;
         };
@@ -203,7 +214,7 @@ impl DemuxSocket {
             Some(v) => Relayed::Ours(v, packet),
             None => {
                 self.paths.hold_early(channel, from, data);
-                self.divert(from, data);
+                self.divert(from, to_ip, data);
                 Relayed::Diverted
             }
         }
@@ -282,14 +293,14 @@ impl DemuxSocket {
     fn keep_batch(&self, data: &[u8], m: RecvMeta) -> bool {
         let mut quic = false;
         for seg in data.chunks(m.stride.max(1)) {
-            match self.relayed(m.addr, seg) {
+            match self.relayed(m.addr, m.dst_ip, seg) {
                 Relayed::Ours(v, packet) => {
                     if !self.paths.push_inbox((v, packet.to_vec())) {
                         self.dropped.fetch_add(1, Ordering::Relaxed);
                     }
                 }
                 Relayed::Diverted => {}
-                Relayed::No if is_burrow_datagram(seg) => self.divert(m.addr, seg),
+                Relayed::No if is_burrow_datagram(seg) => self.divert(m.addr, m.dst_ip, seg),
                 Relayed::No => quic = true,
             }
         }
@@ -450,7 +461,7 @@ impl AsyncUdpSocket for DemuxSocket {
                     }
                     continue;
                 }
-                let Some((addr, start)) = self.classify(m.addr, &bufs[i][..m.len]) else {
+                let Some((addr, start)) = self.classify(m.addr, m.dst_ip, &bufs[i][..m.len]) else {
                     continue;
                 };
                 let len = m.len - start;

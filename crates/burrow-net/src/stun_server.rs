@@ -14,12 +14,22 @@
 //! itself: a running node measures there how its NAT allocates ports (the
 //! public port toward P1 against the one toward P3). It is apart from the
 //! RFC 5780 sockets so that measuring opens no filter those tests look at.
+//!
+//! Every answer leaves from the address its request arrived at. A server bound
+//! to every address learns that address from the kernel (IP_PKTINFO /
+//! IPV6_PKTINFO, through quinn's UDP layer, as QUIC does) and sends from it:
+//! otherwise the kernel picks the outgoing interface's primary address, which on
+//! a host whose public address is secondary, floating or on a loopback
+//! interface is not the one the client asked, and a NAT in front of the client
+//! drops the answer.
 
+use std::io::IoSliceMut;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use burrow_proto::stun::{self, Request};
-use tokio::net::UdpSocket;
+use quinn::udp::{RecvMeta, Transmit};
+use quinn::{AsyncUdpSocket, Runtime};
 use tokio::task::JoinHandle;
 
 use crate::socket::RawSender;
@@ -37,7 +47,7 @@ pub struct StunGrid {
     alt_port: u16,
     /// P3: answers from itself, ignoring CHANGE-REQUEST.
     mapping_port: u16,
-    alts: Vec<(SocketAddr, Arc<UdpSocket>)>,
+    alts: Vec<(SocketAddr, Arc<dyn AsyncUdpSocket>)>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -110,13 +120,11 @@ impl StunGrid {
         }
         let mut alts = Vec::new();
         for addr in addrs {
-            let bind = |addr| -> std::io::Result<UdpSocket> {
-                let s = std::net::UdpSocket::bind(addr)?;
-                s.set_nonblocking(true)?;
-                UdpSocket::from_std(s)
+            let bind = |addr| -> std::io::Result<Arc<dyn AsyncUdpSocket>> {
+                quinn::TokioRuntime.wrap_udp_socket(std::net::UdpSocket::bind(addr)?)
             };
             let socket = bind(addr).map_err(|source| GridError::Bind { addr, source })?;
-            alts.push((addr, Arc::new(socket)));
+            alts.push((addr, socket));
         }
         let grid = Arc::new_cyclic(|weak: &std::sync::Weak<StunGrid>| {
             let tasks = alts
@@ -176,9 +184,16 @@ impl StunGrid {
         let _ = self.gate.set(gate);
     }
 
-    /// Answers `req` from `from`, which arrived on our socket `arrived_on`
-    /// (unless the gate says no).
-    pub fn answer(&self, arrived_on: SocketAddr, from: SocketAddr, req: Request) {
+    /// Answers `req` from `from`, which arrived on our socket `arrived_on` at
+    /// local address `to_ip` (when the socket could tell), unless the gate says
+    /// no.
+    pub fn answer(
+        &self,
+        arrived_on: SocketAddr,
+        to_ip: Option<IpAddr>,
+        from: SocketAddr,
+        req: Request,
+    ) {
         if self.gate.get().is_some_and(|g| !g(from)) {
             tracing::trace!(%from, "STUN request not answered (gate)");
             return;
@@ -204,37 +219,59 @@ impl StunGrid {
         let origin = |a: SocketAddr| (!a.ip().is_unspecified()).then_some(a);
         let advertised = self.alt_ip.map(|_| other);
         let reply = |at: SocketAddr| stun::binding_response(req.tx, from, origin(at), advertised);
-        if want == self.primary {
-            let _ = self.main.send(to, &reply(want));
-        } else if let Some((at, socket)) = self.alts.iter().find(|(a, _)| *a == want) {
-            if let Err(e) = socket.try_send_to(&reply(*at), to) {
-                tracing::debug!(%at, %to, error = %e, "STUN answer not sent");
+        // A socket bound to every address sends from the one the request
+        // reached (changing the port, never the IP, on such a socket).
+        let src = |at: SocketAddr| {
+            if at.ip().is_unspecified() {
+                to_ip
+            } else {
+                None
             }
-        } else {
-            // We can't change as asked: answer from where it arrived; the client
-            // sees from RESPONSE-ORIGIN that nothing changed.
-            let data = reply(arrived_on);
-            if arrived_on == self.primary {
-                let _ = self.main.send(to, &data);
-            } else if let Some((_, socket)) = self.alts.iter().find(|(a, _)| *a == arrived_on) {
-                let _ = socket.try_send_to(&data, to);
+        };
+        let from_socket = |at: SocketAddr| {
+            if at == self.primary {
+                return Some(self.main.send_from(to, src(at), &reply(at)));
             }
+            let (_, socket) = self.alts.iter().find(|(a, _)| *a == at)?;
+            Some(socket.try_send(&Transmit {
+                destination: to,
+                ecn: None,
+                contents: &reply(at),
+                segment_size: None,
+                src_ip: src(at),
+            }))
+        };
+        // When we can't change as asked, we answer from where it arrived; the
+        // client sees from RESPONSE-ORIGIN that nothing changed.
+        let sent = from_socket(want).or_else(|| from_socket(arrived_on));
+        if let Some(Err(e)) = sent {
+            tracing::debug!(%want, %to, error = %e, "STUN answer not sent");
         }
     }
 }
 
 /// Answers Binding requests arriving on one alternate socket.
-async fn serve(addr: SocketAddr, socket: Arc<UdpSocket>, grid: std::sync::Weak<StunGrid>) {
-    let mut buf = vec![0u8; stun::MAX_MESSAGE + 1];
+async fn serve(addr: SocketAddr, socket: Arc<dyn AsyncUdpSocket>, grid: std::sync::Weak<StunGrid>) {
+    // Room for a batch the kernel coalesced (GRO: one source, equal sizes).
+    let mut buf = vec![0u8; u16::MAX as usize];
+    let mut meta = [RecvMeta::default()];
     loop {
-        let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+        let received = std::future::poll_fn(|cx| {
+            socket.poll_recv(cx, &mut [IoSliceMut::new(&mut buf)], &mut meta)
+        })
+        .await;
+        if received.is_err() {
             // ICMP-born errors (a client gone) are routine; keep serving.
+            tokio::task::yield_now().await;
             continue;
-        };
-        let Ok(req) = stun::parse_request(&buf[..n]) else {
-            continue;
-        };
-        let Some(grid) = grid.upgrade() else { return };
-        grid.answer(addr, from, req);
+        }
+        let m = meta[0];
+        for datagram in buf[..m.len].chunks(m.stride.max(1)) {
+            let Ok(req) = stun::parse_request(datagram) else {
+                continue;
+            };
+            let Some(grid) = grid.upgrade() else { return };
+            grid.answer(addr, m.dst_ip, m.addr, req);
+        }
     }
 }

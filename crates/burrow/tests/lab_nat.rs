@@ -7,7 +7,7 @@
 
 mod common;
 
-use burrow_lab::{require_or_skip, NatKind, SERVER_ADDRS};
+use burrow_lab::{require_or_skip, require_or_skip_with, Lab, NatKind, SERVER_ADDRS};
 use common::proc::*;
 
 #[test]
@@ -89,6 +89,58 @@ fn burrow_nat_names_each_kind_of_nat() {
         assert_eq!(r["filtering"], filtering, "{kind:?}: {r}");
         assert_eq!(r["ports"], ports, "{kind:?}: {r}");
         assert!(!r["summary"].as_str().unwrap().is_empty());
+        nodes.push(node);
+    }
+    drop(nodes);
+    assert!(server.terminate().success());
+}
+
+/// A server listening on every address of a host whose public addresses are not
+/// its interface's own (here: both on its loopback, routed through a transit
+/// address on `eth0`) answers STUN from the address each request reached, on
+/// every port: behind a NAT that lets in only answers from where the request
+/// went, `burrow nat` learns the mapping and the port allocation through
+/// either address. Before, the kernel sent the answers from the transit
+/// address, the NAT dropped them, and `burrow nat` failed.
+#[test]
+fn stun_answers_leave_from_the_address_asked_on_a_host_with_routed_addresses() {
+    let test = "stun_answers_leave_from_the_address_asked_on_a_host_with_routed_addresses";
+    let Some(mut lab) = require_or_skip_with(test, Lab::with_routed_server) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = lab.server().command(BIN);
+    cmd.arg("--home")
+        .arg(dir.path().join("srv"))
+        .args(["server", "--listen", "0.0.0.0:7700"]);
+    let mut server = Proc::spawn_command(cmd);
+    let url = server
+        .expect_line("join URL:")
+        .split_whitespace()
+        .last()
+        .expect("a URL")
+        .to_string();
+    // The URL names the server's key; the host part is whichever address we ask.
+    let (key_part, _) = url.rsplit_once('@').expect("a URL with a key");
+    let mut nodes = Vec::new();
+    for (i, addr) in SERVER_ADDRS.iter().enumerate() {
+        let name = format!("n{i}");
+        let (host, _router) = lab.add_peer(&name, NatKind::PortRestricted).unwrap();
+        let home = dir.path().join(&name);
+        let via = format!("{key_part}@{addr}:7700");
+        let mut cmd = host.command(BIN);
+        cmd.arg("--home")
+            .arg(&home)
+            .args(["up", "--server", &via, "--name", &name]);
+        let mut node = Proc::spawn_command(cmd);
+        node.expect_line("is up");
+        let (ok, out, err) = run(&home, &["nat", "--json"]);
+        assert!(ok, "burrow nat through {addr} failed: {err}");
+        let r: serde_json::Value = serde_json::from_str(&out).expect("nat --json");
+        println!("through {addr}: {r}");
+        assert_eq!(r["behind_nat"], true, "{r}");
+        assert_eq!(r["mapping"], "endpoint_independent", "through {addr}: {r}");
+        assert_eq!(r["ports"], "preserved", "through {addr}: {r}");
         nodes.push(node);
     }
     drop(nodes);
