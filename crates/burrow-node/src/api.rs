@@ -254,8 +254,13 @@ impl std::fmt::Display for ConnectionState {
 pub struct PeerView {
     /// Full id.
     pub id: String,
-    /// Registered name, when known.
+    /// Registered name, when known (serverless: the name it gave itself).
     pub name: Option<String>,
+    /// Whether that name is vouched for: the server binds it to the key, or a
+    /// contact was saved under it. People are shown the short id beside a
+    /// name that isn't.
+    #[serde(default)]
+    pub name_verified: bool,
     /// Whether the server lists it as online.
     pub online: bool,
     /// Our link with it.
@@ -280,6 +285,12 @@ pub struct MessageView {
     pub from: String,
     /// Author name.
     pub from_name: String,
+    /// Whether that name is the author's as far as this node knows (ours, a
+    /// contact's, or the server's binding); serverless, a peer's name is only
+    /// what it claims. People are shown the author's short id beside a name
+    /// that isn't.
+    #[serde(default)]
+    pub from_verified: bool,
     /// Recipient id.
     pub to: String,
     /// The text.

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use burrow_net::{FrameReader, FrameWriter, FramedError};
 use burrow_proto::chat::{self, ChatFrame};
-use burrow_proto::NodeId;
+use burrow_proto::{Name, NodeId};
 use burrow_store::{MessageKind, StoredMessage};
 use tracing::{debug, warn};
 
@@ -95,11 +95,20 @@ async fn receive(
         crate::conduct::strike(inner, peer, "a chat message of a bad length");
         return Ok(());
     }
-    let from_name = inner.state().name_of(&peer);
+    // The name the peer goes by here, and whether anyone vouches for it (a
+    // serverless peer's name is only its claim), as they were when it came.
+    let (from_name, from_verified) = {
+        let st = inner.state();
+        let name = st
+            .claimed_name(&peer)
+            .map_or_else(|| peer.short(), Name::to_string);
+        (name, st.name_vouched(&peer))
+    };
     let m = StoredMessage {
         id,
         from: peer,
         from_name,
+        from_verified,
         to: inner.id,
         text,
         sent_at_ms,
@@ -138,6 +147,7 @@ pub(crate) fn notice(inner: &Arc<Inner>, text: String, everyone: bool) {
         id: burrow_proto::chat::MessageId::random(&mut rand::thread_rng()),
         from: server,
         from_name: "server".into(),
+        from_verified: true,
         to: inner.id,
         text,
         sent_at_ms: now,

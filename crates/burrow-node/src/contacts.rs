@@ -60,7 +60,7 @@ impl std::fmt::Display for Incoming {
 /// Contacts and the incoming policy, as the node holds them.
 #[derive(Debug, Default)]
 pub(crate) struct Contacts {
-    ids: HashMap<NodeId, String>,
+    pub(crate) ids: HashMap<NodeId, String>,
     incoming: Incoming,
 }
 
@@ -154,7 +154,10 @@ impl Node {
             let (id, name) = {
                 let st = self.inner.state();
                 let id = resolve(&st, peer)?;
-                (id, st.name_of(&id))
+                let name = st
+                    .claimed_name(&id)
+                    .map_or_else(|| id.short(), |n| n.to_string());
+                (id, name)
             };
             let contact = Contact {
                 id,

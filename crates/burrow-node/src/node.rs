@@ -129,20 +129,34 @@ impl State {
     /// user named it), or, with a server, the name the server binds to the
     /// key. Serverless peers name themselves, so only contacts count there.
     pub fn vouched_name(&self, id: &NodeId, me: NodeId, name: &str) -> bool {
-        let server_binding = self
-            .server_id
-            .and(self.peers.get(id))
-            .and_then(|p| p.name.as_ref())
-            .map(Name::as_str);
-        crate::forum::vouched(id, name, &me, self.contacts.name(id), server_binding)
+        self.vouched(id, Some(&me), name)
     }
 
+    fn vouched(&self, id: &NodeId, me: Option<&NodeId>, name: &str) -> bool {
+        let server_binding = self.server_id.and(self.claimed_name(id)).map(Name::as_str);
+        crate::forum::vouched(id, name, me, self.contacts.name(id), server_binding)
+    }
+
+    /// The name a peer goes by here: the server's binding with a server, the
+    /// name it gave itself serverless (which only a contact's name vouches for).
+    pub fn claimed_name(&self, id: &NodeId) -> Option<&Name> {
+        self.peers.get(id).and_then(|p| p.name.as_ref())
+    }
+
+    /// Whether a peer's name ([`Self::claimed_name`]) is vouched for.
+    pub fn name_vouched(&self, id: &NodeId) -> bool {
+        self.claimed_name(id)
+            .is_some_and(|n| self.vouched(id, None, n.as_str()))
+    }
+
+    /// A peer as people read it in events and errors: its name, with its short
+    /// id beside a name nobody vouches for (see [`crate::forum::shown`]), or
+    /// the short id alone.
     pub fn name_of(&self, id: &NodeId) -> String {
-        self.peers
-            .get(id)
-            .and_then(|p| p.name.as_ref())
-            .map(|n| n.to_string())
-            .unwrap_or_else(|| id.short())
+        match self.claimed_name(id) {
+            Some(n) => crate::forum::shown(n.as_str(), &id.to_string(), self.name_vouched(id)),
+            None => id.short(),
+        }
     }
 
     /// Records that the server lists `info` as online; returns its entry, or `None`
@@ -238,10 +252,14 @@ impl Inner {
     pub fn message_view(&self, m: &StoredMessage) -> MessageView {
         let rfc3339 =
             |ms| humantime::format_rfc3339_millis(burrow_proto::time::from_unix_ms(ms)).to_string();
+        // Vouched for when it came, or since (its author saved as a contact).
+        let from_verified =
+            m.from_verified || self.state().vouched_name(&m.from, self.id, &m.from_name);
         MessageView {
             id: m.id.to_string(),
             from: m.from.to_string(),
             from_name: m.from_name.clone(),
+            from_verified,
             to: m.to.to_string(),
             text: m.text.clone(),
             sent_at: rfc3339(m.sent_at_ms),
@@ -414,7 +432,7 @@ impl ApiError {
     pub fn hint(&self) -> Option<String> {
         Some(match self {
             ApiError::UnknownPeer(_) => "burrow peers lists who is online".into(),
-            ApiError::AmbiguousPeer(..) => "type more of the id, or use the name".into(),
+            ApiError::AmbiguousPeer(..) => "name it by more of its id (`burrow peers` lists them)".into(),
             ApiError::ServerUnavailable | ApiError::NoAnswer => {
                 "the node reconnects by itself; try again in a moment (burrow status shows the server link)".into()
             }
@@ -633,6 +651,7 @@ impl Node {
             .map(|(id, p)| PeerView {
                 id: id.to_string(),
                 name: p.name.as_ref().map(|n| n.to_string()),
+                name_verified: st.name_vouched(id),
                 online: p.online,
                 connection: match (p.conn(), p.request) {
                     (Some(c), _) => peers::path_of(&self.inner, id, Some(c)).0,
@@ -753,6 +772,7 @@ impl Node {
             id: MessageId::random(&mut rand::thread_rng()),
             from: self.inner.id,
             from_name: self.inner.config.name.to_string(),
+            from_verified: true,
             to: id,
             text: text.to_string(),
             sent_at_ms: burrow_proto::time::unix_ms(SystemTime::now()),
@@ -870,29 +890,53 @@ fn config_wall_ms(config: &NodeConfig) -> u64 {
     now.saturating_add(config.clock_skew_ms).max(0) as u64
 }
 
-/// Finds the peer a person means: a name, or a unique id prefix.
+/// Finds the peer a person means: a contact's name, a peer's name, or a
+/// unique id prefix. A contact's name wins over a name a serverless peer
+/// claims; a name that is also another peer's id prefix is ambiguous (a name
+/// like `cafe1234` must not pass for the node whose id starts so).
 pub(crate) fn resolve(st: &State, peer: &str) -> Result<NodeId, ApiError> {
     let wanted = peer.trim().to_ascii_lowercase();
+    let hex = !wanted.is_empty() && wanted.chars().all(|c| c.is_ascii_hexdigit());
+    let by_prefix = |id: &NodeId| hex && id.to_string().starts_with(&wanted);
+    let ambiguous = |ids: &[NodeId]| {
+        let ids: Vec<String> = ids.iter().map(|id| id.short()).collect();
+        ApiError::AmbiguousPeer(peer.to_string(), ids.join(", "))
+    };
     // Serverless, names are only what peers claim: two may claim the same one.
-    let named: Vec<NodeId> = st
-        .peers
-        .iter()
-        .filter(|(_, p)| p.name.as_ref().is_some_and(|n| n.as_str() == wanted))
-        .map(|(id, _)| *id)
+    let mut named: Vec<NodeId> = st
+        .contacts
+        .ids()
+        .filter(|id| st.contacts.name(id) == Some(wanted.as_str()))
         .collect();
-    match named.as_slice() {
-        [id] => return Ok(*id),
-        [] => {}
-        many => {
-            let ids: Vec<String> = many.iter().map(|id| id.short()).collect();
-            return Err(ApiError::AmbiguousPeer(peer.to_string(), ids.join(", ")));
-        }
+    if named.is_empty() {
+        named = st
+            .peers
+            .iter()
+            .filter(|(_, p)| p.name.as_ref().is_some_and(|n| n.as_str() == wanted))
+            .map(|(id, _)| *id)
+            .collect();
     }
-    if !wanted.is_empty() && wanted.chars().all(|c| c.is_ascii_hexdigit()) {
+    match named.as_slice() {
+        [id] => {
+            let other_prefix: Vec<NodeId> = st
+                .peers
+                .keys()
+                .filter(|other| *other != id && by_prefix(other))
+                .copied()
+                .collect();
+            if other_prefix.is_empty() {
+                return Ok(*id);
+            }
+            return Err(ambiguous(&[&[*id], other_prefix.as_slice()].concat()));
+        }
+        [] => {}
+        many => return Err(ambiguous(many)),
+    }
+    if hex {
         let matches: Vec<NodeId> = st
             .peers
             .keys()
-            .filter(|id| id.to_string().starts_with(&wanted))
+            .filter(|id| by_prefix(id))
             .copied()
             .collect();
         match matches.len() {
@@ -909,4 +953,55 @@ pub(crate) fn resolve(st: &State, peer: &str) -> Result<NodeId, ApiError> {
         }
     }
     Err(ApiError::UnknownPeer(peer.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burrow_proto::SecretKey;
+    use rand::SeedableRng;
+
+    fn id(seed: u64) -> NodeId {
+        SecretKey::generate(&mut rand::rngs::StdRng::seed_from_u64(seed)).public()
+    }
+
+    fn named(st: &mut State, id: NodeId, name: &str) {
+        st.peers.entry(id).or_default().name = Some(name.parse().unwrap());
+    }
+
+    #[test]
+    fn a_contacts_name_wins_and_a_name_never_passes_for_an_id_prefix() {
+        let mut st = State::default();
+        let (alice, mallory) = (id(1), id(2));
+        named(&mut st, alice, "alice");
+        named(&mut st, mallory, "alice");
+        // Two peers claim one name: neither is picked.
+        assert!(matches!(
+            resolve(&st, "alice"),
+            Err(ApiError::AmbiguousPeer(..))
+        ));
+        assert_eq!(st.name_of(&alice), format!("alice [{}]", alice.short()));
+        // Saved as a contact, alice is the one `alice` means, and shown plainly.
+        st.contacts.ids.insert(alice, "alice".into());
+        assert_eq!(resolve(&st, "alice").unwrap(), alice);
+        assert_eq!(st.name_of(&alice), "alice");
+        assert_eq!(st.name_of(&mallory), format!("alice [{}]", mallory.short()));
+
+        // A name spelled like another node's id: refused as ambiguous, never
+        // resolved to the name's owner alone. (Names start with a letter, so
+        // only ids starting with a-f can be mimicked.)
+        let target = (3..)
+            .map(id)
+            .find(|i| i.short().starts_with(|c: char| c.is_ascii_lowercase()))
+            .unwrap();
+        let mimic = id(100);
+        named(&mut st, target, "target");
+        named(&mut st, mimic, &target.short());
+        assert!(matches!(
+            resolve(&st, &target.short()),
+            Err(ApiError::AmbiguousPeer(..))
+        ));
+        assert_eq!(resolve(&st, &target.to_string()[..12]).unwrap(), target);
+        assert_eq!(resolve(&st, "target").unwrap(), target);
+    }
 }

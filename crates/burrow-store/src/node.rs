@@ -61,6 +61,9 @@ const MIGRATIONS: &[&str] = &[
         name TEXT NOT NULL,
         added_at_ms INTEGER NOT NULL
     );",
+    // Whether the author's name was vouched for when the message came (older
+    // messages: not known, so not).
+    "ALTER TABLE messages ADD COLUMN from_verified INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// What a stored message is.
@@ -153,6 +156,9 @@ pub struct StoredMessage {
     pub from: NodeId,
     /// Author's name when the message was stored.
     pub from_name: String,
+    /// Whether that name was vouched for then (ours, a contact's, the server's
+    /// binding), rather than only claimed.
+    pub from_verified: bool,
     /// Recipient.
     pub to: NodeId,
     /// The text.
@@ -183,8 +189,8 @@ impl NodeStore {
     /// resend after a lost ack): the first copy is kept.
     pub fn insert_message(&mut self, m: &StoredMessage) -> Result<bool, StoreError> {
         let n = self.conn.execute(
-            "INSERT OR IGNORE INTO messages (id, from_id, from_name, to_id, text, sent_at_ms, received_at_ms, kind)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT OR IGNORE INTO messages (id, from_id, from_name, to_id, text, sent_at_ms, received_at_ms, kind, from_verified)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
                 m.id.0.as_slice(),
                 m.from.as_bytes().as_slice(),
@@ -193,7 +199,8 @@ impl NodeStore {
                 m.text,
                 m.sent_at_ms as i64,
                 m.received_at_ms as i64,
-                m.kind.code()
+                m.kind.code(),
+                m.from_verified
             ],
         )?;
         Ok(n == 1)
@@ -202,7 +209,7 @@ impl NodeStore {
     /// The newest `limit` messages, oldest first.
     pub fn messages(&self, limit: usize) -> Result<Vec<StoredMessage>, StoreError> {
         let mut stmt = self.conn.prepare(
-            "SELECT id, from_id, from_name, to_id, text, sent_at_ms, received_at_ms, kind FROM messages
+            "SELECT id, from_id, from_name, to_id, text, sent_at_ms, received_at_ms, kind, from_verified FROM messages
              ORDER BY received_at_ms DESC, rowid DESC LIMIT ?1",
         )?;
         let rows = stmt.query_map([limit as i64], |r| {
@@ -215,11 +222,12 @@ impl NodeStore {
                 r.get::<_, i64>(5)?,
                 r.get::<_, i64>(6)?,
                 r.get::<_, i64>(7)?,
+                r.get::<_, bool>(8)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, from, from_name, to, text, sent, received, kind) = row?;
+            let (id, from, from_name, to, text, sent, received, kind, from_verified) = row?;
             let id: [u8; 16] = id.as_slice().try_into().map_err(|_| StoreError::Corrupt {
                 table: "messages",
                 what: "message id length".into(),
@@ -228,6 +236,7 @@ impl NodeStore {
                 id: MessageId(id),
                 from: node_id("messages", &from)?,
                 from_name,
+                from_verified,
                 to: node_id("messages", &to)?,
                 text,
                 sent_at_ms: sent as u64,
@@ -446,6 +455,7 @@ mod tests {
             id: MessageId([n; 16]),
             from: a,
             from_name: "alice".into(),
+            from_verified: true,
             to: b,
             text: format!("m{n}"),
             sent_at_ms: t,

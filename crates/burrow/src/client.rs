@@ -150,9 +150,16 @@ pub async fn peers(home: &Path, json: bool) -> Result<(), CliError> {
         "NAME", "ID", "ONLINE", "CONNECTION"
     );
     for p in peers {
+        // The ID column is beside every name; one nobody vouches for (a
+        // serverless peer's own claim) is marked as such.
+        let name = match (&p.name, p.name_verified) {
+            (Some(n), true) => n.clone(),
+            (Some(n), false) => format!("{n} (claimed)"),
+            (None, _) => "?".into(),
+        };
         println!(
             "{:<20} {:<10} {:<8} {:<16} {}",
-            p.name.as_deref().unwrap_or("?"),
+            name,
             &p.id[..8],
             if p.online { "yes" } else { "no" },
             p.connection.to_string(),
@@ -213,7 +220,11 @@ pub fn message_line(m: &MessageView) -> String {
         .unwrap_or(&m.received_at)
         .replace('T', " ");
     match (m.from_server, m.everyone) {
-        (false, _) => format!("[{when}] {}: {}", m.from_name, m.text),
+        (false, _) => format!(
+            "[{when}] {}: {}",
+            burrow_node::forum::shown(&m.from_name, &m.from, m.from_verified),
+            m.text
+        ),
         (true, true) => format!("[{when}] notice from the server to everyone: {}", m.text),
         (true, false) => format!("[{when}] notice from the server to you: {}", m.text),
     }

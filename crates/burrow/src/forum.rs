@@ -119,7 +119,7 @@ fn offline(
             .iter()
             .find(|c| c.id == *id)
             .map(|c| c.name.as_str());
-        forum::vouched(id, name, &me, contact, None)
+        forum::vouched(id, name, Some(&me), contact, None)
     });
     Ok(posts)
 }
@@ -128,15 +128,7 @@ fn offline(
 /// can't vouch for (not the server's binding, a contact's or ours), the
 /// author's short id, so `alice [3f9a1c2e]` can't pass for alice.
 pub(crate) fn author(p: &PostView) -> String {
-    if p.author_verified {
-        p.author_name.clone()
-    } else {
-        format!(
-            "{} [{}]",
-            p.author_name,
-            p.author.get(..8).unwrap_or(&p.author)
-        )
-    }
+    forum::shown(&p.author_name, &p.author, p.author_verified)
 }
 
 fn branch_lines(b: &Branch, depth: usize, out: &mut Vec<String>) {

@@ -312,7 +312,7 @@ pub fn describe(event: &NodeEvent, me: &Name) -> Option<String> {
         }
         NodeEvent::ConnectFailed { name, error } => format!("could not connect to {name}: {error}"),
         NodeEvent::Disconnected { name, reason } => format!("disconnected from {name}: {reason}"),
-        NodeEvent::Message(m) if m.from_name == me.as_str() => return None,
+        NodeEvent::Message(m) if m.from_verified && m.from_name == me.as_str() => return None,
         NodeEvent::Message(m) => crate::client::message_line(m),
         NodeEvent::Post(p) if p.author_verified && p.author_name == me.as_str() => return None,
         NodeEvent::Post(p) => match &p.parent {
