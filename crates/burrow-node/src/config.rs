@@ -28,6 +28,13 @@ pub struct NodeConfig {
     /// at the cost of one short exchange per link per minute when nothing
     /// differs.
     pub resync_every: Duration,
+    /// How many forum posts the store keeps per author and per topic from
+    /// authors the node doesn't vouch for (see [`burrow_store::PostQuota`]).
+    pub forum_quota: burrow_store::PostQuota,
+    /// New forum posts one link may bring: per second, and at once (a first
+    /// reconciliation brings a topic's history). Over it, posts from that
+    /// link wait for a later reconciliation.
+    pub forum_link_rate: (f64, f64),
     /// Added to the wall clock wherever the node reads it (post times, clock
     /// probes). Zero except in tests that give nodes disagreeing clocks.
     pub clock_skew_ms: i64,
@@ -66,6 +73,8 @@ impl NodeConfig {
             join: Vec::new(),
             mesh_links: 4,
             resync_every: Duration::from_secs(60),
+            forum_quota: burrow_store::PostQuota::default(),
+            forum_link_rate: (100.0, 10_000.0),
             clock_skew_ms: 0,
             name,
             credentials: Default::default(),

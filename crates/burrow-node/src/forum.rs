@@ -313,7 +313,7 @@ impl Node {
         );
         let stored = post.clone();
         inner
-            .with_store(move |s| s.insert_posts(&[stored], now))
+            .with_store(move |s| s.insert_posts(&[stored], now, None, |_| true))
             .await?;
         crate::mesh::gossip::broadcast(inner, &post, None);
         let v = view(&post);

@@ -28,6 +28,7 @@ pub mod files;
 pub mod forum;
 pub mod frame;
 pub mod id;
+pub mod limit;
 pub mod mesh;
 pub mod name;
 pub mod punch;

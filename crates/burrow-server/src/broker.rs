@@ -32,8 +32,8 @@ use burrow_proto::NodeId;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
-use crate::limit::RateLimit;
 use crate::presence::Presence;
+use burrow_proto::limit::RateLimit;
 
 /// Fresh punches for one link at most this often (both sides may ask at once).
 const REPUNCH_INTERVAL: Duration = Duration::from_secs(2);

@@ -23,7 +23,6 @@ pub mod admission;
 mod binder;
 pub mod broker;
 pub mod journal;
-pub mod limit;
 pub mod password;
 pub mod presence;
 mod register;

@@ -16,9 +16,9 @@ use tracing::{debug, info, warn};
 
 use crate::admission::points;
 use crate::journal::Actor;
-use crate::limit::RateLimit;
 use crate::server::{Session, Shared};
 use crate::{register, tracker};
+use burrow_proto::limit::RateLimit;
 
 /// How many messages wait for a slow node before the server drops its session.
 const SESSION_QUEUE: usize = 256;

@@ -4,7 +4,10 @@
 //! need beside them; they were verified before they got here. A batch of posts
 //! (a reconciliation's worth) is written in one transaction.
 
+use std::collections::HashMap;
+
 use burrow_proto::forum::{Hlc, Post, PostId, Topic};
+use burrow_proto::NodeId;
 use rusqlite::{params, OptionalExtension};
 
 use crate::{NodeStore, StoreError};
@@ -18,34 +21,135 @@ pub struct StoredPost {
     pub received_at_ms: u64,
 }
 
+/// How many posts of one topic the store keeps from whom: valid posts cost a
+/// throwaway key nothing, so what one author, and everyone together, may add
+/// is bounded. Authors the node vouches for (itself, contacts, the server's
+/// bindings) are exempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PostQuota {
+    /// Posts of one author in one topic.
+    pub per_author: u64,
+    /// Posts in one topic, from authors not exempt.
+    pub per_topic: u64,
+}
+
+impl Default for PostQuota {
+    fn default() -> Self {
+        PostQuota {
+            per_author: 10_000,
+            per_topic: 100_000,
+        }
+    }
+}
+
+/// What became of a post offered to the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// Stored now.
+    New,
+    /// Already there.
+    Known,
+    /// Not stored: its author's share of the topic, or the topic, is full.
+    OverQuota,
+}
+
 impl NodeStore {
-    /// Stores the posts that are new; returns which of them were (in order).
-    pub fn insert_posts(&mut self, posts: &[Post], now_ms: u64) -> Result<Vec<bool>, StoreError> {
+    /// Stores the posts that are new, within `quota` (none for our own) unless
+    /// `exempt` says the author is vouched for; says what became of each (in
+    /// order).
+    pub fn insert_posts(
+        &mut self,
+        posts: &[Post],
+        now_ms: u64,
+        quota: Option<PostQuota>,
+        exempt: impl Fn(&NodeId) -> bool,
+    ) -> Result<Vec<Stored>, StoreError> {
         let tx = self.conn.transaction()?;
-        let mut fresh = Vec::with_capacity(posts.len());
+        let mut out = Vec::with_capacity(posts.len());
         {
-            let mut stmt = tx.prepare_cached(
-                "INSERT OR IGNORE INTO posts (id, topic, parent, created, body, received_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            let mut insert = tx.prepare_cached(
+                "INSERT OR IGNORE INTO posts (id, topic, parent, created, body, received_at_ms, author)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
+            let mut exists = tx.prepare_cached("SELECT 1 FROM posts WHERE id = ?1")?;
+            let mut by_topic = tx.prepare_cached("SELECT COUNT(*) FROM posts WHERE topic = ?1")?;
+            let mut by_author =
+                tx.prepare_cached("SELECT COUNT(*) FROM posts WHERE topic = ?1 AND author = ?2")?;
+            // Counted once per batch, then kept up to date here.
+            let mut topics: HashMap<Topic, u64> = HashMap::new();
+            let mut authors: HashMap<(Topic, NodeId), u64> = HashMap::new();
             for p in posts {
+                if exists.exists([p.id.0.as_slice()])? {
+                    out.push(Stored::Known);
+                    continue;
+                }
+                let limited = quota.filter(|_| !exempt(&p.author));
+                if let Some(q) = limited {
+                    let topic = match topics.get(&p.topic) {
+                        Some(n) => *n,
+                        None => {
+                            let n: i64 = by_topic.query_row([p.topic.as_str()], |r| r.get(0))?;
+                            *topics.entry(p.topic.clone()).or_insert(n as u64)
+                        }
+                    };
+                    let key = (p.topic.clone(), p.author);
+                    let author = match authors.get(&key) {
+                        Some(n) => *n,
+                        None => {
+                            let n: i64 = by_author.query_row(
+                                params![p.topic.as_str(), p.author.as_bytes().as_slice()],
+                                |r| r.get(0),
+                            )?;
+                            *authors.entry(key.clone()).or_insert(n as u64)
+                        }
+                    };
+                    if topic >= q.per_topic || author >= q.per_author {
+                        out.push(Stored::OverQuota);
+                        continue;
+                    }
+                }
                 let body = postcard::to_stdvec(p).map_err(|e| StoreError::Corrupt {
                     table: "posts",
                     what: e.to_string(),
                 })?;
-                let n = stmt.execute(params![
+                let n = insert.execute(params![
                     p.id.0.as_slice(),
                     p.topic.as_str(),
                     p.parent.map(|id| id.0.to_vec()),
                     p.created.0 as i64,
                     body,
-                    now_ms as i64
+                    now_ms as i64,
+                    p.author.as_bytes().as_slice()
                 ])?;
-                fresh.push(n == 1);
+                if n == 1 {
+                    *topics.entry(p.topic.clone()).or_default() += 1;
+                    *authors.entry((p.topic.clone(), p.author)).or_default() += 1;
+                    out.push(Stored::New);
+                } else {
+                    out.push(Stored::Known);
+                }
             }
         }
         tx.commit()?;
-        Ok(fresh)
+        Ok(out)
+    }
+
+    /// Fills in the author column of posts stored before it existed.
+    pub(crate) fn fill_post_authors(&mut self) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut missing = tx.prepare("SELECT id, body FROM posts WHERE author IS NULL")?;
+            let rows: Vec<(Vec<u8>, Vec<u8>)> = missing
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            let mut set = tx.prepare("UPDATE posts SET author = ?1 WHERE id = ?2")?;
+            for (id, body) in rows {
+                let post = decode(&body)?;
+                set.execute(params![post.author.as_bytes().as_slice(), id])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     /// Every post of `topic` (all topics when `None`), oldest first.
@@ -207,7 +311,11 @@ mod tests {
     use rand::SeedableRng;
 
     fn post(text: &str, parent: Option<PostId>, t: u64) -> Post {
-        let key = SecretKey::generate(&mut rand::rngs::StdRng::seed_from_u64(1));
+        by(1, text, parent, t)
+    }
+
+    fn by(author: u64, text: &str, parent: Option<PostId>, t: u64) -> Post {
+        let key = SecretKey::generate(&mut rand::rngs::StdRng::seed_from_u64(author));
         Post::create(
             &key,
             "alice".parse().unwrap(),
@@ -227,12 +335,14 @@ mod tests {
         {
             let mut s = NodeStore::open(&path).unwrap();
             assert_eq!(
-                s.insert_posts(&[b.clone(), a.clone()], 5).unwrap(),
-                [true, true]
+                s.insert_posts(&[b.clone(), a.clone()], 5, None, |_| false)
+                    .unwrap(),
+                [Stored::New, Stored::New]
             );
             assert_eq!(
-                s.insert_posts(std::slice::from_ref(&a), 6).unwrap(),
-                [false]
+                s.insert_posts(std::slice::from_ref(&a), 6, None, |_| false)
+                    .unwrap(),
+                [Stored::Known]
             );
             assert!(s.follow(&"games".parse().unwrap()).unwrap());
             s.set_setting("k", b"v").unwrap();
@@ -258,5 +368,54 @@ mod tests {
         assert!(s.find_posts("xyz").unwrap().is_empty());
         assert_eq!(s.topics().unwrap(), ["games".parse().unwrap()]);
         assert_eq!(s.setting("k").unwrap().as_deref(), Some(&b"v"[..]));
+    }
+
+    #[test]
+    fn quotas_bound_each_author_and_the_topic_but_not_the_vouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = NodeStore::open(&dir.path().join("node.db")).unwrap();
+        let quota = Some(PostQuota {
+            per_author: 3,
+            per_topic: 5,
+        });
+        let posts: Vec<Post> = (0..4).map(|i| by(1, &format!("a{i}"), None, i)).collect();
+        let got = s.insert_posts(&posts, 1, quota, |_| false).unwrap();
+        assert_eq!(
+            got,
+            [Stored::New, Stored::New, Stored::New, Stored::OverQuota]
+        );
+        // A second author fills the topic; a third finds it full.
+        let more: Vec<Post> = (0..3).map(|i| by(2, &format!("b{i}"), None, i)).collect();
+        let got = s.insert_posts(&more, 2, quota, |_| false).unwrap();
+        assert_eq!(got, [Stored::New, Stored::New, Stored::OverQuota]);
+        let late = by(3, "c", None, 9);
+        let got = s.insert_posts(std::slice::from_ref(&late), 3, quota, |_| false);
+        assert_eq!(got.unwrap(), [Stored::OverQuota]);
+        // A vouched author is stored still; a known post stays known.
+        let vouched = late.author;
+        let got = s.insert_posts(&[late, posts[0].clone()], 4, quota, |a| *a == vouched);
+        assert_eq!(got.unwrap(), [Stored::New, Stored::Known]);
+        assert_eq!(s.posts(None).unwrap().len(), 6);
+    }
+
+    #[test]
+    fn posts_stored_before_the_author_column_count_against_their_author() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.db");
+        {
+            let mut s = NodeStore::open(&path).unwrap();
+            let posts: Vec<Post> = (0..2).map(|i| by(1, &format!("a{i}"), None, i)).collect();
+            s.insert_posts(&posts, 1, None, |_| false).unwrap();
+            s.conn
+                .execute("UPDATE posts SET author = NULL", [])
+                .unwrap();
+        }
+        let mut s = NodeStore::open(&path).unwrap();
+        let quota = Some(PostQuota {
+            per_author: 2,
+            per_topic: 10,
+        });
+        let got = s.insert_posts(&[by(1, "a2", None, 2)], 2, quota, |_| false);
+        assert_eq!(got.unwrap(), [Stored::OverQuota]);
     }
 }

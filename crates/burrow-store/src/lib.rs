@@ -18,7 +18,7 @@ pub mod node;
 pub mod server;
 
 pub use admission::{Account, AuditEntry, Ban, BanTarget, BoundName, Redeemed};
-pub use forum::StoredPost;
+pub use forum::{PostQuota, Stored, StoredPost};
 pub use node::{Contact, MessageKind, NodeStore, StoredDownload, StoredMessage, StoredShare};
 pub use server::{NameBinding, Offered, ServerStore};
 

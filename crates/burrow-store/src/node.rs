@@ -64,6 +64,10 @@ const MIGRATIONS: &[&str] = &[
     // Whether the author's name was vouched for when the message came (older
     // messages: not known, so not).
     "ALTER TABLE messages ADD COLUMN from_verified INTEGER NOT NULL DEFAULT 0;",
+    // Posts by author, for the forum's quotas (older rows are filled in from
+    // their bodies when the store opens).
+    "ALTER TABLE posts ADD COLUMN author BLOB;
+    CREATE INDEX posts_by_author ON posts(topic, author);",
 ];
 
 /// What a stored message is.
@@ -180,9 +184,11 @@ pub struct NodeStore {
 impl NodeStore {
     /// Opens (creating and migrating as needed) the store at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Ok(NodeStore {
+        let mut store = NodeStore {
             conn: crate::open(path, MIGRATIONS)?,
-        })
+        };
+        store.fill_post_authors()?;
+        Ok(store)
     }
 
     /// Stores `m`. Returns false when a message with its id was already stored (a

@@ -31,6 +31,20 @@ pub struct UpArgs {
     /// Testing aid: how often dialed links reconcile their forums again.
     #[arg(long, hide = true, default_value = "60s", value_parser = humantime::parse_duration)]
     resync_every: Duration,
+    /// Forum posts kept per author in each topic (authors you vouch for, your
+    /// contacts and the server's named users, and you, have no limit).
+    #[arg(long, default_value_t = 10_000, value_name = "POSTS")]
+    forum_author_quota: u64,
+    /// Forum posts kept in each topic from authors you don't vouch for; past
+    /// it, new ones from them are not stored or passed on.
+    #[arg(long, default_value_t = 100_000, value_name = "POSTS")]
+    forum_topic_quota: u64,
+    /// Testing aid: new forum posts one link may bring per second ...
+    #[arg(long, hide = true, default_value_t = 100.0)]
+    forum_link_rate: f64,
+    /// ... and at once.
+    #[arg(long, hide = true, default_value_t = 10_000.0)]
+    forum_link_burst: f64,
     /// Testing aid: pretend the wall clock is this many milliseconds off.
     #[arg(long, hide = true, default_value_t = 0, allow_hyphen_values = true)]
     clock_skew_ms: i64,
@@ -132,6 +146,14 @@ pub async fn run(home: PathBuf, args: UpArgs) -> Result<(), CliError> {
     config.mesh_links = args.links.max(1);
     config.clock_skew_ms = args.clock_skew_ms;
     config.resync_every = args.resync_every;
+    config.forum_quota = burrow_store::PostQuota {
+        per_author: args.forum_author_quota,
+        per_topic: args.forum_topic_quota,
+    };
+    config.forum_link_rate = (
+        args.forum_link_rate.max(0.0),
+        args.forum_link_burst.max(1.0),
+    );
     // Caught from here to the end: a signal during start-up ends the start,
     // and one that comes while an event is being printed is kept for the loop.
     let mut stop = crate::stop::StopSignal::install()?;

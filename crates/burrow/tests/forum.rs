@@ -416,3 +416,130 @@ async fn a_flood_of_announcements_is_tracked_only_up_to_a_bound() {
     );
     node.shutdown().await;
 }
+
+impl Member {
+    /// A post by `key` (a throwaway author) sent down this member's link.
+    async fn send_by(&mut self, key: &SecretKey, text: &str, t: u64) -> Post {
+        let p = Post::create(
+            key,
+            "spam".parse().unwrap(),
+            Topic::default_topic(),
+            None,
+            Hlc::from_ms(t),
+            text.into(),
+        );
+        self.send(p.clone()).await;
+        p
+    }
+
+    /// Returns once the node has handled every frame sent before: it answers
+    /// a Ping after them (a link's frames are handled in order).
+    async fn barrier(&mut self, t1: u64) {
+        self.writer.write(&MeshFrame::Ping { t1 }).await.unwrap();
+        let waited = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                match self.reader.read::<MeshFrame>().await.unwrap() {
+                    Some(MeshFrame::Pong { t1: t, .. }) if t == t1 => return,
+                    Some(_) => {}
+                    None => panic!("the node closed the link"),
+                }
+            }
+        })
+        .await;
+        assert!(waited.is_ok(), "no Pong within 20 s");
+    }
+}
+
+/// How many of `home`'s posts each author has.
+fn per_author(home: &Path) -> std::collections::HashMap<String, usize> {
+    let mut n = std::collections::HashMap::new();
+    for p in forum(home) {
+        *n.entry(p["author"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    n
+}
+
+/// Valid posts cost a throwaway key nothing: a member floods the forum with
+/// them. The node keeps at most its quota per author and per topic from
+/// authors it doesn't vouch for, and its own posts still go in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_valid_posts_is_kept_only_up_to_the_author_and_topic_quotas() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("n1");
+    let quotas = ["--forum-author-quota", "20", "--forum-topic-quota", "50"];
+    let _node = serverless_up(&home, "n1", None, &quotas);
+    let t: Ticket = ticket(&home).parse().unwrap();
+    let mut rng = rand::thread_rng();
+    let mut m = Member::dial(&t, t.secret, SecretKey::generate(&mut rng))
+        .await
+        .expect("a member gets in");
+    let now = burrow_proto::time::unix_ms(std::time::SystemTime::now());
+
+    // One author, thirty posts: twenty kept.
+    let key = m.key.clone();
+    for i in 0..30 {
+        m.send_by(&key, &format!("spam {i}"), now + i).await;
+    }
+    m.barrier(1).await;
+    let counts = per_author(&home);
+    assert_eq!(
+        counts.get(&key.public().to_string()),
+        Some(&20),
+        "{counts:?}"
+    );
+
+    // Eight more throwaway authors, five posts each: the topic fills at fifty.
+    for a in 0..8u64 {
+        let k = SecretKey::generate(&mut rng);
+        for i in 0..5 {
+            m.send_by(&k, &format!("more spam {a}/{i}"), now + 100 + a * 10 + i)
+                .await;
+        }
+    }
+    m.barrier(2).await;
+    assert_eq!(forum(&home).len(), 50, "the topic holds its quota");
+    // The node's own post still goes in, and is shown.
+    let own = tokio::task::spawn_blocking({
+        let home = home.clone();
+        move || post(&home, "mine, despite the spam", None)
+    })
+    .await
+    .unwrap();
+    assert!(has(&home, &own.parse().unwrap()));
+    assert_eq!(forum(&home).len(), 51);
+}
+
+/// A flood from many throwaway authors down one link: the node takes new
+/// posts from that link only as fast as its budget allows (the rest would come
+/// with a later reconciliation), while another link's posts go in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_link_brings_new_posts_only_as_fast_as_its_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("n1");
+    let rate = ["--forum-link-rate", "0.2", "--forum-link-burst", "20"];
+    let _node = serverless_up(&home, "n1", None, &rate);
+    let t: Ticket = ticket(&home).parse().unwrap();
+    let mut rng = rand::thread_rng();
+    let mut flooder = Member::dial(&t, t.secret, SecretKey::generate(&mut rng))
+        .await
+        .expect("a member gets in");
+    let now = burrow_proto::time::unix_ms(std::time::SystemTime::now());
+    for i in 0..40 {
+        let k = SecretKey::generate(&mut rng);
+        flooder.send_by(&k, &format!("flood {i}"), now + i).await;
+    }
+    flooder.barrier(1).await;
+    let taken = forum(&home).len();
+    assert!(
+        (20..=21).contains(&taken),
+        "a link's burst is 20 new posts (and one more each 5 s): took {taken}"
+    );
+    // Another member's link has a budget of its own.
+    let mut honest = Member::dial(&t, t.secret, SecretKey::generate(&mut rng))
+        .await
+        .expect("a member gets in");
+    let p = honest.post("an honest post", None, now + 100);
+    honest.send(p.clone()).await;
+    arrives(&home, p.id).await;
+}

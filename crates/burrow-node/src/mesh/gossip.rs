@@ -13,6 +13,7 @@
 //! dialer reconciles every topic both sides follow; each side then sends the other the posts it lacks (`Synced`, not
 //! forwarded on: the other members reconcile on their own links).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,7 @@ use burrow_proto::forum::{Post, PostId, Topic};
 use burrow_proto::mesh::{MeshFrame, MAX_IDS};
 use burrow_proto::reconcile::Reconciler;
 use burrow_proto::NodeId;
+use burrow_store::Stored;
 use tracing::{debug, warn};
 
 use crate::event::NodeEvent;
@@ -56,7 +58,10 @@ pub(crate) fn broadcast(inner: &Inner, post: &Post, from: Option<NodeId>) {
 
 /// Verifies, stores and reports posts from `peer`; returns which were new.
 /// Invalid posts count against the peer; posts of topics we don't follow are
-/// dropped.
+/// dropped. New posts beyond the link's budget wait (a later reconciliation
+/// brings them), and those past the store's quota are not kept (see
+/// [`burrow_store::PostQuota`]); neither is the peer's fault (it may only be
+/// passing them on), so neither is a strike.
 async fn accept(inner: &Arc<Inner>, peer: NodeId, posts: Vec<Post>) -> Vec<(Post, bool)> {
     let mut valid = Vec::with_capacity(posts.len());
     let wall = inner.wall_ms();
@@ -75,16 +80,39 @@ async fn accept(inner: &Arc<Inner>, peer: NodeId, posts: Vec<Post>) -> Vec<(Post
     if valid.is_empty() {
         return Vec::new();
     }
+    let valid = within_budget(inner, peer, valid).await;
     let now = inner.wall_ms();
     let batch = valid.clone();
-    let fresh = match inner.with_store(move |s| s.insert_posts(&batch, now)).await {
+    let exempt: HashSet<NodeId> = {
+        let st = inner.state();
+        batch
+            .iter()
+            .filter(|p| st.vouched_name(&p.author, inner.id, p.author_name.as_str()))
+            .map(|p| p.author)
+            .collect()
+    };
+    let quota = Some(inner.config.forum_quota);
+    let stored = inner
+        .with_store(move |s| s.insert_posts(&batch, now, quota, |a| exempt.contains(a)))
+        .await;
+    let stored = match stored {
         Ok(f) => f,
         Err(e) => {
             warn!(error = %e, "cannot store posts");
             return Vec::new();
         }
     };
-    let out: Vec<(Post, bool)> = valid.into_iter().zip(fresh).collect();
+    let over_quota = stored.iter().filter(|s| **s == Stored::OverQuota).count();
+    if over_quota > 0 {
+        debug!(peer = %peer.short(), over_quota, "posts not kept: their author's share of the topic, or the topic, is full");
+        inner.state().mesh.stats.over_quota += over_quota as u64;
+    }
+    let out: Vec<(Post, bool)> = valid
+        .into_iter()
+        .zip(stored)
+        .filter(|(_, s)| *s != Stored::OverQuota)
+        .map(|(p, s)| (p, s == Stored::New))
+        .collect();
     {
         let mut st = inner.state();
         for (p, new) in &out {
@@ -118,6 +146,37 @@ async fn accept(inner: &Arc<Inner>, peer: NodeId, posts: Vec<Post>) -> Vec<(Post
         }
     }
     out
+}
+
+/// The posts of `posts` that `peer`'s link may bring now: the ones we have
+/// cost nothing, each new one a token of the link's budget.
+async fn within_budget(inner: &Arc<Inner>, peer: NodeId, posts: Vec<Post>) -> Vec<Post> {
+    let lacking: HashSet<PostId> = lacking(inner, posts.iter().map(|p| p.id).collect())
+        .await
+        .into_iter()
+        .collect();
+    let now = Instant::now();
+    let mut st = inner.state();
+    let Some(link) = st.mesh.links.get_mut(&peer) else {
+        return posts;
+    };
+    let mut over = 0u64;
+    let kept: Vec<Post> = posts
+        .into_iter()
+        .filter(|p| {
+            let ok = !lacking.contains(&p.id) || link.post_budget.allow(now);
+            over += u64::from(!ok);
+            ok
+        })
+        .collect();
+    if over > 0 {
+        if !link.over_budget_logged {
+            link.over_budget_logged = true;
+            warn!(peer = %peer.short(), "a link brings new forum posts faster than allowed; the rest wait for a later reconciliation");
+        }
+        st.mesh.stats.over_link_rate += over;
+    }
+    kept
 }
 
 /// Which of `ids` we don't have.

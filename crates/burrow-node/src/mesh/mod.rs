@@ -66,6 +66,10 @@ pub(crate) struct Link {
     pub session: u64,
     /// The mesh connection.
     pub conn: quinn::Connection,
+    /// New posts it may still bring now ([`crate::NodeConfig::forum_link_rate`]).
+    pub post_budget: burrow_proto::limit::RateLimit,
+    /// Whether its going over that was logged (once per session).
+    pub over_budget_logged: bool,
     /// Reconciliations we started, by topic.
     pub syncing: HashMap<Topic, Reconciler>,
     /// Reconciliations we answer, by topic (the set as it was at the start of
@@ -88,6 +92,11 @@ pub struct MeshStats {
     pub sync_bytes: u64,
     /// Announced ids not tracked because too many were awaited already.
     pub ihave_dropped: u64,
+    /// New posts not taken because their link brought too many at once.
+    pub over_link_rate: u64,
+    /// New posts not stored because their author's share of the topic, or
+    /// the topic, was full.
+    pub over_quota: u64,
 }
 
 /// The mesh's part of the node's state.
@@ -371,6 +380,15 @@ fn admit(
     all_addrs.truncate(mesh::MAX_ADDRS);
     st.mesh.next_session += 1;
     let session = st.mesh.next_session;
+    // A session that replaces another keeps its budget: reconnecting buys
+    // no new burst.
+    let post_budget = st.mesh.links.get(&peer).map_or_else(
+        || {
+            let (rate, burst) = inner.config.forum_link_rate;
+            burrow_proto::limit::RateLimit::new(rate, burst, Instant::now())
+        },
+        |l| l.post_budget.clone(),
+    );
     let _ = st.mesh.links.insert(
         peer,
         Link {
@@ -384,6 +402,8 @@ fn admit(
             dialer,
             session,
             conn: conn.clone(),
+            post_budget,
+            over_budget_logged: false,
             syncing: HashMap::new(),
             answering: HashMap::new(),
         },

@@ -7,7 +7,7 @@ use std::hash::Hash;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use crate::limit::RateLimit;
+use burrow_proto::limit::RateLimit;
 
 /// A bounded map: at most `cap` entries.
 #[derive(Debug)]
