@@ -19,11 +19,15 @@
 //! `server`: see [`server`]. Run with `cargo build --release -p burrow &&
 //! cargo run --release -p burrow-bench -- server` (no root needed: loopback).
 //!
+//! `tracker`: see [`tracker`]. Run with `cargo run --release -p burrow-bench --
+//! tracker` (no root needed: one store on disk).
+//!
 //! `transfer`: see [`transfer`]. Run with `cargo build --release -p burrow &&
 //! cargo run --release -p burrow-bench -- transfer [--lab]`.
 
 mod forum;
 mod server;
+mod tracker;
 mod transfer;
 
 use std::net::{SocketAddr, UdpSocket};
@@ -84,6 +88,16 @@ enum Bench {
     /// One server process under many simulated nodes: registrations per second,
     /// memory per node, brokering latency at a steady rate.
     Server(server::Args),
+    /// Tracker name searches (index and the old scan) and the name bindings
+    /// that share their store.
+    Tracker {
+        /// Offers in the store.
+        #[arg(long, default_value_t = 200_000)]
+        offers: usize,
+        /// Name bindings timed in each case.
+        #[arg(long, default_value_t = 200)]
+        bindings: usize,
+    },
     /// Forum gossip across in-process nodes, and set reconciliation.
     Forum {
         /// Nodes in the gossip mesh.
@@ -115,6 +129,7 @@ fn main() {
             lab.then(|| Duration::from_millis(delay_ms)),
         ),
         Bench::Forum { nodes, posts } => forum::run(nodes, posts),
+        Bench::Tracker { offers, bindings } => tracker::run(offers, bindings),
         Bench::Server(args) => server::run(args),
     }
 }

@@ -214,6 +214,9 @@ impl Hub {
 pub(crate) struct Shared {
     pub(crate) hub: Mutex<Hub>,
     pub(crate) store: Arc<Mutex<ServerStore>>,
+    /// A read-only connection to the same store, for tracker searches: they
+    /// never wait behind name bindings and bans, nor those behind them.
+    pub(crate) search_store: Arc<Mutex<ServerStore>>,
     pub(crate) next_session: AtomicU64,
     admission: Mutex<Admission>,
     pub(crate) journal: Journal,
@@ -351,6 +354,9 @@ impl Server {
     pub fn bind(secret: &SecretKey, config: ServerConfig) -> Result<Self, ServerError> {
         burrow_net::keyfile::create_private_dir(&config.home).map_err(ServerError::Home)?;
         let mut store = ServerStore::open(&config.home.join("server.db"))?;
+        let search_store = Arc::new(Mutex::new(ServerStore::open_reader(
+            &config.home.join("server.db"),
+        )?));
         let bans = store.bans(burrow_proto::time::unix_ms(SystemTime::now()))?;
         let allowed = store.allowed()?;
         let admin = admin::bind(&config.home).map_err(|source| ServerError::Admin {
@@ -383,6 +389,7 @@ impl Server {
             journal: Journal::start(store.clone()),
             binder: crate::binder::Binder::start(store.clone()),
             store,
+            search_store,
             next_session: AtomicU64::new(1),
             admission: Mutex::new(Admission::new(config.admission.clone(), bans, allowed)),
             hasher: Hasher::default(),

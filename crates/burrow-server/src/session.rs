@@ -28,6 +28,12 @@ const SESSION_QUEUE: usize = 256;
 const MESSAGE_RATE: f64 = 20.0;
 /// Messages a node may send at once.
 const MESSAGE_BURST: f64 = 40.0;
+/// Tracker searches per second a node may make after its first
+/// [`SEARCH_BURST`]; past that each waits its turn (the node's session reads
+/// nothing else meanwhile), so a searcher's cost to the server is bounded.
+const SEARCH_RATE: f64 = 2.0;
+/// Searches a node may make at once.
+const SEARCH_BURST: f64 = 10.0;
 /// How long a new connection has to open its control stream and say Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -216,6 +222,7 @@ async fn run_session(node: Registered, shared: Arc<Shared>) -> Result<(), Sessio
     });
 
     let mut limit = RateLimit::new(MESSAGE_RATE, MESSAGE_BURST, Instant::now());
+    let mut searches = RateLimit::new(SEARCH_RATE, SEARCH_BURST, Instant::now());
     let result = loop {
         match reader.read::<ClientMsg>().await {
             Ok(Some(ClientMsg::Bye)) | Ok(None) => break Ok(()),
@@ -241,9 +248,15 @@ async fn run_session(node: Registered, shared: Arc<Shared>) -> Result<(), Sessio
                     msg,
                     ClientMsg::Offer { .. } | ClientMsg::Unoffer { .. } | ClientMsg::Search { .. }
                 ) {
+                    if matches!(msg, ClientMsg::Search { .. }) {
+                        // One token's time: the bucket has one by then.
+                        while !searches.allow(Instant::now()) {
+                            tokio::time::sleep(Duration::from_secs_f64(1.0 / SEARCH_RATE)).await;
+                        }
+                    }
                     let online = |found| tracker::entries(&shared.hub().registry, found);
-                    if let Some(answer) =
-                        Box::pin(tracker::handle(&shared.store, online, id, msg)).await
+                    let stores = (&shared.store, &shared.search_store);
+                    if let Some(answer) = Box::pin(tracker::handle(stores, online, id, msg)).await
                     {
                         if answers.try_send(Box::new(answer)).is_err() {
                             warn!(node = %id.short(), "node is not reading its answers");

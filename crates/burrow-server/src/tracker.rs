@@ -28,15 +28,16 @@ use tracing::{debug, warn};
 use crate::broker::Registry;
 
 /// Handles one tracker message from `from`; returns the answer, if any.
-/// `online` turns stored offers into search results ([`entries`] with the
-/// registry, which it locks only for that).
+/// Offers are written through the store's connection, searches read through
+/// `stores.1`, a read-only one. `online` turns stored offers into search
+/// results ([`entries`] with the registry, which it locks only for that).
 pub(crate) async fn handle(
-    store: &Arc<Mutex<ServerStore>>,
+    stores: (&Arc<Mutex<ServerStore>>, &Arc<Mutex<ServerStore>>),
     online: impl FnOnce(Vec<Offered>) -> Vec<TrackerEntry>,
     from: NodeId,
     msg: ClientMsg,
 ) -> Option<ServerMsg> {
-    let store = store.clone();
+    let (store, reader) = (stores.0.clone(), stores.1.clone());
     let now_ms = burrow_proto::time::unix_ms(SystemTime::now());
     match msg {
         ClientMsg::Offer { replace, mut files } => {
@@ -69,10 +70,10 @@ pub(crate) async fn handle(
         ClientMsg::Search { query_id, query } => {
             let found = match query {
                 Query::Name(text) if text.len() <= MAX_NAME => {
-                    blocking(store, move |s| s.search_name(&text, MAX_RESULTS)).await
+                    blocking(reader, move |s| s.search_name(&text, MAX_RESULTS)).await
                 }
                 Query::Name(_) => None,
-                Query::Hash(hash) => blocking(store, move |s| s.lookup(&hash)).await,
+                Query::Hash(hash) => blocking(reader, move |s| s.lookup(&hash)).await,
             };
             let results = online(found.unwrap_or_default());
             Some(ServerMsg::SearchResults { query_id, results })

@@ -30,7 +30,33 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX offers_by_node ON offers(node_id);
     CREATE INDEX offers_by_name ON offers(name COLLATE NOCASE);",
     crate::admission::MIGRATION,
+    // Searching names by substring with an index (trigrams) instead of a
+    // LIKE scan over every offer. The index points at offers by rowid:
+    // nothing here VACUUMs (which may renumber rowids), and searches check
+    // the name again anyway.
+    "CREATE VIRTUAL TABLE offer_names USING fts5(
+        name, content='offers', content_rowid='rowid', tokenize='trigram'
+    );
+    INSERT INTO offer_names(offer_names) VALUES ('rebuild');
+    CREATE TRIGGER offers_named AFTER INSERT ON offers BEGIN
+        INSERT INTO offer_names(rowid, name) VALUES (new.rowid, new.name);
+    END;
+    CREATE TRIGGER offers_unnamed AFTER DELETE ON offers BEGIN
+        INSERT INTO offer_names(offer_names, rowid, name) VALUES ('delete', old.rowid, old.name);
+    END;
+    CREATE TRIGGER offers_renamed AFTER UPDATE ON offers BEGIN
+        INSERT INTO offer_names(offer_names, rowid, name) VALUES ('delete', old.rowid, old.name);
+        INSERT INTO offer_names(rowid, name) VALUES (new.rowid, new.name);
+    END;",
 ];
+
+/// Offers a name search looks at, at most: a search's cost is bounded
+/// whatever it matches (the most offered files among them come first).
+pub const MAX_SEARCHED: usize = 10_000;
+
+/// Searches shorter than this many characters match whole names only (the
+/// substring index is of three-character pieces).
+pub const MIN_SUBSTRING: usize = 3;
 
 /// A file in the tracker, by hash and claimed size, with every node that
 /// offers it so (online or not).
@@ -69,6 +95,15 @@ impl ServerStore {
         Ok(ServerStore {
             conn: crate::open(path, MIGRATIONS)?,
         })
+    }
+
+    /// A second connection to the store at `path` (opened and migrated by
+    /// [`Self::open`] first) that only reads: searches run on it, so they
+    /// never wait for writers, nor writers for them (the store is in WAL mode).
+    pub fn open_reader(path: &Path) -> Result<Self, StoreError> {
+        let conn = crate::open(path, MIGRATIONS)?;
+        conn.pragma_update(None, "query_only", true)?;
+        Ok(ServerStore { conn })
     }
 
     /// Binds `name` to `id` if it is free or already `id`'s; records the time.
@@ -159,8 +194,20 @@ impl ServerStore {
     }
 
     /// Files whose name (as any provider gives it) contains `text` (ASCII
-    /// case-insensitive), at most `limit`, most providers first.
+    /// case-insensitive; shorter than [`MIN_SUBSTRING`]: is `text`), at most
+    /// `limit`, most providers first among the first [`MAX_SEARCHED`] offers
+    /// that match.
     pub fn search_name(&self, text: &str, limit: usize) -> Result<Vec<Offered>, StoreError> {
+        if text.chars().count() < MIN_SUBSTRING {
+            return self.offered(
+                "SELECT hash, size FROM offers WHERE name = ?1 COLLATE NOCASE
+                 GROUP BY hash, size ORDER BY COUNT(*) DESC, MIN(offered_at_ms) LIMIT ?2",
+                params![text, limit as i64],
+            );
+        }
+        // The index finds candidates (an FTS5 phrase of the text's trigrams);
+        // LIKE keeps the search's meaning exact.
+        let phrase = format!("\"{}\"", text.replace('"', "\"\""));
         let pattern = format!(
             "%{}%",
             text.replace('\\', "\\\\")
@@ -168,9 +215,11 @@ impl ServerStore {
                 .replace('_', "\\_")
         );
         self.offered(
-            "SELECT hash, size FROM offers WHERE name LIKE ?1 ESCAPE '\\'
-             GROUP BY hash, size ORDER BY COUNT(*) DESC, MIN(offered_at_ms) LIMIT ?2",
-            params![pattern, limit as i64],
+            "SELECT hash, size FROM offers
+             WHERE rowid IN (SELECT rowid FROM offer_names WHERE offer_names MATCH ?1 LIMIT ?2)
+               AND name LIKE ?3 ESCAPE '\\'
+             GROUP BY hash, size ORDER BY COUNT(*) DESC, MIN(offered_at_ms) LIMIT ?4",
+            params![phrase, MAX_SEARCHED as i64, pattern, limit as i64],
         )
     }
 
@@ -420,6 +469,36 @@ mod tests {
         assert!(s.lookup(&BlobHash([2; 32])).unwrap().is_empty());
         s.unoffer(&id(2), &BlobHash([1; 32])).unwrap();
         assert!(s.search_name("holiday", 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn name_search_finds_substrings_and_a_reader_sees_what_was_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.db");
+        let mut s = ServerStore::open(&path).unwrap();
+        let reader = ServerStore::open_reader(&path).unwrap();
+        let file = |n: u8, name: &str| FileEntry {
+            hash: BlobHash([n; 32]),
+            name: name.parse().unwrap(),
+            size: 10,
+        };
+        s.offer(&id(1), true, &[file(1, "Summer Holiday.mkv"), file(2, "ab")], 10, 1)
+            .unwrap();
+        let hashes = |found: Vec<Offered>| -> Vec<u8> { found.iter().map(|o| o.file.hash.0[0]).collect() };
+        assert_eq!(hashes(reader.search_name("LIDAY", 10).unwrap()), [1]);
+        assert_eq!(hashes(reader.search_name("r hol", 10).unwrap()), [1]);
+        // Under three characters: whole names only.
+        assert_eq!(hashes(reader.search_name("AB", 10).unwrap()), [2]);
+        assert!(reader.search_name("su", 10).unwrap().is_empty());
+        // A provider renaming its offer is found by the new name only.
+        s.offer(&id(1), false, &[file(1, "Winter.mkv")], 10, 2).unwrap();
+        assert!(reader.search_name("holiday", 10).unwrap().is_empty());
+        assert_eq!(hashes(reader.search_name("winter", 10).unwrap()), [1]);
+        // Quotes and FTS syntax in a search are text, not query language.
+        s.offer(&id(2), false, &[file(3, "say \"hi\" OR NOT*")], 10, 3).unwrap();
+        assert_eq!(hashes(reader.search_name("\"hi\" or not*", 10).unwrap()), [3]);
+        // The reader writes nothing.
+        assert!(reader.conn.execute("DELETE FROM offers", []).is_err());
     }
 
     #[test]

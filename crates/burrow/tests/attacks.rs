@@ -509,3 +509,71 @@ async fn one_address_cannot_hold_the_servers_tcp_links_open() {
     );
     server.stop().await;
 }
+
+/// A node searching the tracker without pause is answered at the search rate
+/// (a burst of ten, then two a second), every search in turn, its session
+/// kept; a node that registers meanwhile is answered at once, searches
+/// included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tracker_searcher_is_slowed_to_its_rate_while_others_are_answered_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start_server(&dir.path().join("srv")).await;
+    let mut seeker = RawClient::register("127.0.0.6:0", &server.url, "seeker", vec![]).await;
+    let started = Instant::now();
+    for query_id in 0..16 {
+        seeker
+            .send(ClientMsg::Search {
+                query_id,
+                query: rendezvous::Query::Name(format!("anything {query_id}")),
+            })
+            .await;
+    }
+    // Ten answered at once, the other six at two a second.
+    let mut answered = Vec::new();
+    for _ in 0..10 {
+        let m = seeker
+            .next(|m| matches!(m, ServerMsg::SearchResults { .. }))
+            .await;
+        let Some(ServerMsg::SearchResults { query_id, .. }) = m else {
+            panic!("the burst is answered");
+        };
+        answered.push(query_id);
+    }
+    assert!(started.elapsed() < Duration::from_secs(2), "the burst waits for nothing");
+
+    let mut honest = RawClient::register("127.0.0.7:0", &server.url, "honest", vec![]).await;
+    honest
+        .send(ClientMsg::Search {
+            query_id: 99,
+            query: rendezvous::Query::Name("holiday".into()),
+        })
+        .await;
+    let m = honest
+        .next(|m| matches!(m, ServerMsg::SearchResults { .. }))
+        .await;
+    assert!(
+        matches!(m, Some(ServerMsg::SearchResults { query_id: 99, .. })),
+        "another node's search is answered"
+    );
+    let honest_at = started.elapsed();
+
+    for _ in 10..16 {
+        let m = seeker
+            .next(|m| matches!(m, ServerMsg::SearchResults { .. }))
+            .await;
+        let Some(ServerMsg::SearchResults { query_id, .. }) = m else {
+            panic!("every search is answered in turn; the session stays");
+        };
+        answered.push(query_id);
+    }
+    assert_eq!(answered, (0..16).collect::<Vec<u32>>());
+    let seeker_done = started.elapsed();
+    assert!(
+        seeker_done >= Duration::from_millis(2500),
+        "six searches past the burst took {seeker_done:?}: not slowed to two a second"
+    );
+    assert!(
+        honest_at < seeker_done,
+        "the honest node ({honest_at:?}) waited behind the searcher ({seeker_done:?})"
+    );
+}
