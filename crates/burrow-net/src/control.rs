@@ -62,7 +62,9 @@ pub fn socket_path(home: &Path) -> PathBuf {
 }
 
 /// Binds the control socket in `home` (mode 0600), replacing a stale one left
-/// by a process that died; refuses when a live one answers there.
+/// by a process that died; refuses when a live one answers there. The socket
+/// is bound under a private name, given its mode, and only then renamed into
+/// place, so it is never reachable with the mode it was bound with.
 pub fn bind(home: &Path) -> std::io::Result<UnixListener> {
     let path = &socket_path(home);
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -71,10 +73,27 @@ pub fn bind(home: &Path) -> std::io::Result<UnixListener> {
             "something is already running there",
         ));
     }
-    let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let staging = home.join(format!(".control.sock.{}", std::process::id()));
+    let _ = std::fs::remove_file(&staging);
+    let listener = UnixListener::bind(&staging)?;
+    let placed = std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| std::fs::rename(&staging, path));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&staging);
+        return Err(e);
+    }
     Ok(listener)
+}
+
+/// Whether the process at the other end of `stream` runs as this process's
+/// user (or as root): only they may drive a node or a server, whatever the
+/// socket's file mode.
+pub fn peer_is_owner(stream: &tokio::net::UnixStream) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    stream
+        .peer_cred()
+        .is_ok_and(|c| c.uid() == me || c.uid() == 0)
 }
 
 /// Removes the control socket in `home` (on the way out).

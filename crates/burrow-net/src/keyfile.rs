@@ -70,13 +70,44 @@ pub fn load_or_create(path: &Path) -> Result<(SecretKey, bool), KeyFileError> {
 
 /// Creates `dir` (and parents) readable by its owner only, if it doesn't exist.
 pub fn create_private_dir(dir: &Path) -> io::Result<()> {
-    if dir.as_os_str().is_empty() || dir.exists() {
+    if dir.as_os_str().is_empty() {
         return Ok(());
     }
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
+    match fs::metadata(dir) {
+        Ok(meta) => check_private_dir(dir, &meta),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir),
+        Err(e) => Err(e),
+    }
+}
+
+/// An existing home must be ours and closed to others: it holds the key, the
+/// stores and the control socket, whose protection starts with the directory.
+fn check_private_dir(dir: &Path, meta: &fs::Metadata) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let denied = |why: String| Err(io::Error::new(io::ErrorKind::PermissionDenied, why));
+    if !meta.is_dir() {
+        return denied(format!("{} is not a directory", dir.display()));
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me && me != 0 {
+        return denied(format!(
+            "{} belongs to another user (uid {}); use a home of your own",
+            dir.display(),
+            meta.uid()
+        ));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return denied(format!(
+            "{} is open to other users (mode {mode:o}): run chmod 700 on it, or use another home",
+            dir.display()
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -30,6 +30,9 @@ pub(crate) async fn serve(node: Node, listener: UnixListener) {
             s = listener.accept() => s,
         };
         match stream {
+            Ok((stream, _)) if !burrow_net::control::peer_is_owner(&stream) => {
+                warn!(peer = ?stream.peer_cred().ok(), "refused a control connection from another user");
+            }
             Ok((stream, _)) => {
                 let node = node.clone();
                 tokio::spawn(async move {

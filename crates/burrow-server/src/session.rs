@@ -256,8 +256,7 @@ async fn run_session(node: Registered, shared: Arc<Shared>) -> Result<(), Sessio
                     }
                     let online = |found| tracker::entries(&shared.hub().registry, found);
                     let stores = (&shared.store, &shared.search_store);
-                    if let Some(answer) = Box::pin(tracker::handle(stores, online, id, msg)).await
-                    {
+                    if let Some(answer) = Box::pin(tracker::handle(stores, online, id, msg)).await {
                         if answers.try_send(Box::new(answer)).is_err() {
                             warn!(node = %id.short(), "node is not reading its answers");
                         }

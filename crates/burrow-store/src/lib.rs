@@ -38,6 +38,14 @@ pub enum StoreError {
         /// Newest version this build knows.
         known: usize,
     },
+    /// The store's file could not be created or made private.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
     /// A row holds a value that can't be valid (the file was edited or corrupted).
     #[error("corrupt row in {table}: {what}")]
     Corrupt {
@@ -49,6 +57,7 @@ pub enum StoreError {
 }
 
 fn open(path: &std::path::Path, migrations: &[&str]) -> Result<rusqlite::Connection, StoreError> {
+    private_file(path)?;
     let mut conn = rusqlite::Connection::open(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
@@ -56,4 +65,22 @@ fn open(path: &std::path::Path, migrations: &[&str]) -> Result<rusqlite::Connect
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     migrate::apply(&mut conn, migrations)?;
     Ok(conn)
+}
+
+/// Makes `path` a file only its owner can read (created so if absent). SQLite
+/// gives the store's `-wal` and `-shm` files the database file's mode.
+fn private_file(path: &std::path::Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let io = |e: std::io::Error| StoreError::Io {
+        path: path.display().to_string(),
+        source: e,
+    };
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)
 }

@@ -482,21 +482,33 @@ mod tests {
             name: name.parse().unwrap(),
             size: 10,
         };
-        s.offer(&id(1), true, &[file(1, "Summer Holiday.mkv"), file(2, "ab")], 10, 1)
-            .unwrap();
-        let hashes = |found: Vec<Offered>| -> Vec<u8> { found.iter().map(|o| o.file.hash.0[0]).collect() };
+        s.offer(
+            &id(1),
+            true,
+            &[file(1, "Summer Holiday.mkv"), file(2, "ab")],
+            10,
+            1,
+        )
+        .unwrap();
+        let hashes =
+            |found: Vec<Offered>| -> Vec<u8> { found.iter().map(|o| o.file.hash.0[0]).collect() };
         assert_eq!(hashes(reader.search_name("LIDAY", 10).unwrap()), [1]);
         assert_eq!(hashes(reader.search_name("r hol", 10).unwrap()), [1]);
         // Under three characters: whole names only.
         assert_eq!(hashes(reader.search_name("AB", 10).unwrap()), [2]);
         assert!(reader.search_name("su", 10).unwrap().is_empty());
         // A provider renaming its offer is found by the new name only.
-        s.offer(&id(1), false, &[file(1, "Winter.mkv")], 10, 2).unwrap();
+        s.offer(&id(1), false, &[file(1, "Winter.mkv")], 10, 2)
+            .unwrap();
         assert!(reader.search_name("holiday", 10).unwrap().is_empty());
         assert_eq!(hashes(reader.search_name("winter", 10).unwrap()), [1]);
         // Quotes and FTS syntax in a search are text, not query language.
-        s.offer(&id(2), false, &[file(3, "say \"hi\" OR NOT*")], 10, 3).unwrap();
-        assert_eq!(hashes(reader.search_name("\"hi\" or not*", 10).unwrap()), [3]);
+        s.offer(&id(2), false, &[file(3, "say \"hi\" OR NOT*")], 10, 3)
+            .unwrap();
+        assert_eq!(
+            hashes(reader.search_name("\"hi\" or not*", 10).unwrap()),
+            [3]
+        );
         // The reader writes nothing.
         assert!(reader.conn.execute("DELETE FROM offers", []).is_err());
     }

@@ -539,7 +539,10 @@ async fn a_tracker_searcher_is_slowed_to_its_rate_while_others_are_answered_at_o
         };
         answered.push(query_id);
     }
-    assert!(started.elapsed() < Duration::from_secs(2), "the burst waits for nothing");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the burst waits for nothing"
+    );
 
     let mut honest = RawClient::register("127.0.0.7:0", &server.url, "honest", vec![]).await;
     honest

@@ -47,6 +47,9 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: UnixListener, stop: Can
             s = listener.accept() => s,
         };
         match stream {
+            Ok((stream, _)) if !burrow_net::control::peer_is_owner(&stream) => {
+                warn!(peer = ?stream.peer_cred().ok(), "refused an admin connection from another user");
+            }
             Ok((stream, _)) => {
                 let shared = shared.clone();
                 let stop = stop.clone();
