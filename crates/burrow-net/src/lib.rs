@@ -31,5 +31,5 @@ pub use endpoint::{
 };
 pub use framed::{FrameReader, FrameWriter, FramedError};
 pub use paths::{Health, PathStatus, PathTable, Route};
-pub use stun_server::StunGrid;
+pub use stun_server::{Caller, StunGrid};
 pub use tls::{alpn, peer_id};

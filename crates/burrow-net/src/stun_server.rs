@@ -34,9 +34,23 @@ use tokio::task::JoinHandle;
 
 use crate::socket::RawSender;
 
-/// Decides whether a STUN request from an address is answered (see
-/// [`StunGrid::set_gate`]): a server's rate limits and bans.
-pub type StunGate = Arc<dyn Fn(SocketAddr) -> bool + Send + Sync>;
+/// Decides whether a STUN request from an address is answered, and how (see
+/// [`StunGrid::set_gate`]): a server's rate limits and bans, and whether the
+/// address is one of its registered nodes'. `None`: not answered.
+pub type StunGate = Arc<dyn Fn(SocketAddr) -> Option<Caller> + Send + Sync>;
+
+/// Who sent a STUN request, as far as answering goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// An address with a node registered: answered in full (RFC 5780).
+    Known,
+    /// Anyone else, whose source address may be spoofed: answered in full only
+    /// when the request is at least as large as the answer
+    /// ([`stun::MAX_ANSWER`]), else with XOR-MAPPED-ADDRESS alone, and always
+    /// at the port it came from (RESPONSE-PORT ignored). A spoofed request
+    /// then draws no more than it cost, and only at the spoofed source.
+    Stranger,
+}
 
 /// The alternate STUN sockets and the rules for answering from them.
 pub struct StunGrid {
@@ -178,8 +192,9 @@ impl StunGrid {
         }
     }
 
-    /// Answers only the requests `gate` lets through (on every socket of the
-    /// grid). Set once; later calls are ignored.
+    /// Answers only the requests `gate` lets through, as it says (on every
+    /// socket of the grid); without a gate every caller is [`Caller::Known`].
+    /// Set once; later calls are ignored.
     pub fn set_gate(&self, gate: StunGate) {
         let _ = self.gate.set(gate);
     }
@@ -194,13 +209,26 @@ impl StunGrid {
         from: SocketAddr,
         req: Request,
     ) {
-        if self.gate.get().is_some_and(|g| !g(from)) {
+        let caller = match self.gate.get() {
+            Some(gate) => gate(from),
+            None => Some(Caller::Known),
+        };
+        let Some(caller) = caller else {
             tracing::trace!(%from, "STUN request not answered (gate)");
             return;
+        };
+        let known = caller == Caller::Known;
+        if !known && req.size < stun::MAX_ANSWER {
+            let reply = stun::plain_response(req.tx, from);
+            if let Some(Err(e)) = self.send_at(arrived_on, to_ip, from, &reply) {
+                tracing::debug!(%from, error = %e, "STUN answer not sent");
+            }
+            return;
         }
-        // The mapped address is where it came from; the answer may go to another
-        // port of the same IP (RESPONSE-PORT), never to another IP.
-        let to = SocketAddr::new(from.ip(), req.response_port.unwrap_or(from.port()));
+        // The mapped address is where it came from; a known node's answer may
+        // go to another port of its IP (RESPONSE-PORT), never to another IP.
+        let port = req.response_port.filter(|_| known).unwrap_or(from.port());
+        let to = SocketAddr::new(from.ip(), port);
         let other = SocketAddr::new(
             self.other_ip(arrived_on.ip()),
             self.other_port(arrived_on.port()),
@@ -219,34 +247,41 @@ impl StunGrid {
         let origin = |a: SocketAddr| (!a.ip().is_unspecified()).then_some(a);
         let advertised = self.alt_ip.map(|_| other);
         let reply = |at: SocketAddr| stun::binding_response(req.tx, from, origin(at), advertised);
-        // A socket bound to every address sends from the one the request
-        // reached (changing the port, never the IP, on such a socket).
-        let src = |at: SocketAddr| {
-            if at.ip().is_unspecified() {
-                to_ip
-            } else {
-                None
-            }
-        };
-        let from_socket = |at: SocketAddr| {
-            if at == self.primary {
-                return Some(self.main.send_from(to, src(at), &reply(at)));
-            }
-            let (_, socket) = self.alts.iter().find(|(a, _)| *a == at)?;
-            Some(socket.try_send(&Transmit {
-                destination: to,
-                ecn: None,
-                contents: &reply(at),
-                segment_size: None,
-                src_ip: src(at),
-            }))
-        };
+        let from_socket = |at: SocketAddr| self.send_at(at, to_ip, to, &reply(at));
         // When we can't change as asked, we answer from where it arrived; the
         // client sees from RESPONSE-ORIGIN that nothing changed.
         let sent = from_socket(want).or_else(|| from_socket(arrived_on));
         if let Some(Err(e)) = sent {
             tracing::debug!(%want, %to, error = %e, "STUN answer not sent");
         }
+    }
+
+    /// Sends `data` to `to` from our socket `at`; a socket bound to every
+    /// address sends from `to_ip`, the one the request reached (so changing
+    /// the port, never the IP, on such a socket). `None` if `at` isn't ours.
+    fn send_at(
+        &self,
+        at: SocketAddr,
+        to_ip: Option<IpAddr>,
+        to: SocketAddr,
+        data: &[u8],
+    ) -> Option<std::io::Result<()>> {
+        let src = if at.ip().is_unspecified() {
+            to_ip
+        } else {
+            None
+        };
+        if at == self.primary {
+            return Some(self.main.send_from(to, src, data));
+        }
+        let (_, socket) = self.alts.iter().find(|(a, _)| *a == at)?;
+        Some(socket.try_send(&Transmit {
+            destination: to,
+            ecn: None,
+            contents: data,
+            segment_size: None,
+            src_ip: src,
+        }))
     }
 }
 

@@ -70,7 +70,15 @@ pub struct Request {
     /// RESPONSE-PORT (RFC 5780 §7.5): answer to this port of the client's IP
     /// instead of the request's source port.
     pub response_port: Option<u16>,
+    /// The request's length in bytes: a server answers a stranger in full
+    /// only when the request is at least as large as the answer
+    /// ([`MAX_ANSWER`]), so a spoofed request gains an attacker nothing.
+    pub size: usize,
 }
+
+/// The largest answer [`binding_response`] makes (IPv6 addresses in all four
+/// attributes).
+pub const MAX_ANSWER: usize = 20 + 4 * (4 + 20);
 
 /// A Binding success response as the client sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,6 +170,14 @@ pub fn binding_response(
     encode(msg)
 }
 
+/// The least answer to request `tx`: only XOR-MAPPED-ADDRESS (32 bytes for
+/// IPv4, 44 for IPv6), what a plain Binding request from a stranger gets.
+pub fn plain_response(tx: TransactionId, observed: SocketAddr) -> Vec<u8> {
+    let mut msg = Message::<Attribute>::new(MessageClass::SuccessResponse, BINDING, tx);
+    msg.add_attribute(Attribute::XorMappedAddress(XorMappedAddress::new(observed)));
+    encode(msg)
+}
+
 fn encode(msg: Message<Attribute>) -> Vec<u8> {
     MessageEncoder::new()
         .encode_into_bytes(msg)
@@ -205,6 +221,7 @@ pub fn parse_request(datagram: &[u8]) -> Result<Request, StunError> {
         tx: msg.transaction_id(),
         change,
         response_port,
+        size: datagram.len(),
     })
 }
 
@@ -243,6 +260,7 @@ mod tests {
                 tx,
                 change: Change::default(),
                 response_port: None,
+                size: req.len(),
             })
         );
         let change = Change {
@@ -331,5 +349,18 @@ mod tests {
             let r = parse_response(&binding_response(tx, addr, None, None)).unwrap();
             prop_assert_eq!((r.tx, r.mapped, r.other, r.origin), (tx, addr, None, None));
         }
+    }
+
+    #[test]
+    fn answers_stay_within_their_bounds() {
+        let tx = TransactionId::new([3; 12]);
+        let v6: SocketAddr = "[2001:db8::1]:40000".parse().unwrap();
+        let full = binding_response(tx, v6, Some(v6), Some(v6));
+        assert_eq!(full.len(), MAX_ANSWER);
+        let plain = plain_response(tx, v6);
+        assert_eq!(plain.len(), 44);
+        assert_eq!(parse_response(&plain).unwrap().mapped, v6);
+        let v4: SocketAddr = "203.0.113.9:40000".parse().unwrap();
+        assert_eq!(plain_response(tx, v4).len(), 32);
     }
 }

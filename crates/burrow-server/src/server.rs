@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -41,6 +41,11 @@ pub struct ServerConfig {
     pub alt_ip: Option<std::net::IpAddr>,
     /// Who may register, and intrusion detection's limits.
     pub admission: AdmissionConfig,
+    /// Handshakes in progress past which a new connection must first prove
+    /// its address with a QUIC Retry (one round trip more, no state kept for
+    /// it until then): under a flood of Initials from spoofed addresses the
+    /// server holds no more half-open handshakes than this. Default 256.
+    pub retry_above: usize,
 }
 
 impl ServerConfig {
@@ -53,6 +58,7 @@ impl ServerConfig {
             idle_timeout: Duration::from_secs(30),
             alt_ip: None,
             admission: AdmissionConfig::default(),
+            retry_above: 256,
         }
     }
 }
@@ -218,6 +224,10 @@ pub(crate) struct Shared {
     /// never wait behind name bindings and bans, nor those behind them.
     pub(crate) search_store: Arc<Mutex<ServerStore>>,
     pub(crate) next_session: AtomicU64,
+    /// Handshakes in progress (see [`ServerConfig::retry_above`]).
+    pub(crate) handshakes: std::sync::atomic::AtomicUsize,
+    /// Retry packets sent since the server started.
+    pub(crate) retries: AtomicU64,
     admission: Mutex<Admission>,
     pub(crate) journal: Journal,
     pub(crate) hasher: Hasher,
@@ -347,6 +357,7 @@ pub struct Server {
     stun_grid: Arc<burrow_net::StunGrid>,
     admin: tokio::net::UnixListener,
     home: PathBuf,
+    retry_above: usize,
 }
 
 impl Server {
@@ -391,6 +402,8 @@ impl Server {
             store,
             search_store,
             next_session: AtomicU64::new(1),
+            handshakes: Default::default(),
+            retries: AtomicU64::new(0),
             admission: Mutex::new(Admission::new(config.admission.clone(), bans, allowed)),
             hasher: Hasher::default(),
             links: endpoint.links(),
@@ -403,7 +416,7 @@ impl Server {
         let gate = Arc::downgrade(&shared);
         stun_grid.set_gate(Arc::new(move |from| {
             gate.upgrade()
-                .is_some_and(|s| s.admission(|a, now| a.check_stun(now, from)))
+                .and_then(|s| s.admission(|a, now| a.check_stun(now, from)))
         }));
         // The same port over TCP, for nodes whose networks drop UDP: the
         // connection limits and bans apply before a byte is read.
@@ -426,6 +439,7 @@ impl Server {
             idle_timeout: config.idle_timeout,
             admin,
             home: config.home,
+            retry_above: config.retry_above,
         })
     }
 
@@ -511,6 +525,18 @@ impl Server {
                     incoming.ignore();
                     continue;
                 }
+            }
+            if self.shared.handshakes.load(Ordering::Relaxed) >= self.retry_above
+                && !incoming.remote_address_validated()
+                && incoming.may_retry()
+            {
+                // After the address's own limits. Stateless: a spoofed
+                // source never sees the Retry, so it never costs a handshake.
+                self.shared.retries.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = incoming.retry() {
+                    debug!(%remote, error = %e, "no Retry sent");
+                }
+                continue;
             }
             let shared = self.shared.clone();
             while sessions.try_join_next().is_some() {}

@@ -93,7 +93,10 @@ async fn register_node(
     let misbehaved = |what: &'static str, points: u32| {
         shared.admission(|a, now| a.misbehaved(now, observed.ip(), what, points))
     };
-    let conn = incoming.await?;
+    let conn = {
+        let _counted = InProgress::count(&shared.handshakes);
+        incoming.await?
+    };
     let id = burrow_net::peer_id(&conn).ok_or(SessionError::NoKey)?;
     let Ok(stream) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi()).await else {
         misbehaved("no Hello", points::NO_HELLO);
@@ -302,4 +305,21 @@ async fn refuse(conn: &quinn::Connection, writer: &mut FrameWriter, reason: Refu
     // Give the refusal time to arrive before the close overtakes it.
     let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
     conn.close(quinn::VarInt::from_u32(5), b"refused");
+}
+
+/// Counts one handshake in progress for as long as it lives (also when its
+/// future is dropped half-way).
+struct InProgress<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> InProgress<'a> {
+    fn count(n: &'a std::sync::atomic::AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::Relaxed);
+        InProgress(n)
+    }
+}
+
+impl Drop for InProgress<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }

@@ -219,6 +219,15 @@ fn print_human(request: &AdminRequest, v: serde_json::Value) -> Result<(), CliEr
                 s.bans,
                 plural(s.bans)
             );
+            if s.handshakes > 0 || s.retries > 0 {
+                println!(
+                    "{} handshake{} in progress, {} Retr{} sent (connections asked to prove their address under load)",
+                    s.handshakes,
+                    plural(s.handshakes),
+                    s.retries,
+                    if s.retries == 1 { "y" } else { "ies" }
+                );
+            }
         }
         AdminRequest::Users => {
             let users: Vec<UserView> = parse(v)?;

@@ -73,6 +73,11 @@ pub struct ServerArgs {
     /// others are found by name: for tens of thousands and more).
     #[arg(long, default_value = "everyone", value_parser = parse_presence)]
     presence: PresenceScope,
+    /// Handshakes in progress past which new connections must first prove
+    /// their address (a QUIC Retry: one more round trip for them, and a flood
+    /// of Initials from spoofed addresses holds no more than this).
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    retry_above: usize,
 }
 
 fn parse_presence(s: &str) -> Result<PresenceScope, String> {
@@ -99,6 +104,7 @@ pub async fn run(home: PathBuf, args: ServerArgs) -> Result<(), CliError> {
         },
         idle_timeout: args.idle_timeout,
         alt_ip: args.alt_addr,
+        retry_above: args.retry_above,
         admission: AdmissionConfig {
             policy: args.policy,
             max_failures: args.max_failures.max(1),

@@ -580,3 +580,113 @@ async fn a_tracker_searcher_is_slowed_to_its_rate_while_others_are_answered_at_o
         "the honest node ({honest_at:?}) waited behind the searcher ({seeker_done:?})"
     );
 }
+
+/// A Binding request by hand: RESPONSE-PORT `port`, and PADDING to `pad`
+/// bytes of attribute when asked.
+fn stun_request(tx: [u8; 12], response_port: Option<u16>, pad: usize) -> Vec<u8> {
+    let mut attrs = Vec::new();
+    if let Some(p) = response_port {
+        attrs.extend([0x00, 0x27, 0x00, 0x04]);
+        attrs.extend(p.to_be_bytes());
+        attrs.extend([0, 0]);
+    }
+    if pad > 0 {
+        attrs.extend([0x00, 0x26]);
+        attrs.extend((pad as u16).to_be_bytes());
+        attrs.extend(vec![0u8; pad]);
+    }
+    let mut m = vec![0x00, 0x01];
+    m.extend((attrs.len() as u16).to_be_bytes());
+    m.extend([0x21, 0x12, 0xA4, 0x42]);
+    m.extend(tx);
+    m.extend(attrs);
+    m
+}
+
+/// What arrives on `socket` within half a second.
+fn stun_answer(socket: &UdpSocket) -> Option<Vec<u8>> {
+    socket
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    socket.recv(&mut buf).ok().map(|n| buf[..n].to_vec())
+}
+
+/// A request whose source may be spoofed can't be turned into a bigger
+/// answer, nor an answer to another port: from an address with no node
+/// registered, a plain 20-byte request draws the 32-byte reflexive address
+/// alone, at its own source port whatever RESPONSE-PORT says; only a request
+/// padded to the answer's size is answered in full. A registered node's
+/// address keeps the whole of RFC 5780, RESPONSE-PORT included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stun_from_a_stranger_draws_no_more_than_it_sent_and_only_to_its_source() {
+    use burrow_proto::stun::{parse_response, MAX_ANSWER};
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start_server(&dir.path().join("srv")).await;
+    let to = server.addr;
+    let (asker, victim) = (
+        UdpSocket::bind("127.0.0.8:0").unwrap(),
+        UdpSocket::bind("127.0.0.8:0").unwrap(),
+    );
+    let victim_port = victim.local_addr().unwrap().port();
+
+    let plain = stun_request([1; 12], Some(victim_port), 0);
+    assert!(plain.len() < 32);
+    asker.send_to(&plain, to).unwrap();
+    let got = stun_answer(&asker).expect("a stranger's plain request is answered");
+    assert_eq!(got.len(), 32, "the reflexive address alone");
+    let r = parse_response(&got).unwrap();
+    assert_eq!(r.mapped, asker.local_addr().unwrap());
+    assert_eq!((r.origin, r.other), (None, None));
+    assert!(stun_answer(&victim).is_none(), "nothing to RESPONSE-PORT");
+
+    let padded = stun_request([2; 12], Some(victim_port), MAX_ANSWER);
+    asker.send_to(&padded, to).unwrap();
+    let got = stun_answer(&asker).expect("a padded request is answered");
+    assert!(
+        got.len() > 32 && got.len() <= padded.len(),
+        "{} bytes",
+        got.len()
+    );
+    assert_eq!(parse_response(&got).unwrap().origin, Some(to));
+    assert!(
+        stun_answer(&victim).is_none(),
+        "still nothing to RESPONSE-PORT"
+    );
+
+    // A node registered from 127.0.0.9: that address is answered in full.
+    let _member = RawClient::register("127.0.0.9:0", &server.url, "member", vec![]).await;
+    let (asker, other_port) = (
+        UdpSocket::bind("127.0.0.9:0").unwrap(),
+        UdpSocket::bind("127.0.0.9:0").unwrap(),
+    );
+    let req = stun_request([3; 12], Some(other_port.local_addr().unwrap().port()), 0);
+    asker.send_to(&req, to).unwrap();
+    let got = stun_answer(&other_port).expect("a known address's RESPONSE-PORT is honoured");
+    let r = parse_response(&got).unwrap();
+    assert_eq!(
+        (r.mapped, r.origin),
+        (asker.local_addr().unwrap(), Some(to))
+    );
+    server.stop().await;
+}
+
+/// Past `retry_above` handshakes in progress a new connection must prove its
+/// address with a QUIC Retry before the server keeps any state for it; an
+/// honest node does so without noticing (here every connection is asked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_load_connections_prove_their_address_and_honest_nodes_still_register() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("srv");
+    let mut config = common::fast_server_config(&home, "127.0.0.1:0".parse().unwrap());
+    config.retry_above = 0;
+    let server = common::start_server_with(&home, config).await;
+    let _alice = RawClient::register("127.0.0.10:0", &server.url, "alice", vec![]).await;
+    let home2 = home.clone();
+    let status = tokio::task::spawn_blocking(move || json(&home2, &["admin", "status"]))
+        .await
+        .unwrap();
+    assert_eq!(status["online"], 1, "{status}");
+    assert!(status["retries"].as_u64() >= Some(1), "{status}");
+    server.stop().await;
+}

@@ -418,7 +418,13 @@ impl Tmpfs {
         std::fs::create_dir_all(at).unwrap();
         let out = std::process::Command::new("mount")
             // mode=700: a home others can open is refused (tmpfs's own is 1777).
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=700"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=700"),
+                "tmpfs",
+            ])
             .arg(at)
             .output()
             .expect("mount runs");

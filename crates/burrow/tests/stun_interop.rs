@@ -2,6 +2,12 @@
 //! coturn's `turnutils_stunclient` (Debian package `coturn`), in its plain mode
 //! and in its RFC 5780 mode (CHANGE-REQUEST, RESPONSE-PORT, PADDING).
 //!
+//! A stranger's plain request gets the reflexive address alone; the RFC 5780
+//! answers go in full to addresses with a registered node (as `burrow nat`
+//! runs) and to requests padded to the answer's size (see
+//! `burrow_net::Caller`), so the RFC 5780 run registers a node from its
+//! address first.
+//!
 //! Where the tool is missing this test says so and passes, unless
 //! `BURROW_LAB=required` (as in CI, which installs it), where it fails.
 
@@ -78,8 +84,14 @@ async fn coturn_rfc5780_tests_complete_against_a_two_address_server() {
     }
     let server = server.expect("a free pair of ports");
     let port = server.local_addr().port();
+    let url = burrow_proto::ServerAddr {
+        key: Some(server.id()),
+        host: "127.0.0.1".into(),
+        port,
+    };
     let stop = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn(server.run(stop.clone()));
+    let _member = common::raw::RawClient::register("127.0.0.1:0", &url, "member", vec![]).await;
     let out = tokio::task::spawn_blocking(move || {
         Command::new("timeout")
             .args([

@@ -89,6 +89,13 @@ pub struct StatusView {
     pub online: usize,
     /// Bans in force.
     pub bans: usize,
+    /// QUIC handshakes in progress.
+    #[serde(default)]
+    pub handshakes: usize,
+    /// QUIC Retry packets sent since the server started (connections asked
+    /// to prove their address while many handshakes were in progress).
+    #[serde(default)]
+    pub retries: u64,
 }
 
 /// A registered name, in `users`.

@@ -154,6 +154,8 @@ async fn handle(shared: &Arc<Shared>, request: AdminRequest) -> Outcome {
                 policy: policy.to_string(),
                 online: shared.hub().sessions.len(),
                 bans,
+                handshakes: shared.handshakes.load(std::sync::atomic::Ordering::Relaxed),
+                retries: shared.retries.load(std::sync::atomic::Ordering::Relaxed),
             })
         }
         AdminRequest::Users => users(shared).await,

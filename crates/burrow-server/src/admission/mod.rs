@@ -286,24 +286,35 @@ impl Admission {
         }
     }
 
-    /// Whether to answer a STUN request from `from`. On an allowlist server,
-    /// addresses with no registered node get one answer a second at most.
-    pub fn check_stun(&mut self, now: Now, from: SocketAddr) -> bool {
+    /// Whether to answer a STUN request from `from`, and as to whom (see
+    /// [`burrow_net::Caller`]): `None` for no answer. On an allowlist server,
+    /// addresses with no registered node share one bucket. When the table of
+    /// buckets is full (a flood from many addresses), strangers get nothing
+    /// and registered addresses are still answered.
+    pub fn check_stun(&mut self, now: Now, from: SocketAddr) -> Option<burrow_net::Caller> {
         let group = ip_group(from.ip());
         if self.ban_on(&BanTarget::Addr(group), now).is_some() {
-            return false;
+            return None;
         }
-        if self.config.policy == Policy::Allowlist && !self.registered.contains_key(&group) {
+        let known = self.registered.contains_key(&group);
+        let key = if self.config.policy == Policy::Allowlist && !known {
             // Its own small bucket: the strangers' key is the unspecified address
             // of the family, so all strangers share one trickle.
-            let strangers = if group.is_ipv4() {
+            if group.is_ipv4() {
                 IpAddr::from([0, 0, 0, 0])
             } else {
                 IpAddr::from([0u16; 8])
-            };
-            return self.stun_limits.allow(now.at, strangers);
-        }
-        self.stun_limits.allow(now.at, group)
+            }
+        } else {
+            group
+        };
+        let allowed = self.stun_limits.allow_or(now.at, key, known);
+        let caller = if known {
+            burrow_net::Caller::Known
+        } else {
+            burrow_net::Caller::Stranger
+        };
+        allowed.then_some(caller)
     }
 
     /// Checks a Hello from `id` at `ip` asking for `name` against bans and the
@@ -754,14 +765,22 @@ mod tests {
             Err(Refusal::NotAllowed)
         );
         let stranger: SocketAddr = "127.0.0.5:4000".parse().unwrap();
-        let answered = (0..100).filter(|_| a.check_stun(now, stranger)).count();
+        let answered = (0..100)
+            .filter(|_| a.check_stun(now, stranger).is_some())
+            .count();
         assert_eq!(answered, 40);
-        // A registered node's address gets its own full bucket.
+        // A registered node's address gets its own full bucket, and is known.
         a.registered(ip("127.0.0.7"));
         let member: SocketAddr = "127.0.0.7:4000".parse().unwrap();
-        assert_eq!((0..100).filter(|_| a.check_stun(now, member)).count(), 40);
+        assert_eq!(a.check_stun(now, member), Some(burrow_net::Caller::Known));
+        assert_eq!(
+            (0..99)
+                .filter(|_| a.check_stun(now, member).is_some())
+                .count(),
+            39
+        );
         a.left(ip("127.0.0.7"));
-        assert!(!a.check_stun(now, member));
+        assert_eq!(a.check_stun(now, member), None);
     }
 
     #[test]
@@ -776,12 +795,19 @@ mod tests {
         for n in 0..50_000u32 {
             let addr = IpAddr::from(n.to_be_bytes());
             a.check_connection(now, addr);
-            a.check_stun(now, SocketAddr::new(addr, 1));
+            let _ = a.check_stun(now, SocketAddr::new(addr, 1));
             a.login_failed(now, &alice, addr, Refusal::WrongPassword);
             a.misbehaved(now, addr, "bad frame", 1);
             events(&mut a);
         }
         assert!(a.tracked() <= 6 * 1000, "{}", a.tracked());
+        // The STUN table is full: strangers go unanswered, a registered
+        // address is still answered.
+        let stranger = SocketAddr::new(ip("127.0.0.8"), 1);
+        assert_eq!(a.check_stun(now, stranger), None);
+        a.registered(ip("127.0.0.9"));
+        let member = SocketAddr::new(ip("127.0.0.9"), 1);
+        assert_eq!(a.check_stun(now, member), Some(burrow_net::Caller::Known));
         // Idle buckets go once full again.
         a.handle_timeout(now.after(Duration::from_secs(30)));
         assert!(a.tracked() <= 3 * 1000, "{}", a.tracked());

@@ -64,11 +64,19 @@ impl<K: Hash + Eq> Limiters<K> {
         }
     }
 
+    /// Takes a token from `key`'s bucket; with the table full (after
+    /// pruning) and no bucket for `key`, lets it through.
     pub(super) fn allow(&mut self, now: Instant, key: K) -> bool {
+        self.allow_or(now, key, true)
+    }
+
+    /// Like [`Self::allow`], answering `when_full` when the table is full and
+    /// has no bucket for `key`.
+    pub(super) fn allow_or(&mut self, now: Instant, key: K, when_full: bool) -> bool {
         if !self.map.contains_key(&key) && self.map.len() >= self.cap {
             self.prune(now);
             if self.map.len() >= self.cap {
-                return true;
+                return when_full;
             }
         }
         self.map

@@ -48,6 +48,7 @@ pub fn fast_server_config(home: &Path, listen: SocketAddr) -> ServerConfig {
         idle_timeout: Duration::from_millis(1500),
         alt_ip: None,
         admission: burrow_server::AdmissionConfig::default(),
+        retry_above: 256,
     }
 }
 
