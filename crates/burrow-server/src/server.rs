@@ -103,6 +103,9 @@ pub(crate) struct Session {
     pub(crate) tx: mpsc::Sender<Box<ServerMsg>>,
     pub(crate) conn: quinn::Connection,
     pub(crate) name: burrow_proto::Name,
+    /// Joins and leaves for the node, apart from `tx` and coalesced: churn
+    /// can't fill its queue.
+    pub(crate) news: Arc<crate::session::PresenceNews>,
 }
 
 impl Session {
@@ -201,6 +204,17 @@ impl Hub {
     pub(crate) fn deliver(&self, out: Vec<Out>) {
         for (to, msg) in out {
             if let Some(s) = self.sessions.get(&to) {
+                match s.news.note(&msg) {
+                    crate::session::Noted::Taken => continue,
+                    crate::session::Noted::NotNews => {}
+                    crate::session::Noted::Full => {
+                        if s.conn.close_reason().is_none() {
+                            warn!(node = %to.short(), "node is not reading who comes and goes; disconnecting it");
+                            s.conn.close(quinn::VarInt::from_u32(2), b"too slow");
+                        }
+                        continue;
+                    }
+                }
                 match s.tx.try_send(Box::new(msg)) {
                     Ok(()) => {}
                     Err(mpsc::error::TrySendError::Full(_)) => {

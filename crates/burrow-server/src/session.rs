@@ -3,6 +3,7 @@
 //! ([`run_session`]): messages in, rate-limited and checked, and the registry's
 //! answers out through the session's queue.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -186,6 +187,7 @@ async fn run_session(node: Registered, shared: Arc<Shared>) -> Result<(), Sessio
         .collect();
     let session = shared.next_session.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::channel(SESSION_QUEUE);
+    let news = Arc::new(PresenceNews::default());
     let answers = tx.clone();
     {
         // Session map and registry change together, so both name the same
@@ -198,6 +200,7 @@ async fn run_session(node: Registered, shared: Arc<Shared>) -> Result<(), Sessio
                 tx,
                 conn: conn.clone(),
                 name: name.clone(),
+                news: news.clone(),
             },
         );
         if let Some(old) = replaced {
@@ -217,9 +220,20 @@ async fn run_session(node: Registered, shared: Arc<Shared>) -> Result<(), Sessio
     info!(node = %id.short(), %name, %observed, "online");
 
     let writer_task = tokio::spawn(async move {
-        while let Some(msg) = rx.recv().await {
-            if writer.write(&msg).await.is_err() {
-                break;
+        loop {
+            // The queue first: the Welcome is in it before any news.
+            let batch = tokio::select! {
+                biased;
+                msg = rx.recv() => match msg {
+                    Some(msg) => vec![*msg],
+                    None => break,
+                },
+                () = news.ready.notified() => news.take(),
+            };
+            for msg in &batch {
+                if writer.write(msg).await.is_err() {
+                    return;
+                }
             }
         }
     });
@@ -307,6 +321,57 @@ async fn refuse(conn: &quinn::Connection, writer: &mut FrameWriter, reason: Refu
     conn.close(quinn::VarInt::from_u32(5), b"refused");
 }
 
+/// Most peers whose joins or leaves wait for one node at once (each peer's
+/// latest only); past this the node is too slow and is disconnected.
+pub(crate) const MAX_NEWS: usize = 8192;
+
+/// The joins and leaves waiting for one node, coalesced per peer: a node
+/// that comes and goes a thousand times while the node is busy costs it one
+/// message, and churn of many nodes can't overflow the node's queue (which
+/// once dropped honest nodes under `--presence everyone`). The writer sends
+/// them after what its queue holds.
+#[derive(Debug, Default)]
+pub(crate) struct PresenceNews {
+    pending: std::sync::Mutex<HashMap<NodeId, ServerMsg>>,
+    pub(crate) ready: tokio::sync::Notify,
+}
+
+/// What [`PresenceNews::note`] did with a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Noted {
+    /// A join or a leave: it waits with the news.
+    Taken,
+    /// Anything else: for the queue.
+    NotNews,
+    /// [`MAX_NEWS`] peers wait already: the node is too slow.
+    Full,
+}
+
+impl PresenceNews {
+    /// Keeps `msg` if it is a join or a leave.
+    pub(crate) fn note(&self, msg: &ServerMsg) -> Noted {
+        let peer = match msg {
+            ServerMsg::PeerJoined(info) => info.id,
+            ServerMsg::PeerLeft { id } => *id,
+            _ => return Noted::NotNews,
+        };
+        let mut pending = self.pending.lock().expect("news lock is never poisoned");
+        if pending.len() >= MAX_NEWS && !pending.contains_key(&peer) {
+            return Noted::Full;
+        }
+        pending.insert(peer, msg.clone());
+        drop(pending);
+        self.ready.notify_one();
+        Noted::Taken
+    }
+
+    /// Everything waiting, each peer's latest news.
+    pub(crate) fn take(&self) -> Vec<ServerMsg> {
+        let mut pending = self.pending.lock().expect("news lock is never poisoned");
+        std::mem::take(&mut *pending).into_values().collect()
+    }
+}
+
 /// Counts one handshake in progress for as long as it lives (also when its
 /// future is dropped half-way).
 struct InProgress<'a>(&'a std::sync::atomic::AtomicUsize);
@@ -321,5 +386,53 @@ impl<'a> InProgress<'a> {
 impl Drop for InProgress<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burrow_proto::SecretKey;
+    use rand::SeedableRng;
+
+    fn peer(seed: u64, name: &str) -> PeerInfo {
+        PeerInfo {
+            id: SecretKey::generate(&mut rand::rngs::StdRng::seed_from_u64(seed)).public(),
+            name: name.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn news_keeps_each_peers_latest_and_passes_the_rest_on() {
+        let news = PresenceNews::default();
+        let (a, b) = (peer(1, "a"), peer(2, "b"));
+        for _ in 0..1000 {
+            assert_eq!(news.note(&ServerMsg::PeerJoined(a.clone())), Noted::Taken);
+            assert_eq!(news.note(&ServerMsg::PeerLeft { id: a.id }), Noted::Taken);
+        }
+        assert_eq!(news.note(&ServerMsg::PeerJoined(b.clone())), Noted::Taken);
+        let mut got = news.take();
+        got.sort_by_key(|m| matches!(m, ServerMsg::PeerJoined(_)));
+        assert_eq!(
+            got,
+            [ServerMsg::PeerLeft { id: a.id }, ServerMsg::PeerJoined(b)]
+        );
+        assert!(news.take().is_empty());
+        let other = ServerMsg::Refused {
+            peer: None,
+            reason: Refusal::Kicked,
+        };
+        assert_eq!(news.note(&other), Noted::NotNews);
+        // Bounded: past MAX_NEWS peers the node is too slow.
+        for i in 0..MAX_NEWS as u64 {
+            let left = ServerMsg::PeerLeft {
+                id: peer(10 + i, "x").id,
+            };
+            assert_eq!(news.note(&left), Noted::Taken);
+        }
+        let one_more = ServerMsg::PeerLeft {
+            id: peer(1, "a").id,
+        };
+        assert_eq!(news.note(&one_more), Noted::Full);
     }
 }

@@ -690,3 +690,44 @@ async fn under_load_connections_prove_their_address_and_honest_nodes_still_regis
     assert!(status["retries"].as_u64() >= Some(1), "{status}");
     server.stop().await;
 }
+
+/// Under `--presence everyone` every join and leave goes to every node. Nodes
+/// that come and go by the hundred, while an honest node on a slow link reads
+/// nothing, used to fill its queue and get it disconnected ("too slow"); now
+/// each peer's latest news waits for it, and it reads the final state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_churn_does_not_drop_a_node_that_reads_slowly() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start_server(&dir.path().join("srv")).await;
+    let mut slow = RawClient::register_slow_reader("127.0.0.11:0", &server.url, "slow").await;
+    // 300 nodes join and leave (600 messages for the slow node, past its
+    // queue of 256): 20 from each of 15 addresses, within their limits.
+    let mut churners = Vec::new();
+    for a in 0..15u8 {
+        for i in 0..20 {
+            let bind = format!("127.0.2.{}:0", a + 1);
+            let c = RawClient::register(&bind, &server.url, &format!("churn{a}x{i}"), vec![]).await;
+            churners.push(c);
+        }
+        // Leaving: their connections close.
+        churners.clear();
+    }
+    let stayer = RawClient::register("127.0.0.12:0", &server.url, "stayer", vec![]).await;
+    // Now the slow node reads: its session is alive, and what it learns ends
+    // with the stayer online and no churner.
+    let mut online: std::collections::HashMap<NodeId, String> = Default::default();
+    while online.values().collect::<Vec<_>>() != ["stayer"] {
+        match slow.next(|_| true).await {
+            Some(ServerMsg::PeerJoined(p)) => {
+                online.insert(p.id, p.name.to_string());
+            }
+            Some(ServerMsg::PeerLeft { id }) => {
+                online.remove(&id);
+            }
+            Some(_) => {}
+            None => panic!("the slow node was disconnected, or never learned the end: {online:?}"),
+        }
+    }
+    drop(stayer);
+    server.stop().await;
+}

@@ -12,11 +12,15 @@ use burrow_proto::{SecretKey, ServerAddr};
 
 /// An endpoint of `key`'s on `bind`.
 pub fn endpoint(key: &SecretKey, bind: &str) -> Endpoint {
+    endpoint_with(key, bind, EndpointConfig::default())
+}
+
+fn endpoint_with(key: &SecretKey, bind: &str, config: EndpointConfig) -> Endpoint {
     Endpoint::bind(
         key,
         EndpointConfig {
             bind: bind.parse().unwrap(),
-            ..EndpointConfig::default()
+            ..config
         },
     )
     .unwrap()
@@ -38,7 +42,29 @@ impl RawClient {
         name: &str,
         lan_addrs: Vec<SocketAddr>,
     ) -> RawClient {
-        let ep = endpoint(&SecretKey::generate(&mut rand::rngs::OsRng), bind);
+        Self::register_with(bind, server, name, lan_addrs, EndpointConfig::default()).await
+    }
+
+    /// Like [`Self::register`], for a node on a slow link: the server may
+    /// have at most 2 KiB unread on its way (QUIC flow control), so what it
+    /// sends past that waits on the server while this client doesn't read.
+    pub async fn register_slow_reader(bind: &str, server: &ServerAddr, name: &str) -> RawClient {
+        let config = EndpointConfig {
+            stream_window: 2048,
+            receive_window: 4096,
+            ..EndpointConfig::default()
+        };
+        Self::register_with(bind, server, name, vec![], config).await
+    }
+
+    async fn register_with(
+        bind: &str,
+        server: &ServerAddr,
+        name: &str,
+        lan_addrs: Vec<SocketAddr>,
+        config: EndpointConfig,
+    ) -> RawClient {
+        let ep = endpoint_with(&SecretKey::generate(&mut rand::rngs::OsRng), bind, config);
         let addr: SocketAddr = server.host_port().parse().unwrap();
         let (conn, _) = ep
             .connect(addr, rendezvous::ALPN, server.key)
