@@ -47,11 +47,14 @@ impl RawClient {
 
     /// Like [`Self::register`], for a node on a slow link: the server may
     /// have at most 2 KiB unread on its way (QUIC flow control), so what it
-    /// sends past that waits on the server while this client doesn't read.
+    /// sends past that waits on the server while this client doesn't read
+    /// (it keeps its connection alive all the same).
     pub async fn register_slow_reader(bind: &str, server: &ServerAddr, name: &str) -> RawClient {
         let config = EndpointConfig {
             stream_window: 2048,
             receive_window: 4096,
+            // Not silent meanwhile: QUIC keepalives reach the server.
+            keepalive: Some(std::time::Duration::from_millis(300)),
             ..EndpointConfig::default()
         };
         Self::register_with(bind, server, name, vec![], config).await
