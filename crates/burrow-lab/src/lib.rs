@@ -331,16 +331,7 @@ impl Lab {
             return Ok(());
         };
         for a in self.server_addrs() {
-            run(&[
-                "ip",
-                "-n",
-                ns,
-                "route",
-                "add",
-                &format!("{a}/32"),
-                "via",
-                &via.to_string(),
-            ])?;
+            add_route(ns, &format!("{a}/32"), via)?;
         }
         Ok(())
     }
@@ -822,15 +813,20 @@ fn add_addr(ns: &str, ifname: &str, addr: Ipv4Addr) -> Result<(), LabError> {
 
 /// Routes everything from namespace `ns` through `gw`.
 fn add_default_route(ns: &str, gw: Ipv4Addr) -> Result<(), LabError> {
+    add_route(ns, "default", gw)
+}
+
+/// Routes `dest` (a prefix, or `default`) from namespace `ns` through `via`.
+fn add_route(ns: &str, dest: &str, via: Ipv4Addr) -> Result<(), LabError> {
     run(&[
         "ip",
         "-n",
         ns,
         "route",
         "add",
-        "default",
+        dest,
         "via",
-        &gw.to_string(),
+        &via.to_string(),
     ])
     .map(|_| ())
 }

@@ -109,17 +109,7 @@ fn stun_answers_leave_from_the_address_asked_on_a_host_with_routed_addresses() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = lab.server().command(BIN);
-    cmd.arg("--home")
-        .arg(dir.path().join("srv"))
-        .args(["server", "--listen", "0.0.0.0:7700"]);
-    let mut server = Proc::spawn_command(cmd);
-    let url = server
-        .expect_line("join URL:")
-        .split_whitespace()
-        .last()
-        .expect("a URL")
-        .to_string();
+    let (mut server, url) = lab_server_on(&lab, &dir.path().join("srv"), "0.0.0.0:7700", &[]);
     // The URL names the server's key; the host part is whichever address we ask.
     let (key_part, _) = url.rsplit_once('@').expect("a URL with a key");
     let mut nodes = Vec::new();

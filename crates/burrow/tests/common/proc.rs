@@ -409,11 +409,20 @@ pub fn post(home: &Path, text: &str, parent: Option<&str>) -> String {
 /// Starts `burrow server` in the lab's server namespace on its first address,
 /// port 7700, with `extra` arguments; returns the process and its join URL.
 pub fn lab_server(lab: &burrow_lab::Lab, home: &Path, extra: &[&str]) -> (Proc, String) {
+    lab_server_on(lab, home, &format!("{}:7700", lab.server().addr), extra)
+}
+
+/// Like [`lab_server`], listening on `listen` (e.g. every address).
+pub fn lab_server_on(
+    lab: &burrow_lab::Lab,
+    home: &Path,
+    listen: &str,
+    extra: &[&str],
+) -> (Proc, String) {
     let mut cmd = lab.server().command(BIN);
-    let listen = format!("{}:7700", lab.server().addr);
     cmd.arg("--home")
         .arg(home)
-        .args(["server", "--listen", &listen])
+        .args(["server", "--listen", listen])
         .args(extra);
     let mut server = Proc::spawn_command(cmd);
     let url = server
