@@ -218,6 +218,12 @@ impl StunGrid {
             return;
         };
         let known = caller == Caller::Known;
+        if !known && req.size < stun::MAX_ANSWER && (req.change.ip || req.change.port) {
+            // A plain answer carries no RESPONSE-ORIGIN, and a client would
+            // read it as changed as asked: better no answer than a wrong one.
+            tracing::trace!(%from, "a stranger's unpadded CHANGE-REQUEST: not answered");
+            return;
+        }
         if !known && req.size < stun::MAX_ANSWER {
             let reply = stun::plain_response(req.tx, from);
             if let Some(Err(e)) = self.send_at(arrived_on, to_ip, from, &reply) {

@@ -553,10 +553,11 @@ impl Server {
                 continue;
             }
             let shared = self.shared.clone();
+            let counted = crate::session::InProgress::count(shared.clone());
             while sessions.try_join_next().is_some() {}
             sessions.spawn(
                 async move {
-                    if let Err(e) = crate::session::serve_node(incoming, shared).await {
+                    if let Err(e) = crate::session::serve_node(incoming, shared, counted).await {
                         debug!(error = %e, "session ended");
                     }
                 }

@@ -60,12 +60,13 @@ pub(crate) enum SessionError {
 pub(crate) async fn serve_node(
     incoming: quinn::Incoming,
     shared: Arc<Shared>,
+    counted: InProgress,
 ) -> Result<(), SessionError> {
     // Boxed: registering takes a large future that is done with once the node
     // is in, while the session's lives as long as the node stays (100 000 of
     // them on a busy server).
     let remote = incoming.remote_address();
-    let result = match Box::pin(register_node(incoming, &shared)).await {
+    let result = match Box::pin(register_node(incoming, &shared, counted)).await {
         Ok(node) => run_session(node, shared.clone()).await,
         Err(e) => Err(e),
     };
@@ -89,15 +90,15 @@ struct Registered {
 async fn register_node(
     incoming: quinn::Incoming,
     shared: &Arc<Shared>,
+    counted: InProgress,
 ) -> Result<Registered, SessionError> {
     let observed = shared.real(incoming.remote_address());
     let misbehaved = |what: &'static str, points: u32| {
         shared.admission(|a, now| a.misbehaved(now, observed.ip(), what, points))
     };
-    let conn = {
-        let _counted = InProgress::count(&shared.handshakes);
-        incoming.await?
-    };
+    let conn = incoming.await;
+    drop(counted);
+    let conn = conn?;
     let id = burrow_net::peer_id(&conn).ok_or(SessionError::NoKey)?;
     let Ok(stream) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi()).await else {
         misbehaved("no Hello", points::NO_HELLO);
@@ -373,19 +374,20 @@ impl PresenceNews {
 }
 
 /// Counts one handshake in progress for as long as it lives (also when its
-/// future is dropped half-way).
-struct InProgress<'a>(&'a std::sync::atomic::AtomicUsize);
+/// future is dropped half-way). Made in the accept loop, so a burst of
+/// Initials is counted before the next one is looked at.
+pub(crate) struct InProgress(Arc<Shared>);
 
-impl<'a> InProgress<'a> {
-    fn count(n: &'a std::sync::atomic::AtomicUsize) -> Self {
-        n.fetch_add(1, Ordering::Relaxed);
-        InProgress(n)
+impl InProgress {
+    pub(crate) fn count(shared: Arc<Shared>) -> Self {
+        shared.handshakes.fetch_add(1, Ordering::Relaxed);
+        InProgress(shared)
     }
 }
 
-impl Drop for InProgress<'_> {
+impl Drop for InProgress {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.handshakes.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -50,8 +50,8 @@ const MIGRATIONS: &[&str] = &[
     END;",
 ];
 
-/// Offers a name search looks at, at most: a search's cost is bounded
-/// whatever it matches (the most offered files among them come first).
+/// Offers a name search looks at, at most (the newest): a search's cost is
+/// bounded whatever it matches (the most offered files among them come first).
 pub const MAX_SEARCHED: usize = 10_000;
 
 /// Searches shorter than this many characters match whole names only (the
@@ -216,7 +216,8 @@ impl ServerStore {
         );
         self.offered(
             "SELECT hash, size FROM offers
-             WHERE rowid IN (SELECT rowid FROM offer_names WHERE offer_names MATCH ?1 LIMIT ?2)
+             WHERE rowid IN (SELECT rowid FROM offer_names WHERE offer_names MATCH ?1
+                             ORDER BY rowid DESC LIMIT ?2)
                AND name LIKE ?3 ESCAPE '\\'
              GROUP BY hash, size ORDER BY COUNT(*) DESC, MIN(offered_at_ms) LIMIT ?4",
             params![phrase, MAX_SEARCHED as i64, pattern, limit as i64],

@@ -35,8 +35,8 @@ pub struct UpArgs {
     /// contacts and the server's named users, and you, have no limit).
     #[arg(long, default_value_t = 10_000, value_name = "POSTS")]
     forum_author_quota: u64,
-    /// Forum posts kept in each topic from authors you don't vouch for; past
-    /// it, new ones from them are not stored or passed on.
+    /// Forum posts in each topic past which new ones are kept only from
+    /// authors you vouch for (the rest are not stored or passed on).
     #[arg(long, default_value_t = 100_000, value_name = "POSTS")]
     forum_topic_quota: u64,
     /// Testing aid: new forum posts one link may bring per second ...

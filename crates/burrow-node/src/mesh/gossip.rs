@@ -29,6 +29,8 @@ use crate::node::Inner;
 
 /// How long an announced post may take to arrive before it is grafted.
 pub(crate) const GRAFT_AFTER: Duration = Duration::from_millis(1000);
+/// Refused posts remembered (see [`crate::mesh::MeshState::refused`]).
+pub(crate) const MAX_REFUSED: usize = 65_536;
 /// Reconciled posts stored per transaction.
 pub(crate) const SYNC_BATCH: usize = 256;
 /// Posts read from the store per batch when answering.
@@ -105,7 +107,16 @@ async fn accept(inner: &Arc<Inner>, peer: NodeId, posts: Vec<Post>) -> Vec<(Post
     let over_quota = stored.iter().filter(|s| **s == Stored::OverQuota).count();
     if over_quota > 0 {
         debug!(peer = %peer.short(), over_quota, "posts not kept: their author's share of the topic, or the topic, is full");
-        inner.state().mesh.stats.over_quota += over_quota as u64;
+        let mut st = inner.state();
+        st.mesh.stats.over_quota += over_quota as u64;
+        if st.mesh.refused.len() + over_quota > MAX_REFUSED {
+            st.mesh.refused.clear();
+        }
+        for (p, s) in valid.iter().zip(&stored) {
+            if *s == Stored::OverQuota {
+                st.mesh.refused.insert(p.id);
+            }
+        }
     }
     let out: Vec<(Post, bool)> = valid
         .into_iter()
@@ -157,14 +168,17 @@ async fn within_budget(inner: &Arc<Inner>, peer: NodeId, posts: Vec<Post>) -> Ve
         .collect();
     let now = Instant::now();
     let mut st = inner.state();
-    let Some(link) = st.mesh.links.get_mut(&peer) else {
+    let mesh = &mut st.mesh;
+    let refused = &mesh.refused;
+    let Some(link) = mesh.links.get_mut(&peer) else {
         return posts;
     };
     let mut over = 0u64;
     let kept: Vec<Post> = posts
         .into_iter()
         .filter(|p| {
-            let ok = !lacking.contains(&p.id) || link.post_budget.allow(now);
+            let free = !lacking.contains(&p.id) || refused.contains(&p.id);
+            let ok = free || link.post_budget.allow(now);
             over += u64::from(!ok);
             ok
         })

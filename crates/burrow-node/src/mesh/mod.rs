@@ -111,6 +111,10 @@ pub(crate) struct MeshState {
     /// Posts announced by a lazy link that haven't arrived: who announced, and when
     /// to graft if they still haven't.
     pub missing: HashMap<PostId, (NodeId, Instant)>,
+    /// Posts the store refused (over a quota), which reconciliation keeps
+    /// bringing back: they cost a link's budget only once. At most
+    /// [`gossip::MAX_REFUSED`], forgotten all at once past that.
+    pub refused: HashSet<PostId>,
     /// Our address as a peer saw it (serverless: there is no STUN).
     pub observed: Option<SocketAddr>,
     pub stats: MeshStats,
