@@ -34,8 +34,16 @@
 //! Delay: [`Lab::set_uplink_delay`] gives links to the public segment a fixed
 //! one-way delay (the kernel here has no `netem`; see [`delay`]).
 //!
-//! Every router also drops unsolicited packets from its WAN to itself, as home
-//! routers do (see `nat_rules` for why that matters to hole punching).
+//! Routers drop unsolicited packets from their WAN to themselves, as most home
+//! routers do, unless the lab is told otherwise ([`Lab::set_router_firewall`]):
+//! a router without that firewall (plain masquerade, as on Docker and VPS hosts
+//! and many cheap routers) records a peer's early probe as an inbound flow and
+//! then maps our side's answer to another port (see `nat_rules`).
+//!
+//! The public segment is "at least one router deep": a datagram that enters it
+//! with TTL 1 dies there, as it would at the first router of a real ISP. A
+//! probe sent with TTL 2 from behind one NAT passes that NAT and reaches
+//! nobody else.
 //!
 //! [`Lab::with_routed_server`] builds a server whose two public addresses live
 //! on its loopback interface, reached through routes every host on the public
@@ -206,6 +214,8 @@ pub struct Lab {
     /// Where hosts on the public segment route the server's addresses, when
     /// those live on its loopback ([`Lab::with_routed_server`]).
     server_via: Option<Ipv4Addr>,
+    /// Whether routers made from now on drop unsolicited packets to themselves.
+    router_firewall: bool,
 }
 
 /// Builds a lab, or explains why not: `Ok(None)` means "skip" (with the reason
@@ -283,11 +293,17 @@ impl Lab {
             daemons: Vec::new(),
             scratch: None,
             server_via: None,
+            router_firewall: true,
         };
         let inet = lab.inet.clone();
         lab.add_ns(&inet)?;
         run(&["ip", "-n", &inet, "link", "add", "br0", "type", "bridge"])?;
         run(&["ip", "-n", &inet, "link", "set", "br0", "up"])?;
+        // The first router of the "internet": what arrives with TTL 1 dies here.
+        nft(
+            &inet,
+            "table bridge core {\n chain forward {\n  type filter hook forward priority filter;\n  ip ttl <= 1 drop\n }\n}\n",
+        )?;
         let srv = lab.server.ns.clone();
         lab.add_ns(&srv)?;
         lab.attach_public(&srv, "eth0")?;
@@ -364,6 +380,14 @@ impl Lab {
     /// apart, a peer and the server `2 × one_way`.
     pub fn set_uplink_delay(&mut self, one_way: Duration) {
         self.uplink_delay = (!one_way.is_zero()).then_some(one_way);
+    }
+
+    /// From now on, routers drop (`true`, the default) or accept unsolicited
+    /// packets from their WAN to themselves. A router that accepts them keeps a
+    /// conntrack entry for each, and its masquerade then avoids that entry's
+    /// ports when the peer behind it answers the same remote address.
+    pub fn set_router_firewall(&mut self, on: bool) {
+        self.router_firewall = on;
     }
 
     /// Connects `ns` to the public bridge with an interface called `ifname`.
@@ -520,7 +544,13 @@ impl Lab {
             "net.ipv4.ip_forward=1",
         ])?;
         let o = lan_net.octets();
-        nat_rules(&ns, kind, wan, Ipv4Addr::new(o[0], o[1], o[2], 2))?;
+        nat_rules(
+            &ns,
+            kind,
+            wan,
+            Ipv4Addr::new(o[0], o[1], o[2], 2),
+            self.router_firewall,
+        )?;
         Ok(Router {
             host: Host { ns, addr: wan },
             lan_net,
@@ -726,8 +756,15 @@ impl Drop for Lab {
 }
 
 /// Installs `kind`'s NAT rules on router namespace `ns` (WAN address `wan`);
-/// `first_peer` receives unsolicited inbound UDP for `FullCone`.
-fn nat_rules(ns: &str, kind: NatKind, wan: Ipv4Addr, first_peer: Ipv4Addr) -> Result<(), LabError> {
+/// `first_peer` receives unsolicited inbound UDP for `FullCone`; `firewall`
+/// drops unsolicited packets to the router itself.
+fn nat_rules(
+    ns: &str,
+    kind: NatKind,
+    wan: Ipv4Addr,
+    first_peer: Ipv4Addr,
+    firewall: bool,
+) -> Result<(), LabError> {
     let masquerade = match kind {
         NatKind::Symmetric => "masquerade fully-random".to_string(),
         NatKind::Sequential => {
@@ -760,11 +797,15 @@ fn nat_rules(ns: &str, kind: NatKind, wan: Ipv4Addr, first_peer: Ipv4Addr) -> Re
         )?;
     }
     // Like a home router's firewall: unsolicited packets from the WAN to the router
-    // itself are dropped. Besides being realistic, this matters for punching: a
-    // dropped packet's conntrack entry is never confirmed, while an accepted one
-    // would record the peer's first probe as an inbound flow, and masquerade would
-    // then give the peer behind it another port toward that peer, turning a
-    // port-restricted NAT into a symmetric one for that pair.
+    // itself are dropped. This matters for punching: a dropped packet's conntrack
+    // entry is never confirmed, while an accepted one records the peer's early
+    // probe as an inbound flow, and masquerade then gives the peer behind it
+    // another port toward that peer, turning a port-restricted NAT into a
+    // symmetric one for that pair (burrow's opening probes keep that from
+    // happening; the lab builds both kinds of router to prove it).
+    if !firewall {
+        return Ok(());
+    }
     nft(
         ns,
         "table inet firewall {\n chain input {\n  type filter hook input priority filter;\n  iifname \"wan\" ct state new drop\n }\n}\n",
