@@ -395,6 +395,7 @@ impl Endpoint {
         ticket: PunchTicket,
         candidates: &[SocketAddr],
         deadline: Duration,
+        open_ttl: Option<u8>,
     ) -> Option<SocketAddr> {
         let local = self.shared_port().ok()?;
         let Some((id, accepted)) = self.waiting.add(ticket, role) else {
@@ -404,9 +405,10 @@ impl Endpoint {
             );
             return None;
         };
-        let stream =
-            crate::tcp::simultaneous_open(local, candidates, ticket, role, deadline, accepted)
-                .await;
+        let stream = crate::tcp::simultaneous_open(
+            local, candidates, ticket, role, deadline, open_ttl, accepted,
+        )
+        .await;
         self.waiting.remove(id);
         self.links
             .attach(stream?, self.deliver.clone(), crate::tcp::Opened::ByUs)

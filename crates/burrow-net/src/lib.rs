@@ -10,6 +10,8 @@
 //!   together ([`Endpoint`]).
 //! - [`framed`]: length-prefixed, versioned frames on QUIC streams.
 //! - [`iface`]: the machine's own addresses, offered to peers as LAN candidates.
+//! - [`ttl`]: datagrams with a chosen TTL (opening probes), and how many hops
+//!   our NATs are deep.
 //! - [`control`]: the local control sockets the CLI talks to a node or server on.
 
 pub mod control;
@@ -25,6 +27,7 @@ pub mod socket;
 pub mod stun_server;
 pub mod tcp;
 pub mod tls;
+pub mod ttl;
 
 pub use endpoint::{
     ConnectError, Endpoint, EndpointConfig, EndpointError, RelayHandler, StunQueryError,

@@ -116,11 +116,15 @@ async fn drive(
         s.handle_timeout(now);
         while let Some(t) = s.poll_transmit(now) {
             if t.from == Local::MAIN {
-                if let Err(e) = raw.send(t.to, &t.data) {
+                let sent = match t.ttl {
+                    Some(ttl) => raw.send_with_ttl(t.to, &t.data, ttl),
+                    None => raw.send(t.to, &t.data),
+                };
+                if let Err(e) = sent {
                     tracing::debug!(to = %t.to, error = %e, "punch probe not sent");
                 }
             } else if let Some(sock) = side(t.from) {
-                sock.send(t.to, &t.data);
+                sock.send(t.to, &t.data, t.ttl);
             }
         }
         while let Some(event) = s.poll_event() {

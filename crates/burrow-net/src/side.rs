@@ -87,8 +87,12 @@ impl SideSocket {
 
     /// Sends one datagram now; a full buffer loses it (QUIC and the punch
     /// both retransmit).
-    pub(crate) fn send(&self, to: SocketAddr, data: &[u8]) {
-        if let Err(e) = self.socket.try_send_to(data, to) {
+    pub(crate) fn send(&self, to: SocketAddr, data: &[u8], ttl: Option<u8>) {
+        let sent = match ttl {
+            Some(ttl) => crate::ttl::send_with_ttl(&*self.socket, to, data, ttl),
+            None => self.socket.try_send_to(data, to).map(|_| ()),
+        };
+        if let Err(e) = sent {
             tracing::trace!(%to, error = %e, "side socket send failed");
         }
     }

@@ -77,6 +77,8 @@ impl fmt::Debug for DemuxSocket {
 pub struct RawSender {
     inner: Arc<dyn AsyncUdpSocket>,
     links: Arc<Links>,
+    /// The same socket, for datagrams with their own TTL ([`crate::ttl`]).
+    same: Arc<std::net::UdpSocket>,
 }
 
 impl RawSender {
@@ -101,6 +103,15 @@ impl RawSender {
             src_ip: src,
         })
     }
+
+    /// Like [`Self::send`], with IP TTL `ttl` for this datagram only (an
+    /// opening probe). A TCP link has no TTL to set: the datagram goes as is.
+    pub fn send_with_ttl(&self, to: SocketAddr, data: &[u8], ttl: u8) -> io::Result<()> {
+        if tcp::is_link(to) {
+            return self.send(to, data);
+        }
+        crate::ttl::send_with_ttl(&*self.same, to, data, ttl)
+    }
 }
 
 impl DemuxSocket {
@@ -112,11 +123,13 @@ impl DemuxSocket {
         links: Arc<Links>,
     ) -> io::Result<(Arc<DemuxSocket>, RawSender, mpsc::Receiver<RawDatagram>)> {
         let ipv6 = socket.local_addr()?.is_ipv6();
+        let same = Arc::new(socket.try_clone()?);
         let inner = quinn::TokioRuntime.wrap_udp_socket(socket)?;
         let (raw_tx, raw_rx) = mpsc::channel(RAW_QUEUE);
         let sender = RawSender {
             inner: inner.clone(),
             links: links.clone(),
+            same,
         };
         let demux = Arc::new(DemuxSocket {
             inner,
@@ -404,7 +417,7 @@ impl AsyncUdpSocket for DemuxSocket {
                     .unwrap_or(transmit.contents.len())
                     .max(1);
                 for packet in transmit.contents.chunks(segment) {
-                    via.0.send(to, packet);
+                    via.0.send(to, packet, None);
                 }
                 Ok(())
             }

@@ -315,18 +315,33 @@ const PROOF_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 /// SYN meets ours in flight), so the two SYNs cross and the kernels complete
 /// the handshake. The first stream whose other end proves the punch's secret
 /// ([`burrow_proto::punch::stream_proof`]) wins.
+///
+/// With `open_ttl`, each candidate's first SYN is an opening one (as UDP's
+/// opening probes, see [`burrow_proto::punch`]): sent with that TTL, it makes
+/// our NAT's mapping and dies before the peer's NAT, which would otherwise
+/// answer it with a reset and keep the tuple from the peer's own SYN
+/// ([`open_then_connect`]).
 pub(crate) async fn simultaneous_open(
     local: SocketAddr,
     candidates: &[SocketAddr],
     ticket: burrow_proto::punch::PunchTicket,
     role: burrow_proto::punch::Role,
     deadline: std::time::Duration,
+    open_ttl: Option<u8>,
     mut accepted: mpsc::Receiver<TcpStream>,
 ) -> Option<TcpStream> {
     let end = tokio::time::Instant::now() + deadline;
     let mut tries = tokio::task::JoinSet::new();
     for &to in candidates.iter().take(MAX_TCP_CANDIDATES) {
         tries.spawn(async move {
+            if let Some(ttl) = open_ttl {
+                if let Some(stream) = open_then_connect(local, to, ttl).await {
+                    if let Some(stream) = prove(stream, &ticket, role).await {
+                        return Some(stream);
+                    }
+                }
+                tokio::time::sleep(RETRY).await;
+            }
             while tokio::time::Instant::now() < end {
                 let attempt = async {
                     let socket = shared_port_socket(local).ok()?;
@@ -361,6 +376,37 @@ pub(crate) async fn simultaneous_open(
             _ = tokio::time::sleep_until(end) => return None,
         }
     }
+}
+
+/// A connect whose SYN leaves with TTL `ttl` (an opening one: it makes our
+/// NAT's mapping toward `to` and dies before the peer's NAT), raised to the
+/// socket's usual TTL after the head start, so that the kernel's own
+/// retransmission (after 1 s) and our answer to the peer's SYN reach the peer.
+/// The socket stays the same throughout: a second one from the same port
+/// would find the 4-tuple taken.
+async fn open_then_connect(local: SocketAddr, to: SocketAddr, ttl: u8) -> Option<TcpStream> {
+    use std::os::fd::AsRawFd;
+    let ipv6 = local.is_ipv6();
+    let socket = shared_port_socket(local).ok()?;
+    let usual = crate::ttl::ttl_of(&socket, ipv6).ok()?;
+    crate::ttl::set_ttl(&socket, ipv6, ttl).ok()?;
+    let fd = socket.as_raw_fd();
+    let connect = socket.connect(to);
+    tokio::pin!(connect);
+    let head_start = burrow_proto::punch::OPEN_HEAD_START;
+    if let Ok(r) = tokio::time::timeout(head_start, &mut connect).await {
+        // Through already (no NAT of the peer's in the way): go on at the
+        // usual TTL.
+        let stream = r.ok()?;
+        crate::ttl::set_ttl(&stream, ipv6, usual).ok()?;
+        return Some(stream);
+    }
+    // The pending connect owns the descriptor, open while it is.
+    crate::ttl::set_ttl_fd(fd, ipv6, usual).ok()?;
+    tokio::time::timeout(CONNECT_ATTEMPT, connect)
+        .await
+        .ok()?
+        .ok()
 }
 
 /// One punch waiting: its id, ticket, our role, where its streams go.
@@ -501,8 +547,8 @@ mod tests {
         let (id, accepted) = waiting.add(ticket, Role::Acceptor).unwrap();
         let (_, none) = mpsc::channel(1);
         let (sa, sb) = tokio::join!(
-            simultaneous_open(a, &to_b, ticket, Role::Requester, t, none),
-            simultaneous_open(b, &to_a, ticket, Role::Acceptor, t, accepted)
+            simultaneous_open(a, &to_b, ticket, Role::Requester, t, None, none),
+            simultaneous_open(b, &to_a, ticket, Role::Acceptor, t, None, accepted)
         );
         waiting.remove(id);
         let (sa, sb) = (sa.expect("a met b"), sb.expect("b met a"));
@@ -522,8 +568,8 @@ mod tests {
         let server2 = tokio::spawn(serve_punches(listener, waiting.clone()));
         let (_, none) = mpsc::channel(1);
         let (sc, sd) = tokio::join!(
-            simultaneous_open(c, &to_d, ticket, Role::Requester, short, none),
-            simultaneous_open(d, &to_c, wrong, Role::Acceptor, short, accepted)
+            simultaneous_open(c, &to_d, ticket, Role::Requester, short, None, none),
+            simultaneous_open(d, &to_c, wrong, Role::Acceptor, short, None, accepted)
         );
         waiting.remove(id);
         assert!(sc.is_none() && sd.is_none());

@@ -61,6 +61,22 @@ pub struct NodeConfig {
     /// costs a few seconds of quiet asking once. Never with a server on
     /// loopback (the peers are on this machine) or without a server.
     pub port_mapping: bool,
+    /// Which paths links may take. Default [`PathPolicy::Any`].
+    pub path: PathPolicy,
+}
+
+/// Which paths a node's links may take (`burrow up --direct-only`,
+/// `--relay-only`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PathPolicy {
+    /// Relayed first where needed, direct as soon as a punch finds a way.
+    #[default]
+    Any,
+    /// Never through the relay: a link with no direct path fails, saying so.
+    DirectOnly,
+    /// Never punched: peers get none of our addresses from the server and
+    /// every link runs through the relay, so only the server sees where we are.
+    RelayOnly,
 }
 
 impl NodeConfig {
@@ -84,6 +100,7 @@ impl NodeConfig {
             max_backoff: Duration::from_secs(30),
             reshare: true,
             port_mapping: true,
+            path: PathPolicy::Any,
         }
     }
 }

@@ -37,6 +37,6 @@ mod presence;
 pub mod session;
 pub mod trust;
 
-pub use config::NodeConfig;
+pub use config::{NodeConfig, PathPolicy};
 pub use event::NodeEvent;
 pub use node::{ApiError, Node, StartError};

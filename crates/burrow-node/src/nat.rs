@@ -73,6 +73,12 @@ pub struct NatReport {
     pub mapped_addr: Option<SocketAddr>,
     /// The server's other address and port used for the tests, if any.
     pub server_other: Option<SocketAddr>,
+    /// How many router hops from us our NATs reach (1 behind a home router, 2
+    /// with a carrier NAT behind it), from the ICMP answers of the hops toward
+    /// the server; `None` when no hop answered. Opening probes go one hop
+    /// further.
+    #[serde(default)]
+    pub nat_hops: Option<u8>,
     /// The verdict, in plain words.
     pub summary: String,
 }
@@ -168,6 +174,13 @@ pub async fn diagnose(
     let ports = self::mapping(ep, server)
         .await
         .map_or(Mapping::Unknown, |(_, m)| m);
+    // After the port measurement: on a sequential NAT its one flow takes a port.
+    let probe = burrow_net::ttl::HopProbe::send(server);
+    let nat_hops = tokio::task::spawn_blocking(move || probe.collect(HOPS_WAIT))
+        .await
+        .ok()
+        .flatten()
+        .filter(|_| behind_nat);
     Ok(NatReport {
         public_addr: public,
         behind_nat,
@@ -177,6 +190,7 @@ pub async fn diagnose(
         port_mapping: None,
         mapped_addr: None,
         server_other: other,
+        nat_hops,
         summary: summary(behind_nat, public, mapping, filtering, ports),
     })
 }
@@ -236,6 +250,9 @@ fn summary(
         (false, _) => format!("{place} A firewall lets in only hosts you have sent to: peers reach you by hole punching."),
     }
 }
+
+/// How long the NAT depth measurement waits for the hops' answers.
+pub(crate) const HOPS_WAIT: Duration = Duration::from_millis(500);
 
 /// How long the mapping measurement waits for each answer.
 const MAPPING_DEADLINE: Duration = Duration::from_secs(2);

@@ -91,6 +91,11 @@ pub(crate) struct State {
     pub public_addr: Option<SocketAddr>,
     /// How our NAT maps ports, as last measured ([`crate::nat::refresh_mapping`]).
     pub mapping: burrow_proto::punch::Mapping,
+    /// The TTL of our opening probes, when a NAT of ours stands between us
+    /// and the server (see `burrow_proto::punch`); `None` on a public address.
+    pub open_ttl: Option<u8>,
+    /// `--relay-only`: the server keeps our addresses from peers.
+    pub relay_only: bool,
     /// The public port our router maps to us, and how ([`crate::portmap`]).
     pub port_map: Option<(SocketAddr, burrow_net::portmap::PortMapProtocol)>,
     pub peers: HashMap<NodeId, Peer>,
@@ -117,12 +122,20 @@ pub(crate) struct State {
 }
 
 impl State {
-    /// What we tell the server of our NAT: its mapping and our port mapping.
+    /// What we tell the server of our NAT: its mapping, our port mapping, and
+    /// whether UDP reaches the server at all.
     pub fn nat_info(&self) -> burrow_proto::punch::NatInfo {
         burrow_proto::punch::NatInfo {
             mapping: self.mapping,
             mapped: self.port_map.map(|(a, _)| a),
+            no_udp: self.no_udp(),
+            relay_only: self.relay_only,
         }
+    }
+
+    /// Whether we reach the server only over TCP (so UDP punching can't work).
+    pub fn no_udp(&self) -> bool {
+        self.server_addr.is_some_and(burrow_net::tcp::is_link)
     }
 
     /// Whether `name` is `id`'s as far as we know: our own, a contact's (the
@@ -519,6 +532,7 @@ impl Node {
             },
         )?;
         let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let relay_only = config.path == crate::PathPolicy::RelayOnly;
         let inner = Arc::new(Inner {
             id: config.secret.public(),
             config,
@@ -527,6 +541,7 @@ impl Node {
             state: Mutex::new(State {
                 mesh,
                 contacts,
+                relay_only,
                 ..State::default()
             }),
             events,
@@ -561,7 +576,8 @@ impl Node {
             .state()
             .server_addr
             .is_some_and(|a| inner.endpoint.real_addr(a).ip().is_loopback());
-        if inner.config.port_mapping && inner.config.server.is_some() && !server_here {
+        let punching = inner.config.path != crate::PathPolicy::RelayOnly;
+        if inner.config.port_mapping && punching && inner.config.server.is_some() && !server_here {
             inner.spawn(crate::portmap::run(inner.clone()));
         }
         inner.spawn(control::serve(node.clone(), listener));
@@ -817,6 +833,8 @@ impl Node {
         let mut report = crate::nat::diagnose(&self.inner.endpoint, server, &own)
             .await
             .map_err(|e| ApiError::Nat(e.to_string()))?;
+        // The tests made new mappings: a sequential NAT's ports moved on.
+        crate::nat::refresh_mapping(&self.inner);
         if let Some((addr, protocol)) = self.inner.state().port_map {
             report.port_mapping = Some(protocol);
             report.mapped_addr = Some(addr);

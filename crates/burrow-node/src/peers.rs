@@ -36,6 +36,7 @@ use tracing::{debug, info, warn};
 use crate::api::ConnectionState;
 use crate::event::NodeEvent;
 use crate::node::{Inner, MAX_CONNS_PER_PEER};
+use crate::PathPolicy;
 
 /// QUIC close code: we did not accept this peer.
 const NOT_ACCEPTED: u32 = 0x10;
@@ -146,6 +147,9 @@ pub(crate) fn link(
     ticket: PunchTicket,
     relay: Option<Channel>,
 ) {
+    let policy = inner.config.path;
+    // Direct-only: the relay channel is not used (nothing goes through it).
+    let relay = relay.filter(|_| policy != PathPolicy::DirectOnly);
     let paths = inner.endpoint.paths();
     paths.open(peer);
     let server = inner.state().server_addr;
@@ -153,52 +157,83 @@ pub(crate) fn link(
         paths.set_relay(&peer, Some((server, channel)));
     }
     let has_relay = paths.status(&peer).is_some_and(|s| s.has_relay);
+    let dial_now = direction == Direction::Outgoing
+        && !inner
+            .state()
+            .peers
+            .get(&peer)
+            .is_some_and(|p| p.connected());
+    // Relay-only, on our side or the peer's: nobody punches; the link is the
+    // relay's, or nothing.
+    if policy == PathPolicy::RelayOnly || peer_nat.relay_only {
+        let why = match (policy, has_relay) {
+            (PathPolicy::DirectOnly, _) => Some(format!(
+                "{} takes relayed links only (--relay-only), and this node never relays (--direct-only)",
+                inner.state().name_of(&peer)
+            )),
+            (_, false) => Some("no relay (the server does not relay), and relay-only links are never punched".into()),
+            _ => None,
+        };
+        match why {
+            Some(why) if dial_now => fail(inner, peer, why),
+            Some(_) => {}
+            None if dial_now => inner.spawn(dial(inner.clone(), peer)),
+            None => {}
+        }
+        return;
+    }
     let role = match direction {
         Direction::Outgoing => Role::Requester,
         Direction::Incoming => Role::Acceptor,
     };
     let candidates = usable(inner, candidates);
     let tcp_candidates = tcp_candidates(&candidates);
-    let own_mapping = inner.state().mapping;
+    let (own_mapping, open_ttl, own_no_udp) = {
+        let st = inner.state();
+        (st.mapping, st.open_ttl, st.no_udp())
+    };
+    // One side reaches the server only over TCP: UDP can't work between us,
+    // and both sides know it, so both go to TCP simultaneous open at once.
+    let udp_hopeless = own_no_udp || peer_nat.no_udp;
     // Behind hard NATs, each side does its part (side sockets, random ports,
     // predicted ports); see `burrow_proto::punch::strategy`.
     let strategy = Strategy::choose(own_mapping, peer_nat, candidates.first().copied());
     if strategy.is_hard() {
         debug!(peer = %peer.short(), ?own_mapping, ?peer_nat, ?strategy, "hard NAT punch");
     }
-    let punched = inner.endpoint.start_punch(
-        role,
-        ticket,
-        &candidates,
-        &strategy,
-        PunchConfig::default(),
-        Some(peer),
-    );
-    let connected = inner
-        .state()
-        .peers
-        .get(&peer)
-        .is_some_and(|p| p.connected());
-    let dial_now = direction == Direction::Outgoing && !connected;
+    let punched = (!udp_hopeless).then(|| {
+        inner.endpoint.start_punch(
+            role,
+            ticket,
+            &candidates,
+            &strategy,
+            PunchConfig {
+                open_ttl,
+                ..PunchConfig::default()
+            },
+            Some(peer),
+        )
+    });
     if dial_now && has_relay {
         inner.spawn(dial(inner.clone(), peer));
     }
     let inner2 = inner.clone();
     inner.spawn(async move {
         let mut direct = match punched {
-            Ok(outcome) => outcome.await.ok().flatten(),
-            Err(e) => {
+            Some(Ok(outcome)) => outcome.await.ok().flatten(),
+            Some(Err(e)) => {
                 warn!(peer = %peer.short(), error = %e, "cannot punch");
                 None
             }
+            None => None,
         };
         if direct.is_none() {
-            // Nothing over UDP (a network that drops it, or NATs that map
-            // UDP worse than TCP). Both sides' punches end at the same
-            // deadline, so both try TCP simultaneous open now, together.
+            // Nothing over UDP (NATs that map UDP worse than TCP), or no
+            // UDP to try. Both sides' punches end at the same deadline (or
+            // neither ran), so both try TCP simultaneous open now, together.
             let tcp = inner2
                 .endpoint
-                .tcp_punch(role, ticket, &tcp_candidates, TCP_PUNCH)
+                .tcp_punch(role, ticket, &tcp_candidates, TCP_PUNCH, open_ttl)
                 .await;
             direct = tcp.map(|link| Punched {
                 addr: link,
@@ -223,11 +258,12 @@ pub(crate) fn link(
             if found {
                 dial(inner2, peer).await;
             } else {
-                fail(
-                    &inner2,
-                    peer,
-                    "no direct path, and the server does not relay".into(),
-                );
+                let why = if policy == PathPolicy::DirectOnly {
+                    "no direct path (--direct-only: the relay is never used)"
+                } else {
+                    "no direct path, and the server does not relay"
+                };
+                fail(&inner2, peer, why.into());
             }
         }
     });

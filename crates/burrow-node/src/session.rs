@@ -256,6 +256,11 @@ pub(crate) async fn connect(inner: &Arc<Inner>) -> Result<Session, SessionError>
     let known = KnownServers::new(&inner.config.home);
     let remembered = known.lookup(&host);
     let expected = server.key.or(remembered);
+    // How deep our NATs are is measured alongside (its answers are read once
+    // we are registered). Its datagrams leave first: on a sequential NAT they
+    // take a port, which must come before the session's and the mapping
+    // measurement's, not between them.
+    let mut hop_probe = Some(burrow_net::ttl::HopProbe::send(addr));
     let (via, dialed) = dial(inner, addr, expected).await;
     let (conn, key) = match dialed {
         Ok(ok) => ok,
@@ -306,7 +311,12 @@ pub(crate) async fn connect(inner: &Arc<Inner>) -> Result<Session, SessionError>
         .map_err(|e| SessionError::Lost(e.to_string()))?;
     let mut reader = FrameReader::new(recv, rendezvous::VERSION, rendezvous::MAX_FRAME);
     let mut writer = FrameWriter::new(send, rendezvous::VERSION, rendezvous::MAX_FRAME);
-    let mut lan_addrs = iface::lan_candidates(local);
+    // Relay-only: not even our own addresses go to the server for peers.
+    let mut lan_addrs = if inner.config.path == crate::PathPolicy::RelayOnly {
+        Vec::new()
+    } else {
+        iface::lan_candidates(local)
+    };
     lan_addrs.truncate(rendezvous::MAX_CANDIDATES);
     writer
         .write(&ClientMsg::Hello {
@@ -318,7 +328,11 @@ pub(crate) async fn connect(inner: &Arc<Inner>) -> Result<Session, SessionError>
     let nat = {
         let mut st = inner.state();
         st.mapping = mapping;
-        st.nat_info()
+        burrow_proto::punch::NatInfo {
+            // Not in the state yet: the session's address is set on Welcome.
+            no_udp: burrow_net::tcp::is_link(via),
+            ..st.nat_info()
+        }
     };
     writer.write(&ClientMsg::Nat { nat }).await?;
     let first = tokio::time::timeout(WELCOME_TIMEOUT, reader.read::<ServerMsg>())
@@ -340,6 +354,16 @@ pub(crate) async fn connect(inner: &Arc<Inner>) -> Result<Session, SessionError>
                 st.server_addr = Some(via);
                 st.server_id = Some(key);
                 st.public_addr = Some(observed);
+                // Behind a NAT (the server saw another address than ours),
+                // punches open our side first; how deep our NATs are is
+                // measured below, one hop past a home router meanwhile.
+                let behind_nat = !iface::lan_candidates(local)
+                    .iter()
+                    .any(|a| a.ip() == observed.ip());
+                st.open_ttl = behind_nat.then(|| burrow_net::ttl::open_ttl(None));
+                if let (true, Some(probe)) = (behind_nat, hop_probe.take()) {
+                    measure_nat_hops(inner, probe);
+                }
                 st.presence = presence;
                 for p in st.peers.values_mut() {
                     p.online = false;
@@ -697,4 +721,22 @@ mod tests {
         }
         assert!(backoff(1, max) <= BACKOFF_BASE);
     }
+}
+
+/// Reads how many hops our NATs are deep from `probe`'s answers and sets the
+/// opening probes' TTL from it.
+fn measure_nat_hops(inner: &Arc<Inner>, probe: burrow_net::ttl::HopProbe) {
+    let inner2 = inner.clone();
+    inner.spawn(async move {
+        let hops = tokio::task::spawn_blocking(move || probe.collect(crate::nat::HOPS_WAIT))
+            .await
+            .ok()
+            .flatten();
+        let ttl = burrow_net::ttl::open_ttl(hops);
+        tracing::debug!(?hops, ttl, "our NATs' depth; opening probes' TTL");
+        let mut st = inner2.state();
+        if st.open_ttl.is_some() {
+            st.open_ttl = Some(ttl);
+        }
+    });
 }

@@ -47,8 +47,10 @@ use crate::relay::Channel;
 /// ALPN of the node ↔ server connection.
 pub const ALPN: &[u8] = b"burrow/rendezvous/1";
 /// Version byte of every control-stream frame. 2: relay channels and re-punching;
-/// 3: the file tracker; 4: credentials in Hello, bans and operator notices.
-pub const VERSION: u8 = 5;
+/// 3: the file tracker; 4: credentials in Hello, bans and operator notices;
+/// 5: NAT mappings for hard-NAT punching; 6: `NatInfo::no_udp`, a punch that goes
+/// straight to TCP.
+pub const VERSION: u8 = 6;
 /// Largest frame the server sends. Presence snapshots are split
 /// ([`PEERS_PER_FRAME`]) to stay well under it.
 pub const MAX_FRAME: usize = 1 << 20;
@@ -589,7 +591,9 @@ mod tests {
             .prop_map(|mapping| ClientMsg::Nat {
                 nat: NatInfo {
                     mapping,
-                    mapped: Some(SocketAddr::from(([198, 51, 100, 7], 4000)))
+                    mapped: Some(SocketAddr::from(([198, 51, 100, 7], 4000))),
+                    no_udp: false,
+                    relay_only: false,
                 }
             }),
             Just(ClientMsg::Bye),
@@ -700,6 +704,8 @@ mod tests {
                                 step: 1,
                             },
                             mapped: None,
+                            no_udp: false,
+                            relay_only: false,
                         },
                         punch: PunchTicket { session, secret },
                         relay: relay.map(Channel),
@@ -724,6 +730,8 @@ mod tests {
                                 step: 1,
                             },
                             mapped: None,
+                            no_udp: false,
+                            relay_only: false,
                         },
                         punch: PunchTicket { session, secret },
                         relay: relay.map(Channel),

@@ -124,6 +124,14 @@ impl Online {
         let Some(&observed) = self.candidates.first() else {
             return (Vec::new(), NatInfo::default());
         };
+        if self.nat.relay_only {
+            // Nothing but the server sees where it is.
+            let nat = NatInfo {
+                relay_only: true,
+                ..NatInfo::default()
+            };
+            return (Vec::new(), nat);
+        }
         let here = observed.ip();
         let same_place = viewer.candidates.first().is_some_and(|v| v.ip() == here);
         let mut out = vec![observed];
@@ -709,6 +717,8 @@ mod tests {
                 step: 1,
             },
             mapped: Some(addr(7)),
+            no_udp: false,
+            relay_only: false,
         };
         r.handle_msg(now, a.id, ClientMsg::Nat { nat: a_nat });
         let out = r.handle_msg(now, a.id, ClientMsg::Accept { peer: b.id });
@@ -778,6 +788,8 @@ mod tests {
         let lie = NatInfo {
             mapping: burrow_proto::punch::Mapping::Independent,
             mapped: Some(SocketAddr::from(([198, 51, 100, 9], 443))),
+            no_udp: false,
+            relay_only: false,
         };
         r.handle_msg(t, a.id, ClientMsg::Nat { nat: lie });
         let offered = |r: &mut Registry, to: &PeerInfo| {

@@ -126,6 +126,12 @@ pub async fn nat(home: &Path, json: bool) -> Result<(), CliError> {
     println!("mapping         {}", words(r.mapping));
     println!("filtering       {}", words(r.filtering));
     println!("new ports       {}", r.ports);
+    match r.nat_hops {
+        Some(1) => println!("NAT depth       1 hop (a home router)"),
+        Some(n) => println!("NAT depth       {n} hops (NATs behind NATs, e.g. a carrier's)"),
+        None if r.behind_nat => println!("NAT depth       unknown (no hop answered)"),
+        None => {}
+    }
     match (r.port_mapping, r.mapped_addr) {
         (Some(p), Some(a)) => println!("port mapping    {a} (granted by the router over {p})"),
         _ => println!("port mapping    none (the router granted none over PCP, NAT-PMP or UPnP)"),

@@ -69,6 +69,15 @@ pub struct UpArgs {
     /// they reach it directly even through a symmetric NAT.
     #[arg(long)]
     no_port_mapping: bool,
+    /// Never use the server's relay: links go direct (hole punching, port
+    /// mapping, TCP simultaneous open) or fail, saying so.
+    #[arg(long, conflicts_with = "relay_only")]
+    direct_only: bool,
+    /// Never punch: every link goes through the server's relay, and the
+    /// server hands peers none of this node's addresses, so nobody but the
+    /// server learns where it is. Slower than direct.
+    #[arg(long, requires = "server")]
+    relay_only: bool,
     /// On a server that keeps accounts: read the account's password from
     /// standard input (its first line). With --invite, it becomes the new
     /// account's password. A node whose key already holds its name needs none.
@@ -141,6 +150,13 @@ pub async fn run(home: PathBuf, args: UpArgs) -> Result<(), CliError> {
     config.idle_timeout = args.idle_timeout;
     config.reshare = !args.no_reshare;
     config.port_mapping = !args.no_port_mapping;
+    config.path = if args.direct_only {
+        burrow_node::PathPolicy::DirectOnly
+    } else if args.relay_only {
+        burrow_node::PathPolicy::RelayOnly
+    } else {
+        burrow_node::PathPolicy::Any
+    };
     config.credentials = credentials;
     config.join = args.join;
     config.mesh_links = args.links.max(1);

@@ -393,6 +393,8 @@ async fn a_peer_cannot_make_a_node_probe_addresses_it_claims_as_its_own() {
             nat: NatInfo {
                 mapping: Mapping::Independent,
                 mapped: Some(targets[0]),
+                no_udp: false,
+                relay_only: false,
             },
         })
         .await;

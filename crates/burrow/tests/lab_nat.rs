@@ -64,6 +64,13 @@ fn burrow_nat_names_each_kind_of_nat() {
             "{kind:?}: the public address is the router's"
         );
         assert_eq!(r["behind_nat"], kind != NatKind::None, "{kind:?}: {r}");
+        // One router between us and the public segment (none for None).
+        let hops = if kind == NatKind::None {
+            serde_json::Value::Null
+        } else {
+            1.into()
+        };
+        assert_eq!(r["nat_hops"], hops, "{kind:?}: {r}");
         let (mapping, filtering, ports) = match kind {
             NatKind::None | NatKind::FullCone => {
                 ("endpoint_independent", "endpoint_independent", "preserved")

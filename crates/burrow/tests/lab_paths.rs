@@ -71,6 +71,96 @@ fn peers_behind_double_nat_go_direct() {
     assert!(server.terminate().success());
 }
 
+/// The harder double NAT: neither the home routers nor the carrier NATs drop
+/// unsolicited packets, so an opening probe must pass both of ours (TTL 3,
+/// from the measured depth) and die before theirs.
+#[test]
+fn peers_behind_double_nat_without_router_firewalls_go_direct() {
+    let Some(mut lab) = require_or_skip("peers_behind_double_nat_without_router_firewalls") else {
+        return;
+    };
+    lab.set_router_firewall(false);
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, url) = lab_server(&lab, &dir.path().join("srv"), &[]);
+    let (h1, _, _) = lab
+        .add_double_nat_peer("cy", NatKind::PortRestricted)
+        .unwrap();
+    let (h2, _, _) = lab
+        .add_double_nat_peer("di", NatKind::PortRestricted)
+        .unwrap();
+    let mut cy = LabNode::up(&h1, dir.path(), &url, "cy");
+    let mut di = LabNode::up(&h2, dir.path(), &url, "di");
+    // `burrow nat` counts both NATs (the probes' TTL is one more).
+    let r = json(&cy.home, &["nat"]);
+    assert_eq!(r["nat_hops"], 2, "{r}");
+    cy.link(&mut di);
+    cy.say(&mut di, "through four open routers");
+    assert!(
+        cy.wait_path("di", "direct", RECOVER).is_some(),
+        "double NAT without firewalls: direct"
+    );
+    assert!(server.terminate().success());
+}
+
+/// `--relay-only`: the link runs through the relay, and the peer's router
+/// never sees a packet from our address (the server gave the peer none of
+/// them, and nobody punched). `--direct-only` between two symmetric NATs,
+/// where only the relay could carry the link: it fails, and says why.
+#[test]
+fn relay_only_hides_our_address_and_direct_only_never_relays() {
+    let Some(mut lab) =
+        require_or_skip("relay_only_hides_our_address_and_direct_only_never_relays")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, url) = lab_server(&lab, &dir.path().join("srv"), &[]);
+    let (h1, r1) = lab.add_peer("ivy", NatKind::PortRestricted).unwrap();
+    let (h2, r2) = lab.add_peer("jon", NatKind::PortRestricted).unwrap();
+    let (ivy_wan, jon_router) = (r1.unwrap().wan(), r2.unwrap());
+    let mut ivy = LabNode::up_with(&h1, dir.path(), &url, "ivy", &["--relay-only"]);
+    let mut jon = LabNode::up(&h2, dir.path(), &url, "jon");
+    jon.link(&mut ivy);
+    jon.say(&mut ivy, "through the relay");
+    ivy.say(&mut jon, "only the server knows where I am");
+    // Past a punch's deadline: still relayed, on both sides.
+    assert!(jon.wait_path("ivy", "direct", RECOVER).is_none());
+    assert!(ivy
+        .wait_path("jon", "relayed", Duration::from_secs(1))
+        .is_some());
+    let flows = jon_router
+        .host
+        .command("conntrack")
+        .args(["-L", "-p", "udp"])
+        .output()
+        .unwrap();
+    let flows = String::from_utf8_lossy(&flows.stdout);
+    assert!(
+        !flows.contains(&ivy_wan.to_string()),
+        "jon's router saw ivy's address {ivy_wan}:\n{flows}"
+    );
+
+    let (h3, _) = lab.add_peer("kit", NatKind::Symmetric).unwrap();
+    let (h4, _) = lab.add_peer("lee", NatKind::Symmetric).unwrap();
+    let mut kit = LabNode::up_with(&h3, dir.path(), &url, "kit", &["--direct-only"]);
+    let mut lee = LabNode::up(&h4, dir.path(), &url, "lee");
+    wait_json(&kit.home, &["peers"], "lee online", |v| {
+        peer(v, "lee").is_some_and(|p| p["online"] == true)
+    });
+    assert!(run(&kit.home, &["connect", "lee"]).0);
+    lee.proc.expect_line("asks to connect");
+    assert!(run(&lee.home, &["accept", "kit"]).0);
+    let line = kit.proc.expect_any(
+        &["connected to lee", "could not connect to lee"],
+        Duration::from_secs(30),
+    );
+    assert!(
+        line.contains("could not connect") && line.contains("--direct-only"),
+        "{line}"
+    );
+    assert!(server.terminate().success());
+}
+
 #[test]
 fn five_percent_loss_loses_no_message() {
     let Some(mut lab) = require_or_skip("five_percent_loss_loses_no_message") else {

@@ -19,6 +19,16 @@
 //! [`PunchSession`] takes time as an argument and never touches a socket; the
 //! driver in `burrow-net` feeds it datagrams and timeouts and sends what it polls.
 //!
+//! **Opening probes.** A router without an input firewall accepts a probe
+//! that arrives before its own side has sent toward us, keeps a conntrack
+//! entry for it, and then maps its side's probes to us to *another* port (the
+//! tuple is taken): neither side ever hears the other. So with
+//! [`PunchConfig::open_ttl`] set, a session's first datagram to each candidate
+//! is a probe with a small TTL that passes our own NAT (making the mapping
+//! and the filter entry toward the peer) and dies before the peer's; full
+//! probes begin [`PunchConfig::head_start`] later, by which time the peer has
+//! opened its side too. Every probe that then arrives finds its way open.
+//!
 //! Behind hard NATs ([`strategy`]) a session also probes from side sockets
 //! (datagrams carry the [`Local`] socket they leave from or came in on), sprays
 //! random ports of the peer's address, or probes ports predicted for it. Every
@@ -114,8 +124,14 @@ enum Kind {
     Ack = 2,
 }
 
+/// How long full probes wait after the opening ones by default: longer than
+/// the two sides' start times differ by (both hear from the server at about
+/// once; a far peer hears later by at most the time a probe takes to reach it),
+/// short beside a punch.
+pub const OPEN_HEAD_START: Duration = Duration::from_millis(20);
+
 /// Timing of a punch. Defaults: probe each candidate at once, then after 50, 100,
-/// 200 ms and every 400 ms after that, for at most 10 s.
+/// 200 ms and every 400 ms after that, for at most 10 s; no opening probes.
 #[derive(Clone, Debug)]
 pub struct PunchConfig {
     /// Delay before a candidate's second probe; it doubles up to `max_interval`.
@@ -127,6 +143,12 @@ pub struct PunchConfig {
     /// Keep answering the peer's probes this long after we succeeded, so it
     /// succeeds too.
     pub linger: Duration,
+    /// The TTL of opening probes (see the module's docs): enough hops to pass
+    /// our own NATs, too few to reach the peer's. `None` (no NAT of ours to
+    /// open) sends none and starts full probes at once.
+    pub open_ttl: Option<u8>,
+    /// How long full probes wait after the opening ones.
+    pub head_start: Duration,
 }
 
 impl Default for PunchConfig {
@@ -136,6 +158,8 @@ impl Default for PunchConfig {
             max_interval: Duration::from_millis(400),
             deadline: Duration::from_secs(10),
             linger: Duration::from_secs(3),
+            open_ttl: None,
+            head_start: OPEN_HEAD_START,
         }
     }
 }
@@ -149,6 +173,9 @@ pub struct Transmit {
     pub from: Local,
     /// What.
     pub data: Vec<u8>,
+    /// The IP TTL (hop limit) to send with, when not the socket's default:
+    /// an opening probe's, which must die between our NAT and the peer's.
+    pub ttl: Option<u8>,
 }
 
 /// What happened.
@@ -176,6 +203,12 @@ struct Candidate {
     next_at: Instant,
     interval: Duration,
     max_interval: Duration,
+    /// Its next probe is an opening one (TTL-limited).
+    opening: bool,
+    /// Every probe of it is TTL-limited: a side socket's, which only holds its
+    /// mapping open and must never reach the peer's NAT before the peer's
+    /// spray has (it would take the port the spray looks for).
+    limited: bool,
 }
 
 /// Random-port probing of one address.
@@ -263,7 +296,15 @@ impl PunchSession {
             outbox: VecDeque::new(),
             events: VecDeque::new(),
         };
-        // The peer's port mapping first, so it is labelled as such even when
+        // Paired prediction: these are our first new mappings, in order.
+        let predicted = strategy.predicted.iter().take(strategy::PREDICTED.into());
+        if strategy.predicted_first {
+            for &addr in predicted.clone() {
+                let interval = s.config.first_interval;
+                s.push(now, addr, Local::MAIN, Method::Predicted, interval);
+            }
+        }
+        // The peer's port mapping next, so it is labelled as such even when
         // the server lists it among the candidates too.
         if let Some(mapped) = strategy.mapped {
             let interval = s.config.first_interval;
@@ -284,9 +325,11 @@ impl PunchSession {
                 );
             }
         }
-        for &addr in strategy.predicted.iter().take(strategy::PREDICTED.into()) {
-            let interval = s.config.first_interval;
-            s.push(now, addr, Local::MAIN, Method::Predicted, interval);
+        if !strategy.predicted_first {
+            for &addr in predicted {
+                let interval = s.config.first_interval;
+                s.push(now, addr, Local::MAIN, Method::Predicted, interval);
+            }
         }
         s
     }
@@ -335,6 +378,7 @@ impl PunchSession {
         } else {
             self.config.max_interval
         };
+        let opening = self.config.open_ttl.is_some();
         self.candidates.push(Candidate {
             addr,
             local,
@@ -342,6 +386,8 @@ impl PunchSession {
             next_at: now,
             interval: first,
             max_interval,
+            opening,
+            limited: opening && side,
         });
     }
 
@@ -369,6 +415,7 @@ impl PunchSession {
                     to: from,
                     from: local,
                     data: ack,
+                    ttl: None,
                 });
                 if self.succeeded.is_none() {
                     // The peer reaches us from `from`: probe back there now (a
@@ -380,7 +427,13 @@ impl PunchSession {
                         .iter_mut()
                         .find(|c| c.addr == from && c.local == local)
                     {
-                        Some(c) => c.next_at = c.next_at.min(now),
+                        Some(c) => {
+                            c.next_at = c.next_at.min(now);
+                            // It reached us from there: the way is open, and
+                            // the answer must reach it at full TTL.
+                            c.opening = false;
+                            c.limited = false;
+                        }
                         None => {
                             // An address our spray probed: the spray opened
                             // our filter to it, the birthday technique found it.
@@ -394,6 +447,13 @@ impl PunchSession {
                                 Method::Probe
                             };
                             self.add_ordinary(now, local, from, method);
+                            // The peer's probe came in from there: our NAT
+                            // holds that way open already.
+                            if let Some(c) = self.candidates.last_mut() {
+                                if c.addr == from && c.local == local {
+                                    c.opening = false;
+                                }
+                            }
                         }
                     }
                 }
@@ -441,11 +501,26 @@ impl PunchSession {
         if self.finished || self.succeeded.is_some() || now >= self.deadline {
             return None;
         }
+        let head_start = self.config.head_start;
+        let open_ttl = self.config.open_ttl;
         if let Some(c) = self.candidates.iter_mut().find(|c| c.next_at <= now) {
-            c.next_at = now + c.interval;
-            c.interval = (c.interval * 2).min(c.max_interval);
+            let ttl = if c.opening || c.limited {
+                open_ttl
+            } else {
+                None
+            };
+            if c.opening {
+                // The full probes follow once the peer has opened its side.
+                c.opening = false;
+                c.next_at = now + head_start.max(Duration::from_millis(1));
+            } else {
+                c.next_at = now + c.interval;
+                c.interval = (c.interval * 2).min(c.max_interval);
+            }
             let (to, from, method) = (c.addr, c.local, c.method);
-            return Some(self.probe(to, from, method));
+            let mut t = self.probe(to, from, method);
+            t.ttl = ttl;
+            return Some(t);
         }
         let spray = self
             .spray
@@ -471,6 +546,7 @@ impl PunchSession {
             to,
             from,
             data: encode(&self.ticket, Kind::Probe, self.role, nonce),
+            ttl: None,
         }
     }
 

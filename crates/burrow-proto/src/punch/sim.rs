@@ -1,6 +1,9 @@
 //! Punches between simulated NATs, sans-IO: each side's NAT maps and filters
 //! as RFC 4787 describes, datagrams take 10 ms each way, and the sessions run
-//! on simulated time. The lab runs the same cases through Linux's NAT; these
+//! on simulated time. A NAT without a firewall keeps an entry for every
+//! datagram it refused and then maps its own side's datagrams toward that
+//! sender to another port, as Linux's masquerade does; a datagram with a TTL
+//! set (an opening probe) passes its own NAT and reaches no other. The lab runs the same cases through Linux's NAT; these
 //! run hundreds of seeds in milliseconds, to measure success rates.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -30,6 +33,12 @@ struct Nat {
     maps: HashMap<(Local, SocketAddr), u16>,
     /// public port → (our socket, the destination it was opened toward).
     reverse: HashMap<u16, Vec<(Local, SocketAddr)>>,
+    /// Drops refused datagrams without a trace; without, remembers them.
+    firewall: bool,
+    /// (public port, remote) of datagrams refused and remembered.
+    taken: HashSet<(u16, SocketAddr)>,
+    /// (our socket, destination) moved to another port by a taken tuple.
+    moved: HashMap<(Local, SocketAddr), u16>,
 }
 
 impl Nat {
@@ -41,7 +50,15 @@ impl Nat {
             next_port: 20000,
             maps: HashMap::new(),
             reverse: HashMap::new(),
+            firewall: true,
+            taken: HashSet::new(),
+            moved: HashMap::new(),
         }
+    }
+
+    fn without_firewall(mut self) -> Nat {
+        self.firewall = false;
+        self
     }
 
     /// The public source of a datagram from `local` to `to`, mapping it if new.
@@ -50,6 +67,9 @@ impl Nat {
             Kind::PortRestricted => (local, "0.0.0.0:0".parse().unwrap()),
             _ => (local, to),
         };
+        if let Some(&p) = self.moved.get(&(local, to)) {
+            return SocketAddr::new(self.ip, p);
+        }
         let port = match self.maps.get(&key) {
             Some(p) => *p,
             None => {
@@ -65,6 +85,17 @@ impl Nat {
                 p
             }
         };
+        let opened = self
+            .reverse
+            .get(&port)
+            .is_some_and(|seen| seen.contains(&(local, to)));
+        if !opened && self.taken.contains(&(port, to)) {
+            // The tuple is taken by a datagram we refused: another port.
+            let p = self.rng.gen_range(1024..=65535);
+            self.moved.insert((local, to), p);
+            self.reverse.entry(p).or_default().push((local, to));
+            return SocketAddr::new(self.ip, p);
+        }
         let seen = self.reverse.entry(port).or_default();
         if !seen.contains(&(local, to)) {
             seen.push((local, to));
@@ -74,12 +105,16 @@ impl Nat {
 
     /// Which of our sockets a datagram from `from` to our `port` reaches, if
     /// the filter lets it in (only from where that mapping has sent).
-    fn inbound(&self, from: SocketAddr, port: u16) -> Option<Local> {
-        self.reverse
-            .get(&port)?
-            .iter()
-            .find(|(_, to)| *to == from)
-            .map(|(l, _)| *l)
+    fn inbound(&mut self, from: SocketAddr, port: u16) -> Option<Local> {
+        let local = self
+            .reverse
+            .get(&port)
+            .and_then(|seen| seen.iter().find(|(_, to)| *to == from))
+            .map(|(l, _)| *l);
+        if local.is_none() && !self.firewall {
+            self.taken.insert((port, from));
+        }
+        local
     }
 }
 
@@ -103,14 +138,15 @@ fn punch(a: &mut PunchSession, na: &mut Nat, b: &mut PunchSession, nb: &mut Nat)
     for _ in 0..200_000 {
         for to_b in [true, false] {
             let (s, nat, other) = if to_b {
-                (&mut *a, &mut *na, &*nb)
+                (&mut *a, &mut *na, &mut *nb)
             } else {
-                (&mut *b, &mut *nb, &*na)
+                (&mut *b, &mut *nb, &mut *na)
             };
             while let Some(t) = s.poll_transmit(now) {
                 probes += 1;
                 let src = nat.outbound(t.from, t.to);
-                if t.to.ip() == other.ip {
+                // An opening probe dies past our NAT.
+                if t.to.ip() == other.ip && t.ttl.is_none() {
                     if let Some(local) = other.inbound(src, t.to.port()) {
                         seq += 1;
                         wire.insert((now + ONE_WAY, seq), (to_b, local, src, t.data));
@@ -158,8 +194,27 @@ fn ticket(seed: u64) -> PunchTicket {
 /// One punch between a requester behind `ka` and an acceptor behind `kb`, each
 /// side choosing its strategy from the mappings as a node would.
 fn run(ka: Kind, kb: Kind, seed: u64) -> Outcome {
+    run_with(ka, kb, seed, &Setup::default())
+}
+
+/// How the routers and sessions of a simulated punch differ from the default.
+#[derive(Default)]
+struct Setup {
+    /// Neither router has a firewall.
+    no_firewall: bool,
+    /// Both sides send opening probes with this TTL.
+    open_ttl: Option<u8>,
+    /// The acceptor starts this much later than the requester.
+    skew: Duration,
+}
+
+fn run_with(ka: Kind, kb: Kind, seed: u64, setup: &Setup) -> Outcome {
     let mut na = Nat::new("198.51.100.10", ka, seed);
     let mut nb = Nat::new("198.51.100.20", kb, seed ^ 0xffff);
+    if setup.no_firewall {
+        na = na.without_firewall();
+        nb = nb.without_firewall();
+    }
     // The server saw each side at the mapping toward it, and the node measured
     // its mapping against the server's two ports.
     let server: SocketAddr = "198.51.100.1:7700".parse().unwrap();
@@ -172,7 +227,10 @@ fn run(ka: Kind, kb: Kind, seed: u64) -> Outcome {
     let b_map = Mapping::from_ports(b_seen.port(), nb.outbound(Local::MAIN, server2).port());
     let t = ticket(seed);
     let now = Instant::now();
-    let cfg = PunchConfig::default();
+    let cfg = PunchConfig {
+        open_ttl: setup.open_ttl,
+        ..PunchConfig::default()
+    };
     let mut a = PunchSession::with_strategy(
         now,
         Role::Requester,
@@ -183,7 +241,7 @@ fn run(ka: Kind, kb: Kind, seed: u64) -> Outcome {
         seed,
     );
     let mut b = PunchSession::with_strategy(
-        now,
+        now + setup.skew,
         Role::Acceptor,
         t,
         &[a_seen],
@@ -198,6 +256,8 @@ fn nat(mapping: Mapping) -> NatInfo {
     NatInfo {
         mapping,
         mapped: None,
+        no_udp: false,
+        relay_only: false,
     }
 }
 
@@ -269,4 +329,66 @@ fn port_restricted_pairs_need_no_tricks() {
     assert_eq!(method(&o.a), Some(Method::Probe));
     assert_eq!(method(&o.b), Some(Method::Probe));
     assert!(o.probes < 20, "{} probes", o.probes);
+}
+
+#[test]
+fn without_router_firewalls_an_early_probe_takes_the_port_unless_both_open_first() {
+    use self::Kind::*;
+    // The failure: the acceptor hears of the punch 5 ms after the requester,
+    // whose first probe reaches the acceptor's router first and takes the tuple.
+    let early = Setup {
+        no_firewall: true,
+        skew: Duration::from_millis(5),
+        ..Setup::default()
+    };
+    let o = run_with(PortRestricted, PortRestricted, 1, &early);
+    assert_eq!(o.a, Some(PunchEvent::Failed), "{:?}", o.b);
+    // Opening probes first: every cell that goes direct with firewalls goes
+    // direct without them, for skews up to the head start.
+    for (ka, kb) in [
+        (PortRestricted, PortRestricted),
+        (PortRestricted, Random),
+        (Random, PortRestricted),
+        (PortRestricted, Sequential),
+        (Sequential, PortRestricted),
+        (Sequential, Sequential),
+    ] {
+        for skew_ms in [0, 5, 15] {
+            let setup = Setup {
+                no_firewall: true,
+                open_ttl: Some(2),
+                skew: Duration::from_millis(skew_ms),
+            };
+            let runs = if ka == Random || kb == Random { 40 } else { 10 };
+            let ok = (0..runs)
+                .filter(|&seed| {
+                    let o = run_with(ka, kb, seed, &setup);
+                    method(&o.a).is_some() && method(&o.b).is_some()
+                })
+                .count() as u64;
+            assert!(
+                ok * 100 >= runs * 95,
+                "{ka:?} x {kb:?}, skew {skew_ms} ms: {ok}/{runs}"
+            );
+        }
+    }
+}
+
+#[test]
+fn two_sequential_nats_pair_their_predicted_ports() {
+    for seed in 0..20 {
+        let o = run(Kind::Sequential, Kind::Sequential, seed);
+        assert_eq!(
+            method(&o.a),
+            Some(Method::Predicted),
+            "seed {seed}: {:?}",
+            o.a
+        );
+        assert_eq!(
+            method(&o.b),
+            Some(Method::Predicted),
+            "seed {seed}: {:?}",
+            o.b
+        );
+    }
 }

@@ -23,6 +23,14 @@
 //!   NAT-PMP or UPnP) reports it, and the peer probes it like any candidate;
 //!   it gets through whatever the router's NAT would do.
 //!
+//! - **Paired prediction**, for two sequential NATs: each side's first new
+//!   mappings are the probes to the other's predicted ports, in order, so our
+//!   k-th new port (`ours.last + k·step`) goes toward the peer's k-th, which
+//!   the peer opened toward our k-th. Both sides compute the same pairs; the
+//!   pairing holds as long as neither NAT hands out a port to anyone else
+//!   between the measurement and the punch (a refused punch is measured
+//!   again and retried).
+//!
 //! Two random-port NATs face each other with 64 512² possible pairs: no
 //! technique here helps, and the link stays on the relay.
 
@@ -59,6 +67,13 @@ pub struct NatInfo {
     pub mapping: Mapping,
     /// A public address its router forwards to it (a port mapping), if any.
     pub mapped: Option<SocketAddr>,
+    /// It reaches the server only over TCP: UDP can't reach it, and a punch
+    /// goes straight to TCP simultaneous open.
+    pub no_udp: bool,
+    /// It wants to be reached through the relay only (`burrow up
+    /// --relay-only`): the server hands its peers none of its addresses and
+    /// nobody punches.
+    pub relay_only: bool,
 }
 
 /// Steps larger than this are not "sequential" but random.
@@ -158,6 +173,9 @@ pub struct Strategy {
     pub predicted: Vec<SocketAddr>,
     /// Probe this address, the peer's port mapping.
     pub mapped: Option<SocketAddr>,
+    /// Probe `predicted` before anything else, in order (paired prediction
+    /// between two sequential NATs: our k-th new port goes to the peer's k-th).
+    pub predicted_first: bool,
 }
 
 impl Strategy {
@@ -185,15 +203,13 @@ impl Strategy {
             },
             // The peer's are sequential: the next ones after its last.
             (Mapping::Independent, Mapping::Sequential { last, step }) => Strategy {
-                predicted: (1..=PREDICTED)
-                    .filter_map(|i| {
-                        let port = i32::from(last) + i32::from(step) * i32::from(i);
-                        u16::try_from(port)
-                            .ok()
-                            .filter(|p| *p != 0)
-                            .map(|p| SocketAddr::new(observed.ip(), p))
-                    })
-                    .collect(),
+                predicted: predict(observed.ip(), last, step),
+                ..Strategy::default()
+            },
+            // Both are: pair our next ports with the peer's, one by one.
+            (Mapping::Sequential { .. }, Mapping::Sequential { last, step }) => Strategy {
+                predicted: predict(observed.ip(), last, step),
+                predicted_first: true,
                 ..Strategy::default()
             },
             _ => Strategy::default(),
@@ -208,6 +224,20 @@ impl Strategy {
             || !self.predicted.is_empty()
             || self.mapped.is_some()
     }
+}
+
+/// The [`PREDICTED`] ports a sequential NAT at `ip` hands out after `last`
+/// (those inside the port range).
+fn predict(ip: IpAddr, last: u16, step: i16) -> Vec<SocketAddr> {
+    (1..=PREDICTED)
+        .filter_map(|i| {
+            let port = i32::from(last) + i32::from(step) * i32::from(i);
+            u16::try_from(port)
+                .ok()
+                .filter(|p| *p != 0)
+                .map(|p| SocketAddr::new(ip, p))
+        })
+        .collect()
 }
 
 /// Walks every port of [`SPRAY_PORTS`] once, in an order drawn from `seed`: a
@@ -270,6 +300,8 @@ mod tests {
         NatInfo {
             mapping,
             mapped: None,
+            no_udp: false,
+            relay_only: false,
         }
     }
 
@@ -292,6 +324,12 @@ mod tests {
         assert_eq!(s.predicted.len(), PREDICTED as usize);
         assert_eq!(s.predicted[0], "198.51.100.20:20006".parse().unwrap());
         assert!(!Strategy::choose(Random, nat(Random), Some(peer)).is_hard());
+        // Two sequential NATs pair their predictions, before anything else.
+        let seq = |last| Sequential { last, step: 1 };
+        let s = Strategy::choose(seq(30000), nat(seq(20005)), Some(peer));
+        assert!(s.predicted_first && s.predicted.len() == PREDICTED as usize);
+        assert_eq!(s.predicted[0], "198.51.100.20:20006".parse().unwrap());
+        assert!(!Strategy::choose(Independent, nat(seq(20005)), Some(peer)).predicted_first);
         assert!(!Strategy::choose(Independent, nat(Independent), Some(peer)).is_hard());
         assert!(!Strategy::choose(Unknown, nat(Random), Some(peer)).is_hard());
         // A peer's port mapping is probed whatever the NATs are.
@@ -301,6 +339,8 @@ mod tests {
             NatInfo {
                 mapping: Random,
                 mapped: Some(mapped),
+                no_udp: false,
+                relay_only: false,
             },
             Some(peer),
         );

@@ -441,11 +441,23 @@ pub fn lab_up(
     url: &str,
     name: &str,
 ) -> (Proc, std::path::PathBuf) {
+    lab_up_with(host, dir, url, name, &[])
+}
+
+/// Like [`lab_up`], with more flags for `burrow up`.
+pub fn lab_up_with(
+    host: &burrow_lab::Host,
+    dir: &Path,
+    url: &str,
+    name: &str,
+    extra: &[&str],
+) -> (Proc, std::path::PathBuf) {
     let home = dir.join(name);
     let mut cmd = host.command(BIN);
     cmd.arg("--home")
         .arg(&home)
-        .args(["up", "--server", url, "--name", name]);
+        .args(["up", "--server", url, "--name", name])
+        .args(extra);
     let mut p = Proc::spawn_command(cmd);
     p.expect_line("is up");
     (p, home)
@@ -460,7 +472,18 @@ pub struct LabNode {
 
 impl LabNode {
     pub fn up(host: &burrow_lab::Host, dir: &Path, url: &str, name: &str) -> LabNode {
-        let (proc, home) = lab_up(host, dir, url, name);
+        Self::up_with(host, dir, url, name, &[])
+    }
+
+    /// Like [`LabNode::up`], with more flags for `burrow up`.
+    pub fn up_with(
+        host: &burrow_lab::Host,
+        dir: &Path,
+        url: &str,
+        name: &str,
+        extra: &[&str],
+    ) -> LabNode {
+        let (proc, home) = lab_up_with(host, dir, url, name, extra);
         LabNode {
             proc,
             home,
