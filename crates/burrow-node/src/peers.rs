@@ -209,6 +209,7 @@ pub(crate) fn link(
             &strategy,
             PunchConfig {
                 open_ttl,
+                head_start: burrow_proto::punch::OPEN_HEAD_START,
                 ..PunchConfig::default()
             },
             Some(peer),

@@ -131,7 +131,8 @@ enum Kind {
 pub const OPEN_HEAD_START: Duration = Duration::from_millis(20);
 
 /// Timing of a punch. Defaults: probe each candidate at once, then after 50, 100,
-/// 200 ms and every 400 ms after that, for at most 10 s; no opening probes.
+/// 200 ms and every 400 ms after that, for at most 10 s; no opening probes and
+/// no head start.
 #[derive(Clone, Debug)]
 pub struct PunchConfig {
     /// Delay before a candidate's second probe; it doubles up to `max_interval`.
@@ -147,7 +148,10 @@ pub struct PunchConfig {
     /// our own NATs, too few to reach the peer's. `None` (no NAT of ours to
     /// open) sends none and starts full probes at once.
     pub open_ttl: Option<u8>,
-    /// How long full probes wait after the opening ones.
+    /// How long full probes wait: after the opening ones, or, with none to
+    /// send (no NAT of ours), after the start, so that a peer behind a NAT
+    /// without a firewall has opened its side before our probes arrive. Zero
+    /// by default; nodes use [`OPEN_HEAD_START`].
     pub head_start: Duration,
 }
 
@@ -159,7 +163,7 @@ impl Default for PunchConfig {
             deadline: Duration::from_secs(10),
             linger: Duration::from_secs(3),
             open_ttl: None,
-            head_start: OPEN_HEAD_START,
+            head_start: Duration::ZERO,
         }
     }
 }
@@ -383,7 +387,11 @@ impl PunchSession {
             addr,
             local,
             method,
-            next_at: now,
+            next_at: if opening {
+                now
+            } else {
+                now + self.config.head_start
+            },
             interval: first,
             max_interval,
             opening,
@@ -452,6 +460,7 @@ impl PunchSession {
                             if let Some(c) = self.candidates.last_mut() {
                                 if c.addr == from && c.local == local {
                                     c.opening = false;
+                                    c.next_at = now;
                                 }
                             }
                         }

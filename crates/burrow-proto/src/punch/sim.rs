@@ -229,6 +229,11 @@ fn run_with(ka: Kind, kb: Kind, seed: u64, setup: &Setup) -> Outcome {
     let now = Instant::now();
     let cfg = PunchConfig {
         open_ttl: setup.open_ttl,
+        head_start: if setup.open_ttl.is_some() {
+            OPEN_HEAD_START
+        } else {
+            Duration::ZERO
+        },
         ..PunchConfig::default()
     };
     let mut a = PunchSession::with_strategy(
