@@ -9,7 +9,9 @@
 //! acknowledged by the peer, and to the direct path, in milliseconds and in
 //! peer-to-peer round trips. The baselines: a raw UDP echo between two peers
 //! through the lab (one round trip) and a bare QUIC dial to a known address
-//! plus one echo (no rendezvous, no NAT).
+//! plus one echo (no rendezvous, no NAT). The table is made with routers that
+//! drop unsolicited packets to themselves and again with routers that don't
+//! (`--firewall on|off|both`).
 //!
 //! Needs root (the lab); run with `cargo run --release -p burrow-bench -- setup`.
 //!
@@ -50,6 +52,14 @@ struct Cli {
     bench: Bench,
 }
 
+/// Which routers the setup benchmark builds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Firewall {
+    On,
+    Off,
+    Both,
+}
+
 #[derive(Subcommand)]
 enum Bench {
     /// Connection setup through every pair of NAT kinds, with delayed uplinks.
@@ -67,6 +77,11 @@ enum Bench {
         /// (e.g. `--only Symmetric`); every cell by default.
         #[arg(long)]
         only: Vec<String>,
+        /// Routers with an input firewall (`on`: they drop unsolicited
+        /// packets to themselves, as most home routers do), without one
+        /// (`off`: plain masquerade), or the whole table once each way.
+        #[arg(long, value_enum, default_value_t = Firewall::Both)]
+        firewall: Firewall,
     },
     /// One file between two nodes, beside plain TCP and bare QUIC.
     Transfer {
@@ -117,7 +132,14 @@ fn main() {
             delay_ms,
             direct_wait,
             only,
-        } => setup(runs, Duration::from_millis(delay_ms), direct_wait, &only),
+            firewall,
+        } => setup(
+            runs,
+            Duration::from_millis(delay_ms),
+            direct_wait,
+            &only,
+            firewall,
+        ),
         Bench::Transfer {
             size_mib,
             lab,
@@ -384,7 +406,7 @@ fn one_setup(
     result
 }
 
-fn setup(runs: usize, delay: Duration, direct_wait: Duration, only: &[String]) {
+fn setup(runs: usize, delay: Duration, direct_wait: Duration, only: &[String], firewall: Firewall) {
     let mut lab = Lab::new().unwrap_or_else(|e| {
         eprintln!("error: {e}");
         eprintln!("hint: the lab needs root, iproute2, nftables and conntrack");
@@ -394,7 +416,9 @@ fn setup(runs: usize, delay: Duration, direct_wait: Duration, only: &[String]) {
 
     let server_rt = NsRuntime::start(&lab.server().ns).unwrap();
     let srv_dir = tempfile::tempdir().unwrap();
-    let srv_home = srv_dir.path().to_path_buf();
+    // A home of its own inside the temporary directory (which may be open to
+    // others: a home must not be).
+    let srv_home = srv_dir.path().join("server");
     let (server_addr, server_stop) = server_rt.run(async move {
         let secret = SecretKey::generate(&mut rand::thread_rng());
         let mut config = burrow_server::ServerConfig::new(srv_home);
@@ -436,81 +460,95 @@ fn setup(runs: usize, delay: Duration, direct_wait: Duration, only: &[String]) {
         "delay link ceiling: {:.0} frames/s through one link's relay threads",
         ceiling
     );
-    println!();
-    println!(
-        "{:<15} {:<15} {:>22} {:>22} {:>8}  {}",
-        "requester", "acceptor", "first message", "direct path", "direct", "found by"
-    );
+    let variants: &[bool] = match firewall {
+        Firewall::On => &[true],
+        Firewall::Off => &[false],
+        Firewall::Both => &[true, false],
+    };
     let mut over = Vec::new();
-    for (i, req_kind) in NatKind::ALL.into_iter().enumerate() {
-        for (j, acc_kind) in NatKind::ALL.into_iter().enumerate() {
-            let named = |k: NatKind| {
-                only.iter()
-                    .any(|o| o.eq_ignore_ascii_case(&format!("{k:?}")))
-            };
-            if !only.is_empty() && !named(req_kind) && !named(acc_kind) {
-                continue;
-            }
-            let (rh, rr) = lab.add_peer(&format!("req{i}{j}"), req_kind).unwrap();
-            let (ah, ar) = lab.add_peer(&format!("acc{i}{j}"), acc_kind).unwrap();
-            let (req, acc) = (
-                NsRuntime::start(&rh.ns).unwrap(),
-                NsRuntime::start(&ah.ns).unwrap(),
-            );
-            let mut firsts = Vec::new();
-            let mut directs = Vec::new();
-            let mut methods = Vec::new();
-            for run in 0..runs {
-                for r in [&rr, &ar].into_iter().flatten() {
-                    lab.flush_mappings(r).unwrap();
+    for (v, &with_firewall) in variants.iter().enumerate() {
+        lab.set_router_firewall(with_firewall);
+        println!();
+        println!(
+            "routers {} an input firewall",
+            if with_firewall { "with" } else { "without" }
+        );
+        println!(
+            "{:<15} {:<15} {:>22} {:>22} {:>8}  {}",
+            "requester", "acceptor", "first message", "direct path", "direct", "found by"
+        );
+        for (i, req_kind) in NatKind::ALL.into_iter().enumerate() {
+            for (j, acc_kind) in NatKind::ALL.into_iter().enumerate() {
+                let named = |k: NatKind| {
+                    only.iter()
+                        .any(|o| o.eq_ignore_ascii_case(&format!("{k:?}")))
+                };
+                if !only.is_empty() && !named(req_kind) && !named(acc_kind) {
+                    continue;
                 }
-                let (first, direct, method) = one_setup(
-                    &server_addr,
-                    (&req, &format!("req{i}{j}n{run}")),
-                    (&acc, &format!("acc{i}{j}n{run}")),
-                    direct_wait,
+                let (rh, rr) = lab.add_peer(&format!("req{v}{i}{j}"), req_kind).unwrap();
+                let (ah, ar) = lab.add_peer(&format!("acc{v}{i}{j}"), acc_kind).unwrap();
+                let (req, acc) = (
+                    NsRuntime::start(&rh.ns).unwrap(),
+                    NsRuntime::start(&ah.ns).unwrap(),
                 );
-                firsts.push(first);
-                directs.extend(direct);
-                methods.extend(method);
-            }
-            methods.sort_by_key(|m| m.words());
-            methods.dedup();
-            let method = methods
-                .iter()
-                .map(|m| m.words())
-                .collect::<Vec<_>>()
-                .join(", ");
-            let n_direct = directs.len();
-            let first = median(&mut firsts).unwrap();
-            let direct = median(&mut directs);
-            println!(
-                "{:<15} {:<15} {:>9.0} ms {:>5.1} RTT {:>22} {:>5}/{runs}  {method}",
-                format!("{req_kind:?}"),
-                format!("{acc_kind:?}"),
-                ms(first),
-                in_rtts(first),
-                direct
-                    .map(|d| format!("{:.0} ms {:>5.1} RTT", ms(d), in_rtts(d)))
-                    .unwrap_or_else(|| "relayed".into()),
-                n_direct
-            );
-            if in_rtts(first) > 4.0 {
-                over.push(format!(
-                    "{req_kind:?} x {acc_kind:?}: first message {:.1} RTT",
-                    in_rtts(first)
-                ));
-            }
-            // Birthday probing takes seconds by design (random ports hit at
-            // 250 probes a second), and TCP simultaneous open starts when UDP
-            // punching gives up (10 s): neither has a round-trip target.
-            let slow_by_design =
-                methods.contains(&Method::Birthday) || methods.contains(&Method::Tcp);
-            if !slow_by_design && direct.is_some_and(|d| in_rtts(d) > 6.0) {
-                over.push(format!(
-                    "{req_kind:?} x {acc_kind:?}: direct path {:.1} RTT",
-                    in_rtts(direct.unwrap())
-                ));
+                let mut firsts = Vec::new();
+                let mut directs = Vec::new();
+                let mut methods = Vec::new();
+                for run in 0..runs {
+                    for r in [&rr, &ar].into_iter().flatten() {
+                        lab.flush_mappings(r).unwrap();
+                    }
+                    let (first, direct, method) = one_setup(
+                        &server_addr,
+                        (&req, &format!("req{v}{i}{j}n{run}")),
+                        (&acc, &format!("acc{v}{i}{j}n{run}")),
+                        direct_wait,
+                    );
+                    firsts.push(first);
+                    directs.extend(direct);
+                    methods.extend(method);
+                }
+                methods.sort_by_key(|m| m.words());
+                methods.dedup();
+                let method = methods
+                    .iter()
+                    .map(|m| m.words())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let n_direct = directs.len();
+                let first = median(&mut firsts).unwrap();
+                let direct = median(&mut directs);
+                println!(
+                    "{:<15} {:<15} {:>9.0} ms {:>5.1} RTT {:>22} {:>5}/{runs}  {method}",
+                    format!("{req_kind:?}"),
+                    format!("{acc_kind:?}"),
+                    ms(first),
+                    in_rtts(first),
+                    direct
+                        .map(|d| format!("{:.0} ms {:>5.1} RTT", ms(d), in_rtts(d)))
+                        .unwrap_or_else(|| "relayed".into()),
+                    n_direct
+                );
+                let cell = format!(
+                    "{req_kind:?} x {acc_kind:?}{}",
+                    if with_firewall { "" } else { " (no firewall)" }
+                );
+                if in_rtts(first) > 4.0 {
+                    over.push(format!("{cell}: first message {:.1} RTT", in_rtts(first)));
+                }
+                // Birthday probing takes seconds by design (random ports hit at
+                // 250 probes a second), and TCP simultaneous open waits for the
+                // kernel's SYN retransmission (1 s) or, after UDP, for UDP to give
+                // up (10 s): neither has a round-trip target.
+                let slow_by_design =
+                    methods.contains(&Method::Birthday) || methods.contains(&Method::Tcp);
+                if !slow_by_design && direct.is_some_and(|d| in_rtts(d) > 6.0) {
+                    over.push(format!(
+                        "{cell}: direct path {:.1} RTT",
+                        in_rtts(direct.unwrap())
+                    ));
+                }
             }
         }
     }
