@@ -22,6 +22,21 @@ impl RateLimit {
         }
     }
 
+    /// Changes the rate and burst from `now` on, keeping the tokens earned so
+    /// far (at most the new burst).
+    pub fn set(&mut self, now: Instant, rate: f64, burst: f64) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(burst);
+        self.last = now;
+        self.rate = rate;
+        self.burst = burst;
+    }
+
+    /// The rate it allows now.
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+
     /// Takes a token if there is one.
     pub fn allow(&mut self, now: Instant) -> bool {
         self.allow_n(now, 1.0)

@@ -48,10 +48,17 @@ pub struct BrokerConfig {
     pub max_pending_per_node: usize,
     /// Relay traffic for linked nodes that have no direct path. Default on.
     pub relay: bool,
-    /// Relayed bytes per second one node may send, on average. Default 2 MiB/s:
-    /// plenty for chat and small files, and a bound on what one node costs.
+    /// Relayed bytes per second the server carries in all, shared fairly:
+    /// each node that relayed within the last second may send
+    /// `relay_total / n` of them. Default 10 Gbit/s, above what one server
+    /// carries (about 2 Gbit/s on two cores), so in effect the machine's own
+    /// limit, shared.
+    pub relay_total: u64,
+    /// At most this many relayed bytes per second from one node, whatever its
+    /// share (`u64::MAX`, the default: no cap but the share).
     pub relay_rate: u64,
-    /// Relayed bytes one node may send at once. Default 4 MiB.
+    /// Relayed bytes one node may send at once under `relay_rate`. Default
+    /// 4 MiB; a fair share's burst is a tenth of a second of it.
     pub relay_burst: u64,
     /// Relayed bytes one node may send in one session. Default 1 GiB.
     pub relay_quota: u64,
@@ -70,7 +77,8 @@ impl Default for BrokerConfig {
             request_ttl: Duration::from_secs(60),
             max_pending_per_node: 16,
             relay: true,
-            relay_rate: 2 << 20,
+            relay_total: 10_000_000_000 / 8,
+            relay_rate: u64::MAX,
             relay_burst: 4 << 20,
             relay_quota: 1 << 30,
             max_links_per_node: 64,
@@ -93,6 +101,13 @@ pub enum RelayDrop {
     },
 }
 
+/// A node that relayed within this long shares the relay's total.
+const RELAY_ACTIVE: Duration = Duration::from_secs(1);
+/// How often the relaying nodes are counted again.
+const RELAY_RECOUNT: Duration = Duration::from_millis(100);
+/// The smallest burst a fair share allows (a few dozen datagrams).
+const RELAY_MIN_BURST: f64 = 64.0 * 1024.0;
+
 /// A message for one node.
 pub type Out = (NodeId, ServerMsg);
 
@@ -104,9 +119,11 @@ struct Online {
     candidates: Vec<SocketAddr>,
     /// What it reported of its NAT.
     nat: NatInfo,
-    /// Relayed bytes sent this session, and the rate they are sent at.
+    /// Relayed bytes sent this session, the rate they are sent at (its fair
+    /// share, or its cap), and when it last relayed.
     relayed: u64,
     relay_rate: Option<RateLimit>,
+    last_relayed: Option<Instant>,
 }
 
 impl Online {
@@ -187,6 +204,10 @@ pub struct Registry {
     wishes: HashMap<(NodeId, NodeId), Instant>,
     /// Who hears about whom.
     presence: Presence,
+    /// Nodes that relayed within the last second (they share the total),
+    /// as last counted, and when to count again.
+    relaying: usize,
+    relay_recount_at: Instant,
 }
 
 impl Registry {
@@ -206,6 +227,8 @@ impl Registry {
             links: HashMap::new(),
             channels: HashMap::new(),
             wishes: HashMap::new(),
+            relaying: 0,
+            relay_recount_at: Instant::now(),
         }
     }
 
@@ -278,6 +301,7 @@ impl Registry {
                 nat: NatInfo::default(),
                 relayed: 0,
                 relay_rate: None,
+                last_relayed: None,
             },
         );
         out
@@ -610,22 +634,47 @@ impl Registry {
         self.channels.get(channel).copied()
     }
 
-    /// Charges `bytes` relayed from `from` to its rate and quota.
+    /// Charges `bytes` relayed from `from` to its rate (its fair share of
+    /// [`BrokerConfig::relay_total`], at most [`BrokerConfig::relay_rate`])
+    /// and its quota.
     pub fn charge_relay(
         &mut self,
         now: Instant,
         from: NodeId,
         bytes: usize,
     ) -> Result<(), RelayDrop> {
+        if now >= self.relay_recount_at {
+            // Who relays now: the senders of the last second share the total.
+            let recent = now.checked_sub(RELAY_ACTIVE).unwrap_or(now);
+            self.relaying = self
+                .nodes
+                .values()
+                .filter(|n| n.last_relayed.is_some_and(|t| t >= recent))
+                .count();
+            self.relay_recount_at = now + RELAY_RECOUNT;
+        }
         let config = &self.config;
         let n = self.nodes.get_mut(&from).ok_or(RelayDrop::NotLinked)?;
         if n.relayed >= config.relay_quota {
             return Err(RelayDrop::OverQuota { first: false });
         }
-        let rate = n.relay_rate.get_or_insert_with(|| {
-            RateLimit::new(config.relay_rate as f64, config.relay_burst as f64, now)
-        });
-        if !rate.allow_n(now, bytes as f64) {
+        if n.last_relayed.is_none_or(|t| t + RELAY_ACTIVE < now) {
+            self.relaying += 1; // a new sender takes its share at once
+        }
+        n.last_relayed = Some(now);
+        let share = config.relay_total as f64 / self.relaying.max(1) as f64;
+        let (rate, burst) = if (config.relay_rate as f64) < share {
+            (config.relay_rate as f64, config.relay_burst as f64)
+        } else {
+            (share, (share / 10.0).max(RELAY_MIN_BURST))
+        };
+        let limit = n
+            .relay_rate
+            .get_or_insert_with(|| RateLimit::new(rate, burst, now));
+        if limit.rate() != rate {
+            limit.set(now, rate, burst);
+        }
+        if !limit.allow_n(now, bytes as f64) {
             return Err(RelayDrop::OverRate);
         }
         n.relayed += bytes as u64;
@@ -1162,6 +1211,44 @@ mod tests {
             r.charge_relay(t4, a.id, 10),
             Err(RelayDrop::OverQuota { first: false })
         );
+    }
+
+    #[test]
+    fn the_relay_total_is_shared_by_the_nodes_relaying_now() {
+        let mut r = Registry::new(BrokerConfig {
+            relay_total: 1_000_000,
+            ..BrokerConfig::default()
+        });
+        let (a, b) = (node(1, "alice"), node(2, "bob"));
+        r.handle_join(a.clone(), 1, addr(1), vec![]);
+        r.handle_join(b.clone(), 2, addr(2), vec![]);
+        // How many bytes `id` gets through in one second, 10 KB at a time.
+        let second = |r: &mut Registry, t0: Instant, ids: &[NodeId]| -> Vec<usize> {
+            let mut got = vec![0; ids.len()];
+            for ms in 0..1000u64 {
+                let t = t0 + Duration::from_millis(ms);
+                for (i, id) in ids.iter().enumerate() {
+                    if r.charge_relay(t, *id, 1000).is_ok() {
+                        got[i] += 1000;
+                    }
+                }
+            }
+            got
+        };
+        let t0 = Instant::now();
+        // Alone, alice gets the whole total (and its first burst).
+        let alone = second(&mut r, t0, &[a.id]);
+        assert!((1_000_000..=1_150_000).contains(&alone[0]), "{alone:?}");
+        // With bob relaying too, each gets half.
+        let t1 = t0 + Duration::from_secs(1);
+        let both = second(&mut r, t1, &[a.id, b.id]);
+        for got in &both {
+            assert!((450_000..=620_000).contains(got), "{both:?}");
+        }
+        // Bob stops; a second later alice has it all again.
+        let t2 = t1 + Duration::from_secs(2);
+        let again = second(&mut r, t2, &[a.id]);
+        assert!(again[0] >= 950_000, "{again:?}");
     }
 
     #[test]

@@ -35,9 +35,18 @@ pub struct ServerArgs {
     /// connect only where hole punching works).
     #[arg(long)]
     no_relay: bool,
-    /// Relayed traffic one node may send, in KiB per second (bursts of twice that).
-    #[arg(long, default_value_t = 2048, value_name = "KIB")]
-    relay_rate_kib: u64,
+    /// Relayed traffic the server carries in all, in Mbit/s, shared fairly
+    /// among the nodes relaying at the moment (one alone gets all of it).
+    /// The default is above what one server carries (about 2 Gbit/s on two
+    /// cores): in effect the machine's own limit. Set it to what you want to
+    /// give away of your uplink.
+    #[arg(long, default_value_t = 10_000, value_name = "MBIT")]
+    relay_total_mbit: u64,
+    /// At most this much relayed traffic from one node, in KiB per second
+    /// (bursts of twice that), whatever its share. Default: no cap but the
+    /// share.
+    #[arg(long, value_name = "KIB")]
+    relay_rate_kib: Option<u64>,
     /// Relayed traffic one node may send per session, in MiB.
     #[arg(long, default_value_t = 1024, value_name = "MIB")]
     relay_quota_mib: u64,
@@ -96,8 +105,13 @@ pub async fn run(home: PathBuf, args: ServerArgs) -> Result<(), CliError> {
         broker: BrokerConfig {
             request_ttl: args.request_ttl,
             relay: !args.no_relay,
-            relay_rate: args.relay_rate_kib.saturating_mul(1024),
-            relay_burst: args.relay_rate_kib.saturating_mul(2048),
+            relay_total: args.relay_total_mbit.saturating_mul(1_000_000 / 8),
+            relay_rate: args
+                .relay_rate_kib
+                .map_or(u64::MAX, |k| k.saturating_mul(1024)),
+            relay_burst: args
+                .relay_rate_kib
+                .map_or(4 << 20, |k| k.saturating_mul(2048)),
             relay_quota: args.relay_quota_mib.saturating_mul(1 << 20),
             presence: args.presence,
             ..BrokerConfig::default()
@@ -157,9 +171,13 @@ pub async fn run(home: PathBuf, args: ServerArgs) -> Result<(), CliError> {
     if args.no_relay {
         println!("relay off: nodes connect only where hole punching works");
     } else {
+        let cap = args
+            .relay_rate_kib
+            .map(|k| format!(", at most {k} KiB/s each"))
+            .unwrap_or_default();
         println!(
-            "relaying for nodes without a direct path: {} KiB/s and {} MiB per node",
-            args.relay_rate_kib, args.relay_quota_mib
+            "relaying for nodes without a direct path: {} Mbit/s shared fairly{cap}, {} MiB per node and session",
+            args.relay_total_mbit, args.relay_quota_mib
         );
     }
     println!("server id: {}", server.id());

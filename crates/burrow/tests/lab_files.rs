@@ -65,7 +65,7 @@ fn a_download_goes_through_the_relay_when_no_direct_path_exists() {
     let mut ivy = LabNode::up(&h2, dir.path(), &url, "ivy");
     ivy.link(&mut hal);
     assert!(ivy.wait_path("hal", "relayed", Duration::ZERO).is_some());
-    // Under the relay's burst (4 MiB), then its rate (2 MiB/s) for the rest.
+    // 6 MiB through the relay (alone, the whole of the server's fair share).
     share_and_get(dir.path(), &hal, &ivy, 6 * 1024 * 1024 + 5);
     assert!(
         ivy.wait_path("hal", "relayed", Duration::ZERO).is_some(),
