@@ -104,6 +104,36 @@ impl RawSender {
         })
     }
 
+    /// Sends `batch`, datagrams of `segment` bytes each (the last may be
+    /// shorter), to `to` from `src` in one go (GSO where the system has it).
+    /// At most [`Self::max_segments`] of them.
+    pub fn send_batch(
+        &self,
+        to: SocketAddr,
+        src: Option<IpAddr>,
+        batch: &[u8],
+        segment: usize,
+    ) -> io::Result<()> {
+        if tcp::is_link(to) || batch.len() <= segment {
+            for d in batch.chunks(segment.max(1)) {
+                self.send_from(to, src, d)?;
+            }
+            return Ok(());
+        }
+        self.inner.try_send(&Transmit {
+            destination: to,
+            ecn: None,
+            contents: batch,
+            segment_size: Some(segment),
+            src_ip: src,
+        })
+    }
+
+    /// The most datagrams [`Self::send_batch`] takes at once.
+    pub fn max_segments(&self) -> usize {
+        self.inner.max_transmit_segments()
+    }
+
     /// Like [`Self::send`], with IP TTL `ttl` for this datagram only (an
     /// opening probe). A TCP link has no TTL to set: the datagram goes as is.
     pub fn send_with_ttl(&self, to: SocketAddr, data: &[u8], ttl: u8) -> io::Result<()> {
@@ -268,6 +298,26 @@ impl DemuxSocket {
             .segment_size
             .unwrap_or(transmit.contents.len())
             .max(1);
+        if transmit.contents.len() > segment && !tcp::is_link(server) {
+            // A batch: wrapped segment by segment into one batch of the same
+            // count (every segment but the last is `segment` long, so the
+            // wrapped ones share one stride), one send for all of them.
+            if segment > relay::MAX_PAYLOAD {
+                return Ok(()); // larger than the relay carries: lost, as on a smaller MTU
+            }
+            let count = transmit.contents.len().div_ceil(segment);
+            let mut batch = Vec::with_capacity(transmit.contents.len() + count * relay::HEADER_LEN);
+            for packet in transmit.contents.chunks(segment) {
+                relay::wrap_onto(&channel, packet, &mut batch);
+            }
+            return self.inner.try_send(&Transmit {
+                destination: server,
+                ecn: None,
+                contents: &batch,
+                segment_size: Some(relay::HEADER_LEN + segment),
+                src_ip: None,
+            });
+        }
         let mut datagram = Vec::with_capacity(relay::HEADER_LEN + segment);
         for (i, packet) in transmit.contents.chunks(segment).enumerate() {
             if packet.len() > relay::MAX_PAYLOAD {

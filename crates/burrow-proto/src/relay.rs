@@ -56,6 +56,14 @@ pub fn wrap(channel: &Channel, payload: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(payload);
 }
 
+/// Appends the relay datagram carrying `payload` on `channel` to `out` (one
+/// segment of a batch sent at once).
+pub fn wrap_onto(channel: &Channel, payload: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&channel.0);
+    out.extend_from_slice(payload);
+}
+
 /// The channel and payload of a relay datagram, or `None` if `data` is not one
 /// (or carries nothing, or more than [`MAX_PAYLOAD`]).
 pub fn parse(data: &[u8]) -> Option<(Channel, &[u8])> {
