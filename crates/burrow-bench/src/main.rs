@@ -15,6 +15,8 @@
 //!
 //! Needs root (the lab); run with `cargo run --release -p burrow-bench -- setup`.
 //!
+//! `relay`: see [`relay`]. Run with `cargo build --release -p burrow -p burrow-bench && target/release/burrow-bench relay`.
+//!
 //! `forum`: see [`forum`]. Run with `cargo run --release -p burrow-bench -- forum`
 //! (no root needed: loopback and memory).
 //!
@@ -28,6 +30,7 @@
 //! cargo run --release -p burrow-bench -- transfer [--lab]`.
 
 mod forum;
+mod relay;
 mod server;
 mod tracker;
 mod transfer;
@@ -100,6 +103,13 @@ enum Bench {
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=20))]
         rounds: u64,
     },
+    /// Relayed throughput through one server, 1 and 8 pairs at once, beside
+    /// the same pairs direct, and the server's CPU (loopback, release binary).
+    Relay {
+        /// Bytes moved per case, in MiB, split among the pairs.
+        #[arg(long, default_value_t = 1024)]
+        size_mib: u64,
+    },
     /// One server process under many simulated nodes: registrations per second,
     /// memory per node, brokering latency at a steady rate.
     Server(server::Args),
@@ -151,6 +161,7 @@ fn main() {
             lab.then(|| Duration::from_millis(delay_ms)),
         ),
         Bench::Forum { nodes, posts } => forum::run(nodes, posts),
+        Bench::Relay { size_mib } => relay::run(size_mib),
         Bench::Tracker { offers, bindings } => tracker::run(offers, bindings),
         Bench::Server(args) => server::run(args),
     }

@@ -57,7 +57,7 @@ impl End {
 /// Writes `size` seeded pseudo-random bytes, on disk before anything is
 /// measured: otherwise the kernel writes them back during the runs, on the same
 /// two cores.
-fn generate(path: &Path, size: u64) {
+pub(crate) fn generate(path: &Path, size: u64) {
     burrow_lab::data::write_random(path, size, 1).expect("test data written");
     std::fs::File::open(path)
         .and_then(|f| f.sync_all())
@@ -262,13 +262,13 @@ fn bare_quic(file: &Path, from: &End, to: &End) -> (Duration, f64, f64) {
 }
 
 /// A `burrow` process whose stdout is read line by line.
-struct Proc {
+pub(crate) struct Proc {
     child: Child,
     lines: std::sync::mpsc::Receiver<String>,
 }
 
 impl Proc {
-    fn spawn(mut cmd: Command) -> Proc {
+    pub(crate) fn spawn(mut cmd: Command) -> Proc {
         let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -287,7 +287,7 @@ impl Proc {
         Proc { child, lines }
     }
 
-    fn expect(&self, needle: &str) -> String {
+    pub(crate) fn expect(&self, needle: &str) -> String {
         loop {
             let l = self
                 .lines
@@ -300,7 +300,7 @@ impl Proc {
     }
 
     /// CPU seconds the process has used so far, all threads.
-    fn cpu(&self) -> f64 {
+    pub(crate) fn cpu(&self) -> f64 {
         cpu_secs(&format!("/proc/{}/stat", self.child.id()))
     }
 
@@ -323,7 +323,7 @@ impl Drop for Proc {
     }
 }
 
-fn cli(bin: &Path, home: &Path, args: &[&str]) -> serde_json::Value {
+pub(crate) fn cli(bin: &Path, home: &Path, args: &[&str]) -> serde_json::Value {
     let out = Command::new(bin)
         .arg("--home")
         .arg(home)
@@ -339,7 +339,12 @@ fn cli(bin: &Path, home: &Path, args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
 }
 
-fn wait_for(bin: &Path, home: &Path, what: &str, check: impl Fn(&serde_json::Value) -> bool) {
+pub(crate) fn wait_for(
+    bin: &Path,
+    home: &Path,
+    what: &str,
+    check: impl Fn(&serde_json::Value) -> bool,
+) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !check(&cli(bin, home, &["peers"])) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -347,7 +352,7 @@ fn wait_for(bin: &Path, home: &Path, what: &str, check: impl Fn(&serde_json::Val
     }
 }
 
-fn peer_is(v: &serde_json::Value, name: &str, states: &[&str]) -> bool {
+pub(crate) fn peer_is(v: &serde_json::Value, name: &str, states: &[&str]) -> bool {
     v.as_array().is_some_and(|a| {
         a.iter()
             .any(|p| p["name"] == name && states.iter().any(|s| p["connection"] == *s))
@@ -469,7 +474,7 @@ pub(crate) fn burrow_binary() -> PathBuf {
     bin
 }
 
-fn gbit(bytes: u64, d: Duration) -> f64 {
+pub(crate) fn gbit(bytes: u64, d: Duration) -> f64 {
     bytes as f64 * 8.0 / d.as_secs_f64() / 1e9
 }
 
