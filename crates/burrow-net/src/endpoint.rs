@@ -630,8 +630,9 @@ async fn dispatch(
     punches: crate::punch::Routes,
     relay: RelaySlot,
 ) {
-    // A datagram read ahead while batching relayed ones, and where it goes.
-    let mut ahead: Option<(RawDatagram, Option<RelayRoute>)> = None;
+    // A datagram read ahead while batching relayed ones, and, for a relayed
+    // one, the handler's verdict (asked once: it charges the sender).
+    let mut ahead: Option<(RawDatagram, Option<Option<RelayRoute>>)> = None;
     loop {
         let (RawDatagram { from, to_ip, data }, routed) = match ahead.take() {
             Some(d) => d,
@@ -641,7 +642,8 @@ async fn dispatch(
             },
         };
         if let Some((channel, _)) = relay::parse(&data) {
-            let route = routed.or_else(|| relay.get().and_then(|h| h(from, &channel, data.len())));
+            let route =
+                routed.unwrap_or_else(|| relay.get().and_then(|h| h(from, &channel, data.len())));
             let Some((to, src)) = route else {
                 tracing::trace!(%from, ?channel, "relay datagram dropped");
                 continue;
@@ -656,7 +658,8 @@ async fn dispatch(
                 let route = relay::parse(&next.data)
                     .and_then(|(c, _)| relay.get().and_then(|h| h(next.from, &c, next.data.len())));
                 if route != Some((to, src)) || next.data.len() > segment {
-                    ahead = Some((next, route));
+                    let verdict = relay::parse(&next.data).map(|_| route);
+                    ahead = Some((next, verdict));
                     break;
                 }
                 let last = next.data.len() < segment;

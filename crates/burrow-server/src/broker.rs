@@ -119,11 +119,10 @@ struct Online {
     candidates: Vec<SocketAddr>,
     /// What it reported of its NAT.
     nat: NatInfo,
-    /// Relayed bytes sent this session, the rate they are sent at (its fair
-    /// share, or its cap), and when it last relayed.
+    /// Relayed bytes sent this session, and the rate they are sent at (its
+    /// fair share, or its cap).
     relayed: u64,
     relay_rate: Option<RateLimit>,
-    last_relayed: Option<Instant>,
 }
 
 impl Online {
@@ -208,6 +207,8 @@ pub struct Registry {
     /// as last counted, and when to count again.
     relaying: usize,
     relay_recount_at: Instant,
+    /// Nodes that relayed lately, and when they last did (pruned at each count).
+    relay_senders: HashMap<NodeId, Instant>,
 }
 
 impl Registry {
@@ -229,6 +230,7 @@ impl Registry {
             wishes: HashMap::new(),
             relaying: 0,
             relay_recount_at: Instant::now(),
+            relay_senders: HashMap::new(),
         }
     }
 
@@ -301,7 +303,6 @@ impl Registry {
                 nat: NatInfo::default(),
                 relayed: 0,
                 relay_rate: None,
-                last_relayed: None,
             },
         );
         out
@@ -644,13 +645,11 @@ impl Registry {
         bytes: usize,
     ) -> Result<(), RelayDrop> {
         if now >= self.relay_recount_at {
-            // Who relays now: the senders of the last second share the total.
+            // Who relays now: the senders of the last second share the total
+            // (a walk over those who relayed lately, not over every node).
             let recent = now.checked_sub(RELAY_ACTIVE).unwrap_or(now);
-            self.relaying = self
-                .nodes
-                .values()
-                .filter(|n| n.last_relayed.is_some_and(|t| t >= recent))
-                .count();
+            self.relay_senders.retain(|_, t| *t >= recent);
+            self.relaying = self.relay_senders.len();
             self.relay_recount_at = now + RELAY_RECOUNT;
         }
         let config = &self.config;
@@ -658,10 +657,10 @@ impl Registry {
         if n.relayed >= config.relay_quota {
             return Err(RelayDrop::OverQuota { first: false });
         }
-        if n.last_relayed.is_none_or(|t| t + RELAY_ACTIVE < now) {
+        let last = self.relay_senders.insert(from, now);
+        if last.is_none_or(|t| t + RELAY_ACTIVE < now) {
             self.relaying += 1; // a new sender takes its share at once
         }
-        n.last_relayed = Some(now);
         let share = config.relay_total as f64 / self.relaying.max(1) as f64;
         let (rate, burst) = if (config.relay_rate as f64) < share {
             (config.relay_rate as f64, config.relay_burst as f64)
