@@ -260,7 +260,7 @@ pub(crate) async fn connect(inner: &Arc<Inner>) -> Result<Session, SessionError>
     // we are registered). Its datagrams leave first: on a sequential NAT they
     // take a port, which must come before the session's and the mapping
     // measurement's, not between them.
-    let mut hop_probe = Some(burrow_net::ttl::HopProbe::send(addr));
+    let hop_probe = burrow_net::ttl::HopProbe::send(addr);
     let (via, dialed) = dial(inner, addr, expected).await;
     let (conn, key) = match dialed {
         Ok(ok) => ok,
@@ -361,8 +361,8 @@ pub(crate) async fn connect(inner: &Arc<Inner>) -> Result<Session, SessionError>
                     .iter()
                     .any(|a| a.ip() == observed.ip());
                 st.open_ttl = behind_nat.then(|| burrow_net::ttl::open_ttl(None));
-                if let (true, Some(probe)) = (behind_nat, hop_probe.take()) {
-                    measure_nat_hops(inner, probe);
+                if behind_nat {
+                    measure_nat_hops(inner, hop_probe);
                 }
                 st.presence = presence;
                 for p in st.peers.values_mut() {
