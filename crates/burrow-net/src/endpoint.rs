@@ -27,7 +27,8 @@ const MAX_STUN_WAITERS: usize = 64;
 /// How an endpoint is set up. Defaults suit a node on the internet.
 #[derive(Clone, Debug)]
 pub struct EndpointConfig {
-    /// Address to bind the UDP socket to. Default `0.0.0.0:0` (any port).
+    /// Address to bind the UDP socket to. Default `[::]:0`: any port, both
+    /// families on one socket (IPv4 only where the system has no IPv6).
     pub bind: SocketAddr,
     /// ALPNs accepted on incoming connections. Empty: accept none.
     pub alpns: Vec<&'static [u8]>,
@@ -68,7 +69,7 @@ pub struct EndpointConfig {
 impl Default for EndpointConfig {
     fn default() -> Self {
         EndpointConfig {
-            bind: SocketAddr::from(([0, 0, 0, 0], 0)),
+            bind: SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
             alpns: Vec::new(),
             keepalive: Some(Duration::from_secs(10)),
             idle_timeout: Duration::from_secs(30),
@@ -210,7 +211,7 @@ impl Endpoint {
     /// inside a tokio runtime.
     pub fn bind(secret: &SecretKey, config: EndpointConfig) -> Result<Self, EndpointError> {
         let socket =
-            std::net::UdpSocket::bind(config.bind).map_err(|source| EndpointError::Bind {
+            crate::socket::bind_udp(config.bind).map_err(|source| EndpointError::Bind {
                 addr: config.bind,
                 source,
             })?;
@@ -316,6 +317,13 @@ impl Endpoint {
         self.quic.local_addr()
     }
 
+    /// Whether our socket can send to `to`: an IPv6 socket (dual-stack, as
+    /// burrow binds `[::]`) takes both families, an IPv4 one only IPv4.
+    pub fn takes(&self, to: SocketAddr) -> bool {
+        self.local_addr()
+            .is_ok_and(|l| l.is_ipv6() || crate::paths::canonical(to).is_ipv4())
+    }
+
     /// Also accepts TCP on our UDP socket's address: each connection becomes a
     /// link ([`crate::tcp`]) that QUIC and the relay use like a UDP path.
     /// `gate` may refuse a connection by its source address (bans, rate
@@ -329,6 +337,7 @@ impl Endpoint {
                 let Ok((stream, from)) = listener.accept().await else {
                     continue;
                 };
+                let from = crate::paths::canonical(from);
                 if gate.as_ref().is_some_and(|g| !g(from)) {
                     tracing::debug!(%from, "TCP connection refused (gate)");
                     continue;
@@ -366,6 +375,7 @@ impl Endpoint {
         timeout: Duration,
     ) -> Result<SocketAddr, crate::tcp::LinkError> {
         let socket = crate::tcp::shared_port_socket(self.shared_port()?)?;
+        let to = crate::socket::on_wire(self.shared_port()?.is_ipv6(), to);
         let stream = tokio::time::timeout(timeout, socket.connect(to))
             .await
             .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
@@ -583,6 +593,30 @@ impl Endpoint {
     ) -> Result<stun::Response, StunQueryError> {
         let mut id = [0u8; 12];
         rand::thread_rng().fill_bytes(&mut id);
+        self.stun_query_as(server, id, change, deadline).await
+    }
+
+    /// Like [`Self::stun`], with transaction id `tx` (a server's proof that the
+    /// request is ours: see `ServerMsg::Welcome`'s `also`).
+    pub async fn stun_as(
+        &self,
+        server: SocketAddr,
+        tx: [u8; 12],
+        deadline: Duration,
+    ) -> Result<SocketAddr, StunQueryError> {
+        Ok(self
+            .stun_query_as(server, tx, Change::default(), deadline)
+            .await?
+            .mapped)
+    }
+
+    async fn stun_query_as(
+        &self,
+        server: SocketAddr,
+        id: [u8; 12],
+        change: Change,
+        deadline: Duration,
+    ) -> Result<stun::Response, StunQueryError> {
         let tx = TransactionId::new(id);
         let (answer_tx, mut answer_rx) = oneshot::channel();
         {

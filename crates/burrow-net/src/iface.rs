@@ -6,9 +6,11 @@ use std::net::{IpAddr, SocketAddr};
 pub const MAX_LAN_CANDIDATES: usize = 8;
 
 /// Candidate addresses for a socket bound to `local`: the address itself when it is
-/// a specific one, or every usable interface address (same family) with its port
-/// when it is a wildcard. Loopback is offered only when bound to loopback, since a
-/// peer on another machine can't use it.
+/// a specific one, or every usable interface address with its port when it is a
+/// wildcard (IPv4's: IPv4 addresses; IPv6's, which burrow binds for both
+/// families: IPv4 ones first, then IPv6). Loopback is offered only when bound to
+/// loopback, since a peer on another machine can't use it; link-local IPv6 never
+/// (it needs an interface to be named, which means nothing on the peer's machine).
 pub fn lan_candidates(local: SocketAddr) -> Vec<SocketAddr> {
     if !local.ip().is_unspecified() {
         return vec![local];
@@ -16,13 +18,24 @@ pub fn lan_candidates(local: SocketAddr) -> Vec<SocketAddr> {
     let Ok(ifaces) = if_addrs::get_if_addrs() else {
         return Vec::new();
     };
-    ifaces
+    let mut ips: Vec<IpAddr> = ifaces
         .into_iter()
         .map(|i| i.ip())
-        .filter(|ip| ip.is_ipv4() == local.is_ipv4() && !ip.is_loopback() && !is_link_local(ip))
+        .filter(|ip| (local.is_ipv6() || ip.is_ipv4()) && usable_elsewhere(ip))
+        .collect();
+    ips.sort_by_key(|ip| ip.is_ipv6());
+    ips.dedup();
+    ips.into_iter()
         .take(MAX_LAN_CANDIDATES)
         .map(|ip| SocketAddr::new(ip, local.port()))
         .collect()
+}
+
+/// Whether another machine could reach us at `ip`: not loopback, link-local,
+/// multicast or unspecified (an address of ours, or one a peer offers us).
+pub fn usable_elsewhere(ip: &IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    !ip.is_loopback() && !ip.is_multicast() && !ip.is_unspecified() && !is_link_local(&ip)
 }
 
 fn is_link_local(ip: &IpAddr) -> bool {
@@ -54,7 +67,28 @@ fn parse_default_gateway(table: &str) -> Option<std::net::Ipv4Addr> {
 }
 
 #[cfg(test)]
-mod gateway_tests {
+mod tests {
+    #[test]
+    fn only_addresses_another_machine_can_reach_are_usable() {
+        let usable = |s: &str| super::usable_elsewhere(&s.parse().unwrap());
+        for ok in ["192.168.1.2", "198.51.100.7", "2001:db8::5", "fd12:3456::1"] {
+            assert!(usable(ok), "{ok}");
+        }
+        for no in [
+            "127.0.0.1",
+            "::1",
+            "::ffff:127.0.0.1",
+            "fe80::1",
+            "169.254.3.4",
+            "ff02::1",
+            "224.0.0.1",
+            "0.0.0.0",
+            "::",
+        ] {
+            assert!(!usable(no), "{no}");
+        }
+    }
+
     #[test]
     fn the_default_route_names_the_gateway() {
         let table =

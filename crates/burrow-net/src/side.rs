@@ -35,6 +35,8 @@ pub struct SideSocket {
     socket: Arc<UdpSocket>,
     local: Local,
     reader: AbortHandle,
+    /// Whether the socket is IPv6 (IPv4 destinations are then sent mapped).
+    ipv6: bool,
 }
 
 impl fmt::Debug for SideSocket {
@@ -69,7 +71,8 @@ impl SideSocket {
         } else {
             (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
         };
-        let std = std::net::UdpSocket::bind(any)?;
+        let std = crate::socket::bind_udp(any)?;
+        let ipv6 = std.local_addr()?.is_ipv6();
         std.set_nonblocking(true)?;
         let socket = Arc::new(UdpSocket::from_std(std)?);
         let reader = tokio::spawn(read(socket.clone(), local, punch, paths)).abort_handle();
@@ -77,6 +80,7 @@ impl SideSocket {
             socket,
             local,
             reader,
+            ipv6,
         })
     }
 
@@ -88,6 +92,7 @@ impl SideSocket {
     /// Sends one datagram now; a full buffer loses it (QUIC and the punch
     /// both retransmit).
     pub(crate) fn send(&self, to: SocketAddr, data: &[u8], ttl: Option<u8>) {
+        let to = crate::socket::on_wire(self.ipv6, to);
         let sent = match ttl {
             Some(ttl) => crate::ttl::send_with_ttl(&*self.socket, to, data, ttl),
             None => self.socket.try_send_to(data, to).map(|_| ()),
@@ -107,6 +112,7 @@ async fn read(socket: Arc<UdpSocket>, local: Local, punch: PunchInbox, paths: Ar
             Err(_) => continue,
         };
         let data = &buf[..n];
+        let from = crate::paths::canonical(from);
         if burrow_proto::punch::session_of(data).is_some() {
             // The punch may be over: then nobody listens, and that is fine.
             let _ = punch.try_send((local, from, data.to_vec()));

@@ -32,8 +32,56 @@ use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, Runtime, UdpPoller};
 use tokio::sync::mpsc;
 
-use crate::paths::{PathTable, SendRoute};
+use crate::paths::{canonical, PathTable, SendRoute};
 use crate::tcp::{self, Links};
+
+/// Binds a UDP socket at `addr`. The IPv6 wildcard (`[::]`) makes one socket
+/// for both families (IPv4 peers then appear IPv4-mapped to the kernel;
+/// burrow's own code sees them as IPv4, see [`canonical`]); where the system
+/// has no IPv6 at all, it falls back to IPv4's wildcard on the same port.
+pub fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let dual = matches!(addr, SocketAddr::V6(a) if a.ip().is_unspecified());
+    let v6 = (|| {
+        let domain = if addr.is_ipv4() {
+            Domain::IPV4
+        } else {
+            Domain::IPV6
+        };
+        let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+        if dual {
+            socket.set_only_v6(false)?;
+        }
+        socket.bind(&addr.into())?;
+        Ok::<_, io::Error>(socket)
+    })();
+    match v6 {
+        Ok(socket) => Ok(socket.into()),
+        Err(e) if dual && no_ipv6(&e) => {
+            tracing::info!(error = %e, "no IPv6 on this system: binding IPv4 only");
+            std::net::UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, addr.port()))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Errors meaning the system has no IPv6 to bind (a kernel without it, or
+/// with it disabled).
+pub(crate) fn no_ipv6(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EAFNOSUPPORT) | Some(libc::EADDRNOTAVAIL) | Some(libc::EPROTONOSUPPORT)
+    )
+}
+
+/// `to` as a socket of family `ipv6` sends to it: an IPv4 address becomes
+/// IPv4-mapped on an IPv6 socket (the form every system accepts there).
+pub(crate) fn on_wire(ipv6: bool, to: SocketAddr) -> SocketAddr {
+    match to {
+        SocketAddr::V4(a) if ipv6 => SocketAddr::new(a.ip().to_ipv6_mapped().into(), a.port()),
+        other => other,
+    }
+}
 
 /// How many non-QUIC datagrams wait for burrow before new ones are dropped.
 pub const RAW_QUEUE: usize = 1024;
@@ -79,6 +127,8 @@ pub struct RawSender {
     links: Arc<Links>,
     /// The same socket, for datagrams with their own TTL ([`crate::ttl`]).
     same: Arc<std::net::UdpSocket>,
+    /// Whether the socket is IPv6 (IPv4 destinations are then sent mapped).
+    ipv6: bool,
 }
 
 impl RawSender {
@@ -96,7 +146,7 @@ impl RawSender {
             return Ok(());
         }
         self.inner.try_send(&Transmit {
-            destination: to,
+            destination: on_wire(self.ipv6, to),
             ecn: None,
             contents: data,
             segment_size: None,
@@ -121,7 +171,7 @@ impl RawSender {
             return Ok(());
         }
         self.inner.try_send(&Transmit {
-            destination: to,
+            destination: on_wire(self.ipv6, to),
             ecn: None,
             contents: batch,
             segment_size: Some(segment),
@@ -140,7 +190,7 @@ impl RawSender {
         if tcp::is_link(to) {
             return self.send(to, data);
         }
-        crate::ttl::send_with_ttl(&*self.same, to, data, ttl)
+        crate::ttl::send_with_ttl(&*self.same, on_wire(self.ipv6, to), data, ttl)
     }
 }
 
@@ -160,6 +210,7 @@ impl DemuxSocket {
             inner: inner.clone(),
             links: links.clone(),
             same,
+            ipv6,
         };
         let demux = Arc::new(DemuxSocket {
             inner,
@@ -206,8 +257,8 @@ impl DemuxSocket {
 
     fn divert(&self, from: SocketAddr, to_ip: Option<IpAddr>, data: &[u8]) {
         let d = RawDatagram {
-            from,
-            to_ip,
+            from: canonical(from),
+            to_ip: to_ip.map(|ip| ip.to_canonical()),
             data: data.to_vec(),
         };
         if self.raw_tx.try_send(d).is_err() {
@@ -311,7 +362,7 @@ impl DemuxSocket {
                 relay::wrap_onto(&channel, packet, &mut batch);
             }
             return self.inner.try_send(&Transmit {
-                destination: server,
+                destination: on_wire(self.ipv6, server),
                 ecn: None,
                 contents: &batch,
                 segment_size: Some(relay::HEADER_LEN + segment),
@@ -330,7 +381,7 @@ impl DemuxSocket {
                 continue;
             }
             let sent = self.inner.try_send(&Transmit {
-                destination: server,
+                destination: on_wire(self.ipv6, server),
                 ecn: None,
                 contents: &datagram,
                 segment_size: None,
@@ -456,7 +507,7 @@ impl AsyncUdpSocket for DemuxSocket {
                     return Ok(());
                 }
                 self.inner.try_send(&Transmit {
-                    destination: to,
+                    destination: on_wire(self.ipv6, to),
                     src_ip: None,
                     ..*transmit
                 })

@@ -39,6 +39,11 @@ use crate::socket::RawSender;
 /// address is one of its registered nodes'. `None`: not answered.
 pub type StunGate = Arc<dyn Fn(SocketAddr) -> Option<Caller> + Send + Sync>;
 
+/// Told of each Binding request the grid answers on its main socket (its
+/// transaction id and source): a server learns there where a node it knows
+/// appears in the other address family (see [`StunGrid::set_witness`]).
+pub type StunWitness = Arc<dyn Fn(&[u8; 12], SocketAddr) + Send + Sync>;
+
 /// Who sent a STUN request, as far as answering goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Caller {
@@ -55,6 +60,7 @@ pub enum Caller {
 /// The alternate STUN sockets and the rules for answering from them.
 pub struct StunGrid {
     gate: std::sync::OnceLock<StunGate>,
+    witness: std::sync::OnceLock<StunWitness>,
     primary: SocketAddr,
     main: RawSender,
     alt_ip: Option<IpAddr>,
@@ -148,6 +154,7 @@ impl StunGrid {
             let tasks = std::sync::Mutex::new(tasks);
             StunGrid {
                 gate: std::sync::OnceLock::new(),
+                witness: std::sync::OnceLock::new(),
                 primary,
                 main,
                 alt_ip,
@@ -199,6 +206,12 @@ impl StunGrid {
         let _ = self.gate.set(gate);
     }
 
+    /// Tells `witness` of every request answered on the main socket. Set
+    /// once; later calls are ignored.
+    pub fn set_witness(&self, witness: StunWitness) {
+        let _ = self.witness.set(witness);
+    }
+
     /// Answers `req` from `from`, which arrived on our socket `arrived_on` at
     /// local address `to_ip` (when the socket could tell), unless the gate says
     /// no.
@@ -217,6 +230,11 @@ impl StunGrid {
             tracing::trace!(%from, "STUN request not answered (gate)");
             return;
         };
+        if arrived_on == self.primary {
+            if let Some(witness) = self.witness.get() {
+                witness(req.tx.as_bytes(), from);
+            }
+        }
         let known = caller == Caller::Known;
         if !known && req.size < stun::MAX_ANSWER && (req.change.ip || req.change.port) {
             // A plain answer carries no RESPONSE-ORIGIN, and a client would

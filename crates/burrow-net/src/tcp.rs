@@ -118,7 +118,7 @@ impl Links {
         deliver: Deliver,
         opened: Opened,
     ) -> Result<SocketAddr, LinkError> {
-        let real = stream.peer_addr()?;
+        let real = crate::paths::canonical(stream.peer_addr()?);
         let _ = stream.set_nodelay(true);
         let n = self.next.fetch_add(1, Ordering::Relaxed) & 0x0fff_ffff;
         let virt = SocketAddr::new(Ipv4Addr::from((240u32 << 24) | n).into(), LINK_PORT);
@@ -170,6 +170,7 @@ impl Links {
     /// The real address behind `addr` when it is a link's, else `addr` (UDP
     /// addresses are answered without a lookup).
     pub fn real_addr(&self, addr: SocketAddr) -> SocketAddr {
+        let addr = crate::paths::canonical(addr);
         if !is_link(addr) {
             return addr;
         }
@@ -281,18 +282,32 @@ pub(crate) fn shared_port_socket(local: SocketAddr) -> io::Result<tokio::net::Tc
 
 /// A TCP socket bound to `local` with SO_REUSEADDR (and SO_REUSEPORT when
 /// `shared`: only sockets of the same user can then share the port).
+/// The IPv6 wildcard takes both families, as the UDP socket does
+/// ([`crate::socket::bind_udp`]); connect such a socket to an IPv4 address
+/// through [`crate::socket::on_wire`].
 pub(crate) fn bound_socket(local: SocketAddr, shared: bool) -> io::Result<tokio::net::TcpSocket> {
-    let socket = if local.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
+    use socket2::{Domain, Protocol, Socket, Type};
+    let domain = if local.is_ipv4() {
+        Domain::IPV4
     } else {
-        tokio::net::TcpSocket::new_v6()?
+        Domain::IPV6
     };
-    socket.set_reuseaddr(true)?;
-    if shared {
-        socket.set_reuseport(true)?;
+    let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    if matches!(local, SocketAddr::V6(a) if a.ip().is_unspecified()) {
+        socket.set_only_v6(false)?;
     }
-    socket.bind(local)?;
-    Ok(socket)
+    socket.set_reuse_address(true)?;
+    if shared {
+        socket.set_reuse_port(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&local.into())?;
+    Ok(tokio::net::TcpSocket::from_std_stream(socket.into()))
+}
+
+/// Where a socket bound at `local` connects to reach `to`.
+fn dest(local: SocketAddr, to: SocketAddr) -> SocketAddr {
+    crate::socket::on_wire(local.is_ipv6(), to)
 }
 
 /// Candidates a TCP punch dials at most.
@@ -345,10 +360,11 @@ pub(crate) async fn simultaneous_open(
             while tokio::time::Instant::now() < end {
                 let attempt = async {
                     let socket = shared_port_socket(local).ok()?;
-                    let stream = tokio::time::timeout(CONNECT_ATTEMPT, socket.connect(to))
-                        .await
-                        .ok()?
-                        .ok()?;
+                    let stream =
+                        tokio::time::timeout(CONNECT_ATTEMPT, socket.connect(dest(local, to)))
+                            .await
+                            .ok()?
+                            .ok()?;
                     prove(stream, &ticket, role).await
                 };
                 if let Some(stream) = attempt.await {
@@ -386,12 +402,14 @@ pub(crate) async fn simultaneous_open(
 /// would find the 4-tuple taken.
 async fn open_then_connect(local: SocketAddr, to: SocketAddr, ttl: u8) -> Option<TcpStream> {
     use std::os::fd::AsRawFd;
-    let ipv6 = local.is_ipv6();
+    // The family the SYN leaves in (an IPv4 peer of a dual-stack socket
+    // goes by IPv4, with IPv4's TTL).
+    let ipv6 = crate::paths::canonical(to).is_ipv6();
     let socket = shared_port_socket(local).ok()?;
     let usual = crate::ttl::ttl_of(&socket, ipv6).ok()?;
     crate::ttl::set_ttl(&socket, ipv6, ttl).ok()?;
     let fd = socket.as_raw_fd();
-    let connect = socket.connect(to);
+    let connect = socket.connect(dest(local, to));
     tokio::pin!(connect);
     let head_start = burrow_proto::punch::OPEN_HEAD_START;
     if let Ok(r) = tokio::time::timeout(head_start, &mut connect).await {

@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 pub const MAX_NAT_HOPS: u8 = 3;
 
 /// Sends `data` to `to` from `socket` with IP TTL (or IPv6 hop limit) `ttl`,
-/// for this datagram only.
+/// for this datagram only. An IPv4 destination on an IPv6 socket must come
+/// IPv4-mapped ([`crate::socket::on_wire`]).
 pub fn send_with_ttl(
     socket: &impl AsRawFd,
     to: SocketAddr,
@@ -37,7 +38,9 @@ pub fn send_with_ttl(
         iov_len: data.len(),
     };
     let value = libc::c_int::from(ttl);
-    let (level, kind) = match to {
+    // An IPv4-mapped destination (an IPv4 peer of a dual-stack socket) goes
+    // out as IPv4: its TTL is IPv4's (the kernel ignores a hop limit there).
+    let (level, kind) = match crate::paths::canonical(to) {
         SocketAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_TTL),
         SocketAddr::V6(_) => (libc::IPPROTO_IPV6, libc::IPV6_HOPLIMIT),
     };
@@ -192,9 +195,10 @@ impl HopProbe {
 
     #[cfg(target_os = "linux")]
     fn try_send(server: SocketAddr) -> Option<std::net::UdpSocket> {
-        let SocketAddr::V4(_) = server else {
+        let SocketAddr::V4(_) = crate::paths::canonical(server) else {
             return None;
         };
+        let server = crate::paths::canonical(server);
         let socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
         socket.set_nonblocking(true).ok()?;
         setsockopt_int(socket.as_raw_fd(), libc::IPPROTO_IP, libc::IP_RECVERR, 1).ok()?;

@@ -265,6 +265,10 @@ pub struct PeerView {
     pub online: bool,
     /// Our link with it.
     pub connection: ConnectionState,
+    /// The address family carrying the link (`ipv4` or `ipv6`: the peer's
+    /// address when direct, the server's when relayed); none unlinked.
+    #[serde(default)]
+    pub family: Option<String>,
     /// What found the direct path: `probe` (ordinary hole punching),
     /// `predicted` (a sequential NAT's next port) or `birthday` (side sockets
     /// and random ports); none while relayed.
@@ -318,6 +322,9 @@ pub struct ConnectionView {
     pub path: ConnectionState,
     /// The peer's address as our socket sees it.
     pub remote_addr: String,
+    /// The address family carrying it: `ipv4` or `ipv6`.
+    #[serde(default)]
+    pub family: Option<String>,
     /// Round-trip time, in milliseconds.
     pub rtt_ms: f64,
 }
@@ -338,6 +345,10 @@ pub struct StatusView {
     pub server_transport: Option<String>,
     /// Our address as the server sees it (STUN), once known.
     pub public_addr: Option<String>,
+    /// Our address in the other family (IPv6 beside IPv4, or the other way
+    /// round), when we have one the server's STUN answered at.
+    #[serde(default)]
+    pub public_other: Option<String>,
     /// Our UDP socket's local address.
     pub local_addr: String,
     /// Live peer connections.

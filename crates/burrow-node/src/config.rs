@@ -43,7 +43,8 @@ pub struct NodeConfig {
     /// Password or invite for a server that keeps accounts. Default: none (a
     /// key that holds its name needs neither).
     pub credentials: burrow_proto::rendezvous::Credentials,
-    /// UDP address to bind. Default `0.0.0.0:0`: every interface, any port.
+    /// UDP address to bind. Default `[::]:0`: every interface of both families
+    /// on one socket (IPv4 alone where the machine has no IPv6), any port.
     pub bind: SocketAddr,
     /// QUIC keepalive. Default 10 s: under the 30 s UDP mapping timeout common on
     /// home routers, with room for one lost keepalive.
@@ -94,7 +95,7 @@ impl NodeConfig {
             clock_skew_ms: 0,
             name,
             credentials: Default::default(),
-            bind: SocketAddr::from(([0, 0, 0, 0], 0)),
+            bind: SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
             keepalive: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             max_backoff: Duration::from_secs(30),

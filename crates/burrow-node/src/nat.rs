@@ -81,6 +81,56 @@ pub struct NatReport {
     pub nat_hops: Option<u8>,
     /// The verdict, in plain words.
     pub summary: String,
+    /// The other address family than the tests above (IPv6 when those ran
+    /// over IPv4): where the server's STUN sees us there, or why nothing.
+    #[serde(default)]
+    pub other_family: Option<FamilyReport>,
+}
+
+/// What `burrow nat` knows of the address family the full tests didn't run
+/// in (the server has RFC 5780's alternates in one family only).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FamilyReport {
+    /// `ipv4` or `ipv6`.
+    pub family: String,
+    /// Our address there as the server sees it; `None`: no answer (no route
+    /// in that family, or a network that drops it).
+    pub public_addr: Option<SocketAddr>,
+    /// Whether that differs from every address of our own (a NAT, e.g. NAT66).
+    pub behind_nat: bool,
+    /// In plain words.
+    pub summary: String,
+}
+
+/// Asks the server's STUN at `servers` (its addresses in one family) where
+/// we appear there; `own` are our own addresses.
+pub async fn other_family(
+    ep: &Endpoint,
+    servers: &[SocketAddr],
+    own: &[SocketAddr],
+) -> Option<FamilyReport> {
+    let first = servers.first()?;
+    let family = if first.is_ipv4() { "ipv4" } else { "ipv6" };
+    let name = if first.is_ipv4() { "IPv4" } else { "IPv6" };
+    let mut seen = None;
+    for server in servers {
+        if let Ok(r) = ep.stun(*server, Duration::from_secs(2)).await {
+            seen = Some(burrow_net::paths::canonical(r));
+            break;
+        }
+    }
+    let behind_nat = seen.is_some_and(|a| !own.iter().any(|o| o.ip() == a.ip()));
+    let summary = match seen {
+        None => format!("No {name} path to the server (this network has no {name} route, or drops it): peers are reached over the other family."),
+        Some(a) if behind_nat => format!("Over {name} the internet sees you at {a}, behind a NAT."),
+        Some(a) => format!("Over {name} you are at {a}, with no NAT: a firewall may still drop what you didn't ask for, and punching opens it as it opens a NAT."),
+    };
+    Some(FamilyReport {
+        family: family.into(),
+        public_addr: seen,
+        behind_nat,
+        summary,
+    })
 }
 
 /// Why the diagnosis could not run.
@@ -192,6 +242,7 @@ pub async fn diagnose(
         server_other: other,
         nat_hops,
         summary: summary(behind_nat, public, mapping, filtering, ports),
+        other_family: None,
     })
 }
 

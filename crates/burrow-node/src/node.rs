@@ -89,6 +89,12 @@ pub(crate) struct State {
     /// The server's address, as resolved for the current session.
     pub server_addr: Option<SocketAddr>,
     pub public_addr: Option<SocketAddr>,
+    /// Our address in the other family than the session's (IPv6 when the
+    /// session runs over IPv4), as the server's STUN saw it; `None` when we
+    /// have none there, or it did not answer.
+    pub public_other: Option<SocketAddr>,
+    /// The server's addresses in that other family (its Welcome's `also`).
+    pub server_also: Vec<SocketAddr>,
     /// How our NAT maps ports, as last measured ([`crate::nat::refresh_mapping`]).
     pub mapping: burrow_proto::punch::Mapping,
     /// The TTL of our opening probes, when a NAT of ours stands between us
@@ -613,6 +619,7 @@ impl Node {
                     name: p.name.as_ref().map(|n| n.to_string()),
                     path,
                     remote_addr,
+                    family: peers::family_of(&self.inner, id, Some(c)),
                     rtt_ms: c.rtt().as_secs_f64() * 1000.0,
                 })
             })
@@ -643,6 +650,7 @@ impl Node {
                 .to_string()
             }),
             public_addr: st.public_addr.map(|a| a.to_string()),
+            public_other: st.public_other.map(|a| a.to_string()),
             local_addr: self
                 .inner
                 .endpoint
@@ -675,6 +683,9 @@ impl Node {
                     (None, Some(Direction::Incoming)) => ConnectionState::PendingIn,
                     (None, None) => ConnectionState::None,
                 },
+                family: p
+                    .conn()
+                    .and_then(|c| peers::family_of(&self.inner, id, Some(c))),
                 method: p
                     .conn()
                     .filter(|c| {
@@ -835,6 +846,8 @@ impl Node {
             .map_err(|e| ApiError::Nat(e.to_string()))?;
         // The tests made new mappings: a sequential NAT's ports moved on.
         crate::nat::refresh_mapping(&self.inner);
+        let also = self.inner.state().server_also.clone();
+        report.other_family = crate::nat::other_family(&self.inner.endpoint, &also, &own).await;
         if let Some((addr, protocol)) = self.inner.state().port_map {
             report.port_mapping = Some(protocol);
             report.mapped_addr = Some(addr);

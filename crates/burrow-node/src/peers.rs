@@ -54,32 +54,46 @@ const REPUNCH_MAX: Duration = Duration::from_secs(300);
 /// How long a TCP punch (after a UDP punch found nothing) keeps dialing.
 const TCP_PUNCH: Duration = Duration::from_secs(8);
 
-/// The candidates worth probing: of our socket's address family, never
-/// addresses that can't be a peer's (unspecified, multicast, broadcast, port
-/// 0) or that are our own, and loopback only when this node itself runs on
-/// loopback (with its server, or bound there). The server already offers a
-/// peer's own addresses only to nodes behind the same public address; this is
-/// the node's own check on what a server or an introducer hands it.
+/// The candidates worth probing: of an address family we can use (our
+/// socket's, and with a server, one it saw us in: an IPv6 candidate is no
+/// use to a node with no IPv6 route out), never addresses that can't be a
+/// peer's (unspecified, multicast, broadcast, link-local, port 0) or that are
+/// our own, and loopback only when this node itself runs on loopback (with
+/// its server, or bound there). The server already offers a peer's own
+/// addresses only to nodes behind the same public address; this is the
+/// node's own check on what a server or an introducer hands it.
 fn usable(inner: &Inner, candidates: &[SocketAddr]) -> Vec<SocketAddr> {
     let local = inner.endpoint.local_addr().ok();
-    let (public, server) = {
+    let (public, other, server) = {
         let st = inner.state();
-        (st.public_addr, st.server_addr)
+        (st.public_addr, st.public_other, st.server_addr)
     };
-    let local_v4 = local.is_none_or(|a| a.is_ipv4());
     let on_loopback =
         local.is_some_and(|a| a.ip().is_loopback()) || server.is_some_and(|s| s.ip().is_loopback());
+    let family_ok = |a: &SocketAddr| {
+        let socket_takes = inner.endpoint.takes(*a);
+        // Where the server saw us: those families work. (No server, or not
+        // yet heard: whatever the socket takes.)
+        let seen = match public {
+            Some(p) => {
+                p.is_ipv4() == a.is_ipv4() || other.is_some_and(|o| o.is_ipv4() == a.is_ipv4())
+            }
+            None => true,
+        };
+        socket_takes && (seen || a.ip().is_loopback())
+    };
     let broadcast = |ip: IpAddr| matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
     candidates
         .iter()
-        .copied()
-        .filter(|a| a.is_ipv4() == local_v4)
+        .map(|a| burrow_net::paths::canonical(*a))
+        .filter(family_ok)
         .filter(|a| {
             let ip = a.ip();
-            !(ip.is_unspecified() || ip.is_multicast() || broadcast(ip) || a.port() == 0)
+            ip.is_loopback() || (burrow_net::iface::usable_elsewhere(&ip) && !broadcast(ip))
         })
+        .filter(|a| a.port() != 0)
         .filter(|a| !a.ip().is_loopback() || on_loopback)
-        .filter(|a| Some(*a) != local && Some(*a) != public)
+        .filter(|a| Some(*a) != local && Some(*a) != public && Some(*a) != other)
         .collect()
 }
 
@@ -134,6 +148,23 @@ pub(crate) fn path_of(
             _ => (ConnectionState::Relayed, "no path (waiting for one)".into()),
         },
     }
+}
+
+/// Which address family carries `peer`'s connection now (`ipv4` or `ipv6`):
+/// the peer's address on a direct path, the server's on the relay.
+pub(crate) fn family_of(
+    inner: &Inner,
+    peer: &NodeId,
+    conn: Option<&quinn::Connection>,
+) -> Option<String> {
+    let real = |a: SocketAddr| burrow_net::paths::canonical(inner.endpoint.real_addr(a));
+    let addr = match inner.endpoint.paths().status(peer).map(|s| s.route) {
+        Some(Route::Direct(a)) | Some(Route::Relayed(a)) => real(a),
+        _ => conn
+            .map(|c| burrow_net::paths::canonical(c.remote_address()))
+            .filter(|a| !burrow_net::paths::is_virtual(*a))?,
+    };
+    Some(if addr.is_ipv4() { "ipv4" } else { "ipv6" }.into())
 }
 
 /// The server made (or refreshed) our link with `peer`: set the relay channel,

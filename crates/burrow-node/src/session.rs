@@ -241,17 +241,29 @@ pub(crate) async fn connect(inner: &Arc<Inner>) -> Result<Session, SessionError>
         .endpoint
         .local_addr()
         .map_err(|e| SessionError::Lost(e.to_string()))?;
-    let addr = tokio::net::lookup_host(&host)
+    let resolved: Vec<SocketAddr> = tokio::net::lookup_host(&host)
         .await
         .map_err(|e| SessionError::Resolve {
             host: host.clone(),
             reason: e.to_string(),
         })?
-        .find(|a| a.is_ipv4() == local.is_ipv4())
-        .ok_or_else(|| SessionError::Resolve {
-            host: host.clone(),
-            reason: "no address of the socket's family".into(),
-        })?;
+        .map(burrow_net::paths::canonical)
+        .collect();
+    let addr = pick_server_addr(local, &resolved).ok_or_else(|| SessionError::Resolve {
+        host: host.clone(),
+        reason: if resolved.is_empty() {
+            "no address".into()
+        } else {
+            format!(
+                "no route from here to {} (is this machine online, and in that address family?)",
+                resolved
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        },
+    })?;
 
     let known = KnownServers::new(&inner.config.home);
     let remembered = known.lookup(&host);
@@ -341,6 +353,8 @@ pub(crate) async fn connect(inner: &Arc<Inner>) -> Result<Session, SessionError>
     match first {
         Some(ServerMsg::Welcome {
             observed,
+            also,
+            proof,
             peers,
             presence,
             ..
@@ -354,6 +368,12 @@ pub(crate) async fn connect(inner: &Arc<Inner>) -> Result<Session, SessionError>
                 st.server_addr = Some(via);
                 st.server_id = Some(key);
                 st.public_addr = Some(observed);
+                st.public_other = None;
+                st.server_also = also
+                    .iter()
+                    .map(|a| burrow_net::paths::canonical(*a))
+                    .take(rendezvous::MAX_ALSO)
+                    .collect();
                 // Behind a NAT (the server saw another address than ours),
                 // punches open our side first; how deep our NATs are is
                 // measured below, one hop past a home router meanwhile.
@@ -382,6 +402,9 @@ pub(crate) async fn connect(inner: &Arc<Inner>) -> Result<Session, SessionError>
                 server: host,
                 public_addr: observed,
             });
+            if inner.config.path != crate::PathPolicy::RelayOnly && !also.is_empty() {
+                inner.spawn(find_other_family(inner.clone(), also, proof));
+            }
             peers::relink_all(inner);
             crate::files::announce_all(inner);
             Ok(Session {
@@ -403,6 +426,61 @@ pub(crate) async fn connect(inner: &Arc<Inner>) -> Result<Session, SessionError>
             "expected Welcome, got {other:?}"
         ))),
         None => Err(SessionError::Lost("server closed the session".into())),
+    }
+}
+
+/// The server address to dial of those `host` resolved to: one our socket
+/// (bound at `local`) can send to and this machine has a route to, IPv4 first
+/// (NAT measurements and port mappings are IPv4's; a dual-stack node finds
+/// its IPv6 address through the server's Welcome).
+fn pick_server_addr(local: SocketAddr, resolved: &[SocketAddr]) -> Option<SocketAddr> {
+    let fits = |a: &SocketAddr| local.is_ipv6() || a.is_ipv4();
+    let mut usable: Vec<SocketAddr> = resolved.iter().copied().filter(fits).collect();
+    usable.sort_by_key(|a| a.is_ipv6());
+    usable
+        .iter()
+        .copied()
+        .find(|a| has_route(*a))
+        .or_else(|| usable.first().copied())
+}
+
+/// Whether this machine has a route to `to` (a UDP socket connects without
+/// sending anything: it fails at once without one).
+fn has_route(to: SocketAddr) -> bool {
+    let any: SocketAddr = match to {
+        SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    std::net::UdpSocket::bind(any).is_ok_and(|s| s.connect(to).is_ok())
+}
+
+/// How long we wait for the server's STUN in our other address family.
+const OTHER_FAMILY_WAIT: Duration = Duration::from_secs(3);
+
+/// Asks the server's STUN at its addresses of our other address family, with
+/// the Welcome's proof, so that the server sees where we are there (and
+/// offers it to peers of that family), and we learn it. Addresses we have no
+/// route to are not tried.
+async fn find_other_family(inner: Arc<Inner>, also: Vec<SocketAddr>, proof: [u8; 12]) {
+    for server in also
+        .into_iter()
+        .map(burrow_net::paths::canonical)
+        .take(burrow_proto::rendezvous::MAX_ALSO)
+        .filter(|a| has_route(*a))
+    {
+        match inner
+            .endpoint
+            .stun_as(server, proof, OTHER_FAMILY_WAIT)
+            .await
+        {
+            Ok(seen) => {
+                let seen = burrow_net::paths::canonical(seen);
+                info!(%seen, "our address in the other family");
+                inner.state().public_other = Some(seen);
+                return;
+            }
+            Err(e) => debug!(%server, error = %e, "no STUN answer in the other family"),
+        }
     }
 }
 

@@ -50,7 +50,9 @@ pub const ALPN: &[u8] = b"burrow/rendezvous/1";
 /// 3: the file tracker; 4: credentials in Hello, bans and operator notices;
 /// 5: NAT mappings for hard-NAT punching; 6: `NatInfo::no_udp`, a punch that goes
 /// straight to TCP.
-pub const VERSION: u8 = 6;
+pub const VERSION: u8 = 7;
+/// Most addresses in [`ServerMsg::Welcome`]'s `also`.
+pub const MAX_ALSO: usize = 2;
 /// Largest frame the server sends. Presence snapshots are split
 /// ([`PEERS_PER_FRAME`]) to stay well under it.
 pub const MAX_FRAME: usize = 1 << 20;
@@ -391,6 +393,15 @@ pub enum ServerMsg {
     Welcome {
         /// The node's address as the server saw it (its public address).
         observed: SocketAddr,
+        /// The server's addresses of the other family (IPv6 for a session
+        /// over IPv4, and the other way round), at most [`MAX_ALSO`]: a
+        /// dual-stack node sends a STUN Binding request to one with
+        /// transaction id `proof`, which shows the server its address in that
+        /// family (offered to peers beside `observed`) and tells the node.
+        also: Vec<SocketAddr>,
+        /// The transaction id that proves, in a STUN request to an `also`
+        /// address, that the request is this session's node.
+        proof: [u8; 12],
         /// Everyone else online now.
         peers: Vec<PeerInfo>,
         /// How long a connect request waits for an answer, in milliseconds.
@@ -627,6 +638,8 @@ mod tests {
                 .prop_map(|(observed, peers, request_ttl_ms, watched)| {
                     ServerMsg::Welcome {
                         observed,
+                        also: vec![observed],
+                        proof: [7; 12],
                         peers,
                         request_ttl_ms,
                         presence: if watched {

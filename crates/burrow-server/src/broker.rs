@@ -30,7 +30,7 @@ use burrow_proto::rendezvous::{
 };
 use burrow_proto::NodeId;
 use rand::rngs::StdRng;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 
 use crate::presence::Presence;
 use burrow_proto::limit::RateLimit;
@@ -117,6 +117,11 @@ struct Online {
     session: u64,
     /// Server-observed address first, then the node's LAN addresses.
     candidates: Vec<SocketAddr>,
+    /// Its address in the other family (IPv6 when the session runs over
+    /// IPv4), once a STUN request carrying its proof came from there.
+    other: Option<SocketAddr>,
+    /// The STUN transaction id that proves `other` (see [`Registry::witness`]).
+    proof: [u8; 12],
     /// What it reported of its NAT.
     nat: NatInfo,
     /// Relayed bytes sent this session, and the rate they are sent at (its
@@ -136,6 +141,15 @@ impl Online {
     /// there; TCP punches try it). Loopback ones only between nodes on the
     /// server's own machine. A port mapping only when its public address is
     /// the one the server sees (the router's own).
+    /// Whether this node has an address (seen by the server) of `addr`'s family.
+    fn reaches(&self, addr: &SocketAddr) -> bool {
+        let family = |a: &SocketAddr| a.is_ipv4();
+        self.candidates
+            .first()
+            .is_some_and(|c| family(c) == family(addr))
+            || self.other.is_some_and(|o| family(&o) == family(addr))
+    }
+
     fn offered_to(&self, viewer: &Online) -> (Vec<SocketAddr>, NatInfo) {
         let Some(&observed) = self.candidates.first() else {
             return (Vec::new(), NatInfo::default());
@@ -151,6 +165,10 @@ impl Online {
         let here = observed.ip();
         let same_place = viewer.candidates.first().is_some_and(|v| v.ip() == here);
         let mut out = vec![observed];
+        // Its other family's address, to a viewer that has that family too.
+        if let Some(other) = self.other.filter(|o| viewer.reaches(o)) {
+            out.push(other);
+        }
         if same_place {
             out.extend(
                 self.candidates[1..]
@@ -158,6 +176,8 @@ impl Online {
                     .filter(|a| !a.ip().is_loopback() || here.is_loopback()),
             );
         } else if let Some(own) = self.candidates.get(1) {
+            // (A node's LAN addresses come IPv4 first, so this one is its
+            // socket's port when it has IPv4 at all.)
             let public = SocketAddr::new(here, own.port());
             if public != observed {
                 out.push(public);
@@ -209,6 +229,10 @@ pub struct Registry {
     relay_recount_at: Instant,
     /// Nodes that relayed lately, and when they last did (pruned at each count).
     relay_senders: HashMap<NodeId, Instant>,
+    /// The server's own addresses, for Welcome's `also`.
+    server_addrs: Vec<SocketAddr>,
+    /// Online nodes' proofs (see [`Registry::witness`]).
+    proofs: HashMap<[u8; 12], NodeId>,
 }
 
 impl Registry {
@@ -231,7 +255,37 @@ impl Registry {
             relaying: 0,
             relay_recount_at: Instant::now(),
             relay_senders: HashMap::new(),
+            server_addrs: Vec::new(),
+            proofs: HashMap::new(),
         }
+    }
+
+    /// The server's addresses (both families on a dual-stack server): a node
+    /// is told, in its Welcome, those of the family its session doesn't use.
+    pub fn set_server_addrs(&mut self, addrs: Vec<SocketAddr>) {
+        self.server_addrs = addrs;
+    }
+
+    /// A STUN request with transaction id `tx` came from `from`: when `tx` is
+    /// an online node's proof and `from` is of the other family than its
+    /// session, `from` is that node's address in the family (peers that have
+    /// the family are offered it). Returns the node.
+    ///
+    /// The proof shows the request came from the node (it is sent only in its
+    /// encrypted session), not that `from` is really where it came from: a
+    /// node on a network that lets it spoof its source address could name
+    /// another host. What that costs the host is a punch's probes (a few
+    /// dozen small datagrams per connect, from peers that chose to link with
+    /// that node), the same as a node's LAN address offered at one place.
+    pub fn witness(&mut self, tx: &[u8; 12], from: SocketAddr) -> Option<NodeId> {
+        let id = *self.proofs.get(tx)?;
+        let node = self.nodes.get_mut(&id)?;
+        let observed = node.candidates.first()?;
+        if observed.is_ipv4() == from.is_ipv4() {
+            return None;
+        }
+        node.other = Some(from);
+        Some(id)
     }
 
     /// How many nodes are online.
@@ -281,10 +335,24 @@ impl Registry {
                 .map(|o| (o, ServerMsg::PeerJoined(info.clone()))),
         );
         let rest = peers.split_off(peers.len().min(PEERS_PER_FRAME));
+        let proof: [u8; 12] = self.rng.gen();
+        if let Some(old) = self.nodes.get(&id) {
+            self.proofs.remove(&old.proof);
+        }
+        self.proofs.insert(proof, id);
+        let also = self
+            .server_addrs
+            .iter()
+            .filter(|a| a.is_ipv4() != observed.is_ipv4())
+            .take(burrow_proto::rendezvous::MAX_ALSO)
+            .copied()
+            .collect();
         out.push((
             id,
             ServerMsg::Welcome {
                 observed,
+                also,
+                proof,
                 peers,
                 request_ttl_ms: self.config.request_ttl.as_millis() as u64,
                 presence: self.presence.scope(),
@@ -300,6 +368,8 @@ impl Registry {
                 info,
                 session,
                 candidates,
+                other: None,
+                proof,
                 nat: NatInfo::default(),
                 relayed: 0,
                 relay_rate: None,
@@ -316,6 +386,7 @@ impl Registry {
         }
         if let Some(gone) = self.nodes.remove(&id) {
             self.presence.left(id, &gone.info.name);
+            self.proofs.remove(&gone.proof);
         }
         self.end_links_of(id);
         let mut out = self.end_requests_of(id);
@@ -715,7 +786,7 @@ fn closed(to: NodeId, peer: NodeId, direction: Direction, reason: CloseReason) -
 mod tests {
     use super::*;
     use burrow_proto::SecretKey;
-    use rand::SeedableRng;
+    use rand::{Rng, SeedableRng};
 
     fn node(seed: u64, name: &str) -> PeerInfo {
         PeerInfo {
@@ -816,6 +887,78 @@ mod tests {
         );
     }
 
+    /// What `to` is given of `from`'s addresses (and port mapping) when it
+    /// asks `from` for a link and `from` accepts.
+    fn offered_by(
+        r: &mut Registry,
+        t: Instant,
+        from: &PeerInfo,
+        to: &PeerInfo,
+    ) -> (Vec<SocketAddr>, Option<SocketAddr>) {
+        r.handle_msg(t, to.id, ClientMsg::Connect { peer: from.id });
+        let out = r.handle_msg(t, from.id, ClientMsg::Accept { peer: to.id });
+        out.into_iter()
+            .find_map(|(id, m)| match m {
+                ServerMsg::Accepted {
+                    candidates,
+                    peer_nat,
+                    ..
+                } if id == to.id => Some((candidates, peer_nat.mapped)),
+                _ => None,
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn the_other_family_is_offered_once_the_proof_came_from_there_and_only_to_who_has_it() {
+        let mut r = Registry::new(BrokerConfig::default());
+        let t = Instant::now();
+        let server4 = SocketAddr::from(([203, 0, 113, 200], 7700));
+        let server6: SocketAddr = "[2001:db8::1]:7700".parse().unwrap();
+        r.set_server_addrs(vec![server4, server6]);
+        let (a, b, c) = (node(1, "alice"), node(2, "bob"), node(3, "carol"));
+        let welcome = |out: Vec<Out>| match out.last().map(|o| &o.1) {
+            Some(ServerMsg::Welcome { also, proof, .. }) => (also.clone(), *proof),
+            other => panic!("expected a Welcome, got {other:?}"),
+        };
+        let (also, proof) = welcome(r.handle_join(a.clone(), 1, addr(1), vec![]));
+        assert_eq!(
+            also,
+            vec![server6],
+            "over IPv4, told the server's IPv6 address"
+        );
+        let alice6: SocketAddr = "[2001:db8:0:5::2]:4000".parse().unwrap();
+        assert_eq!(r.witness(&[0; 12], alice6), None, "no proof, nothing shown");
+        assert_eq!(
+            r.witness(&proof, addr(9)),
+            None,
+            "the same family shows nothing"
+        );
+        assert_eq!(r.witness(&proof, alice6), Some(a.id));
+        // bob's session runs over IPv6; carol has IPv4 alone.
+        let bob6: SocketAddr = "[2001:db8:0:6::2]:5000".parse().unwrap();
+        let (also, _) = welcome(r.handle_join(b.clone(), 2, bob6, vec![]));
+        assert_eq!(
+            also,
+            vec![server4],
+            "over IPv6, told the server's IPv4 address"
+        );
+        let carol_at = SocketAddr::from(([198, 51, 100, 20], 5000));
+        r.handle_join(c.clone(), 3, carol_at, vec![]);
+        assert_eq!(offered_by(&mut r, t, &a, &b).0, vec![addr(1), alice6]);
+        assert_eq!(
+            offered_by(&mut r, t, &a, &c).0,
+            vec![addr(1)],
+            "an IPv4-only peer is not handed an IPv6 address to try"
+        );
+        r.handle_leave(a.id, 1);
+        assert_eq!(
+            r.witness(&proof, alice6),
+            None,
+            "a gone node's proof is void"
+        );
+    }
+
     #[test]
     fn a_node_is_offered_only_the_addresses_the_server_vouches_for_or_that_lead_to_the_peer() {
         let mut r = Registry::new(BrokerConfig::default());
@@ -840,20 +983,7 @@ mod tests {
             relay_only: false,
         };
         r.handle_msg(t, a.id, ClientMsg::Nat { nat: lie });
-        let offered = |r: &mut Registry, to: &PeerInfo| {
-            r.handle_msg(t, to.id, ClientMsg::Connect { peer: a.id });
-            let out = r.handle_msg(t, a.id, ClientMsg::Accept { peer: to.id });
-            out.into_iter()
-                .find_map(|(id, m)| match m {
-                    ServerMsg::Accepted {
-                        candidates,
-                        peer_nat,
-                        ..
-                    } if id == to.id => Some((candidates, peer_nat.mapped)),
-                    _ => None,
-                })
-                .unwrap()
-        };
+        let offered = |r: &mut Registry, to: &PeerInfo| offered_by(r, t, &a, to);
         assert_eq!(
             offered(&mut r, &c),
             (vec![addr(1), addr(4000)], None),

@@ -26,7 +26,8 @@ use crate::silence::{Heard, Silence};
 /// How the server runs. Parsed by the binary; defaults suit a public server.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
-    /// UDP address for QUIC and STUN. Default `0.0.0.0:7700`.
+    /// UDP address for QUIC and STUN. Default `[::]:7700`: both families on
+    /// one socket (IPv4 alone where the machine has no IPv6).
     pub listen: SocketAddr,
     /// Directory holding `server.db`.
     pub home: PathBuf,
@@ -52,7 +53,7 @@ impl ServerConfig {
     /// Defaults with `home` as the state directory.
     pub fn new(home: PathBuf) -> Self {
         ServerConfig {
-            listen: SocketAddr::from(([0, 0, 0, 0], 7700)),
+            listen: SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 7700)),
             home,
             broker: BrokerConfig::default(),
             idle_timeout: Duration::from_secs(30),
@@ -147,7 +148,11 @@ impl Hub {
         len: usize,
     ) -> Option<(SocketAddr, Option<IpAddr>)> {
         let (a, b) = self.registry.channel_ends(channel)?;
-        let addr_of = |id: &NodeId| self.sessions.get(id).map(|s| s.conn.remote_address());
+        let addr_of = |id: &NodeId| {
+            self.sessions
+                .get(id)
+                .map(|s| burrow_net::paths::canonical(s.conn.remote_address()))
+        };
         let (addr_a, addr_b) = (addr_of(&a)?, addr_of(&b)?);
         let (sender, to, to_id) = if from == addr_a {
             (a, addr_b, b)
@@ -158,7 +163,11 @@ impl Hub {
         };
         // From the address the receiver talks to: it takes relayed packets only
         // from there.
-        let src = self.sessions.get(&to_id).and_then(|s| s.conn.local_ip());
+        let src = self
+            .sessions
+            .get(&to_id)
+            .and_then(|s| s.conn.local_ip())
+            .map(|ip| ip.to_canonical());
         match self.registry.charge_relay(Instant::now(), sender, len) {
             Ok(()) => Some((to, src)),
             Err(RelayDrop::OverQuota { first: true }) => {
@@ -427,6 +436,19 @@ impl Server {
         endpoint.set_relay(Arc::new(move |from, channel, len| {
             relay.upgrade()?.hub().relay(from, channel, len)
         }));
+        // Where nodes appear in their other family: both families' addresses
+        // go in Welcomes, and a STUN request with a node's proof shows it.
+        if let Ok(local) = endpoint.local_addr() {
+            shared.hub().registry.set_server_addrs(server_addrs(local));
+        }
+        let witness = Arc::downgrade(&shared);
+        stun_grid.set_witness(Arc::new(move |tx, from| {
+            if let Some(s) = witness.upgrade() {
+                if let Some(id) = s.hub().registry.witness(tx, from) {
+                    tracing::debug!(node = %id.short(), %from, "node seen in its other address family");
+                }
+            }
+        }));
         let gate = Arc::downgrade(&shared);
         stun_grid.set_gate(Arc::new(move |from| {
             gate.upgrade()
@@ -640,4 +662,11 @@ async fn sleep_until_some(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
     }
+}
+
+/// The addresses nodes reach a server listening at `listen` on: that one when
+/// it is specific; every usable interface address when it is a wildcard
+/// (`[::]` takes both families, IPv4 first).
+fn server_addrs(listen: SocketAddr) -> Vec<SocketAddr> {
+    burrow_net::iface::lan_candidates(listen)
 }

@@ -114,6 +114,8 @@ pub async fn nat(home: &Path, json: bool) -> Result<(), CliError> {
             .and_then(|v| v.as_str().map(|s| s.replace('_', "-")))
             .unwrap_or_default()
     };
+    let family = |a: &std::net::SocketAddr| if a.is_ipv4() { "IPv4" } else { "IPv6" };
+    println!("{}", family(&r.public_addr));
     println!(
         "public address  {}{}",
         r.public_addr,
@@ -137,6 +139,21 @@ pub async fn nat(home: &Path, json: bool) -> Result<(), CliError> {
         _ => println!("port mapping    none (the router granted none over PCP, NAT-PMP or UPnP)"),
     }
     println!("\n{}", r.summary);
+    if let Some(o) = &r.other_family {
+        println!("\n{}", if o.family == "ipv6" { "IPv6" } else { "IPv4" });
+        match o.public_addr {
+            Some(a) => println!(
+                "public address  {a}{}",
+                if o.behind_nat {
+                    " (behind a NAT)"
+                } else {
+                    " (no NAT)"
+                }
+            ),
+            None => println!("public address  none"),
+        }
+        println!("\n{}", o.summary);
+    }
     Ok(())
 }
 
@@ -163,12 +180,17 @@ pub async fn peers(home: &Path, json: bool) -> Result<(), CliError> {
             (Some(n), false) => format!("{n} (claimed)"),
             (None, _) => "?".into(),
         };
+        let connection = match p.family.as_deref() {
+            Some("ipv6") => format!("{} (IPv6)", p.connection),
+            Some(_) => format!("{} (IPv4)", p.connection),
+            None => p.connection.to_string(),
+        };
         println!(
             "{:<20} {:<10} {:<8} {:<16} {}",
             name,
             &p.id[..8],
             if p.online { "yes" } else { "no" },
-            p.connection.to_string(),
+            connection,
             p.rtt_ms
                 .map(|r| format!("{r:.1} ms"))
                 .unwrap_or_else(|| "-".into())

@@ -30,7 +30,7 @@ use clap::{Parser, Subcommand};
     propagate_version = true,
     after_help = "Examples:
   burrow demo                                              try it all on this machine
-  burrow server --listen 0.0.0.0:7700 --home ./srv         prints a join URL
+  burrow server --listen [::]:7700 --home ./srv            prints a join URL
   burrow up --server burrow://<id>@host:7700 --name alice --home ./alice
   burrow --home ./bob connect alice                        then, as alice: burrow accept bob
   burrow --home ./bob send alice \"hello\"

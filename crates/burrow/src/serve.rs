@@ -18,8 +18,10 @@ pub struct ServerArgs {
     /// Address to listen on: UDP for QUIC and STUN (the next two ports answer
     /// STUN too, for NAT tests), and TCP on the same port for nodes whose
     /// networks drop UDP (QUIC over TCP; run on port 443 to reach networks
-    /// that allow little else).
-    #[arg(long, default_value = "0.0.0.0:7700")]
+    /// that allow little else). The default, `[::]:7700`, takes IPv4 and
+    /// IPv6 on one socket (IPv4 alone where the machine has no IPv6);
+    /// `0.0.0.0:7700` is IPv4 only.
+    #[arg(long, default_value = "[::]:7700")]
     listen: SocketAddr,
     /// How long a connect request waits for an answer.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
@@ -142,14 +144,21 @@ pub async fn run(home: PathBuf, args: ServerArgs) -> Result<(), CliError> {
         CliError::new(e, hint)
     })?;
     let local = server.local_addr();
-    let host = if local.ip().is_unspecified() {
-        burrow_net::iface::lan_candidates(local)
-            .first()
-            .map(|a| a.ip().to_string())
-            .unwrap_or_else(|| "<this-host>".into())
-    } else {
-        local.ip().to_string()
-    };
+    let addrs = burrow_net::iface::lan_candidates(local);
+    let host = addrs
+        .first()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|| "<this-host>".into());
+    // For nodes with IPv6 alone, when the first address is IPv4.
+    let v6_url = addrs
+        .iter()
+        .find(|a| a.is_ipv6())
+        .filter(|_| addrs.first().is_some_and(|a| a.is_ipv4()))
+        .map(|a| ServerAddr {
+            key: Some(server.id()),
+            host: a.ip().to_string(),
+            port: local.port(),
+        });
     let url = ServerAddr {
         key: Some(server.id()),
         host,
@@ -182,6 +191,11 @@ pub async fn run(home: PathBuf, args: ServerArgs) -> Result<(), CliError> {
     }
     println!("server id: {}", server.id());
     println!("join URL:  {url}");
+    if let Some(v6) = v6_url {
+        println!(
+            "over IPv6: {v6}  (for nodes with IPv6 alone; dual-stack nodes find it themselves)"
+        );
+    }
     match args.policy {
         Policy::Open => {
             println!("policy open: nodes join with: burrow up --server {url} --name <name>")

@@ -51,8 +51,10 @@ pub struct UpArgs {
     /// The name to register (a-z, 0-9, '-', '_'; bound to this node's key).
     #[arg(long, env = "BURROW_NAME")]
     name: Name,
-    /// UDP address for the node's socket.
-    #[arg(long, default_value = "0.0.0.0:0")]
+    /// UDP address for the node's socket. The default takes IPv4 and IPv6 on
+    /// one socket (IPv4 alone where the machine has no IPv6); `0.0.0.0:0` is
+    /// IPv4 only.
+    #[arg(long, default_value = "[::]:0")]
     bind: SocketAddr,
     /// QUIC keepalive interval (keeps NAT mappings open).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]

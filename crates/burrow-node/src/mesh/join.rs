@@ -168,13 +168,8 @@ async fn join_loop(inner: Arc<Inner>, ticket: Ticket) {
 /// Dials the ticket's addresses in turn; the first that answers carries the link.
 async fn attempt(inner: &Arc<Inner>, ticket: &Ticket) -> Result<(), String> {
     let paths = inner.endpoint.paths();
-    let local_v4 = inner
-        .endpoint
-        .local_addr()
-        .map(|a| a.is_ipv4())
-        .unwrap_or(true);
     let mut last = String::from("the ticket has no address this node can use");
-    for &addr in ticket.addrs.iter().filter(|a| a.is_ipv4() == local_v4) {
+    for &addr in ticket.addrs.iter().filter(|a| inner.endpoint.takes(**a)) {
         let v = paths.open(ticket.id);
         paths.set_direct(&ticket.id, Some(addr));
         debug!(peer = %ticket.id.short(), %addr, "joining");
