@@ -51,6 +51,15 @@
 //! floating or secondary addresses): the kernel's own choice of source address
 //! for a reply there is the transit address, not the one the client asked.
 //!
+//! IPv6 ([`Lab::set_family`]): hosts made afterwards get IPv6 as well as
+//! (or instead of) IPv4. The public segment is 2001:db8::/64 (the server at
+//! ::1 and ::2, routers at ::10+, public peers at ::100+), each router's LAN
+//! 2001:db8:0:N::/64, routed from every host on the public segment to the
+//! router's WAN address: no NAT, as IPv6 home networks have none, but the
+//! router forwards inbound IPv6 only for flows its LAN started (nftables
+//! `ct state established,related`), the stateful firewall such routers run.
+//! Hop limits end on the public segment as TTLs do.
+//!
 //! [`data`] writes seeded test files for tests and benchmarks.
 //!
 //! Needs root, `ip` (iproute2), `nft` (nftables) and `conntrack`; [`Lab::new`]
@@ -62,7 +71,7 @@ pub mod delay;
 mod ns;
 mod rt;
 
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -130,8 +139,29 @@ pub const SEQUENTIAL_PORTS: u16 = 2048;
 pub struct Host {
     /// Namespace name (for `ip netns exec`).
     pub ns: String,
-    /// The host's (first) address.
+    /// The host's (first) IPv4 address; `0.0.0.0` on an IPv6-only host.
     pub addr: Ipv4Addr,
+    /// Its IPv6 address, in a lab with IPv6 ([`Lab::set_family`]).
+    pub addr6: Option<Ipv6Addr>,
+}
+
+/// The address families hosts get ([`Lab::set_family`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// IPv4 alone (the default).
+    V4,
+    /// IPv4 and IPv6.
+    DualStack,
+    /// IPv6 alone (peers; their routers still have IPv4 on the WAN).
+    V6Only,
+}
+
+/// The public segment's IPv6 network, a /64 of the documentation range.
+pub const PUBLIC_NET6: [u16; 4] = [0x2001, 0xdb8, 0, 0];
+
+/// The address `host` on the /64 `net` (four groups).
+fn v6(net: [u16; 4], host: u16) -> Ipv6Addr {
+    Ipv6Addr::new(net[0], net[1], net[2], net[3], 0, 0, 0, host)
 }
 
 impl Host {
@@ -155,6 +185,10 @@ pub struct Router {
     pub host: Host,
     /// Its LAN network, e.g. 10.0.3.0/24; the router is .1.
     lan_net: Ipv4Addr,
+    /// Its LAN's IPv6 /64 (four groups), with IPv6; the router is ::1.
+    lan_net6: Option<[u16; 4]>,
+    /// The families its peers get.
+    family: Family,
     kind: NatKind,
 }
 
@@ -216,6 +250,12 @@ pub struct Lab {
     server_via: Option<Ipv4Addr>,
     /// Whether routers made from now on drop unsolicited packets to themselves.
     router_firewall: bool,
+    /// The families hosts made from now on get.
+    family: Family,
+    /// Namespaces on the public segment with IPv6, and the IPv6 routes each
+    /// of them has (to routers' LANs, through their WAN addresses).
+    public6: Vec<String>,
+    routes6: Vec<(String, Ipv6Addr)>,
 }
 
 /// Builds a lab, or explains why not: `Ok(None)` means "skip" (with the reason
@@ -282,6 +322,7 @@ impl Lab {
             server: Host {
                 ns: format!("{prefix}-srv"),
                 addr: Ipv4Addr::new(net[0], net[1], net[2], 1),
+                addr6: None,
             },
             net,
             prefix,
@@ -294,6 +335,9 @@ impl Lab {
             scratch: None,
             server_via: None,
             router_firewall: true,
+            family: Family::V4,
+            public6: Vec::new(),
+            routes6: Vec::new(),
         };
         let inet = lab.inet.clone();
         lab.add_ns(&inet)?;
@@ -302,7 +346,7 @@ impl Lab {
         // The first router of the "internet": what arrives with TTL 1 dies here.
         nft(
             &inet,
-            "table bridge core {\n chain forward {\n  type filter hook forward priority filter;\n  ip ttl <= 1 drop\n }\n}\n",
+            "table bridge core {\n chain forward {\n  type filter hook forward priority filter;\n  ip ttl <= 1 drop\n  ip6 hoplimit <= 1 drop\n }\n}\n",
         )?;
         let srv = lab.server.ns.clone();
         lab.add_ns(&srv)?;
@@ -371,6 +415,63 @@ impl Lab {
         run(&["ip", "netns", "add", name])?;
         self.namespaces.push(name.to_string());
         run(&["ip", "-n", name, "link", "set", "lo", "up"])?;
+        // Interfaces made here from now on use their IPv6 addresses at once
+        // (no duplicate address detection: nothing else is on these links).
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            name,
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.default.accept_dad=0",
+        ])?;
+        Ok(())
+    }
+
+    /// From now on, hosts and routers get the address families `family`
+    /// says; the first switch to IPv6 gives the server its IPv6 addresses
+    /// ([`Lab::server_addrs6`]).
+    pub fn set_family(&mut self, family: Family) -> Result<(), LabError> {
+        self.family = family;
+        if family != Family::V4 && self.server.addr6.is_none() {
+            let srv = self.server.ns.clone();
+            for a in Self::server_addrs6() {
+                add_addr6(&srv, "eth0", a, 64)?;
+            }
+            self.server.addr6 = Some(Self::server_addrs6()[0]);
+            self.join_public6(&srv)?;
+        }
+        Ok(())
+    }
+
+    /// The server's two IPv6 addresses (in a lab with IPv6).
+    pub fn server_addrs6() -> [Ipv6Addr; 2] {
+        [v6(PUBLIC_NET6, 1), v6(PUBLIC_NET6, 2)]
+    }
+
+    /// Gives public-segment namespace `ns` the IPv6 routes to every router's
+    /// LAN, and from now on those of routers made later.
+    fn join_public6(&mut self, ns: &str) -> Result<(), LabError> {
+        for (prefix, via) in &self.routes6 {
+            add_route6(ns, prefix, *via)?;
+        }
+        self.public6.push(ns.to_string());
+        Ok(())
+    }
+
+    /// Routes `prefix` through `via` (router namespace `owner`'s address)
+    /// from every IPv6 host on the public segment.
+    fn route6_everywhere(
+        &mut self,
+        owner: &str,
+        prefix: String,
+        via: Ipv6Addr,
+    ) -> Result<(), LabError> {
+        for ns in self.public6.iter().filter(|ns| *ns != owner) {
+            add_route6(ns, &prefix, via)?;
+        }
+        self.routes6.push((prefix, via));
         Ok(())
     }
 
@@ -441,10 +542,21 @@ impl Lab {
             let ns = format!("{}-{name}", self.prefix);
             self.add_ns(&ns)?;
             self.attach_public(&ns, "eth0")?;
-            let addr = Ipv4Addr::new(self.net[0], self.net[1], self.net[2], 100 + i);
-            add_addr(&ns, "eth0", addr)?;
-            self.route_to_server(&ns)?;
-            return Ok((Host { ns, addr }, None));
+            let mut addr = Ipv4Addr::new(self.net[0], self.net[1], self.net[2], 100 + i);
+            if self.family == Family::V6Only {
+                addr = Ipv4Addr::UNSPECIFIED;
+            } else {
+                add_addr(&ns, "eth0", addr)?;
+                self.route_to_server(&ns)?;
+            }
+            let mut addr6 = None;
+            if self.family != Family::V4 {
+                let a = v6(PUBLIC_NET6, 0x100 + u16::from(i));
+                add_addr6(&ns, "eth0", a, 64)?;
+                self.join_public6(&ns)?;
+                addr6 = Some(a);
+            }
+            return Ok((Host { ns, addr, addr6 }, None));
         }
         let router = self.add_router(&format!("r{i}"), kind, Ipv4Addr::new(10, 0, i, 0), None)?;
         let peer = self.add_peer_behind(&router, name)?;
@@ -551,9 +663,38 @@ impl Lab {
             Ipv4Addr::new(o[0], o[1], o[2], 2),
             self.router_firewall,
         )?;
+        // IPv6 (on a router of the public segment): routed, not NATed, with
+        // a stateful firewall in front of the LAN.
+        let mut addr6 = None;
+        let mut lan_net6 = None;
+        if self.family != Family::V4 && upstream.is_none() {
+            let a = v6(PUBLIC_NET6, 0x10 + u16::from(wan.octets()[3]));
+            add_addr6(&ns, "wan", a, 64)?;
+            run(&[
+                "ip",
+                "netns",
+                "exec",
+                &ns,
+                "sysctl",
+                "-qw",
+                "net.ipv6.conf.all.forwarding=1",
+            ])?;
+            firewall6(&ns)?;
+            let lan6 = [PUBLIC_NET6[0], PUBLIC_NET6[1], 0, u16::from(o[2])];
+            self.join_public6(&ns)?;
+            self.route6_everywhere(&ns, format!("{}/64", v6(lan6, 0)), a)?;
+            addr6 = Some(a);
+            lan_net6 = Some(lan6);
+        }
         Ok(Router {
-            host: Host { ns, addr: wan },
+            host: Host {
+                ns,
+                addr: wan,
+                addr6,
+            },
             lan_net,
+            lan_net6,
+            family: self.family,
             kind,
         })
     }
@@ -662,6 +803,9 @@ impl Lab {
                 "bridge",
             ])?;
             add_addr(&router.host.ns, "lan", gw)?;
+            if let Some(net6) = router.lan_net6 {
+                add_addr6(&router.host.ns, "lan", v6(net6, 1), 64)?;
+            }
             run(&["ip", "-n", &router.host.ns, "link", "set", "lan", "up"])?;
         }
         let port = format!("l{n}");
@@ -692,9 +836,23 @@ impl Lab {
         ])?;
         run(&["ip", "-n", &router.host.ns, "link", "set", &port, "up"])?;
         run(&["ip", "-n", &ns, "link", "set", "eth0", "up"])?;
-        add_addr(&ns, "eth0", addr)?;
-        add_default_route(&ns, gw)?;
-        Ok(Host { ns, addr })
+        let addr = if router.family == Family::V6Only && router.lan_net6.is_some() {
+            Ipv4Addr::UNSPECIFIED
+        } else {
+            add_addr(&ns, "eth0", addr)?;
+            add_default_route(&ns, gw)?;
+            addr
+        };
+        let addr6 = match router.lan_net6 {
+            Some(net6) => {
+                let a = v6(net6, u16::from(n));
+                add_addr6(&ns, "eth0", a, 64)?;
+                add_route6(&ns, "default", v6(net6, 1))?;
+                Some(a)
+            }
+            None => None,
+        };
+        Ok(Host { ns, addr, addr6 })
     }
 
     /// Drops `percent`% of the packets `router` forwards, both ways.
@@ -808,7 +966,16 @@ fn nat_rules(
     }
     nft(
         ns,
-        "table inet firewall {\n chain input {\n  type filter hook input priority filter;\n  iifname \"wan\" ct state new drop\n }\n}\n",
+        "table inet firewall {\n chain input {\n  type filter hook input priority filter;\n  icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept\n  iifname \"wan\" ct state new drop\n }\n}\n",
+    )
+}
+
+/// The IPv6 firewall of a home router: from the WAN, only packets of flows
+/// the LAN started (and errors about them) are forwarded.
+fn firewall6(ns: &str) -> Result<(), LabError> {
+    nft(
+        ns,
+        "table ip6 firewall6 {\n chain forward {\n  type filter hook forward priority filter;\n  iifname \"wan\" ct state established,related accept\n  iifname \"wan\" drop\n }\n}\n",
     )
 }
 
@@ -848,6 +1015,38 @@ fn add_addr(ns: &str, ifname: &str, addr: Ipv4Addr) -> Result<(), LabError> {
         &format!("{addr}/24"),
         "dev",
         ifname,
+    ])
+    .map(|_| ())
+}
+
+/// Gives interface `ifname` in namespace `ns` the IPv6 address `addr`/`len`.
+fn add_addr6(ns: &str, ifname: &str, addr: Ipv6Addr, len: u8) -> Result<(), LabError> {
+    run(&[
+        "ip",
+        "-n",
+        ns,
+        "addr",
+        "add",
+        &format!("{addr}/{len}"),
+        "dev",
+        ifname,
+        "nodad",
+    ])
+    .map(|_| ())
+}
+
+/// Routes IPv6 `dest` (a prefix, or `default`) from namespace `ns` through `via`.
+fn add_route6(ns: &str, dest: &str, via: Ipv6Addr) -> Result<(), LabError> {
+    run(&[
+        "ip",
+        "-n",
+        ns,
+        "-6",
+        "route",
+        "add",
+        dest,
+        "via",
+        &via.to_string(),
     ])
     .map(|_| ())
 }

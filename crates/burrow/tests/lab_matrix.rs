@@ -16,13 +16,16 @@
 //!
 //! The matrix runs twice: with routers that drop unsolicited packets to
 //! themselves (as most home routers do) and with routers that don't (plain
-//! masquerade), where every cell must go direct alike.
+//! masquerade), where every cell must go direct alike. A third run gives
+//! every peer IPv6 beside its IPv4 (no NAT, a stateful firewall on each
+//! router): there every cell with UDP on both sides goes direct, those IPv4
+//! alone can't do over IPv6.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use burrow_lab::{require_or_skip, NatKind};
+use burrow_lab::{require_or_skip, Family, NatKind};
 use common::proc::*;
 
 fn must_go_direct(req: NatKind, acc: NatKind) -> bool {
@@ -34,6 +37,15 @@ fn must_go_direct(req: NatKind, acc: NatKind) -> bool {
     }
     let independent = |k| matches!(k, None | FullCone | PortRestricted);
     independent(req) || independent(acc) || (req == Sequential && acc == Sequential)
+}
+
+/// With dual-stack peers, every cell where both sides have UDP goes direct
+/// (over IPv6 where IPv4 can't; a side that drops UDP goes direct only where
+/// [`must_go_direct`] says, over IPv4): its IPv6 address
+/// is learnt over UDP (STUN), so a network that drops UDP goes unseen in IPv6
+/// too, and TCP over IPv4 can't cross the symmetric NAT's random ports.
+fn must_go_direct_dual(req: NatKind, acc: NatKind, dual: bool) -> bool {
+    dual && req != NatKind::UdpBlocked && acc != NatKind::UdpBlocked
 }
 
 /// The method the cell must report, where only one can work: prediction
@@ -67,7 +79,18 @@ const KINDS: [NatKind; 6] = [
 
 #[test]
 fn every_pair_of_nat_kinds() {
-    matrix("every_pair_of_nat_kinds", true);
+    matrix("every_pair_of_nat_kinds", true, Family::V4);
+}
+
+/// The matrix with dual-stack peers: IPv6 through the routers' firewalls
+/// wherever the IPv4 NATs leave a cell relayed.
+#[test]
+fn every_pair_of_nat_kinds_dual_stack() {
+    matrix(
+        "every_pair_of_nat_kinds_dual_stack",
+        true,
+        Family::DualStack,
+    );
 }
 
 /// The same matrix with routers that accept unsolicited packets to themselves
@@ -75,16 +98,26 @@ fn every_pair_of_nat_kinds() {
 /// side's own has left would otherwise make that side's NAT pick another port.
 #[test]
 fn every_pair_of_nat_kinds_without_router_firewalls() {
-    matrix("every_pair_of_nat_kinds_without_router_firewalls", false);
+    matrix(
+        "every_pair_of_nat_kinds_without_router_firewalls",
+        false,
+        Family::V4,
+    );
 }
 
-fn matrix(test: &str, firewall: bool) {
+fn matrix(test: &str, firewall: bool, family: Family) {
     let Some(mut lab) = require_or_skip(test) else {
         return;
     };
     lab.set_router_firewall(firewall);
+    lab.set_family(family).unwrap();
+    let dual = family == Family::DualStack;
     let dir = tempfile::tempdir().unwrap();
-    let (mut server, url) = lab_server(&lab, &dir.path().join("srv"), &[]);
+    let (mut server, url) = if dual {
+        lab_server_on(&lab, &dir.path().join("srv"), "[::]:7700", &[])
+    } else {
+        lab_server(&lab, &dir.path().join("srv"), &[])
+    };
 
     let mut table = Vec::new();
     let mut failures = Vec::new();
@@ -145,6 +178,12 @@ fn matrix(test: &str, firewall: bool) {
             // Each side knows what found its end of the path; one side may
             // see only its ordinary probe answered (the other's trick opened
             // the way), so the cell reports the more specific of the two.
+            let carried = direct
+                .as_ref()
+                .and_then(|v| peer(v, &a))
+                .and_then(|p| p["family"].as_str())
+                .unwrap_or("-")
+                .to_string();
             let method = if direct.is_some() {
                 let q_method = direct
                     .as_ref()
@@ -174,20 +213,31 @@ fn matrix(test: &str, firewall: bool) {
                 assert!(ok1 && ok2, "{cell}: relayed chat failed: {e1} {e2}");
             }
             table.push(format!(
-                "{:<15} {:<15} {:<8} {:<10} {:>9} ms {:>9}",
+                "{:<15} {:<15} {:<8} {:<6} {:<10} {:>9} ms {:>9}",
                 format!("{req_kind:?}"),
                 format!("{acc_kind:?}"),
                 path,
+                carried,
                 method,
                 first_message.as_millis(),
                 to_direct
                     .map(|d| format!("{} ms", d.as_millis()))
                     .unwrap_or_else(|| "-".into()),
             ));
-            if must_go_direct(req_kind, acc_kind) && direct.is_none() {
+            if (must_go_direct_dual(req_kind, acc_kind, dual) || must_go_direct(req_kind, acc_kind))
+                && direct.is_none()
+            {
                 failures.push(format!("{cell}: expected direct, stayed relayed"));
             }
-            if let Some(want) = expected_method(req_kind, acc_kind) {
+            if dual && !must_go_direct(req_kind, acc_kind) && direct.is_some() && carried != "ipv6"
+            {
+                failures.push(format!(
+                    "{cell}: direct over {carried}, where only IPv6 can be"
+                ));
+            }
+            // With IPv6 beside it, an ordinary probe over IPv6 may find the
+            // path before IPv4's trick does.
+            if let Some(want) = expected_method(req_kind, acc_kind).filter(|_| !dual) {
                 if direct.is_some() && method != want {
                     failures.push(format!("{cell}: direct by {method}, expected {want}"));
                 }
@@ -197,12 +247,13 @@ fn matrix(test: &str, firewall: bool) {
         }
     }
     println!(
-        "routers {} an input firewall",
-        if firewall { "with" } else { "without" }
+        "routers {} an input firewall, {}",
+        if firewall { "with" } else { "without" },
+        if dual { "dual-stack peers" } else { "IPv4" }
     );
     println!(
-        "{:<15} {:<15} {:<8} {:<10} {:>12} {:>12}",
-        "requester", "acceptor", "path", "method", "1st message", "to direct"
+        "{:<15} {:<15} {:<8} {:<6} {:<10} {:>12} {:>12}",
+        "requester", "acceptor", "path", "family", "method", "1st message", "to direct"
     );
     for row in &table {
         println!("{row}");
