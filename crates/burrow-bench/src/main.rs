@@ -11,7 +11,8 @@
 //! through the lab (one round trip) and a bare QUIC dial to a known address
 //! plus one echo (no rendezvous, no NAT). The table is made with routers that
 //! drop unsolicited packets to themselves and again with routers that don't
-//! (`--firewall on|off|both`).
+//! (`--firewall on|off|both`), and once more with dual-stack peers, whose IPv6
+//! sits behind the routers' stateful firewalls (`--family v4|dual|both`).
 //!
 //! Needs root (the lab); run with `cargo run --release -p burrow-bench -- setup`.
 //!
@@ -38,7 +39,7 @@ mod transfer;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use burrow_lab::{Host, Lab, NatKind, NsRuntime, SERVER_ADDRS};
+use burrow_lab::{Family, Host, Lab, NatKind, NsRuntime, SERVER_ADDRS};
 use burrow_node::api::ConnectionState;
 use burrow_node::{Node, NodeConfig, NodeEvent};
 use burrow_proto::punch::Method;
@@ -53,6 +54,17 @@ use tokio::sync::oneshot;
 struct Cli {
     #[command(subcommand)]
     bench: Bench,
+}
+
+/// Which address families the setup benchmark gives its peers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Families {
+    /// IPv4 alone (the tables `--firewall` asks for).
+    V4,
+    /// Dual-stack peers (one table, routers with an input firewall).
+    Dual,
+    /// Both.
+    Both,
 }
 
 /// Which routers the setup benchmark builds.
@@ -85,6 +97,10 @@ enum Bench {
         /// (`off`: plain masquerade), or the whole table once each way.
         #[arg(long, value_enum, default_value_t = Firewall::Both)]
         firewall: Firewall,
+        /// IPv4 peers (`v4`), dual-stack peers (`dual`: IPv6 with home
+        /// routers' stateful firewalls beside the IPv4 NATs), or both.
+        #[arg(long, value_enum, default_value_t = Families::Both)]
+        family: Families,
     },
     /// One file between two nodes, beside plain TCP and bare QUIC.
     Transfer {
@@ -143,12 +159,13 @@ fn main() {
             direct_wait,
             only,
             firewall,
+            family,
         } => setup(
             runs,
             Duration::from_millis(delay_ms),
             direct_wait,
             &only,
-            firewall,
+            (firewall, family),
         ),
         Bench::Transfer {
             size_mib,
@@ -307,7 +324,7 @@ fn one_setup(
     (req, req_name): (&NsRuntime, &str),
     (acc, acc_name): (&NsRuntime, &str),
     direct_wait: Duration,
-) -> (Duration, Option<Duration>, Option<Method>) {
+) -> (Duration, Option<Duration>, Option<Method>, Option<String>) {
     // Names stay bound to their first key: every run's fresh nodes get new ones.
     let (req_name, acc_name) = (req_name.to_string(), acc_name.to_string());
     let dir = tempfile::tempdir().unwrap();
@@ -411,19 +428,39 @@ fn one_setup(
         .find(|m| **m != Method::Probe)
         .or(seen.iter().flatten().next())
         .copied();
-    let result = (result.0, result.1, result.1.and(method));
+    let family = requester
+        .peers()
+        .into_iter()
+        .find(|p| p.name.as_deref() == Some(&acc_name2))
+        .and_then(|p| p.family);
+    let result = (
+        result.0,
+        result.1,
+        result.1.and(method),
+        result.1.and(family),
+    );
     req.run(async move { requester.shutdown().await });
     acc.run(async move { acceptor.shutdown().await });
     result
 }
 
-fn setup(runs: usize, delay: Duration, direct_wait: Duration, only: &[String], firewall: Firewall) {
+fn setup(
+    runs: usize,
+    delay: Duration,
+    direct_wait: Duration,
+    only: &[String],
+    (firewall, family): (Firewall, Families),
+) {
     let mut lab = Lab::new().unwrap_or_else(|e| {
         eprintln!("error: {e}");
         eprintln!("hint: the lab needs root, iproute2, nftables and conntrack");
         std::process::exit(1)
     });
     lab.set_uplink_delay(delay);
+    // The server gets its IPv6 addresses before it binds (it tells nodes of
+    // them); peers get IPv6 only in the dual-stack table.
+    lab.set_family(Family::DualStack).unwrap();
+    lab.set_family(Family::V4).unwrap();
 
     let server_rt = NsRuntime::start(&lab.server().ns).unwrap();
     let srv_dir = tempfile::tempdir().unwrap();
@@ -433,7 +470,7 @@ fn setup(runs: usize, delay: Duration, direct_wait: Duration, only: &[String], f
     let (server_addr, server_stop) = server_rt.run(async move {
         let secret = SecretKey::generate(&mut rand::thread_rng());
         let mut config = burrow_server::ServerConfig::new(srv_home);
-        config.listen = SocketAddr::from((SERVER_ADDRS[0], 7700));
+        config.listen = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 7700));
         let server = burrow_server::Server::bind(&secret, config).expect("the server starts");
         let addr = ServerAddr {
             key: Some(server.id()),
@@ -471,18 +508,33 @@ fn setup(runs: usize, delay: Duration, direct_wait: Duration, only: &[String], f
         "delay link ceiling: {:.0} frames/s through one link's relay threads",
         ceiling
     );
-    let variants: &[bool] = match firewall {
+    let firewalls: &[bool] = match firewall {
         Firewall::On => &[true],
         Firewall::Off => &[false],
         Firewall::Both => &[true, false],
     };
+    // (router firewall, dual-stack peers)
+    let mut variants: Vec<(bool, bool)> = Vec::new();
+    if family != Families::Dual {
+        variants.extend(firewalls.iter().map(|&f| (f, false)));
+    }
+    if family != Families::V4 {
+        variants.push((true, true));
+    }
     let mut over = Vec::new();
-    for (v, &with_firewall) in variants.iter().enumerate() {
+    for (v, &(with_firewall, dual)) in variants.iter().enumerate() {
         lab.set_router_firewall(with_firewall);
+        lab.set_family(if dual { Family::DualStack } else { Family::V4 })
+            .unwrap();
         println!();
         println!(
-            "routers {} an input firewall",
-            if with_firewall { "with" } else { "without" }
+            "routers {} an input firewall{}",
+            if with_firewall { "with" } else { "without" },
+            if dual {
+                ", dual-stack peers (IPv6 behind the routers' stateful firewalls)"
+            } else {
+                ""
+            }
         );
         println!(
             "{:<15} {:<15} {:>22} {:>22} {:>8}  {}",
@@ -506,11 +558,12 @@ fn setup(runs: usize, delay: Duration, direct_wait: Duration, only: &[String], f
                 let mut firsts = Vec::new();
                 let mut directs = Vec::new();
                 let mut methods = Vec::new();
+                let mut families = Vec::new();
                 for run in 0..runs {
                     for r in [&rr, &ar].into_iter().flatten() {
                         lab.flush_mappings(r).unwrap();
                     }
-                    let (first, direct, method) = one_setup(
+                    let (first, direct, method, carried) = one_setup(
                         &server_addr,
                         (&req, &format!("req{v}{i}{j}n{run}")),
                         (&acc, &format!("acc{v}{i}{j}n{run}")),
@@ -519,7 +572,10 @@ fn setup(runs: usize, delay: Duration, direct_wait: Duration, only: &[String], f
                     firsts.push(first);
                     directs.extend(direct);
                     methods.extend(method);
+                    families.extend(carried);
                 }
+                families.sort();
+                families.dedup();
                 methods.sort_by_key(|m| m.words());
                 methods.dedup();
                 let method = methods
@@ -527,6 +583,11 @@ fn setup(runs: usize, delay: Duration, direct_wait: Duration, only: &[String], f
                     .map(|m| m.words())
                     .collect::<Vec<_>>()
                     .join(", ");
+                let method = if dual && !families.is_empty() {
+                    format!("{method} (over {})", families.join(", "))
+                } else {
+                    method
+                };
                 let n_direct = directs.len();
                 let first = median(&mut firsts).unwrap();
                 let direct = median(&mut directs);
@@ -542,8 +603,9 @@ fn setup(runs: usize, delay: Duration, direct_wait: Duration, only: &[String], f
                     n_direct
                 );
                 let cell = format!(
-                    "{req_kind:?} x {acc_kind:?}{}",
-                    if with_firewall { "" } else { " (no firewall)" }
+                    "{req_kind:?} x {acc_kind:?}{}{}",
+                    if with_firewall { "" } else { " (no firewall)" },
+                    if dual { " (dual-stack)" } else { "" }
                 );
                 if in_rtts(first) > 4.0 {
                     over.push(format!("{cell}: first message {:.1} RTT", in_rtts(first)));

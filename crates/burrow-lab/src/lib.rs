@@ -53,8 +53,9 @@
 //!
 //! IPv6 ([`Lab::set_family`]): hosts made afterwards get IPv6 as well as
 //! (or instead of) IPv4. The public segment is 2001:db8::/64 (the server at
-//! ::1 and ::2, routers at ::10+, public peers at ::100+), each router's LAN
-//! 2001:db8:0:N::/64, routed from every host on the public segment to the
+//! ::1 and ::2, routers and public peers at their IPv4 host number, written
+//! in hex: .11 is ::b), each router's LAN 2001:db8:0:N::/64 (the 10.0.N.0/24
+//! beside it; routers behind a carrier NAT get no IPv6), routed from every host on the public segment to the
 //! router's WAN address: no NAT, as IPv6 home networks have none, but the
 //! router forwards inbound IPv6 only for flows its LAN started (nftables
 //! `ct state established,related`), the stateful firewall such routers run.
@@ -371,15 +372,7 @@ impl Lab {
                 "lo",
             ])?;
         }
-        run(&[
-            "ip",
-            "netns",
-            "exec",
-            &srv,
-            "sysctl",
-            "-qw",
-            "net.ipv4.conf.eth0.arp_ignore=1",
-        ])?;
+        sysctl(&srv, "net.ipv4.conf.eth0.arp_ignore=1")?;
         lab.server_via = Some(transit);
         Ok(lab)
     }
@@ -417,15 +410,8 @@ impl Lab {
         run(&["ip", "-n", name, "link", "set", "lo", "up"])?;
         // Interfaces made here from now on use their IPv6 addresses at once
         // (no duplicate address detection: nothing else is on these links).
-        run(&[
-            "ip",
-            "netns",
-            "exec",
-            name,
-            "sysctl",
-            "-qw",
-            "net.ipv6.conf.default.accept_dad=0",
-        ])?;
+        // A kernel without IPv6 has no such setting; IPv4 labs don't need it.
+        let _ = sysctl(name, "net.ipv6.conf.default.accept_dad=0");
         Ok(())
     }
 
@@ -551,7 +537,7 @@ impl Lab {
             }
             let mut addr6 = None;
             if self.family != Family::V4 {
-                let a = v6(PUBLIC_NET6, 0x100 + u16::from(i));
+                let a = v6(PUBLIC_NET6, u16::from(100 + i));
                 add_addr6(&ns, "eth0", a, 64)?;
                 self.join_public6(&ns)?;
                 addr6 = Some(a);
@@ -646,15 +632,7 @@ impl Lab {
             Some(gw) => add_default_route(&ns, gw)?,
             None => self.route_to_server(&ns)?,
         }
-        run(&[
-            "ip",
-            "netns",
-            "exec",
-            &ns,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-        ])?;
+        sysctl(&ns, "net.ipv4.ip_forward=1")?;
         let o = lan_net.octets();
         nat_rules(
             &ns,
@@ -668,17 +646,9 @@ impl Lab {
         let mut addr6 = None;
         let mut lan_net6 = None;
         if self.family != Family::V4 && upstream.is_none() {
-            let a = v6(PUBLIC_NET6, 0x10 + u16::from(wan.octets()[3]));
+            let a = v6(PUBLIC_NET6, u16::from(wan.octets()[3]));
             add_addr6(&ns, "wan", a, 64)?;
-            run(&[
-                "ip",
-                "netns",
-                "exec",
-                &ns,
-                "sysctl",
-                "-qw",
-                "net.ipv6.conf.all.forwarding=1",
-            ])?;
+            sysctl(&ns, "net.ipv6.conf.all.forwarding=1")?;
             firewall6(&ns)?;
             let lan6 = [PUBLIC_NET6[0], PUBLIC_NET6[1], 0, u16::from(o[2])];
             self.join_public6(&ns)?;
@@ -1049,6 +1019,11 @@ fn add_route6(ns: &str, dest: &str, via: Ipv6Addr) -> Result<(), LabError> {
         &via.to_string(),
     ])
     .map(|_| ())
+}
+
+/// Sets kernel parameter `setting` (`name=value`) in namespace `ns`.
+fn sysctl(ns: &str, setting: &str) -> Result<(), LabError> {
+    run(&["ip", "netns", "exec", ns, "sysctl", "-qw", setting]).map(|_| ())
 }
 
 /// Routes everything from namespace `ns` through `gw`.

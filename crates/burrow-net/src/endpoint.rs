@@ -317,11 +317,12 @@ impl Endpoint {
         self.quic.local_addr()
     }
 
-    /// Whether our socket can send to `to`: an IPv6 socket (dual-stack, as
-    /// burrow binds `[::]`) takes both families, an IPv4 one only IPv4.
+    /// Whether our socket can send to `to`: the IPv6 wildcard (dual-stack,
+    /// as burrow binds `[::]`) takes both families, a specific IPv6 address
+    /// only IPv6, an IPv4 socket only IPv4.
     pub fn takes(&self, to: SocketAddr) -> bool {
         self.local_addr()
-            .is_ok_and(|l| l.is_ipv6() || crate::paths::canonical(to).is_ipv4())
+            .is_ok_and(|l| crate::socket::takes(l, crate::paths::canonical(to)))
     }
 
     /// Also accepts TCP on our UDP socket's address: each connection becomes a

@@ -23,12 +23,34 @@ pub fn lan_candidates(local: SocketAddr) -> Vec<SocketAddr> {
         .map(|i| i.ip())
         .filter(|ip| (local.is_ipv6() || ip.is_ipv4()) && usable_elsewhere(ip))
         .collect();
-    ips.sort_by_key(|ip| ip.is_ipv6());
     ips.dedup();
-    ips.into_iter()
-        .take(MAX_LAN_CANDIDATES)
+    // IPv4 first, and room for IPv6 however many IPv4 addresses there are
+    // (a host with a dozen container bridges).
+    let (v4, v6): (Vec<IpAddr>, Vec<IpAddr>) = ips.into_iter().partition(|ip| ip.is_ipv4());
+    let v4_room = if v6.is_empty() {
+        MAX_LAN_CANDIDATES
+    } else {
+        MAX_LAN_CANDIDATES - MAX_LAN_CANDIDATES / 4
+    };
+    let v4_taken = v4.len().min(v4_room);
+    v4.into_iter()
+        .take(v4_room)
+        .chain(v6.into_iter().take(MAX_LAN_CANDIDATES - v4_taken))
         .map(|ip| SocketAddr::new(ip, local.port()))
         .collect()
+}
+
+/// Whether `ip` is an address on the internet: usable elsewhere, and not a
+/// private, shared (carrier) or unique-local one.
+pub fn is_global(ip: &IpAddr) -> bool {
+    usable_elsewhere(ip)
+        && match ip.to_canonical() {
+            IpAddr::V4(v4) => {
+                let o = v4.octets();
+                !(v4.is_private() || (o[0] == 100 && (o[1] & 0xc0) == 64) || v4.is_broadcast())
+            }
+            IpAddr::V6(v6) => (v6.segments()[0] & 0xfe00) != 0xfc00,
+        }
 }
 
 /// Whether another machine could reach us at `ip`: not loopback, link-local,
@@ -73,6 +95,17 @@ mod tests {
         let usable = |s: &str| super::usable_elsewhere(&s.parse().unwrap());
         for ok in ["192.168.1.2", "198.51.100.7", "2001:db8::5", "fd12:3456::1"] {
             assert!(usable(ok), "{ok}");
+        }
+        assert!(super::is_global(&"2001:db8::5".parse().unwrap()));
+        assert!(super::is_global(&"198.51.100.7".parse().unwrap()));
+        for private in [
+            "10.1.2.3",
+            "192.168.1.2",
+            "100.64.0.9",
+            "fd12::1",
+            "fe80::1",
+        ] {
+            assert!(!super::is_global(&private.parse().unwrap()), "{private}");
         }
         for no in [
             "127.0.0.1",

@@ -74,6 +74,17 @@ pub(crate) fn no_ipv6(e: &io::Error) -> bool {
     )
 }
 
+/// Whether a socket bound at `local` can send to `to` (canonical): the IPv6
+/// wildcard takes both families ([`bind_udp`] makes it dual-stack), any
+/// other address its own family only.
+pub fn takes(local: SocketAddr, to: SocketAddr) -> bool {
+    match local {
+        SocketAddr::V6(l) if l.ip().is_unspecified() => true,
+        SocketAddr::V6(l) if l.ip().to_ipv4_mapped().is_some() => to.is_ipv4(),
+        _ => local.is_ipv4() == to.is_ipv4(),
+    }
+}
+
 /// `to` as a socket of family `ipv6` sends to it: an IPv4 address becomes
 /// IPv4-mapped on an IPv6 socket (the form every system accepts there).
 pub(crate) fn on_wire(ipv6: bool, to: SocketAddr) -> SocketAddr {

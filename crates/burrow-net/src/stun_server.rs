@@ -141,7 +141,7 @@ impl StunGrid {
         let mut alts = Vec::new();
         for addr in addrs {
             let bind = |addr| -> std::io::Result<Arc<dyn AsyncUdpSocket>> {
-                quinn::TokioRuntime.wrap_udp_socket(std::net::UdpSocket::bind(addr)?)
+                quinn::TokioRuntime.wrap_udp_socket(crate::socket::bind_udp(addr)?)
             };
             let socket = bind(addr).map_err(|source| GridError::Bind { addr, source })?;
             alts.push((addr, socket));
@@ -300,7 +300,7 @@ impl StunGrid {
         }
         let (_, socket) = self.alts.iter().find(|(a, _)| *a == at)?;
         Some(socket.try_send(&Transmit {
-            destination: to,
+            destination: crate::socket::on_wire(at.is_ipv6(), to),
             ecn: None,
             contents: data,
             segment_size: None,
@@ -330,7 +330,10 @@ async fn serve(addr: SocketAddr, socket: Arc<dyn AsyncUdpSocket>, grid: std::syn
                 continue;
             };
             let Some(grid) = grid.upgrade() else { return };
-            grid.answer(addr, m.dst_ip, m.addr, req);
+            // A dual-stack socket's IPv4 callers are IPv4 to the answer (a
+            // mapped address in XOR-MAPPED-ADDRESS would read as another one).
+            let from = crate::paths::canonical(m.addr);
+            grid.answer(addr, m.dst_ip.map(|ip| ip.to_canonical()), from, req);
         }
     }
 }

@@ -342,6 +342,53 @@ mod tests {
         );
     }
 
+    /// Reads one datagram and the TTL it arrived with (`IP_RECVTTL`).
+    fn recv_with_ttl(socket: &std::net::UdpSocket) -> (Vec<u8>, u8) {
+        setsockopt_int(socket.as_raw_fd(), libc::IPPROTO_IP, libc::IP_RECVTTL, 1).unwrap();
+        let mut buf = [0u8; 64];
+        let mut control = [0u64; 16];
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
+        // SAFETY: the buffers outlive the call; the control messages are read
+        // only within the length the kernel reports.
+        unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+            msg.msg_controllen = std::mem::size_of_val(&control) as _;
+            let n = libc::recvmsg(socket.as_raw_fd(), &mut msg, 0);
+            assert!(n >= 0, "{}", io::Error::last_os_error());
+            let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+            while !cmsg.is_null() {
+                if (*cmsg).cmsg_level == libc::IPPROTO_IP && (*cmsg).cmsg_type == libc::IP_TTL {
+                    let ttl = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::c_int);
+                    return (buf[..n as usize].to_vec(), ttl as u8);
+                }
+                cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+            }
+        }
+        panic!("no TTL came with the datagram");
+    }
+
+    /// From a dual-stack socket to an IPv4 peer (mapped, as burrow sends),
+    /// the datagram leaves as IPv4 with the TTL asked for, not the default.
+    #[test]
+    fn a_dual_stack_socket_sends_ipv4_with_the_ttl_asked() {
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let tx = crate::socket::bind_udp("[::]:0".parse().unwrap()).unwrap();
+        if !tx.local_addr().unwrap().is_ipv6() {
+            eprintln!("SKIPPED: this machine has no IPv6 to make a dual-stack socket with");
+            return;
+        }
+        let to = crate::socket::on_wire(true, rx.local_addr().unwrap());
+        send_with_ttl(&tx, to, b"opening", 3).unwrap();
+        assert_eq!(recv_with_ttl(&rx), (b"opening".to_vec(), 3));
+    }
+
     #[test]
     fn private_and_carrier_hops_are_inside() {
         for ip in ["10.0.3.1", "192.168.1.1", "100.64.7.1", "172.16.0.1"] {

@@ -93,8 +93,10 @@ pub(crate) struct State {
     /// session runs over IPv4), as the server's STUN saw it; `None` when we
     /// have none there, or it did not answer.
     pub public_other: Option<SocketAddr>,
-    /// The server's addresses in that other family (its Welcome's `also`).
+    /// The server's addresses in that other family (its Welcome's `also`),
+    /// and the session's proof for them.
     pub server_also: Vec<SocketAddr>,
+    pub other_proof: Option<[u8; 12]>,
     /// How our NAT maps ports, as last measured ([`crate::nat::refresh_mapping`]).
     pub mapping: burrow_proto::punch::Mapping,
     /// The TTL of our opening probes, when a NAT of ours stands between us

@@ -55,8 +55,8 @@ const REPUNCH_MAX: Duration = Duration::from_secs(300);
 const TCP_PUNCH: Duration = Duration::from_secs(8);
 
 /// The candidates worth probing: of an address family we can use (our
-/// socket's, and with a server, one it saw us in: an IPv6 candidate is no
-/// use to a node with no IPv6 route out), never addresses that can't be a
+/// socket takes it, and the server saw us in it or we have a route to the
+/// address: an IPv6 candidate is no use to a node with no IPv6 route out), never addresses that can't be a
 /// peer's (unspecified, multicast, broadcast, link-local, port 0) or that are
 /// our own, and loopback only when this node itself runs on loopback (with
 /// its server, or bound there). The server already offers a peer's own
@@ -72,29 +72,34 @@ fn usable(inner: &Inner, candidates: &[SocketAddr]) -> Vec<SocketAddr> {
         local.is_some_and(|a| a.ip().is_loopback()) || server.is_some_and(|s| s.ip().is_loopback());
     let family_ok = |a: &SocketAddr| {
         let socket_takes = inner.endpoint.takes(*a);
-        // Where the server saw us: those families work. (No server, or not
-        // yet heard: whatever the socket takes.)
-        let seen = match public {
-            Some(p) => {
-                p.is_ipv4() == a.is_ipv4() || other.is_some_and(|o| o.is_ipv4() == a.is_ipv4())
-            }
-            None => true,
-        };
-        socket_takes && (seen || a.ip().is_loopback())
+        // Where the server saw us: those families work; no server, or its
+        // STUN in the other family not answered yet: where we have a route.
+        let seen = public.is_some_and(|p| p.is_ipv4() == a.is_ipv4())
+            || other.is_some_and(|o| o.is_ipv4() == a.is_ipv4());
+        socket_takes && (seen || a.ip().is_loopback() || crate::session::has_route(*a))
     };
     let broadcast = |ip: IpAddr| matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
-    candidates
+    let (kept, dropped): (Vec<SocketAddr>, Vec<SocketAddr>) = candidates
         .iter()
         .map(|a| burrow_net::paths::canonical(*a))
-        .filter(family_ok)
-        .filter(|a| {
+        .partition(|a| {
             let ip = a.ip();
-            ip.is_loopback() || (burrow_net::iface::usable_elsewhere(&ip) && !broadcast(ip))
-        })
-        .filter(|a| a.port() != 0)
-        .filter(|a| !a.ip().is_loopback() || on_loopback)
-        .filter(|a| Some(*a) != local && Some(*a) != public && Some(*a) != other)
-        .collect()
+            family_ok(a)
+                && (ip.is_loopback()
+                    || (burrow_net::iface::usable_elsewhere(&ip) && !broadcast(ip)))
+                && a.port() != 0
+                && (!ip.is_loopback() || on_loopback)
+                && Some(*a) != local
+                && Some(*a) != public
+                && Some(*a) != other
+        });
+    if !dropped.is_empty() {
+        debug!(
+            ?dropped,
+            "not probing candidates of a family we have no route in, or that can't be a peer's (link-local, loopback, our own)"
+        );
+    }
+    kept
 }
 
 /// Where to dial a peer over TCP: its public address as the server saw it,
@@ -217,7 +222,14 @@ pub(crate) fn link(
         Direction::Outgoing => Role::Requester,
         Direction::Incoming => Role::Acceptor,
     };
+    let observed = candidates.first().map(|a| burrow_net::paths::canonical(*a));
     let candidates = usable(inner, candidates);
+    // The hard-NAT tricks aim at the peer's address as the server sees it,
+    // and at its NAT's ports: IPv4's, and only where we probe that address
+    // (an IPv6-only node drops it; its tricks must not land on an IPv6 host).
+    let observed = observed.filter(|o| o.is_ipv4() && candidates.first() == Some(o));
+    let mut peer_nat = peer_nat;
+    peer_nat.mapped = peer_nat.mapped.filter(|m| !usable(inner, &[*m]).is_empty());
     let tcp_candidates = tcp_candidates(&candidates);
     let (own_mapping, open_ttl, own_no_udp) = {
         let st = inner.state();
@@ -228,7 +240,7 @@ pub(crate) fn link(
     let udp_hopeless = own_no_udp || peer_nat.no_udp;
     // Behind hard NATs, each side does its part (side sockets, random ports,
     // predicted ports); see `burrow_proto::punch::strategy`.
-    let strategy = Strategy::choose(own_mapping, peer_nat, candidates.first().copied());
+    let strategy = Strategy::choose(own_mapping, peer_nat, observed);
     if strategy.is_hard() {
         debug!(peer = %peer.short(), ?own_mapping, ?peer_nat, ?strategy, "hard NAT punch");
     }
@@ -359,6 +371,18 @@ pub(crate) fn request_repunch(inner: &Inner, peer: NodeId) {
     if let Some(tx) = tx {
         debug!(peer = %peer.short(), "asking for a fresh punch");
         let _ = tx.try_send(ClientMsg::Repunch { peer });
+    }
+}
+
+/// Asks for fresh punches with every peer linked to us over anything but a
+/// direct path (the relay, or nothing yet).
+pub(crate) fn repunch_indirect(inner: &Inner) {
+    let linked: Vec<NodeId> = inner.state().peers.keys().copied().collect();
+    for peer in linked {
+        match inner.endpoint.paths().status(&peer).map(|s| s.route) {
+            Some(Route::Direct(_)) | None => {}
+            Some(_) => request_repunch(inner, peer),
+        }
     }
 }
 

@@ -369,6 +369,7 @@ pub(crate) async fn connect(inner: &Arc<Inner>) -> Result<Session, SessionError>
                 st.server_id = Some(key);
                 st.public_addr = Some(observed);
                 st.public_other = None;
+                st.other_proof = Some(proof);
                 st.server_also = also
                     .iter()
                     .map(|a| burrow_net::paths::canonical(*a))
@@ -434,7 +435,7 @@ pub(crate) async fn connect(inner: &Arc<Inner>) -> Result<Session, SessionError>
 /// (NAT measurements and port mappings are IPv4's; a dual-stack node finds
 /// its IPv6 address through the server's Welcome).
 fn pick_server_addr(local: SocketAddr, resolved: &[SocketAddr]) -> Option<SocketAddr> {
-    let fits = |a: &SocketAddr| local.is_ipv6() || a.is_ipv4();
+    let fits = |a: &SocketAddr| burrow_net::socket::takes(local, *a);
     let mut usable: Vec<SocketAddr> = resolved.iter().copied().filter(fits).collect();
     usable.sort_by_key(|a| a.is_ipv6());
     usable
@@ -446,7 +447,7 @@ fn pick_server_addr(local: SocketAddr, resolved: &[SocketAddr]) -> Option<Socket
 
 /// Whether this machine has a route to `to` (a UDP socket connects without
 /// sending anything: it fails at once without one).
-fn has_route(to: SocketAddr) -> bool {
+pub(crate) fn has_route(to: SocketAddr) -> bool {
     let any: SocketAddr = match to {
         SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
         SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
@@ -475,8 +476,18 @@ async fn find_other_family(inner: Arc<Inner>, also: Vec<SocketAddr>, proof: [u8;
         {
             Ok(seen) => {
                 let seen = burrow_net::paths::canonical(seen);
-                info!(%seen, "our address in the other family");
-                inner.state().public_other = Some(seen);
+                {
+                    let mut st = inner.state();
+                    // Unless a newer session has taken over meanwhile.
+                    if st.other_proof != Some(proof) {
+                        return;
+                    }
+                    info!(%seen, "our address in the other family");
+                    st.public_other = Some(seen);
+                }
+                // A link the server made before it saw us there gave the
+                // peer no address of ours in this family: punch it again.
+                peers::repunch_indirect(&inner);
                 return;
             }
             Err(e) => debug!(%server, error = %e, "no STUN answer in the other family"),

@@ -140,16 +140,8 @@ impl Online {
     /// number at its public address instead (NATs that keep ports map it
     /// there; TCP punches try it). Loopback ones only between nodes on the
     /// server's own machine. A port mapping only when its public address is
-    /// the one the server sees (the router's own).
-    /// Whether this node has an address (seen by the server) of `addr`'s family.
-    fn reaches(&self, addr: &SocketAddr) -> bool {
-        let family = |a: &SocketAddr| a.is_ipv4();
-        self.candidates
-            .first()
-            .is_some_and(|c| family(c) == family(addr))
-            || self.other.is_some_and(|o| family(&o) == family(addr))
-    }
-
+    /// the one the server sees (the router's own). Its address in the other
+    /// family, once the server saw it there.
     fn offered_to(&self, viewer: &Online) -> (Vec<SocketAddr>, NatInfo) {
         let Some(&observed) = self.candidates.first() else {
             return (Vec::new(), NatInfo::default());
@@ -165,8 +157,10 @@ impl Online {
         let here = observed.ip();
         let same_place = viewer.candidates.first().is_some_and(|v| v.ip() == here);
         let mut out = vec![observed];
-        // Its other family's address, to a viewer that has that family too.
-        if let Some(other) = self.other.filter(|o| viewer.reaches(o)) {
+        // Its other family's address: the viewer tries it where it has a
+        // route in that family (it may not be seen there itself yet: its
+        // own STUN there is one round trip behind its Welcome).
+        if let Some(other) = self.other {
             out.push(other);
         }
         if same_place {
@@ -268,8 +262,10 @@ impl Registry {
 
     /// A STUN request with transaction id `tx` came from `from`: when `tx` is
     /// an online node's proof and `from` is of the other family than its
-    /// session, `from` is that node's address in the family (peers that have
-    /// the family are offered it). Returns the node.
+    /// session, `from` is that node's address in the family (offered to peers
+    /// beside the session's), and the proof is spent: the first request wins
+    /// (the id travels in the clear, and a replay must move nothing).
+    /// Returns the node.
     ///
     /// The proof shows the request came from the node (it is sent only in its
     /// encrypted session), not that `from` is really where it came from: a
@@ -285,6 +281,7 @@ impl Registry {
             return None;
         }
         node.other = Some(from);
+        self.proofs.remove(tx);
         Some(id)
     }
 
@@ -910,7 +907,7 @@ mod tests {
     }
 
     #[test]
-    fn the_other_family_is_offered_once_the_proof_came_from_there_and_only_to_who_has_it() {
+    fn the_other_family_is_offered_once_the_proof_came_from_there_and_the_proof_is_spent() {
         let mut r = Registry::new(BrokerConfig::default());
         let t = Instant::now();
         let server4 = SocketAddr::from(([203, 0, 113, 200], 7700));
@@ -935,6 +932,12 @@ mod tests {
             "the same family shows nothing"
         );
         assert_eq!(r.witness(&proof, alice6), Some(a.id));
+        let elsewhere: SocketAddr = "[2001:db8:0:9::9]:4000".parse().unwrap();
+        assert_eq!(
+            r.witness(&proof, elsewhere),
+            None,
+            "a replayed proof moves nothing"
+        );
         // bob's session runs over IPv6; carol has IPv4 alone.
         let bob6: SocketAddr = "[2001:db8:0:6::2]:5000".parse().unwrap();
         let (also, _) = welcome(r.handle_join(b.clone(), 2, bob6, vec![]));
@@ -948,8 +951,8 @@ mod tests {
         assert_eq!(offered_by(&mut r, t, &a, &b).0, vec![addr(1), alice6]);
         assert_eq!(
             offered_by(&mut r, t, &a, &c).0,
-            vec![addr(1)],
-            "an IPv4-only peer is not handed an IPv6 address to try"
+            vec![addr(1), alice6],
+            "to a peer not seen in IPv6 (yet) too: it tries where it has a route"
         );
         r.handle_leave(a.id, 1);
         assert_eq!(

@@ -443,6 +443,12 @@ impl Server {
         }
         let witness = Arc::downgrade(&shared);
         stun_grid.set_witness(Arc::new(move |tx, from| {
+            // Only a real address a peer could reach (not a TCP link's
+            // virtual one, nor loopback or link-local) can be a node's.
+            let from = burrow_net::paths::canonical(from);
+            if burrow_net::tcp::is_link(from) || !burrow_net::iface::usable_elsewhere(&from.ip()) {
+                return;
+            }
             if let Some(s) = witness.upgrade() {
                 if let Some(id) = s.hub().registry.witness(tx, from) {
                     tracing::debug!(node = %id.short(), %from, "node seen in its other address family");
@@ -665,8 +671,15 @@ async fn sleep_until_some(at: Option<Instant>) {
 }
 
 /// The addresses nodes reach a server listening at `listen` on: that one when
-/// it is specific; every usable interface address when it is a wildcard
-/// (`[::]` takes both families, IPv4 first).
+/// it is specific; every global interface address when it is a wildcard
+/// (`[::]` takes both families): a private IPv4 or unique-local IPv6 address
+/// is no use to a node on the internet.
 fn server_addrs(listen: SocketAddr) -> Vec<SocketAddr> {
+    if !listen.ip().is_unspecified() {
+        return vec![listen];
+    }
     burrow_net::iface::lan_candidates(listen)
+        .into_iter()
+        .filter(|a| burrow_net::iface::is_global(&a.ip()))
+        .collect()
 }

@@ -137,6 +137,11 @@ fn an_ipv6_only_peer_relays_to_ipv4_only_and_goes_direct_to_dual_stack() {
     let mut six = LabNode::up(&h_six, dir.path(), &url6, "six");
     let mut fou = LabNode::up(&h_four, dir.path(), &url, "fou");
     let mut dee = LabNode::up(&h_both, dir.path(), &url, "dee");
+    // Against a server on [::], an IPv4 NAT that keeps ports still reads as
+    // one (the STUN alternates answer IPv4 callers in IPv4).
+    let nat = json(&dee.home, &["nat"]);
+    assert_eq!(nat["mapping"], "endpoint_independent", "{nat}");
+    assert_eq!(nat["ports"], "preserved", "{nat}");
     let status = json(&six.home, &["status"]);
     assert!(
         status["public_addr"]
