@@ -476,6 +476,7 @@ fn setup(
             key: Some(server.id()),
             host: SERVER_ADDRS[0].to_string(),
             port: 7700,
+            https: None,
         };
         let stop = tokio_util::sync::CancellationToken::new();
         tokio::spawn(server.run(stop.clone()));

@@ -53,9 +53,9 @@
 //!
 //! IPv6 ([`Lab::set_family`]): hosts made afterwards get IPv6 as well as
 //! (or instead of) IPv4. The public segment is 2001:db8::/64 (the server at
-//! ::1 and ::2, routers and public peers at their IPv4 host number, written
-//! in hex: .11 is ::b), each router's LAN 2001:db8:0:N::/64 (the 10.0.N.0/24
-//! beside it; routers behind a carrier NAT get no IPv6), routed from every host on the public segment to the
+//! ::1 and ::2, the router of LAN N at ::1000+N, public peers at ::2000+),
+//! each router's LAN 2001:db8:0:N::/64 (the 10.0.N.0/24 beside it; routers
+//! behind a carrier NAT get no IPv6), routed from every host on the public segment to the
 //! router's WAN address: no NAT, as IPv6 home networks have none, but the
 //! router forwards inbound IPv6 only for flows its LAN started (nftables
 //! `ct state established,related`), the stateful firewall such routers run.
@@ -116,6 +116,14 @@ pub enum NatKind {
     /// `PortRestricted`), as some corporate and guest networks do. Not in
     /// [`NatKind::ALL`], the UDP matrix.
     UdpBlocked,
+    /// A firewall that lets nothing from its LAN out but TCP to port 443
+    /// (masqueraded as `PortRestricted`), as networks that allow only HTTPS
+    /// do. Not in [`NatKind::ALL`].
+    HttpsOnly,
+    /// A firewall that forwards nothing from its LAN at all: the only way
+    /// out is an HTTP proxy on the router ([`Lab::run_http_proxy`]). Not in
+    /// [`NatKind::ALL`].
+    ProxyOnly,
 }
 
 impl NatKind {
@@ -537,7 +545,7 @@ impl Lab {
             }
             let mut addr6 = None;
             if self.family != Family::V4 {
-                let a = v6(PUBLIC_NET6, u16::from(100 + i));
+                let a = v6(PUBLIC_NET6, 0x2000 + u16::from(i));
                 add_addr6(&ns, "eth0", a, 64)?;
                 self.join_public6(&ns)?;
                 addr6 = Some(a);
@@ -646,7 +654,7 @@ impl Lab {
         let mut addr6 = None;
         let mut lan_net6 = None;
         if self.family != Family::V4 && upstream.is_none() {
-            let a = v6(PUBLIC_NET6, u16::from(wan.octets()[3]));
+            let a = v6(PUBLIC_NET6, 0x1000 + u16::from(o[2]));
             add_addr6(&ns, "wan", a, 64)?;
             sysctl(&ns, "net.ipv6.conf.all.forwarding=1")?;
             firewall6(&ns)?;
@@ -693,15 +701,7 @@ impl Lab {
             ns,
             "table inet filter {\n chain forward { type filter hook forward priority 0; policy accept; jump miniupnpd; }\n chain miniupnpd { }\n chain prerouting { type nat hook prerouting priority -100; policy accept; jump prerouting_miniupnpd; }\n chain postrouting { type nat hook postrouting priority 100; policy accept; jump postrouting_miniupnpd; }\n chain prerouting_miniupnpd { }\n chain postrouting_miniupnpd { }\n}\n",
         )?;
-        let dir = match &self.scratch {
-            Some(d) => d.path().to_path_buf(),
-            None => {
-                let d = tempfile::tempdir()?;
-                let p = d.path().to_path_buf();
-                self.scratch = Some(d);
-                p
-            }
-        };
+        let dir = self.scratch_dir()?;
         let name = router.host.ns.rsplit('-').next().unwrap_or("r");
         let conf = dir.join(format!("{name}.conf"));
         let o = router.lan_net.octets();
@@ -743,6 +743,67 @@ impl Lab {
         Err(LabError::Command {
             cmd: "miniupnpd".into(),
             stderr: std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default(),
+        })
+    }
+
+    /// The directory for daemons' configuration and logs (made once).
+    fn scratch_dir(&mut self) -> Result<std::path::PathBuf, LabError> {
+        if let Some(d) = &self.scratch {
+            return Ok(d.path().to_path_buf());
+        }
+        let d = tempfile::tempdir()?;
+        let p = d.path().to_path_buf();
+        self.scratch = Some(d);
+        Ok(p)
+    }
+
+    /// Runs an HTTP proxy (Debian's `tinyproxy`) on `router`, listening on
+    /// its LAN address port 8888 for its LAN and tunnelling (CONNECT) to
+    /// port 443 only, as corporate proxies do; returns its address. With
+    /// [`NatKind::ProxyOnly`] it is the LAN's only way out. The daemon stops
+    /// with the lab.
+    pub fn run_http_proxy(&mut self, router: &Router) -> Result<SocketAddr, LabError> {
+        if Command::new("tinyproxy").arg("-v").output().is_err() {
+            return Err(LabError::Unavailable(
+                "`tinyproxy` is missing (apt-get install tinyproxy)".into(),
+            ));
+        }
+        let dir = self.scratch_dir()?;
+        let name = router.host.ns.rsplit('-').next().unwrap_or("r");
+        let o = router.lan_net.octets();
+        let listen = Ipv4Addr::new(o[0], o[1], o[2], 1);
+        let conf = dir.join(format!("{name}-proxy.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                "User nobody\nGroup nogroup\nPort 8888\nListen {listen}\nTimeout 600\nMaxClients 50\n\
+                 Allow {}.{}.{}.0/24\nConnectPort 443\nLogLevel Info\n",
+                o[0], o[1], o[2]
+            ),
+        )?;
+        let log = std::fs::File::create(dir.join(format!("{name}-proxy.log")))?;
+        let child = router
+            .host
+            .command("tinyproxy")
+            .arg("-d")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.daemons.push(child);
+        let ns = &router.host.ns;
+        for _ in 0..50 {
+            let out = run(&["ip", "netns", "exec", ns, "ss", "-ltn", "sport", "= :8888"])?;
+            if out.lines().count() > 1 {
+                return Ok(SocketAddr::from((listen, 8888)));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(LabError::Command {
+            cmd: "tinyproxy".into(),
+            stderr: std::fs::read_to_string(dir.join(format!("{name}-proxy.log")))
+                .unwrap_or_default(),
         })
     }
 
@@ -918,6 +979,18 @@ fn nat_rules(
             "table ip nat {{\n chain post {{\n  type nat hook postrouting priority srcnat;\n  oifname \"wan\" {masquerade}\n }}\n{inbound}}}\n"
         ),
     )?;
+    if kind == NatKind::ProxyOnly {
+        nft(
+            ns,
+            "table inet proxyonly {\n chain forward {\n  type filter hook forward priority filter;\n  oifname \"wan\" drop\n }\n}\n",
+        )?;
+    }
+    if kind == NatKind::HttpsOnly {
+        nft(
+            ns,
+            "table inet httpsonly {\n chain forward {\n  type filter hook forward priority filter;\n  oifname \"wan\" tcp dport 443 accept\n  oifname \"wan\" drop\n }\n}\n",
+        )?;
+    }
     if kind == NatKind::UdpBlocked {
         nft(
             ns,

@@ -117,7 +117,9 @@ fn each_nat_kind_maps_and_filters_as_named() {
                 assert_eq!(b.port_step, 1, "sequential maps per destination, +1 each");
                 assert!(!b.open_to_strangers && !b.open_to_other_ports);
             }
-            NatKind::UdpBlocked => unreachable!("not in NatKind::ALL"),
+            NatKind::UdpBlocked | NatKind::HttpsOnly | NatKind::ProxyOnly => {
+                unreachable!("not in NatKind::ALL")
+            }
         }
     }
 }

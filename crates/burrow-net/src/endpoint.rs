@@ -178,6 +178,7 @@ pub struct Endpoint {
     deliver: crate::tcp::Deliver,
     waiting: Arc<crate::tcp::Waiting>,
     tcp_listener: Mutex<Option<JoinHandle<()>>>,
+    https_listener: Mutex<Option<JoinHandle<()>>>,
     relay: RelaySlot,
     dispatcher: JoinHandle<()>,
 }
@@ -197,6 +198,14 @@ impl Drop for Endpoint {
         self.dispatcher.abort();
         if let Some(t) = self
             .tcp_listener
+            .get_mut()
+            .expect("listener lock is never poisoned")
+            .take()
+        {
+            t.abort();
+        }
+        if let Some(t) = self
+            .https_listener
             .get_mut()
             .expect("listener lock is never poisoned")
             .take()
@@ -297,6 +306,7 @@ impl Endpoint {
             deliver,
             waiting: Arc::default(),
             tcp_listener: Mutex::new(None),
+            https_listener: Mutex::new(None),
             relay,
             dispatcher,
         })
@@ -352,6 +362,77 @@ impl Endpoint {
         });
         self.set_listener(task);
         Ok(local)
+    }
+
+    /// Also accepts nodes over HTTPS at `addr` (TLS with `tls`, then a
+    /// WebSocket: see [`crate::https`]): each becomes a link, as over TCP.
+    /// `gate` refuses connections by source address before TLS starts.
+    /// Returns the address bound.
+    pub fn listen_https(
+        &self,
+        addr: SocketAddr,
+        tls: Arc<rustls::ServerConfig>,
+        gate: Option<TcpGate>,
+    ) -> std::io::Result<SocketAddr> {
+        let listener = crate::tcp::bound_socket(addr, false)?.listen(1024)?;
+        let bound = listener.local_addr()?;
+        let (links, deliver) = (self.links.clone(), self.deliver.clone());
+        // Handshakes at once: each holds a socket and some TLS state for at
+        // most `https::HANDSHAKE`.
+        let slots = Arc::new(tokio::sync::Semaphore::new(256));
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, from)) = listener.accept().await else {
+                    continue;
+                };
+                let from = crate::paths::canonical(from);
+                if gate.as_ref().is_some_and(|g| !g(from)) {
+                    tracing::debug!(%from, "HTTPS connection refused (gate)");
+                    continue;
+                }
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    tracing::debug!(%from, "too many HTTPS handshakes; connection dropped");
+                    continue;
+                };
+                let (links, deliver, tls) = (links.clone(), deliver.clone(), tls.clone());
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let ws = match crate::https::accept(stream, tls).await {
+                        Ok(ws) => ws,
+                        Err(e) => {
+                            tracing::debug!(%from, error = %e, "HTTPS handshake failed");
+                            return;
+                        }
+                    };
+                    if let Err(e) =
+                        links.attach_ws(ws, from, deliver, crate::tcp::Opened::ByStranger)
+                    {
+                        tracing::debug!(%from, error = %e, "HTTPS link refused");
+                    }
+                });
+            }
+        });
+        self.https_listener
+            .lock()
+            .expect("listener lock is never poisoned")
+            .replace(task)
+            .inspect(|old| old.abort());
+        Ok(bound)
+    }
+
+    /// Connects to the server at `to` over HTTPS (`host` names it; through
+    /// the HTTP proxy `proxy` when given) and makes the WebSocket a link:
+    /// returns the virtual address to dial QUIC to.
+    pub async fn dial_https(
+        &self,
+        to: SocketAddr,
+        host: &str,
+        proxy: Option<&str>,
+    ) -> Result<SocketAddr, crate::https::HttpsError> {
+        let ws = crate::https::dial(to, host, proxy).await?;
+        self.links
+            .attach_ws(ws, to, self.deliver.clone(), crate::tcp::Opened::ByUs)
+            .map_err(|e| crate::https::HttpsError::Io(std::io::Error::other(e.to_string())))
     }
 
     /// Keeps `task` as the endpoint's TCP listener (one at a time).

@@ -9,6 +9,8 @@
 //! - [`endpoint`]: binds the socket, the QUIC endpoint and the STUN client/responder
 //!   together ([`Endpoint`]).
 //! - [`framed`]: length-prefixed, versioned frames on QUIC streams.
+//! - [`https`]: the same links as TCP's, as WebSockets over TLS, for networks
+//!   that pass only HTTPS (and HTTP proxies).
 //! - [`iface`]: the machine's own addresses, offered to peers as LAN candidates.
 //! - [`ttl`]: datagrams with a chosen TTL (opening probes), and how many hops
 //!   our NATs are deep.
@@ -17,6 +19,7 @@
 pub mod control;
 pub mod endpoint;
 pub mod framed;
+pub mod https;
 pub mod iface;
 pub mod keyfile;
 pub mod paths;

@@ -74,6 +74,8 @@ struct Link {
     tx: mpsc::Sender<Vec<u8>>,
     /// The other end's real address.
     real: SocketAddr,
+    /// `tcp`, or `https` for a WebSocket.
+    transport: &'static str,
     tasks: [AbortHandle; 2],
 }
 
@@ -120,9 +122,52 @@ impl Links {
     ) -> Result<SocketAddr, LinkError> {
         let real = crate::paths::canonical(stream.peer_addr()?);
         let _ = stream.set_nodelay(true);
+        let (read, write) = stream.into_split();
+        self.insert(real, opened, "tcp", |virt, rx, links| {
+            let reader = tokio::spawn(read_link(read, virt, deliver, links.clone(), opened));
+            let writer = tokio::spawn(write_link(write, rx, virt, links));
+            [reader.abort_handle(), writer.abort_handle()]
+        })
+    }
+
+    /// Takes a WebSocket (a node's HTTPS link, see [`crate::https`]) from
+    /// `real` as a link, as [`Self::attach`] takes a TCP stream: each binary
+    /// message is one datagram.
+    pub(crate) fn attach_ws<S>(
+        self: &Arc<Self>,
+        ws: tokio_tungstenite::WebSocketStream<S>,
+        real: SocketAddr,
+        deliver: Deliver,
+        opened: Opened,
+    ) -> Result<SocketAddr, LinkError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        use futures_util::StreamExt;
+        let (sink, stream) = ws.split();
+        self.insert(
+            crate::paths::canonical(real),
+            opened,
+            "https",
+            |virt, rx, links| {
+                let reader = tokio::spawn(read_ws(stream, virt, deliver, links.clone(), opened));
+                let writer = tokio::spawn(write_ws(sink, rx, virt, links));
+                [reader.abort_handle(), writer.abort_handle()]
+            },
+        )
+    }
+
+    /// Gives a new link from `real` its virtual address and starts its tasks
+    /// (`start`: reader and writer), within the table's bounds.
+    fn insert(
+        self: &Arc<Self>,
+        real: SocketAddr,
+        opened: Opened,
+        transport: &'static str,
+        start: impl FnOnce(SocketAddr, mpsc::Receiver<Vec<u8>>, Weak<Links>) -> [AbortHandle; 2],
+    ) -> Result<SocketAddr, LinkError> {
         let n = self.next.fetch_add(1, Ordering::Relaxed) & 0x0fff_ffff;
         let virt = SocketAddr::new(Ipv4Addr::from((240u32 << 24) | n).into(), LINK_PORT);
-        let (read, write) = stream.into_split();
         let (tx, rx) = mpsc::channel(QUEUE);
         let mut map = self.lock();
         if map.len() >= MAX_LINKS {
@@ -138,16 +183,14 @@ impl Links {
         {
             return Err(LinkError::TooManyFrom(group));
         }
-        let weak = Arc::downgrade(self);
-        let reader =
-            tokio::spawn(read_link(read, virt, deliver, weak.clone(), opened)).abort_handle();
-        let writer = tokio::spawn(write_link(write, rx, virt, weak)).abort_handle();
+        let tasks = start(virt, rx, Arc::downgrade(self));
         map.insert(
             virt,
             Link {
                 tx,
                 real,
-                tasks: [reader, writer],
+                transport,
+                tasks,
             },
         );
         tracing::debug!(%real, %virt, "TCP link up");
@@ -177,6 +220,13 @@ impl Links {
         self.lock()
             .get(&crate::paths::canonical(addr))
             .map_or(addr, |l| l.real)
+    }
+
+    /// How the link at `addr` is carried (`tcp`, `https`), if it is one.
+    pub fn transport(&self, addr: SocketAddr) -> Option<&'static str> {
+        self.lock()
+            .get(&crate::paths::canonical(addr))
+            .map(|l| l.transport)
     }
 
     /// Closes the link at `addr`, if it is one.
@@ -265,6 +315,86 @@ async fn write_link(
             };
         }
         if write.write_all(&out).await.is_err() {
+            break;
+        }
+    }
+    if let Some(l) = links.upgrade() {
+        l.forget(virt);
+    }
+}
+
+/// Reads a WebSocket link's datagrams (binary messages), under the same
+/// rules as [`read_link`]'s frames.
+async fn read_ws<S>(
+    mut stream: futures_util::stream::SplitStream<tokio_tungstenite::WebSocketStream<S>>,
+    virt: SocketAddr,
+    deliver: Deliver,
+    links: Weak<Links>,
+    opened: Opened,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut first = opened == Opened::ByStranger;
+    let mut idle = tokio::time::Instant::now() + if first { FIRST_FRAME_WAIT } else { LINK_IDLE };
+    loop {
+        let Ok(Some(Ok(msg))) = tokio::time::timeout_at(idle, stream.next()).await else {
+            break;
+        };
+        let data = match msg {
+            Message::Binary(data) => data,
+            // Pings are answered by the WebSocket layer; they keep nothing alive.
+            Message::Ping(_) | Message::Pong(_) => continue,
+            _ => break,
+        };
+        let len = data.len();
+        if len == 0 {
+            continue;
+        }
+        if len > MAX_DATAGRAM || (first && len < MIN_FIRST_FRAME) {
+            tracing::debug!(%virt, len, first, "HTTPS link sent a message it must not");
+            break;
+        }
+        first = false;
+        idle = tokio::time::Instant::now() + LINK_IDLE;
+        deliver(virt, &data);
+    }
+    tracing::debug!(%virt, "HTTPS link down");
+    if let Some(l) = links.upgrade() {
+        l.forget(virt);
+    }
+}
+
+/// Writes a WebSocket link's datagrams, what is queued in one flush.
+async fn write_ws<S>(
+    mut sink: futures_util::stream::SplitSink<
+        tokio_tungstenite::WebSocketStream<S>,
+        tokio_tungstenite::tungstenite::Message,
+    >,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    virt: SocketAddr,
+    links: Weak<Links>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    'out: while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        let mut queued = 0;
+        while let Some(d) = next {
+            if sink.feed(Message::Binary(d.into())).await.is_err() {
+                break 'out;
+            }
+            queued += 1;
+            next = if queued < 64 {
+                rx.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        if sink.flush().await.is_err() {
             break;
         }
     }

@@ -340,8 +340,9 @@ pub struct StatusView {
     pub server: String,
     /// Whether the node is registered with the server right now.
     pub server_connected: bool,
-    /// How the session reaches the server: `udp`, or `tcp` where nothing came
-    /// back over UDP (a network that drops it; the relay carries peers then).
+    /// How the session reaches the server: `udp`, `tcp` where nothing came
+    /// back over UDP (a network that drops it; the relay carries peers then),
+    /// or `https` where only that got through.
     pub server_transport: Option<String>,
     /// Our address as the server sees it (STUN), once known.
     pub public_addr: Option<String>,

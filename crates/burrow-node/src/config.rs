@@ -64,6 +64,9 @@ pub struct NodeConfig {
     pub port_mapping: bool,
     /// Which paths links may take. Default [`PathPolicy::Any`].
     pub path: PathPolicy,
+    /// An HTTP proxy (`host:port`) to reach the server's HTTPS port through,
+    /// when UDP and TCP get nowhere. Default none.
+    pub proxy: Option<String>,
 }
 
 /// Which paths a node's links may take (`burrow up --direct-only`,
@@ -102,6 +105,7 @@ impl NodeConfig {
             reshare: true,
             port_mapping: true,
             path: PathPolicy::Any,
+            proxy: None,
         }
     }
 }

@@ -644,12 +644,12 @@ impl Node {
             server,
             server_connected: st.server_tx.is_some(),
             server_transport: st.server_tx.as_ref().and(st.server_addr).map(|a| {
-                if burrow_net::tcp::is_link(a) {
-                    "tcp"
-                } else {
-                    "udp"
-                }
-                .to_string()
+                self.inner
+                    .endpoint
+                    .links()
+                    .transport(a)
+                    .unwrap_or("udp")
+                    .to_string()
             }),
             public_addr: st.public_addr.map(|a| a.to_string()),
             public_other: st.public_other.map(|a| a.to_string()),

@@ -167,11 +167,19 @@ const UDP_HEAD_START: Duration = Duration::from_secs(2);
 /// How long a TCP connection to the server may take.
 const TCP_CONNECT: Duration = Duration::from_secs(5);
 
-/// Dials the server over UDP, and, when that has not answered within
+/// How long UDP and TCP have the server to themselves before HTTPS is tried
+/// beside them (a network that passes nothing else).
+const HTTPS_HEAD_START: Duration = Duration::from_secs(4);
+/// The HTTPS port tried when the server's address names none.
+const DEFAULT_HTTPS_PORT: u16 = 443;
+
+/// Dials the server over UDP; when that has not answered within
 /// [`UDP_HEAD_START`], over TCP beside it (QUIC over a TCP link, see
-/// `burrow_net::tcp`): the first to connect wins. Returns the address the
-/// session runs to (the link's virtual address over TCP) and the outcome;
-/// when both fail, UDP's error.
+/// `burrow_net::tcp`); and after [`HTTPS_HEAD_START`], over HTTPS (a
+/// WebSocket over TLS on the server's HTTPS port, through the proxy when one
+/// is set: `burrow_net::https`). The first to connect wins. Returns the
+/// address the session runs to (a link's virtual address over TCP or HTTPS)
+/// and the outcome; when all fail, UDP's error.
 async fn dial(
     inner: &Arc<Inner>,
     addr: SocketAddr,
@@ -187,38 +195,59 @@ async fn dial(
         r = &mut udp => return (addr, r),
         _ = tokio::time::sleep(UDP_HEAD_START) => {}
     }
-    let tcp = async {
-        let link = match ep.dial_tcp(addr, TCP_CONNECT).await {
-            Ok(link) => link,
-            Err(e) => {
-                debug!(%addr, error = %e, "no TCP either");
-                return None;
-            }
-        };
+    // QUIC over a link once it is made; a wrong key is the answer, whichever
+    // way it came.
+    let over = |link: Option<SocketAddr>, how: &'static str| async move {
+        let link = link?;
         match ep.connect(link, rendezvous::ALPN, expected).await {
             Ok(c) => Some((link, Ok(c))),
-            // A wrong key is the answer, whichever way it came.
             Err(e @ ConnectError::WrongKey { .. }) => Some((link, Err(e))),
             Err(e) => {
-                debug!(%addr, error = %e, "QUIC over TCP failed");
+                debug!(%addr, error = %e, "QUIC over {how} failed");
                 ep.close_link(link);
                 None
             }
         }
     };
+    let tcp = async {
+        let link = ep
+            .dial_tcp(addr, TCP_CONNECT)
+            .await
+            .inspect_err(|e| debug!(%addr, error = %e, "no TCP either"))
+            .ok();
+        over(link, "TCP").await
+    };
+    let server = inner.config.server.as_ref();
+    let https_port = server.and_then(|s| s.https).unwrap_or(DEFAULT_HTTPS_PORT);
+    let host = server.map_or_else(|| addr.ip().to_string(), |s| s.host.clone());
+    let proxy = inner.config.proxy.clone();
+    let https = async {
+        tokio::time::sleep(HTTPS_HEAD_START - UDP_HEAD_START).await;
+        let to = SocketAddr::new(addr.ip(), https_port);
+        let link = match ep.dial_https(to, &host, proxy.as_deref()).await {
+            Ok(link) => Some(link),
+            Err(e) => {
+                let via = proxy
+                    .as_deref()
+                    .map(|p| format!(" through the proxy {p}"))
+                    .unwrap_or_default();
+                info!(%to, error = %e, "no HTTPS to the server{via}");
+                None
+            }
+        };
+        over(link, "HTTPS").await
+    };
     tokio::pin!(tcp);
-    let mut tcp_done = false;
+    tokio::pin!(https);
+    let (mut tcp_done, mut https_done) = (false, false);
+    let mut udp_failed = None;
     loop {
         tokio::select! {
-            r = &mut udp => {
-                if r.is_ok() || tcp_done {
+            r = &mut udp, if udp_failed.is_none() => {
+                if r.is_ok() {
                     return (addr, r);
                 }
-                // UDP failed: wait for TCP, and report UDP's failure if it fails too.
-                return match (&mut tcp).await {
-                    Some(t) => t,
-                    None => (addr, r),
-                };
+                udp_failed = Some(r);
             }
             t = &mut tcp, if !tcp_done => match t {
                 Some(t) => {
@@ -227,6 +256,18 @@ async fn dial(
                 }
                 None => tcp_done = true,
             },
+            h = &mut https, if !https_done => match h {
+                Some(h) => {
+                    info!(server = %addr, port = https_port, "reaching the server over HTTPS (no answer over UDP or TCP)");
+                    return h;
+                }
+                None => https_done = true,
+            },
+        }
+        if tcp_done && https_done {
+            if let Some(r) = udp_failed {
+                return (addr, r);
+            }
         }
     }
 }

@@ -21,6 +21,9 @@ pub struct ServerAddr {
     pub host: String,
     /// UDP port.
     pub port: u16,
+    /// The server's HTTPS port (`?https=443`), for networks that pass
+    /// nothing else, when it listens there.
+    pub https: Option<u16>,
 }
 
 /// Why a server address could not be read.
@@ -45,6 +48,13 @@ impl FromStr for ServerAddr {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let rest = s.trim().strip_prefix(SCHEME).unwrap_or(s.trim());
         let rest = rest.trim_end_matches('/');
+        let (rest, https) = match rest.split_once("?https=") {
+            Some((r, p)) => match p.parse::<u16>() {
+                Ok(p) if p != 0 => (r.trim_end_matches('/'), Some(p)),
+                _ => return Err(ServerAddrError::BadPort(p.to_string())),
+            },
+            None => (rest, None),
+        };
         let (key, hostport) = match rest.split_once('@') {
             Some((k, hp)) => (Some(k.parse().map_err(ServerAddrError::BadKey)?), hp),
             None => (None, rest),
@@ -64,6 +74,7 @@ impl FromStr for ServerAddr {
             key,
             host: host.to_string(),
             port,
+            https,
         })
     }
 }
@@ -82,8 +93,12 @@ impl ServerAddr {
 impl fmt::Display for ServerAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.key {
-            Some(k) => write!(f, "{SCHEME}{k}@{}", self.host_port()),
-            None => write!(f, "{SCHEME}{}", self.host_port()),
+            Some(k) => write!(f, "{SCHEME}{k}@{}", self.host_port())?,
+            None => write!(f, "{SCHEME}{}", self.host_port())?,
+        }
+        match self.https {
+            Some(p) => write!(f, "?https={p}"),
+            None => Ok(()),
         }
     }
 }
@@ -134,6 +149,10 @@ mod tests {
         assert_eq!((b.key, b.host_port()), (None, "127.0.0.1:9".to_string()));
         let c: ServerAddr = "burrow://[::1]:7700".parse().unwrap();
         assert_eq!(c.host_port(), "[::1]:7700");
+        let d: ServerAddr = "burrow://example.org:7700?https=443".parse().unwrap();
+        assert_eq!((d.port, d.https), (7700, Some(443)));
+        assert_eq!(d.to_string(), "burrow://example.org:7700?https=443");
+        assert!("example.org:7700?https=0".parse::<ServerAddr>().is_err());
     }
 
     #[test]

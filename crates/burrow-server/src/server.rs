@@ -47,6 +47,13 @@ pub struct ServerConfig {
     /// it until then): under a flood of Initials from spoofed addresses the
     /// server holds no more half-open handshakes than this. Default 256.
     pub retry_above: usize,
+    /// Also take nodes over HTTPS here (TLS on TCP, then a WebSocket; see
+    /// `burrow_net::https`), typically port 443, for networks that pass
+    /// nothing else. Default: off.
+    pub https: Option<SocketAddr>,
+    /// The certificate chain and key (PEM files) the HTTPS port shows; a
+    /// self-signed certificate when not given.
+    pub https_cert: Option<(PathBuf, PathBuf)>,
 }
 
 impl ServerConfig {
@@ -60,6 +67,8 @@ impl ServerConfig {
             alt_ip: None,
             admission: AdmissionConfig::default(),
             retry_above: 256,
+            https: None,
+            https_cert: None,
         }
     }
 }
@@ -86,6 +95,14 @@ pub enum ServerError {
         addr: SocketAddr,
         /// Why.
         source: std::io::Error,
+    },
+    /// The HTTPS port could not be set up.
+    #[error("HTTPS on {addr}: {reason}")]
+    Https {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
     },
     /// The admin socket could not be bound.
     #[error("cannot open the admin socket {path}: {source}")]
@@ -381,6 +398,7 @@ pub struct Server {
     admin: tokio::net::UnixListener,
     home: PathBuf,
     retry_above: usize,
+    https: Option<SocketAddr>,
 }
 
 impl Server {
@@ -473,7 +491,33 @@ impl Server {
                 addr: config.listen,
                 source,
             })?;
+        let https = match config.https {
+            None => None,
+            Some(addr) => {
+                let failed = |reason: String| ServerError::Https { addr, reason };
+                let cert = config
+                    .https_cert
+                    .as_ref()
+                    .map(|(c, k)| (c.as_path(), k.as_path()));
+                let tls = burrow_net::https::server_tls(cert).map_err(|e| failed(e.to_string()))?;
+                let gate = Arc::downgrade(&shared);
+                let bound = endpoint
+                    .listen_https(
+                        addr,
+                        tls,
+                        Some(Arc::new(move |from: SocketAddr| {
+                            gate.upgrade().is_some_and(|s| {
+                                s.admission(|a, now| a.check_connection(now, from.ip()))
+                                    == ConnVerdict::Accept
+                            })
+                        })),
+                    )
+                    .map_err(|e| failed(e.to_string()))?;
+                Some(bound)
+            }
+        };
         Ok(Server {
+            https,
             endpoint,
             stun_grid,
             shared,
@@ -518,6 +562,11 @@ impl Server {
         self.endpoint
             .local_addr()
             .expect("a bound socket has a local address")
+    }
+
+    /// Where nodes reach us over HTTPS, when we listen there.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https
     }
 
     /// The STUN-only alternate addresses (RFC 5780 NAT diagnosis).

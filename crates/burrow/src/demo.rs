@@ -175,6 +175,7 @@ pub async fn run() -> Result<(), CliError> {
         key: Some(server.id()),
         host: "127.0.0.1".into(),
         port: server.local_addr().port(),
+        https: None,
     };
     println!(
         "  server  listening on {} (QUIC + STUN), id {}",

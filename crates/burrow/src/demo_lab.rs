@@ -94,6 +94,7 @@ pub async fn run() -> Result<(), CliError> {
                 key: Some(server.id()),
                 host: SERVER_ADDRS[0].to_string(),
                 port: 7700,
+                https: None,
             };
             let stop = CancellationToken::new();
             tokio::spawn(server.run(stop.clone()));

@@ -89,6 +89,21 @@ pub struct ServerArgs {
     /// of Initials from spoofed addresses holds no more than this).
     #[arg(long, default_value_t = 256, value_name = "N")]
     retry_above: usize,
+    /// Also take nodes over HTTPS here (TLS on TCP, then a WebSocket), for
+    /// networks that pass nothing else: typically `0.0.0.0:443`. Nodes fall
+    /// back to it when UDP and TCP to --listen get nowhere (the join URL
+    /// names the port).
+    #[arg(long, value_name = "ADDR")]
+    https: Option<SocketAddr>,
+    /// The certificate chain (PEM) the HTTPS port shows, e.g. Let's
+    /// Encrypt's fullchain.pem: proxies that inspect TLS need one they
+    /// trust. Without it, a self-signed one (nodes don't check it: they pin
+    /// the server's key inside).
+    #[arg(long, requires = "key", value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// The private key (PEM) of --cert.
+    #[arg(long, requires = "cert", value_name = "FILE")]
+    key: Option<PathBuf>,
 }
 
 fn parse_presence(s: &str) -> Result<PresenceScope, String> {
@@ -121,6 +136,8 @@ pub async fn run(home: PathBuf, args: ServerArgs) -> Result<(), CliError> {
         idle_timeout: args.idle_timeout,
         alt_ip: args.alt_addr,
         retry_above: args.retry_above,
+        https: args.https,
+        https_cert: args.cert.clone().zip(args.key.clone()),
         admission: AdmissionConfig {
             policy: args.policy,
             max_failures: args.max_failures.max(1),
@@ -158,11 +175,13 @@ pub async fn run(home: PathBuf, args: ServerArgs) -> Result<(), CliError> {
             key: Some(server.id()),
             host: a.ip().to_string(),
             port: local.port(),
+            https: server.https_addr().map(|a| a.port()),
         });
     let url = ServerAddr {
         key: Some(server.id()),
         host,
         port: local.port(),
+        https: server.https_addr().map(|a| a.port()),
     };
     if created {
         println!("created a new server key in {}", home.join("key").display());
@@ -177,6 +196,16 @@ pub async fn run(home: PathBuf, args: ServerArgs) -> Result<(), CliError> {
         .map(|a| a.to_string())
         .collect();
     println!("STUN for NAT diagnosis also on {}", alts.join(", "));
+    if let Some(a) = server.https_addr() {
+        println!(
+            "HTTPS (TLS and a WebSocket, for networks that pass nothing else) on {a}, showing {}",
+            if args.cert.is_some() {
+                "the given certificate"
+            } else {
+                "a self-signed certificate"
+            }
+        );
+    }
     if args.no_relay {
         println!("relay off: nodes connect only where hole punching works");
     } else {

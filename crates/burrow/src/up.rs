@@ -80,6 +80,11 @@ pub struct UpArgs {
     /// server learns where it is. Slower than direct.
     #[arg(long, requires = "server")]
     relay_only: bool,
+    /// An HTTP proxy to reach the server's HTTPS port through (`CONNECT`),
+    /// on networks that let nothing out but through one: `http://host:port`
+    /// or `host:port`. Tried when UDP and TCP to the server get nowhere.
+    #[arg(long, env = "HTTPS_PROXY", value_name = "URL")]
+    proxy: Option<String>,
     /// On a server that keeps accounts: read the account's password from
     /// standard input (its first line). With --invite, it becomes the new
     /// account's password. A node whose key already holds its name needs none.
@@ -159,6 +164,11 @@ pub async fn run(home: PathBuf, args: UpArgs) -> Result<(), CliError> {
     } else {
         burrow_node::PathPolicy::Any
     };
+    config.proxy = args.proxy.map(|p| {
+        p.trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string()
+    });
     config.credentials = credentials;
     config.join = args.join;
     config.mesh_links = args.links.max(1);

@@ -7,26 +7,10 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use burrow_lab::{require_or_skip, NatKind};
-use common::data::{same_bytes, write_random};
 use common::proc::*;
-
-/// Shares `size` random bytes from `from`, has `to` get them, and checks them.
-/// Returns the `get --json` result.
-fn share_and_get(dir: &Path, from: &LabNode, to: &LabNode, size: u64) -> serde_json::Value {
-    let file = dir.join(format!("{}-to-{}.bin", from.name, to.name));
-    write_random(&file, size, size);
-    let shared = json(&from.home, &["share", file.to_str().unwrap()]);
-    let hash = shared["hash"].as_str().unwrap();
-    let out = dir.join(format!("{}-downloads", to.name));
-    let got = json(&to.home, &["get", hash, "-o", out.to_str().unwrap()]);
-    assert!(same_bytes(&file, &out.join(file.file_name().unwrap())));
-    assert_eq!(got["providers"], serde_json::json!([from.name]));
-    got
-}
 
 #[test]
 fn a_download_crosses_two_different_nats_directly() {

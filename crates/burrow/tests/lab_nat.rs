@@ -90,7 +90,9 @@ fn burrow_nat_names_each_kind_of_nat() {
                 "address_and_port_dependent",
                 "sequential (step 1)",
             ),
-            NatKind::UdpBlocked => unreachable!("not in NatKind::ALL: see lab_tcp.rs"),
+            NatKind::UdpBlocked | NatKind::HttpsOnly | NatKind::ProxyOnly => {
+                unreachable!("not in NatKind::ALL: see lab_tcp.rs")
+            }
         };
         assert_eq!(r["mapping"], mapping, "{kind:?}: {r}");
         assert_eq!(r["filtering"], filtering, "{kind:?}: {r}");

@@ -88,6 +88,7 @@ async fn coturn_rfc5780_tests_complete_against_a_two_address_server() {
         key: Some(server.id()),
         host: "127.0.0.1".into(),
         port,
+        https: None,
     };
     let stop = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn(server.run(stop.clone()));

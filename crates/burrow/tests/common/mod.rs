@@ -49,6 +49,8 @@ pub fn fast_server_config(home: &Path, listen: SocketAddr) -> ServerConfig {
         alt_ip: None,
         admission: burrow_server::AdmissionConfig::default(),
         retry_above: 256,
+        https: None,
+        https_cert: None,
     }
 }
 
@@ -89,6 +91,7 @@ pub async fn start_server_with(home: &Path, config: ServerConfig) -> TestServer 
         key: Some(server.id()),
         host: "127.0.0.1".into(),
         port: addr.port(),
+        https: None,
     };
     let stop = CancellationToken::new();
     let task = tokio::spawn(server.run(stop.clone()));
@@ -115,6 +118,7 @@ pub async fn start_server_on_fixed_port(home: &Path) -> TestServer {
                 key: Some(server.id()),
                 host: "127.0.0.1".into(),
                 port,
+                https: None,
             };
             let stop = CancellationToken::new();
             let task = tokio::spawn(server.run(stop.clone()));
