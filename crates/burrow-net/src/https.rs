@@ -210,7 +210,9 @@ async fn tunnel<S: AsyncRead + AsyncWrite + Unpin>(
     stream
         .write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
         .await?;
-    let mut reader = BufReader::new(stream);
+    use tokio::io::AsyncReadExt;
+    // Never more than MAX_PROXY_ANSWER of it, newline or not.
+    let mut reader = BufReader::new(stream.take(MAX_PROXY_ANSWER as u64));
     let mut status = String::new();
     let mut read = 0;
     let mut line = String::new();
@@ -230,22 +232,24 @@ async fn tunnel<S: AsyncRead + AsyncWrite + Unpin>(
             break;
         }
     }
-    // Nothing after the head belongs to the proxy: the tunnel starts there,
-    // and TLS's ClientHello is ours to send first.
-    if !reader.buffer().is_empty() {
-        return Err(HttpsError::ProxyRefused {
-            proxy: proxy.into(),
-            status: "the proxy sent bytes past its answer".into(),
-        });
-    }
     let ok = status
         .split_whitespace()
         .nth(1)
         .is_some_and(|code| code.starts_with('2'));
     if !ok {
+        // (A refusal usually comes with a page explaining it; its status
+        // line says what matters.)
         return Err(HttpsError::ProxyRefused {
             proxy: proxy.into(),
             status,
+        });
+    }
+    // Nothing after a yes belongs to the proxy: the tunnel starts there,
+    // and TLS's ClientHello is ours to send first.
+    if !reader.buffer().is_empty() {
+        return Err(HttpsError::ProxyRefused {
+            proxy: proxy.into(),
+            status: "the proxy sent bytes past its answer".into(),
         });
     }
     Ok(())
@@ -314,9 +318,11 @@ mod tests {
                 assert!(n > 0);
                 head.extend_from_slice(&buf[..n]);
             }
-            s.write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
-                .await
-                .unwrap();
+            s.write_all(
+                b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/html\r\nContent-Length: 22\r\n\r\n<p>Access denied.</p>\n",
+            )
+            .await
+            .unwrap();
             String::from_utf8(head).unwrap()
         });
         let server: SocketAddr = "203.0.113.9:443".parse().unwrap();

@@ -196,16 +196,21 @@ async fn dial(
         _ = tokio::time::sleep(UDP_HEAD_START) => {}
     }
     // QUIC over a link once it is made; a wrong key is the answer, whichever
-    // way it came.
-    let over = |link: Option<SocketAddr>, how: &'static str| async move {
-        let link = link?;
-        match ep.connect(link, rendezvous::ALPN, expected).await {
-            Ok(c) => Some((link, Ok(c))),
-            Err(e @ ConnectError::WrongKey { .. }) => Some((link, Err(e))),
-            Err(e) => {
-                debug!(%addr, error = %e, "QUIC over {how} failed");
-                ep.close_link(link);
-                None
+    // way it came. The links made are noted: those that lose the race are
+    // closed (a server holds only a few per address).
+    let made = std::sync::Mutex::new(Vec::new());
+    let over = |link: Option<SocketAddr>, how: &'static str| {
+        let made = &made;
+        async move {
+            let link = link?;
+            made.lock().expect("never poisoned").push(link);
+            match ep.connect(link, rendezvous::ALPN, expected).await {
+                Ok(c) => Some((link, Ok(c))),
+                Err(e @ ConnectError::WrongKey { .. }) => Some((link, Err(e))),
+                Err(e) => {
+                    debug!(%addr, error = %e, "QUIC over {how} failed");
+                    None
+                }
             }
         }
     };
@@ -218,10 +223,16 @@ async fn dial(
         over(link, "TCP").await
     };
     let server = inner.config.server.as_ref();
-    let https_port = server.and_then(|s| s.https).unwrap_or(DEFAULT_HTTPS_PORT);
-    let host = server.map_or_else(|| addr.ip().to_string(), |s| s.host.clone());
+    // Only where the server says it listens there, or a proxy is the way
+    // out (then its usual port): not at every web server on 443 whenever
+    // a server is merely down.
     let proxy = inner.config.proxy.clone();
+    let https_port = server
+        .and_then(|s| s.https)
+        .or(proxy.is_some().then_some(DEFAULT_HTTPS_PORT));
+    let host = server.map_or_else(|| addr.ip().to_string(), |s| s.host.clone());
     let https = async {
+        let https_port = https_port?;
         tokio::time::sleep(HTTPS_HEAD_START - UDP_HEAD_START).await;
         let to = SocketAddr::new(addr.ip(), https_port);
         let link = match ep.dial_https(to, &host, proxy.as_deref()).await {
@@ -241,35 +252,42 @@ async fn dial(
     tokio::pin!(https);
     let (mut tcp_done, mut https_done) = (false, false);
     let mut udp_failed = None;
-    loop {
+    let result = loop {
         tokio::select! {
             r = &mut udp, if udp_failed.is_none() => {
                 if r.is_ok() {
-                    return (addr, r);
+                    break (addr, r);
                 }
                 udp_failed = Some(r);
             }
             t = &mut tcp, if !tcp_done => match t {
                 Some(t) => {
                     info!(server = %addr, "reaching the server over TCP (no answer over UDP)");
-                    return t;
+                    break t;
                 }
                 None => tcp_done = true,
             },
             h = &mut https, if !https_done => match h {
                 Some(h) => {
-                    info!(server = %addr, port = https_port, "reaching the server over HTTPS (no answer over UDP or TCP)");
-                    return h;
+                    info!(server = %addr, port = ?https_port, "reaching the server over HTTPS (no answer over UDP or TCP)");
+                    break h;
                 }
                 None => https_done = true,
             },
         }
         if tcp_done && https_done {
             if let Some(r) = udp_failed {
-                return (addr, r);
+                break (addr, r);
             }
         }
+    };
+    let made: Vec<SocketAddr> = made.lock().expect("never poisoned").drain(..).collect();
+    for link in made {
+        if link != result.0 || result.1.is_err() {
+            ep.close_link(link);
+        }
     }
+    result
 }
 
 /// Dials the server, checks its key, registers, and applies the Welcome.

@@ -90,7 +90,7 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = 256, value_name = "N")]
     retry_above: usize,
     /// Also take nodes over HTTPS here (TLS on TCP, then a WebSocket), for
-    /// networks that pass nothing else: typically `0.0.0.0:443`. Nodes fall
+    /// networks that pass nothing else: typically `[::]:443`. Nodes fall
     /// back to it when UDP and TCP to --listen get nowhere (the join URL
     /// names the port).
     #[arg(long, value_name = "ADDR")]
@@ -99,10 +99,10 @@ pub struct ServerArgs {
     /// Encrypt's fullchain.pem: proxies that inspect TLS need one they
     /// trust. Without it, a self-signed one (nodes don't check it: they pin
     /// the server's key inside).
-    #[arg(long, requires = "key", value_name = "FILE")]
+    #[arg(long, requires_all = ["key", "https"], value_name = "FILE")]
     cert: Option<PathBuf>,
     /// The private key (PEM) of --cert.
-    #[arg(long, requires = "cert", value_name = "FILE")]
+    #[arg(long, requires_all = ["cert", "https"], value_name = "FILE")]
     key: Option<PathBuf>,
 }
 

@@ -164,11 +164,23 @@ pub async fn run(home: PathBuf, args: UpArgs) -> Result<(), CliError> {
     } else {
         burrow_node::PathPolicy::Any
     };
-    config.proxy = args.proxy.map(|p| {
-        p.trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_string()
-    });
+    let proxy = args
+        .proxy
+        .or_else(|| std::env::var("https_proxy").ok())
+        .filter(|p| !p.is_empty());
+    config.proxy = match proxy {
+        None => None,
+        Some(p) => {
+            let hostport = p.trim_start_matches("http://").trim_end_matches('/');
+            if hostport.contains('@') || p.starts_with("https://") || !hostport.contains(':') {
+                return Err(CliError::new(
+                    format!("cannot use the proxy {p:?}"),
+                    Some("give it as http://host:port (proxies that want a password, or TLS to the proxy itself, are not supported yet)".into()),
+                ));
+            }
+            Some(hostport.to_string())
+        }
+    };
     config.credentials = credentials;
     config.join = args.join;
     config.mesh_links = args.links.max(1);
