@@ -719,30 +719,56 @@ impl Lab {
                 o[0], o[1], o[2],
             ),
         )?;
-        let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
+        let pid = dir.join(format!("{name}.pid"));
+        let args = [
+            "-d".as_ref(),
+            "-f".as_ref(),
+            conf.as_os_str(),
+            "-P".as_ref(),
+            pid.as_os_str(),
+        ];
+        // Ready once its SSDP port is bound.
+        self.start_daemon(
+            router,
+            "miniupnpd",
+            &args,
+            &dir.join(format!("{name}.log")),
+            ("-lun", 1900),
+        )
+    }
+
+    /// Runs `program` with `args` on `router` until the lab ends, its output
+    /// in `log`, and waits (bounded) until it listens on `ready`'s port
+    /// (`ss` flags, port).
+    fn start_daemon(
+        &mut self,
+        router: &Router,
+        program: &str,
+        args: &[&std::ffi::OsStr],
+        log: &std::path::Path,
+        ready: (&str, u16),
+    ) -> Result<(), LabError> {
+        let out = std::fs::File::create(log)?;
         let child = router
             .host
-            .command("miniupnpd")
-            .arg("-d")
-            .arg("-f")
-            .arg(&conf)
-            .arg("-P")
-            .arg(dir.join(format!("{name}.pid")))
-            .stdout(log.try_clone()?)
-            .stderr(log)
+            .command(program)
+            .args(args)
+            .stdout(out.try_clone()?)
+            .stderr(out)
             .spawn()?;
         self.daemons.push(child);
-        // Ready once its SSDP port is bound (bounded wait).
+        let ns = &router.host.ns;
+        let sport = format!("= :{}", ready.1);
         for _ in 0..50 {
-            let out = run(&["ip", "netns", "exec", ns, "ss", "-lun", "sport", "= :1900"])?;
+            let out = run(&["ip", "netns", "exec", ns, "ss", ready.0, "sport", &sport])?;
             if out.lines().count() > 1 {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(100));
         }
         Err(LabError::Command {
-            cmd: "miniupnpd".into(),
-            stderr: std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default(),
+            cmd: program.into(),
+            stderr: std::fs::read_to_string(log).unwrap_or_default(),
         })
     }
 
@@ -781,30 +807,10 @@ impl Lab {
                 o[0], o[1], o[2]
             ),
         )?;
-        let log = std::fs::File::create(dir.join(format!("{name}-proxy.log")))?;
-        let child = router
-            .host
-            .command("tinyproxy")
-            .arg("-d")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
-        self.daemons.push(child);
-        let ns = &router.host.ns;
-        for _ in 0..50 {
-            let out = run(&["ip", "netns", "exec", ns, "ss", "-ltn", "sport", "= :8888"])?;
-            if out.lines().count() > 1 {
-                return Ok(SocketAddr::from((listen, 8888)));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Err(LabError::Command {
-            cmd: "tinyproxy".into(),
-            stderr: std::fs::read_to_string(dir.join(format!("{name}-proxy.log")))
-                .unwrap_or_default(),
-        })
+        let args = ["-d".as_ref(), "-c".as_ref(), conf.as_os_str()];
+        let log = dir.join(format!("{name}-proxy.log"));
+        self.start_daemon(router, "tinyproxy", &args, &log, ("-ltn", 8888))?;
+        Ok(SocketAddr::from((listen, 8888)))
     }
 
     /// Adds another peer on `router`'s LAN (several peers can share one NAT).

@@ -146,6 +146,45 @@ type Waiters = Arc<Mutex<HashMap<TransactionId, oneshot::Sender<stun::Response>>
 /// most likely at the receiver's socket buffer); at 10, 2.2.
 const RELAY_BATCH: usize = 10;
 
+/// HTTPS handshakes (TLS and the WebSocket upgrade) a server runs at once...
+const MAX_HTTPS_HANDSHAKES: usize = 256;
+/// ...and from one address group (an IPv4 address, an IPv6 /64).
+const MAX_HTTPS_HANDSHAKES_PER_GROUP: usize = 8;
+
+/// One address group's hold on a handshake slot, given back on drop.
+struct GroupSlot(Arc<Mutex<HashMap<IpAddr, usize>>>, IpAddr);
+
+impl Drop for GroupSlot {
+    fn drop(&mut self) {
+        let mut held = self.0.lock().expect("never poisoned");
+        if let Some(n) = held.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.1);
+            }
+        }
+    }
+}
+
+/// The next connection on `listener` that `gate` lets in (canonical source).
+async fn accept_gated(
+    listener: &tokio::net::TcpListener,
+    gate: Option<&TcpGate>,
+    what: &str,
+) -> (tokio::net::TcpStream, SocketAddr) {
+    loop {
+        let Ok((stream, from)) = listener.accept().await else {
+            continue;
+        };
+        let from = crate::paths::canonical(from);
+        if gate.is_some_and(|g| !g(from)) {
+            tracing::debug!(%from, "{what} connection refused (gate)");
+            continue;
+        }
+        return (stream, from);
+    }
+}
+
 /// Where a relayed datagram goes: the address, and the local one to send from.
 pub type RelayRoute = (SocketAddr, Option<IpAddr>);
 
@@ -345,14 +384,7 @@ impl Endpoint {
         let (links, deliver) = (self.links.clone(), self.deliver.clone());
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, from)) = listener.accept().await else {
-                    continue;
-                };
-                let from = crate::paths::canonical(from);
-                if gate.as_ref().is_some_and(|g| !g(from)) {
-                    tracing::debug!(%from, "TCP connection refused (gate)");
-                    continue;
-                }
+                let (stream, from) = accept_gated(&listener, gate.as_ref(), "TCP").await;
                 if let Err(e) =
                     links.attach(stream, deliver.clone(), crate::tcp::Opened::ByStranger)
                 {
@@ -378,25 +410,31 @@ impl Endpoint {
         let bound = listener.local_addr()?;
         let (links, deliver) = (self.links.clone(), self.deliver.clone());
         // Handshakes at once: each holds a socket and some TLS state for at
-        // most `https::HANDSHAKE`.
-        let slots = Arc::new(tokio::sync::Semaphore::new(256));
+        // most `https::HANDSHAKE`; one address group holds a few of them.
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HTTPS_HANDSHAKES));
+        let per_group: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, from)) = listener.accept().await else {
-                    continue;
-                };
-                let from = crate::paths::canonical(from);
-                if gate.as_ref().is_some_and(|g| !g(from)) {
-                    tracing::debug!(%from, "HTTPS connection refused (gate)");
-                    continue;
-                }
+                let (stream, from) = accept_gated(&listener, gate.as_ref(), "HTTPS").await;
+                let group = burrow_proto::ip_group(from.ip());
                 let Ok(permit) = slots.clone().try_acquire_owned() else {
                     tracing::debug!(%from, "too many HTTPS handshakes; connection dropped");
                     continue;
                 };
+                {
+                    let mut held = per_group.lock().expect("never poisoned");
+                    let n = held.entry(group).or_insert(0);
+                    if *n >= MAX_HTTPS_HANDSHAKES_PER_GROUP {
+                        tracing::debug!(%from, "too many HTTPS handshakes from its address; dropped");
+                        continue;
+                    }
+                    *n += 1;
+                }
                 let (links, deliver, tls) = (links.clone(), deliver.clone(), tls.clone());
+                let per_group = per_group.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
+                    let _held = GroupSlot(per_group, group);
                     let ws = match crate::https::accept(stream, tls).await {
                         Ok(ws) => ws,
                         Err(e) => {
