@@ -448,7 +448,7 @@ impl Lab {
     /// LAN, and from now on those of routers made later.
     fn join_public6(&mut self, ns: &str) -> Result<(), LabError> {
         for (prefix, via) in &self.routes6 {
-            add_route6(ns, prefix, *via)?;
+            add_route(ns, prefix, *via)?;
         }
         self.public6.push(ns.to_string());
         Ok(())
@@ -463,7 +463,7 @@ impl Lab {
         via: Ipv6Addr,
     ) -> Result<(), LabError> {
         for ns in self.public6.iter().filter(|ns| *ns != owner) {
-            add_route6(ns, &prefix, via)?;
+            add_route(ns, &prefix, via)?;
         }
         self.routes6.push((prefix, via));
         Ok(())
@@ -884,7 +884,7 @@ impl Lab {
             Some(net6) => {
                 let a = v6(net6, u16::from(n));
                 add_addr6(&ns, "eth0", a, 64)?;
-                add_route6(&ns, "default", v6(net6, 1))?;
+                add_route(&ns, "default", v6(net6, 1))?;
                 Some(a)
             }
             None => None,
@@ -1084,22 +1084,6 @@ fn add_addr6(ns: &str, ifname: &str, addr: Ipv6Addr, len: u8) -> Result<(), LabE
     .map(|_| ())
 }
 
-/// Routes IPv6 `dest` (a prefix, or `default`) from namespace `ns` through `via`.
-fn add_route6(ns: &str, dest: &str, via: Ipv6Addr) -> Result<(), LabError> {
-    run(&[
-        "ip",
-        "-n",
-        ns,
-        "-6",
-        "route",
-        "add",
-        dest,
-        "via",
-        &via.to_string(),
-    ])
-    .map(|_| ())
-}
-
 /// Sets kernel parameter `setting` (`name=value`) in namespace `ns`.
 fn sysctl(ns: &str, setting: &str) -> Result<(), LabError> {
     run(&["ip", "netns", "exec", ns, "sysctl", "-qw", setting]).map(|_| ())
@@ -1110,12 +1094,16 @@ fn add_default_route(ns: &str, gw: Ipv4Addr) -> Result<(), LabError> {
     add_route(ns, "default", gw)
 }
 
-/// Routes `dest` (a prefix, or `default`) from namespace `ns` through `via`.
-fn add_route(ns: &str, dest: &str, via: Ipv4Addr) -> Result<(), LabError> {
+/// Routes `dest` (a prefix, or `default`) from namespace `ns` through `via`,
+/// in `via`'s family.
+fn add_route(ns: &str, dest: &str, via: impl Into<std::net::IpAddr>) -> Result<(), LabError> {
+    let via = via.into();
+    let family = if via.is_ipv4() { "-4" } else { "-6" };
     run(&[
         "ip",
         "-n",
         ns,
+        family,
         "route",
         "add",
         dest,
