@@ -538,8 +538,8 @@ fn setup(
             }
         );
         println!(
-            "{:<15} {:<15} {:>22} {:>22} {:>8}  {}",
-            "requester", "acceptor", "first message", "direct path", "direct", "found by"
+            "{:<15} {:<15} {:>22} {:>22} {:>8}  found by",
+            "requester", "acceptor", "first message", "direct path", "direct"
         );
         for (i, req_kind) in NatKind::ALL.into_iter().enumerate() {
             for (j, acc_kind) in NatKind::ALL.into_iter().enumerate() {

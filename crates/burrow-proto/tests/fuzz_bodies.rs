@@ -9,8 +9,11 @@ mod bodies;
 
 use rand::{Rng, RngCore, SeedableRng};
 
+/// A fuzz target's body.
+type Body = fn(&[u8]);
+
 /// Every target, by the name of its file in `fuzz/fuzz_targets/`.
-const TARGETS: &[(&str, fn(&[u8]))] = &[
+const TARGETS: &[(&str, Body)] = &[
     ("rendezvous", bodies::rendezvous),
     ("stun", bodies::stun),
     ("punch", bodies::punch),

@@ -783,7 +783,7 @@ fn closed(to: NodeId, peer: NodeId, direction: Direction, reason: CloseReason) -
 mod tests {
     use super::*;
     use burrow_proto::SecretKey;
-    use rand::{Rng, SeedableRng};
+    use rand::SeedableRng;
 
     fn node(seed: u64, name: &str) -> PeerInfo {
         PeerInfo {

@@ -132,7 +132,8 @@ fn punch(a: &mut PunchSession, na: &mut Nat, b: &mut PunchSession, nb: &mut Nat)
     let start = Instant::now();
     let mut now = start;
     // Datagrams in flight: (arrival, sequence) → (to side b?, local, from, data).
-    let mut wire: BTreeMap<(Instant, u64), (bool, Local, SocketAddr, Vec<u8>)> = BTreeMap::new();
+    type InFlight = (bool, Local, SocketAddr, Vec<u8>);
+    let mut wire: BTreeMap<(Instant, u64), InFlight> = BTreeMap::new();
     let mut seq = 0u64;
     let (mut ea, mut eb, mut probes) = (None, None, 0);
     for _ in 0..200_000 {
