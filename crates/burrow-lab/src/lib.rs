@@ -72,7 +72,7 @@ pub mod delay;
 mod ns;
 mod rt;
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -813,6 +813,27 @@ impl Lab {
         Ok(SocketAddr::from((listen, 8888)))
     }
 
+    /// Gives programs run in `host`'s namespace (through `ip netns exec`, as
+    /// [`Host::command`] does) a DNS of their own: `names` resolve to their
+    /// addresses, and nothing else resolves (the resolver asks 127.0.0.1,
+    /// where nothing answers, so a lookup fails at once rather than timing
+    /// out). A network whose only way out is a proxy often has no outside
+    /// DNS: the proxy resolves for it.
+    pub fn set_dns(&self, host: &Host, names: &[(&str, IpAddr)]) -> Result<(), LabError> {
+        let dir = std::path::Path::new(ns::ETC).join(&host.ns);
+        std::fs::create_dir_all(&dir)?;
+        let mut hosts = String::from("127.0.0.1 localhost\n::1 localhost\n");
+        for (name, addr) in names {
+            hosts.push_str(&format!("{addr} {name}\n"));
+        }
+        std::fs::write(dir.join("hosts"), hosts)?;
+        std::fs::write(
+            dir.join("resolv.conf"),
+            "nameserver 127.0.0.1\noptions attempts:1 timeout:1\n",
+        )?;
+        Ok(())
+    }
+
     /// Adds another peer on `router`'s LAN (several peers can share one NAT).
     pub fn add_peer_behind(&mut self, router: &Router, name: &str) -> Result<Host, LabError> {
         let ns = format!("{}-{name}", self.prefix);
@@ -946,6 +967,7 @@ impl Drop for Lab {
         self.delayed.clear();
         for ns in self.namespaces.iter().rev() {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
+            ns::remove_etc(ns);
         }
     }
 }

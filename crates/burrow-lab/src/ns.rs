@@ -36,22 +36,44 @@ pub fn enter(ns: &str) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Deletes namespaces named `bl<pid>x…` whose process no longer exists: what a
-/// killed test run left behind.
+/// Where `ip netns exec` finds a namespace's own `/etc` files (each put over
+/// its namesake in `/etc` for the program it runs).
+pub(crate) const ETC: &str = "/etc/netns";
+
+/// Removes namespace `ns`'s own `/etc` files, if it has any.
+pub(crate) fn remove_etc(ns: &str) {
+    let dir = std::path::Path::new(ETC).join(ns);
+    if dir.exists() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// Deletes namespaces named `bl<pid>x…` whose process no longer exists, and
+/// their `/etc` files: what a killed test run left behind.
 pub(crate) fn remove_stale_labs() {
+    if let Ok(dirs) = std::fs::read_dir(ETC) {
+        for d in dirs.flatten() {
+            let name = d.file_name().to_string_lossy().into_owned();
+            if stale(&name) {
+                remove_etc(&name);
+            }
+        }
+    }
     let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
         return;
     };
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let name = line.split_whitespace().next().unwrap_or("");
-        let Some(rest) = name.strip_prefix("bl") else {
-            continue;
-        };
-        let Some(pid) = rest.split('x').next().and_then(|p| p.parse::<u32>().ok()) else {
-            continue;
-        };
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        if stale(name) {
             let _ = Command::new("ip").args(["netns", "del", name]).output();
         }
     }
+}
+
+/// Whether `name` is a lab namespace's (`bl<pid>x…`) whose process is gone.
+fn stale(name: &str) -> bool {
+    name.strip_prefix("bl")
+        .and_then(|rest| rest.split('x').next())
+        .and_then(|p| p.parse::<u32>().ok())
+        .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
 }

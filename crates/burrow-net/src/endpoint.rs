@@ -458,18 +458,19 @@ impl Endpoint {
         Ok(bound)
     }
 
-    /// Connects to the server at `to` over HTTPS (`host` names it; through
-    /// the HTTP proxy `proxy` when given) and makes the WebSocket a link:
-    /// returns the virtual address to dial QUIC to.
+    /// Connects to the server `host` on `port` over HTTPS, the way `via`
+    /// says (straight to an address, or through an HTTP proxy by name), and
+    /// makes the WebSocket a link: returns the virtual address to dial QUIC
+    /// to.
     pub async fn dial_https(
         &self,
-        to: SocketAddr,
         host: &str,
-        proxy: Option<&str>,
+        port: u16,
+        via: crate::https::Via<'_>,
     ) -> Result<SocketAddr, crate::https::HttpsError> {
-        let ws = crate::https::dial(to, host, proxy).await?;
+        let (ws, real) = crate::https::dial(host, port, via).await?;
         self.links
-            .attach_ws(ws, to, self.deliver.clone(), crate::tcp::Opened::ByUs)
+            .attach_ws(ws, real, self.deliver.clone(), crate::tcp::Opened::ByUs)
             .map_err(|e| crate::https::HttpsError::Io(std::io::Error::other(e.to_string())))
     }
 

@@ -17,7 +17,9 @@
 //!
 //! Through a proxy (`HTTPS_PROXY`, `--proxy`), the node first asks it for a
 //! tunnel (`CONNECT host:port`), as browsers and curl do; a refusal comes back
-//! as the proxy's own status line.
+//! as the proxy's own status line. The tunnel names the server as the user
+//! wrote it, so a name that resolves only on the proxy's side (a network whose
+//! only way out is the proxy often has no outside DNS) works: see [`Via`].
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -156,27 +158,39 @@ pub async fn accept(
         .map_err(|_| HttpsError::Timeout(HANDSHAKE))?
 }
 
-/// Opens a WebSocket to the server at `to` over TLS (`host` names it, for the
-/// proxy and the request), through the HTTP proxy at `proxy` when given.
-pub async fn dial(
-    to: SocketAddr,
-    host: &str,
-    proxy: Option<&str>,
-) -> Result<WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>, HttpsError> {
+/// How an HTTPS link reaches the server.
+#[derive(Clone, Copy, Debug)]
+pub enum Via<'a> {
+    /// Straight to this address (the server's, resolved here).
+    Direct(SocketAddr),
+    /// Through the HTTP proxy at this `host:port`, which is asked for the
+    /// server by the name it was given: nothing is resolved on our side.
+    Proxy(&'a str),
+}
+
+/// A WebSocket over TLS to the server.
+pub type Stream = WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
+
+/// Opens a WebSocket over TLS to the server `host` (a name or an address, for
+/// the proxy's tunnel and the request) on `port`, the way `via` says. Returns
+/// it and the address its TCP connection runs to (the server's, or the
+/// proxy's).
+pub async fn dial(host: &str, port: u16, via: Via<'_>) -> Result<(Stream, SocketAddr), HttpsError> {
     let handshake = async {
         let target = if host.contains(':') {
-            format!("[{host}]:{}", to.port())
+            format!("[{host}]:{port}")
         } else {
-            format!("{host}:{}", to.port())
+            format!("{host}:{port}")
         };
-        let tcp = match proxy {
-            None => TcpStream::connect(to).await?,
-            Some(proxy) => {
+        let tcp = match via {
+            Via::Direct(to) => TcpStream::connect(to).await?,
+            Via::Proxy(proxy) => {
                 let mut tcp = TcpStream::connect(proxy).await?;
                 tunnel(&mut tcp, proxy, &target).await?;
                 tcp
             }
         };
+        let real = tcp.peer_addr()?;
         let _ = tcp.set_nodelay(true);
         let config = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
@@ -194,7 +208,7 @@ pub async fn dial(
         let url = format!("wss://{target}{PATH}");
         let (ws, _) =
             tokio_tungstenite::client_async_with_config(url, tls, Some(ws_config())).await?;
-        Ok::<_, HttpsError>(ws)
+        Ok::<_, HttpsError>((ws, real))
     };
     tokio::time::timeout(HANDSHAKE, handshake)
         .await
@@ -302,7 +316,8 @@ mod tests {
     use super::*;
 
     /// A proxy that refuses the tunnel: its own status line comes back, and
-    /// nothing is sent past it.
+    /// nothing is sent past it. The tunnel asks for the server by name, a
+    /// name nothing here resolves (`.invalid`): only the proxy needs to.
     #[tokio::test]
     async fn a_proxy_that_refuses_says_so() {
         let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -325,13 +340,13 @@ mod tests {
             .unwrap();
             String::from_utf8(head).unwrap()
         });
-        let server: SocketAddr = "203.0.113.9:443".parse().unwrap();
-        let err = dial(server, "203.0.113.9", Some(&at.to_string()))
+        let proxy = at.to_string();
+        let err = dial("burrow.invalid", 443, Via::Proxy(&proxy))
             .await
             .expect_err("refused");
         let head = answer.await.unwrap();
         assert!(
-            head.starts_with("CONNECT 203.0.113.9:443 HTTP/1.1\r\n"),
+            head.starts_with("CONNECT burrow.invalid:443 HTTP/1.1\r\n"),
             "{head}"
         );
         match err {

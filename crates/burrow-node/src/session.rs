@@ -10,7 +10,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use burrow_net::https::Via;
 use burrow_net::{iface, ConnectError, FrameReader, FrameWriter};
+use burrow_proto::addr::ServerAddr;
 use burrow_proto::rendezvous::{self, ClientMsg, CloseReason, Direction, Refusal, ServerMsg};
 use burrow_proto::NodeId;
 use rand::Rng;
@@ -43,16 +45,16 @@ pub enum SessionError {
     /// The server could not be reached.
     #[error("cannot reach the server at {addr}: {source}")]
     Unreachable {
-        /// Where we dialed.
-        addr: SocketAddr,
+        /// Where we dialed (an address, or the name the proxy was asked for).
+        addr: String,
         /// Why.
         source: ConnectError,
     },
     /// The server proved a key other than the one its address pins.
     #[error("the server at {addr} presented key {actual}, but the address pins {expected}")]
     PinnedKeyMismatch {
-        /// Where we dialed.
-        addr: SocketAddr,
+        /// Where we dialed (an address, or the name the proxy was asked for).
+        addr: String,
         /// Pinned key.
         expected: NodeId,
         /// Presented key.
@@ -87,6 +89,17 @@ pub enum SessionError {
         /// Our key.
         us: NodeId,
     },
+    /// The server's name does not resolve here, and the proxy (asked for it
+    /// by name) did not get us through.
+    #[error("{host} does not resolve here, and the proxy at {proxy} did not reach it: {reason}")]
+    Proxy {
+        /// host:port.
+        host: String,
+        /// The proxy.
+        proxy: String,
+        /// What the proxy or the server's HTTPS port said.
+        reason: String,
+    },
     /// The session broke.
     #[error("lost the server: {0}")]
     Lost(String),
@@ -98,6 +111,9 @@ impl SessionError {
         Some(match self {
             SessionError::Unreachable { .. } => {
                 "is `burrow server` running there, and is its UDP port open?".into()
+            }
+            SessionError::Proxy { .. } => {
+                "does the server listen with --https (its URL then ends in ?https=PORT), and does the proxy allow that port?".into()
             }
             SessionError::PinnedKeyMismatch { .. } => {
                 "check the server id in the address with the server's operator".into()
@@ -235,7 +251,8 @@ async fn dial(
         let https_port = https_port?;
         tokio::time::sleep(HTTPS_HEAD_START - UDP_HEAD_START).await;
         let to = SocketAddr::new(addr.ip(), https_port);
-        let link = match ep.dial_https(to, &host, proxy.as_deref()).await {
+        let via = proxy.as_deref().map_or(Via::Direct(to), Via::Proxy);
+        let link = match ep.dial_https(&host, https_port, via).await {
             Ok(link) => Some(link),
             Err(e) => {
                 let via = proxy
@@ -300,29 +317,16 @@ pub(crate) async fn connect(inner: &Arc<Inner>) -> Result<Session, SessionError>
         .endpoint
         .local_addr()
         .map_err(|e| SessionError::Lost(e.to_string()))?;
-    let resolved: Vec<SocketAddr> = tokio::net::lookup_host(&host)
-        .await
-        .map_err(|e| SessionError::Resolve {
-            host: host.clone(),
-            reason: e.to_string(),
-        })?
-        .map(burrow_net::paths::canonical)
-        .collect();
-    let addr = pick_server_addr(local, &resolved).ok_or_else(|| SessionError::Resolve {
-        host: host.clone(),
-        reason: if resolved.is_empty() {
-            "no address".into()
-        } else {
-            format!(
-                "no route from here to {} (is this machine online, and in that address family?)",
-                resolved
-                    .iter()
-                    .map(|a| a.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        },
-    })?;
+    let addr = match server_addr(&host, local).await {
+        Ok(addr) => Some(addr),
+        // A network whose only way out is a proxy often has no outside DNS
+        // either: the proxy resolves the name for its tunnel.
+        Err(SessionError::Resolve { reason, .. }) if inner.config.proxy.is_some() => {
+            info!(server = %host, %reason, "asking the proxy to reach the server by name");
+            None
+        }
+        Err(e) => return Err(e),
+    };
 
     let known = KnownServers::new(&inner.config.home);
     let remembered = known.lookup(&host);
@@ -331,8 +335,12 @@ pub(crate) async fn connect(inner: &Arc<Inner>) -> Result<Session, SessionError>
     // we are registered). Its datagrams leave first: on a sequential NAT they
     // take a port, which must come before the session's and the mapping
     // measurement's, not between them.
-    let hop_probe = burrow_net::ttl::HopProbe::send(addr);
-    let (via, dialed) = dial(inner, addr, expected).await;
+    let hop_probe = addr.map(burrow_net::ttl::HopProbe::send);
+    let (via, dialed) = match addr {
+        Some(addr) => dial(inner, addr, expected).await,
+        None => dial_by_name(inner, server, expected).await?,
+    };
+    let addr = addr.map_or_else(|| host.clone(), |a| a.to_string());
     let (conn, key) = match dialed {
         Ok(ok) => ok,
         Err(ConnectError::WrongKey {
@@ -372,7 +380,7 @@ pub(crate) async fn connect(inner: &Arc<Inner>) -> Result<Session, SessionError>
     let mapping = if burrow_net::tcp::is_link(via) {
         burrow_proto::punch::Mapping::Unknown
     } else {
-        crate::nat::mapping(&inner.endpoint, addr)
+        crate::nat::mapping(&inner.endpoint, via)
             .await
             .map_or(burrow_proto::punch::Mapping::Unknown, |(_, m)| m)
     };
@@ -441,8 +449,8 @@ pub(crate) async fn connect(inner: &Arc<Inner>) -> Result<Session, SessionError>
                     .iter()
                     .any(|a| a.ip() == observed.ip());
                 st.open_ttl = behind_nat.then(|| burrow_net::ttl::open_ttl(None));
-                if behind_nat {
-                    measure_nat_hops(inner, hop_probe);
+                if let Some(probe) = hop_probe.filter(|_| behind_nat) {
+                    measure_nat_hops(inner, probe);
                 }
                 st.presence = presence;
                 for p in st.peers.values_mut() {
@@ -487,6 +495,67 @@ pub(crate) async fn connect(inner: &Arc<Inner>) -> Result<Session, SessionError>
         ))),
         None => Err(SessionError::Lost("server closed the session".into())),
     }
+}
+
+/// Resolves `host` (host:port) to the address to dial from our socket at
+/// `local`.
+async fn server_addr(host: &str, local: SocketAddr) -> Result<SocketAddr, SessionError> {
+    let resolved: Vec<SocketAddr> = tokio::net::lookup_host(host)
+        .await
+        .map_err(|e| SessionError::Resolve {
+            host: host.into(),
+            reason: e.to_string(),
+        })?
+        .map(burrow_net::paths::canonical)
+        .collect();
+    pick_server_addr(local, &resolved).ok_or_else(|| SessionError::Resolve {
+        host: host.into(),
+        reason: if resolved.is_empty() {
+            "no address".into()
+        } else {
+            format!(
+                "no route from here to {} (is this machine online, and in that address family?)",
+                resolved
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        },
+    })
+}
+
+/// Dials the server by name through the proxy (its HTTPS port, or 443):
+/// for a name that resolves only on the proxy's side. Returns the link's
+/// address and the QUIC outcome over it, or why no link was made.
+async fn dial_by_name(
+    inner: &Arc<Inner>,
+    server: &ServerAddr,
+    expected: Option<NodeId>,
+) -> Result<
+    (
+        SocketAddr,
+        Result<(quinn::Connection, NodeId), ConnectError>,
+    ),
+    SessionError,
+> {
+    let ep = &inner.endpoint;
+    let proxy = inner.config.proxy.as_deref().unwrap_or_default();
+    let port = server.https.unwrap_or(DEFAULT_HTTPS_PORT);
+    let link = ep
+        .dial_https(&server.host, port, Via::Proxy(proxy))
+        .await
+        .map_err(|e| SessionError::Proxy {
+            host: server.host_port(),
+            proxy: proxy.into(),
+            reason: e.to_string(),
+        })?;
+    info!(server = %server.host, port, "reaching the server over HTTPS, by name through the proxy");
+    let dialed = ep.connect(link, rendezvous::ALPN, expected).await;
+    if dialed.is_err() {
+        ep.close_link(link);
+    }
+    Ok((link, dialed))
 }
 
 /// The server address to dial of those `host` resolved to: one our socket
@@ -853,24 +922,6 @@ fn resolve_waiter(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_to_the_cap_with_jitter() {
-        let max = Duration::from_secs(30);
-        for attempt in 1..40 {
-            let d = backoff(attempt, max);
-            let ceiling = BACKOFF_BASE
-                .saturating_mul(1 << attempt.min(16) - 1)
-                .min(max);
-            assert!(d >= ceiling / 2 && d <= ceiling, "attempt {attempt}: {d:?}");
-        }
-        assert!(backoff(1, max) <= BACKOFF_BASE);
-    }
-}
-
 /// Reads how many hops our NATs are deep from `probe`'s answers and sets the
 /// opening probes' TTL from it.
 fn measure_nat_hops(inner: &Arc<Inner>, probe: burrow_net::ttl::HopProbe) {
@@ -887,4 +938,22 @@ fn measure_nat_hops(inner: &Arc<Inner>, probe: burrow_net::ttl::HopProbe) {
             st.open_ttl = Some(ttl);
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_the_cap_with_jitter() {
+        let max = Duration::from_secs(30);
+        for attempt in 1..40 {
+            let d = backoff(attempt, max);
+            let ceiling = BACKOFF_BASE
+                .saturating_mul(1 << (attempt.min(16) - 1))
+                .min(max);
+            assert!(d >= ceiling / 2 && d <= ceiling, "attempt {attempt}: {d:?}");
+        }
+        assert!(backoff(1, max) <= BACKOFF_BASE);
+    }
 }

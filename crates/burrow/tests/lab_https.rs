@@ -44,9 +44,11 @@ fn a_node_allowed_only_https_registers_chats_and_downloads_through_the_relay() {
 }
 
 /// A network that lets nothing out at all but through an HTTP proxy (a real
-/// `tinyproxy` on the router, tunnelling to port 443 only): the node, told
+/// `tinyproxy` on the router, tunnelling to port 443 only), and has no DNS
+/// of its own: the server's name resolves only on the proxy. The node, told
 /// the proxy as `HTTPS_PROXY` or `--proxy` tells it, asks it for a tunnel to
-/// the server's HTTPS port and registers, chats and downloads through it.
+/// the server's HTTPS port by that name and registers, chats and downloads
+/// through it.
 #[test]
 fn a_node_behind_nothing_but_an_http_proxy_gets_through_it() {
     let Some(mut lab) = require_or_skip("a_node_behind_nothing_but_an_http_proxy_gets_through_it")
@@ -57,7 +59,14 @@ fn a_node_behind_nothing_but_an_http_proxy_gets_through_it() {
     let https = format!("{}:443", lab.server().addr);
     let (mut server, url) = lab_server(&lab, &dir.path().join("srv"), &["--https", &https]);
     let (h1, r1) = lab.add_peer("via", NatKind::ProxyOnly).unwrap();
-    let proxy = match lab.run_http_proxy(&r1.unwrap()) {
+    let r1 = r1.unwrap();
+    let server_ip = lab.server().addr;
+    lab.set_dns(&r1.host, &[("burrow.lab", server_ip.into())])
+        .unwrap();
+    lab.set_dns(&h1, &[]).unwrap();
+    let by_name = url.replace(&server_ip.to_string(), "burrow.lab");
+    assert_ne!(by_name, url);
+    let proxy = match lab.run_http_proxy(&r1) {
         Ok(p) => p,
         Err(burrow_lab::LabError::Unavailable(why)) => {
             burrow_lab::skip(
@@ -70,7 +79,7 @@ fn a_node_behind_nothing_but_an_http_proxy_gets_through_it() {
     };
     let (h2, _) = lab.add_peer("pam", NatKind::PortRestricted).unwrap();
     let proxy_url = format!("http://{proxy}");
-    let mut via = LabNode::up_with(&h1, dir.path(), &url, "via", &["--proxy", &proxy_url]);
+    let mut via = LabNode::up_with(&h1, dir.path(), &by_name, "via", &["--proxy", &proxy_url]);
     let mut pam = LabNode::up(&h2, dir.path(), &url, "pam");
     let status = json(&via.home, &["status"]);
     assert_eq!(status["server_transport"], "https", "{status}");
