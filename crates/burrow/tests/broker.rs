@@ -300,12 +300,38 @@ async fn watched_presence_announces_only_contacts_and_links_and_finds_others_by_
     config.broker.presence = PresenceScope::Watched;
     let server = start_server_with(&home, config).await;
     let alice = start_node(&dir.path().join("alice"), "alice", &server.url).await;
+    assert_eq!(alice.status().presence, "watched");
+    // dave is alice's contact: she hears him come back, after bob and carol
+    // came. Joins reach a node in the order the server noted them (or
+    // together), so once dave's has come, bob's and carol's would have too.
+    let dave_home = dir.path().join("dave");
+    let dave = start_node(&dave_home, "dave", &server.url).await;
+    alice
+        .contacts(Some("dave"), None)
+        .await
+        .expect("dave found");
+    let mut events = alice.subscribe();
+    dave.shutdown().await;
+    wait_event(&mut events, "dave leaving", |e| {
+        matches!(e, NodeEvent::PeerOffline { name } if name == "dave").then_some(())
+    })
+    .await;
     let bob = start_node(&dir.path().join("bob"), "bob", &server.url).await;
     let carol = start_node(&dir.path().join("carol"), "carol", &server.url).await;
-    assert_eq!(alice.status().presence, "watched");
-    // Nobody hears about anybody yet.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert!(alice.peers().is_empty(), "{:?}", alice.peers());
+    let dave = start_node(&dave_home, "dave", &server.url).await;
+    wait_event(&mut events, "dave back", |e| {
+        matches!(e, NodeEvent::PeerOnline { name } if name == "dave").then_some(())
+    })
+    .await;
+    // Nobody else hears about anybody.
+    let heard: Vec<String> = alice.peers().into_iter().filter_map(|p| p.name).collect();
+    assert_eq!(heard, ["dave"], "alice hears only of her contact");
+    assert!(
+        bob.peers().is_empty() && carol.peers().is_empty(),
+        "bob and carol hear of nobody: {:?} {:?}",
+        bob.peers(),
+        carol.peers()
+    );
 
     // alice names bob: the server finds him, and the request goes through.
     let mut bob_events = bob.subscribe();
@@ -342,6 +368,7 @@ async fn watched_presence_announces_only_contacts_and_links_and_finds_others_by_
         Err(ApiError::UnknownPeer(_))
     ));
     bob.shutdown().await;
+    dave.shutdown().await;
     alice.shutdown().await;
     server.stop().await;
 }

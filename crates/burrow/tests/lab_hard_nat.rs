@@ -4,6 +4,13 @@
 //! direct where one side's mapping is endpoint-independent and the other's
 //! random (birthday probing) or sequential (prediction).
 //!
+//! Twenty punches tell 95 % from 80 %, but not from noise: a cell whose true
+//! rate is 98 % scores 18 of 20 or less one time in sixteen. So a cell below
+//! 19 of 20 is measured again with twenty fresh pairs, and fails only if the
+//! forty together put 95 % above the upper bound of their one-sided 95 %
+//! confidence interval ([`wilson_upper`]): only when we are confident the
+//! rate has fallen, not when one round was unlucky.
+//!
 //! The matrix test (`lab_matrix.rs`) shows every cell once; this one is the
 //! repeated measurement behind the README's traversal table.
 
@@ -90,6 +97,36 @@ fn run_cell(lab: &mut Lab, dir: &std::path::Path, url: &str, req: NatKind, acc: 
     cell
 }
 
+/// The upper bound of the one-sided 95 % Wilson score interval for a rate
+/// of `k` in `n`.
+fn wilson_upper(k: usize, n: usize) -> f64 {
+    let (k, n, z) = (k as f64, n as f64, 1.645f64);
+    let p = k / n;
+    let centre = p + z * z / (2.0 * n);
+    let spread = z * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt();
+    (centre + spread) / (1.0 + z * z / n)
+}
+
+/// Measures one cell: a lab, a server and [`PAIRS`] pairs of its own.
+fn measure(req: NatKind, acc: NatKind) -> Option<Cell> {
+    // A lab per cell: each pair takes four of a lab's 254 addresses.
+    let mut lab = require_or_skip("hard_nat_cells_go_direct_almost_always")?;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, url) = lab_server(&lab, &dir.path().join("srv"), &[]);
+    let c = run_cell(&mut lab, dir.path(), &url, req, acc);
+    assert!(server.terminate().success());
+    Some(c)
+}
+
+#[test]
+fn the_noise_bound_tells_an_unlucky_round_from_a_fall() {
+    // One or two misses in forty: noise. Six: the rate has fallen.
+    assert!(wilson_upper(38, 40) > 0.95);
+    assert!(wilson_upper(36, 40) > 0.95);
+    assert!(wilson_upper(34, 40) < 0.95);
+    assert!(wilson_upper(40, 40) > 0.99);
+}
+
 #[test]
 fn hard_nat_cells_go_direct_almost_always() {
     use NatKind::*;
@@ -106,14 +143,20 @@ fn hard_nat_cells_go_direct_almost_always() {
         (PortRestricted, Sequential),
         (Sequential, PortRestricted),
     ] {
-        // A lab per cell: each pair takes four of a lab's 254 addresses.
-        let Some(mut lab) = require_or_skip("hard_nat_cells_go_direct_almost_always") else {
+        let Some(mut c) = measure(req, acc) else {
             return;
         };
-        let dir = tempfile::tempdir().unwrap();
-        let (mut server, url) = lab_server(&lab, &dir.path().join("srv"), &[]);
-        let mut c = run_cell(&mut lab, dir.path(), &url, req, acc);
-        assert!(server.terminate().success());
+        let mut runs = PAIRS;
+        if c.direct * 100 < PAIRS * 95 {
+            // Once more, before calling it a fall (see the module's docs).
+            let Some(again) = measure(req, acc) else {
+                return;
+            };
+            c.direct += again.direct;
+            c.times.extend(again.times);
+            c.methods.extend(again.methods);
+            runs += PAIRS;
+        }
         c.times.sort();
         let at = |q: f64| {
             c.times
@@ -129,7 +172,7 @@ fn hard_nat_cells_go_direct_almost_always() {
             .map(|m| format!("{m} {}", c.methods.iter().filter(|x| *x == m).count()))
             .collect();
         println!(
-            "{:<15} {:<15} {:>5}/{PAIRS} {:>10} {:>10} {:>10}  {}",
+            "{:<15} {:<15} {:>5}/{runs} {:>10} {:>10} {:>10}  {}",
             format!("{req:?}"),
             format!("{acc:?}"),
             c.direct,
@@ -141,13 +184,13 @@ fn hard_nat_cells_go_direct_almost_always() {
                 .unwrap_or_else(|| "-".into()),
             counts.join(", ")
         );
-        if c.direct * 100 < PAIRS * 95 {
-            failures.push(format!("{req:?} x {acc:?}: {}/{PAIRS} direct", c.direct));
+        if runs > PAIRS && wilson_upper(c.direct, runs) < 0.95 {
+            failures.push(format!("{req:?} x {acc:?}: {}/{runs} direct", c.direct));
         }
     }
     assert!(
         failures.is_empty(),
-        "below 95 % direct:\n{}",
+        "below 95 % direct (with 95 % confidence):\n{}",
         failures.join("\n")
     );
 }

@@ -212,8 +212,13 @@ fn a_cut_uplink_restored_brings_the_link_back() {
     ida.say(&mut jon, "before the cut");
     let r1 = r1.unwrap();
     lab.set_uplink(&r1, false).unwrap();
-    // Silent for a while (under the 30 s idle timeout): the path is lost.
-    std::thread::sleep(Duration::from_secs(5));
+    // Silent for a while (under the 30 s idle timeout): the path is lost,
+    // and ida says so.
+    assert!(
+        ida.wait_path("jon", "relayed", Duration::from_secs(15))
+            .is_some(),
+        "ida notices the direct path is gone"
+    );
     lab.set_uplink(&r1, true).unwrap();
     jon.say_eventually(&mut ida, "you're back", RECOVER);
     ida.say_eventually(&mut jon, "I am", RECOVER);
