@@ -203,7 +203,7 @@ async fn bench(args: Args) {
     let _ = Command::new("kill").arg(server.id().to_string()).status();
     let _ = server.wait();
     for ep in endpoints {
-        ep.close(quinn::VarInt::from_u32(0), b"done");
+        ep.close(burrow_net::Close::Done.code(), b"done");
     }
 }
 
@@ -472,10 +472,10 @@ async fn bare_quic_handshakes(parallel: usize) -> (f64, usize) {
     let rate = conns.len() as f64 / start.elapsed().as_secs_f64();
     let count = conns.len();
     for c in conns {
-        c.close(quinn::VarInt::from_u32(0), b"done");
+        c.close(burrow_net::Close::Done.code(), b"done");
     }
     accept.abort();
-    server.quic().close(quinn::VarInt::from_u32(0), b"done");
+    server.quic().close(burrow_net::Close::Done.code(), b"done");
     (rate, count)
 }
 

@@ -607,7 +607,7 @@ impl Endpoint {
         let actual = tls::peer_id(&conn).ok_or(ConnectError::NoKey)?;
         if let Some(expected) = expected {
             if expected != actual {
-                conn.close(quinn::VarInt::from_u32(1), b"unexpected key");
+                conn.close(crate::Close::WrongKey.code(), b"unexpected key");
                 return Err(ConnectError::WrongKey {
                     addr,
                     expected,

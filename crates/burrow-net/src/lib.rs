@@ -16,6 +16,7 @@
 //!   our NATs are deep.
 //! - [`control`]: the local control sockets the CLI talks to a node or server on.
 
+pub mod close;
 pub mod control;
 pub mod endpoint;
 pub mod framed;
@@ -31,7 +32,9 @@ pub mod stun_server;
 pub mod tcp;
 pub mod tls;
 pub mod ttl;
+pub mod virt;
 
+pub use close::Close;
 pub use endpoint::{
     ConnectError, Endpoint, EndpointConfig, EndpointError, RelayHandler, StunQueryError,
 };

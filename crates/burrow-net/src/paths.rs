@@ -14,7 +14,7 @@
 //! back to the relay and punches again.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::task::Waker;
 use std::time::{Duration, Instant};
@@ -24,17 +24,10 @@ use burrow_proto::NodeId;
 
 use crate::side::Via;
 
-/// First octet of virtual addresses (240.0.0.0/4 is reserved: never on a wire).
-const VIRTUAL_NET: u32 = 240 << 24;
-/// Port of every virtual address (quinn refuses port 0).
-const VIRTUAL_PORT: u16 = 1;
-
-/// Whether `addr` is one of ours: a virtual address, not a real one.
+/// Whether `addr` is a linked peer's virtual address, not a real one
+/// (see [`crate::virt`]).
 pub fn is_virtual(addr: SocketAddr) -> bool {
-    match canonical(addr) {
-        SocketAddr::V4(a) => a.ip().octets()[0] & 0xf0 == 240 && a.port() == VIRTUAL_PORT,
-        SocketAddr::V6(_) => false,
-    }
+    crate::virt::kind(addr) == Some(crate::virt::Kind::Peer)
 }
 
 /// `addr` with an IPv4-mapped IPv6 address turned back into IPv4.
@@ -175,8 +168,7 @@ impl PathTable {
             return *v;
         }
         t.next += 1;
-        let ip = Ipv4Addr::from(VIRTUAL_NET | (t.next & 0x0fff_ffff));
-        let v = SocketAddr::new(ip.into(), VIRTUAL_PORT);
+        let v = crate::virt::addr(crate::virt::Kind::Peer, t.next);
         t.by_peer.insert(peer, v);
         t.entries.insert(
             v,

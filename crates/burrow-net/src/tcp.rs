@@ -20,7 +20,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -30,8 +30,6 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
-/// Port of every link's virtual address (peers' virtual addresses use port 1).
-const LINK_PORT: u16 = 2;
 /// Largest datagram a link carries (a relayed full-size QUIC packet is 1472).
 pub const MAX_DATAGRAM: usize = 2048;
 /// Datagrams queued for one link's writer before more are dropped (as a full
@@ -59,12 +57,9 @@ pub(crate) enum Opened {
     ByStranger,
 }
 
-/// Whether `addr` is a link's virtual address.
+/// Whether `addr` is a link's virtual address (see [`crate::virt`]).
 pub fn is_link(addr: SocketAddr) -> bool {
-    match crate::paths::canonical(addr) {
-        SocketAddr::V4(a) => a.ip().octets()[0] & 0xf0 == 240 && a.port() == LINK_PORT,
-        SocketAddr::V6(_) => false,
-    }
+    crate::virt::kind(addr) == Some(crate::virt::Kind::Link)
 }
 
 /// Where a link's received datagrams go: the shared socket's receive path.
@@ -166,8 +161,8 @@ impl Links {
         transport: &'static str,
         start: impl FnOnce(SocketAddr, mpsc::Receiver<Vec<u8>>, Weak<Links>) -> [AbortHandle; 2],
     ) -> Result<SocketAddr, LinkError> {
-        let n = self.next.fetch_add(1, Ordering::Relaxed) & 0x0fff_ffff;
-        let virt = SocketAddr::new(Ipv4Addr::from((240u32 << 24) | n).into(), LINK_PORT);
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let virt = crate::virt::addr(crate::virt::Kind::Link, n);
         let (tx, rx) = mpsc::channel(QUEUE);
         let mut map = self.lock();
         if map.len() >= MAX_LINKS {

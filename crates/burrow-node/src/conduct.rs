@@ -21,9 +21,6 @@ use tracing::warn;
 
 use crate::node::Inner;
 
-/// QUIC close code for a connection ended because its peer misbehaved.
-pub(crate) const MISBEHAVED: u32 = 0x20;
-
 /// Strikes after which a peer is refused.
 pub(crate) const STRIKE_LIMIT: u32 = 3;
 /// Connect requests one peer may make per [`REQUEST_WINDOW`]: a person retrying
@@ -95,7 +92,7 @@ pub(crate) fn strike(inner: &Inner, peer: NodeId, what: &str) {
     };
     warn!(peer = %peer.short(), what, "refusing a misbehaving peer");
     for c in conns {
-        c.close(quinn::VarInt::from_u32(MISBEHAVED), b"misbehaving");
+        c.close(burrow_net::Close::Misbehaved.code(), b"misbehaving");
     }
 }
 

@@ -879,7 +879,7 @@ impl Node {
                 .collect()
         };
         for c in conns {
-            c.close(quinn::VarInt::from_u32(0), b"node shutting down");
+            c.close(burrow_net::Close::Done.code(), b"node shutting down");
         }
         let tasks: Vec<JoinHandle<()>> = std::mem::take(
             &mut *self
@@ -899,7 +899,7 @@ impl Node {
         self.inner
             .endpoint
             .quic()
-            .close(quinn::VarInt::from_u32(0), b"node shutting down");
+            .close(burrow_net::Close::Done.code(), b"node shutting down");
         let _ = tokio::time::timeout(
             Duration::from_secs(1),
             self.inner.endpoint.quic().wait_idle(),

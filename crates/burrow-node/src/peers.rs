@@ -38,8 +38,6 @@ use crate::event::NodeEvent;
 use crate::node::{Inner, MAX_CONNS_PER_PEER};
 use crate::PathPolicy;
 
-/// QUIC close code: we did not accept this peer.
-const NOT_ACCEPTED: u32 = 0x10;
 /// How often [`monitor`] looks at the paths.
 const MONITOR_TICK: Duration = Duration::from_millis(250);
 /// A direct path we sent on and heard nothing back from for this long is pinged...
@@ -598,7 +596,7 @@ pub(crate) async fn accept_loop(inner: Arc<Inner>) {
                 burrow_net::paths::is_virtual(remote) && paths.peer_of(remote) != Some(peer);
             if !admitted || wrong_path {
                 warn!(peer = %peer.short(), %remote, "refusing connection from a peer we did not accept");
-                conn.close(quinn::VarInt::from_u32(NOT_ACCEPTED), b"not accepted");
+                conn.close(burrow_net::Close::NotAccepted.code(), b"not accepted");
                 return;
             }
             // Services by protocol: chat carries the link itself; files and
@@ -629,7 +627,7 @@ fn register(inner: &Arc<Inner>, peer: NodeId, conn: quinn::Connection, dialed: b
         p.conns.push(conn.clone());
         if p.conns.len() > MAX_CONNS_PER_PEER {
             let oldest = p.conns.remove(0);
-            oldest.close(quinn::VarInt::from_u32(0), b"too many connections");
+            oldest.close(burrow_net::Close::Done.code(), b"too many connections");
         }
         (st.name_of(&peer), first)
     };

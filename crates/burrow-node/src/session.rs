@@ -484,7 +484,7 @@ pub(crate) async fn connect(inner: &Arc<Inner>) -> Result<Session, SessionError>
             })
         }
         Some(ServerMsg::Refused { reason, .. }) => {
-            conn.close(quinn::VarInt::from_u32(0), b"refused");
+            conn.close(burrow_net::Close::Done.code(), b"refused");
             Err(SessionError::Refused {
                 reason,
                 us: inner.id,
@@ -730,7 +730,7 @@ async fn serve(inner: &Arc<Inner>, session: Session) -> SessionError {
                 let _ = tx.send(ClientMsg::Bye).await;
                 drop(tx);
                 let _ = tokio::time::timeout(Duration::from_millis(500), writer_task).await;
-                conn.close(quinn::VarInt::from_u32(0), b"bye");
+                conn.close(burrow_net::Close::Done.code(), b"bye");
                 return SessionError::Lost("shutting down".into());
             }
             m = reader.read::<ServerMsg>() => m,
@@ -748,7 +748,7 @@ async fn serve(inner: &Arc<Inner>, session: Session) -> SessionError {
         }
     };
     writer_task.abort();
-    conn.close(quinn::VarInt::from_u32(0), b"session lost");
+    conn.close(burrow_net::Close::Done.code(), b"session lost");
     error
 }
 

@@ -136,7 +136,7 @@ impl Session {
         let conn = self.conn.clone();
         tokio::spawn(async move {
             let _ = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await;
-            conn.close(quinn::VarInt::from_u32(7), b"expelled");
+            conn.close(burrow_net::Close::Expelled.code(), b"expelled");
         });
     }
 }
@@ -236,7 +236,7 @@ impl Hub {
                     crate::session::Noted::Full => {
                         if s.conn.close_reason().is_none() {
                             warn!(node = %to.short(), "node is not reading who comes and goes; disconnecting it");
-                            s.conn.close(quinn::VarInt::from_u32(2), b"too slow");
+                            s.conn.close(burrow_net::Close::TooSlow.code(), b"too slow");
                         }
                         continue;
                     }
@@ -246,7 +246,7 @@ impl Hub {
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         if s.conn.close_reason().is_none() {
                             warn!(node = %to.short(), "node is not reading its messages; disconnecting it");
-                            s.conn.close(quinn::VarInt::from_u32(2), b"too slow");
+                            s.conn.close(burrow_net::Close::TooSlow.code(), b"too slow");
                         }
                     }
                     // The session is ending; its leave is on the way.
@@ -648,7 +648,7 @@ impl Server {
         self.shared.journal.flush().await;
         self.endpoint
             .quic()
-            .close(quinn::VarInt::from_u32(0), b"server shutting down");
+            .close(burrow_net::Close::Done.code(), b"server shutting down");
         // Sessions end as their connections close; once they have all gone, the
         // socket is released and the port can be bound again.
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
@@ -704,7 +704,7 @@ async fn close_silent(mut watched: mpsc::Receiver<(NodeId, quinn::Connection)>, 
             _ = sleep_until_some(wake) => {
                 for (id, conn) in silence.handle_timeout(Instant::now(), |(_, c)| heard(c)) {
                     info!(node = %id.short(), ?limit, "nothing heard from it; closing its session");
-                    conn.close(quinn::VarInt::from_u32(7), b"silent");
+                    conn.close(burrow_net::Close::Silent.code(), b"silent");
                 }
             }
         }

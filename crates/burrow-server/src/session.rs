@@ -120,7 +120,7 @@ async fn register_node(
         Ok(Err(e)) => {
             warn!(node = %id.short(), error = %e, "bad first frame");
             misbehaved("bad first frame", points::BAD_FRAME);
-            conn.close(quinn::VarInt::from_u32(3), b"bad frame");
+            conn.close(burrow_net::Close::BadFrame.code(), b"bad frame");
             return Err(e.into());
         }
         Err(e) => {
@@ -205,8 +205,10 @@ async fn run_session(node: Registered, shared: Arc<Shared>) -> Result<(), Sessio
             },
         );
         if let Some(old) = replaced {
-            old.conn
-                .close(quinn::VarInt::from_u32(4), b"replaced by a newer session");
+            old.conn.close(
+                burrow_net::Close::Replaced.code(),
+                b"replaced by a newer session",
+            );
         }
         let info = PeerInfo {
             id,
@@ -248,7 +250,10 @@ async fn run_session(node: Registered, shared: Arc<Shared>) -> Result<(), Sessio
                 if !limit.allow(Instant::now()) {
                     warn!(node = %id.short(), "too many messages; closing the session");
                     misbehaved("message flood", points::FLOOD);
-                    conn.close(quinn::VarInt::from_u32(6), b"too many messages");
+                    conn.close(
+                        burrow_net::Close::TooManyMessages.code(),
+                        b"too many messages",
+                    );
                     break Ok(());
                 }
                 if let ClientMsg::Connect { peer } = &msg {
@@ -290,7 +295,7 @@ async fn run_session(node: Registered, shared: Arc<Shared>) -> Result<(), Sessio
             Err(e) => {
                 warn!(node = %id.short(), error = %e, "bad frame; closing the session");
                 misbehaved("bad frame", points::BAD_FRAME);
-                conn.close(quinn::VarInt::from_u32(3), b"bad frame");
+                conn.close(burrow_net::Close::BadFrame.code(), b"bad frame");
                 break Err(e.into());
             }
         }
@@ -306,7 +311,7 @@ async fn run_session(node: Registered, shared: Arc<Shared>) -> Result<(), Sessio
     }
     shared.admission(|a, _| a.left(observed.ip()));
     writer_task.abort();
-    conn.close(quinn::VarInt::from_u32(0), b"bye");
+    conn.close(burrow_net::Close::Done.code(), b"bye");
     info!(node = %id.short(), %name, "offline");
     result
 }
@@ -319,7 +324,7 @@ async fn refuse(conn: &quinn::Connection, writer: &mut FrameWriter, reason: Refu
     writer.finish();
     // Give the refusal time to arrive before the close overtakes it.
     let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
-    conn.close(quinn::VarInt::from_u32(5), b"refused");
+    conn.close(burrow_net::Close::Refused.code(), b"refused");
 }
 
 /// Most peers whose joins or leaves wait for one node at once (each peer's

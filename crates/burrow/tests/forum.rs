@@ -307,7 +307,7 @@ async fn forged_posts_are_refused_and_orphans_find_their_thread() {
         .await
         .expect("the node closes the link of a misbehaving member");
     assert!(
-        matches!(closed, quinn::ConnectionError::ApplicationClosed(ref c) if c.error_code == quinn::VarInt::from_u32(0x20)),
+        burrow_net::Close::of(&closed) == Some(burrow_net::Close::Misbehaved),
         "{closed:?}"
     );
 }

@@ -310,7 +310,7 @@ impl Node {
                         }
                     };
                     let proved = prove_size(&conn, claim.file.hash, claim.file.size).await;
-                    conn.close(quinn::VarInt::from_u32(0), b"done");
+                    conn.close(burrow_net::Close::Done.code(), b"done");
                     let e = match proved {
                         Ok(()) => return Ok(claim),
                         Err(e) => e,
@@ -528,7 +528,7 @@ async fn provide(
                             .expect("failed lock is never poisoned")
                             .get_or_insert(e);
                         if cut {
-                            conn.close(quinn::VarInt::from_u32(0x20), b"dropped");
+                            conn.close(burrow_net::Close::Misbehaved.code(), b"dropped");
                         }
                         plan.put_back(piece);
                         return;
@@ -539,7 +539,7 @@ async fn provide(
     }
     while workers.join_next().await.is_some() {}
     active.fetch_sub(1, Ordering::Relaxed);
-    conn.close(quinn::VarInt::from_u32(0), b"done");
+    conn.close(burrow_net::Close::Done.code(), b"done");
     let error = failed.lock().expect("failed lock is never poisoned").take();
     if let Some(e) = &error {
         warn!(provider = %id.short(), error = ?e, "provider dropped");

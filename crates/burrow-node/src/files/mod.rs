@@ -400,7 +400,7 @@ impl Node {
         let entries = tokio::time::timeout(LIST_TIMEOUT, list)
             .await
             .map_err(|_| fail(&"no answer"))?;
-        conn.close(quinn::VarInt::from_u32(0), b"done");
+        conn.close(burrow_net::Close::Done.code(), b"done");
         Ok(entries?
             .into_iter()
             .map(|e| FileView {

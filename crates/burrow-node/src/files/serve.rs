@@ -36,7 +36,10 @@ pub(crate) async fn serve(inner: Arc<Inner>, peer: NodeId, conn: quinn::Connecti
         let open = st.files_serving.entry(peer).or_default();
         if *open >= MAX_CONNS_PER_PEER {
             warn!(peer = %peer.short(), "too many files connections from one peer; refused");
-            conn.close(quinn::VarInt::from_u32(0x22), b"too many files connections");
+            conn.close(
+                burrow_net::Close::TooManyConnections.code(),
+                b"too many files connections",
+            );
             return;
         }
         *open += 1;

@@ -39,9 +39,6 @@ use crate::node::Inner;
 const OUTBOX: usize = 4096;
 /// How long the other side has to say Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-use crate::conduct::MISBEHAVED;
-/// QUIC close code for a mesh session not admitted (no proof, or a duplicate).
-const REFUSED: u32 = 0x21;
 
 /// One live mesh link.
 #[derive(Debug)]
@@ -160,7 +157,7 @@ pub(crate) async fn dial(inner: Arc<Inner>, peer: NodeId) {
 pub(crate) async fn accept(inner: Arc<Inner>, peer: NodeId, conn: quinn::Connection) {
     match tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi()).await {
         Ok(Ok((send, recv))) => run(inner, peer, conn, send, recv, false).await,
-        _ => conn.close(quinn::VarInt::from_u32(0), b"no mesh stream"),
+        _ => conn.close(burrow_net::Close::Done.code(), b"no mesh stream"),
     }
 }
 
@@ -194,7 +191,7 @@ pub(crate) async fn run(
         Ok(Ok(Some(f @ MeshFrame::Hello { .. }))) => f,
         other => {
             debug!(peer = %peer.short(), ?other, "no mesh Hello");
-            conn.close(quinn::VarInt::from_u32(0), b"no hello");
+            conn.close(burrow_net::Close::Done.code(), b"no hello");
             writer.abort();
             return;
         }
@@ -202,7 +199,7 @@ pub(crate) async fn run(
     let session = match admit(&inner, peer, &conn, &tx, theirs, dialed) {
         Ok(session) => session,
         Err(why) => {
-            conn.close(quinn::VarInt::from_u32(REFUSED), why.as_bytes());
+            conn.close(burrow_net::Close::NotAMember.code(), why.as_bytes());
             writer.abort();
             return;
         }
@@ -265,7 +262,7 @@ pub(crate) async fn run(
     }
     if inner.state().conduct.refused(&peer) {
         warn!(peer = %peer.short(), "closing the mesh link of a misbehaving peer");
-        conn.close(quinn::VarInt::from_u32(MISBEHAVED), b"misbehaving");
+        conn.close(burrow_net::Close::Misbehaved.code(), b"misbehaving");
         for c in inner
             .state()
             .peers
@@ -273,7 +270,7 @@ pub(crate) async fn run(
             .map(|p| p.conns.clone())
             .unwrap_or_default()
         {
-            c.close(quinn::VarInt::from_u32(MISBEHAVED), b"misbehaving");
+            c.close(burrow_net::Close::Misbehaved.code(), b"misbehaving");
         }
     }
     read_task.abort();
@@ -295,7 +292,7 @@ pub(crate) async fn run(
         info!(peer = %peer.short(), "mesh link down");
         join::unlinked(&inner, peer);
     }
-    conn.close(quinn::VarInt::from_u32(0), b"mesh session over");
+    conn.close(burrow_net::Close::Done.code(), b"mesh session over");
 }
 
 /// Our Hello to `peer`.
@@ -371,9 +368,10 @@ fn admit(
             debug!(peer = %peer.short(), "a second mesh session; keeping the first");
             return Err("a session exists");
         }
-        existing
-            .conn
-            .close(quinn::VarInt::from_u32(0), b"replaced by another session");
+        existing.conn.close(
+            burrow_net::Close::Done.code(),
+            b"replaced by another session",
+        );
     }
     let mut all_addrs: Vec<SocketAddr> = real_addr(inner, &peer, conn).into_iter().collect();
     for a in addrs {
