@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use burrow_net::{FrameReader, FrameWriter};
-use burrow_proto::rendezvous::{self, ClientMsg, Direction, ServerMsg};
+use burrow_proto::rendezvous::{self, ClientMsg, Direction, LinkOffer, ServerMsg};
 use burrow_proto::{NodeId, SecretKey};
 use quinn::crypto::rustls::QuicClientConfig;
 use tokio::sync::{mpsc, Semaphore};
@@ -308,7 +308,7 @@ async fn node_task(
                 Ok(Some(ServerMsg::Incoming { peer })) => {
                     let _ = out_tx.send(ClientMsg::Accept { peer: peer.id }).await;
                 }
-                Ok(Some(ServerMsg::Accepted { peer, direction: Direction::Outgoing, .. })) => {
+                Ok(Some(ServerMsg::Accepted(LinkOffer { peer, direction: Direction::Outgoing, .. }))) => {
                     let _ = events.send((i, Instant::now()));
                     let _ = out_tx.send(ClientMsg::Release { peer }).await;
                 }

@@ -13,7 +13,9 @@ use std::time::Duration;
 use burrow_net::https::Via;
 use burrow_net::{iface, ConnectError, FrameReader, FrameWriter};
 use burrow_proto::addr::ServerAddr;
-use burrow_proto::rendezvous::{self, ClientMsg, CloseReason, Direction, Refusal, ServerMsg};
+use burrow_proto::rendezvous::{
+    self, ClientMsg, CloseReason, Direction, LinkOffer, Refusal, ServerMsg,
+};
 use burrow_proto::NodeId;
 use rand::Rng;
 use tokio::sync::mpsc;
@@ -812,14 +814,14 @@ fn handle(inner: &Arc<Inner>, msg: ServerMsg) {
             drop(st);
             crate::chat::notice(inner, text, everyone);
         }
-        ServerMsg::Accepted {
+        ServerMsg::Accepted(LinkOffer {
             peer,
             direction,
             candidates,
             peer_nat,
             punch,
             relay,
-        } => {
+        }) => {
             if let Some(p) = st.peers.get_mut(&peer) {
                 p.accepted = true;
                 if direction == Direction::Incoming {
@@ -838,14 +840,14 @@ fn handle(inner: &Arc<Inner>, msg: ServerMsg) {
                 inner.spawn(peers::admission_deadline(inner.clone(), peer))
             }
         }
-        ServerMsg::Punch {
+        ServerMsg::Punch(LinkOffer {
             peer,
             direction,
             candidates,
             peer_nat,
             punch,
             relay,
-        } => {
+        }) => {
             // Only for a link we still have: a stale one is released.
             let ours = st
                 .peers

@@ -386,6 +386,26 @@ pub enum Direction {
     Incoming,
 }
 
+/// Everything a node needs to make or remake a link with a peer: who it
+/// is, how to reach it, and how to punch toward it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkOffer {
+    /// The other side.
+    pub peer: NodeId,
+    /// Which side we are: `Outgoing` for the one that asked (it dials, and
+    /// probes as the requester).
+    pub direction: Direction,
+    /// The other side's addresses: server-observed first, then LAN.
+    pub candidates: Vec<SocketAddr>,
+    /// What the other side said of its NAT.
+    pub peer_nat: NatInfo,
+    /// Both sides punch with this ticket, at once (see [`crate::punch`]).
+    pub punch: PunchTicket,
+    /// The link's relay channel (see [`crate::relay`]), unless the server
+    /// doesn't relay.
+    pub relay: Option<Channel>,
+}
+
 /// What the server sends a node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ServerMsg {
@@ -436,40 +456,16 @@ pub enum ServerMsg {
         /// The requester.
         peer: PeerInfo,
     },
-    /// A request was accepted; here are the other side's candidate addresses. The
-    /// requester receives this and dials; the acceptor receives it too (for
-    /// punching toward the requester).
-    Accepted {
-        /// The other side.
-        peer: NodeId,
-        /// Which side of the request we are.
-        direction: Direction,
-        /// The other side's addresses: server-observed first, then LAN.
-        candidates: Vec<SocketAddr>,
-        /// What the other side said of its NAT.
-        peer_nat: NatInfo,
-        /// Both sides punch with this ticket, at once (see [`crate::punch`]).
-        punch: PunchTicket,
-        /// The relay channel for this link (see [`crate::relay`]), unless the
-        /// server doesn't relay.
-        relay: Option<Channel>,
-    },
-    /// Punch toward `peer` again, with fresh candidates and a fresh ticket (both
-    /// sides get this at once, after one of them sent [`ClientMsg::Repunch`]).
-    Punch {
-        /// The linked peer.
-        peer: NodeId,
-        /// `Outgoing` for the side that asked (it probes as the requester).
-        direction: Direction,
-        /// The peer's addresses as the server sees them now, then its LAN ones.
-        candidates: Vec<SocketAddr>,
-        /// What the peer said of its NAT.
-        peer_nat: NatInfo,
-        /// The ticket for this punch.
-        punch: PunchTicket,
-        /// The link's relay channel (new if the link was made again).
-        relay: Option<Channel>,
-    },
+    /// A request was accepted: the link is made. The requester receives this
+    /// and dials; the acceptor receives it too (for punching toward the
+    /// requester). `direction` is which side of the request we are.
+    Accepted(LinkOffer),
+    /// Punch toward the peer again, with fresh candidates and a fresh ticket
+    /// (both sides get this at once, after one of them sent
+    /// [`ClientMsg::Repunch`]). `direction` is `Outgoing` for the side that
+    /// asked (it probes as the requester); the relay channel is new if the
+    /// link was made again.
+    Punch(LinkOffer),
     /// A notice from the server's operator (`admin say` / `admin tell`), at
     /// most [`MAX_NOTICE`] bytes.
     Notice {
@@ -707,7 +703,7 @@ mod tests {
                 proptest::option::of(any::<[u8; 16]>())
             )
                 .prop_map(|(peer, direction, candidates, session, secret, relay)| {
-                    ServerMsg::Accepted {
+                    ServerMsg::Accepted(LinkOffer {
                         peer,
                         direction,
                         candidates,
@@ -722,7 +718,7 @@ mod tests {
                         },
                         punch: PunchTicket { session, secret },
                         relay: relay.map(Channel),
-                    }
+                    })
                 }),
             (
                 arb_id(),
@@ -733,7 +729,7 @@ mod tests {
                 proptest::option::of(any::<[u8; 16]>())
             )
                 .prop_map(|(peer, direction, candidates, session, secret, relay)| {
-                    ServerMsg::Punch {
+                    ServerMsg::Punch(LinkOffer {
                         peer,
                         direction,
                         candidates,
@@ -748,7 +744,7 @@ mod tests {
                         },
                         punch: PunchTicket { session, secret },
                         relay: relay.map(Channel),
-                    }
+                    })
                 }),
             (
                 arb_id(),

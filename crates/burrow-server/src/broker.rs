@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use burrow_proto::punch::{NatInfo, PunchTicket};
 use burrow_proto::relay::Channel;
 use burrow_proto::rendezvous::{
-    ClientMsg, CloseReason, Direction, PeerInfo, PresenceScope, Refusal, ServerMsg,
+    ClientMsg, CloseReason, Direction, LinkOffer, PeerInfo, PresenceScope, Refusal, ServerMsg,
     PEERS_PER_FRAME, WATCH_PER_FRAME,
 };
 use burrow_proto::NodeId;
@@ -544,25 +544,25 @@ impl Registry {
         vec![
             (
                 requester,
-                ServerMsg::Accepted {
+                ServerMsg::Accepted(LinkOffer {
                     peer: acceptor,
                     direction: Direction::Outgoing,
                     candidates: a_cands,
                     peer_nat: a_nat,
                     punch,
                     relay,
-                },
+                }),
             ),
             (
                 acceptor,
-                ServerMsg::Accepted {
+                ServerMsg::Accepted(LinkOffer {
                     peer: requester,
                     direction: Direction::Incoming,
                     candidates: r_cands,
                     peer_nat: r_nat,
                     punch,
                     relay,
-                },
+                }),
             ),
         ]
     }
@@ -657,25 +657,25 @@ impl Registry {
         vec![
             (
                 from,
-                ServerMsg::Punch {
+                ServerMsg::Punch(LinkOffer {
                     peer,
                     direction: Direction::Outgoing,
                     candidates: p_cands,
                     peer_nat: p_nat,
                     punch,
                     relay,
-                },
+                }),
             ),
             (
                 peer,
-                ServerMsg::Punch {
+                ServerMsg::Punch(LinkOffer {
                     peer: from,
                     direction: Direction::Incoming,
                     candidates: f_cands,
                     peer_nat: f_nat,
                     punch,
                     relay,
-                },
+                }),
             ),
         ]
     }
@@ -838,7 +838,7 @@ mod tests {
         };
         r.handle_msg(now, a.id, ClientMsg::Nat { nat: a_nat });
         let out = r.handle_msg(now, a.id, ClientMsg::Accept { peer: b.id });
-        let ServerMsg::Accepted { punch, relay, .. } = out[0].1 else {
+        let ServerMsg::Accepted(LinkOffer { punch, relay, .. }) = out[0].1 else {
             panic!("{out:?}")
         };
         assert!(relay.is_some(), "a relay channel for the link");
@@ -847,25 +847,25 @@ mod tests {
             vec![
                 (
                     b.id,
-                    ServerMsg::Accepted {
+                    ServerMsg::Accepted(LinkOffer {
                         peer: a.id,
                         direction: Direction::Outgoing,
                         candidates: vec![addr(1), SocketAddr::from(([192, 168, 1, 2], 1))],
                         peer_nat: a_nat,
                         punch,
                         relay,
-                    }
+                    })
                 ),
                 (
                     a.id,
-                    ServerMsg::Accepted {
+                    ServerMsg::Accepted(LinkOffer {
                         peer: b.id,
                         direction: Direction::Incoming,
                         candidates: vec![addr(2)],
                         peer_nat: NatInfo::default(),
                         punch,
                         relay,
-                    }
+                    })
                 ),
             ],
             "both sides get each other's candidates, the same punch ticket and relay channel"
@@ -896,11 +896,11 @@ mod tests {
         let out = r.handle_msg(t, from.id, ClientMsg::Accept { peer: to.id });
         out.into_iter()
             .find_map(|(id, m)| match m {
-                ServerMsg::Accepted {
+                ServerMsg::Accepted(LinkOffer {
                     candidates,
                     peer_nat,
                     ..
-                } if id == to.id => Some((candidates, peer_nat.mapped)),
+                }) if id == to.id => Some((candidates, peer_nat.mapped)),
                 _ => None,
             })
             .unwrap()
@@ -1061,8 +1061,8 @@ mod tests {
         );
         let out = r.handle_msg(now, a.id, ClientMsg::Connect { peer: b.id });
         assert!(
-            matches!(out[0].1, ServerMsg::Accepted { .. })
-                && matches!(out[1].1, ServerMsg::Accepted { .. })
+            matches!(out[0].1, ServerMsg::Accepted(LinkOffer { .. }))
+                && matches!(out[1].1, ServerMsg::Accepted(LinkOffer { .. }))
         );
 
         let ghost = node(9, "ghost");
@@ -1226,10 +1226,10 @@ mod tests {
         let (mut r, a, b, now) = two();
         r.handle_msg(now, b.id, ClientMsg::Connect { peer: a.id });
         let out = r.handle_msg(now, a.id, ClientMsg::Accept { peer: b.id });
-        let ServerMsg::Accepted {
+        let ServerMsg::Accepted(LinkOffer {
             relay: Some(channel),
             ..
-        } = out[0].1
+        }) = out[0].1
         else {
             panic!("{out:?}")
         };
@@ -1253,21 +1253,21 @@ mod tests {
         let out = r.handle_msg(later, b.id, ClientMsg::Repunch { peer: a.id });
         let [(
             to_b,
-            ServerMsg::Punch {
+            ServerMsg::Punch(LinkOffer {
                 peer,
                 direction,
                 candidates,
                 punch,
                 relay,
                 ..
-            },
+            }),
         ), (
             to_a,
-            ServerMsg::Punch {
+            ServerMsg::Punch(LinkOffer {
                 punch: punch_a,
                 direction: dir_a,
                 ..
-            },
+            }),
         )] = &out[..]
         else {
             panic!("{out:?}")
@@ -1297,7 +1297,10 @@ mod tests {
         // alice asks too (both came back after a server restart): a new link.
         let out = r.handle_msg(now, a.id, ClientMsg::Repunch { peer: b.id });
         assert_eq!(out.len(), 2, "{out:?}");
-        assert!(matches!(out[0].1, ServerMsg::Punch { relay: Some(_), .. }));
+        assert!(matches!(
+            out[0].1,
+            ServerMsg::Punch(LinkOffer { relay: Some(_), .. })
+        ));
         // Released: relaying stops.
         let Some(channel) = r.channels.keys().next().copied() else {
             panic!("no channel")
@@ -1399,7 +1402,7 @@ mod tests {
             t += Duration::from_secs(1);
             r.handle_msg(t, other.id, ClientMsg::Connect { peer: hub.id });
             let out = r.handle_msg(t, hub.id, ClientMsg::Accept { peer: other.id });
-            let ServerMsg::Accepted { relay: Some(c), .. } = out[0].1 else {
+            let ServerMsg::Accepted(LinkOffer { relay: Some(c), .. }) = out[0].1 else {
                 panic!("{out:?}")
             };
             channels.push(c);

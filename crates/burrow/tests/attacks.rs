@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use burrow_net::{Endpoint, EndpointConfig, FrameReader, FrameWriter};
-use burrow_proto::rendezvous::{self, ClientMsg, CloseReason, Refusal, ServerMsg};
+use burrow_proto::rendezvous::{self, ClientMsg, CloseReason, LinkOffer, Refusal, ServerMsg};
 use burrow_proto::{NodeId, SecretKey, ServerAddr};
 use common::proc::*;
 use common::raw::{Member, RawClient};
@@ -400,7 +400,7 @@ async fn a_peer_cannot_make_a_node_probe_addresses_it_claims_as_its_own() {
         .await;
     mallory.send(ClientMsg::Connect { peer: alice.id() }).await;
     let accepted = mallory
-        .next(|m| matches!(m, ServerMsg::Accepted { .. }))
+        .next(|m| matches!(m, ServerMsg::Accepted(LinkOffer { .. })))
         .await;
     assert!(accepted.is_some(), "alice accepts anyone");
     // alice punches toward mallory for seconds, then tries TCP.
@@ -423,8 +423,8 @@ async fn a_peer_gets_a_bounded_number_of_files_connections() {
     alice.settings(Some("anyone")).await.unwrap();
     let mut mallory = RawClient::register("127.0.0.1:0", &server.url, "mallory", vec![]).await;
     mallory.send(ClientMsg::Connect { peer: alice.id() }).await;
-    let Some(ServerMsg::Accepted { candidates, .. }) = mallory
-        .next(|m| matches!(m, ServerMsg::Accepted { .. }))
+    let Some(ServerMsg::Accepted(LinkOffer { candidates, .. })) = mallory
+        .next(|m| matches!(m, ServerMsg::Accepted(LinkOffer { .. })))
         .await
     else {
         panic!("alice accepts anyone");
