@@ -14,6 +14,7 @@
 //!   keep names from peers out of file paths.
 //! - [`forum`]: signed, content-addressed posts and the hybrid logical clock that
 //!   orders them.
+//! - [`gossip`]: Plumtree broadcast trees, as a sans-IO machine.
 //! - [`reconcile`]: range-based set reconciliation of post sets (negentropy).
 //! - [`mesh`]: the mesh service's frames (gossip, sync, clock, introductions) and
 //!   serverless tickets.
@@ -27,6 +28,7 @@ pub mod chat;
 pub mod files;
 pub mod forum;
 pub mod frame;
+pub mod gossip;
 pub mod id;
 pub mod limit;
 pub mod mesh;

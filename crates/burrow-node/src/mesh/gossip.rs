@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use burrow_proto::forum::{Post, PostId, Topic};
+use burrow_proto::gossip::{Plumtree, Send};
 use burrow_proto::mesh::{MeshFrame, MAX_IDS};
 use burrow_proto::reconcile::Reconciler;
 use burrow_proto::NodeId;
@@ -41,17 +42,30 @@ const SEND_BATCH: usize = 256;
 pub(crate) fn broadcast(inner: &Inner, post: &Post, from: Option<NodeId>) {
     let mut st = inner.state();
     let mesh = &mut st.mesh;
+    let targets: Vec<NodeId> = mesh
+        .links
+        .iter()
+        .filter(|(_, l)| l.topics.contains(&post.topic))
+        .map(|(id, _)| *id)
+        .collect();
     let (mut full, mut ids) = (0, 0);
-    for (id, link) in &mesh.links {
-        if Some(*id) == from || !link.topics.contains(&post.topic) {
-            continue;
-        }
-        if link.eager {
-            if link.tx.try_send(MeshFrame::Post(post.clone())).is_ok() {
+    for s in mesh.tree.broadcast(post.id, from, targets) {
+        let (to, frame) = match s {
+            Send::Message { to, .. } => (to, MeshFrame::Post(post.clone())),
+            Send::IHave { to, ids } => (to, MeshFrame::IHave(ids)),
+            _ => continue,
+        };
+        let full_post = matches!(frame, MeshFrame::Post(_));
+        if mesh
+            .links
+            .get(&to)
+            .is_some_and(|l| l.tx.try_send(frame).is_ok())
+        {
+            if full_post {
                 full += 1;
+            } else {
+                ids += 1;
             }
-        } else if link.tx.try_send(MeshFrame::IHave(vec![post.id])).is_ok() {
-            ids += 1;
         }
     }
     mesh.stats.posts_sent += full;
@@ -127,7 +141,7 @@ async fn accept(inner: &Arc<Inner>, peer: NodeId, posts: Vec<Post>) -> Vec<(Post
     {
         let mut st = inner.state();
         for (p, new) in &out {
-            st.mesh.missing.remove(&p.id);
+            st.mesh.tree.arrived(&p.id);
             if *new {
                 st.mesh.hlc.observe(p.created, now);
             }
@@ -208,7 +222,12 @@ async fn lacking(inner: &Arc<Inner>, ids: Vec<PostId>) -> Vec<PostId> {
 }
 
 fn send(inner: &Inner, peer: NodeId, frame: MeshFrame) {
-    if let Some(l) = inner.state().mesh.links.get(&peer) {
+    send_locked(&inner.state(), peer, frame);
+}
+
+/// Queues `frame` on `peer`'s link, if it has one and room.
+fn send_locked(st: &crate::node::State, peer: NodeId, frame: MeshFrame) {
+    if let Some(l) = st.mesh.links.get(&peer) {
         let _ = l.tx.try_send(frame);
     }
 }
@@ -223,9 +242,8 @@ pub(crate) async fn receive_post(inner: &Arc<Inner>, peer: NodeId, post: Post) {
             // was lazy already: our first Prune may have been dropped.)
             let mut st = inner.state();
             st.mesh.stats.duplicates += 1;
-            if let Some(l) = st.mesh.links.get_mut(&peer) {
-                l.eager = false;
-                let _ = l.tx.try_send(MeshFrame::Prune);
+            if st.mesh.tree.duplicate(p.id, peer).is_some() {
+                send_locked(&st, peer, MeshFrame::Prune);
             }
         }
     }
@@ -241,60 +259,71 @@ pub(crate) async fn receive_synced(inner: &Arc<Inner>, peer: NodeId, posts: Vec<
 /// Announced posts awaited at once (each for [`GRAFT_AFTER`]). Past this a
 /// link's announcements are not tracked: announcing costs a peer nothing, and
 /// what gossip misses this way reconciliation fetches later.
-const MAX_MISSING: usize = 8192;
+pub(crate) const MAX_MISSING: usize = 8192;
+
+/// The node's Plumtree: links by peer, posts by id.
+pub(crate) type Tree = Plumtree<NodeId, PostId>;
+
+/// A tree with the node's limits.
+pub(crate) fn tree() -> Tree {
+    Plumtree::new(GRAFT_AFTER, MAX_MISSING, MAX_IDS)
+}
 
 /// A lazy link announces posts: note the ones we lack, to graft if they don't
 /// come by the tree.
 pub(crate) async fn receive_ihave(inner: &Arc<Inner>, peer: NodeId, ids: Vec<PostId>) {
     let lacking = lacking(inner, ids).await;
-    let due = Instant::now() + GRAFT_AFTER;
     let mut st = inner.state();
-    let mut dropped = 0;
-    for id in lacking {
-        if st.mesh.missing.len() >= MAX_MISSING && !st.mesh.missing.contains_key(&id) {
-            dropped += 1;
-            continue;
-        }
-        st.mesh.missing.entry(id).or_insert((peer, due));
-    }
+    let dropped = st.mesh.tree.announced(peer, lacking, Instant::now()) as u64;
     if dropped > 0 {
         debug!(peer = %peer.short(), dropped, "announcements not tracked: too many awaited");
         st.mesh.stats.ihave_dropped += dropped;
     }
 }
 
-/// Grafts the posts still missing after [`GRAFT_AFTER`] (called on a timer).
-pub(crate) fn graft_overdue(inner: &Inner) {
-    let now = Instant::now();
+/// Grafts the posts still missing after [`GRAFT_AFTER`].
+fn graft_overdue(inner: &Inner) {
     let mut st = inner.state();
-    let overdue: Vec<(PostId, NodeId)> = st
-        .mesh
-        .missing
-        .iter()
-        .filter(|(_, (_, due))| *due <= now)
-        .map(|(id, (peer, _))| (*id, *peer))
-        .collect();
-    let mut by_peer: std::collections::HashMap<NodeId, Vec<PostId>> = Default::default();
-    for (id, peer) in overdue {
-        st.mesh.missing.remove(&id);
-        by_peer.entry(peer).or_default().push(id);
+    for s in st.mesh.tree.overdue(Instant::now()) {
+        if let Send::Graft { to, ids } = s {
+            debug!(peer = %to.short(), n = ids.len(), "grafting");
+            send_locked(&st, to, MeshFrame::Graft(ids));
+        }
     }
-    for (peer, ids) in by_peer {
-        if let Some(l) = st.mesh.links.get_mut(&peer) {
-            debug!(peer = %peer.short(), n = ids.len(), "grafting");
-            l.eager = true;
-            for chunk in ids.chunks(MAX_IDS) {
-                let _ = l.tx.try_send(MeshFrame::Graft(chunk.to_vec()));
-            }
+}
+
+/// The gossip driver's longest sleep: how late past
+/// [`crate::NodeConfig::resync_every`] a reconciliation may start.
+const IDLE_TICK: Duration = Duration::from_millis(500);
+
+/// Gossip's timers, with a server or without, until shutdown: grafts what
+/// falls due, and reconciles dialed links every
+/// [`crate::NodeConfig::resync_every`].
+pub(crate) async fn drive(inner: Arc<Inner>) {
+    let mut last_resync = Instant::now();
+    loop {
+        let now = Instant::now();
+        let wake = inner
+            .state()
+            .mesh
+            .tree
+            .next_due()
+            .map_or(now + IDLE_TICK, |due| due.min(now + IDLE_TICK));
+        tokio::select! {
+            _ = inner.shutdown.cancelled() => return,
+            _ = tokio::time::sleep_until(wake.into()) => {}
+        }
+        graft_overdue(&inner);
+        if last_resync.elapsed() >= inner.config.resync_every {
+            last_resync = Instant::now();
+            resync_dialed(&inner);
         }
     }
 }
 
 /// The peer wants posts in full again, starting with these.
 pub(crate) async fn receive_graft(inner: &Arc<Inner>, peer: NodeId, ids: Vec<PostId>) {
-    if let Some(l) = inner.state().mesh.links.get_mut(&peer) {
-        l.eager = true;
-    }
+    inner.state().mesh.tree.grafted(&peer);
     let n = send_posts(inner, peer, ids, MeshFrame::Post).await;
     inner.state().mesh.stats.posts_sent += n;
 }

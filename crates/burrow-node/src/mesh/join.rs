@@ -80,10 +80,13 @@ pub(crate) fn secret(
     Ok(secret)
 }
 
-/// Starts the mesh's background work: the maintenance tick, and serverless, a
-/// join loop per ticket.
+/// Starts the mesh's background work: gossip's timers; serverless, the
+/// maintenance tick and a join loop per ticket.
 pub(crate) fn start(inner: &Arc<Inner>) {
-    inner.spawn(maintain(inner.clone()));
+    inner.spawn(super::gossip::drive(inner.clone()));
+    if inner.state().mesh.secret.is_some() {
+        inner.spawn(maintain(inner.clone()));
+    }
     for ticket in inner.config.join.clone() {
         if ticket.id == inner.id {
             warn!("ignoring a ticket to this node itself");
@@ -393,24 +396,15 @@ pub(crate) fn introduced(
     }
 }
 
-/// Looks after the mesh until shutdown: grafts overdue posts; serverless, tells
-/// links about link changes and seeks introductions while below the target.
+/// Looks after a serverless mesh until shutdown: tells links about link
+/// changes and seeks introductions while below the target.
 async fn maintain(inner: Arc<Inner>) {
-    let mut last_resync = Instant::now();
     loop {
         tokio::select! {
             _ = inner.shutdown.cancelled() => return,
             _ = tokio::time::sleep(MAINTAIN_EVERY) => {}
         }
-        super::gossip::graft_overdue(&inner);
-        if last_resync.elapsed() >= inner.config.resync_every {
-            last_resync = Instant::now();
-            super::gossip::resync_dialed(&inner);
-        }
         let mut st = inner.state();
-        if st.mesh.secret.is_none() {
-            continue;
-        }
         announce(&mut st);
         seek(&inner, &mut st);
     }

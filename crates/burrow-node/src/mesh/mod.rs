@@ -47,8 +47,6 @@ pub(crate) struct Link {
     pub tx: mpsc::Sender<MeshFrame>,
     /// The name it goes by.
     pub name: Name,
-    /// Plumtree: new posts go to it in full (else as ids).
-    pub eager: bool,
     /// Topics it follows.
     pub topics: HashSet<Topic>,
     /// Where it may be reached: the address we see it at, then what it announced.
@@ -97,7 +95,7 @@ pub struct MeshStats {
 }
 
 /// The mesh's part of the node's state.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct MeshState {
     pub links: HashMap<NodeId, Link>,
     pub hlc: HlcClock,
@@ -105,9 +103,9 @@ pub(crate) struct MeshState {
     pub topics: BTreeSet<Topic>,
     /// Serverless: the network's secret. `None` with a server.
     pub secret: Option<MeshSecret>,
-    /// Posts announced by a lazy link that haven't arrived: who announced, and when
-    /// to graft if they still haven't.
-    pub missing: HashMap<PostId, (NodeId, Instant)>,
+    /// Plumtree: which links get new posts in full, and the announced posts
+    /// we wait for ([`burrow_proto::gossip`]).
+    pub tree: gossip::Tree,
     /// Posts the store refused (over a quota), which reconciliation keeps
     /// bringing back: they cost a link's budget only once. At most
     /// [`gossip::MAX_REFUSED`], forgotten all at once past that.
@@ -118,6 +116,23 @@ pub(crate) struct MeshState {
     next_session: u64,
     /// Serverless bookkeeping of introductions ([`join`]).
     pub intro: join::Intros,
+}
+
+impl Default for MeshState {
+    fn default() -> Self {
+        MeshState {
+            links: HashMap::new(),
+            hlc: HlcClock::default(),
+            topics: BTreeSet::new(),
+            secret: None,
+            tree: gossip::tree(),
+            refused: HashSet::new(),
+            observed: None,
+            stats: MeshStats::default(),
+            next_session: 0,
+            intro: join::Intros::default(),
+        }
+    }
 }
 
 /// The address `peer` is reached at when it is a real one: the connection's
@@ -285,6 +300,7 @@ pub(crate) async fn run(
             .is_some_and(|l| l.session == session);
         if ours {
             st.mesh.links.remove(&peer);
+            st.mesh.tree.link_down(&peer);
         }
         ours
     };
@@ -391,12 +407,12 @@ fn admit(
         },
         |l| l.post_budget.clone(),
     );
+    st.mesh.tree.link_up(peer);
     let _ = st.mesh.links.insert(
         peer,
         Link {
             tx: tx.clone(),
             name,
-            eager: true,
             topics: topics.into_iter().collect(),
             addrs: all_addrs,
             peers: Vec::new(),
@@ -431,11 +447,7 @@ async fn handle(inner: &Arc<Inner>, peer: NodeId, frame: MeshFrame) -> bool {
         MeshFrame::Post(post) => gossip::receive_post(inner, peer, post).await,
         MeshFrame::IHave(ids) => gossip::receive_ihave(inner, peer, ids).await,
         MeshFrame::Graft(ids) => gossip::receive_graft(inner, peer, ids).await,
-        MeshFrame::Prune => {
-            if let Some(l) = inner.state().mesh.links.get_mut(&peer) {
-                l.eager = false;
-            }
-        }
+        MeshFrame::Prune => inner.state().mesh.tree.pruned(&peer),
         MeshFrame::SyncStart { topic, msg } => {
             gossip::receive_sync(inner, peer, topic, msg, true).await
         }
