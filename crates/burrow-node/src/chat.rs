@@ -6,12 +6,13 @@ use std::time::{Duration, SystemTime};
 
 use burrow_net::{FrameReader, FrameWriter, FramedError};
 use burrow_proto::chat::{self, ChatFrame};
-use burrow_proto::{Name, NodeId};
+use burrow_proto::NodeId;
 use burrow_store::{MessageKind, StoredMessage};
 use tracing::{debug, warn};
 
 use crate::event::NodeEvent;
 use crate::node::Inner;
+use crate::service::LinkHandle;
 
 /// How long a sender waits for the ack.
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -60,11 +61,11 @@ async fn exchange(conn: &quinn::Connection, m: &StoredMessage) -> Result<(), Cha
 }
 
 /// Receives messages on `conn` from `peer` until the connection closes.
-pub(crate) async fn serve(inner: &Arc<Inner>, peer: NodeId, conn: &quinn::Connection) {
+pub(crate) async fn serve(link: &LinkHandle, peer: NodeId, conn: &quinn::Connection) {
     while let Ok((send, recv)) = conn.accept_bi().await {
-        let inner = inner.clone();
+        let link = link.clone();
         tokio::spawn(async move {
-            match tokio::time::timeout(ACK_TIMEOUT, receive(&inner, peer, send, recv)).await {
+            match tokio::time::timeout(ACK_TIMEOUT, receive(&link, peer, send, recv)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => warn!(peer = %peer.short(), error = %e, "bad chat stream"),
                 Err(_) => warn!(peer = %peer.short(), "chat stream stalled; dropped"),
@@ -74,7 +75,7 @@ pub(crate) async fn serve(inner: &Arc<Inner>, peer: NodeId, conn: &quinn::Connec
 }
 
 async fn receive(
-    inner: &Arc<Inner>,
+    link: &LinkHandle,
     peer: NodeId,
     send: quinn::SendStream,
     recv: quinn::RecvStream,
@@ -92,31 +93,26 @@ async fn receive(
     };
     if text.is_empty() || text.len() > chat::MAX_TEXT {
         warn!(peer = %peer.short(), len = text.len(), "refusing chat message of bad length");
-        crate::conduct::strike(inner, peer, "a chat message of a bad length");
+        link.strike(peer, "a chat message of a bad length");
         return Ok(());
     }
     // The name the peer goes by here, and whether anyone vouches for it (a
     // serverless peer's name is only its claim), as they were when it came.
-    let (from_name, from_verified) = {
-        let st = inner.state();
-        let name = st
-            .claimed_name(&peer)
-            .map_or_else(|| peer.short(), Name::to_string);
-        (name, st.name_vouched(&peer))
-    };
+    let (from_name, from_verified) = link.name(&peer);
     let m = StoredMessage {
         id,
         from: peer,
         from_name,
         from_verified,
-        to: inner.id,
+        to: link.id(),
         text,
         sent_at_ms,
         received_at_ms: burrow_proto::time::unix_ms(SystemTime::now()),
         kind: MessageKind::Chat,
     };
     let stored = m.clone();
-    let fresh = match inner.with_store(move |s| s.insert_message(&stored)).await {
+    let node = link.node();
+    let fresh = match node.with_store(move |s| s.insert_message(&stored)).await {
         Ok(fresh) => fresh,
         Err(e) => {
             // Not stored, so not acknowledged: the sender reports it undelivered.
@@ -127,7 +123,7 @@ async fn receive(
     writer.write(&ChatFrame::Ack { id }).await?;
     writer.finish();
     if fresh {
-        inner.emit(NodeEvent::Message(inner.message_view(&m)));
+        link.emit(NodeEvent::Message(node.message_view(&m)));
     }
     Ok(())
 }

@@ -34,6 +34,7 @@ mod node;
 pub mod peers;
 mod portmap;
 mod presence;
+mod service;
 pub mod session;
 pub mod trust;
 

@@ -212,6 +212,8 @@ pub(crate) struct Inner {
     pub state: Mutex<State>,
     pub events: broadcast::Sender<NodeEvent>,
     pub shutdown: CancellationToken,
+    /// The services peers reach, by ALPN.
+    pub router: crate::service::Router,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// The home directory's lock, held until shutdown.
     lock: Mutex<Option<File>>,
@@ -224,6 +226,18 @@ impl Inner {
 
     pub fn emit(&self, event: NodeEvent) {
         let _ = self.events.send(event);
+    }
+
+    /// Opens a connection of `alpn` to `peer` at its link's virtual address
+    /// (direct or relayed underneath, see `burrow_net::paths`).
+    pub async fn connect_peer(
+        &self,
+        peer: NodeId,
+        alpn: &[u8],
+    ) -> Result<quinn::Connection, burrow_net::ConnectError> {
+        let v = self.endpoint.paths().open(peer);
+        let (conn, _) = self.endpoint.connect(v, alpn, Some(peer)).await?;
+        Ok(conn)
     }
 
     pub fn spawn(self: &Arc<Self>, fut: impl std::future::Future<Output = ()> + Send + 'static) {
@@ -521,15 +535,12 @@ impl Node {
             mesh.secret = Some(crate::mesh::join::secret(&mut store, &config.join)?);
         }
         let contacts = crate::contacts::load(&store)?;
+        let router = crate::service::Router::standard();
         let endpoint = Endpoint::bind(
             &config.secret,
             EndpointConfig {
                 bind: config.bind,
-                alpns: vec![
-                    chat::ALPN,
-                    burrow_proto::files::ALPN,
-                    burrow_proto::mesh::ALPN,
-                ],
+                alpns: router.alpns(),
                 keepalive: Some(config.keepalive),
                 idle_timeout: config.idle_timeout,
                 allow_migration: false,
@@ -554,6 +565,7 @@ impl Node {
             }),
             events,
             shutdown: CancellationToken::new(),
+            router,
             tasks: Mutex::new(Vec::new()),
             lock: Mutex::new(Some(lock)),
         });

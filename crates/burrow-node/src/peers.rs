@@ -36,6 +36,7 @@ use tracing::{debug, info, warn};
 use crate::api::ConnectionState;
 use crate::event::NodeEvent;
 use crate::node::{Inner, MAX_CONNS_PER_PEER};
+use crate::service::{Admission, LinkHandle, Service, Serving};
 use crate::PathPolicy;
 
 /// How often [`monitor`] looks at the paths.
@@ -501,11 +502,24 @@ pub(crate) async fn dial(inner: Arc<Inner>, peer: NodeId) {
 
 /// Dials `peer`'s chat connection (the link) at its virtual address.
 pub(crate) async fn dial_chat(inner: Arc<Inner>, peer: NodeId) {
-    let v = inner.endpoint.paths().open(peer);
     debug!(peer = %peer.short(), "dialing");
-    match inner.endpoint.connect(v, chat::ALPN, Some(peer)).await {
-        Ok((conn, _)) => register(&inner, peer, conn, true),
+    match inner.connect_peer(peer, chat::ALPN).await {
+        Ok(conn) => register(&inner, peer, conn, true),
         Err(e) => fail(&inner, peer, e.to_string()),
+    }
+}
+
+/// The link as a service: its connection is the chat connection (`burrow/chat/1`),
+/// registered as the peer's link, with chat served on it.
+pub(crate) struct LinkService;
+
+impl Service for LinkService {
+    fn alpn(&self) -> &'static [u8] {
+        chat::ALPN
+    }
+
+    fn accept(&self, link: LinkHandle, peer: NodeId, conn: quinn::Connection) -> Serving {
+        Box::pin(async move { register(link.node(), peer, conn, false) })
     }
 }
 
@@ -573,8 +587,11 @@ pub(crate) async fn accept_loop(inner: Arc<Inner>) {
             let Some(peer) = burrow_net::peer_id(&conn) else {
                 return;
             };
-            let alpn = burrow_net::alpn(&conn);
-            let is_mesh = alpn.as_deref() == Some(burrow_proto::mesh::ALPN);
+            // (The handshake offers only the router's ALPNs.)
+            let alpn = burrow_net::alpn(&conn).unwrap_or_default();
+            let Some(service) = inner.router.route(&alpn) else {
+                return;
+            };
             let admitted = {
                 let st = inner.state();
                 // Serverless, a mesh connection from a stranger may be someone
@@ -583,10 +600,10 @@ pub(crate) async fn accept_loop(inner: Arc<Inner>) {
                 let accepted = st.peers.get(&peer).is_some_and(|p| p.accepted);
                 let serverless = st.mesh.secret.is_some();
                 !st.conduct.refused(&peer)
-                    && match (serverless, is_mesh) {
+                    && match (serverless, service.admission()) {
                         (false, _) => accepted,
-                        (true, true) => true,
-                        (true, false) => accepted && st.mesh.links.contains_key(&peer),
+                        (true, Admission::ProvesMembership) => true,
+                        (true, Admission::Linked) => accepted && st.mesh.links.contains_key(&peer),
                     }
             };
             // A connection through a link's virtual address must come from that
@@ -599,17 +616,9 @@ pub(crate) async fn accept_loop(inner: Arc<Inner>) {
                 conn.close(burrow_net::Close::NotAccepted.code(), b"not accepted");
                 return;
             }
-            // Services by protocol: chat carries the link itself; files and
-            // mesh ride beside it, to the same admitted peer.
-            if alpn.as_deref() == Some(burrow_proto::files::ALPN) {
-                crate::files::serve::serve(inner, peer, conn).await;
-                return;
-            }
-            if is_mesh {
-                crate::mesh::accept(inner, peer, conn).await;
-                return;
-            }
-            register(&inner, peer, conn, false);
+            service
+                .accept(LinkHandle::new(inner.clone()), peer, conn)
+                .await;
         });
     }
 }
@@ -648,7 +657,7 @@ fn register(inner: &Arc<Inner>, peer: NodeId, conn: quinn::Connection, dialed: b
     }
     let inner2 = inner.clone();
     inner.spawn(async move {
-        crate::chat::serve(&inner2, peer, &conn).await;
+        crate::chat::serve(&LinkHandle::new(inner2.clone()), peer, &conn).await;
         let reason = conn
             .close_reason()
             .map(|r| r.to_string())

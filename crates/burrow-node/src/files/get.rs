@@ -37,12 +37,7 @@ pub(crate) async fn dial_files(
     inner: &Inner,
     peer: NodeId,
 ) -> Result<quinn::Connection, burrow_net::ConnectError> {
-    let v = inner.endpoint.paths().open(peer);
-    let (conn, _) = inner
-        .endpoint
-        .connect(v, burrow_proto::files::ALPN, Some(peer))
-        .await?;
-    Ok(conn)
+    inner.connect_peer(peer, burrow_proto::files::ALPN).await
 }
 
 /// How one provider's part of a download ended.

@@ -56,6 +56,25 @@ const SEARCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `files <peer>` waits for the list.
 const LIST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The files service: serving `List` and `Get` to linked peers
+/// ([`serve`]).
+pub(crate) struct FilesService;
+
+impl crate::service::Service for FilesService {
+    fn alpn(&self) -> &'static [u8] {
+        files::ALPN
+    }
+
+    fn accept(
+        &self,
+        link: crate::service::LinkHandle,
+        peer: burrow_proto::NodeId,
+        conn: quinn::Connection,
+    ) -> crate::service::Serving {
+        Box::pin(serve::serve(link.node().clone(), peer, conn))
+    }
+}
+
 /// The tree shape of a file of `size` bytes in 16 KiB chunk groups.
 pub(crate) fn tree(size: u64) -> BaoTree {
     BaoTree::new(size, BlockSize::from_chunk_log(files::CHUNK_GROUP_LOG))

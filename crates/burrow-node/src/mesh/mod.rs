@@ -158,13 +158,35 @@ pub(crate) async fn dial(inner: Arc<Inner>, peer: NodeId) {
     if inner.state().mesh.links.contains_key(&peer) {
         return;
     }
-    let v = inner.endpoint.paths().open(peer);
-    match inner.endpoint.connect(v, mesh::ALPN, Some(peer)).await {
-        Ok((conn, _)) => match conn.open_bi().await {
+    match inner.connect_peer(peer, mesh::ALPN).await {
+        Ok(conn) => match conn.open_bi().await {
             Ok((send, recv)) => run(inner, peer, conn, send, recv, true).await,
             Err(e) => debug!(peer = %peer.short(), error = %e, "mesh stream failed"),
         },
         Err(e) => warn!(peer = %peer.short(), error = %e, "cannot open the mesh link"),
+    }
+}
+
+/// The mesh as a service: a stranger may open it serverless (its Hello
+/// proves membership, see [`run`]).
+pub(crate) struct MeshService;
+
+impl crate::service::Service for MeshService {
+    fn alpn(&self) -> &'static [u8] {
+        mesh::ALPN
+    }
+
+    fn admission(&self) -> crate::service::Admission {
+        crate::service::Admission::ProvesMembership
+    }
+
+    fn accept(
+        &self,
+        link: crate::service::LinkHandle,
+        peer: NodeId,
+        conn: quinn::Connection,
+    ) -> crate::service::Serving {
+        Box::pin(accept(link.node().clone(), peer, conn))
     }
 }
 
