@@ -69,19 +69,7 @@ pub struct NodeConfig {
     pub proxy: Option<String>,
 }
 
-/// Which paths a node's links may take (`burrow up --direct-only`,
-/// `--relay-only`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum PathPolicy {
-    /// Relayed first where needed, direct as soon as a punch finds a way.
-    #[default]
-    Any,
-    /// Never through the relay: a link with no direct path fails, saying so.
-    DirectOnly,
-    /// Never punched: peers get none of our addresses from the server and
-    /// every link runs through the relay, so only the server sees where we are.
-    RelayOnly,
-}
+pub use burrow_proto::punch::policy::PathPolicy;
 
 impl NodeConfig {
     /// Defaults for the rest.

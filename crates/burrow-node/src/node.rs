@@ -31,7 +31,7 @@ pub(crate) const SERVER_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 const EVENT_BUFFER: usize = 1024;
 
 /// A peer as this node knows it.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct Peer {
     pub name: Option<Name>,
     pub online: bool,
@@ -44,26 +44,10 @@ pub(crate) struct Peer {
     /// None is closed because another arrived: the side that dialed keeps one and
     /// drops the rest, and the others close by themselves.
     pub conns: Vec<quinn::Connection>,
-    /// When a relayed link next asks for a direct path, and the wait after that.
-    pub repunch_at: Option<std::time::Instant>,
-    pub repunch_wait: Duration,
+    /// When a link that isn't direct next asks for a fresh punch.
+    pub repunch: burrow_proto::punch::policy::Repunch,
     /// What found the direct path, while there is one.
     pub method: Option<burrow_proto::punch::Method>,
-}
-
-impl Default for Peer {
-    fn default() -> Self {
-        Peer {
-            name: None,
-            online: false,
-            request: None,
-            accepted: false,
-            conns: Vec::new(),
-            repunch_at: None,
-            repunch_wait: peers::REPUNCH_FIRST,
-            method: None,
-        }
-    }
 }
 
 /// Most live connections kept per peer; past that the oldest is closed.

@@ -38,6 +38,7 @@ use crate::event::NodeEvent;
 use crate::node::{Inner, MAX_CONNS_PER_PEER};
 use crate::service::{Admission, LinkHandle, Service, Serving};
 use crate::PathPolicy;
+use burrow_proto::punch::policy::{self, Dial, Facts, Plan, Repunch};
 
 /// How often [`monitor`] looks at the paths.
 const MONITOR_TICK: Duration = Duration::from_millis(250);
@@ -46,10 +47,6 @@ const PATH_CHECK: Duration = Duration::from_millis(1000);
 /// ...and after this long it is gone. A live path answers a ping within one
 /// round trip plus the peer's ACK delay (25 ms); three seconds allows for loss.
 const PATH_DEAD: Duration = Duration::from_secs(3);
-/// First wait before a relayed link looks for a direct path again; it doubles
-/// up to [`REPUNCH_MAX`].
-pub(crate) const REPUNCH_FIRST: Duration = Duration::from_secs(10);
-const REPUNCH_MAX: Duration = Duration::from_secs(300);
 /// How long a TCP punch (after a UDP punch found nothing) keeps dialing.
 const TCP_PUNCH: Duration = Duration::from_secs(8);
 
@@ -198,25 +195,29 @@ pub(crate) fn link(
             .peers
             .get(&peer)
             .is_some_and(|p| p.connected());
-    // Relay-only, on our side or the peer's: nobody punches; the link is the
-    // relay's, or nothing.
-    if policy == PathPolicy::RelayOnly || peer_nat.relay_only {
-        let why = match (policy, has_relay) {
-            (PathPolicy::DirectOnly, _) => Some(format!(
-                "{} takes relayed links only (--relay-only), and this node never relays (--direct-only)",
-                inner.state().name_of(&peer)
-            )),
-            (_, false) => Some("no relay (the server does not relay), and relay-only links are never punched".into()),
-            _ => None,
-        };
-        match why {
-            Some(why) if dial_now => fail(inner, peer, why),
-            Some(_) => {}
-            None if dial_now => inner.spawn(dial(inner.clone(), peer)),
-            None => {}
+    let (own_mapping, open_ttl, own_no_udp) = {
+        let st = inner.state();
+        (st.mapping, st.open_ttl, st.no_udp())
+    };
+    let plan = policy::plan(Facts {
+        policy,
+        peer_relay_only: peer_nat.relay_only,
+        has_relay,
+        dials: dial_now,
+        // One side reaches the server only over TCP: UDP can't work between
+        // us, and both sides know it, so both go to TCP simultaneous open at
+        // once.
+        udp_hopeless: own_no_udp || peer_nat.no_udp,
+    });
+    let (udp, dial_when) = match plan {
+        Plan::Fail(why) => {
+            let name = inner.state().name_of(&peer);
+            return fail(inner, peer, why.message(&name));
         }
-        return;
-    }
+        Plan::Idle | Plan::Relay { dial: false } => return,
+        Plan::Relay { dial: true } => return inner.spawn(dial(inner.clone(), peer)),
+        Plan::Punch { udp, dial } => (udp, dial),
+    };
     let role = match direction {
         Direction::Outgoing => Role::Requester,
         Direction::Incoming => Role::Acceptor,
@@ -230,20 +231,13 @@ pub(crate) fn link(
     let mut peer_nat = peer_nat;
     peer_nat.mapped = peer_nat.mapped.filter(|m| !usable(inner, &[*m]).is_empty());
     let tcp_candidates = tcp_candidates(&candidates);
-    let (own_mapping, open_ttl, own_no_udp) = {
-        let st = inner.state();
-        (st.mapping, st.open_ttl, st.no_udp())
-    };
-    // One side reaches the server only over TCP: UDP can't work between us,
-    // and both sides know it, so both go to TCP simultaneous open at once.
-    let udp_hopeless = own_no_udp || peer_nat.no_udp;
     // Behind hard NATs, each side does its part (side sockets, random ports,
     // predicted ports); see `burrow_proto::punch::strategy`.
     let strategy = Strategy::choose(own_mapping, peer_nat, observed);
     if strategy.is_hard() {
         debug!(peer = %peer.short(), ?own_mapping, ?peer_nat, ?strategy, "hard NAT punch");
     }
-    let punched = (!udp_hopeless).then(|| {
+    let punched = udp.then(|| {
         inner.endpoint.start_punch(
             role,
             ticket,
@@ -257,7 +251,7 @@ pub(crate) fn link(
             Some(peer),
         )
     });
-    if dial_now && has_relay {
+    if dial_when == Dial::Now {
         inner.spawn(dial(inner.clone(), peer));
     }
     let inner2 = inner.clone();
@@ -297,17 +291,13 @@ pub(crate) fn link(
                 schedule_repunch(&inner2, peer, false);
             }
         }
-        if dial_now && !has_relay {
-            if found {
-                dial(inner2, peer).await;
-            } else {
-                let why = if policy == PathPolicy::DirectOnly {
-                    "no direct path (--direct-only: the relay is never used)"
-                } else {
-                    "no direct path, and the server does not relay"
-                };
-                fail(&inner2, peer, why.into());
+        match policy::after_punch(policy, dial_when, found) {
+            Some(why) => {
+                let name = inner2.state().name_of(&peer);
+                fail(&inner2, peer, why.message(&name));
             }
+            None if dial_when == Dial::WhenDirect => dial(inner2, peer).await,
+            None => {}
         }
     });
 }
@@ -352,15 +342,16 @@ fn go_direct(inner: &Arc<Inner>, peer: NodeId, found: Punched) {
 }
 
 /// Sets when a relayed link next asks for a punch: soon after a direct path was
-/// found (so that losing it starts from the shortest wait), doubling otherwise.
+/// found (so that losing it starts from the shortest wait), backing off
+/// otherwise (see [`Repunch`]).
 fn schedule_repunch(inner: &Inner, peer: NodeId, found: bool) {
     let mut st = inner.state();
     if let Some(p) = st.peers.get_mut(&peer) {
         if found {
-            p.repunch_wait = REPUNCH_FIRST;
+            p.repunch.found(Instant::now());
+        } else {
+            p.repunch.missed(Instant::now());
         }
-        p.repunch_at = Some(Instant::now() + p.repunch_wait);
-        p.repunch_wait = (p.repunch_wait * 2).min(REPUNCH_MAX);
     }
 }
 
@@ -438,13 +429,13 @@ pub(crate) async fn monitor(inner: Arc<Inner>) {
             _ = tick.tick() => {}
         }
         let now = Instant::now();
-        let linked: Vec<(NodeId, quinn::Connection, Option<Instant>)> = inner
+        let linked: Vec<(NodeId, quinn::Connection, Repunch)> = inner
             .state()
             .peers
             .iter()
-            .filter_map(|(id, p)| Some((*id, p.conn()?.clone(), p.repunch_at)))
+            .filter_map(|(id, p)| Some((*id, p.conn()?.clone(), p.repunch)))
             .collect();
-        for (peer, conn, repunch_at) in linked {
+        for (peer, conn, repunch) in linked {
             let paths = inner.endpoint.paths();
             match paths.health(&peer, now, PATH_CHECK, PATH_DEAD) {
                 Health::Fine => {}
@@ -481,7 +472,7 @@ pub(crate) async fn monitor(inner: Arc<Inner>) {
                 paths.status(&peer).map(|s| s.route),
                 Some(Route::Relayed(_))
             );
-            if relayed && repunch_at.is_some_and(|at| at <= now) {
+            if relayed && repunch.due(now) {
                 request_repunch(&inner, peer);
                 schedule_repunch(&inner, peer, false);
             }

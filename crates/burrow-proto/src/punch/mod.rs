@@ -41,6 +41,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+pub mod policy;
 mod probe;
 #[cfg(test)]
 mod sim;
