@@ -37,6 +37,7 @@ pub mod punch;
 pub mod reconcile;
 pub mod relay;
 pub mod rendezvous;
+pub mod schedule;
 pub mod stun;
 pub mod time;
 

@@ -38,9 +38,7 @@
 //! (`fallocate`): a disk too small for the file says so before anything is
 //! fetched.
 
-use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::ops::Range;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -53,15 +51,14 @@ use bao_tree::io::{BaoContentItem, DecodeError};
 use bao_tree::{BaoTree, ChunkRanges};
 use burrow_net::{FrameReader, FrameWriter};
 use burrow_proto::files::{self, BlobHash, ChunkSpan, FilesRequest, FilesResponse, CHUNK_GROUP};
+pub(crate) use burrow_proto::schedule::Take;
+use burrow_proto::schedule::{group_chunks, Bitmap, Failure, Schedule};
+use burrow_proto::NodeId;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use super::quic_io::{StreamReader, STALL};
 
-/// Chunk groups per piece: 2 MiB. Large enough that a request's overhead (a
-/// round trip to start, the hash pairs down to it) is small; small enough that a
-/// lost provider costs little.
-pub(crate) const PIECE_GROUPS: u64 = 128;
 /// Pieces each provider works on at once: keeps the path busy across the gap
 /// between one piece's end and the next one's first byte.
 pub(crate) const STREAMS_PER_PROVIDER: usize = 4;
@@ -80,64 +77,6 @@ const DIRECT_ALIGN: usize = 4096;
 /// (see [`Plan::write_run`]).
 const CACHED_WRITE: usize = CHUNK_GROUP as usize;
 
-/// One bit per chunk group.
-#[derive(Debug, Clone)]
-pub(crate) struct Bitmap {
-    bits: Vec<u8>,
-    groups: u64,
-    set: u64,
-}
-
-impl Bitmap {
-    pub fn new(groups: u64) -> Self {
-        Bitmap {
-            bits: vec![0; groups.div_ceil(8) as usize],
-            groups,
-            set: 0,
-        }
-    }
-
-    /// A stored bitmap, if it has the right length for `groups`.
-    pub fn from_bytes(bits: Vec<u8>, groups: u64) -> Option<Self> {
-        if bits.len() as u64 != groups.div_ceil(8) {
-            return None;
-        }
-        let mut b = Bitmap {
-            bits,
-            groups,
-            set: 0,
-        };
-        // Bits past the end mean nothing; clear them.
-        for g in groups..(b.bits.len() as u64 * 8) {
-            b.bits[(g / 8) as usize] &= !(1 << (g % 8));
-        }
-        b.set = b.bits.iter().map(|x| x.count_ones() as u64).sum();
-        Some(b)
-    }
-
-    pub fn get(&self, g: u64) -> bool {
-        g < self.groups && self.bits[(g / 8) as usize] & (1 << (g % 8)) != 0
-    }
-
-    /// Sets group `g`; true if it was not set.
-    pub fn set(&mut self, g: u64) -> bool {
-        if g >= self.groups || self.get(g) {
-            return false;
-        }
-        self.bits[(g / 8) as usize] |= 1 << (g % 8);
-        self.set += 1;
-        true
-    }
-
-    pub fn complete(&self) -> bool {
-        self.set == self.groups
-    }
-
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.bits
-    }
-}
-
 /// Why a provider's piece failed.
 #[derive(Debug)]
 pub(crate) enum PieceError {
@@ -152,27 +91,11 @@ pub(crate) enum PieceError {
     Disk(std::io::Error),
 }
 
-/// What a worker gets from [`Plan::take`].
-pub(crate) enum Take {
-    Piece(u64),
-    Wait,
-    Done,
-}
-
-struct PlanState {
-    bitmap: Bitmap,
-    queue: VecDeque<u64>,
-    in_flight: usize,
-    dirty: bool,
-}
-
 /// A download's shared state.
 pub(crate) struct Plan {
     pub hash: BlobHash,
     pub size: u64,
     tree: BaoTree,
-    groups: u64,
-    chunks: u64,
     data: File,
     /// The partial file opened for direct I/O, while the file system takes it.
     direct: Option<File>,
@@ -186,7 +109,8 @@ pub(crate) struct Plan {
     pub written_direct: AtomicU64,
     pub data_path: PathBuf,
     pub outboard_path: PathBuf,
-    state: Mutex<PlanState>,
+    /// What to fetch next, from whom ([`Schedule`]).
+    schedule: Mutex<Schedule<NodeId>>,
     /// Bytes verified, including those verified before a resume.
     pub verified: AtomicU64,
     /// Bytes verified before this run started.
@@ -245,25 +169,12 @@ impl Plan {
             .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
             .open(&data_path)
             .ok();
-        let pieces = groups.div_ceil(PIECE_GROUPS);
-        let missing = |p: u64| piece_groups(p, groups).any(|g| !bitmap.get(g));
-        // The last piece first: it proves the size (the hash covers it).
-        let mut queue: VecDeque<u64> = (0..pieces.saturating_sub(1))
-            .filter(|&p| missing(p))
-            .collect();
-        if pieces > 0 && missing(pieces - 1) {
-            queue.push_front(pieces - 1);
-        }
-        let verified: u64 = (0..groups)
-            .filter(|&g| bitmap.get(g))
-            .map(|g| group_len(size, g))
-            .sum();
+        let schedule = Schedule::new(size, chunks, bitmap);
+        let verified = schedule.verified();
         Ok(Plan {
             hash,
             size,
             tree,
-            groups,
-            chunks,
             data,
             direct,
             direct_refused: AtomicBool::new(false),
@@ -273,12 +184,7 @@ impl Plan {
             written_direct: AtomicU64::new(0),
             data_path,
             outboard_path,
-            state: Mutex::new(PlanState {
-                bitmap,
-                queue,
-                in_flight: 0,
-                dirty: false,
-            }),
+            schedule: Mutex::new(schedule),
             verified: AtomicU64::new(verified),
             resumed: verified,
             written_back: AtomicU64::new(verified),
@@ -289,28 +195,21 @@ impl Plan {
         })
     }
 
-    fn state(&self) -> MutexGuard<'_, PlanState> {
-        self.state.lock().expect("plan lock is never poisoned")
+    fn schedule(&self) -> MutexGuard<'_, Schedule<NodeId>> {
+        self.schedule.lock().expect("plan lock is never poisoned")
     }
 
     pub fn complete(&self) -> bool {
-        self.state().bitmap.complete()
+        self.schedule().complete()
     }
 
-    /// The next piece to fetch, or whether to wait for one to come back.
-    pub fn take(&self) -> Take {
+    /// The next piece for `provider` to fetch, or whether to wait for one to
+    /// come back.
+    pub fn take(&self, provider: NodeId) -> Take {
         if self.stop.load(Ordering::Relaxed) {
             return Take::Done;
         }
-        let mut st = self.state();
-        if let Some(p) = st.queue.pop_front() {
-            st.in_flight += 1;
-            Take::Piece(p)
-        } else if st.in_flight == 0 || st.bitmap.complete() {
-            Take::Done
-        } else {
-            Take::Wait
-        }
+        self.schedule().take(provider)
     }
 
     /// Waits until a piece comes back or the plan changes (at most `max`).
@@ -320,30 +219,22 @@ impl Plan {
 
     /// A worker is done with `piece`; what is still missing goes back in the queue.
     pub fn put_back(&self, piece: u64) {
-        let mut st = self.state();
-        st.in_flight -= 1;
-        if piece_groups(piece, self.groups).any(|g| !st.bitmap.get(g)) {
-            st.queue.push_front(piece);
-        }
-        drop(st);
+        self.schedule().done(piece);
         self.changed.notify_waiters();
+    }
+
+    /// `provider` failed `piece` `how`: the piece is free for the others,
+    /// and the provider gets nothing more. Returns whether to cut its
+    /// connection.
+    pub fn failed(&self, provider: NodeId, piece: u64, how: Failure) -> bool {
+        let cut = self.schedule().failed(provider, piece, how);
+        self.changed.notify_waiters();
+        cut
     }
 
     /// The chunk ranges of `piece`'s missing groups.
     pub fn missing_spans(&self, piece: u64) -> Vec<ChunkSpan> {
-        let st = self.state();
-        let mut spans: Vec<ChunkSpan> = Vec::new();
-        for g in piece_groups(piece, self.groups) {
-            if st.bitmap.get(g) {
-                continue;
-            }
-            let Range { start, end } = group_chunks(g, self.chunks);
-            match spans.last_mut() {
-                Some(last) if last.end == start => last.end = end,
-                _ => spans.push(ChunkSpan { start, end }),
-            }
-        }
-        spans
+        self.schedule().missing_spans(piece)
     }
 
     /// Writes verified hash pairs (consecutive in the outboard) at `at`.
@@ -434,19 +325,8 @@ impl Plan {
     /// Marks chunk groups written at these (offset, length)s as verified.
     /// Returns the bytes newly verified.
     fn mark(&self, written: &[(u64, usize)]) -> u64 {
-        let mut st = self.state();
-        let mut added = 0;
-        for &(at, len) in written {
-            let g = at / CHUNK_GROUP;
-            // Only whole groups count (a request always asks for whole groups).
-            let whole = at.is_multiple_of(CHUNK_GROUP) && len as u64 == group_len(self.size, g);
-            if whole && st.bitmap.set(g) {
-                added += len as u64;
-            }
-        }
+        let added = self.schedule().mark(written);
         if added > 0 {
-            st.dirty = true;
-            drop(st);
             self.verified.fetch_add(added, Ordering::Relaxed);
         }
         added
@@ -454,12 +334,7 @@ impl Plan {
 
     /// The bitmap to store, if it changed since the last call.
     pub fn progress(&self) -> Option<Vec<u8>> {
-        let mut st = self.state();
-        if !st.dirty {
-            return None;
-        }
-        st.dirty = false;
-        Some(st.bitmap.as_bytes().to_vec())
+        self.schedule().progress()
     }
 
     /// Whether enough was verified since the last background sync to start
@@ -715,7 +590,7 @@ fn recheck(
     claimed: Bitmap,
 ) -> std::io::Result<Bitmap> {
     let chunks = tree.chunks().0.max(1);
-    let claimed_groups = || (0..claimed.groups).filter(|&g| claimed.get(g));
+    let claimed_groups = || (0..claimed.groups()).filter(|&g| claimed.get(g));
     let ranges = super::chunk_ranges(claimed_groups().map(|g| group_chunks(g, chunks)));
     let outboard = PreOrderOutboard {
         root: hash.into(),
@@ -726,7 +601,7 @@ fn recheck(
     for r in bao_tree::io::sync::valid_ranges(outboard, data, &ranges) {
         valid |= ChunkRanges::from(r?);
     }
-    let mut kept = Bitmap::new(claimed.groups);
+    let mut kept = Bitmap::new(claimed.groups());
     for g in claimed_groups() {
         let group = super::chunk_ranges([group_chunks(g, chunks)]);
         if (group.clone() & valid.clone()) == group {
@@ -734,22 +609,6 @@ fn recheck(
         }
     }
     Ok(kept)
-}
-
-/// The groups of piece `p` in a file of `groups` groups.
-fn piece_groups(p: u64, groups: u64) -> Range<u64> {
-    p * PIECE_GROUPS..((p + 1) * PIECE_GROUPS).min(groups)
-}
-
-/// The 1 KiB chunks of group `g` in a file of `chunks` chunks.
-fn group_chunks(g: u64, chunks: u64) -> Range<u64> {
-    let per_group = CHUNK_GROUP / 1024;
-    g * per_group..((g + 1) * per_group).min(chunks)
-}
-
-/// The length of chunk group `g` of a file of `size` bytes (the last may be short).
-fn group_len(size: u64, g: u64) -> u64 {
-    size.saturating_sub(g * CHUNK_GROUP).min(CHUNK_GROUP)
 }
 
 /// Asks `conn` for `spans` of `hash` on a fresh stream and reads the answer:
@@ -910,18 +769,11 @@ pub(crate) async fn fetch_piece(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burrow_proto::schedule::PIECE_GROUPS;
 
-    #[test]
-    fn bitmaps_count_and_survive_storage() {
-        let mut b = Bitmap::new(10);
-        assert!(b.set(0) && b.set(9) && !b.set(9) && !b.set(10));
-        assert!(!b.complete());
-        let again = Bitmap::from_bytes(b.as_bytes().to_vec(), 10).unwrap();
-        assert!(again.get(0) && again.get(9) && !again.get(5));
-        assert!(Bitmap::from_bytes(vec![0; 3], 10).is_none());
-        // Stray bits past the end are ignored.
-        let full = Bitmap::from_bytes(vec![0xff, 0xff], 10).unwrap();
-        assert!(full.complete());
+    /// A provider's id, for the schedule.
+    fn provider() -> NodeId {
+        burrow_proto::SecretKey::from_bytes(&[7; 32]).public()
     }
 
     #[test]
@@ -929,7 +781,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let size = 3 * PIECE_GROUPS * CHUNK_GROUP - 100;
         let plan = Plan::open(dir.path(), BlobHash([1; 32]), size, None).unwrap();
-        let Take::Piece(first) = plan.take() else {
+        let Take::Piece(first) = plan.take(provider()) else {
             panic!("a fresh plan has pieces")
         };
         assert_eq!(first, 2);
@@ -954,7 +806,7 @@ mod tests {
         );
         // A piece given back unfinished is asked for again, first.
         plan.put_back(2);
-        assert!(matches!(plan.take(), Take::Piece(2)));
+        assert!(matches!(plan.take(provider()), Take::Piece(2)));
         assert!(plan.progress().is_some());
         assert!(plan.progress().is_none(), "only what changed is stored");
         // Without a stored bitmap, the files are reset.
@@ -1088,7 +940,7 @@ mod tests {
         std::fs::write(dir.path().join(format!("{hash}.part")), &damaged).unwrap();
         let plan = Plan::open(dir.path(), hash, size, Some(all.as_bytes().to_vec())).unwrap();
         assert_eq!(plan.resumed, size - CHUNK_GROUP);
-        assert!(matches!(plan.take(), Take::Piece(0)));
+        assert!(matches!(plan.take(provider()), Take::Piece(0)));
         assert_eq!(
             plan.missing_spans(0),
             vec![ChunkSpan {

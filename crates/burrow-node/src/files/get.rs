@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use burrow_proto::files::{safe_file_name, BlobHash, FileEntry, ShareName};
 use burrow_proto::rendezvous::{Query, TrackerEntry};
+use burrow_proto::schedule::Failure;
 use burrow_proto::NodeId;
 use burrow_store::{StoredDownload, StoredShare};
 use tokio::sync::mpsc;
@@ -485,7 +486,7 @@ async fn provide(
         let (failed, stop) = (failed.clone(), stop.clone());
         workers.spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let piece = match plan.take() {
+                let piece = match plan.take(id) {
                     Take::Done => return,
                     Take::Wait => {
                         plan.wait(Duration::from_millis(200)).await;
@@ -517,15 +518,18 @@ async fn provide(
                         // for another of them to take, and name the first cause
                         // (the others' errors follow from cutting it off).
                         stop.store(true, Ordering::Relaxed);
-                        let cut = !matches!(e, PieceError::Lost(_));
+                        let how = match e {
+                            PieceError::Lied(_) => Failure::Lied,
+                            PieceError::Gone(_) => Failure::Gone,
+                            _ => Failure::Lost,
+                        };
                         failed
                             .lock()
                             .expect("failed lock is never poisoned")
                             .get_or_insert(e);
-                        if cut {
+                        if plan.failed(id, piece, how) {
                             conn.close(burrow_net::Close::Misbehaved.code(), b"dropped");
                         }
-                        plan.put_back(piece);
                         return;
                     }
                 }
