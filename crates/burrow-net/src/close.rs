@@ -3,8 +3,9 @@
 //! The code is for programs (tests and peers read it); the reason bytes
 //! beside it are for people reading logs, and may say more.
 
-/// A close code. Codes below 0x10 are the server's (the rendezvous
-/// session), from 0x10 the peers' services'.
+/// A close code. [`Close::Done`] and [`Close::WrongKey`] are anyone's; the
+/// rest below 0x10 the server's (the rendezvous session's), from 0x10 the
+/// peers' services'.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
 pub enum Close {

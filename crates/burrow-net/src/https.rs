@@ -163,9 +163,16 @@ pub async fn accept(
 pub enum Via<'a> {
     /// Straight to this address (the server's, resolved here).
     Direct(SocketAddr),
-    /// Through the HTTP proxy at this `host:port`, which is asked for the
+    /// Through the HTTP proxy `proxy` (`host:port`), which is asked for the
     /// server by the name it was given: nothing is resolved on our side.
-    Proxy(&'a str),
+    /// `server` is the server's address where we resolved it (what the link
+    /// then records as its other end); else the link records the proxy's.
+    Proxy {
+        /// The proxy.
+        proxy: &'a str,
+        /// The server's address, if known here.
+        server: Option<SocketAddr>,
+    },
 }
 
 /// A WebSocket over TLS to the server.
@@ -173,8 +180,8 @@ pub type Stream = WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
 
 /// Opens a WebSocket over TLS to the server `host` (a name or an address, for
 /// the proxy's tunnel and the request) on `port`, the way `via` says. Returns
-/// it and the address its TCP connection runs to (the server's, or the
-/// proxy's).
+/// it and the server's address (the proxy's, through a proxy that resolved
+/// the server for us).
 pub async fn dial(host: &str, port: u16, via: Via<'_>) -> Result<(Stream, SocketAddr), HttpsError> {
     let handshake = async {
         let target = if host.contains(':') {
@@ -182,15 +189,18 @@ pub async fn dial(host: &str, port: u16, via: Via<'_>) -> Result<(Stream, Socket
         } else {
             format!("{host}:{port}")
         };
-        let tcp = match via {
-            Via::Direct(to) => TcpStream::connect(to).await?,
-            Via::Proxy(proxy) => {
+        let (tcp, real) = match via {
+            Via::Direct(to) => (TcpStream::connect(to).await?, to),
+            Via::Proxy { proxy, server } => {
                 let mut tcp = TcpStream::connect(proxy).await?;
                 tunnel(&mut tcp, proxy, &target).await?;
-                tcp
+                let real = match server {
+                    Some(s) => s,
+                    None => tcp.peer_addr()?,
+                };
+                (tcp, real)
             }
         };
-        let real = tcp.peer_addr()?;
         let _ = tcp.set_nodelay(true);
         let config = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
@@ -341,9 +351,11 @@ mod tests {
             String::from_utf8(head).unwrap()
         });
         let proxy = at.to_string();
-        let err = dial("burrow.invalid", 443, Via::Proxy(&proxy))
-            .await
-            .expect_err("refused");
+        let via = Via::Proxy {
+            proxy: &proxy,
+            server: None,
+        };
+        let err = dial("burrow.invalid", 443, via).await.expect_err("refused");
         let head = answer.await.unwrap();
         assert!(
             head.starts_with("CONNECT burrow.invalid:443 HTTP/1.1\r\n"),

@@ -576,10 +576,11 @@ impl Node {
         // A server on this machine (loopback) means peers on this machine
         // too: a router's port would serve nobody, and asking it would send
         // PCP and SSDP onto the LAN for nothing.
-        let server_here = inner
-            .state()
-            .server_addr
-            .is_some_and(|a| inner.endpoint.real_addr(a).ip().is_loopback());
+        let server_here = inner.config.proxy.is_none()
+            && inner
+                .state()
+                .server_addr
+                .is_some_and(|a| inner.endpoint.real_addr(a).ip().is_loopback());
         let punching = inner.config.path != crate::PathPolicy::RelayOnly;
         if inner.config.port_mapping && punching && inner.config.server.is_some() && !server_here {
             inner.spawn(crate::portmap::run(inner.clone()));

@@ -169,7 +169,7 @@ mod tests {
     }
 
     #[test]
-    fn the_standard_services_are_the_ones_the_endpoint_offers() {
+    fn the_standard_router_has_the_link_files_and_the_mesh_on_their_alpns() {
         let r = Router::standard();
         assert_eq!(
             r.alpns(),

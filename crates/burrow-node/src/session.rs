@@ -91,11 +91,12 @@ pub enum SessionError {
         /// Our key.
         us: NodeId,
     },
-    /// The server's name does not resolve here, and the proxy (asked for it
-    /// by name) did not get us through.
-    #[error("{host} does not resolve here, and the proxy at {proxy} did not reach it: {reason}")]
+    /// The server's name does not resolve here (or to nothing we have a
+    /// route to), and the proxy, asked for it by name, did not get us
+    /// through.
+    #[error("{host} is out of reach from here but through the proxy, and the proxy at {proxy} did not get through: {reason}")]
     Proxy {
-        /// host:port.
+        /// The server's name and HTTPS port.
         host: String,
         /// The proxy.
         proxy: String,
@@ -253,7 +254,12 @@ async fn dial(
         let https_port = https_port?;
         tokio::time::sleep(HTTPS_HEAD_START - UDP_HEAD_START).await;
         let to = SocketAddr::new(addr.ip(), https_port);
-        let via = proxy.as_deref().map_or(Via::Direct(to), Via::Proxy);
+        let via = proxy
+            .as_deref()
+            .map_or(Via::Direct(to), |proxy| Via::Proxy {
+                proxy,
+                server: Some(to),
+            });
         let link = match ep.dial_https(&host, https_port, via).await {
             Ok(link) => Some(link),
             Err(e) => {
@@ -544,11 +550,15 @@ async fn dial_by_name(
     let ep = &inner.endpoint;
     let proxy = inner.config.proxy.as_deref().unwrap_or_default();
     let port = server.https.unwrap_or(DEFAULT_HTTPS_PORT);
+    let via = Via::Proxy {
+        proxy,
+        server: None,
+    };
     let link = ep
-        .dial_https(&server.host, port, Via::Proxy(proxy))
+        .dial_https(&server.host, port, via)
         .await
         .map_err(|e| SessionError::Proxy {
-            host: server.host_port(),
+            host: format!("{}:{port}", server.host),
             proxy: proxy.into(),
             reason: e.to_string(),
         })?;

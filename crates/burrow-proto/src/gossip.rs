@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 /// What to send on a link.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Send<P, M> {
+pub enum Out<P, M> {
     /// The message in full.
     Message {
         /// The link.
@@ -108,14 +108,14 @@ impl<P: Copy + Eq + Hash, M: Copy + Eq + Hash> Plumtree<P, M> {
         id: M,
         from: Option<P>,
         targets: impl IntoIterator<Item = P>,
-    ) -> Vec<Send<P, M>> {
+    ) -> Vec<Out<P, M>> {
         self.missing.remove(&id);
         targets
             .into_iter()
             .filter(|t| Some(*t) != from)
             .filter_map(|to| match self.links.get(&to)? {
-                true => Some(Send::Message { to, id }),
-                false => Some(Send::IHave { to, ids: vec![id] }),
+                true => Some(Out::Message { to, id }),
+                false => Some(Out::IHave { to, ids: vec![id] }),
             })
             .collect()
     }
@@ -123,11 +123,11 @@ impl<P: Copy + Eq + Hash, M: Copy + Eq + Hash> Plumtree<P, M> {
     /// A message came on `from` that we had: `from` is not on our tree.
     /// Pruned again even when lazy already (the first `Prune` may have been
     /// lost).
-    pub fn duplicate(&mut self, id: M, from: P) -> Option<Send<P, M>> {
+    pub fn duplicate(&mut self, id: M, from: P) -> Option<Out<P, M>> {
         self.missing.remove(&id);
         let eager = self.links.get_mut(&from)?;
         *eager = false;
-        Some(Send::Prune { to: from })
+        Some(Out::Prune { to: from })
     }
 
     /// A message arrived some other way (reconciliation): nothing to graft.
@@ -159,7 +159,7 @@ impl<P: Copy + Eq + Hash, M: Copy + Eq + Hash> Plumtree<P, M> {
 
     /// The grafts due by `now`: each announcer that still has a link is
     /// asked for what it announced, and is eager from now on.
-    pub fn overdue(&mut self, now: Instant) -> Vec<Send<P, M>> {
+    pub fn overdue(&mut self, now: Instant) -> Vec<Out<P, M>> {
         let mut by_link: HashMap<P, Vec<M>> = HashMap::new();
         self.missing.retain(|id, (link, due)| {
             if *due > now {
@@ -174,7 +174,7 @@ impl<P: Copy + Eq + Hash, M: Copy + Eq + Hash> Plumtree<P, M> {
                 continue;
             };
             *eager = true;
-            out.extend(ids.chunks(self.max_ids).map(|c| Send::Graft {
+            out.extend(ids.chunks(self.max_ids).map(|c| Out::Graft {
                 to,
                 ids: c.to_vec(),
             }));
@@ -221,7 +221,7 @@ mod tests {
         links: Vec<Vec<u8>>,
         have: Vec<HashSet<u32>>,
         /// (from, frame) in flight.
-        wire: VecDeque<(u8, Send<u8, u32>)>,
+        wire: VecDeque<(u8, Out<u8, u32>)>,
         /// Messages sent in full, per (from, to).
         full: HashMap<(u8, u8), usize>,
     }
@@ -274,19 +274,19 @@ mod tests {
             panic!("the network never settled");
         }
 
-        fn deliver(&mut self, from: u8, s: Send<u8, u32>, now: Instant) {
+        fn deliver(&mut self, from: u8, s: Out<u8, u32>, now: Instant) {
             let to = match &s {
-                Send::Message { to, .. }
-                | Send::IHave { to, .. }
-                | Send::Prune { to }
-                | Send::Graft { to, .. } => *to,
+                Out::Message { to, .. }
+                | Out::IHave { to, .. }
+                | Out::Prune { to }
+                | Out::Graft { to, .. } => *to,
             };
             if !self.links[to as usize].contains(&from) {
                 return; // the link is gone: lost
             }
             let t = to as usize;
             match s {
-                Send::Message { id, .. } => {
+                Out::Message { id, .. } => {
                     *self.full.entry((from, to)).or_default() += 1;
                     if self.have[t].insert(id) {
                         let targets = self.links[t].clone();
@@ -297,19 +297,19 @@ mod tests {
                         self.wire.push_back((to, s));
                     }
                 }
-                Send::IHave { ids, .. } => {
+                Out::IHave { ids, .. } => {
                     let lacking: Vec<u32> = ids
                         .into_iter()
                         .filter(|i| !self.have[t].contains(i))
                         .collect();
                     self.trees[t].announced(from, lacking, now);
                 }
-                Send::Prune { .. } => self.trees[t].pruned(&from),
-                Send::Graft { ids, .. } => {
+                Out::Prune { .. } => self.trees[t].pruned(&from),
+                Out::Graft { ids, .. } => {
                     self.trees[t].grafted(&from);
                     for id in ids {
                         if self.have[t].contains(&id) {
-                            self.wire.push_back((to, Send::Message { to: from, id }));
+                            self.wire.push_back((to, Out::Message { to: from, id }));
                         }
                     }
                 }
@@ -380,17 +380,17 @@ mod tests {
         t.link_up(1);
         t.link_up(2);
         assert!(t.is_eager(&1));
-        assert_eq!(t.duplicate(7, 1), Some(Send::Prune { to: 1 }));
+        assert_eq!(t.duplicate(7, 1), Some(Out::Prune { to: 1 }));
         assert!(!t.is_eager(&1) && t.is_eager(&2));
         // Again, though lazy already: the first Prune may have been lost.
-        assert_eq!(t.duplicate(8, 1), Some(Send::Prune { to: 1 }));
+        assert_eq!(t.duplicate(8, 1), Some(Out::Prune { to: 1 }));
         // From a link we don't have: nothing.
         assert_eq!(t.duplicate(9, 5), None);
         // Lazy links get ids, eager ones the message; never the sender.
         let sent = t.broadcast(10, Some(2), [1, 2]);
         assert_eq!(
             sent,
-            vec![Send::IHave {
+            vec![Out::IHave {
                 to: 1,
                 ids: vec![10]
             }]
@@ -414,7 +414,7 @@ mod tests {
         let grafts = t.overdue(t0 + GRAFT);
         assert_eq!(
             grafts,
-            vec![Send::Graft {
+            vec![Out::Graft {
                 to: 1,
                 ids: vec![5]
             }]
@@ -492,7 +492,7 @@ mod tests {
         let sizes: Vec<usize> = grafts
             .iter()
             .map(|g| match g {
-                Send::Graft { to: 1, ids } => ids.len(),
+                Out::Graft { to: 1, ids } => ids.len(),
                 other => panic!("{other:?}"),
             })
             .collect();

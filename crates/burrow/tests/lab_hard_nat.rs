@@ -120,10 +120,10 @@ fn measure(req: NatKind, acc: NatKind) -> Option<Cell> {
 
 #[test]
 fn the_noise_bound_tells_an_unlucky_round_from_a_fall() {
-    // One or two misses in forty: noise. Six: the rate has fallen.
+    // Up to four misses in forty: noise. Five: the rate has fallen.
     assert!(wilson_upper(38, 40) > 0.95);
     assert!(wilson_upper(36, 40) > 0.95);
-    assert!(wilson_upper(34, 40) < 0.95);
+    assert!(wilson_upper(35, 40) < 0.95);
     assert!(wilson_upper(40, 40) > 0.99);
 }
 

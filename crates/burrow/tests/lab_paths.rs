@@ -210,6 +210,10 @@ fn a_cut_uplink_restored_brings_the_link_back() {
     let mut jon = LabNode::up(&h2, dir.path(), &url, "jon");
     ida.link(&mut jon);
     ida.say(&mut jon, "before the cut");
+    assert!(
+        ida.wait_path("jon", "direct", RECOVER).is_some(),
+        "direct before the cut"
+    );
     let r1 = r1.unwrap();
     lab.set_uplink(&r1, false).unwrap();
     // Silent for a while (under the 30 s idle timeout): the path is lost,

@@ -111,7 +111,9 @@ pub(crate) struct Plan {
     pub outboard_path: PathBuf,
     /// What to fetch next, from whom ([`Schedule`]).
     schedule: Mutex<Schedule<NodeId>>,
-    /// Bytes verified, including those verified before a resume.
+    /// Bytes verified, including those verified before a resume: the
+    /// schedule's count, kept here too for readers that don't take its lock
+    /// (progress, write-back).
     pub verified: AtomicU64,
     /// Bytes verified before this run started.
     pub resumed: u64,

@@ -528,7 +528,14 @@ async fn provide(
                             .expect("failed lock is never poisoned")
                             .get_or_insert(e);
                         if plan.failed(id, piece, how) {
-                            conn.close(burrow_net::Close::Misbehaved.code(), b"dropped");
+                            // A liar misbehaved; one without the file only
+                            // has nothing for us.
+                            let code = if how == Failure::Lied {
+                                burrow_net::Close::Misbehaved
+                            } else {
+                                burrow_net::Close::Done
+                            };
+                            conn.close(code.code(), b"dropped");
                         }
                         return;
                     }

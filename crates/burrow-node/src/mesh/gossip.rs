@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use burrow_proto::forum::{Post, PostId, Topic};
-use burrow_proto::gossip::{Plumtree, Send};
+use burrow_proto::gossip::{Out, Plumtree};
 use burrow_proto::mesh::{MeshFrame, MAX_IDS};
 use burrow_proto::reconcile::Reconciler;
 use burrow_proto::NodeId;
@@ -51,8 +51,8 @@ pub(crate) fn broadcast(inner: &Inner, post: &Post, from: Option<NodeId>) {
     let (mut full, mut ids) = (0, 0);
     for s in mesh.tree.broadcast(post.id, from, targets) {
         let (to, frame) = match s {
-            Send::Message { to, .. } => (to, MeshFrame::Post(post.clone())),
-            Send::IHave { to, ids } => (to, MeshFrame::IHave(ids)),
+            Out::Message { to, .. } => (to, MeshFrame::Post(post.clone())),
+            Out::IHave { to, ids } => (to, MeshFrame::IHave(ids)),
             _ => continue,
         };
         let full_post = matches!(frame, MeshFrame::Post(_));
@@ -285,7 +285,7 @@ pub(crate) async fn receive_ihave(inner: &Arc<Inner>, peer: NodeId, ids: Vec<Pos
 fn graft_overdue(inner: &Inner) {
     let mut st = inner.state();
     for s in st.mesh.tree.overdue(Instant::now()) {
-        if let Send::Graft { to, ids } = s {
+        if let Out::Graft { to, ids } = s {
             debug!(peer = %to.short(), n = ids.len(), "grafting");
             send_locked(&st, to, MeshFrame::Graft(ids));
         }
@@ -295,6 +295,9 @@ fn graft_overdue(inner: &Inner) {
 /// The gossip driver's longest sleep: how late past
 /// [`crate::NodeConfig::resync_every`] a reconciliation may start.
 const IDLE_TICK: Duration = Duration::from_millis(500);
+/// Its shortest: grafts due within this of each other go together (each
+/// `IHave` sets a deadline of its own, and announcing costs a peer nothing).
+const GRAFT_TICK: Duration = Duration::from_millis(50);
 
 /// Gossip's timers, with a server or without, until shutdown: grafts what
 /// falls due, and reconciles dialed links every
@@ -308,7 +311,9 @@ pub(crate) async fn drive(inner: Arc<Inner>) {
             .mesh
             .tree
             .next_due()
-            .map_or(now + IDLE_TICK, |due| due.min(now + IDLE_TICK));
+            .map_or(now + IDLE_TICK, |due| {
+                due.clamp(now + GRAFT_TICK, now + IDLE_TICK)
+            });
         tokio::select! {
             _ = inner.shutdown.cancelled() => return,
             _ = tokio::time::sleep_until(wake.into()) => {}

@@ -170,8 +170,8 @@ impl Default for Repunch {
 }
 
 impl Repunch {
-    /// A punch found a direct path: should it be lost, the looks start again
-    /// from the shortest wait.
+    /// A punch found a direct path, or a direct path was lost (and the
+    /// caller asks at once): the next look comes after the shortest wait.
     pub fn found(&mut self, now: Instant) {
         self.wait = REPUNCH_FIRST;
         self.schedule(now);
@@ -180,12 +180,6 @@ impl Repunch {
     /// A punch found nothing: the next look waits longer.
     pub fn missed(&mut self, now: Instant) {
         self.schedule(now);
-    }
-
-    /// The direct path was lost: ask now (the caller does), and look again
-    /// soon after.
-    pub fn lost(&mut self, now: Instant) {
-        self.found(now);
     }
 
     /// Whether a look is due at `now` (the caller asks only for a link on
@@ -350,12 +344,13 @@ mod tests {
             waits.push((r.at().unwrap() - now).as_secs());
         }
         assert_eq!(waits, [20, 40, 80, 160, 300, 300, 300, 300]);
-        // A found path resets it; so does a lost one.
+        // A found path resets it (so does a lost one: the caller asks at
+        // once, then as after a find).
         r.found(now);
         assert_eq!(r.at(), Some(now + REPUNCH_FIRST));
         r.missed(now);
         assert_eq!(r.at(), Some(now + 2 * REPUNCH_FIRST));
-        r.lost(now);
+        r.found(now);
         assert_eq!(r.at(), Some(now + REPUNCH_FIRST));
     }
 }
