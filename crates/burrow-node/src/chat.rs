@@ -64,13 +64,13 @@ async fn exchange(conn: &quinn::Connection, m: &StoredMessage) -> Result<(), Cha
 pub(crate) async fn serve(link: &LinkHandle, peer: NodeId, conn: &quinn::Connection) {
     while let Ok((send, recv)) = conn.accept_bi().await {
         let link = link.clone();
-        tokio::spawn(async move {
+        tokio::spawn(tracing::Instrument::in_current_span(async move {
             match tokio::time::timeout(ACK_TIMEOUT, receive(&link, peer, send, recv)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => warn!(peer = %peer.short(), error = %e, "bad chat stream"),
                 Err(_) => warn!(peer = %peer.short(), "chat stream stalled; dropped"),
             }
-        });
+        }));
     }
 }
 

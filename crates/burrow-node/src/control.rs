@@ -35,11 +35,11 @@ pub(crate) async fn serve(node: Node, listener: UnixListener) {
             }
             Ok((stream, _)) => {
                 let node = node.clone();
-                tokio::spawn(async move {
+                tokio::spawn(tracing::Instrument::in_current_span(async move {
                     if let Err(e) = client(node, stream).await {
                         debug!(error = %e, "control client ended");
                     }
-                });
+                }));
             }
             Err(e) => {
                 warn!(error = %e, "control socket accept failed");

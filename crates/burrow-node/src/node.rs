@@ -16,6 +16,7 @@ use burrow_store::{NodeStore, StoredMessage};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::api::{ConnectionState, ConnectionView, MessageView, PeerView, StatusView};
 use crate::config::NodeConfig;
@@ -198,6 +199,9 @@ pub(crate) struct Inner {
     pub shutdown: CancellationToken,
     /// The services peers reach, by ALPN.
     pub router: crate::service::Router,
+    /// `node{id, name}`: every task of this node runs in it, so the logs of
+    /// several nodes in one process can be told apart.
+    pub span: tracing::Span,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// The home directory's lock, held until shutdown.
     lock: Mutex<Option<File>>,
@@ -224,8 +228,14 @@ impl Inner {
         Ok(conn)
     }
 
+    /// Runs `fut` as one of the node's tasks (stopped at shutdown), in the
+    /// span it was spawned from (a link's, a connection's), or the node's.
     pub fn spawn(self: &Arc<Self>, fut: impl std::future::Future<Output = ()> + Send + 'static) {
-        let handle = tokio::spawn(fut);
+        let span = match tracing::Span::current() {
+            s if s.is_none() => self.span.clone(),
+            s => s,
+        };
+        let handle = tokio::spawn(fut.instrument(span));
         let mut tasks = self.tasks.lock().expect("tasks lock is never poisoned");
         tasks.retain(|t| !t.is_finished());
         tasks.push(handle);
@@ -496,6 +506,15 @@ impl Node {
     /// registers with the server (failing if that is refused), and opens the
     /// control socket.
     pub async fn start(config: NodeConfig) -> Result<Node, StartError> {
+        let span = tracing::info_span!(
+            "node",
+            id = %config.secret.public().short(),
+            name = %config.name
+        );
+        Self::start_in(config, span.clone()).instrument(span).await
+    }
+
+    async fn start_in(config: NodeConfig, span: tracing::Span) -> Result<Node, StartError> {
         let home = config.home.clone();
         let home_err = |source| StartError::Home {
             path: home.clone(),
@@ -550,6 +569,7 @@ impl Node {
             events,
             shutdown: CancellationToken::new(),
             router,
+            span,
             tasks: Mutex::new(Vec::new()),
             lock: Mutex::new(Some(lock)),
         });

@@ -566,51 +566,64 @@ pub(crate) async fn accept_loop(inner: Arc<Inner>) {
         };
         let Some(incoming) = incoming else { return };
         let inner = inner.clone();
-        tokio::spawn(async move {
-            let remote = incoming.remote_address();
-            let conn = match incoming.await {
-                Ok(c) => c,
-                Err(e) => {
-                    debug!(%remote, error = %e, "incoming handshake failed");
+        let remote = incoming.remote_address();
+        let span = tracing::debug_span!(parent: &inner.span, "incoming", %remote);
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let conn = match incoming.await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        debug!(%remote, error = %e, "incoming handshake failed");
+                        return;
+                    }
+                };
+                let Some(peer) = burrow_net::peer_id(&conn) else {
+                    return;
+                };
+                // (The handshake offers only the router's ALPNs.)
+                let alpn = burrow_net::alpn(&conn).unwrap_or_default();
+                let Some(service) = inner.router.route(&alpn) else {
+                    return;
+                };
+                let admitted = {
+                    let st = inner.state();
+                    // Serverless, a mesh connection from a stranger may be someone
+                    // joining from our ticket: its Hello must prove it; the other
+                    // services wait for that proof (a live mesh link).
+                    let accepted = st.peers.get(&peer).is_some_and(|p| p.accepted);
+                    let serverless = st.mesh.secret.is_some();
+                    !st.conduct.refused(&peer)
+                        && match (serverless, service.admission()) {
+                            (false, _) => accepted,
+                            (true, Admission::ProvesMembership) => true,
+                            (true, Admission::Linked) => {
+                                accepted && st.mesh.links.contains_key(&peer)
+                            }
+                        }
+                };
+                // A connection through a link's virtual address must come from that
+                // link's peer.
+                let paths = inner.endpoint.paths();
+                let wrong_path =
+                    burrow_net::paths::is_virtual(remote) && paths.peer_of(remote) != Some(peer);
+                if !admitted || wrong_path {
+                    warn!(peer = %peer.short(), %remote, "refusing connection from a peer we did not accept");
+                    conn.close(burrow_net::Close::NotAccepted.code(), b"not accepted");
                     return;
                 }
-            };
-            let Some(peer) = burrow_net::peer_id(&conn) else {
-                return;
-            };
-            // (The handshake offers only the router's ALPNs.)
-            let alpn = burrow_net::alpn(&conn).unwrap_or_default();
-            let Some(service) = inner.router.route(&alpn) else {
-                return;
-            };
-            let admitted = {
-                let st = inner.state();
-                // Serverless, a mesh connection from a stranger may be someone
-                // joining from our ticket: its Hello must prove it; the other
-                // services wait for that proof (a live mesh link).
-                let accepted = st.peers.get(&peer).is_some_and(|p| p.accepted);
-                let serverless = st.mesh.secret.is_some();
-                !st.conduct.refused(&peer)
-                    && match (serverless, service.admission()) {
-                        (false, _) => accepted,
-                        (true, Admission::ProvesMembership) => true,
-                        (true, Admission::Linked) => accepted && st.mesh.links.contains_key(&peer),
-                    }
-            };
-            // A connection through a link's virtual address must come from that
-            // link's peer.
-            let paths = inner.endpoint.paths();
-            let wrong_path =
-                burrow_net::paths::is_virtual(remote) && paths.peer_of(remote) != Some(peer);
-            if !admitted || wrong_path {
-                warn!(peer = %peer.short(), %remote, "refusing connection from a peer we did not accept");
-                conn.close(burrow_net::Close::NotAccepted.code(), b"not accepted");
-                return;
-            }
-            service
-                .accept(LinkHandle::new(inner.clone()), peer, conn)
-                .await;
-        });
+                // (A child of the node's span itself: the `incoming` span
+                // is off unless debugging.)
+                let span = tracing::info_span!(
+                    parent: &inner.span,
+                    "conn",
+                    peer = %peer.short(),
+                    alpn = %String::from_utf8_lossy(service.alpn())
+                );
+                let serving = service.accept(LinkHandle::new(inner.clone()), peer, conn);
+                tracing::Instrument::instrument(serving, span).await;
+            },
+            span,
+        ));
     }
 }
 
@@ -647,33 +660,37 @@ fn register(inner: &Arc<Inner>, peer: NodeId, conn: quinn::Connection, dialed: b
         inner.spawn(crate::mesh::dial(inner.clone(), peer));
     }
     let inner2 = inner.clone();
-    inner.spawn(async move {
-        crate::chat::serve(&LinkHandle::new(inner2.clone()), peer, &conn).await;
-        let reason = conn
-            .close_reason()
-            .map(|r| r.to_string())
-            .unwrap_or_else(|| "closed".into());
-        let name = {
-            let mut st = inner2.state();
-            let Some(p) = st.peers.get_mut(&peer) else {
-                return;
+    let span = tracing::info_span!("link", peer = %peer.short());
+    inner.spawn(tracing::Instrument::instrument(
+        async move {
+            crate::chat::serve(&LinkHandle::new(inner2.clone()), peer, &conn).await;
+            let reason = conn
+                .close_reason()
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "closed".into());
+            let name = {
+                let mut st = inner2.state();
+                let Some(p) = st.peers.get_mut(&peer) else {
+                    return;
+                };
+                p.conns.retain(|c| c.stable_id() != conn.stable_id());
+                if p.connected() {
+                    debug!(peer = %peer.short(), %reason, "a spare connection closed");
+                    return;
+                }
+                // Admission lapses only after a grace window: the connection that
+                // closed may be the loser of two that raced, the winner still on its
+                // way, or the peer may be reconnecting after a network change.
+                let name = st.name_of(&peer);
+                drop(st);
+                inner2.spawn(admission_deadline(inner2.clone(), peer));
+                name
             };
-            p.conns.retain(|c| c.stable_id() != conn.stable_id());
-            if p.connected() {
-                debug!(peer = %peer.short(), %reason, "a spare connection closed");
-                return;
-            }
-            // Admission lapses only after a grace window: the connection that
-            // closed may be the loser of two that raced, the winner still on its
-            // way, or the peer may be reconnecting after a network change.
-            let name = st.name_of(&peer);
-            drop(st);
-            inner2.spawn(admission_deadline(inner2.clone(), peer));
-            name
-        };
-        info!(peer = %peer.short(), %reason, "disconnected");
-        inner2.emit(NodeEvent::Disconnected { name, reason });
-    });
+            info!(peer = %peer.short(), %reason, "disconnected");
+            inner2.emit(NodeEvent::Disconnected { name, reason });
+        },
+        span,
+    ));
 }
 
 #[cfg(test)]

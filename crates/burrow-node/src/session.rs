@@ -727,7 +727,7 @@ async fn serve(inner: &Arc<Inner>, session: Session) -> SessionError {
         mut rx,
     } = session;
     // Writes run in their own task: a read cancelled mid-frame would corrupt the stream.
-    let writer_task = tokio::spawn(async move {
+    let writer_task = tokio::spawn(tracing::Instrument::in_current_span(async move {
         while let Some(msg) = rx.recv().await {
             let bye = msg == ClientMsg::Bye;
             if writer.write(&msg).await.is_err() || bye {
@@ -735,7 +735,7 @@ async fn serve(inner: &Arc<Inner>, session: Session) -> SessionError {
             }
         }
         writer.finish();
-    });
+    }));
     let error = loop {
         let msg = tokio::select! {
             _ = inner.shutdown.cancelled() => {

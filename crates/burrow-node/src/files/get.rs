@@ -358,13 +358,17 @@ impl Node {
         let active = Arc::new(AtomicUsize::new(0));
         let mut tasks = tokio::task::JoinSet::new();
         for (id, name) in providers {
-            tasks.spawn(provide(
-                self.clone(),
-                plan.clone(),
-                id,
-                name,
-                active.clone(),
-                updates.clone(),
+            let span = tracing::info_span!("provider", peer = %id.short());
+            tasks.spawn(tracing::Instrument::instrument(
+                provide(
+                    self.clone(),
+                    plan.clone(),
+                    id,
+                    name,
+                    active.clone(),
+                    updates.clone(),
+                ),
+                span,
             ));
         }
         let mut progress = tokio::time::interval(PROGRESS_EVERY);
@@ -484,7 +488,7 @@ async fn provide(
     for _ in 0..STREAMS_PER_PROVIDER {
         let (plan, conn, sent) = (plan.clone(), conn.clone(), sent.clone());
         let (failed, stop) = (failed.clone(), stop.clone());
-        workers.spawn(async move {
+        workers.spawn(tracing::Instrument::in_current_span(async move {
             while !stop.load(Ordering::Relaxed) {
                 let piece = match plan.take(id) {
                     Take::Done => return,
@@ -541,7 +545,7 @@ async fn provide(
                     }
                 }
             }
-        });
+        }));
     }
     while workers.join_next().await.is_some() {}
     active.fetch_sub(1, Ordering::Relaxed);

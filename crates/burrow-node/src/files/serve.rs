@@ -46,11 +46,11 @@ pub(crate) async fn serve(inner: Arc<Inner>, peer: NodeId, conn: quinn::Connecti
     }
     while let Ok((send, recv)) = conn.accept_bi().await {
         let inner = inner.clone();
-        tokio::spawn(async move {
+        tokio::spawn(tracing::Instrument::in_current_span(async move {
             if let Err(e) = answer(&inner, send, recv).await {
                 debug!(peer = %peer.short(), error = %e, "files request ended");
             }
-        });
+        }));
     }
     let mut st = inner.state();
     if let Some(open) = st.files_serving.get_mut(&peer) {

@@ -199,6 +199,7 @@ pub(crate) async fn accept(inner: Arc<Inner>, peer: NodeId, conn: quinn::Connect
 }
 
 /// Runs one mesh session until its connection ends.
+#[tracing::instrument(name = "mesh", skip_all, fields(peer = %peer.short()))]
 pub(crate) async fn run(
     inner: Arc<Inner>,
     peer: NodeId,
@@ -208,7 +209,7 @@ pub(crate) async fn run(
     dialed: bool,
 ) {
     let (tx, mut rx) = mpsc::channel::<MeshFrame>(OUTBOX);
-    let writer = tokio::spawn(async move {
+    let writer = tokio::spawn(tracing::Instrument::in_current_span(async move {
         let mut w = FrameWriter::new(send, mesh::VERSION, mesh::MAX_FRAME);
         while let Some(f) = rx.recv().await {
             if w.write(&f).await.is_err() {
@@ -216,7 +217,7 @@ pub(crate) async fn run(
             }
         }
         w.finish();
-    });
+    }));
     // Serverless, the side that was dialed speaks only after the dialer proved
     // it is a member: a stranger learns nothing.
     let hello_first = dialed || inner.state().mesh.secret.is_none();
@@ -250,13 +251,16 @@ pub(crate) async fn run(
     }
     join::linked(&inner, peer, dialed);
     let clock_inner = inner.clone();
-    let pinger = tokio::spawn(clock::probe(tx.clone(), move || clock_inner.wall_us()));
+    let pinger = tokio::spawn(tracing::Instrument::in_current_span(clock::probe(
+        tx.clone(),
+        move || clock_inner.wall_us(),
+    )));
     drop(tx);
 
     // Frames are read in their own task (a read must never be cancelled midway)
     // and handled here, where runs of reconciled posts are stored in batches.
     let (ftx, mut frx) = mpsc::channel::<MeshFrame>(256);
-    let read_task = tokio::spawn(async move {
+    let read_task = tokio::spawn(tracing::Instrument::in_current_span(async move {
         loop {
             match reader.read::<MeshFrame>().await {
                 Ok(Some(f)) => {
@@ -271,7 +275,7 @@ pub(crate) async fn run(
                 }
             }
         }
-    });
+    }));
     'frames: while let Some(first) = frx.recv().await {
         let mut next = Some(first);
         while let Some(frame) = next.take() {
