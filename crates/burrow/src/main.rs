@@ -5,7 +5,7 @@
 mod admin;
 mod client;
 mod demo;
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", feature = "lab"))]
 mod demo_lab;
 mod files;
 mod forum;
@@ -75,7 +75,8 @@ enum Command {
     /// Run a server and two nodes on this machine and show them connect and chat.
     Demo {
         /// Behind real NATs: build a small internet in network namespaces (root
-        /// needed) with alice, bob and carol behind three NAT routers.
+        /// needed) with alice, bob and carol behind three NAT routers (in a
+        /// burrow built with `--features lab`).
         #[arg(long)]
         lab: bool,
     },
@@ -361,9 +362,17 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", feature = "lab"))]
 async fn demo_lab() -> Result<(), CliError> {
     demo_lab::run().await
+}
+
+#[cfg(all(target_os = "linux", not(feature = "lab")))]
+async fn demo_lab() -> Result<(), CliError> {
+    Err(CliError::new(
+        "this burrow was built without the lab",
+        Some("sudo cargo run --release --features lab -- demo --lab".into()),
+    ))
 }
 
 #[cfg(not(target_os = "linux"))]
