@@ -15,8 +15,10 @@ use burrow_store::{Contact, NodeStore, StoreError};
 use tracing::{info, warn};
 
 use crate::api::{ContactView, SettingsView};
+use crate::error::ApiError;
 use crate::event::NodeEvent;
-use crate::node::{resolve, ApiError, Inner, Node, RequestOp, State};
+use crate::node::{Inner, Node, RequestOp};
+use crate::state::{resolve, State};
 
 /// The settings key of the incoming policy.
 const INCOMING_KEY: &str = "incoming";

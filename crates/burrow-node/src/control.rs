@@ -12,8 +12,9 @@ use tokio::net::{UnixListener, UnixStream};
 use tracing::{debug, warn};
 
 use crate::api::{Reply, Request};
+use crate::error::ApiError;
 use crate::event::NodeEvent;
-use crate::node::{ApiError, Node};
+use crate::node::Node;
 
 /// Longest request line accepted.
 pub const MAX_LINE: usize = 64 * 1024;

@@ -14,8 +14,9 @@ use burrow_proto::NodeId;
 use burrow_store::NodeStore;
 use serde::{Deserialize, Serialize};
 
+use crate::error::ApiError;
 use crate::event::NodeEvent;
-use crate::node::{ApiError, Node};
+use crate::node::Node;
 
 /// One post, as `forum --json` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -360,7 +360,7 @@ pub(crate) fn refresh_mapping(inner: &Arc<Inner>) {
 }
 
 /// Tells the server what we know of our NAT now (its mapping, our port mapping).
-pub(crate) fn report(st: &crate::node::State) {
+pub(crate) fn report(st: &crate::state::State) {
     if let Some(tx) = &st.server_tx {
         let _ = tx.try_send(ClientMsg::Nat { nat: st.nat_info() });
     }

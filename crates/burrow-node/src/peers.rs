@@ -35,8 +35,9 @@ use tracing::{debug, info, warn};
 
 use crate::api::ConnectionState;
 use crate::event::NodeEvent;
-use crate::node::{Inner, MAX_CONNS_PER_PEER};
+use crate::node::Inner;
 use crate::service::{Admission, LinkHandle, Service, Serving};
+use crate::state::MAX_CONNS_PER_PEER;
 use crate::PathPolicy;
 use burrow_proto::punch::policy::{self, Dial, Facts, Plan, Repunch};
 

@@ -10,7 +10,9 @@ use burrow_proto::{Name, NodeId};
 use tokio::sync::oneshot;
 use tracing::debug;
 
-use crate::node::{resolve, ApiError, Inner, Node, State, SERVER_ANSWER_TIMEOUT};
+use crate::error::ApiError;
+use crate::node::{Inner, Node, SERVER_ANSWER_TIMEOUT};
+use crate::state::{resolve, State};
 
 /// Whom the node asks the server to watch: its contacts and linked peers.
 fn watch_list(st: &State) -> Vec<NodeId> {

@@ -922,7 +922,7 @@ fn handle(inner: &Arc<Inner>, msg: ServerMsg) {
 
 /// Answers the operation waiting on `peer`, if `answers` says this reply is its.
 fn resolve_waiter(
-    st: &mut crate::node::State,
+    st: &mut crate::state::State,
     peer: NodeId,
     answers: impl Fn(RequestOp) -> bool,
     result: Result<(), Refusal>,

@@ -19,7 +19,8 @@ use tracing::{info, warn};
 
 use super::fetch::{fetch_piece, prove_size, PieceError, Plan, Take, STREAMS_PER_PROVIDER};
 use crate::api::{GetUpdate, GetView};
-use crate::node::{ApiError, Inner, Node};
+use crate::error::ApiError;
+use crate::node::{Inner, Node};
 
 /// How long `get` waits for a provider we are not connected to to accept.
 const ACCEPT_WAIT: Duration = Duration::from_secs(60);

@@ -36,7 +36,9 @@ use burrow_store::StoredShare;
 use tracing::{debug, info};
 
 use crate::api::{FileView, ProviderView, SearchView, ShareView};
-use crate::node::{resolve, ApiError, Inner, Node};
+use crate::error::ApiError;
+use crate::node::{Inner, Node};
+use crate::state::resolve;
 
 /// Bytes a peer may send ahead on one stream: two pieces, so a piece's request
 /// never waits on credit. quinn's default (1.25 MB) would cap one stream at

@@ -226,7 +226,7 @@ fn send(inner: &Inner, peer: NodeId, frame: MeshFrame) {
 }
 
 /// Queues `frame` on `peer`'s link, if it has one and room.
-fn send_locked(st: &crate::node::State, peer: NodeId, frame: MeshFrame) {
+fn send_locked(st: &crate::state::State, peer: NodeId, frame: MeshFrame) {
     if let Some(l) = st.mesh.links.get(&peer) {
         let _ = l.tx.try_send(frame);
     }

@@ -32,8 +32,10 @@ use burrow_proto::{Name, NodeId};
 use rand::seq::SliceRandom;
 use tracing::{debug, info, warn};
 
-use crate::node::{ApiError, Inner, State};
+use crate::error::ApiError;
+use crate::node::Inner;
 use crate::peers;
+use crate::state::State;
 
 /// The store setting holding the network's secret.
 pub(crate) const SECRET_SETTING: &str = "mesh_secret";
@@ -351,7 +353,8 @@ pub(crate) fn introduced(
         }
         let linked = st.mesh.links.contains_key(&other)
             || st.peers.get(&other).is_some_and(|p| p.connected());
-        let table_full = !st.peers.contains_key(&other) && st.peers.len() >= crate::node::MAX_PEERS;
+        let table_full =
+            !st.peers.contains_key(&other) && st.peers.len() >= crate::state::MAX_PEERS;
         // Only what we asked for: the introduction we sought (we dial), or one
         // we agreed to meet from this very introducer (we wait to be dialed).
         let asked = if dial {

@@ -388,7 +388,7 @@ fn admit(
             warn!(peer = %peer.short(), "mesh Hello without a valid membership proof");
             return Err("not a member");
         }
-        if !st.peers.contains_key(&peer) && st.peers.len() >= crate::node::MAX_PEERS {
+        if !st.peers.contains_key(&peer) && st.peers.len() >= crate::state::MAX_PEERS {
             return Err("peer table full");
         }
         let p = st.peers.entry(peer).or_default();
