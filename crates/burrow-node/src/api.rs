@@ -377,3 +377,30 @@ pub struct SettingsView {
     /// What happens to connect requests: `ask`, `contacts-only` or `anyone`.
     pub incoming: String,
 }
+
+/// One post, as `forum --json` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostView {
+    /// Its id (hex).
+    pub id: String,
+    /// The id of the post it answers.
+    pub parent: Option<String>,
+    /// The author's id.
+    pub author: String,
+    /// The name the author gave itself in the post.
+    pub author_name: String,
+    /// Whether that name is the author's as far as this node knows: the name
+    /// the server binds to the author's key, a contact's name, or ours. A
+    /// post's name is whatever its author claims; `forum` shows the short id
+    /// beside one that isn't vouched for.
+    pub author_verified: bool,
+    /// Its topic.
+    pub topic: String,
+    /// The text.
+    pub text: String,
+    /// When it was written (RFC 3339, the author's clock as the hybrid logical
+    /// clock carried it).
+    pub created_at: String,
+    /// The hybrid logical clock reading posts are ordered by.
+    pub hlc: u64,
+}

@@ -5,14 +5,15 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use burrow_net::{FrameReader, FrameWriter, FramedError};
-use burrow_proto::chat::{self, ChatFrame};
+use burrow_proto::chat::{self, ChatFrame, MessageId};
 use burrow_proto::NodeId;
 use burrow_store::{MessageKind, StoredMessage};
 use tracing::{debug, warn};
 
+use crate::api::MessageView;
+use crate::error::ApiError;
 use crate::event::NodeEvent;
-use crate::node::Inner;
-use crate::service::LinkHandle;
+use crate::service::{LinkEvent, LinkHandle, Service, Serving};
 
 /// How long a sender waits for the ack.
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -32,6 +33,135 @@ pub enum ChatError {
     /// The peer answered something other than our ack.
     #[error("the peer answered with something other than an ack")]
     BadAck,
+}
+
+/// The chat service. Its connection is the peer's link (`burrow/chat/1`):
+/// the link registers it, then hands it here.
+pub(crate) struct Chat {
+    link: LinkHandle,
+}
+
+impl Service for Chat {
+    fn alpn(&self) -> &'static [u8] {
+        chat::ALPN
+    }
+
+    fn accept(self: Arc<Self>, peer: NodeId, conn: quinn::Connection) -> Serving {
+        Box::pin(async move { serve(&self.link, peer, &conn).await })
+    }
+
+    fn on_link(self: Arc<Self>, event: &LinkEvent) {
+        if let LinkEvent::Notice { text, everyone } = event {
+            self.notice(text.clone(), *everyone);
+        }
+    }
+}
+
+impl Chat {
+    pub(crate) fn new(link: LinkHandle) -> Arc<Chat> {
+        Arc::new(Chat { link })
+    }
+
+    /// Sends `text` to `peer` over our connection. Returns once the peer has
+    /// stored it; only then is it stored here as sent.
+    pub async fn send(&self, peer: &str, text: &str) -> Result<MessageView, ApiError> {
+        if text.is_empty() || text.len() > chat::MAX_TEXT {
+            return Err(ApiError::BadText);
+        }
+        let id = self.link.resolve(peer).await?;
+        let name = self.link.shown_name(&id);
+        let conn = self
+            .link
+            .link_conn(&id)
+            .ok_or_else(|| ApiError::NotConnected(name.clone()))?;
+        let mut msg = StoredMessage {
+            id: MessageId::random(&mut rand::thread_rng()),
+            from: self.link.id(),
+            from_name: self.link.config().name.to_string(),
+            from_verified: true,
+            to: id,
+            text: text.to_string(),
+            sent_at_ms: burrow_proto::time::unix_ms(SystemTime::now()),
+            received_at_ms: 0,
+            kind: burrow_store::MessageKind::Chat,
+        };
+        send(&conn, &msg)
+            .await
+            .map_err(|e| ApiError::NotDelivered {
+                name,
+                reason: e.to_string(),
+            })?;
+        msg.received_at_ms = burrow_proto::time::unix_ms(SystemTime::now());
+        let stored = msg.clone();
+        self.link
+            .with_store(move |s| s.insert_message(&stored))
+            .await?;
+        let shown = view(&self.link, &msg);
+        self.link.emit(NodeEvent::Message(shown.clone()));
+        Ok(shown)
+    }
+
+    /// The newest `limit` messages, oldest first.
+    pub async fn messages(&self, limit: usize) -> Result<Vec<MessageView>, ApiError> {
+        let stored = self.link.with_store(move |s| s.messages(limit)).await?;
+        Ok(stored.iter().map(|m| view(&self.link, m)).collect())
+    }
+
+    /// Stores a notice from the server's operator in the chat history (from the
+    /// server's key, named "server") and shows it like a message.
+    fn notice(&self, text: String, everyone: bool) {
+        if text.is_empty() || text.len() > burrow_proto::rendezvous::MAX_NOTICE {
+            warn!(len = text.len(), "ignoring a server notice of bad length");
+            return;
+        }
+        let Some(server) = self.link.server_id() else {
+            return;
+        };
+        let now = burrow_proto::time::unix_ms(SystemTime::now());
+        let m = StoredMessage {
+            id: burrow_proto::chat::MessageId::random(&mut rand::thread_rng()),
+            from: server,
+            from_name: "server".into(),
+            from_verified: true,
+            to: self.link.id(),
+            text,
+            sent_at_ms: now,
+            received_at_ms: now,
+            kind: if everyone {
+                MessageKind::NoticeToAll
+            } else {
+                MessageKind::NoticeToUs
+            },
+        };
+        let link = self.link.clone();
+        self.link.spawn(async move {
+            let stored = m.clone();
+            if let Err(e) = link.with_store(move |s| s.insert_message(&stored)).await {
+                warn!(error = %e, "cannot store a server notice");
+            }
+            link.emit(NodeEvent::Message(view(&link, &m)));
+        });
+    }
+}
+
+/// A message as the API shows it.
+fn view(link: &LinkHandle, m: &StoredMessage) -> MessageView {
+    let rfc3339 =
+        |ms| humantime::format_rfc3339_millis(burrow_proto::time::from_unix_ms(ms)).to_string();
+    // Vouched for when it came, or since (its author saved as a contact).
+    let from_verified = m.from_verified || link.vouched_name(&m.from, &m.from_name);
+    MessageView {
+        id: m.id.to_string(),
+        from: m.from.to_string(),
+        from_name: m.from_name.clone(),
+        from_verified,
+        to: m.to.to_string(),
+        text: m.text.clone(),
+        sent_at: rfc3339(m.sent_at_ms),
+        received_at: rfc3339(m.received_at_ms),
+        from_server: m.kind != burrow_store::MessageKind::Chat,
+        everyone: m.kind == burrow_store::MessageKind::NoticeToAll,
+    }
 }
 
 /// Sends `m` over `conn` and waits for the receiver's ack, all within
@@ -111,8 +241,7 @@ async fn receive(
         kind: MessageKind::Chat,
     };
     let stored = m.clone();
-    let node = link.node();
-    let fresh = match node.with_store(move |s| s.insert_message(&stored)).await {
+    let fresh = match link.with_store(move |s| s.insert_message(&stored)).await {
         Ok(fresh) => fresh,
         Err(e) => {
             // Not stored, so not acknowledged: the sender reports it undelivered.
@@ -123,43 +252,7 @@ async fn receive(
     writer.write(&ChatFrame::Ack { id }).await?;
     writer.finish();
     if fresh {
-        link.emit(NodeEvent::Message(node.message_view(&m)));
+        link.emit(NodeEvent::Message(view(link, &m)));
     }
     Ok(())
-}
-
-/// Stores a notice from the server's operator in the chat history (from the
-/// server's key, named "server") and shows it like a message.
-pub(crate) fn notice(inner: &Arc<Inner>, text: String, everyone: bool) {
-    if text.is_empty() || text.len() > burrow_proto::rendezvous::MAX_NOTICE {
-        warn!(len = text.len(), "ignoring a server notice of bad length");
-        return;
-    }
-    let Some(server) = inner.state().server_id else {
-        return;
-    };
-    let now = burrow_proto::time::unix_ms(SystemTime::now());
-    let m = StoredMessage {
-        id: burrow_proto::chat::MessageId::random(&mut rand::thread_rng()),
-        from: server,
-        from_name: "server".into(),
-        from_verified: true,
-        to: inner.id,
-        text,
-        sent_at_ms: now,
-        received_at_ms: now,
-        kind: if everyone {
-            MessageKind::NoticeToAll
-        } else {
-            MessageKind::NoticeToUs
-        },
-    };
-    let inner2 = inner.clone();
-    inner.spawn(async move {
-        let stored = m.clone();
-        if let Err(e) = inner2.with_store(move |s| s.insert_message(&stored)).await {
-            warn!(error = %e, "cannot store a server notice");
-        }
-        inner2.emit(NodeEvent::Message(inner2.message_view(&m)));
-    });
 }

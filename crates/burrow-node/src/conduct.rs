@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use burrow_proto::NodeId;
 use tracing::warn;
 
-use crate::node::Inner;
+use crate::link::Inner;
 
 /// Strikes after which a peer is refused.
 pub(crate) const STRIKE_LIMIT: u32 = 3;
@@ -79,11 +79,11 @@ impl Conduct {
 
 /// Counts a strike against `peer` for `what`; at the limit, closes every
 /// connection with it.
-pub(crate) fn strike(inner: &Inner, peer: NodeId, what: &str) {
+pub(crate) fn strike(inner: &Inner, peer: NodeId, what: &str) -> bool {
     let conns = {
         let mut st = inner.state();
         if !st.conduct.strike(peer) {
-            return;
+            return false;
         }
         st.peers
             .get(&peer)
@@ -94,6 +94,7 @@ pub(crate) fn strike(inner: &Inner, peer: NodeId, what: &str) {
     for c in conns {
         c.close(burrow_net::Close::Misbehaved.code(), b"misbehaving");
     }
+    true
 }
 
 #[cfg(test)]

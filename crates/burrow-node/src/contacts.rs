@@ -17,7 +17,7 @@ use tracing::{info, warn};
 use crate::api::{ContactView, SettingsView};
 use crate::error::ApiError;
 use crate::event::NodeEvent;
-use crate::node::{Inner, Node, RequestOp};
+use crate::link::{Inner, RequestOp};
 use crate::state::{resolve, State};
 
 /// The settings key of the incoming policy.
@@ -126,14 +126,12 @@ pub(crate) fn answer_for_user(inner: &Arc<Inner>, id: NodeId, name: String, answ
         Answer::Accept(why) => (RequestOp::Accept, true, why),
         Answer::Reject(why) => (RequestOp::Reject, false, why),
     };
-    let node = Node {
-        inner: inner.clone(),
-    };
+    let node = inner.clone();
     inner.spawn(async move {
         match node.request(&id.to_string(), op).await {
             Ok(()) => {
                 info!(peer = %id.short(), accepted, why, "answered a request by the settings");
-                node.inner.emit(NodeEvent::RequestAnswered {
+                node.emit(NodeEvent::RequestAnswered {
                     name,
                     accepted,
                     why,
@@ -144,17 +142,17 @@ pub(crate) fn answer_for_user(inner: &Arc<Inner>, id: NodeId, name: String, answ
     });
 }
 
-impl Node {
+impl Inner {
     /// Adds `add` or removes `remove` (names or id prefixes), then lists the contacts.
     pub async fn contacts(
-        &self,
+        self: &Arc<Self>,
         add: Option<&str>,
         remove: Option<&str>,
     ) -> Result<Vec<ContactView>, ApiError> {
         if let Some(peer) = add {
             self.find_peer(peer).await?;
             let (id, name) = {
-                let st = self.inner.state();
+                let st = self.state();
                 let id = resolve(&st, peer)?;
                 let name = st
                     .claimed_name(&id)
@@ -166,15 +164,13 @@ impl Node {
                 name: name.clone(),
                 added_at_ms: burrow_proto::time::unix_ms(SystemTime::now()),
             };
-            self.inner
-                .with_store(move |s| s.add_contact(&contact))
-                .await?;
-            self.inner.state().contacts.ids.insert(id, name);
-            crate::presence::set_watch(&self.inner, id, true);
+            self.with_store(move |s| s.add_contact(&contact)).await?;
+            self.state().contacts.ids.insert(id, name);
+            crate::presence::set_watch(self, id, true);
         }
         if let Some(peer) = remove {
             let id = {
-                let st = self.inner.state();
+                let st = self.state();
                 let wanted = peer.trim().to_ascii_lowercase();
                 let found = st
                     .contacts
@@ -184,13 +180,11 @@ impl Node {
                     .map(|(id, _)| *id);
                 found.ok_or_else(|| ApiError::NotAContact(peer.to_string()))?
             };
-            self.inner
-                .with_store(move |s| s.remove_contact(&id))
-                .await?;
-            self.inner.state().contacts.ids.remove(&id);
-            crate::presence::set_watch(&self.inner, id, false);
+            self.with_store(move |s| s.remove_contact(&id)).await?;
+            self.state().contacts.ids.remove(&id);
+            crate::presence::set_watch(self, id, false);
         }
-        let st = self.inner.state();
+        let st = self.state();
         let mut list: Vec<ContactView> = st
             .contacts
             .ids
@@ -206,17 +200,19 @@ impl Node {
     }
 
     /// Sets what happens to incoming requests (if given), then shows the settings.
-    pub async fn settings(&self, incoming: Option<&str>) -> Result<SettingsView, ApiError> {
+    pub async fn settings(
+        self: &Arc<Self>,
+        incoming: Option<&str>,
+    ) -> Result<SettingsView, ApiError> {
         if let Some(value) = incoming {
             let policy: Incoming = value.parse()?;
             let stored = policy.to_string();
-            self.inner
-                .with_store(move |s| s.set_setting(INCOMING_KEY, stored.as_bytes()))
+            self.with_store(move |s| s.set_setting(INCOMING_KEY, stored.as_bytes()))
                 .await?;
-            self.inner.state().contacts.incoming = policy;
+            self.state().contacts.incoming = policy;
         }
         Ok(SettingsView {
-            incoming: self.inner.state().contacts.incoming.to_string(),
+            incoming: self.state().contacts.incoming.to_string(),
         })
     }
 }

@@ -23,6 +23,17 @@ pub const DEFAULT_MESSAGES: usize = 100;
 
 pub use burrow_net::control::{bind, socket_path, unlink};
 
+impl Node {
+    /// Starts a node: locks the home directory, opens the store, binds the socket,
+    /// registers with the server (failing if that is refused), and opens the
+    /// control socket.
+    pub async fn start(config: crate::NodeConfig) -> Result<Node, crate::StartError> {
+        let (node, listener) = Node::launch(config).await?;
+        node.inner.spawn(serve(node.clone(), listener));
+        Ok(node)
+    }
+}
+
 /// Serves control clients until shutdown.
 pub(crate) async fn serve(node: Node, listener: UnixListener) {
     loop {

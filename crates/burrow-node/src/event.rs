@@ -105,7 +105,7 @@ pub enum NodeEvent {
     /// A chat message arrived or was delivered.
     Message(MessageView),
     /// A forum post arrived, or we wrote one.
-    Post(crate::forum::PostView),
+    Post(crate::api::PostView),
     /// A shared file is no longer offered.
     ShareWithdrawn {
         /// Its share name.

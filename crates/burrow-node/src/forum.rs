@@ -7,69 +7,19 @@
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use burrow_proto::forum::{Post, PostId, Topic, MAX_TEXT};
 use burrow_proto::mesh::MeshFrame;
 use burrow_proto::NodeId;
 use burrow_store::NodeStore;
-use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
 use crate::event::NodeEvent;
-use crate::node::Node;
+use crate::mesh::Mesh;
 
-/// One post, as `forum --json` lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PostView {
-    /// Its id (hex).
-    pub id: String,
-    /// The id of the post it answers.
-    pub parent: Option<String>,
-    /// The author's id.
-    pub author: String,
-    /// The name the author gave itself in the post.
-    pub author_name: String,
-    /// Whether that name is the author's as far as this node knows: the name
-    /// the server binds to the author's key, a contact's name, or ours. A
-    /// post's name is whatever its author claims; `forum` shows the short id
-    /// beside one that isn't vouched for.
-    pub author_verified: bool,
-    /// Its topic.
-    pub topic: String,
-    /// The text.
-    pub text: String,
-    /// When it was written (RFC 3339, the author's clock as the hybrid logical
-    /// clock carried it).
-    pub created_at: String,
-    /// The hybrid logical clock reading posts are ordered by.
-    pub hlc: u64,
-}
-
-/// Whether `name` is `id`'s as far as a reader knows: the reader's own
-/// (`me`, when `id` may be the reader), the name a contact was saved under, or
-/// the name the server binds to the key. Anything else is only what the
-/// author (of a post, a chat message, a serverless hello) claims. The one
-/// rule for every name burrow shows.
-pub fn vouched(
-    id: &NodeId,
-    name: &str,
-    me: Option<&NodeId>,
-    contact: Option<&str>,
-    server_binding: Option<&str>,
-) -> bool {
-    me == Some(id) || contact == Some(name) || server_binding == Some(name)
-}
-
-/// A name as people read it: the name when vouched for, else the name with
-/// the short form of `id` (a key in hex) beside it, so `alice [3f9a1c2e]` can't
-/// pass for alice.
-pub fn shown(name: &str, id: &str, vouched: bool) -> String {
-    if vouched {
-        name.to_string()
-    } else {
-        format!("{name} [{}]", id.get(..NodeId::SHORT_LEN).unwrap_or(id))
-    }
-}
+pub use crate::api::PostView;
+pub use crate::names::{shown, vouched};
 
 /// Sets [`PostView::author_verified`] on `posts` by `vouched(author, name)`.
 pub fn mark_vouched(posts: &mut [PostView], vouched: impl Fn(&NodeId, &str) -> bool) {
@@ -265,11 +215,11 @@ pub fn tree(posts: Vec<PostView>, root: Option<&str>) -> Tree {
     Tree { threads, lost }
 }
 
-impl Node {
+impl Mesh {
     /// Writes a post (a reply when `reply_to` names a post by id prefix), stores
     /// it and gossips it to every linked member following its topic.
     pub async fn post(
-        &self,
+        self: &Arc<Self>,
         text: &str,
         reply_to: Option<&str>,
         topic: Option<&str>,
@@ -277,11 +227,11 @@ impl Node {
         if text.trim().is_empty() || text.len() > MAX_TEXT {
             return Err(ApiError::BadText);
         }
-        let inner = &self.inner;
+        let mesh = self;
         let parent = match reply_to {
             Some(prefix) => {
                 let prefix = prefix.to_string();
-                Some(inner.with_store_api(move |s| find(s, &prefix)).await?)
+                Some(mesh.link.with_store_api(move |s| find(s, &prefix)).await?)
             }
             None => None,
         };
@@ -296,36 +246,36 @@ impl Node {
             (None, t) => self::topic(t)?,
         };
         self.follow(&topic).await?;
-        let now = inner.wall_ms();
+        let now = mesh.link.wall_ms();
         let created = {
-            let mut st = inner.state();
+            let mut st = mesh.state();
             match &parent {
-                Some(p) => st.mesh.hlc.after(p.created, now),
-                None => st.mesh.hlc.now(now),
+                Some(p) => st.hlc.after(p.created, now),
+                None => st.hlc.now(now),
             }
         };
         let post = Post::create(
-            &inner.config.secret,
-            inner.config.name.clone(),
+            &mesh.link.config().secret,
+            mesh.link.config().name.clone(),
             topic,
             parent.map(|p| p.id),
             created,
             text.to_string(),
         );
         let stored = post.clone();
-        inner
+        mesh.link
             .with_store(move |s| s.insert_posts(&[stored], now, None, |_| true))
             .await?;
-        crate::mesh::gossip::broadcast(inner, &post, None);
+        crate::mesh::gossip::broadcast(mesh, &post, None);
         let v = view(&post);
-        inner.emit(NodeEvent::Post(v.clone()));
+        mesh.link.emit(NodeEvent::Post(v.clone()));
         Ok(v)
     }
 
     /// The posts of a topic (default: the forum), or of one thread, oldest
     /// first. Reading a topic follows it.
     pub async fn forum(
-        &self,
+        self: &Arc<Self>,
         topic: Option<&str>,
         thread: Option<&str>,
     ) -> Result<Vec<PostView>, ApiError> {
@@ -333,46 +283,43 @@ impl Node {
         self.follow(&topic).await?;
         let thread = thread.map(str::to_string);
         let mut posts = self
-            .inner
+            .link
             .with_store_api(move |s| list(s, &topic, thread.as_deref()))
             .await?;
-        let st = self.inner.state();
-        mark_vouched(&mut posts, |id, name| {
-            st.vouched_name(id, self.inner.id, name)
-        });
+        mark_vouched(&mut posts, |id, name| self.link.vouched_name(id, name));
         Ok(posts)
     }
 
     /// Follows `topic`: stores it, tells the links, and reconciles it with those
     /// that follow it too.
-    pub async fn follow(&self, topic: &Topic) -> Result<(), ApiError> {
-        if self.inner.state().mesh.topics.contains(topic) {
+    pub async fn follow(self: &Arc<Self>, topic: &Topic) -> Result<(), ApiError> {
+        if self.state().topics.contains(topic) {
             return Ok(());
         }
         let t = topic.clone();
-        self.inner.with_store(move |s| s.follow(&t)).await?;
+        self.link.with_store(move |s| s.follow(&t)).await?;
         let topics = {
-            let mut st = self.inner.state();
-            st.mesh.topics.insert(topic.clone());
-            let topics: Vec<Topic> = st.mesh.topics.iter().cloned().collect();
-            for l in st.mesh.links.values() {
+            let mut st = self.state();
+            st.topics.insert(topic.clone());
+            let topics: Vec<Topic> = st.topics.iter().cloned().collect();
+            for l in st.links.values() {
                 let _ = l.tx.try_send(MeshFrame::Topics(topics.clone()));
             }
             topics
         };
         tracing::info!(%topic, following = topics.len(), "following a topic");
-        crate::mesh::gossip::sync_everyone(&self.inner, topic);
+        crate::mesh::gossip::sync_everyone(self, topic);
         Ok(())
     }
 
     /// This node's ticket (serverless only): what a friend passes to `up --join`.
     pub fn ticket(&self) -> Result<String, ApiError> {
-        Ok(crate::mesh::join::ticket(&self.inner)?.to_string())
+        Ok(crate::mesh::join::ticket(self)?.to_string())
     }
 
     /// The mesh's counters (posts gossiped, duplicates, reconciliation bytes).
     pub fn mesh_stats(&self) -> crate::mesh::MeshStats {
-        self.inner.state().mesh.stats
+        self.state().stats
     }
 }
 

@@ -16,7 +16,7 @@ use burrow_proto::punch::Mapping;
 use burrow_proto::rendezvous::ClientMsg;
 use burrow_proto::stun::Change;
 
-use crate::node::Inner;
+use crate::link::Inner;
 use serde::{Deserialize, Serialize};
 
 /// How long one test waits for its answer. A missing answer is the result of a

@@ -3,200 +3,80 @@
 //! fail, in [`crate::error`].
 
 use std::fs::File;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use burrow_net::{Endpoint, EndpointConfig};
-use burrow_proto::chat::{self, MessageId};
-use burrow_proto::rendezvous::{ClientMsg, Direction};
+use burrow_proto::rendezvous::Direction;
 use burrow_proto::{Name, NodeId};
-use burrow_store::{NodeStore, StoredMessage};
-use tokio::sync::{broadcast, oneshot};
+use burrow_store::NodeStore;
+use tokio::net::UnixListener;
+use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::api::{ConnectionState, ConnectionView, MessageView, PeerView, StatusView};
+use crate::api::{
+    ConnectionState, ConnectionView, ContactView, FileView, GetUpdate, GetView, MessageView,
+    PeerView, PostView, SearchView, SettingsView, ShareView, StatusView,
+};
+use crate::chat::Chat;
 use crate::config::NodeConfig;
 use crate::error::{ApiError, StartError};
 use crate::event::NodeEvent;
+use crate::files::Files;
+use crate::link::{Inner, RequestOp};
+use crate::mesh::Mesh;
+use crate::peers;
+use crate::service::{LinkHandle, Router, Service};
 use crate::session;
-use crate::state::{resolve, State};
-use crate::{control, peers};
+use crate::state::State;
 
-/// How long an operation waits for the server's answer.
-pub(crate) const SERVER_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The ALPNs of the node's services, the link's first (see `Node::start`).
+const ALPNS: [&[u8]; 3] = [
+    burrow_proto::chat::ALPN,
+    burrow_proto::files::ALPN,
+    burrow_proto::mesh::ALPN,
+];
 /// Events buffered for slow watchers before they miss some.
 const EVENT_BUFFER: usize = 1024;
-
-pub(crate) struct Inner {
-    pub config: NodeConfig,
-    pub id: NodeId,
-    pub endpoint: Endpoint,
-    pub store: Arc<Mutex<NodeStore>>,
-    pub state: Mutex<State>,
-    pub events: broadcast::Sender<NodeEvent>,
-    pub shutdown: CancellationToken,
-    /// The services peers reach, by ALPN.
-    pub router: crate::service::Router,
-    /// `node{id, name}`: every task of this node runs in it, so the logs of
-    /// several nodes in one process can be told apart.
-    pub span: tracing::Span,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
-    /// The home directory's lock, held until shutdown.
-    lock: Mutex<Option<File>>,
-}
-
-impl Inner {
-    pub fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().expect("state lock is never poisoned")
-    }
-
-    pub fn emit(&self, event: NodeEvent) {
-        let _ = self.events.send(event);
-    }
-
-    /// Opens a connection of `alpn` to `peer` at its link's virtual address
-    /// (direct or relayed underneath, see `burrow_net::paths`).
-    pub async fn connect_peer(
-        &self,
-        peer: NodeId,
-        alpn: &[u8],
-    ) -> Result<quinn::Connection, burrow_net::ConnectError> {
-        let v = self.endpoint.paths().open(peer);
-        let (conn, _) = self.endpoint.connect(v, alpn, Some(peer)).await?;
-        Ok(conn)
-    }
-
-    /// Runs `fut` as one of the node's tasks (stopped at shutdown), in the
-    /// span it was spawned from (a link's, a connection's), or the node's.
-    pub fn spawn(self: &Arc<Self>, fut: impl std::future::Future<Output = ()> + Send + 'static) {
-        let span = match tracing::Span::current() {
-            s if s.is_none() => self.span.clone(),
-            s => s,
-        };
-        let handle = tokio::spawn(fut.instrument(span));
-        let mut tasks = self.tasks.lock().expect("tasks lock is never poisoned");
-        tasks.retain(|t| !t.is_finished());
-        tasks.push(handle);
-    }
-
-    /// The wall clock (with the configured skew), Unix milliseconds.
-    pub fn wall_ms(&self) -> u64 {
-        self.wall_us() / 1000
-    }
-
-    /// The wall clock (with the configured skew), Unix microseconds.
-    pub fn wall_us(&self) -> u64 {
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_micros() as i64)
-            .unwrap_or(0);
-        now.saturating_add(self.config.clock_skew_ms.saturating_mul(1000))
-            .max(0) as u64
-    }
-
-    /// Runs a store read that answers in the API's terms on a blocking thread.
-    pub async fn with_store_api<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut NodeStore) -> Result<T, ApiError> + Send + 'static,
-    ) -> Result<T, ApiError> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || {
-            f(&mut store.lock().expect("store lock is never poisoned"))
-        })
-        .await
-        .map_err(|e| ApiError::Store(e.to_string()))?
-    }
-
-    /// Runs a store operation on a blocking thread.
-    pub async fn with_store<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut NodeStore) -> Result<T, burrow_store::StoreError> + Send + 'static,
-    ) -> Result<T, ApiError> {
-        self.with_store_api(move |s| f(s).map_err(|e| ApiError::Store(e.to_string())))
-            .await
-    }
-
-    pub fn message_view(&self, m: &StoredMessage) -> MessageView {
-        let rfc3339 =
-            |ms| humantime::format_rfc3339_millis(burrow_proto::time::from_unix_ms(ms)).to_string();
-        // Vouched for when it came, or since (its author saved as a contact).
-        let from_verified =
-            m.from_verified || self.state().vouched_name(&m.from, self.id, &m.from_name);
-        MessageView {
-            id: m.id.to_string(),
-            from: m.from.to_string(),
-            from_name: m.from_name.clone(),
-            from_verified,
-            to: m.to.to_string(),
-            text: m.text.clone(),
-            sent_at: rfc3339(m.sent_at_ms),
-            received_at: rfc3339(m.received_at_ms),
-            from_server: m.kind != burrow_store::MessageKind::Chat,
-            everyone: m.kind == burrow_store::MessageKind::NoticeToAll,
-        }
-    }
-}
 
 /// A running node. Cheap to clone: clones share the node.
 #[derive(Clone)]
 pub struct Node {
     pub(crate) inner: Arc<Inner>,
-}
-
-/// The operations that ask the server about a request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum RequestOp {
-    Connect,
-    Accept,
-    Reject,
-    Cancel,
+    chat: Arc<Chat>,
+    files: Arc<Files>,
+    mesh: Arc<Mesh>,
 }
 
 impl Node {
-    /// Starts a node: locks the home directory, opens the store, binds the socket,
-    /// registers with the server (failing if that is refused), and opens the
-    /// control socket.
-    pub async fn start(config: NodeConfig) -> Result<Node, StartError> {
+    /// Opens the home, binds the socket, registers with the server (failing
+    /// if that is refused) and starts the node's tasks; returns the node and
+    /// its control socket, which [`Node::start`] (in [`crate::control`]) serves.
+    pub(crate) async fn launch(config: NodeConfig) -> Result<(Node, UnixListener), StartError> {
         let span = tracing::info_span!(
             "node",
             id = %config.secret.public().short(),
             name = %config.name
         );
-        Self::start_in(config, span.clone()).instrument(span).await
+        Self::launch_in(config, span.clone()).instrument(span).await
     }
 
-    async fn start_in(config: NodeConfig, span: tracing::Span) -> Result<Node, StartError> {
+    async fn launch_in(
+        config: NodeConfig,
+        span: tracing::Span,
+    ) -> Result<(Node, UnixListener), StartError> {
         let home = config.home.clone();
-        let home_err = |source| StartError::Home {
-            path: home.clone(),
-            source,
-        };
-        burrow_net::keyfile::create_private_dir(&home).map_err(home_err)?;
-        let lock = File::create(home.join("node.lock")).map_err(home_err)?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => return Err(StartError::AlreadyRunning(home)),
-            Err(std::fs::TryLockError::Error(e)) => return Err(home_err(e)),
-        }
-        let mut store = NodeStore::open(&home.join("node.db"))?;
-        let mut mesh = crate::mesh::MeshState::default();
-        store.follow(&burrow_proto::forum::Topic::default_topic())?;
-        mesh.topics = store.topics()?.into_iter().collect();
-        if let Some(latest) = store.latest_post_time()? {
-            mesh.hlc.observe(latest, config_wall_ms(&config));
-        }
-        if config.server.is_none() {
-            mesh.secret = Some(crate::mesh::join::secret(&mut store, &config.join)?);
-        }
+        let (lock, mut store) = open_home(&home)?;
+        let mesh = crate::mesh::MeshState::load(&mut store, &config)?;
         let contacts = crate::contacts::load(&store)?;
-        let router = crate::service::Router::standard();
         let endpoint = Endpoint::bind(
             &config.secret,
             EndpointConfig {
                 bind: config.bind,
-                alpns: router.alpns(),
+                alpns: ALPNS.to_vec(),
                 keepalive: Some(config.keepalive),
                 idle_timeout: config.idle_timeout,
                 allow_migration: false,
@@ -214,30 +94,54 @@ impl Node {
             endpoint,
             store: Arc::new(Mutex::new(store)),
             state: Mutex::new(State {
-                mesh,
                 contacts,
                 relay_only,
                 ..State::default()
             }),
             events,
             shutdown: CancellationToken::new(),
-            router,
+            router: OnceLock::new(),
             span,
             tasks: Mutex::new(Vec::new()),
             lock: Mutex::new(Some(lock)),
         });
+        // The services, the link's first; the endpoint offers their ALPNs.
+        let link = || LinkHandle::new(inner.clone());
+        let node = Node {
+            inner: inner.clone(),
+            chat: Chat::new(link()),
+            files: Files::new(link()),
+            mesh: Mesh::new(link(), mesh),
+        };
+        let services: Vec<Arc<dyn Service>> =
+            vec![node.chat.clone(), node.files.clone(), node.mesh.clone()];
+        let router = Router::new(services);
+        debug_assert_eq!(
+            router.alpns(),
+            ALPNS,
+            "the endpoint offers every service's ALPN"
+        );
+        let _ = inner.router.set(router);
         let first = match inner.config.server {
             Some(_) => Some(session::connect(&inner).await?),
             None => None,
         };
-        let listener = control::bind(&home).map_err(home_err)?;
-        let node = Node {
-            inner: inner.clone(),
-        };
+        let listener = burrow_net::control::bind(&home).map_err(|source| StartError::Home {
+            path: home.clone(),
+            source,
+        })?;
         if let Some(first) = first {
             inner.spawn(session::run(inner.clone(), first));
         }
-        crate::mesh::join::start(&inner);
+        crate::mesh::join::start(&node.mesh);
+        node.run_link();
+        Ok((node, listener))
+    }
+
+    /// Starts the link's tasks: accepting connections, watching links, TCP
+    /// punches, the router's port mapping.
+    fn run_link(&self) {
+        let inner = &self.inner;
         inner.spawn(peers::accept_loop(inner.clone()));
         inner.spawn(peers::monitor(inner.clone()));
         // Peers punching over TCP (when UDP found nothing) may reach our port
@@ -258,8 +162,6 @@ impl Node {
         if inner.config.port_mapping && punching && inner.config.server.is_some() && !server_here {
             inner.spawn(crate::portmap::run(inner.clone()));
         }
-        inner.spawn(control::serve(node.clone(), listener));
-        Ok(node)
     }
 
     /// Our id.
@@ -365,7 +267,7 @@ impl Node {
                     })
                     .and(p.method),
                 rtt_ms: p.conn().map(|c| c.rtt().as_secs_f64() * 1000.0),
-                clock_offset_ms: st.mesh.links.get(id).and_then(|l| l.clock.offset_ms()),
+                clock_offset_ms: self.mesh.clock_offset_ms(id),
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
@@ -374,124 +276,118 @@ impl Node {
 
     /// Asks `peer` (name or id prefix) for a connection.
     pub async fn connect(&self, peer: &str) -> Result<(), ApiError> {
-        self.request(peer, RequestOp::Connect).await
+        self.inner.request(peer, RequestOp::Connect).await
     }
 
     /// Accepts `peer`'s pending request.
     pub async fn accept(&self, peer: &str) -> Result<(), ApiError> {
-        self.request(peer, RequestOp::Accept).await
+        self.inner.request(peer, RequestOp::Accept).await
     }
 
     /// Refuses `peer`'s pending request.
     pub async fn reject(&self, peer: &str) -> Result<(), ApiError> {
-        self.request(peer, RequestOp::Reject).await
+        self.inner.request(peer, RequestOp::Reject).await
     }
 
     /// Withdraws our pending request to `peer`.
     pub async fn cancel(&self, peer: &str) -> Result<(), ApiError> {
-        self.request(peer, RequestOp::Cancel).await
+        self.inner.request(peer, RequestOp::Cancel).await
     }
 
-    pub(crate) async fn request(&self, peer: &str, op: RequestOp) -> Result<(), ApiError> {
-        self.find_peer(peer).await?;
-        let (id, name, tx, rx) = {
-            let mut st = self.inner.state();
-            let id = resolve(&st, peer)?;
-            let name = st.name_of(&id);
-            let p = st.peers.get(&id);
-            let request = p.and_then(|p| p.request);
-            match op {
-                RequestOp::Connect if p.is_some_and(|p| p.connected()) => {
-                    return Err(ApiError::AlreadyConnected(name))
-                }
-                RequestOp::Accept | RequestOp::Reject if request != Some(Direction::Incoming) => {
-                    return Err(ApiError::NoRequest(format!("from {name}")))
-                }
-                RequestOp::Cancel if request != Some(Direction::Outgoing) => {
-                    return Err(ApiError::NoRequest(format!("to {name}")))
-                }
-                _ => {}
-            }
-            let tx = st.server_tx.clone().ok_or(ApiError::ServerUnavailable)?;
-            if st.waiters.contains_key(&id) {
-                return Err(ApiError::Busy(name));
-            }
-            let (wtx, wrx) = oneshot::channel();
-            st.waiters.insert(id, (op, wtx));
-            if matches!(op, RequestOp::Accept | RequestOp::Connect) {
-                // Let its connection in from now on: it may arrive before the
-                // server's confirmation does.
-                if let Some(p) = st.peers.get_mut(&id) {
-                    p.accepted = true;
-                }
-            }
-            (id, name, tx, wrx)
-        };
-        let msg = match op {
-            RequestOp::Connect => ClientMsg::Connect { peer: id },
-            RequestOp::Accept => ClientMsg::Accept { peer: id },
-            RequestOp::Reject => ClientMsg::Reject { peer: id },
-            RequestOp::Cancel => ClientMsg::Cancel { peer: id },
-        };
-        let result = if tx.send(msg).await.is_err() {
-            Err(ApiError::ServerUnavailable)
-        } else {
-            match tokio::time::timeout(SERVER_ANSWER_TIMEOUT, rx).await {
-                Ok(Ok(Ok(()))) => Ok(()),
-                Ok(Ok(Err(reason))) => Err(ApiError::Refused { name, reason }),
-                Ok(Err(_)) => Err(ApiError::ServerUnavailable),
-                Err(_) => Err(ApiError::NoAnswer),
-            }
-        };
-        if result.is_err() {
-            let mut st = self.inner.state();
-            st.waiters.remove(&id);
-            // Admission was granted for this request only.
-            if let Some(p) = st.peers.get_mut(&id) {
-                p.accepted = p.connected();
-            }
-        }
-        result
+    /// Adds `add` or removes `remove` (names or id prefixes), then lists the contacts.
+    pub async fn contacts(
+        &self,
+        add: Option<&str>,
+        remove: Option<&str>,
+    ) -> Result<Vec<ContactView>, ApiError> {
+        self.inner.contacts(add, remove).await
+    }
+
+    /// Sets what happens to incoming requests (if given), then shows the settings.
+    pub async fn settings(&self, incoming: Option<&str>) -> Result<SettingsView, ApiError> {
+        self.inner.settings(incoming).await
+    }
+
+    /// Offers the file at `path` (absolute) as `name` (default: its file name):
+    /// hashes it, keeps its outboard, tells the tracker.
+    pub async fn share(&self, path: &str, name: Option<&str>) -> Result<ShareView, ApiError> {
+        self.files.share(path, name).await
+    }
+
+    /// What this node offers.
+    pub async fn shares(&self) -> Result<Vec<ShareView>, ApiError> {
+        self.files.shares().await
+    }
+
+    /// Stops offering `file` (its hash, a unique hash prefix, or its name).
+    pub async fn unshare(&self, file: &str) -> Result<ShareView, ApiError> {
+        self.files.unshare(file).await
+    }
+
+    /// Asks the tracker for files whose name contains `query`.
+    pub async fn search(&self, query: &str) -> Result<Vec<SearchView>, ApiError> {
+        self.files.search(query).await
+    }
+
+    /// Asks `peer` (connected) what it offers.
+    pub async fn files(&self, peer: &str) -> Result<Vec<FileView>, ApiError> {
+        self.files.files(peer).await
+    }
+
+    /// Writes a post (a reply when `reply_to` names a post by id prefix), stores
+    /// it and gossips it to every linked member following its topic.
+    pub async fn post(
+        &self,
+        text: &str,
+        reply_to: Option<&str>,
+        topic: Option<&str>,
+    ) -> Result<PostView, ApiError> {
+        self.mesh.post(text, reply_to, topic).await
+    }
+
+    /// The posts of a topic (default: the forum), or of one thread, oldest
+    /// first. Reading a topic follows it.
+    pub async fn forum(
+        &self,
+        topic: Option<&str>,
+        thread: Option<&str>,
+    ) -> Result<Vec<PostView>, ApiError> {
+        self.mesh.forum(topic, thread).await
+    }
+
+    /// Follows `topic`: stores it, tells the links, and reconciles it with those
+    /// that follow it too.
+    pub async fn follow(&self, topic: &burrow_proto::forum::Topic) -> Result<(), ApiError> {
+        self.mesh.follow(topic).await
+    }
+
+    /// This node's ticket (serverless only): what a friend passes to `up --join`.
+    pub fn ticket(&self) -> Result<String, ApiError> {
+        self.mesh.ticket()
+    }
+
+    /// The mesh's counters (posts gossiped, duplicates, reconciliation bytes).
+    pub fn mesh_stats(&self) -> crate::mesh::MeshStats {
+        self.mesh.mesh_stats()
+    }
+
+    /// Downloads `file` (a hash, or a name the tracker knows) from every online
+    /// provider into `dir`, reporting on `updates`. Resumes an interrupted
+    /// download of the same hash.
+    pub async fn get(
+        &self,
+        file: &str,
+        dir: &str,
+        force: bool,
+        updates: tokio::sync::mpsc::Sender<GetUpdate>,
+    ) -> Result<GetView, ApiError> {
+        self.files.get(file, dir, force, updates).await
     }
 
     /// Sends `text` to `peer` over our connection. Returns once the peer has
     /// stored it; only then is it stored here as sent.
     pub async fn send(&self, peer: &str, text: &str) -> Result<MessageView, ApiError> {
-        if text.is_empty() || text.len() > chat::MAX_TEXT {
-            return Err(ApiError::BadText);
-        }
-        let (id, name, conn) = {
-            let st = self.inner.state();
-            let id = resolve(&st, peer)?;
-            let name = st.name_of(&id);
-            let conn = st.peers.get(&id).and_then(|p| p.conn().cloned());
-            (id, name.clone(), conn.ok_or(ApiError::NotConnected(name))?)
-        };
-        let mut msg = StoredMessage {
-            id: MessageId::random(&mut rand::thread_rng()),
-            from: self.inner.id,
-            from_name: self.inner.config.name.to_string(),
-            from_verified: true,
-            to: id,
-            text: text.to_string(),
-            sent_at_ms: burrow_proto::time::unix_ms(SystemTime::now()),
-            received_at_ms: 0,
-            kind: burrow_store::MessageKind::Chat,
-        };
-        crate::chat::send(&conn, &msg)
-            .await
-            .map_err(|e| ApiError::NotDelivered {
-                name,
-                reason: e.to_string(),
-            })?;
-        msg.received_at_ms = burrow_proto::time::unix_ms(SystemTime::now());
-        let stored = msg.clone();
-        self.inner
-            .with_store(move |s| s.insert_message(&stored))
-            .await?;
-        let view = self.inner.message_view(&msg);
-        self.inner.emit(NodeEvent::Message(view.clone()));
-        Ok(view)
+        self.chat.send(peer, text).await
     }
 
     /// Tests how the NAT in front of us maps and filters (takes a few seconds).
@@ -532,8 +428,7 @@ impl Node {
 
     /// The newest `limit` messages, oldest first.
     pub async fn messages(&self, limit: usize) -> Result<Vec<MessageView>, ApiError> {
-        let stored = self.inner.with_store(move |s| s.messages(limit)).await?;
-        Ok(stored.iter().map(|m| self.inner.message_view(m)).collect())
+        self.chat.messages(limit).await
     }
 
     /// Says goodbye to the server, closes every connection and the socket.
@@ -545,7 +440,7 @@ impl Node {
             st.peers
                 .values()
                 .flat_map(|p| p.conns.iter().cloned())
-                .chain(st.mesh.links.values().map(|l| l.conn.clone()))
+                .chain(self.mesh.conns())
                 .collect()
         };
         for c in conns {
@@ -575,7 +470,7 @@ impl Node {
             self.inner.endpoint.quic().wait_idle(),
         )
         .await;
-        control::unlink(&self.inner.config.home);
+        burrow_net::control::unlink(&self.inner.config.home);
         // Another node may use this home from now on.
         drop(
             self.inner
@@ -587,8 +482,21 @@ impl Node {
     }
 }
 
-/// The wall clock a configuration reads, before the node exists.
-fn config_wall_ms(config: &NodeConfig) -> u64 {
-    let now = burrow_proto::time::unix_ms(SystemTime::now()) as i64;
-    now.saturating_add(config.clock_skew_ms).max(0) as u64
+/// Makes the home directory (private) and locks it, then opens the store.
+fn open_home(home: &Path) -> Result<(File, NodeStore), StartError> {
+    let home_err = |source| StartError::Home {
+        path: home.to_path_buf(),
+        source,
+    };
+    burrow_net::keyfile::create_private_dir(home).map_err(home_err)?;
+    let lock = File::create(home.join("node.lock")).map_err(home_err)?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(StartError::AlreadyRunning(home.to_path_buf()))
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(home_err(e)),
+    }
+    let store = NodeStore::open(&home.join("node.db"))?;
+    Ok((lock, store))
 }

@@ -35,8 +35,8 @@ use tracing::{debug, info, warn};
 
 use crate::api::ConnectionState;
 use crate::event::NodeEvent;
-use crate::node::Inner;
-use crate::service::{Admission, LinkHandle, Service, Serving};
+use crate::link::Inner;
+use crate::service::{Admission, LinkEvent};
 use crate::state::MAX_CONNS_PER_PEER;
 use crate::PathPolicy;
 use burrow_proto::punch::policy::{self, Dial, Facts, Plan, Repunch};
@@ -485,9 +485,10 @@ pub(crate) async fn monitor(inner: Arc<Inner>) {
 /// Serverless, the mesh connection goes first (its Hello proves membership), and
 /// the chat connection follows once it is up.
 pub(crate) async fn dial(inner: Arc<Inner>, peer: NodeId) {
-    if inner.state().mesh.secret.is_some() {
-        crate::mesh::dial(inner, peer).await;
-        return;
+    if inner.config.server.is_none() {
+        if let Some(first) = inner.router().dial_first(peer) {
+            return first.await;
+        }
     }
     dial_chat(inner, peer).await;
 }
@@ -498,20 +499,6 @@ pub(crate) async fn dial_chat(inner: Arc<Inner>, peer: NodeId) {
     match inner.connect_peer(peer, chat::ALPN).await {
         Ok(conn) => register(&inner, peer, conn, true),
         Err(e) => fail(&inner, peer, e.to_string()),
-    }
-}
-
-/// The link as a service: its connection is the chat connection (`burrow/chat/1`),
-/// registered as the peer's link, with chat served on it.
-pub(crate) struct LinkService;
-
-impl Service for LinkService {
-    fn alpn(&self) -> &'static [u8] {
-        chat::ALPN
-    }
-
-    fn accept(&self, link: LinkHandle, peer: NodeId, conn: quinn::Connection) -> Serving {
-        Box::pin(async move { register(link.node(), peer, conn, false) })
     }
 }
 
@@ -583,7 +570,8 @@ pub(crate) async fn accept_loop(inner: Arc<Inner>) {
                 };
                 // (The handshake offers only the router's ALPNs.)
                 let alpn = burrow_net::alpn(&conn).unwrap_or_default();
-                let Some(service) = inner.router.route(&alpn) else {
+                let router = inner.router();
+                let Some(service) = router.route(&alpn) else {
                     return;
                 };
                 let admitted = {
@@ -592,13 +580,13 @@ pub(crate) async fn accept_loop(inner: Arc<Inner>) {
                     // joining from our ticket: its Hello must prove it; the other
                     // services wait for that proof (a live mesh link).
                     let accepted = st.peers.get(&peer).is_some_and(|p| p.accepted);
-                    let serverless = st.mesh.secret.is_some();
+                    let serverless = inner.config.server.is_none();
                     !st.conduct.refused(&peer)
                         && match (serverless, service.admission()) {
                             (false, _) => accepted,
                             (true, Admission::ProvesMembership) => true,
                             (true, Admission::Linked) => {
-                                accepted && st.mesh.links.contains_key(&peer)
+                                accepted && st.peers.get(&peer).is_some_and(|p| p.member)
                             }
                         }
                 };
@@ -620,7 +608,13 @@ pub(crate) async fn accept_loop(inner: Arc<Inner>) {
                     peer = %peer.short(),
                     alpn = %String::from_utf8_lossy(service.alpn())
                 );
-                let serving = service.accept(LinkHandle::new(inner.clone()), peer, conn);
+                // The link's own connection is registered as the peer's link
+                // before its service sees it.
+                if service.alpn() == router.link().alpn() {
+                    let _enter = span.enter();
+                    return register(&inner, peer, conn, false);
+                }
+                let serving = service.accept(peer, conn);
                 tracing::Instrument::instrument(serving, span).await;
             },
             span,
@@ -656,15 +650,13 @@ fn register(inner: &Arc<Inner>, peer: NodeId, conn: quinn::Connection, dialed: b
             rtt_ms,
         });
     }
-    if dialed {
-        // The mesh link rides beside the chat connection; its dialer opens it.
-        inner.spawn(crate::mesh::dial(inner.clone(), peer));
-    }
+    // (The mesh link rides beside the link's connection; its dialer opens it.)
+    inner.router().tell(&LinkEvent::Up { peer, dialed });
     let inner2 = inner.clone();
     let span = tracing::info_span!("link", peer = %peer.short());
     inner.spawn(tracing::Instrument::instrument(
         async move {
-            crate::chat::serve(&LinkHandle::new(inner2.clone()), peer, &conn).await;
+            inner2.router().link().accept(peer, conn.clone()).await;
             let reason = conn
                 .close_reason()
                 .map(|r| r.to_string())

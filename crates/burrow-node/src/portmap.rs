@@ -12,7 +12,7 @@ use std::time::Duration;
 use burrow_net::portmap::{self, PortMap};
 use tracing::{debug, info, warn};
 
-use crate::node::Inner;
+use crate::link::Inner;
 
 /// Wait before asking a router that refused (or didn't answer) again.
 const RETRY: Duration = Duration::from_secs(600);

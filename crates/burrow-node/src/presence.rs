@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use tracing::debug;
 
 use crate::error::ApiError;
-use crate::node::{Inner, Node, SERVER_ANSWER_TIMEOUT};
+use crate::link::{Inner, SERVER_ANSWER_TIMEOUT};
 use crate::state::{resolve, State};
 
 /// Whom the node asks the server to watch: its contacts and linked peers.
@@ -59,13 +59,13 @@ pub(crate) fn set_watch(inner: &Arc<Inner>, id: NodeId, watch: bool) {
     }
 }
 
-impl Node {
+impl Inner {
     /// Makes sure a peer the user named is in the peer table: if no known peer
     /// matches and it is a name, asks the server who is online under it. What
     /// can't be found is left for [`resolve`] to report.
-    pub(crate) async fn find_peer(&self, peer: &str) -> Result<(), ApiError> {
+    pub(crate) async fn find_peer(self: &Arc<Self>, peer: &str) -> Result<(), ApiError> {
         let (query_id, rx, tx, name) = {
-            let mut st = self.inner.state();
+            let mut st = self.state();
             match resolve(&st, peer) {
                 Err(ApiError::UnknownPeer(_)) => {}
                 _ => return Ok(()),
@@ -86,7 +86,7 @@ impl Node {
             Ok(()) => tokio::time::timeout(SERVER_ANSWER_TIMEOUT, rx).await,
             Err(_) => return Ok(()),
         };
-        let mut st = self.inner.state();
+        let mut st = self.state();
         st.lookups.remove(&query_id);
         if let Ok(Ok(Some(info))) = found {
             st.mark_online(info);

@@ -2,15 +2,15 @@
 //! it shares, locked only for short sections (never across an `.await`),
 //! and how a person's name for a peer resolves to its id.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use burrow_proto::rendezvous::{ClientMsg, Direction, PeerInfo, Refusal, TrackerEntry};
-use burrow_proto::{BlobHash, Name, NodeId};
+use burrow_proto::{Name, NodeId};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::ApiError;
-use crate::node::RequestOp;
+use crate::link::RequestOp;
 
 /// Most peers the node tracks (the server's presence list can be long).
 pub(crate) const MAX_PEERS: usize = 100_000;
@@ -30,6 +30,9 @@ pub(crate) struct Peer {
     pub conns: Vec<quinn::Connection>,
     /// When a link that isn't direct next asks for a fresh punch.
     pub repunch: burrow_proto::punch::policy::Repunch,
+    /// Serverless: its mesh link is up, so its membership of our network is
+    /// proven, and its other services' connections come in.
+    pub member: bool,
     /// What found the direct path, while there is one.
     pub method: Option<burrow_proto::punch::Method>,
 }
@@ -80,13 +83,6 @@ pub(crate) struct State {
     /// Tracker searches waiting for their answer, by query id.
     pub searches: HashMap<u32, oneshot::Sender<Vec<TrackerEntry>>>,
     pub next_query: u32,
-    /// Files being downloaded now.
-    pub downloads: HashSet<BlobHash>,
-    /// Files connections we serve, per peer (at most
-    /// [`crate::files::serve::MAX_CONNS_PER_PEER`] each).
-    pub files_serving: HashMap<NodeId, usize>,
-    /// Forum gossip, reconciliation, clock offsets, serverless links.
-    pub mesh: crate::mesh::MeshState,
     /// Who may connect without asking, and what to do with strangers.
     pub contacts: crate::contacts::Contacts,
     /// Whom the server tells us about: everyone, or whom we watch.
@@ -123,7 +119,7 @@ impl State {
 
     fn vouched(&self, id: &NodeId, me: Option<&NodeId>, name: &str) -> bool {
         let server_binding = self.server_id.and(self.claimed_name(id)).map(Name::as_str);
-        crate::forum::vouched(id, name, me, self.contacts.name(id), server_binding)
+        crate::names::vouched(id, name, me, self.contacts.name(id), server_binding)
     }
 
     /// The name a peer goes by here: the server's binding with a server, the
@@ -139,11 +135,11 @@ impl State {
     }
 
     /// A peer as people read it in events and errors: its name, with its short
-    /// id beside a name nobody vouches for (see [`crate::forum::shown`]), or
+    /// id beside a name nobody vouches for (see [`crate::names::shown`]), or
     /// the short id alone.
     pub fn name_of(&self, id: &NodeId) -> String {
         match self.claimed_name(id) {
-            Some(n) => crate::forum::shown(n.as_str(), &id.to_string(), self.name_vouched(id)),
+            Some(n) => crate::names::shown(n.as_str(), &id.to_string(), self.name_vouched(id)),
             None => id.short(),
         }
     }

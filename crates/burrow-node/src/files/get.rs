@@ -18,12 +18,11 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::fetch::{fetch_piece, prove_size, PieceError, Plan, Take, STREAMS_PER_PROVIDER};
+use super::Files;
 use crate::api::{GetUpdate, GetView};
 use crate::error::ApiError;
-use crate::node::{Inner, Node};
+use crate::service::LinkHandle;
 
-/// How long `get` waits for a provider we are not connected to to accept.
-const ACCEPT_WAIT: Duration = Duration::from_secs(60);
 /// How often progress is reported.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 /// How often verified progress is made durable.
@@ -36,10 +35,10 @@ const PROVERS_PER_CLAIM: usize = 3;
 
 /// Opens a files connection to `peer` over our link with it (direct or relayed).
 pub(crate) async fn dial_files(
-    inner: &Inner,
+    link: &LinkHandle,
     peer: NodeId,
 ) -> Result<quinn::Connection, burrow_net::ConnectError> {
-    inner.connect_peer(peer, burrow_proto::files::ALPN).await
+    link.connect(peer, burrow_proto::files::ALPN).await
 }
 
 /// How one provider's part of a download ended.
@@ -53,7 +52,7 @@ struct ProviderEnd {
 /// Removes the download from the node's list and makes its progress durable,
 /// however `get` ends (finished, failed, or dropped because the client left).
 struct Running {
-    inner: Arc<Inner>,
+    files: Arc<Files>,
     plan: Arc<Plan>,
     stored: StoredDownload,
 }
@@ -61,12 +60,16 @@ struct Running {
 impl Running {
     /// Stores the bitmap of verified groups, if it changed. Blocks: call from a
     /// blocking thread.
-    fn flush(inner: &Inner, plan: &Plan, stored: &StoredDownload) {
+    fn flush(files: &Files, plan: &Plan, stored: &StoredDownload) {
         if let Some(bits) = plan.progress() {
             let mut d = stored.clone();
             d.verified = bits;
             let now = burrow_proto::time::unix_ms(SystemTime::now());
-            let mut store = inner.store.lock().expect("store lock is never poisoned");
+            let mut store = files
+                .link
+                .store()
+                .lock()
+                .expect("store lock is never poisoned");
             if let Err(e) = store.put_download(&d, now) {
                 warn!(error = %e, "could not record download progress");
             }
@@ -75,8 +78,8 @@ impl Running {
 
     /// [`Running::flush`] on a blocking thread.
     async fn flush_async(&self) {
-        let (inner, plan, stored) = (self.inner.clone(), self.plan.clone(), self.stored.clone());
-        let _ = tokio::task::spawn_blocking(move || Running::flush(&inner, &plan, &stored)).await;
+        let (files, plan, stored) = (self.files.clone(), self.plan.clone(), self.stored.clone());
+        let _ = tokio::task::spawn_blocking(move || Running::flush(&files, &plan, &stored)).await;
     }
 }
 
@@ -85,17 +88,17 @@ impl Drop for Running {
         self.plan.stop.store(true, Ordering::Relaxed);
         // Usually a no-op (the last flush ran already); after a cancelled `get`
         // it saves the last second's progress.
-        Running::flush(&self.inner, &self.plan, &self.stored);
-        self.inner.state().downloads.remove(&self.plan.hash);
+        Running::flush(&self.files, &self.plan, &self.stored);
+        self.files.downloads().remove(&self.plan.hash);
     }
 }
 
-impl Node {
+impl Files {
     /// Downloads `file` (a hash, or a name the tracker knows) from every online
     /// provider into `dir`, reporting on `updates`. Resumes an interrupted
     /// download of the same hash.
     pub async fn get(
-        &self,
+        self: &Arc<Self>,
         file: &str,
         dir: &str,
         force: bool,
@@ -111,7 +114,7 @@ impl Node {
         }
         let claims = self.find(file).await?;
         let hash = claims[0].file.hash;
-        let have = self.inner.with_store(move |s| s.share(&hash)).await?;
+        let have = self.link.with_store(move |s| s.share(&hash)).await?;
         if let Some(share) = have.filter(super::unchanged) {
             return Err(ApiError::AlreadyHave(share.path.display().to_string()));
         }
@@ -120,21 +123,21 @@ impl Node {
         let providers: Vec<(NodeId, String)> = entry
             .providers
             .iter()
-            .filter(|p| p.peer.id != self.inner.id)
+            .filter(|p| p.peer.id != self.link.id())
             .map(|p| (p.peer.id, p.peer.name.to_string()))
             .collect();
         let target = dir.join(safe_file_name(name.as_str()));
         if !force && target.symlink_metadata().is_ok() {
             return Err(ApiError::Exists(target.display().to_string()));
         }
-        if !self.inner.state().downloads.insert(hash) {
+        if !self.downloads().insert(hash) {
             return Err(ApiError::AlreadyDownloading(name.to_string()));
         }
         let size = entry.file.size;
         let plan = match self.open_plan(hash, size).await {
             Ok(plan) => plan,
             Err(e) => {
-                self.inner.state().downloads.remove(&hash);
+                self.downloads().remove(&hash);
                 return Err(e);
             }
         };
@@ -146,7 +149,7 @@ impl Node {
             started_at_ms: burrow_proto::time::unix_ms(SystemTime::now()),
         };
         let running = Running {
-            inner: self.inner.clone(),
+            files: self.clone(),
             plan: plan.clone(),
             stored: record,
         };
@@ -181,16 +184,16 @@ impl Node {
                 "no provider left to download from; {done} of {size} bytes are verified and kept"
             )));
         }
-        let home = self.inner.config.home.clone();
+        let home = self.link.home().to_path_buf();
         let plan2 = plan.clone();
         let placed = tokio::task::spawn_blocking(move || place(&plan2, &home, &target, force))
             .await
             .map_err(|e| ApiError::File(e.to_string()))??;
         tracing::debug!(hash = %hash.short(), elapsed_ms = started.elapsed().as_millis() as u64, "synced and in place");
-        self.inner
+        self.link
             .with_store(move |s| s.remove_download(&hash))
             .await?;
-        if self.inner.config.reshare {
+        if self.link.config().reshare {
             self.reshare(&placed, hash, name.clone(), size).await;
         }
         let elapsed_ms = started.elapsed().as_millis() as u64;
@@ -209,9 +212,9 @@ impl Node {
     /// Opens the partial download of `hash`, continuing an earlier one of the
     /// same size.
     async fn open_plan(&self, hash: BlobHash, size: u64) -> Result<Arc<Plan>, ApiError> {
-        let stored = self.inner.with_store(move |s| s.download(&hash)).await?;
+        let stored = self.link.with_store(move |s| s.download(&hash)).await?;
         let bits = stored.filter(|d| d.size == size).map(|d| d.verified);
-        let partial = super::partial_dir(&self.inner.config.home);
+        let partial = super::partial_dir(self.link.home());
         tokio::task::spawn_blocking(move || Plan::open(&partial, hash, size, bits))
             .await
             .map_err(|e| ApiError::File(e.to_string()))?
@@ -227,7 +230,7 @@ impl Node {
         let hash = match wanted.parse::<BlobHash>() {
             Ok(hash) => hash,
             Err(_) => {
-                let found = self.tracker(Query::Name(wanted.to_string())).await?;
+                let found = self.link.tracker(Query::Name(wanted.to_string())).await?;
                 let mut hashes: Vec<BlobHash> = found
                     .iter()
                     .filter(|e| {
@@ -253,7 +256,7 @@ impl Node {
                 }
             }
         };
-        let claims = self.tracker(Query::Hash(hash)).await?;
+        let claims = self.link.tracker(Query::Hash(hash)).await?;
         if claims.is_empty() {
             return Err(ApiError::UnknownFile(wanted.to_string()));
         }
@@ -268,13 +271,13 @@ impl Node {
     /// data backs it; a provider whose data fails the hash is struck, and one
     /// that merely claims another size is not.
     async fn prove(
-        &self,
+        self: &Arc<Self>,
         claims: Vec<TrackerEntry>,
         updates: &mpsc::Sender<GetUpdate>,
     ) -> Result<TrackerEntry, ApiError> {
         let name = claims[0].file.name.to_string();
         let offline = claims.iter().map(|c| c.offline).sum();
-        let me = self.inner.id;
+        let me = self.link.id();
         let mut tries = tokio::task::JoinSet::new();
         for claim in claims.into_iter().take(MAX_CLAIMS) {
             if claim.file.size > burrow_proto::files::MAX_FILE_SIZE {
@@ -295,11 +298,11 @@ impl Node {
                 let mut why_not = Vec::new();
                 for (id, who) in provers {
                     let who = format!("{who} ({})", id.short());
-                    if let Err(why) = link_with(&node, id, &who, &updates).await {
+                    if let Err(why) = link_with(&node.link, id, &who, &updates).await {
                         why_not.push(format!("{who} {why}"));
                         continue;
                     }
-                    let conn = match dial_files(&node.inner, id).await {
+                    let conn = match dial_files(&node.link, id).await {
                         Ok(c) => c,
                         Err(e) => {
                             why_not.push(format!("lost {who}: {e}"));
@@ -314,11 +317,8 @@ impl Node {
                     };
                     let mut text = what_happened(&who, &e);
                     if let PieceError::Lied(_) = e {
-                        crate::conduct::strike(
-                            &node.inner,
-                            id,
-                            "sent data that does not match its hash",
-                        );
+                        node.link
+                            .strike(id, "sent data that does not match its hash");
                         text.push_str("; not asked again");
                         let _ = updates.send(GetUpdate::Notice(text.clone())).await;
                     }
@@ -350,7 +350,7 @@ impl Node {
     /// Runs the download's workers on every provider until the file is complete
     /// or no provider is left.
     async fn run(
-        &self,
+        self: &Arc<Self>,
         plan: &Arc<Plan>,
         running: &Running,
         providers: Vec<(NodeId, String)>,
@@ -381,7 +381,7 @@ impl Node {
                     None => break,
                     Some(Ok(end)) => {
                         if let Some(PieceError::Lied(_)) = &end.error {
-                            crate::conduct::strike(&self.inner, end.id, "sent data that does not match its hash");
+                            self.link.strike(end.id, "sent data that does not match its hash");
                         }
                         if let Some(text) = describe(&end) {
                             let _ = updates.send(GetUpdate::Notice(text)).await;
@@ -423,12 +423,12 @@ impl Node {
             added_at_ms: burrow_proto::time::unix_ms(SystemTime::now()),
         };
         if self
-            .inner
+            .link
             .with_store(move |s| s.put_share(&share))
             .await
             .is_ok()
         {
-            super::offer(&self.inner, vec![FileEntry { hash, name, size }]);
+            super::offer(&self.link, vec![FileEntry { hash, name, size }]);
         }
     }
 }
@@ -461,7 +461,7 @@ fn what_happened(who: &str, e: &PieceError) -> String {
 /// One provider's part: connect (asking, if we are not linked yet), then run
 /// [`STREAMS_PER_PROVIDER`] workers until the plan is done or the provider fails.
 async fn provide(
-    node: Node,
+    files: Arc<Files>,
     plan: Arc<Plan>,
     id: NodeId,
     name: String,
@@ -475,10 +475,10 @@ async fn provide(
         sent: 0,
         error,
     };
-    if let Err(why) = link_with(&node, id, &name, &updates).await {
+    if let Err(why) = link_with(&files.link, id, &name, &updates).await {
         return end(Some(PieceError::Gone(why)));
     }
-    let conn = match dial_files(&node.inner, id).await {
+    let conn = match dial_files(&files.link, id).await {
         Ok(c) => c,
         Err(e) => return end(Some(PieceError::Lost(e.to_string()))),
     };
@@ -566,48 +566,19 @@ async fn provide(
 /// Makes sure we have a link with `id`: asks for one if needed and waits for the
 /// provider to accept (its policy decides who may download).
 async fn link_with(
-    node: &Node,
+    link: &LinkHandle,
     id: NodeId,
     name: &str,
     updates: &mpsc::Sender<GetUpdate>,
 ) -> Result<(), String> {
-    let connected = |node: &Node| {
-        node.inner
-            .state()
-            .peers
-            .get(&id)
-            .is_some_and(|p| p.connected())
-    };
-    if connected(node) {
-        return Ok(());
-    }
-    let me = node.name().to_string();
-    let _ = updates
-        .send(GetUpdate::Notice(format!(
-            "asking {name} for a connection; they must accept (burrow accept {me})"
-        )))
-        .await;
-    match node.connect(&id.to_string()).await {
-        Ok(()) | Err(ApiError::AlreadyConnected(_)) | Err(ApiError::Busy(_)) => {}
-        Err(e) => return Err(format!("could not be asked: {e}")),
-    }
-    let deadline = Instant::now() + ACCEPT_WAIT;
-    while Instant::now() < deadline {
-        if connected(node) {
-            return Ok(());
-        }
-        let gave_up = node
-            .inner
-            .state()
-            .peers
-            .get(&id)
-            .is_none_or(|p| p.request.is_none() && !p.accepted);
-        if gave_up {
-            return Err("did not accept the connection".into());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Err(format!("did not accept within {ACCEPT_WAIT:?}"))
+    let me = link.config().name.to_string();
+    let asking = updates.send(GetUpdate::Notice(format!(
+        "asking {name} for a connection; they must accept (burrow accept {me})"
+    )));
+    link.ensure_link(id, async {
+        let _ = asking.await;
+    })
+    .await
 }
 
 /// Syncs a complete download and moves it to `target` (never over an existing

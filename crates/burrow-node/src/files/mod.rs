@@ -21,24 +21,25 @@ mod get;
 mod quic_io;
 pub(crate) mod serve;
 
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::BufReader;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use bao_tree::io::outboard::PreOrderOutboard;
 use bao_tree::{BaoTree, BlockSize, ChunkNum, ChunkRanges};
 use burrow_proto::files::{self, BlobHash, FileEntry, FilesRequest, FilesResponse, ShareName};
 use burrow_proto::rendezvous::{ClientMsg, Query, TrackerEntry, OFFERS_PER_FRAME};
+use burrow_proto::NodeId;
 use burrow_store::StoredShare;
 use tracing::{debug, info};
 
 use crate::api::{FileView, ProviderView, SearchView, ShareView};
 use crate::error::ApiError;
-use crate::node::{Inner, Node};
-use crate::state::resolve;
+use crate::service::{LinkEvent, LinkHandle, Service, Serving};
 
 /// Bytes a peer may send ahead on one stream: two pieces, so a piece's request
 /// never waits on credit. quinn's default (1.25 MB) would cap one stream at
@@ -53,27 +54,53 @@ pub(crate) const SEND_WINDOW: u64 = 16 << 20;
 /// Pause between two offer frames when sending the whole list, under the
 /// server's message rate.
 const OFFER_PACING: Duration = Duration::from_millis(100);
-/// How long a tracker search waits for its answer.
-const SEARCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `files <peer>` waits for the list.
 const LIST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The files service: serving `List` and `Get` to linked peers
-/// ([`serve`]).
-pub(crate) struct FilesService;
+/// ([`serve`]), sharing, searching the tracker, downloading ([`get`]).
+pub(crate) struct Files {
+    link: LinkHandle,
+    /// Files being downloaded now.
+    downloads: Mutex<HashSet<BlobHash>>,
+    /// Files connections we serve, per peer (at most
+    /// [`serve::MAX_CONNS_PER_PEER`] each).
+    serving: Mutex<HashMap<NodeId, usize>>,
+}
 
-impl crate::service::Service for FilesService {
+impl Service for Files {
     fn alpn(&self) -> &'static [u8] {
         files::ALPN
     }
 
-    fn accept(
-        &self,
-        link: crate::service::LinkHandle,
-        peer: burrow_proto::NodeId,
-        conn: quinn::Connection,
-    ) -> crate::service::Serving {
-        Box::pin(serve::serve(link.node().clone(), peer, conn))
+    fn accept(self: Arc<Self>, peer: NodeId, conn: quinn::Connection) -> Serving {
+        Box::pin(serve::serve(self, peer, conn))
+    }
+
+    fn on_link(self: Arc<Self>, event: &LinkEvent) {
+        if *event == LinkEvent::Registered {
+            announce_all(&self.link);
+        }
+    }
+}
+
+impl Files {
+    pub(crate) fn new(link: LinkHandle) -> Arc<Files> {
+        Arc::new(Files {
+            link,
+            downloads: Mutex::default(),
+            serving: Mutex::default(),
+        })
+    }
+
+    fn downloads(&self) -> MutexGuard<'_, HashSet<BlobHash>> {
+        self.downloads
+            .lock()
+            .expect("downloads lock is never poisoned")
+    }
+
+    fn serving(&self) -> MutexGuard<'_, HashMap<NodeId, usize>> {
+        self.serving.lock().expect("serving lock is never poisoned")
     }
 }
 
@@ -182,32 +209,27 @@ fn share_view(s: &StoredShare) -> ShareView {
 
 /// Tells the tracker we offer `files` (if we are registered; otherwise the next
 /// registration sends the whole list).
-pub(crate) fn offer(inner: &Inner, files: Vec<FileEntry>) {
-    if let Some(tx) = inner.state().server_tx.clone() {
-        for chunk in files.chunks(OFFERS_PER_FRAME) {
-            let _ = tx.try_send(ClientMsg::Offer {
-                replace: false,
-                files: chunk.to_vec(),
-            });
-        }
+pub(crate) fn offer(link: &LinkHandle, files: Vec<FileEntry>) {
+    for chunk in files.chunks(OFFERS_PER_FRAME) {
+        link.tell_server(ClientMsg::Offer {
+            replace: false,
+            files: chunk.to_vec(),
+        });
     }
 }
 
 /// Tells the tracker we no longer offer `hash`.
-pub(crate) fn unoffer(inner: &Inner, hash: BlobHash) {
-    if let Some(tx) = inner.state().server_tx.clone() {
-        let _ = tx.try_send(ClientMsg::Unoffer { hash });
-    }
+pub(crate) fn unoffer(link: &LinkHandle, hash: BlobHash) {
+    link.tell_server(ClientMsg::Unoffer { hash });
 }
 
 /// Sends the tracker our whole list, replacing what it had from us (after each
 /// registration), paced under the server's message rate. Shares whose files
 /// changed while the node was away are withdrawn instead.
-pub(crate) fn announce_all(inner: &Arc<Inner>) {
-    let inner = inner.clone();
-    let inner2 = inner.clone();
-    inner.spawn(async move {
-        let Ok(shares) = inner2.with_store(|s| s.shares()).await else {
+fn announce_all(link: &LinkHandle) {
+    let link2 = link.clone();
+    link.spawn(async move {
+        let Ok(shares) = link2.with_store(|s| s.shares()).await else {
             return;
         };
         let mut entries = Vec::new();
@@ -219,10 +241,10 @@ pub(crate) fn announce_all(inner: &Arc<Inner>) {
                     size: share.size,
                 });
             } else {
-                serve::withdraw(&inner2, &share).await;
+                serve::withdraw(&link2, &share).await;
             }
         }
-        let Some(tx) = inner2.state().server_tx.clone() else {
+        let Some(tx) = link2.server() else {
             return;
         };
         debug!(files = entries.len(), "announcing shares to the tracker");
@@ -254,7 +276,7 @@ pub(crate) fn announce_all(inner: &Arc<Inner>) {
     });
 }
 
-impl Node {
+impl Files {
     /// Offers the file at `path` (absolute) as `name` (default: its file name):
     /// hashes it, keeps its outboard, tells the tracker.
     pub async fn share(&self, path: &str, name: Option<&str>) -> Result<ShareView, ApiError> {
@@ -274,7 +296,7 @@ impl Node {
                 .parse(),
         }
         .map_err(ApiError::BadName)?;
-        let home = self.inner.config.home.clone();
+        let home = self.link.home().to_path_buf();
         let p = path.clone();
         let hashed = tokio::task::spawn_blocking(move || hash_file(&home, &p))
             .await
@@ -289,9 +311,9 @@ impl Node {
             added_at_ms: burrow_proto::time::unix_ms(SystemTime::now()),
         };
         let stored = share.clone();
-        self.inner.with_store(move |s| s.put_share(&stored)).await?;
+        self.link.with_store(move |s| s.put_share(&stored)).await?;
         offer(
-            &self.inner,
+            &self.link,
             vec![FileEntry {
                 hash: share.hash,
                 name: share.name.clone(),
@@ -300,20 +322,20 @@ impl Node {
         );
         // The server handles our messages in order: once it answers this lookup
         // the offer is in the tracker, and others can find it when we return.
-        let _ = self.tracker(Query::Hash(share.hash)).await;
+        let _ = self.link.tracker(Query::Hash(share.hash)).await;
         info!(hash = %share.hash.short(), name = %share.name, size = share.size, "sharing");
         Ok(share_view(&share))
     }
 
     /// What this node offers.
     pub async fn shares(&self) -> Result<Vec<ShareView>, ApiError> {
-        let shares = self.inner.with_store(|s| s.shares()).await?;
+        let shares = self.link.with_store(|s| s.shares()).await?;
         Ok(shares.iter().map(share_view).collect())
     }
 
     /// Stops offering `file` (its hash, a unique hash prefix, or its name).
     pub async fn unshare(&self, file: &str) -> Result<ShareView, ApiError> {
-        let shares = self.inner.with_store(|s| s.shares()).await?;
+        let shares = self.link.with_store(|s| s.shares()).await?;
         let wanted = file.trim();
         let matches: Vec<&StoredShare> = shares
             .iter()
@@ -342,11 +364,9 @@ impl Node {
             }
         };
         let hash = share.hash;
-        self.inner
-            .with_store(move |s| s.remove_share(&hash))
-            .await?;
-        unoffer(&self.inner, hash);
-        let home = self.inner.config.home.clone();
+        self.link.with_store(move |s| s.remove_share(&hash)).await?;
+        unoffer(&self.link, hash);
+        let home = self.link.home().to_path_buf();
         let _ = std::fs::remove_file(outboard_path(&home, &hash));
         Ok(share_view(&share))
     }
@@ -356,55 +376,22 @@ impl Node {
         if query.len() > files::MAX_NAME {
             return Err(ApiError::BadName(files::ShareNameError::TooLong));
         }
-        let found = self.tracker(Query::Name(query.to_string())).await?;
+        let found = self.link.tracker(Query::Name(query.to_string())).await?;
         Ok(found.iter().map(search_view).collect())
-    }
-
-    /// Sends a tracker query and waits for the answer.
-    pub(crate) async fn tracker(&self, query: Query) -> Result<Vec<TrackerEntry>, ApiError> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let (server, query_id) = {
-            let mut st = self.inner.state();
-            let server = st.server_tx.clone().ok_or(ApiError::ServerUnavailable)?;
-            st.next_query = st.next_query.wrapping_add(1);
-            let id = st.next_query;
-            st.searches.insert(id, tx);
-            (server, id)
-        };
-        let sent = server.send(ClientMsg::Search { query_id, query }).await;
-        let answer = match sent {
-            Ok(()) => tokio::time::timeout(SEARCH_TIMEOUT, rx).await,
-            Err(_) => {
-                self.inner.state().searches.remove(&query_id);
-                return Err(ApiError::ServerUnavailable);
-            }
-        };
-        match answer {
-            Ok(Ok(results)) => Ok(results),
-            Ok(Err(_)) => Err(ApiError::ServerUnavailable),
-            Err(_) => {
-                self.inner.state().searches.remove(&query_id);
-                Err(ApiError::NoAnswer)
-            }
-        }
     }
 
     /// Asks `peer` (connected) what it offers.
     pub async fn files(&self, peer: &str) -> Result<Vec<FileView>, ApiError> {
-        let (id, name) = {
-            let st = self.inner.state();
-            let id = resolve(&st, peer)?;
-            let name = st.name_of(&id);
-            if !st.peers.get(&id).is_some_and(|p| p.connected()) {
-                return Err(ApiError::NotConnected(name));
-            }
-            (id, name)
-        };
+        let id = self.link.resolve(peer).await?;
+        let name = self.link.shown_name(&id);
+        if !self.link.linked(&id) {
+            return Err(ApiError::NotConnected(name));
+        }
         let fail = |e: &dyn std::fmt::Display| ApiError::Peer {
             name: name.clone(),
             reason: e.to_string(),
         };
-        let conn = get::dial_files(&self.inner, id)
+        let conn = get::dial_files(&self.link, id)
             .await
             .map_err(|e| fail(&e))?;
         let list = async {

@@ -19,8 +19,9 @@ use iroh_io::AsyncStreamWriter;
 use tracing::{debug, info, warn};
 
 use super::quic_io::{FileSlice, StreamWriter};
+use super::Files;
 use crate::event::NodeEvent;
-use crate::node::Inner;
+use crate::service::LinkHandle;
 
 /// Files connections one peer may have open to us at once: a `get` opens one
 /// (and one more, briefly, to prove the file's size), so this allows a few
@@ -30,10 +31,10 @@ pub(crate) const MAX_CONNS_PER_PEER: usize = 8;
 
 /// Serves `peer`'s requests on `conn` until it closes. Each stream is one
 /// request. A peer past [`MAX_CONNS_PER_PEER`] is refused.
-pub(crate) async fn serve(inner: Arc<Inner>, peer: NodeId, conn: quinn::Connection) {
+pub(crate) async fn serve(files: Arc<Files>, peer: NodeId, conn: quinn::Connection) {
     {
-        let mut st = inner.state();
-        let open = st.files_serving.entry(peer).or_default();
+        let mut serving = files.serving();
+        let open = serving.entry(peer).or_default();
         if *open >= MAX_CONNS_PER_PEER {
             warn!(peer = %peer.short(), "too many files connections from one peer; refused");
             conn.close(
@@ -45,24 +46,24 @@ pub(crate) async fn serve(inner: Arc<Inner>, peer: NodeId, conn: quinn::Connecti
         *open += 1;
     }
     while let Ok((send, recv)) = conn.accept_bi().await {
-        let inner = inner.clone();
+        let link = files.link.clone();
         tokio::spawn(tracing::Instrument::in_current_span(async move {
-            if let Err(e) = answer(&inner, send, recv).await {
+            if let Err(e) = answer(&link, send, recv).await {
                 debug!(peer = %peer.short(), error = %e, "files request ended");
             }
         }));
     }
-    let mut st = inner.state();
-    if let Some(open) = st.files_serving.get_mut(&peer) {
+    let mut serving = files.serving();
+    if let Some(open) = serving.get_mut(&peer) {
         *open -= 1;
         if *open == 0 {
-            st.files_serving.remove(&peer);
+            serving.remove(&peer);
         }
     }
 }
 
 async fn answer(
-    inner: &Arc<Inner>,
+    link: &LinkHandle,
     send: quinn::SendStream,
     recv: quinn::RecvStream,
 ) -> Result<(), std::io::Error> {
@@ -75,7 +76,7 @@ async fn answer(
     let response = match request {
         None => return Ok(()),
         Some(FilesRequest::List) => {
-            let shares = inner
+            let shares = link
                 .with_store(|s| s.shares())
                 .await
                 .map_err(std::io::Error::other)?;
@@ -94,14 +95,14 @@ async fn answer(
             if !files::ranges_valid(&ranges) {
                 FilesResponse::BadRequest
             } else {
-                let share = inner
+                let share = link
                     .with_store(move |s| s.share(&hash))
                     .await
                     .map_err(std::io::Error::other)?;
                 match share {
                     None => FilesResponse::NotFound,
                     Some(share) if !super::unchanged(&share) => {
-                        if withdraw(inner, &share).await {
+                        if withdraw(link, &share).await {
                             FilesResponse::NotFound
                         } else {
                             FilesResponse::Changed
@@ -113,7 +114,7 @@ async fn answer(
                             .await
                             .map_err(std::io::Error::other)?;
                         let send = writer.into_inner();
-                        return stream_ranges(inner, share, ranges, send).await;
+                        return stream_ranges(link, share, ranges, send).await;
                     }
                 }
             }
@@ -129,12 +130,12 @@ async fn answer(
 
 /// Sends the bao encoding of `ranges` of `share` on `send`.
 async fn stream_ranges(
-    inner: &Arc<Inner>,
+    link: &LinkHandle,
     share: StoredShare,
     ranges: Vec<ChunkSpan>,
     send: quinn::SendStream,
 ) -> Result<(), std::io::Error> {
-    let outboard_path = super::outboard_path(&inner.config.home, &share.hash);
+    let outboard_path = super::outboard_path(link.home(), &share.hash);
     let data = FileSlice::open(&share.path, super::quic_io::READ_AHEAD)?;
     let outboard = PreOrderOutboard {
         root: share.hash.into(),
@@ -153,12 +154,12 @@ async fn stream_ranges(
 
 /// Stops offering a share whose file changed or vanished, and says so.
 /// Returns true if the file is gone.
-pub(crate) async fn withdraw(inner: &Arc<Inner>, share: &StoredShare) -> bool {
+pub(crate) async fn withdraw(link: &LinkHandle, share: &StoredShare) -> bool {
     let hash = share.hash;
-    if let Err(e) = inner.with_store(move |s| s.remove_share(&hash)).await {
+    if let Err(e) = link.with_store(move |s| s.remove_share(&hash)).await {
         warn!(error = %e, "could not forget a changed share");
     }
-    super::unoffer(inner, hash);
+    super::unoffer(link, hash);
     let gone = !share.path.exists();
     let reason = if gone {
         "the file is gone"
@@ -166,7 +167,7 @@ pub(crate) async fn withdraw(inner: &Arc<Inner>, share: &StoredShare) -> bool {
         "the file changed on disk since it was shared (share it again to offer the new content)"
     };
     info!(hash = %hash.short(), path = %share.path.display(), reason, "no longer offered");
-    inner.emit(NodeEvent::ShareWithdrawn {
+    link.emit(NodeEvent::ShareWithdrawn {
         name: share.name.to_string(),
         path: share.path.display().to_string(),
         reason: reason.into(),

@@ -25,8 +25,8 @@ use burrow_proto::NodeId;
 use burrow_store::Stored;
 use tracing::{debug, warn};
 
+use super::Mesh;
 use crate::event::NodeEvent;
-use crate::node::Inner;
 
 /// How long an announced post may take to arrive before it is grafted.
 pub(crate) const GRAFT_AFTER: Duration = Duration::from_millis(1000);
@@ -39,9 +39,9 @@ const SEND_BATCH: usize = 256;
 
 /// Sends a new post on: in full to eager links, as an id to lazy ones, except to
 /// the link it came from. Only links following its topic get it.
-pub(crate) fn broadcast(inner: &Inner, post: &Post, from: Option<NodeId>) {
-    let mut st = inner.state();
-    let mesh = &mut st.mesh;
+pub(crate) fn broadcast(mesh: &Mesh, post: &Post, from: Option<NodeId>) {
+    let mut st = mesh.state();
+    let mesh = &mut *st;
     let targets: Vec<NodeId> = mesh
         .links
         .iter()
@@ -78,37 +78,37 @@ pub(crate) fn broadcast(inner: &Inner, post: &Post, from: Option<NodeId>) {
 /// brings them), and those past the store's quota are not kept (see
 /// [`burrow_store::PostQuota`]); neither is the peer's fault (it may only be
 /// passing them on), so neither is a strike.
-async fn accept(inner: &Arc<Inner>, peer: NodeId, posts: Vec<Post>) -> Vec<(Post, bool)> {
+async fn accept(mesh: &Arc<Mesh>, peer: NodeId, posts: Vec<Post>) -> Vec<(Post, bool)> {
     let mut valid = Vec::with_capacity(posts.len());
-    let wall = inner.wall_ms();
+    let wall = mesh.link.wall_ms();
     for p in posts {
         if let Err(e) = p.verify(wall) {
             warn!(peer = %peer.short(), post = %p.id.short(), error = %e, "refusing a post");
             if e.is_forgery() {
-                inner.state().conduct.strike(peer);
+                mesh.link.strike(peer, "broke the mesh protocol");
             }
             continue;
         }
-        if inner.state().mesh.topics.contains(&p.topic) {
+        if mesh.state().topics.contains(&p.topic) {
             valid.push(p);
         }
     }
     if valid.is_empty() {
         return Vec::new();
     }
-    let valid = within_budget(inner, peer, valid).await;
-    let now = inner.wall_ms();
+    let valid = within_budget(mesh, peer, valid).await;
+    let now = mesh.link.wall_ms();
     let batch = valid.clone();
     let exempt: HashSet<NodeId> = {
-        let st = inner.state();
         batch
             .iter()
-            .filter(|p| st.vouched_name(&p.author, inner.id, p.author_name.as_str()))
+            .filter(|p| mesh.link.vouched_name(&p.author, p.author_name.as_str()))
             .map(|p| p.author)
             .collect()
     };
-    let quota = Some(inner.config.forum_quota);
-    let stored = inner
+    let quota = Some(mesh.link.config().forum_quota);
+    let stored = mesh
+        .link
         .with_store(move |s| s.insert_posts(&batch, now, quota, |a| exempt.contains(a)))
         .await;
     let stored = match stored {
@@ -121,14 +121,14 @@ async fn accept(inner: &Arc<Inner>, peer: NodeId, posts: Vec<Post>) -> Vec<(Post
     let over_quota = stored.iter().filter(|s| **s == Stored::OverQuota).count();
     if over_quota > 0 {
         debug!(peer = %peer.short(), over_quota, "posts not kept: their author's share of the topic, or the topic, is full");
-        let mut st = inner.state();
-        st.mesh.stats.over_quota += over_quota as u64;
-        if st.mesh.refused.len() + over_quota > MAX_REFUSED {
-            st.mesh.refused.clear();
+        let mut st = mesh.state();
+        st.stats.over_quota += over_quota as u64;
+        if st.refused.len() + over_quota > MAX_REFUSED {
+            st.refused.clear();
         }
         for (p, s) in valid.iter().zip(&stored) {
             if *s == Stored::OverQuota {
-                st.mesh.refused.insert(p.id);
+                st.refused.insert(p.id);
             }
         }
     }
@@ -139,22 +139,19 @@ async fn accept(inner: &Arc<Inner>, peer: NodeId, posts: Vec<Post>) -> Vec<(Post
         .map(|(p, s)| (p, s == Stored::New))
         .collect();
     {
-        let mut st = inner.state();
+        let mut st = mesh.state();
         for (p, new) in &out {
-            st.mesh.tree.arrived(&p.id);
+            st.tree.arrived(&p.id);
             if *new {
-                st.mesh.hlc.observe(p.created, now);
+                st.hlc.observe(p.created, now);
             }
         }
     }
     for (p, new) in &out {
         if *new {
             let mut view = crate::forum::view(p);
-            view.author_verified =
-                inner
-                    .state()
-                    .vouched_name(&p.author, inner.id, p.author_name.as_str());
-            inner.emit(NodeEvent::Post(view));
+            view.author_verified = mesh.link.vouched_name(&p.author, p.author_name.as_str());
+            mesh.link.emit(NodeEvent::Post(view));
         }
     }
     // A reply whose parent we lack: ask the sender for it now rather than wait
@@ -165,9 +162,9 @@ async fn accept(inner: &Arc<Inner>, peer: NodeId, posts: Vec<Post>) -> Vec<(Post
         .filter_map(|(p, _)| p.parent)
         .collect();
     if !parents.is_empty() {
-        let lacking = lacking(inner, parents).await;
+        let lacking = lacking(mesh, parents).await;
         if !lacking.is_empty() {
-            send(inner, peer, MeshFrame::Want(lacking));
+            send(mesh, peer, MeshFrame::Want(lacking));
         }
     }
     out
@@ -175,14 +172,14 @@ async fn accept(inner: &Arc<Inner>, peer: NodeId, posts: Vec<Post>) -> Vec<(Post
 
 /// The posts of `posts` that `peer`'s link may bring now: the ones we have
 /// cost nothing, each new one a token of the link's budget.
-async fn within_budget(inner: &Arc<Inner>, peer: NodeId, posts: Vec<Post>) -> Vec<Post> {
-    let lacking: HashSet<PostId> = lacking(inner, posts.iter().map(|p| p.id).collect())
+async fn within_budget(mesh: &Arc<Mesh>, peer: NodeId, posts: Vec<Post>) -> Vec<Post> {
+    let lacking: HashSet<PostId> = lacking(mesh, posts.iter().map(|p| p.id).collect())
         .await
         .into_iter()
         .collect();
     let now = Instant::now();
-    let mut st = inner.state();
-    let mesh = &mut st.mesh;
+    let mut st = mesh.state();
+    let mesh = &mut *st;
     let refused = &mesh.refused;
     let Some(link) = mesh.links.get_mut(&peer) else {
         return posts;
@@ -202,15 +199,15 @@ async fn within_budget(inner: &Arc<Inner>, peer: NodeId, posts: Vec<Post>) -> Ve
             link.over_budget_logged = true;
             warn!(peer = %peer.short(), "a link brings new forum posts faster than allowed; the rest wait for a later reconciliation");
         }
-        st.mesh.stats.over_link_rate += over;
+        st.stats.over_link_rate += over;
     }
     kept
 }
 
 /// Which of `ids` we don't have.
-async fn lacking(inner: &Arc<Inner>, ids: Vec<PostId>) -> Vec<PostId> {
+async fn lacking(mesh: &Arc<Mesh>, ids: Vec<PostId>) -> Vec<PostId> {
     let query = ids.clone();
-    match inner.with_store(move |s| s.have_posts(&query)).await {
+    match mesh.link.with_store(move |s| s.have_posts(&query)).await {
         Ok(have) => ids
             .into_iter()
             .zip(have)
@@ -221,28 +218,28 @@ async fn lacking(inner: &Arc<Inner>, ids: Vec<PostId>) -> Vec<PostId> {
     }
 }
 
-fn send(inner: &Inner, peer: NodeId, frame: MeshFrame) {
-    send_locked(&inner.state(), peer, frame);
+fn send(mesh: &Mesh, peer: NodeId, frame: MeshFrame) {
+    send_locked(&mesh.state(), peer, frame);
 }
 
 /// Queues `frame` on `peer`'s link, if it has one and room.
-fn send_locked(st: &crate::state::State, peer: NodeId, frame: MeshFrame) {
-    if let Some(l) = st.mesh.links.get(&peer) {
+fn send_locked(st: &super::MeshState, peer: NodeId, frame: MeshFrame) {
+    if let Some(l) = st.links.get(&peer) {
         let _ = l.tx.try_send(frame);
     }
 }
 
 /// A gossiped post.
-pub(crate) async fn receive_post(inner: &Arc<Inner>, peer: NodeId, post: Post) {
-    for (p, new) in accept(inner, peer, vec![post]).await {
+pub(crate) async fn receive_post(mesh: &Arc<Mesh>, peer: NodeId, post: Post) {
+    for (p, new) in accept(mesh, peer, vec![post]).await {
         if new {
-            broadcast(inner, &p, Some(peer));
+            broadcast(mesh, &p, Some(peer));
         } else {
             // A duplicate: this link is not on the tree. (Prune again if it
             // was lazy already: our first Prune may have been dropped.)
-            let mut st = inner.state();
-            st.mesh.stats.duplicates += 1;
-            if st.mesh.tree.duplicate(p.id, peer).is_some() {
+            let mut st = mesh.state();
+            st.stats.duplicates += 1;
+            if st.tree.duplicate(p.id, peer).is_some() {
                 send_locked(&st, peer, MeshFrame::Prune);
             }
         }
@@ -251,9 +248,9 @@ pub(crate) async fn receive_post(inner: &Arc<Inner>, peer: NodeId, post: Post) {
 
 /// Posts found missing by reconciliation (or asked for by `Want`); false ends
 /// the session (the peer is past the misbehaviour limit).
-pub(crate) async fn receive_synced(inner: &Arc<Inner>, peer: NodeId, posts: Vec<Post>) -> bool {
-    accept(inner, peer, posts).await;
-    !inner.state().conduct.refused(&peer)
+pub(crate) async fn receive_synced(mesh: &Arc<Mesh>, peer: NodeId, posts: Vec<Post>) -> bool {
+    accept(mesh, peer, posts).await;
+    !mesh.link.refused(&peer)
 }
 
 /// Announced posts awaited at once (each for [`GRAFT_AFTER`]). Past this a
@@ -271,20 +268,20 @@ pub(crate) fn tree() -> Tree {
 
 /// A lazy link announces posts: note the ones we lack, to graft if they don't
 /// come by the tree.
-pub(crate) async fn receive_ihave(inner: &Arc<Inner>, peer: NodeId, ids: Vec<PostId>) {
-    let lacking = lacking(inner, ids).await;
-    let mut st = inner.state();
-    let dropped = st.mesh.tree.announced(peer, lacking, Instant::now()) as u64;
+pub(crate) async fn receive_ihave(mesh: &Arc<Mesh>, peer: NodeId, ids: Vec<PostId>) {
+    let lacking = lacking(mesh, ids).await;
+    let mut st = mesh.state();
+    let dropped = st.tree.announced(peer, lacking, Instant::now()) as u64;
     if dropped > 0 {
         debug!(peer = %peer.short(), dropped, "announcements not tracked: too many awaited");
-        st.mesh.stats.ihave_dropped += dropped;
+        st.stats.ihave_dropped += dropped;
     }
 }
 
 /// Grafts the posts still missing after [`GRAFT_AFTER`].
-fn graft_overdue(inner: &Inner) {
-    let mut st = inner.state();
-    for s in st.mesh.tree.overdue(Instant::now()) {
+fn graft_overdue(mesh: &Mesh) {
+    let mut st = mesh.state();
+    for s in st.tree.overdue(Instant::now()) {
         if let Out::Graft { to, ids } = s {
             debug!(peer = %to.short(), n = ids.len(), "grafting");
             send_locked(&st, to, MeshFrame::Graft(ids));
@@ -302,47 +299,42 @@ const GRAFT_TICK: Duration = Duration::from_millis(50);
 /// Gossip's timers, with a server or without, until shutdown: grafts what
 /// falls due, and reconciles dialed links every
 /// [`crate::NodeConfig::resync_every`].
-pub(crate) async fn drive(inner: Arc<Inner>) {
+pub(crate) async fn drive(mesh: Arc<Mesh>) {
     let mut last_resync = Instant::now();
     loop {
         let now = Instant::now();
-        let wake = inner
-            .state()
-            .mesh
-            .tree
-            .next_due()
-            .map_or(now + IDLE_TICK, |due| {
-                due.clamp(now + GRAFT_TICK, now + IDLE_TICK)
-            });
+        let wake = mesh.state().tree.next_due().map_or(now + IDLE_TICK, |due| {
+            due.clamp(now + GRAFT_TICK, now + IDLE_TICK)
+        });
         tokio::select! {
-            _ = inner.shutdown.cancelled() => return,
+            _ = mesh.link.shutdown().cancelled() => return,
             _ = tokio::time::sleep_until(wake.into()) => {}
         }
-        graft_overdue(&inner);
-        if last_resync.elapsed() >= inner.config.resync_every {
+        graft_overdue(&mesh);
+        if last_resync.elapsed() >= mesh.link.config().resync_every {
             last_resync = Instant::now();
-            resync_dialed(&inner);
+            resync_dialed(&mesh);
         }
     }
 }
 
 /// The peer wants posts in full again, starting with these.
-pub(crate) async fn receive_graft(inner: &Arc<Inner>, peer: NodeId, ids: Vec<PostId>) {
-    inner.state().mesh.tree.grafted(&peer);
-    let n = send_posts(inner, peer, ids, MeshFrame::Post).await;
-    inner.state().mesh.stats.posts_sent += n;
+pub(crate) async fn receive_graft(mesh: &Arc<Mesh>, peer: NodeId, ids: Vec<PostId>) {
+    mesh.state().tree.grafted(&peer);
+    let n = send_posts(mesh, peer, ids, MeshFrame::Post).await;
+    mesh.state().stats.posts_sent += n;
 }
 
 /// The peer lacks these posts (reconciliation found them missing).
-pub(crate) async fn receive_want(inner: &Arc<Inner>, peer: NodeId, ids: Vec<PostId>) {
-    let n = send_posts(inner, peer, ids, MeshFrame::Synced).await;
-    inner.state().mesh.stats.synced_sent += n;
+pub(crate) async fn receive_want(mesh: &Arc<Mesh>, peer: NodeId, ids: Vec<PostId>) {
+    let n = send_posts(mesh, peer, ids, MeshFrame::Synced).await;
+    mesh.state().stats.synced_sent += n;
 }
 
 /// Sends the posts with these ids that we have (in topics the peer follows),
 /// waiting for room in the link's queue. Returns how many went.
 async fn send_posts(
-    inner: &Arc<Inner>,
+    mesh: &Arc<Mesh>,
     peer: NodeId,
     ids: Vec<PostId>,
     frame: fn(Post) -> MeshFrame,
@@ -350,12 +342,12 @@ async fn send_posts(
     let mut sent = 0;
     for chunk in ids.chunks(SEND_BATCH) {
         let chunk = chunk.to_vec();
-        let Ok(posts) = inner.with_store(move |s| s.posts_by_id(&chunk)).await else {
+        let Ok(posts) = mesh.link.with_store(move |s| s.posts_by_id(&chunk)).await else {
             return sent;
         };
         let (tx, topics) = {
-            let st = inner.state();
-            let Some(l) = st.mesh.links.get(&peer) else {
+            let st = mesh.state();
+            let Some(l) = st.links.get(&peer) else {
                 return sent;
             };
             (l.tx.clone(), l.topics.clone())
@@ -374,60 +366,60 @@ async fn send_posts(
 
 /// Reconciles again every link this node dialed (called on a timer): repairs
 /// what gossip dropped on a full queue while the link stayed up.
-pub(crate) fn resync_dialed(inner: &Arc<Inner>) {
-    let dialed: Vec<NodeId> = inner
+pub(crate) fn resync_dialed(mesh: &Arc<Mesh>) {
+    let dialed: Vec<NodeId> = mesh
         .state()
-        .mesh
         .links
         .iter()
-        .filter(|(_, l)| l.dialer == inner.id && l.syncing.is_empty())
+        .filter(|(_, l)| l.dialer == mesh.link.id() && l.syncing.is_empty())
         .map(|(id, _)| *id)
         .collect();
     for peer in dialed {
-        start_sync(inner, peer);
+        start_sync(mesh, peer);
     }
 }
 
 /// Starts reconciling every topic both sides follow (we dialed the link).
-pub(crate) fn start_sync(inner: &Arc<Inner>, peer: NodeId) {
+pub(crate) fn start_sync(mesh: &Arc<Mesh>, peer: NodeId) {
     let topics: Vec<Topic> = {
-        let st = inner.state();
-        let Some(l) = st.mesh.links.get(&peer) else {
+        let st = mesh.state();
+        let Some(l) = st.links.get(&peer) else {
             return;
         };
-        st.mesh
-            .topics
+        st.topics
             .iter()
             .filter(|t| l.topics.contains(*t))
             .cloned()
             .collect()
     };
     for topic in topics {
-        let inner2 = inner.clone();
-        inner.spawn(async move { sync_topic(inner2, peer, topic).await });
+        let mesh2 = mesh.clone();
+        mesh.link
+            .spawn(async move { sync_topic(mesh2, peer, topic).await });
     }
 }
 
 /// Starts reconciling `topic` with every link that follows it (we just started
 /// following it).
-pub(crate) fn sync_everyone(inner: &Arc<Inner>, topic: &Topic) {
-    let peers: Vec<NodeId> = inner
+pub(crate) fn sync_everyone(mesh: &Arc<Mesh>, topic: &Topic) {
+    let peers: Vec<NodeId> = mesh
         .state()
-        .mesh
         .links
         .iter()
         .filter(|(_, l)| l.topics.contains(topic))
         .map(|(id, _)| *id)
         .collect();
     for peer in peers {
-        let (inner2, topic) = (inner.clone(), topic.clone());
-        inner.spawn(async move { sync_topic(inner2, peer, topic).await });
+        let (mesh2, topic) = (mesh.clone(), topic.clone());
+        mesh.link
+            .spawn(async move { sync_topic(mesh2, peer, topic).await });
     }
 }
 
-async fn sync_topic(inner: Arc<Inner>, peer: NodeId, topic: Topic) {
+async fn sync_topic(mesh: Arc<Mesh>, peer: NodeId, topic: Topic) {
     let t = topic.clone();
-    let built = inner
+    let built = mesh
+        .link
         .with_store(move |s| s.post_items(&t))
         .await
         .map(Reconciler::new);
@@ -437,9 +429,9 @@ async fn sync_topic(inner: Arc<Inner>, peer: NodeId, topic: Topic) {
     };
     let Ok(first) = rec.initiate() else { return };
     let tx = {
-        let mut st = inner.state();
-        st.mesh.stats.sync_bytes += first.len() as u64;
-        let Some(l) = st.mesh.links.get_mut(&peer) else {
+        let mut st = mesh.state();
+        st.stats.sync_bytes += first.len() as u64;
+        let Some(l) = st.links.get_mut(&peer) else {
             return;
         };
         l.syncing.insert(topic.clone(), rec);
@@ -453,23 +445,22 @@ async fn sync_topic(inner: Arc<Inner>, peer: NodeId, topic: Topic) {
 /// kept for the whole session, as it once was, the minute's re-sync never
 /// offered what arrived here since the link came up.
 pub(crate) async fn receive_sync(
-    inner: &Arc<Inner>,
+    mesh: &Arc<Mesh>,
     peer: NodeId,
     topic: Topic,
     msg: Vec<u8>,
     start: bool,
 ) {
-    if !inner.state().mesh.topics.contains(&topic) {
+    if !mesh.state().topics.contains(&topic) {
         // We don't follow it (any more): an empty answer ends their side.
         let answer = Reconciler::new([]).and_then(|mut r| r.respond(&msg));
         if let Ok(answer) = answer {
-            send(inner, peer, MeshFrame::SyncReply { topic, msg: answer });
+            send(mesh, peer, MeshFrame::SyncReply { topic, msg: answer });
         }
         return;
     }
-    let cached = inner
+    let cached = mesh
         .state()
-        .mesh
         .links
         .get_mut(&peer)
         .and_then(|l| l.answering.remove(&topic))
@@ -478,7 +469,7 @@ pub(crate) async fn receive_sync(
         Some(r) => r,
         None => {
             let t = topic.clone();
-            match inner.with_store(move |s| s.post_items(&t)).await {
+            match mesh.link.with_store(move |s| s.post_items(&t)).await {
                 Ok(items) => match Reconciler::new(items) {
                     Ok(r) => r,
                     Err(_) => return,
@@ -490,9 +481,9 @@ pub(crate) async fn receive_sync(
     match rec.respond(&msg) {
         Ok(answer) => {
             let tx = {
-                let mut st = inner.state();
-                st.mesh.stats.sync_bytes += (msg.len() + answer.len()) as u64;
-                let Some(l) = st.mesh.links.get_mut(&peer) else {
+                let mut st = mesh.state();
+                st.stats.sync_bytes += (msg.len() + answer.len()) as u64;
+                let Some(l) = st.links.get_mut(&peer) else {
                     return;
                 };
                 l.answering.insert(topic.clone(), rec);
@@ -503,22 +494,16 @@ pub(crate) async fn receive_sync(
         }
         Err(e) => {
             warn!(peer = %peer.short(), error = %e, "bad reconciliation message");
-            inner.state().conduct.strike(peer);
+            mesh.link.strike(peer, "broke the mesh protocol");
         }
     }
 }
 
 /// Initiator: reads an answer, sends what the peer lacks, asks for what we lack,
 /// and continues until the sets are reconciled.
-pub(crate) async fn receive_sync_reply(
-    inner: &Arc<Inner>,
-    peer: NodeId,
-    topic: Topic,
-    msg: Vec<u8>,
-) {
-    let Some(mut rec) = inner
+pub(crate) async fn receive_sync_reply(mesh: &Arc<Mesh>, peer: NodeId, topic: Topic, msg: Vec<u8>) {
+    let Some(mut rec) = mesh
         .state()
-        .mesh
         .links
         .get_mut(&peer)
         .and_then(|l| l.syncing.remove(&topic))
@@ -530,13 +515,13 @@ pub(crate) async fn receive_sync_reply(
         Ok(r) => r,
         Err(e) => {
             warn!(peer = %peer.short(), error = %e, "bad reconciliation answer");
-            inner.state().conduct.strike(peer);
+            mesh.link.strike(peer, "broke the mesh protocol");
             return;
         }
     };
     let tx = {
-        let mut st = inner.state();
-        let mesh = &mut st.mesh;
+        let mut st = mesh.state();
+        let mesh = &mut *st;
         mesh.stats.sync_bytes += (msg.len() + round.next.as_ref().map_or(0, |n| n.len())) as u64;
         let Some(l) = mesh.links.get_mut(&peer) else {
             return;
@@ -558,7 +543,7 @@ pub(crate) async fn receive_sync_reply(
         let _ = tx.send(MeshFrame::Sync { topic, msg: next }).await;
     }
     if !round.have.is_empty() {
-        let n = send_posts(inner, peer, round.have, MeshFrame::Synced).await;
-        inner.state().mesh.stats.synced_sent += n;
+        let n = send_posts(mesh, peer, round.have, MeshFrame::Synced).await;
+        mesh.state().stats.synced_sent += n;
     }
 }

@@ -27,15 +27,13 @@ use std::time::{Duration, Instant};
 
 use burrow_proto::mesh::{self, MeshFrame, MeshSecret, PeerAd, Ticket};
 use burrow_proto::punch::PunchTicket;
-use burrow_proto::rendezvous::Direction;
 use burrow_proto::{Name, NodeId};
 use rand::seq::SliceRandom;
 use tracing::{debug, info, warn};
 
 use crate::error::ApiError;
-use crate::node::Inner;
-use crate::peers;
-use crate::state::State;
+
+use super::{Mesh, MeshState};
 
 /// The store setting holding the network's secret.
 pub(crate) const SECRET_SETTING: &str = "mesh_secret";
@@ -84,78 +82,63 @@ pub(crate) fn secret(
 
 /// Starts the mesh's background work: gossip's timers; serverless, the
 /// maintenance tick and a join loop per ticket.
-pub(crate) fn start(inner: &Arc<Inner>) {
-    inner.spawn(super::gossip::drive(inner.clone()));
-    if inner.state().mesh.secret.is_some() {
-        inner.spawn(maintain(inner.clone()));
+pub(crate) fn start(mesh: &Arc<Mesh>) {
+    mesh.link.spawn(super::gossip::drive(mesh.clone()));
+    if mesh.state().secret.is_some() {
+        mesh.link.spawn(maintain(mesh.clone()));
     }
-    for ticket in inner.config.join.clone() {
-        if ticket.id == inner.id {
+    for ticket in mesh.link.config().join.clone() {
+        if ticket.id == mesh.link.id() {
             warn!("ignoring a ticket to this node itself");
             continue;
         }
-        inner.spawn(join_loop(inner.clone(), ticket));
+        mesh.link.spawn(join_loop(mesh.clone(), ticket));
     }
 }
 
 /// Addresses we may be reached at, best first: public (as the server or a peer
 /// sees us), then the machine's own.
-pub(crate) fn own_addrs(inner: &Inner, st: &State) -> Vec<SocketAddr> {
-    let mut out = Vec::new();
-    for a in [st.public_addr, st.mesh.observed].into_iter().flatten() {
-        if !out.contains(&a) {
-            out.push(a);
-        }
-    }
-    if let Ok(local) = inner.endpoint.local_addr() {
-        for a in burrow_net::iface::lan_candidates(local) {
-            if !out.contains(&a) {
-                out.push(a);
-            }
-        }
-    }
+pub(crate) fn own_addrs(mesh: &Mesh, st: &MeshState) -> Vec<SocketAddr> {
+    let mut out = mesh.link.own_addrs(st.observed);
     out.truncate(mesh::MAX_ADDRS);
     out
 }
 
 /// This node's ticket.
-pub(crate) fn ticket(inner: &Inner) -> Result<Ticket, ApiError> {
-    let st = inner.state();
-    let secret = st.mesh.secret.ok_or(ApiError::NotServerless)?;
-    let addrs = own_addrs(inner, &st);
+pub(crate) fn ticket(mesh: &Mesh) -> Result<Ticket, ApiError> {
+    let st = mesh.state();
+    let secret = st.secret.ok_or(ApiError::NotServerless)?;
+    let addrs = own_addrs(mesh, &st);
     if addrs.is_empty() {
         return Err(ApiError::Mesh(
             "this node knows no address of its own yet".into(),
         ));
     }
     Ok(Ticket {
-        id: inner.id,
+        id: mesh.link.id(),
         secret,
         addrs,
     })
 }
 
 /// Joins from `ticket`, and again whenever this node is left without links.
-async fn join_loop(inner: Arc<Inner>, ticket: Ticket) {
+async fn join_loop(mesh: Arc<Mesh>, ticket: Ticket) {
     let mut wait = Duration::from_secs(1);
     let mut joined = false;
     loop {
         let (linked_to_it, any) = {
-            let st = inner.state();
-            (
-                st.mesh.links.contains_key(&ticket.id),
-                !st.mesh.links.is_empty(),
-            )
+            let st = mesh.state();
+            (st.links.contains_key(&ticket.id), !st.links.is_empty())
         };
         if !linked_to_it && (!joined || !any) {
-            match attempt(&inner, &ticket).await {
+            match attempt(&mesh, &ticket).await {
                 Ok(()) => {
                     joined = true;
                     wait = Duration::from_secs(1);
                 }
                 Err(e) => {
                     warn!(peer = %ticket.id.short(), error = %e, retry_in = ?wait, "cannot join");
-                    inner.emit(crate::NodeEvent::ConnectFailed {
+                    mesh.link.emit(crate::NodeEvent::ConnectFailed {
                         name: ticket.id.short(),
                         error: format!("{e}; trying again in {} s", wait.as_secs()),
                     });
@@ -164,81 +147,65 @@ async fn join_loop(inner: Arc<Inner>, ticket: Ticket) {
             }
         }
         tokio::select! {
-            _ = inner.shutdown.cancelled() => return,
+            _ = mesh.link.shutdown().cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
         }
     }
 }
 
 /// Dials the ticket's addresses in turn; the first that answers carries the link.
-async fn attempt(inner: &Arc<Inner>, ticket: &Ticket) -> Result<(), String> {
-    let paths = inner.endpoint.paths();
+async fn attempt(mesh: &Arc<Mesh>, ticket: &Ticket) -> Result<(), String> {
     let mut last = String::from("the ticket has no address this node can use");
-    for &addr in ticket.addrs.iter().filter(|a| inner.endpoint.takes(**a)) {
-        let v = paths.open(ticket.id);
-        paths.set_direct(&ticket.id, Some(addr));
+    for &addr in ticket.addrs.iter().filter(|a| mesh.link.takes(**a)) {
         debug!(peer = %ticket.id.short(), %addr, "joining");
-        let dialed = tokio::time::timeout(
-            JOIN_ATTEMPT,
-            inner.endpoint.connect(v, mesh::ALPN, Some(ticket.id)),
-        )
-        .await;
-        match dialed {
-            Ok(Ok((conn, _))) => {
+        match mesh
+            .link
+            .dial_at(ticket.id, addr, mesh::ALPN, JOIN_ATTEMPT)
+            .await
+        {
+            Ok(conn) => {
                 let (send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
                 info!(peer = %ticket.id.short(), %addr, "joined");
-                let inner2 = inner.clone();
+                let mesh2 = mesh.clone();
                 let id = ticket.id;
-                inner.spawn(async move {
-                    super::run(inner2, id, conn, send, recv, true).await;
+                mesh.link.spawn(async move {
+                    super::run(mesh2, id, conn, send, recv, true).await;
                 });
                 return Ok(());
             }
-            Ok(Err(e)) => last = format!("{addr}: {e}"),
-            Err(_) => last = format!("no answer from {addr}"),
+            Err(e) => last = e,
         }
     }
-    paths.set_direct(&ticket.id, None);
+    mesh.link.forget_direct(&ticket.id);
     Err(last)
 }
 
 /// A mesh link came up. Serverless: tell it whom we are linked with, and (as the
 /// side that dialed) open the chat connection if there is none yet: serverless,
 /// the mesh connection comes first, because its Hello proves membership.
-pub(crate) fn linked(inner: &Arc<Inner>, peer: NodeId, dialed: bool) {
+pub(crate) fn linked(mesh: &Arc<Mesh>, peer: NodeId, dialed: bool) {
     let chat = {
-        let mut st = inner.state();
-        if st.mesh.secret.is_none() {
+        let mut st = mesh.state();
+        if st.secret.is_none() {
             return;
         }
-        if st.mesh.intro.pending.is_some_and(|(p, _)| p == peer) {
-            st.mesh.intro.pending = None;
+        if st.intro.pending.is_some_and(|(p, _)| p == peer) {
+            st.intro.pending = None;
         }
         let ads = link_ads(&st);
-        if let Some(l) = st.mesh.links.get(&peer) {
+        if let Some(l) = st.links.get(&peer) {
             let _ = l.tx.try_send(MeshFrame::Peers(ads));
         }
-        dialed && !st.peers.get(&peer).is_some_and(|p| p.connected())
+        dialed && !mesh.link.linked(&peer)
     };
     if chat {
-        inner.spawn(peers::dial_chat(inner.clone(), peer));
-    }
-}
-
-/// A mesh link went down.
-pub(crate) fn unlinked(inner: &Inner, peer: NodeId) {
-    let mut st = inner.state();
-    if st.mesh.secret.is_some() {
-        if let Some(p) = st.peers.get_mut(&peer) {
-            p.online = p.connected();
-        }
+        mesh.link.dial_link(peer);
     }
 }
 
 /// Our links, as we tell our links about them.
-fn link_ads(st: &State) -> Vec<PeerAd> {
+fn link_ads(st: &MeshState) -> Vec<PeerAd> {
     let mut ads: Vec<PeerAd> = st
-        .mesh
         .links
         .iter()
         .map(|(id, l)| PeerAd {
@@ -252,25 +219,25 @@ fn link_ads(st: &State) -> Vec<PeerAd> {
 }
 
 /// A link told us whom it is linked with.
-pub(crate) fn receive_peers(inner: &Inner, from: NodeId, mut list: Vec<PeerAd>) {
-    let mut st = inner.state();
-    if st.mesh.secret.is_none() {
+pub(crate) fn receive_peers(mesh: &Mesh, from: NodeId, mut list: Vec<PeerAd>) {
+    let mut st = mesh.state();
+    if st.secret.is_none() {
         return;
     }
-    list.retain(|a| a.id != inner.id && a.id != from);
-    if let Some(l) = st.mesh.links.get_mut(&from) {
+    list.retain(|a| a.id != mesh.link.id() && a.id != from);
+    if let Some(l) = st.links.get_mut(&from) {
         l.peers = list;
     }
 }
 
 /// `from` asks us to introduce it to `target`, a peer of ours: we ask
 /// `target` whether it wants that.
-pub(crate) fn introduce(inner: &Inner, from: NodeId, target: NodeId) {
-    let st = inner.state();
-    if st.mesh.secret.is_none() || target == from || target == inner.id {
+pub(crate) fn introduce(mesh: &Mesh, from: NodeId, target: NodeId) {
+    let st = mesh.state();
+    if st.secret.is_none() || target == from || target == mesh.link.id() {
         return;
     }
-    let (Some(a), Some(c)) = (st.mesh.links.get(&from), st.mesh.links.get(&target)) else {
+    let (Some(a), Some(c)) = (st.links.get(&from), st.links.get(&target)) else {
         debug!(peer = %from.short(), target = %target.short(), "cannot introduce: not linked");
         return;
     };
@@ -281,41 +248,39 @@ pub(crate) fn introduce(inner: &Inner, from: NodeId, target: NodeId) {
 }
 
 /// `via` tells us `from` asked to meet us: we agree if we have room.
-pub(crate) fn intro_requested(inner: &Inner, via: NodeId, from: NodeId, name: Name) {
-    let mut st = inner.state();
-    if st.mesh.secret.is_none() || from == inner.id || from == via || st.conduct.refused(&from) {
+pub(crate) fn intro_requested(mesh: &Mesh, via: NodeId, from: NodeId, name: Name) {
+    let mut st = mesh.state();
+    if st.secret.is_none() || from == mesh.link.id() || from == via || mesh.link.refused(&from) {
         return;
     }
     let now = Instant::now();
-    st.mesh
-        .intro
+    st.intro
         .awaited
         .retain(|_, (_, since)| now.duration_since(*since) < INTRO_TIMEOUT);
-    let linked =
-        st.mesh.links.contains_key(&from) || st.peers.get(&from).is_some_and(|p| p.connected());
-    let full = st.mesh.links.len() >= 2 * inner.config.mesh_links
-        || st.mesh.intro.awaited.len() >= MAX_AWAITED;
-    if linked || full || st.mesh.intro.awaited.contains_key(&from) {
+    let linked = st.links.contains_key(&from) || mesh.link.linked(&from);
+    let full = st.links.len() >= 2 * mesh.link.config().mesh_links
+        || st.intro.awaited.len() >= MAX_AWAITED;
+    if linked || full || st.intro.awaited.contains_key(&from) {
         debug!(peer = %from.short(), %name, via = %via.short(), linked, full, "introduction declined");
         return;
     }
-    let Some(v) = st.mesh.links.get(&via) else {
+    let Some(v) = st.links.get(&via) else {
         return;
     };
     if v.tx.try_send(MeshFrame::IntroAccept { peer: from }).is_ok() {
-        st.mesh.intro.awaited.insert(from, (via, now));
+        st.intro.awaited.insert(from, (via, now));
     }
 }
 
 /// `from` agreed to meet `peer`, who asked us for it: we introduce them.
-pub(crate) fn intro_accepted(inner: &Inner, from: NodeId, peer: NodeId) {
-    let st = inner.state();
-    if st.mesh.secret.is_none() || peer == from || peer == inner.id {
+pub(crate) fn intro_accepted(mesh: &Mesh, from: NodeId, peer: NodeId) {
+    let st = mesh.state();
+    if st.secret.is_none() || peer == from || peer == mesh.link.id() {
         return;
     }
     // `peer` takes the introduction only if it is still looking for `from`,
     // so nothing is checked here beyond both being linked with us.
-    let (Some(a), Some(c)) = (st.mesh.links.get(&peer), st.mesh.links.get(&from)) else {
+    let (Some(a), Some(c)) = (st.links.get(&peer), st.links.get(&from)) else {
         return;
     };
     let punch = PunchTicket::random(&mut rand::thread_rng());
@@ -338,7 +303,7 @@ pub(crate) fn intro_accepted(inner: &Inner, from: NodeId, peer: NodeId) {
 
 /// A mutual peer (`via`) introduces us to `other`: punch, and dial if told to.
 pub(crate) fn introduced(
-    inner: &Arc<Inner>,
+    mesh: &Arc<Mesh>,
     via: NodeId,
     other: NodeId,
     name: Name,
@@ -347,89 +312,65 @@ pub(crate) fn introduced(
     dial: bool,
 ) {
     {
-        let mut st = inner.state();
-        if st.mesh.secret.is_none() || other == inner.id || st.conduct.refused(&other) {
+        let mut st = mesh.state();
+        if st.secret.is_none() || other == mesh.link.id() || mesh.link.refused(&other) {
             return;
         }
-        let linked = st.mesh.links.contains_key(&other)
-            || st.peers.get(&other).is_some_and(|p| p.connected());
-        let table_full =
-            !st.peers.contains_key(&other) && st.peers.len() >= crate::state::MAX_PEERS;
+        let linked = st.links.contains_key(&other) || mesh.link.linked(&other);
         // Only what we asked for: the introduction we sought (we dial), or one
         // we agreed to meet from this very introducer (we wait to be dialed).
         let asked = if dial {
-            st.mesh.intro.pending.is_some_and(|(p, _)| p == other)
+            st.intro.pending.is_some_and(|(p, _)| p == other)
         } else {
-            let agreed = st.mesh.intro.awaited.get(&other).copied();
+            let agreed = st.intro.awaited.get(&other).copied();
             agreed.is_some_and(|(v, since)| v == via && since.elapsed() < INTRO_TIMEOUT)
-                && st.mesh.intro.awaited.remove(&other).is_some()
+                && st.intro.awaited.remove(&other).is_some()
         };
         if !asked {
             debug!(peer = %other.short(), via = %via.short(), dial, "introduction not asked for; ignored");
             return;
         }
-        if linked || table_full {
+        // Admitted for the punch and the mesh connection; chat and files
+        // still wait for its mesh Hello to prove it a member.
+        if linked || !mesh.link.admit(other, &name) {
             return;
         }
-        // Accepted for the punch and the mesh connection; chat and files still
-        // wait for its mesh Hello to prove it a member (see `accept_loop`).
-        let p = st.peers.entry(other).or_default();
-        p.name = Some(name.clone());
-        p.accepted = true;
     }
     info!(peer = %other.short(), %name, via = %via.short(), dial, "introduced");
-    let direction = if dial {
-        Direction::Outgoing
-    } else {
-        Direction::Incoming
-    };
-    // Serverless nodes don't measure their mapping (no STUN grid to measure
-    // against): ordinary probing only.
-    peers::link(
-        inner,
-        other,
-        direction,
-        &candidates,
-        burrow_proto::punch::NatInfo::default(),
-        punch,
-        None,
-    );
-    if !dial {
-        inner.spawn(peers::admission_deadline(inner.clone(), other));
-    }
+    mesh.link.punch_to(other, &candidates, punch, dial);
 }
 
 /// Looks after a serverless mesh until shutdown: tells links about link
 /// changes and seeks introductions while below the target.
-async fn maintain(inner: Arc<Inner>) {
+async fn maintain(mesh: Arc<Mesh>) {
     loop {
         tokio::select! {
-            _ = inner.shutdown.cancelled() => return,
+            _ = mesh.link.shutdown().cancelled() => return,
             _ = tokio::time::sleep(MAINTAIN_EVERY) => {}
         }
-        let mut st = inner.state();
+        let mut st = mesh.state();
         announce(&mut st);
-        seek(&inner, &mut st);
+        seek(&mesh, &mut st);
     }
 }
 
 /// Tells every link our links, when they changed.
-fn announce(st: &mut State) {
+fn announce(st: &mut MeshState) {
     let ads = link_ads(st);
     let ids: Vec<NodeId> = ads.iter().map(|a| a.id).collect();
-    if ids == st.mesh.intro.announced {
+    if ids == st.intro.announced {
         return;
     }
-    for l in st.mesh.links.values() {
+    for l in st.links.values() {
         let _ = l.tx.try_send(MeshFrame::Peers(ads.clone()));
     }
-    st.mesh.intro.announced = ids;
+    st.intro.announced = ids;
 }
 
 /// Asks for an introduction to a peer of a peer, while below the target.
-fn seek(inner: &Inner, st: &mut State) {
+fn seek(mesh: &Mesh, st: &mut MeshState) {
     let now = Instant::now();
-    let intro = &mut st.mesh.intro;
+    let intro = &mut st.intro;
     if let Some((peer, since)) = intro.pending {
         if now.duration_since(since) < INTRO_TIMEOUT {
             return;
@@ -441,17 +382,17 @@ fn seek(inner: &Inner, st: &mut State) {
     intro
         .failed
         .retain(|_, t| now.duration_since(*t) < INTRO_RETRY);
-    if st.mesh.links.len() >= inner.config.mesh_links {
+    if st.links.len() >= mesh.link.config().mesh_links {
         return;
     }
     let mut options: Vec<(NodeId, NodeId)> = Vec::new();
-    for (via, link) in &st.mesh.links {
+    for (via, link) in &st.links {
         for ad in &link.peers {
-            let known = st.mesh.links.contains_key(&ad.id)
-                || st.peers.get(&ad.id).is_some_and(|p| p.connected())
-                || st.mesh.intro.failed.contains_key(&ad.id)
-                || st.conduct.refused(&ad.id);
-            if !known && ad.id != inner.id {
+            let known = st.links.contains_key(&ad.id)
+                || mesh.link.linked(&ad.id)
+                || st.intro.failed.contains_key(&ad.id)
+                || mesh.link.refused(&ad.id);
+            if !known && ad.id != mesh.link.id() {
                 options.push((ad.id, *via));
             }
         }
@@ -459,8 +400,8 @@ fn seek(inner: &Inner, st: &mut State) {
     let Some(&(target, via)) = options.choose(&mut rand::thread_rng()) else {
         return;
     };
-    st.mesh.intro.pending = Some((target, now));
-    if let Some(l) = st.mesh.links.get(&via) {
+    st.intro.pending = Some((target, now));
+    if let Some(l) = st.links.get(&via) {
         debug!(target = %target.short(), via = %via.short(), "asking for an introduction");
         let _ = l.tx.try_send(MeshFrame::Introduce { peer: target });
     }

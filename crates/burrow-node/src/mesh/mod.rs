@@ -21,7 +21,7 @@ pub(crate) mod join;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use burrow_net::{FrameReader, FrameWriter};
@@ -32,7 +32,7 @@ use burrow_proto::{Name, NodeId};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::node::Inner;
+use crate::service::{Admission, LinkEvent, LinkHandle, Service, Serving};
 
 /// Frames queued for one link before gossip to it is dropped (reconciliation
 /// repairs what a slow link missed).
@@ -118,6 +118,29 @@ pub(crate) struct MeshState {
     pub intro: join::Intros,
 }
 
+impl MeshState {
+    /// The mesh's state as the store left it: the topics followed (the forum's
+    /// always), the clock past the newest post, and serverless, the network's
+    /// secret.
+    pub(crate) fn load(
+        store: &mut burrow_store::NodeStore,
+        config: &crate::NodeConfig,
+    ) -> Result<MeshState, burrow_store::StoreError> {
+        let mut mesh = MeshState::default();
+        store.follow(&Topic::default_topic())?;
+        mesh.topics = store.topics()?.into_iter().collect();
+        if let Some(latest) = store.latest_post_time()? {
+            let now = burrow_proto::time::unix_ms(std::time::SystemTime::now()) as i64;
+            let wall = now.saturating_add(config.clock_skew_ms).max(0) as u64;
+            mesh.hlc.observe(latest, wall);
+        }
+        if config.server.is_none() {
+            mesh.secret = Some(join::secret(store, &config.join)?);
+        }
+        Ok(mesh)
+    }
+}
+
 impl Default for MeshState {
     fn default() -> Self {
         MeshState {
@@ -135,65 +158,92 @@ impl Default for MeshState {
     }
 }
 
-/// The address `peer` is reached at when it is a real one: the connection's
-/// remote address, or the direct path behind its virtual address.
-pub(crate) fn real_addr(
-    inner: &Inner,
-    peer: &NodeId,
-    conn: &quinn::Connection,
-) -> Option<SocketAddr> {
-    let remote = burrow_net::paths::canonical(conn.remote_address());
-    if !burrow_net::paths::is_virtual(remote) {
-        return Some(remote);
-    }
-    match inner.endpoint.paths().status(peer)?.route {
-        burrow_net::Route::Direct(a) => Some(a),
-        _ => None,
-    }
-}
-
 /// Opens the mesh connection to `peer` (we dialed its chat connection; or,
 /// serverless, we are about to), unless one is up already.
-pub(crate) async fn dial(inner: Arc<Inner>, peer: NodeId) {
-    if inner.state().mesh.links.contains_key(&peer) {
+pub(crate) async fn dial(mesh: Arc<Mesh>, peer: NodeId) {
+    if mesh.state().links.contains_key(&peer) {
         return;
     }
-    match inner.connect_peer(peer, mesh::ALPN).await {
+    match mesh.link.connect(peer, mesh::ALPN).await {
         Ok(conn) => match conn.open_bi().await {
-            Ok((send, recv)) => run(inner, peer, conn, send, recv, true).await,
+            Ok((send, recv)) => run(mesh, peer, conn, send, recv, true).await,
             Err(e) => debug!(peer = %peer.short(), error = %e, "mesh stream failed"),
         },
         Err(e) => warn!(peer = %peer.short(), error = %e, "cannot open the mesh link"),
     }
 }
 
-/// The mesh as a service: a stranger may open it serverless (its Hello
-/// proves membership, see [`run`]).
-pub(crate) struct MeshService;
+/// The mesh service: forum gossip and reconciliation, clock offsets, and
+/// serverless, joining and introductions. A stranger may open it serverless
+/// (its Hello proves membership, see [`run`]).
+pub(crate) struct Mesh {
+    pub(crate) link: LinkHandle,
+    state: Mutex<MeshState>,
+}
 
-impl crate::service::Service for MeshService {
+impl Mesh {
+    pub(crate) fn new(link: LinkHandle, state: MeshState) -> Arc<Mesh> {
+        Arc::new(Mesh {
+            link,
+            state: Mutex::new(state),
+        })
+    }
+
+    /// The mesh's state. Locked only for short sections; the link's state may
+    /// be locked inside it (never the other way round: the link never calls
+    /// the mesh while it holds its own).
+    pub(crate) fn state(&self) -> MutexGuard<'_, MeshState> {
+        self.state.lock().expect("mesh lock is never poisoned")
+    }
+
+    /// `peer`'s clock offset from ours, as its mesh link measured it.
+    pub(crate) fn clock_offset_ms(&self, peer: &NodeId) -> Option<f64> {
+        self.state()
+            .links
+            .get(peer)
+            .and_then(|l| l.clock.offset_ms())
+    }
+
+    /// Every mesh link's connection (to close at shutdown).
+    pub(crate) fn conns(&self) -> Vec<quinn::Connection> {
+        self.state()
+            .links
+            .values()
+            .map(|l| l.conn.clone())
+            .collect()
+    }
+}
+
+impl Service for Mesh {
     fn alpn(&self) -> &'static [u8] {
         mesh::ALPN
     }
 
-    fn admission(&self) -> crate::service::Admission {
-        crate::service::Admission::ProvesMembership
+    fn admission(&self) -> Admission {
+        Admission::ProvesMembership
     }
 
-    fn accept(
-        &self,
-        link: crate::service::LinkHandle,
-        peer: NodeId,
-        conn: quinn::Connection,
-    ) -> crate::service::Serving {
-        Box::pin(accept(link.node().clone(), peer, conn))
+    fn accept(self: Arc<Self>, peer: NodeId, conn: quinn::Connection) -> Serving {
+        Box::pin(accept(self, peer, conn))
+    }
+
+    fn on_link(self: Arc<Self>, event: &LinkEvent) {
+        // The mesh link rides beside the link's connection; its dialer opens it.
+        if let LinkEvent::Up { peer, dialed: true } = *event {
+            self.link.spawn(dial(self.clone(), peer));
+        }
+    }
+
+    fn dial_first(self: Arc<Self>, peer: NodeId) -> Option<Serving> {
+        let serverless = self.state().secret.is_some();
+        serverless.then(|| Box::pin(dial(self, peer)) as Serving)
     }
 }
 
 /// Serves a mesh connection `peer` opened.
-pub(crate) async fn accept(inner: Arc<Inner>, peer: NodeId, conn: quinn::Connection) {
+pub(crate) async fn accept(mesh: Arc<Mesh>, peer: NodeId, conn: quinn::Connection) {
     match tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi()).await {
-        Ok(Ok((send, recv))) => run(inner, peer, conn, send, recv, false).await,
+        Ok(Ok((send, recv))) => run(mesh, peer, conn, send, recv, false).await,
         _ => conn.close(burrow_net::Close::Done.code(), b"no mesh stream"),
     }
 }
@@ -201,7 +251,7 @@ pub(crate) async fn accept(inner: Arc<Inner>, peer: NodeId, conn: quinn::Connect
 /// Runs one mesh session until its connection ends.
 #[tracing::instrument(name = "mesh", skip_all, fields(peer = %peer.short()))]
 pub(crate) async fn run(
-    inner: Arc<Inner>,
+    mesh: Arc<Mesh>,
     peer: NodeId,
     conn: quinn::Connection,
     send: quinn::SendStream,
@@ -220,9 +270,9 @@ pub(crate) async fn run(
     }));
     // Serverless, the side that was dialed speaks only after the dialer proved
     // it is a member: a stranger learns nothing.
-    let hello_first = dialed || inner.state().mesh.secret.is_none();
+    let hello_first = dialed || mesh.state().secret.is_none();
     if hello_first {
-        let _ = tx.send(hello(&inner, &peer, &conn)).await;
+        let _ = tx.send(hello(&mesh, &peer, &conn)).await;
     }
     let mut reader = FrameReader::new(recv, mesh::VERSION, mesh::MAX_FRAME);
     let theirs = match tokio::time::timeout(HELLO_TIMEOUT, reader.read::<MeshFrame>()).await {
@@ -234,7 +284,7 @@ pub(crate) async fn run(
             return;
         }
     };
-    let session = match admit(&inner, peer, &conn, &tx, theirs, dialed) {
+    let session = match admit(&mesh, peer, &conn, &tx, theirs, dialed) {
         Ok(session) => session,
         Err(why) => {
             conn.close(burrow_net::Close::NotAMember.code(), why.as_bytes());
@@ -243,17 +293,17 @@ pub(crate) async fn run(
         }
     };
     if !hello_first {
-        let _ = tx.send(hello(&inner, &peer, &conn)).await;
+        let _ = tx.send(hello(&mesh, &peer, &conn)).await;
     }
     info!(peer = %peer.short(), dialed, "mesh link up");
     if dialed {
-        gossip::start_sync(&inner, peer);
+        gossip::start_sync(&mesh, peer);
     }
-    join::linked(&inner, peer, dialed);
-    let clock_inner = inner.clone();
+    join::linked(&mesh, peer, dialed);
+    let clock_mesh = mesh.clone();
     let pinger = tokio::spawn(tracing::Instrument::in_current_span(clock::probe(
         tx.clone(),
-        move || clock_inner.wall_us(),
+        move || clock_mesh.link.wall_us(),
     )));
     drop(tx);
 
@@ -292,70 +342,60 @@ pub(crate) async fn run(
                             Err(_) => break,
                         }
                     }
-                    gossip::receive_synced(&inner, peer, batch).await
+                    gossip::receive_synced(&mesh, peer, batch).await
                 }
-                other => handle(&inner, peer, other).await,
+                other => handle(&mesh, peer, other).await,
             };
-            if !ok || inner.state().conduct.refused(&peer) {
+            if !ok || mesh.link.refused(&peer) {
                 break 'frames;
             }
         }
     }
-    if inner.state().conduct.refused(&peer) {
+    if mesh.link.refused(&peer) {
         warn!(peer = %peer.short(), "closing the mesh link of a misbehaving peer");
         conn.close(burrow_net::Close::Misbehaved.code(), b"misbehaving");
-        for c in inner
-            .state()
-            .peers
-            .get(&peer)
-            .map(|p| p.conns.clone())
-            .unwrap_or_default()
-        {
-            c.close(burrow_net::Close::Misbehaved.code(), b"misbehaving");
-        }
+        mesh.link
+            .close_link(&peer, burrow_net::Close::Misbehaved, b"misbehaving");
     }
     read_task.abort();
     pinger.abort();
     writer.abort();
     let gone = {
-        let mut st = inner.state();
-        let ours = st
-            .mesh
-            .links
-            .get(&peer)
-            .is_some_and(|l| l.session == session);
+        let mut st = mesh.state();
+        let ours = st.links.get(&peer).is_some_and(|l| l.session == session);
         if ours {
-            st.mesh.links.remove(&peer);
-            st.mesh.tree.link_down(&peer);
+            st.links.remove(&peer);
+            st.tree.link_down(&peer);
         }
         ours
     };
     if gone {
         info!(peer = %peer.short(), "mesh link down");
-        join::unlinked(&inner, peer);
+        if mesh.state().secret.is_some() {
+            mesh.link.set_member(&peer, false);
+        }
     }
     conn.close(burrow_net::Close::Done.code(), b"mesh session over");
 }
 
 /// Our Hello to `peer`.
-fn hello(inner: &Inner, peer: &NodeId, conn: &quinn::Connection) -> MeshFrame {
-    let st = inner.state();
+fn hello(mesh: &Mesh, peer: &NodeId, conn: &quinn::Connection) -> MeshFrame {
+    let st = mesh.state();
     MeshFrame::Hello {
-        name: inner.config.name.clone(),
-        topics: st.mesh.topics.iter().cloned().collect(),
-        addrs: join::own_addrs(inner, &st),
-        observed: real_addr(inner, peer, conn),
+        name: mesh.link.config().name.clone(),
+        topics: st.topics.iter().cloned().collect(),
+        addrs: join::own_addrs(mesh, &st),
+        observed: mesh.link.real_addr(peer, conn),
         proof: st
-            .mesh
             .secret
-            .map(|s| mesh::membership_proof(&s, &inner.id, peer)),
+            .map(|s| mesh::membership_proof(&s, &mesh.link.id(), peer)),
     }
 }
 
 /// Checks `peer`'s Hello and records the link; returns the session's number,
 /// or why it is refused.
 fn admit(
-    inner: &Arc<Inner>,
+    mesh: &Arc<Mesh>,
     peer: NodeId,
     conn: &quinn::Connection,
     tx: &mpsc::Sender<MeshFrame>,
@@ -375,34 +415,31 @@ fn admit(
     else {
         return Err("no hello");
     };
-    let mut st = inner.state();
-    if st.conduct.refused(&peer) {
+    let mut st = mesh.state();
+    if mesh.link.refused(&peer) {
         return Err("misbehaving");
     }
     // Serverless, a member proves it knows the network's secret; with a server,
     // admission was settled by connect/accept before this connection was let in.
-    if let Some(secret) = st.mesh.secret {
-        if proof != Some(mesh::membership_proof(&secret, &peer, &inner.id)) {
+    if let Some(secret) = st.secret {
+        if proof != Some(mesh::membership_proof(&secret, &peer, &mesh.link.id())) {
             // Not counted: strangers cost nothing to make, and a count per
             // stranger would grow without bound.
             warn!(peer = %peer.short(), "mesh Hello without a valid membership proof");
             return Err("not a member");
         }
-        if !st.peers.contains_key(&peer) && st.peers.len() >= crate::state::MAX_PEERS {
+        if !mesh.link.admit(peer, &name) {
             return Err("peer table full");
         }
-        let p = st.peers.entry(peer).or_default();
-        p.accepted = true;
-        p.online = true;
-        p.name = Some(name.clone());
+        mesh.link.set_member(&peer, true);
         if let Some(seen) = observed.filter(|a| !burrow_net::paths::is_virtual(*a)) {
-            st.mesh.observed = Some(seen);
+            st.observed = Some(seen);
         }
-    } else if !st.peers.get(&peer).is_some_and(|p| p.accepted) {
+    } else if !mesh.link.accepted(&peer) {
         return Err("not accepted");
     }
-    let dialer = if dialed { inner.id } else { peer };
-    if let Some(existing) = st.mesh.links.get(&peer) {
+    let dialer = if dialed { mesh.link.id() } else { peer };
+    if let Some(existing) = st.links.get(&peer) {
         // Two sessions at once: keep the one whose dialer has the smaller id. A
         // new session from the same dialer replaces the old one (the peer
         // restarted, or moved, and the old connection hasn't timed out yet).
@@ -415,26 +452,26 @@ fn admit(
             b"replaced by another session",
         );
     }
-    let mut all_addrs: Vec<SocketAddr> = real_addr(inner, &peer, conn).into_iter().collect();
+    let mut all_addrs: Vec<SocketAddr> = mesh.link.real_addr(&peer, conn).into_iter().collect();
     for a in addrs {
         if !all_addrs.contains(&a) {
             all_addrs.push(a);
         }
     }
     all_addrs.truncate(mesh::MAX_ADDRS);
-    st.mesh.next_session += 1;
-    let session = st.mesh.next_session;
+    st.next_session += 1;
+    let session = st.next_session;
     // A session that replaces another keeps its budget: reconnecting buys
     // no new burst.
-    let post_budget = st.mesh.links.get(&peer).map_or_else(
+    let post_budget = st.links.get(&peer).map_or_else(
         || {
-            let (rate, burst) = inner.config.forum_link_rate;
+            let (rate, burst) = mesh.link.config().forum_link_rate;
             burrow_proto::limit::RateLimit::new(rate, burst, Instant::now())
         },
         |l| l.post_budget.clone(),
     );
-    st.mesh.tree.link_up(peer);
-    let _ = st.mesh.links.insert(
+    st.tree.link_up(peer);
+    let _ = st.links.insert(
         peer,
         Link {
             tx: tx.clone(),
@@ -456,65 +493,63 @@ fn admit(
 }
 
 /// Handles one frame; false ends the session.
-async fn handle(inner: &Arc<Inner>, peer: NodeId, frame: MeshFrame) -> bool {
+async fn handle(mesh: &Arc<Mesh>, peer: NodeId, frame: MeshFrame) -> bool {
     if frame.check().is_err() {
         warn!(peer = %peer.short(), "mesh frame over its limits");
-        return !inner.state().conduct.strike(peer);
+        return !mesh.link.strike(peer, "broke the mesh protocol");
     }
     match frame {
         MeshFrame::Hello { .. } => {
             debug!(peer = %peer.short(), "second mesh Hello ignored");
         }
         MeshFrame::Topics(topics) => {
-            if let Some(l) = inner.state().mesh.links.get_mut(&peer) {
+            if let Some(l) = mesh.state().links.get_mut(&peer) {
                 l.topics = topics.into_iter().collect();
             }
         }
-        MeshFrame::Post(post) => gossip::receive_post(inner, peer, post).await,
-        MeshFrame::IHave(ids) => gossip::receive_ihave(inner, peer, ids).await,
-        MeshFrame::Graft(ids) => gossip::receive_graft(inner, peer, ids).await,
-        MeshFrame::Prune => inner.state().mesh.tree.pruned(&peer),
+        MeshFrame::Post(post) => gossip::receive_post(mesh, peer, post).await,
+        MeshFrame::IHave(ids) => gossip::receive_ihave(mesh, peer, ids).await,
+        MeshFrame::Graft(ids) => gossip::receive_graft(mesh, peer, ids).await,
+        MeshFrame::Prune => mesh.state().tree.pruned(&peer),
         MeshFrame::SyncStart { topic, msg } => {
-            gossip::receive_sync(inner, peer, topic, msg, true).await
+            gossip::receive_sync(mesh, peer, topic, msg, true).await
         }
-        MeshFrame::Sync { topic, msg } => {
-            gossip::receive_sync(inner, peer, topic, msg, false).await
-        }
+        MeshFrame::Sync { topic, msg } => gossip::receive_sync(mesh, peer, topic, msg, false).await,
         MeshFrame::SyncReply { topic, msg } => {
-            gossip::receive_sync_reply(inner, peer, topic, msg).await
+            gossip::receive_sync_reply(mesh, peer, topic, msg).await
         }
-        MeshFrame::Want(ids) => gossip::receive_want(inner, peer, ids).await,
-        MeshFrame::Synced(post) => return gossip::receive_synced(inner, peer, vec![post]).await,
+        MeshFrame::Want(ids) => gossip::receive_want(mesh, peer, ids).await,
+        MeshFrame::Synced(post) => return gossip::receive_synced(mesh, peer, vec![post]).await,
         MeshFrame::Ping { t1 } => {
-            let t2 = inner.wall_us();
-            let tx = inner.state().mesh.links.get(&peer).map(|l| l.tx.clone());
+            let t2 = mesh.link.wall_us();
+            let tx = mesh.state().links.get(&peer).map(|l| l.tx.clone());
             if let Some(tx) = tx {
                 let _ = tx.try_send(MeshFrame::Pong {
                     t1,
                     t2,
-                    t3: inner.wall_us(),
+                    t3: mesh.link.wall_us(),
                 });
             }
         }
         MeshFrame::Pong { t1, t2, t3 } => {
-            let t4 = inner.wall_us();
-            if let Some(l) = inner.state().mesh.links.get_mut(&peer) {
+            let t4 = mesh.link.wall_us();
+            if let Some(l) = mesh.state().links.get_mut(&peer) {
                 l.clock.add(t1, t2, t3, t4);
             }
         }
-        MeshFrame::Peers(list) => join::receive_peers(inner, peer, list),
-        MeshFrame::Introduce { peer: target } => join::introduce(inner, peer, target),
+        MeshFrame::Peers(list) => join::receive_peers(mesh, peer, list),
+        MeshFrame::Introduce { peer: target } => join::introduce(mesh, peer, target),
         MeshFrame::IntroRequest { peer: from, name } => {
-            join::intro_requested(inner, peer, from, name)
+            join::intro_requested(mesh, peer, from, name)
         }
-        MeshFrame::IntroAccept { peer: asker } => join::intro_accepted(inner, peer, asker),
+        MeshFrame::IntroAccept { peer: asker } => join::intro_accepted(mesh, peer, asker),
         MeshFrame::Introduction {
             peer: other,
             name,
             candidates,
             punch,
             dial,
-        } => join::introduced(inner, peer, other, name, candidates, punch, dial),
+        } => join::introduced(mesh, peer, other, name, candidates, punch, dial),
     }
     true
 }

@@ -14,7 +14,7 @@ use burrow_proto::NodeId;
 use tracing::{debug, info};
 
 use super::SessionError;
-use crate::node::Inner;
+use crate::link::Inner;
 
 /// How long UDP has the server to itself before TCP is tried beside it: a
 /// handshake that works takes one round trip; one that hasn't answered by now

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::event::NodeEvent;
-use crate::node::{Inner, RequestOp};
+use crate::link::{Inner, RequestOp};
 use crate::peers;
 use crate::trust::KnownServers;
 
@@ -215,7 +215,7 @@ pub(crate) async fn connect(inner: &Arc<Inner>) -> Result<Session, SessionError>
                 inner.spawn(find_other_family(inner.clone(), also, proof));
             }
             peers::relink_all(inner);
-            crate::files::announce_all(inner);
+            inner.router().tell(&crate::service::LinkEvent::Registered);
             Ok(Session {
                 conn,
                 reader,
@@ -465,7 +465,9 @@ fn handle(inner: &Arc<Inner>, msg: ServerMsg) {
         }
         ServerMsg::Notice { text, everyone } => {
             drop(st);
-            crate::chat::notice(inner, text, everyone);
+            inner
+                .router()
+                .tell(&crate::service::LinkEvent::Notice { text, everyone });
         }
         ServerMsg::Accepted(LinkOffer {
             peer,
