@@ -11,7 +11,7 @@ use burrow_store::{MessageKind, StoredMessage};
 use tracing::{debug, warn};
 
 use crate::api::MessageView;
-use crate::error::ApiError;
+use crate::error::{SendError, StoreFailure};
 use crate::event::NodeEvent;
 use crate::service::{LinkEvent, LinkHandle, Service, Serving};
 
@@ -64,16 +64,16 @@ impl Chat {
 
     /// Sends `text` to `peer` over our connection. Returns once the peer has
     /// stored it; only then is it stored here as sent.
-    pub async fn send(&self, peer: &str, text: &str) -> Result<MessageView, ApiError> {
+    pub async fn send(&self, peer: &str, text: &str) -> Result<MessageView, SendError> {
         if text.is_empty() || text.len() > chat::MAX_TEXT {
-            return Err(ApiError::BadText);
+            return Err(SendError::BadText);
         }
         let id = self.link.resolve(peer).await?;
         let name = self.link.shown_name(&id);
         let conn = self
             .link
             .link_conn(&id)
-            .ok_or_else(|| ApiError::NotConnected(name.clone()))?;
+            .ok_or_else(|| SendError::NotConnected(name.clone()))?;
         let mut msg = StoredMessage {
             id: MessageId::random(&mut rand::thread_rng()),
             from: self.link.id(),
@@ -87,7 +87,7 @@ impl Chat {
         };
         send(&conn, &msg)
             .await
-            .map_err(|e| ApiError::NotDelivered {
+            .map_err(|e| SendError::NotDelivered {
                 name,
                 reason: e.to_string(),
             })?;
@@ -102,7 +102,7 @@ impl Chat {
     }
 
     /// The newest `limit` messages, oldest first.
-    pub async fn messages(&self, limit: usize) -> Result<Vec<MessageView>, ApiError> {
+    pub async fn messages(&self, limit: usize) -> Result<Vec<MessageView>, StoreFailure> {
         let stored = self.link.with_store(move |s| s.messages(limit)).await?;
         Ok(stored.iter().map(|m| view(&self.link, m)).collect())
     }

@@ -15,7 +15,7 @@ use burrow_store::{Contact, NodeStore, StoreError};
 use tracing::{info, warn};
 
 use crate::api::{ContactView, SettingsView};
-use crate::error::ApiError;
+use crate::error::ContactsError;
 use crate::event::NodeEvent;
 use crate::link::{Inner, RequestOp};
 use crate::state::{resolve, State};
@@ -36,13 +36,13 @@ pub enum Incoming {
 }
 
 impl std::str::FromStr for Incoming {
-    type Err = ApiError;
+    type Err = ContactsError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "ask" => Ok(Incoming::Ask),
             "contacts-only" => Ok(Incoming::ContactsOnly),
             "anyone" => Ok(Incoming::Anyone),
-            _ => Err(ApiError::BadSetting(format!(
+            _ => Err(ContactsError::BadSetting(format!(
                 "incoming is ask, contacts-only or anyone, not {s:?}"
             ))),
         }
@@ -148,9 +148,9 @@ impl Inner {
         self: &Arc<Self>,
         add: Option<&str>,
         remove: Option<&str>,
-    ) -> Result<Vec<ContactView>, ApiError> {
+    ) -> Result<Vec<ContactView>, ContactsError> {
         if let Some(peer) = add {
-            self.find_peer(peer).await?;
+            self.find_peer(peer).await;
             let (id, name) = {
                 let st = self.state();
                 let id = resolve(&st, peer)?;
@@ -178,7 +178,7 @@ impl Inner {
                     .iter()
                     .find(|(id, name)| **name == wanted || id.to_string().starts_with(&wanted))
                     .map(|(id, _)| *id);
-                found.ok_or_else(|| ApiError::NotAContact(peer.to_string()))?
+                found.ok_or_else(|| ContactsError::NotAContact(peer.to_string()))?
             };
             self.with_store(move |s| s.remove_contact(&id)).await?;
             self.state().contacts.ids.remove(&id);
@@ -203,7 +203,7 @@ impl Inner {
     pub async fn settings(
         self: &Arc<Self>,
         incoming: Option<&str>,
-    ) -> Result<SettingsView, ApiError> {
+    ) -> Result<SettingsView, ContactsError> {
         if let Some(value) = incoming {
             let policy: Incoming = value.parse()?;
             let stored = policy.to_string();

@@ -12,7 +12,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tracing::{debug, warn};
 
 use crate::api::{Reply, Request};
-use crate::error::ApiError;
+use crate::error::Hinted;
 use crate::event::NodeEvent;
 use crate::node::Node;
 
@@ -65,11 +65,15 @@ fn ok<T: Serialize>(data: T) -> Reply {
     Reply::ok(serde_json::to_value(data).expect("API views serialize to JSON"))
 }
 
-fn err(e: ApiError) -> Reply {
+fn err(e: impl Hinted) -> Reply {
     Reply::err(e.to_string(), e.hint())
 }
 
-fn done(r: Result<(), ApiError>) -> Reply {
+fn reply<T: Serialize>(r: Result<T, impl Hinted>) -> Reply {
+    r.map(ok).unwrap_or_else(err)
+}
+
+fn done(r: Result<(), impl Hinted>) -> Reply {
     r.map(|()| ok(serde_json::Value::Null)).unwrap_or_else(err)
 }
 
@@ -78,6 +82,46 @@ async fn write_reply(
     reply: &Reply,
 ) -> std::io::Result<()> {
     reply.write_to(stream).await
+}
+
+/// The reply to a request answered in one line.
+async fn answer(node: &Node, request: Request) -> Reply {
+    match request {
+        Request::Status => ok(node.status()),
+        Request::Peers => ok(node.peers()),
+        Request::Connect { peer } => done(node.connect(&peer).await),
+        Request::Accept { peer } => done(node.accept(&peer).await),
+        Request::Reject { peer } => done(node.reject(&peer).await),
+        Request::Cancel { peer } => done(node.cancel(&peer).await),
+        Request::Nat => reply(node.nat().await),
+        Request::Contacts { add, remove } => {
+            reply(node.contacts(add.as_deref(), remove.as_deref()).await)
+        }
+        Request::Settings { incoming } => reply(node.settings(incoming.as_deref()).await),
+        Request::Post {
+            text,
+            reply_to,
+            topic,
+        } => reply(
+            node.post(&text, reply_to.as_deref(), topic.as_deref())
+                .await,
+        ),
+        Request::Forum { topic, thread } => {
+            reply(node.forum(topic.as_deref(), thread.as_deref()).await)
+        }
+        Request::Ticket => reply(node.ticket()),
+        Request::Send { peer, text } => reply(node.send(&peer, &text).await),
+        Request::Share { path, name } => reply(node.share(&path, name.as_deref()).await),
+        Request::Unshare { file } => reply(node.unshare(&file).await),
+        Request::Shares => reply(node.shares().await),
+        Request::Search { query } => reply(node.search(&query).await),
+        Request::Files { peer } => reply(node.files(&peer).await),
+        Request::Messages { limit, .. } => {
+            reply(node.messages(limit.unwrap_or(DEFAULT_MESSAGES)).await)
+        }
+        // Streams its progress: `client` answers it itself.
+        Request::Get { .. } => Reply::err("get is answered as a stream".into(), None),
+    }
 }
 
 async fn client(node: Node, stream: UnixStream) -> std::io::Result<()> {
@@ -107,60 +151,17 @@ async fn client(node: Node, stream: UnixStream) -> std::io::Result<()> {
             }
         };
         let reply = match request {
-            Request::Status => ok(node.status()),
-            Request::Peers => ok(node.peers()),
-            Request::Connect { peer } => done(node.connect(&peer).await),
-            Request::Accept { peer } => done(node.accept(&peer).await),
-            Request::Reject { peer } => done(node.reject(&peer).await),
-            Request::Cancel { peer } => done(node.cancel(&peer).await),
-            Request::Nat => node.nat().await.map(ok).unwrap_or_else(err),
-            Request::Contacts { add, remove } => node
-                .contacts(add.as_deref(), remove.as_deref())
-                .await
-                .map(ok)
-                .unwrap_or_else(err),
-            Request::Settings { incoming } => node
-                .settings(incoming.as_deref())
-                .await
-                .map(ok)
-                .unwrap_or_else(err),
-            Request::Post {
-                text,
-                reply_to,
-                topic,
-            } => node
-                .post(&text, reply_to.as_deref(), topic.as_deref())
-                .await
-                .map(ok)
-                .unwrap_or_else(err),
-            Request::Forum { topic, thread } => node
-                .forum(topic.as_deref(), thread.as_deref())
-                .await
-                .map(ok)
-                .unwrap_or_else(err),
-            Request::Ticket => node.ticket().map(ok).unwrap_or_else(err),
-            Request::Send { peer, text } => {
-                node.send(&peer, &text).await.map(ok).unwrap_or_else(err)
-            }
-            Request::Share { path, name } => node
-                .share(&path, name.as_deref())
-                .await
-                .map(ok)
-                .unwrap_or_else(err),
-            Request::Unshare { file } => node.unshare(&file).await.map(ok).unwrap_or_else(err),
-            Request::Shares => node.shares().await.map(ok).unwrap_or_else(err),
-            Request::Search { query } => node.search(&query).await.map(ok).unwrap_or_else(err),
-            Request::Files { peer } => node.files(&peer).await.map(ok).unwrap_or_else(err),
             Request::Get { file, dir, force } => {
                 return get(node, &file, &dir, force, &mut write, hung_up(lines)).await;
             }
-            Request::Messages { limit, follow } => {
+            Request::Messages {
+                limit,
+                follow: true,
+            } => {
                 let limit = limit.unwrap_or(DEFAULT_MESSAGES);
-                if follow {
-                    return follow_messages(node, limit, &mut write, hung_up(lines)).await;
-                }
-                node.messages(limit).await.map(ok).unwrap_or_else(err)
+                return follow_messages(node, limit, &mut write, hung_up(lines)).await;
             }
+            other => answer(&node, other).await,
         };
         write_reply(&mut write, &reply).await?;
     }

@@ -14,7 +14,7 @@ use burrow_proto::mesh::MeshFrame;
 use burrow_proto::NodeId;
 use burrow_store::NodeStore;
 
-use crate::error::ApiError;
+use crate::error::{ForumError, TicketError};
 use crate::event::NodeEvent;
 use crate::mesh::Mesh;
 
@@ -58,29 +58,27 @@ fn rfc3339(ms: u64) -> String {
 }
 
 /// Reads a topic name, or the default topic.
-pub fn topic(name: Option<&str>) -> Result<Topic, ApiError> {
+pub fn topic(name: Option<&str>) -> Result<Topic, ForumError> {
     match name {
         None => Ok(Topic::default_topic()),
-        Some(t) => Topic::from_str(t).map_err(|e| ApiError::BadTopic(e.to_string())),
+        Some(t) => Topic::from_str(t).map_err(|e| ForumError::BadTopic(e.to_string())),
     }
 }
 
 /// The post an id prefix (8 hex digits or more is usual) names.
-pub fn find(store: &NodeStore, prefix: &str) -> Result<Post, ApiError> {
+pub fn find(store: &NodeStore, prefix: &str) -> Result<Post, ForumError> {
     let wanted = prefix.trim().to_ascii_lowercase();
     if wanted.is_empty() || !wanted.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(ApiError::NoSuchPost(prefix.to_string()));
+        return Err(ForumError::NoSuchPost(prefix.to_string()));
     }
-    let store_err = |e: burrow_store::StoreError| ApiError::Store(e.to_string());
-    let ids = store.find_posts(&wanted).map_err(store_err)?;
+    let ids = store.find_posts(&wanted)?;
     match ids.as_slice() {
         [id] => Ok(store
-            .posts_by_id(&[*id])
-            .map_err(store_err)?
+            .posts_by_id(&[*id])?
             .pop()
-            .ok_or_else(|| ApiError::NoSuchPost(prefix.to_string()))?),
-        [] => Err(ApiError::NoSuchPost(prefix.to_string())),
-        many => Err(ApiError::AmbiguousPost(
+            .ok_or_else(|| ForumError::NoSuchPost(prefix.to_string()))?),
+        [] => Err(ForumError::NoSuchPost(prefix.to_string())),
+        many => Err(ForumError::AmbiguousPost(
             prefix.to_string(),
             many.iter()
                 .take(5)
@@ -97,14 +95,13 @@ pub fn list(
     store: &NodeStore,
     topic: &Topic,
     thread: Option<&str>,
-) -> Result<Vec<PostView>, ApiError> {
-    let store_err = |e: burrow_store::StoreError| ApiError::Store(e.to_string());
+) -> Result<Vec<PostView>, ForumError> {
     let Some(prefix) = thread else {
-        let posts = store.posts(Some(topic)).map_err(store_err)?;
+        let posts = store.posts(Some(topic))?;
         return Ok(posts.iter().map(|p| view(&p.post)).collect());
     };
     let root = find(store, prefix)?;
-    let posts = store.posts(Some(&root.topic)).map_err(store_err)?;
+    let posts = store.posts(Some(&root.topic))?;
     let mut children: HashMap<PostId, Vec<&Post>> = HashMap::new();
     for p in &posts {
         if let Some(parent) = p.post.parent {
@@ -223,21 +220,21 @@ impl Mesh {
         text: &str,
         reply_to: Option<&str>,
         topic: Option<&str>,
-    ) -> Result<PostView, ApiError> {
+    ) -> Result<PostView, ForumError> {
         if text.trim().is_empty() || text.len() > MAX_TEXT {
-            return Err(ApiError::BadText);
+            return Err(ForumError::BadText);
         }
         let mesh = self;
         let parent = match reply_to {
             Some(prefix) => {
                 let prefix = prefix.to_string();
-                Some(mesh.link.with_store_api(move |s| find(s, &prefix)).await?)
+                Some(mesh.link.with_store_op(move |s| find(s, &prefix)).await?)
             }
             None => None,
         };
         let topic = match (&parent, topic) {
             (Some(p), Some(t)) if self::topic(Some(t))? != p.topic => {
-                return Err(ApiError::BadTopic(format!(
+                return Err(ForumError::BadTopic(format!(
                     "the post you answer is in {}; a reply goes in its parent's topic",
                     p.topic
                 )))
@@ -278,13 +275,13 @@ impl Mesh {
         self: &Arc<Self>,
         topic: Option<&str>,
         thread: Option<&str>,
-    ) -> Result<Vec<PostView>, ApiError> {
+    ) -> Result<Vec<PostView>, ForumError> {
         let topic = self::topic(topic)?;
         self.follow(&topic).await?;
         let thread = thread.map(str::to_string);
         let mut posts = self
             .link
-            .with_store_api(move |s| list(s, &topic, thread.as_deref()))
+            .with_store_op(move |s| list(s, &topic, thread.as_deref()))
             .await?;
         mark_vouched(&mut posts, |id, name| self.link.vouched_name(id, name));
         Ok(posts)
@@ -292,7 +289,7 @@ impl Mesh {
 
     /// Follows `topic`: stores it, tells the links, and reconciles it with those
     /// that follow it too.
-    pub async fn follow(self: &Arc<Self>, topic: &Topic) -> Result<(), ApiError> {
+    pub async fn follow(self: &Arc<Self>, topic: &Topic) -> Result<(), ForumError> {
         if self.state().topics.contains(topic) {
             return Ok(());
         }
@@ -313,7 +310,7 @@ impl Mesh {
     }
 
     /// This node's ticket (serverless only): what a friend passes to `up --join`.
-    pub fn ticket(&self) -> Result<String, ApiError> {
+    pub fn ticket(&self) -> Result<String, TicketError> {
         Ok(crate::mesh::join::ticket(self)?.to_string())
     }
 

@@ -43,6 +43,9 @@ mod state;
 pub mod trust;
 
 pub use config::{NodeConfig, PathPolicy};
-pub use error::{ApiError, StartError};
+pub use error::{
+    ContactsError, ForumError, GetError, Hinted, ListError, NatError, PeerError, RequestError,
+    SendError, ServerError, ShareError, StartError, StoreFailure, TicketError,
+};
 pub use event::NodeEvent;
 pub use node::Node;

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::NodeConfig;
-use crate::error::ApiError;
+use crate::error::{RequestError, ServerError, StoreFailure};
 use crate::event::NodeEvent;
 use crate::state::{resolve, State};
 
@@ -103,25 +103,26 @@ impl Inner {
             .max(0) as u64
     }
 
-    /// Runs a store read that answers in the API's terms on a blocking thread.
-    pub async fn with_store_api<T: Send + 'static>(
+    /// Runs a store read that answers in an operation's own terms on a
+    /// blocking thread.
+    pub async fn with_store_op<T: Send + 'static, E: From<StoreFailure> + Send + 'static>(
         &self,
-        f: impl FnOnce(&mut NodeStore) -> Result<T, ApiError> + Send + 'static,
-    ) -> Result<T, ApiError> {
+        f: impl FnOnce(&mut NodeStore) -> Result<T, E> + Send + 'static,
+    ) -> Result<T, E> {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
             f(&mut store.lock().expect("store lock is never poisoned"))
         })
         .await
-        .map_err(|e| ApiError::Store(e.to_string()))?
+        .map_err(StoreFailure::from)?
     }
 
     /// Runs a store operation on a blocking thread.
     pub async fn with_store<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut NodeStore) -> Result<T, burrow_store::StoreError> + Send + 'static,
-    ) -> Result<T, ApiError> {
-        self.with_store_api(move |s| f(s).map_err(|e| ApiError::Store(e.to_string())))
+    ) -> Result<T, StoreFailure> {
+        self.with_store_op(move |s| f(s).map_err(StoreFailure::from))
             .await
     }
 
@@ -131,8 +132,8 @@ impl Inner {
         self: &Arc<Self>,
         peer: &str,
         op: RequestOp,
-    ) -> Result<(), ApiError> {
-        self.find_peer(peer).await?;
+    ) -> Result<(), RequestError> {
+        self.find_peer(peer).await;
         let (id, name, tx, rx) = {
             let mut st = self.state();
             let id = resolve(&st, peer)?;
@@ -141,19 +142,19 @@ impl Inner {
             let request = p.and_then(|p| p.request);
             match op {
                 RequestOp::Connect if p.is_some_and(|p| p.connected()) => {
-                    return Err(ApiError::AlreadyConnected(name))
+                    return Err(RequestError::AlreadyConnected(name))
                 }
                 RequestOp::Accept | RequestOp::Reject if request != Some(Direction::Incoming) => {
-                    return Err(ApiError::NoRequest(format!("from {name}")))
+                    return Err(RequestError::NoRequest(format!("from {name}")))
                 }
                 RequestOp::Cancel if request != Some(Direction::Outgoing) => {
-                    return Err(ApiError::NoRequest(format!("to {name}")))
+                    return Err(RequestError::NoRequest(format!("to {name}")))
                 }
                 _ => {}
             }
-            let tx = st.server_tx.clone().ok_or(ApiError::ServerUnavailable)?;
+            let tx = st.server_tx.clone().ok_or(ServerError::Unavailable)?;
             if st.waiters.contains_key(&id) {
-                return Err(ApiError::Busy(name));
+                return Err(RequestError::Busy(name));
             }
             let (wtx, wrx) = oneshot::channel();
             st.waiters.insert(id, (op, wtx));
@@ -173,13 +174,13 @@ impl Inner {
             RequestOp::Cancel => ClientMsg::Cancel { peer: id },
         };
         let result = if tx.send(msg).await.is_err() {
-            Err(ApiError::ServerUnavailable)
+            Err(ServerError::Unavailable.into())
         } else {
             match tokio::time::timeout(SERVER_ANSWER_TIMEOUT, rx).await {
                 Ok(Ok(Ok(()))) => Ok(()),
-                Ok(Ok(Err(reason))) => Err(ApiError::Refused { name, reason }),
-                Ok(Err(_)) => Err(ApiError::ServerUnavailable),
-                Err(_) => Err(ApiError::NoAnswer),
+                Ok(Ok(Err(reason))) => Err(RequestError::Refused { name, reason }),
+                Ok(Err(_)) => Err(ServerError::Unavailable.into()),
+                Err(_) => Err(ServerError::NoAnswer.into()),
             }
         };
         if result.is_err() {
@@ -197,11 +198,11 @@ impl Inner {
     pub(crate) async fn tracker(
         self: &Arc<Self>,
         query: Query,
-    ) -> Result<Vec<TrackerEntry>, ApiError> {
+    ) -> Result<Vec<TrackerEntry>, ServerError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let (server, query_id) = {
             let mut st = self.state();
-            let server = st.server_tx.clone().ok_or(ApiError::ServerUnavailable)?;
+            let server = st.server_tx.clone().ok_or(ServerError::Unavailable)?;
             st.next_query = st.next_query.wrapping_add(1);
             let id = st.next_query;
             st.searches.insert(id, tx);
@@ -212,15 +213,15 @@ impl Inner {
             Ok(()) => tokio::time::timeout(SEARCH_TIMEOUT, rx).await,
             Err(_) => {
                 self.state().searches.remove(&query_id);
-                return Err(ApiError::ServerUnavailable);
+                return Err(ServerError::Unavailable);
             }
         };
         match answer {
             Ok(Ok(results)) => Ok(results),
-            Ok(Err(_)) => Err(ApiError::ServerUnavailable),
+            Ok(Err(_)) => Err(ServerError::Unavailable),
             Err(_) => {
                 self.state().searches.remove(&query_id);
-                Err(ApiError::NoAnswer)
+                Err(ServerError::NoAnswer)
             }
         }
     }
@@ -238,7 +239,7 @@ impl Inner {
         }
         asking.await;
         match self.request(&id.to_string(), RequestOp::Connect).await {
-            Ok(()) | Err(ApiError::AlreadyConnected(_)) | Err(ApiError::Busy(_)) => {}
+            Ok(()) | Err(RequestError::AlreadyConnected(_)) | Err(RequestError::Busy(_)) => {}
             Err(e) => return Err(format!("could not be asked: {e}")),
         }
         let deadline = tokio::time::Instant::now() + ACCEPT_WAIT;

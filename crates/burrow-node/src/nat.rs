@@ -7,7 +7,7 @@
 //! address-dependent one. Mapping is tested next: the public address seen at the
 //! main address, at the other address, and at the other address's other port.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use burrow_proto::punch::Mapping;
 use burrow_proto::rendezvous::ClientMsg;
 use burrow_proto::stun::Change;
 
+use crate::error::NatError;
 use crate::link::Inner;
 use serde::{Deserialize, Serialize};
 
@@ -133,22 +134,14 @@ pub async fn other_family(
     })
 }
 
-/// Why the diagnosis could not run.
-#[derive(Debug, thiserror::Error)]
-pub enum NatError {
-    /// The server's main STUN address did not answer.
-    #[error("the server did not answer STUN at {0}")]
-    NoAnswer(SocketAddr),
-}
-
 /// Runs the tests against the server at `server` (its main address).
 pub async fn diagnose(
     ep: &Endpoint,
     server: SocketAddr,
     own: &[SocketAddr],
 ) -> Result<NatReport, NatError> {
-    let query = |to, ip, port| ep.stun_query(to, Change { ip, port }, TEST_DEADLINE);
-    let first = query(server, false, false)
+    let first = ep
+        .stun_query(server, Change::default(), TEST_DEADLINE)
         .await
         .map_err(|_| NatError::NoAnswer(server))?;
     let public = first.mapped;
@@ -161,65 +154,8 @@ pub async fn diagnose(
             .map(|p| SocketAddr::new(server.ip(), p))
     });
     let other_ip = first.other.map(|o| o.ip()).filter(|ip| *ip != server.ip());
-
-    // An answer counts only if it really came from where we asked.
-    let changed = |resp: Result<burrow_proto::stun::Response, _>, expect: SocketAddr| {
-        resp.ok()
-            .is_some_and(|r| r.origin.is_none_or(|o| o == expect))
-    };
-    let filtering = match (other, other_ip) {
-        (Some(o), Some(_)) => {
-            if changed(query(server, true, true).await, o) {
-                Behaviour::EndpointIndependent
-            } else if changed(
-                query(server, false, true).await,
-                SocketAddr::new(server.ip(), o.port()),
-            ) {
-                Behaviour::AddressDependent
-            } else {
-                Behaviour::AddressAndPortDependent
-            }
-        }
-        (Some(o), None) => {
-            if changed(
-                query(server, false, true).await,
-                SocketAddr::new(server.ip(), o.port()),
-            ) {
-                Behaviour::AtMostAddressDependent
-            } else {
-                Behaviour::AddressAndPortDependent
-            }
-        }
-        (None, _) => Behaviour::Unknown,
-    };
-
-    let mapping = match (other, other_ip) {
-        (Some(o), Some(ip)) => {
-            let m2 = query(SocketAddr::new(ip, server.port()), false, false)
-                .await
-                .ok()
-                .map(|r| r.mapped);
-            let m3 = query(SocketAddr::new(ip, o.port()), false, false)
-                .await
-                .ok()
-                .map(|r| r.mapped);
-            match (m2, m3) {
-                (Some(m2), _) if m2 == public => Behaviour::EndpointIndependent,
-                (Some(m2), Some(m3)) if m3 == m2 => Behaviour::AddressDependent,
-                (Some(_), Some(_)) => Behaviour::AddressAndPortDependent,
-                _ => Behaviour::Unknown,
-            }
-        }
-        (Some(o), None) => {
-            match query(SocketAddr::new(server.ip(), o.port()), false, false).await {
-                Ok(r) if r.mapped == public => Behaviour::EndpointIndependent,
-                Ok(_) => Behaviour::AddressAndPortDependent,
-                Err(_) => Behaviour::Unknown,
-            }
-        }
-        (None, _) => Behaviour::Unknown,
-    };
-
+    let filtering = filtering(ep, server, other, other_ip).await;
+    let mapping = mapping_behaviour(ep, server, public, other, other_ip).await;
     let behind_nat = !own.contains(&public);
     let ports = self::mapping(ep, server)
         .await
@@ -244,6 +180,82 @@ pub async fn diagnose(
         summary: summary(behind_nat, public, mapping, filtering, ports),
         other_family: None,
     })
+}
+
+/// How our NAT filters: whether answers from the server's other address and
+/// port, or its other port, come through (RFC 5780, section 4.4).
+async fn filtering(
+    ep: &Endpoint,
+    server: SocketAddr,
+    other: Option<SocketAddr>,
+    other_ip: Option<IpAddr>,
+) -> Behaviour {
+    let query = |ip, port| ep.stun_query(server, Change { ip, port }, TEST_DEADLINE);
+    // An answer counts only if it really came from where we asked.
+    let changed = |resp: Result<burrow_proto::stun::Response, _>, expect: SocketAddr| {
+        resp.ok()
+            .is_some_and(|r| r.origin.is_none_or(|o| o == expect))
+    };
+    match (other, other_ip) {
+        (Some(o), Some(_)) => {
+            if changed(query(true, true).await, o) {
+                Behaviour::EndpointIndependent
+            } else if changed(
+                query(false, true).await,
+                SocketAddr::new(server.ip(), o.port()),
+            ) {
+                Behaviour::AddressDependent
+            } else {
+                Behaviour::AddressAndPortDependent
+            }
+        }
+        (Some(o), None) => {
+            if changed(
+                query(false, true).await,
+                SocketAddr::new(server.ip(), o.port()),
+            ) {
+                Behaviour::AtMostAddressDependent
+            } else {
+                Behaviour::AddressAndPortDependent
+            }
+        }
+        (None, _) => Behaviour::Unknown,
+    }
+}
+
+/// How our NAT maps: whether the server's other address and port see the
+/// `public` mapping the main one saw (RFC 5780, section 4.3).
+async fn mapping_behaviour(
+    ep: &Endpoint,
+    server: SocketAddr,
+    public: SocketAddr,
+    other: Option<SocketAddr>,
+    other_ip: Option<IpAddr>,
+) -> Behaviour {
+    let mapped = |to| async move {
+        ep.stun_query(to, Change::default(), TEST_DEADLINE)
+            .await
+            .ok()
+            .map(|r| r.mapped)
+    };
+    match (other, other_ip) {
+        (Some(o), Some(ip)) => {
+            let m2 = mapped(SocketAddr::new(ip, server.port())).await;
+            let m3 = mapped(SocketAddr::new(ip, o.port())).await;
+            match (m2, m3) {
+                (Some(m2), _) if m2 == public => Behaviour::EndpointIndependent,
+                (Some(m2), Some(m3)) if m3 == m2 => Behaviour::AddressDependent,
+                (Some(_), Some(_)) => Behaviour::AddressAndPortDependent,
+                _ => Behaviour::Unknown,
+            }
+        }
+        (Some(o), None) => match mapped(SocketAddr::new(server.ip(), o.port())).await {
+            Some(m) if m == public => Behaviour::EndpointIndependent,
+            Some(_) => Behaviour::AddressAndPortDependent,
+            None => Behaviour::Unknown,
+        },
+        (None, _) => Behaviour::Unknown,
+    }
 }
 
 fn ports_words(m: Mapping) -> String {

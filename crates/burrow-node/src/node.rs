@@ -23,7 +23,10 @@ use crate::api::{
 };
 use crate::chat::Chat;
 use crate::config::NodeConfig;
-use crate::error::{ApiError, StartError};
+use crate::error::{
+    ContactsError, ForumError, GetError, ListError, NatError, RequestError, SendError, ServerError,
+    ShareError, StartError, StoreFailure, TicketError,
+};
 use crate::event::NodeEvent;
 use crate::files::Files;
 use crate::link::{Inner, RequestOp};
@@ -275,22 +278,22 @@ impl Node {
     }
 
     /// Asks `peer` (name or id prefix) for a connection.
-    pub async fn connect(&self, peer: &str) -> Result<(), ApiError> {
+    pub async fn connect(&self, peer: &str) -> Result<(), RequestError> {
         self.inner.request(peer, RequestOp::Connect).await
     }
 
     /// Accepts `peer`'s pending request.
-    pub async fn accept(&self, peer: &str) -> Result<(), ApiError> {
+    pub async fn accept(&self, peer: &str) -> Result<(), RequestError> {
         self.inner.request(peer, RequestOp::Accept).await
     }
 
     /// Refuses `peer`'s pending request.
-    pub async fn reject(&self, peer: &str) -> Result<(), ApiError> {
+    pub async fn reject(&self, peer: &str) -> Result<(), RequestError> {
         self.inner.request(peer, RequestOp::Reject).await
     }
 
     /// Withdraws our pending request to `peer`.
-    pub async fn cancel(&self, peer: &str) -> Result<(), ApiError> {
+    pub async fn cancel(&self, peer: &str) -> Result<(), RequestError> {
         self.inner.request(peer, RequestOp::Cancel).await
     }
 
@@ -299,38 +302,38 @@ impl Node {
         &self,
         add: Option<&str>,
         remove: Option<&str>,
-    ) -> Result<Vec<ContactView>, ApiError> {
+    ) -> Result<Vec<ContactView>, ContactsError> {
         self.inner.contacts(add, remove).await
     }
 
     /// Sets what happens to incoming requests (if given), then shows the settings.
-    pub async fn settings(&self, incoming: Option<&str>) -> Result<SettingsView, ApiError> {
+    pub async fn settings(&self, incoming: Option<&str>) -> Result<SettingsView, ContactsError> {
         self.inner.settings(incoming).await
     }
 
     /// Offers the file at `path` (absolute) as `name` (default: its file name):
     /// hashes it, keeps its outboard, tells the tracker.
-    pub async fn share(&self, path: &str, name: Option<&str>) -> Result<ShareView, ApiError> {
+    pub async fn share(&self, path: &str, name: Option<&str>) -> Result<ShareView, ShareError> {
         self.files.share(path, name).await
     }
 
     /// What this node offers.
-    pub async fn shares(&self) -> Result<Vec<ShareView>, ApiError> {
+    pub async fn shares(&self) -> Result<Vec<ShareView>, ShareError> {
         self.files.shares().await
     }
 
     /// Stops offering `file` (its hash, a unique hash prefix, or its name).
-    pub async fn unshare(&self, file: &str) -> Result<ShareView, ApiError> {
+    pub async fn unshare(&self, file: &str) -> Result<ShareView, ShareError> {
         self.files.unshare(file).await
     }
 
     /// Asks the tracker for files whose name contains `query`.
-    pub async fn search(&self, query: &str) -> Result<Vec<SearchView>, ApiError> {
+    pub async fn search(&self, query: &str) -> Result<Vec<SearchView>, ShareError> {
         self.files.search(query).await
     }
 
     /// Asks `peer` (connected) what it offers.
-    pub async fn files(&self, peer: &str) -> Result<Vec<FileView>, ApiError> {
+    pub async fn files(&self, peer: &str) -> Result<Vec<FileView>, ListError> {
         self.files.files(peer).await
     }
 
@@ -341,7 +344,7 @@ impl Node {
         text: &str,
         reply_to: Option<&str>,
         topic: Option<&str>,
-    ) -> Result<PostView, ApiError> {
+    ) -> Result<PostView, ForumError> {
         self.mesh.post(text, reply_to, topic).await
     }
 
@@ -351,18 +354,18 @@ impl Node {
         &self,
         topic: Option<&str>,
         thread: Option<&str>,
-    ) -> Result<Vec<PostView>, ApiError> {
+    ) -> Result<Vec<PostView>, ForumError> {
         self.mesh.forum(topic, thread).await
     }
 
     /// Follows `topic`: stores it, tells the links, and reconciles it with those
     /// that follow it too.
-    pub async fn follow(&self, topic: &burrow_proto::forum::Topic) -> Result<(), ApiError> {
+    pub async fn follow(&self, topic: &burrow_proto::forum::Topic) -> Result<(), ForumError> {
         self.mesh.follow(topic).await
     }
 
     /// This node's ticket (serverless only): what a friend passes to `up --join`.
-    pub fn ticket(&self) -> Result<String, ApiError> {
+    pub fn ticket(&self) -> Result<String, TicketError> {
         self.mesh.ticket()
     }
 
@@ -380,38 +383,34 @@ impl Node {
         dir: &str,
         force: bool,
         updates: tokio::sync::mpsc::Sender<GetUpdate>,
-    ) -> Result<GetView, ApiError> {
+    ) -> Result<GetView, GetError> {
         self.files.get(file, dir, force, updates).await
     }
 
     /// Sends `text` to `peer` over our connection. Returns once the peer has
     /// stored it; only then is it stored here as sent.
-    pub async fn send(&self, peer: &str, text: &str) -> Result<MessageView, ApiError> {
+    pub async fn send(&self, peer: &str, text: &str) -> Result<MessageView, SendError> {
         self.chat.send(peer, text).await
     }
 
     /// Tests how the NAT in front of us maps and filters (takes a few seconds).
-    pub async fn nat(&self) -> Result<crate::nat::NatReport, ApiError> {
+    pub async fn nat(&self) -> Result<crate::nat::NatReport, NatError> {
         let server = self
             .inner
             .state()
             .server_addr
-            .ok_or(ApiError::ServerUnavailable)?;
+            .ok_or(ServerError::Unavailable)?;
         if burrow_net::tcp::is_link(server) {
-            return Err(ApiError::Nat(
-                "this node reaches the server over TCP because nothing came back over UDP: this network seems to drop UDP, so there is no UDP mapping to test; peers reach you through the server's relay".into(),
-            ));
+            return Err(NatError::NoUdp);
         }
         let local = self
             .inner
             .endpoint
             .local_addr()
-            .map_err(|e| ApiError::Store(e.to_string()))?;
+            .map_err(|e| NatError::Failed(e.to_string()))?;
         let mut own = burrow_net::iface::lan_candidates(local);
         own.push(local);
-        let mut report = crate::nat::diagnose(&self.inner.endpoint, server, &own)
-            .await
-            .map_err(|e| ApiError::Nat(e.to_string()))?;
+        let mut report = crate::nat::diagnose(&self.inner.endpoint, server, &own).await?;
         // The tests made new mappings: a sequential NAT's ports moved on.
         crate::nat::refresh_mapping(&self.inner);
         let also = self.inner.state().server_also.clone();
@@ -427,7 +426,7 @@ impl Node {
     }
 
     /// The newest `limit` messages, oldest first.
-    pub async fn messages(&self, limit: usize) -> Result<Vec<MessageView>, ApiError> {
+    pub async fn messages(&self, limit: usize) -> Result<Vec<MessageView>, StoreFailure> {
         self.chat.messages(limit).await
     }
 

@@ -27,9 +27,8 @@ use std::time::{Duration, Instant};
 use burrow_net::punch::Punched;
 use burrow_net::{Health, Route};
 use burrow_proto::chat;
-use burrow_proto::punch::{Mapping, Method, NatInfo, PunchConfig, PunchTicket, Role, Strategy};
-use burrow_proto::relay::Channel;
-use burrow_proto::rendezvous::{ClientMsg, Direction};
+use burrow_proto::punch::{Mapping, Method, PunchConfig, PunchTicket, Role, Strategy};
+use burrow_proto::rendezvous::{ClientMsg, Direction, LinkOffer};
 use burrow_proto::NodeId;
 use tracing::{debug, info, warn};
 
@@ -169,69 +168,36 @@ pub(crate) fn family_of(
     Some(if addr.is_ipv4() { "ipv4" } else { "ipv6" }.into())
 }
 
-/// The server made (or refreshed) our link with `peer`: set the relay channel,
-/// punch, and (as the side that asked, if not connected yet) dial.
-pub(crate) fn link(
-    inner: &Arc<Inner>,
-    peer: NodeId,
-    direction: Direction,
-    candidates: &[SocketAddr],
-    peer_nat: NatInfo,
-    ticket: PunchTicket,
-    relay: Option<Channel>,
-) {
-    let policy = inner.config.path;
-    // Direct-only: the relay channel is not used (nothing goes through it).
-    let relay = relay.filter(|_| policy != PathPolicy::DirectOnly);
-    let paths = inner.endpoint.paths();
-    paths.open(peer);
-    let server = inner.state().server_addr;
-    if let (Some(channel), Some(server)) = (relay, server) {
-        paths.set_relay(&peer, Some((server, channel)));
-    }
-    let has_relay = paths.status(&peer).is_some_and(|s| s.has_relay);
-    let dial_now = direction == Direction::Outgoing
-        && !inner
-            .state()
-            .peers
-            .get(&peer)
-            .is_some_and(|p| p.connected());
-    let (own_mapping, open_ttl, own_no_udp) = {
-        let st = inner.state();
-        (st.mapping, st.open_ttl, st.no_udp())
+/// The server (or serverless, a mutual peer) made or refreshed our link with
+/// `offer.peer`: set the relay channel, punch, and (as the side that asked,
+/// if not connected yet) dial.
+pub(crate) fn link(inner: &Arc<Inner>, offer: LinkOffer) {
+    let Some((udp, dial_when)) = prepare(inner, &offer) else {
+        return;
     };
-    let plan = policy::plan(Facts {
-        policy,
-        peer_relay_only: peer_nat.relay_only,
-        has_relay,
-        dials: dial_now,
-        // One side reaches the server only over TCP: UDP can't work between
-        // us, and both sides know it, so both go to TCP simultaneous open at
-        // once.
-        udp_hopeless: own_no_udp || peer_nat.no_udp,
-    });
-    let (udp, dial_when) = match plan {
-        Plan::Fail(why) => {
-            let name = inner.state().name_of(&peer);
-            return fail(inner, peer, why.message(&name));
-        }
-        Plan::Idle | Plan::Relay { dial: false } => return,
-        Plan::Relay { dial: true } => return inner.spawn(dial(inner.clone(), peer)),
-        Plan::Punch { udp, dial } => (udp, dial),
-    };
+    let LinkOffer {
+        peer,
+        direction,
+        candidates,
+        mut peer_nat,
+        punch: ticket,
+        ..
+    } = offer;
     let role = match direction {
         Direction::Outgoing => Role::Requester,
         Direction::Incoming => Role::Acceptor,
     };
+    let (own_mapping, open_ttl) = {
+        let st = inner.state();
+        (st.mapping, st.open_ttl)
+    };
     let observed = candidates.first().map(|a| burrow_net::paths::canonical(*a));
-    let candidates = usable(inner, candidates);
+    let candidates = usable(inner, &candidates);
     // The hard-NAT tricks aim at the peer's address as the server sees it,
     // and at its NAT's ports: IPv4's, and only where we probe that address
     // (an IPv6-only node drops it; its tricks must not land on an IPv6 host).
     let observed = observed.filter(|o| o.is_ipv4() && candidates.first() == Some(o));
-    let mut peer_nat = peer_nat;
     peer_nat.mapped = peer_nat.mapped.filter(|m| !usable(inner, &[*m]).is_empty());
-    let tcp_candidates = tcp_candidates(&candidates);
     // Behind hard NATs, each side does its part (side sockets, random ports,
     // predicted ports); see `burrow_proto::punch::strategy`.
     let strategy = Strategy::choose(own_mapping, peer_nat, observed);
@@ -255,9 +221,18 @@ pub(crate) fn link(
     if dial_when == Dial::Now {
         inner.spawn(dial(inner.clone(), peer));
     }
+    let punching = Punching {
+        peer,
+        role,
+        ticket,
+        tcp_candidates: tcp_candidates(&candidates),
+        open_ttl,
+        own_mapping,
+        dial_when,
+    };
     let inner2 = inner.clone();
     inner.spawn(async move {
-        let mut direct = match punched {
+        let direct = match punched {
             Some(Ok(outcome)) => outcome.await.ok().flatten(),
             Some(Err(e)) => {
                 warn!(peer = %peer.short(), error = %e, "cannot punch");
@@ -265,42 +240,106 @@ pub(crate) fn link(
             }
             None => None,
         };
-        if direct.is_none() {
-            // Nothing over UDP (NATs that map UDP worse than TCP), or no
-            // UDP to try. Both sides' punches end at the same deadline (or
-            // neither ran), so both try TCP simultaneous open now, together.
-            let tcp = inner2
-                .endpoint
-                .tcp_punch(role, ticket, &tcp_candidates, TCP_PUNCH, open_ttl)
-                .await;
-            direct = tcp.map(|link| Punched {
-                addr: link,
-                method: Method::Tcp,
-                via: None,
-            });
-        }
-        // A sequential NAT's ports moved on with this punch's mappings:
-        // measure again, so the next punch predicts from the newest.
-        if matches!(own_mapping, Mapping::Sequential { .. }) {
-            crate::nat::refresh_mapping(&inner2);
-        }
-        let found = direct.is_some();
-        match direct {
-            Some(p) => go_direct(&inner2, peer, p),
-            None => {
-                debug!(peer = %peer.short(), "hole punching found no direct path");
-                schedule_repunch(&inner2, peer, false);
-            }
-        }
-        match policy::after_punch(policy, dial_when, found) {
-            Some(why) => {
-                let name = inner2.state().name_of(&peer);
-                fail(&inner2, peer, why.message(&name));
-            }
-            None if dial_when == Dial::WhenDirect => dial(inner2, peer).await,
-            None => {}
-        }
+        after_udp(inner2, punching, direct).await;
     });
+}
+
+/// Sets the link's relay channel and decides what it does (see
+/// [`policy::plan`]): `None` when there is nothing to punch (relayed, idle,
+/// or failed, which is said), else whether to punch over UDP and when to dial.
+fn prepare(inner: &Arc<Inner>, offer: &LinkOffer) -> Option<(bool, Dial)> {
+    let peer = offer.peer;
+    let policy = inner.config.path;
+    // Direct-only: the relay channel is not used (nothing goes through it).
+    let relay = offer.relay.filter(|_| policy != PathPolicy::DirectOnly);
+    let paths = inner.endpoint.paths();
+    paths.open(peer);
+    let server = inner.state().server_addr;
+    if let (Some(channel), Some(server)) = (relay, server) {
+        paths.set_relay(&peer, Some((server, channel)));
+    }
+    let has_relay = paths.status(&peer).is_some_and(|s| s.has_relay);
+    let st = inner.state();
+    let dial_now = offer.direction == Direction::Outgoing
+        && !st.peers.get(&peer).is_some_and(|p| p.connected());
+    let plan = policy::plan(Facts {
+        policy,
+        peer_relay_only: offer.peer_nat.relay_only,
+        has_relay,
+        dials: dial_now,
+        // One side reaches the server only over TCP: UDP can't work between
+        // us, and both sides know it, so both go to TCP simultaneous open at
+        // once.
+        udp_hopeless: st.no_udp() || offer.peer_nat.no_udp,
+    });
+    match plan {
+        Plan::Fail(why) => {
+            let name = st.name_of(&peer);
+            drop(st);
+            fail(inner, peer, why.message(&name));
+            None
+        }
+        Plan::Idle | Plan::Relay { dial: false } => None,
+        Plan::Relay { dial: true } => {
+            drop(st);
+            inner.spawn(dial(inner.clone(), peer));
+            None
+        }
+        Plan::Punch { udp, dial } => Some((udp, dial)),
+    }
+}
+
+/// A punch under way, for [`after_udp`].
+struct Punching {
+    peer: NodeId,
+    role: Role,
+    ticket: PunchTicket,
+    tcp_candidates: Vec<SocketAddr>,
+    open_ttl: Option<u8>,
+    own_mapping: Mapping,
+    dial_when: Dial,
+}
+
+/// After the UDP punch (`direct` is what it found): TCP simultaneous open
+/// when it found nothing, then the path goes direct or waits for a
+/// re-punch, and the link dials or fails as the policy says.
+async fn after_udp(inner: Arc<Inner>, p: Punching, mut direct: Option<Punched>) {
+    let peer = p.peer;
+    if direct.is_none() {
+        // Nothing over UDP (NATs that map UDP worse than TCP), or no
+        // UDP to try. Both sides' punches end at the same deadline (or
+        // neither ran), so both try TCP simultaneous open now, together.
+        let tcp = inner
+            .endpoint
+            .tcp_punch(p.role, p.ticket, &p.tcp_candidates, TCP_PUNCH, p.open_ttl)
+            .await;
+        direct = tcp.map(|link| Punched {
+            addr: link,
+            method: Method::Tcp,
+            via: None,
+        });
+    }
+    // A sequential NAT's ports moved on with this punch's mappings:
+    // measure again, so the next punch predicts from the newest.
+    if matches!(p.own_mapping, Mapping::Sequential { .. }) {
+        crate::nat::refresh_mapping(&inner);
+    }
+    let found = direct.is_some();
+    match direct {
+        Some(d) => go_direct(&inner, peer, d),
+        None => {
+            debug!(peer = %peer.short(), "hole punching found no direct path");
+            schedule_repunch(&inner, peer, false);
+        }
+    }
+    match policy::after_punch(inner.config.path, p.dial_when, found) {
+        Some(why) => {
+            let name = inner.state().name_of(&peer);
+            fail(&inner, peer, why.message(&name));
+        }
+        None if p.dial_when == Dial::WhenDirect => dial(inner, peer).await,
+        None => {}
+    }
 }
 
 /// The peer's path was `before` and is now direct at `now` (or not direct):

@@ -10,7 +10,7 @@ use burrow_proto::{Name, NodeId};
 use tokio::sync::oneshot;
 use tracing::debug;
 
-use crate::error::ApiError;
+use crate::error::PeerError;
 use crate::link::{Inner, SERVER_ANSWER_TIMEOUT};
 use crate::state::{resolve, State};
 
@@ -63,18 +63,18 @@ impl Inner {
     /// Makes sure a peer the user named is in the peer table: if no known peer
     /// matches and it is a name, asks the server who is online under it. What
     /// can't be found is left for [`resolve`] to report.
-    pub(crate) async fn find_peer(self: &Arc<Self>, peer: &str) -> Result<(), ApiError> {
+    pub(crate) async fn find_peer(self: &Arc<Self>, peer: &str) {
         let (query_id, rx, tx, name) = {
             let mut st = self.state();
             match resolve(&st, peer) {
-                Err(ApiError::UnknownPeer(_)) => {}
-                _ => return Ok(()),
+                Err(PeerError::Unknown(_)) => {}
+                _ => return,
             }
             let Ok(name) = peer.trim().parse::<Name>() else {
-                return Ok(());
+                return;
             };
             let Some(tx) = st.server_tx.clone() else {
-                return Ok(());
+                return;
             };
             st.next_query = st.next_query.wrapping_add(1);
             let query_id = st.next_query;
@@ -84,13 +84,12 @@ impl Inner {
         };
         let found = match tx.send(ClientMsg::Lookup { query_id, name }).await {
             Ok(()) => tokio::time::timeout(SERVER_ANSWER_TIMEOUT, rx).await,
-            Err(_) => return Ok(()),
+            Err(_) => return,
         };
         let mut st = self.state();
         st.lookups.remove(&query_id);
         if let Ok(Ok(Some(info))) = found {
             st.mark_online(info);
         }
-        Ok(())
     }
 }

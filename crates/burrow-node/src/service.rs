@@ -20,7 +20,7 @@ use burrow_proto::NodeId;
 use burrow_store::NodeStore;
 
 use crate::config::NodeConfig;
-use crate::error::ApiError;
+use crate::error::{PeerError, ServerError, StoreFailure};
 use crate::event::NodeEvent;
 use crate::link::Inner;
 
@@ -186,8 +186,8 @@ impl LinkHandle {
 
     /// The peer a person means by `peer` (a name or an id prefix), asking the
     /// server for a name it doesn't know yet.
-    pub(crate) async fn resolve(&self, peer: &str) -> Result<NodeId, ApiError> {
-        self.inner.find_peer(peer).await?;
+    pub(crate) async fn resolve(&self, peer: &str) -> Result<NodeId, PeerError> {
+        self.inner.find_peer(peer).await;
         crate::state::resolve(&self.inner.state(), peer)
     }
 
@@ -271,12 +271,14 @@ impl LinkHandle {
         // measure against): ordinary probing only.
         crate::peers::link(
             &self.inner,
-            peer,
-            direction,
-            candidates,
-            burrow_proto::punch::NatInfo::default(),
-            punch,
-            None,
+            burrow_proto::rendezvous::LinkOffer {
+                peer,
+                direction,
+                candidates: candidates.to_vec(),
+                peer_nat: burrow_proto::punch::NatInfo::default(),
+                punch,
+                relay: None,
+            },
         );
         if !dial {
             let inner = self.inner.clone();
@@ -398,7 +400,7 @@ impl LinkHandle {
     }
 
     /// Asks the server's tracker `query`.
-    pub(crate) async fn tracker(&self, query: Query) -> Result<Vec<TrackerEntry>, ApiError> {
+    pub(crate) async fn tracker(&self, query: Query) -> Result<Vec<TrackerEntry>, ServerError> {
         self.inner.tracker(query).await
     }
 
@@ -406,16 +408,17 @@ impl LinkHandle {
     pub(crate) async fn with_store<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut NodeStore) -> Result<T, burrow_store::StoreError> + Send + 'static,
-    ) -> Result<T, ApiError> {
+    ) -> Result<T, StoreFailure> {
         self.inner.with_store(f).await
     }
 
-    /// Runs a store read that answers in the API's terms on a blocking thread.
-    pub(crate) async fn with_store_api<T: Send + 'static>(
+    /// Runs a store read that answers in an operation's own terms on a
+    /// blocking thread.
+    pub(crate) async fn with_store_op<T: Send + 'static, E: From<StoreFailure> + Send + 'static>(
         &self,
-        f: impl FnOnce(&mut NodeStore) -> Result<T, ApiError> + Send + 'static,
-    ) -> Result<T, ApiError> {
-        self.inner.with_store_api(f).await
+        f: impl FnOnce(&mut NodeStore) -> Result<T, E> + Send + 'static,
+    ) -> Result<T, E> {
+        self.inner.with_store_op(f).await
     }
 
     /// The store itself, for work already on a blocking thread.

@@ -9,7 +9,7 @@ use burrow_proto::rendezvous::{ClientMsg, Direction, PeerInfo, Refusal, TrackerE
 use burrow_proto::{Name, NodeId};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::error::ApiError;
+use crate::error::PeerError;
 use crate::link::RequestOp;
 
 /// Most peers the node tracks (the server's presence list can be long).
@@ -172,13 +172,13 @@ impl State {
 /// unique id prefix. A contact's name wins over a name a serverless peer
 /// claims; a name that is also another peer's id prefix is ambiguous (a name
 /// like `cafe1234` must not pass for the node whose id starts so).
-pub(crate) fn resolve(st: &State, peer: &str) -> Result<NodeId, ApiError> {
+pub(crate) fn resolve(st: &State, peer: &str) -> Result<NodeId, PeerError> {
     let wanted = peer.trim().to_ascii_lowercase();
     let hex = !wanted.is_empty() && wanted.chars().all(|c| c.is_ascii_hexdigit());
     let by_prefix = |id: &NodeId| hex && id.to_string().starts_with(&wanted);
     let ambiguous = |ids: &[NodeId]| {
         let ids: Vec<String> = ids.iter().map(|id| id.short()).collect();
-        ApiError::AmbiguousPeer(peer.to_string(), ids.join(", "))
+        PeerError::Ambiguous(peer.to_string(), ids.join(", "))
     };
     // Serverless, names are only what peers claim: two may claim the same one.
     let mut named: Vec<NodeId> = st
@@ -226,11 +226,11 @@ pub(crate) fn resolve(st: &State, peer: &str) -> Result<NodeId, ApiError> {
             }
             _ => {
                 let names: Vec<String> = matches.iter().map(|id| st.name_of(id)).collect();
-                return Err(ApiError::AmbiguousPeer(peer.to_string(), names.join(", ")));
+                return Err(PeerError::Ambiguous(peer.to_string(), names.join(", ")));
             }
         }
     }
-    Err(ApiError::UnknownPeer(peer.to_string()))
+    Err(PeerError::Unknown(peer.to_string()))
 }
 
 #[cfg(test)]
@@ -256,7 +256,7 @@ mod tests {
         // Two peers claim one name: neither is picked.
         assert!(matches!(
             resolve(&st, "alice"),
-            Err(ApiError::AmbiguousPeer(..))
+            Err(PeerError::Ambiguous(..))
         ));
         assert_eq!(st.name_of(&alice), format!("alice [{}]", alice.short()));
         // Saved as a contact, alice is the one `alice` means, and shown plainly.
@@ -277,7 +277,7 @@ mod tests {
         named(&mut st, mimic, &target.short());
         assert!(matches!(
             resolve(&st, &target.short()),
-            Err(ApiError::AmbiguousPeer(..))
+            Err(PeerError::Ambiguous(..))
         ));
         assert_eq!(resolve(&st, &target.to_string()[..12]).unwrap(), target);
         assert_eq!(resolve(&st, "target").unwrap(), target);

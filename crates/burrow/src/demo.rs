@@ -68,14 +68,13 @@ fn write_demo_file(path: &Path, size: u64) -> std::io::Result<()> {
 
 /// alice shares a file; bob finds it in the tracker and downloads it, verified.
 async fn share_a_file(dir: &Path, alice: &Node, bob: &Node) -> Result<(), CliError> {
-    let err = |e: burrow_node::ApiError| CliError::new(e, None);
     let file = dir.join("holiday.bin");
     write_demo_file(&file, DEMO_FILE)?;
     let hashed = Instant::now();
     let share = alice
         .share(file.to_str().expect("a UTF-8 temp path"), None)
         .await
-        .map_err(err)?;
+        .map_err(node_err)?;
     println!(
         "
   alice   $ burrow share holiday.bin"
@@ -86,7 +85,7 @@ async fn share_a_file(dir: &Path, alice: &Node, bob: &Node) -> Result<(), CliErr
         ms(hashed.elapsed()),
         &share.hash[..16]
     );
-    let found = bob.search("holiday").await.map_err(err)?;
+    let found = bob.search("holiday").await.map_err(node_err)?;
     println!("  bob     $ burrow search holiday");
     for f in &found {
         let who: Vec<&str> = f.providers.iter().map(|p| p.name.as_str()).collect();
@@ -108,7 +107,7 @@ async fn share_a_file(dir: &Path, alice: &Node, bob: &Node) -> Result<(), CliErr
             tx,
         )
         .await
-        .map_err(err)?;
+        .map_err(node_err)?;
     let secs = (got.elapsed_ms as f64 / 1000.0).max(0.001);
     println!("  bob     $ burrow get holiday.bin");
     println!(
@@ -127,12 +126,11 @@ async fn forum_thread(
     bob: &Node,
     bob_events: &mut broadcast::Receiver<NodeEvent>,
 ) -> Result<(), CliError> {
-    let err = |e: burrow_node::ApiError| CliError::new(e, None);
     let posted = Instant::now();
     let first = alice
         .post("Anyone up for a game tonight?", None, None)
         .await
-        .map_err(err)?;
+        .map_err(node_err)?;
     println!("\n  alice   $ burrow post \"Anyone up for a game tonight?\"");
     println!("          {}", first.id);
     wait_for(bob_events, "alice's post", |e| {
@@ -146,7 +144,7 @@ async fn forum_thread(
     let reply = bob
         .post("yes, 9pm", Some(&first.id[..8]), None)
         .await
-        .map_err(err)?;
+        .map_err(node_err)?;
     println!(
         "  bob     $ burrow post --reply-to {} \"yes, 9pm\"",
         &first.id[..8]
@@ -156,7 +154,7 @@ async fn forum_thread(
     })
     .await?;
     println!("  alice   $ burrow forum");
-    for line in crate::forum::tree_lines(alice.forum(None, None).await.map_err(err)?, None) {
+    for line in crate::forum::tree_lines(alice.forum(None, None).await.map_err(node_err)?, None) {
         println!("          {line}");
     }
     Ok(())
@@ -314,4 +312,10 @@ pub async fn run() -> Result<(), CliError> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// A node operation's error as the CLI shows it, with its hint.
+fn node_err(e: impl burrow_node::Hinted) -> CliError {
+    let hint = e.hint();
+    CliError::new(e, hint)
 }

@@ -6,6 +6,7 @@ use std::path::Path;
 use burrow_node::api::Request;
 use burrow_node::control::{ClientError, ControlClient};
 use burrow_node::forum::{self, Branch, PostView};
+use burrow_node::Hinted;
 
 use crate::client::{call, data, parse, print_json};
 use crate::CliError;

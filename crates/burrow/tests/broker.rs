@@ -4,7 +4,7 @@
 mod common;
 
 use burrow_node::api::ConnectionState;
-use burrow_node::{ApiError, NodeEvent};
+use burrow_node::{NodeEvent, PeerError, RequestError, SendError};
 use burrow_proto::rendezvous::{CloseReason, Direction, Refusal};
 use common::*;
 
@@ -63,7 +63,7 @@ async fn connect_accept_and_chat_both_ways() {
     // bob can't send before the connection exists, and says why.
     assert!(matches!(
         bob.send("alice", "too early").await,
-        Err(ApiError::NotConnected(_))
+        Err(SendError::NotConnected(_))
     ));
 
     alice.accept("bob").await.unwrap();
@@ -154,7 +154,7 @@ async fn reject_cancel_and_expiry() {
     assert_eq!(link(&bob, "alice"), Some(ConnectionState::None));
     assert_eq!(link(&alice, "bob"), Some(ConnectionState::None));
     assert!(
-        matches!(alice.accept("bob").await, Err(ApiError::NoRequest(_))),
+        matches!(alice.accept("bob").await, Err(RequestError::NoRequest(_))),
         "a rejected request can't be accepted after"
     );
 
@@ -174,7 +174,7 @@ async fn reject_cancel_and_expiry() {
     assert_eq!(link(&alice, "bob"), Some(ConnectionState::None));
     assert!(matches!(
         bob.cancel("alice").await,
-        Err(ApiError::NoRequest(_))
+        Err(RequestError::NoRequest(_))
     ));
 
     // Expiry: nobody answers.
@@ -196,7 +196,7 @@ async fn reject_cancel_and_expiry() {
     // A peer nobody has heard of.
     assert!(matches!(
         bob.connect("carol").await,
-        Err(ApiError::UnknownPeer(_))
+        Err(RequestError::Peer(PeerError::Unknown(_)))
     ));
     alice.shutdown().await;
     bob.shutdown().await;
@@ -215,7 +215,7 @@ async fn connect_to_a_peer_that_left_is_refused() {
     wait_until("alice gone", || !online(&bob, "alice")).await;
     // By full id the node can still ask; the server says she is offline.
     match bob.connect(&alice_id).await {
-        Err(ApiError::Refused {
+        Err(RequestError::Refused {
             reason: Refusal::PeerOffline,
             ..
         }) => {}
@@ -365,7 +365,7 @@ async fn watched_presence_announces_only_contacts_and_links_and_finds_others_by_
     // A name nobody holds is still an unknown peer.
     assert!(matches!(
         alice.connect("nobody").await,
-        Err(ApiError::UnknownPeer(_))
+        Err(RequestError::Peer(PeerError::Unknown(_)))
     ));
     bob.shutdown().await;
     dave.shutdown().await;

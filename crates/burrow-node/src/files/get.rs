@@ -2,25 +2,25 @@
 //! running the [`Plan`] with workers on every provider, and moving the verified
 //! file into place.
 
-use std::fs::File;
-use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use burrow_proto::files::{safe_file_name, BlobHash, FileEntry, ShareName};
 use burrow_proto::rendezvous::{Query, TrackerEntry};
-use burrow_proto::schedule::Failure;
 use burrow_proto::NodeId;
 use burrow_store::{StoredDownload, StoredShare};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use super::fetch::{fetch_piece, prove_size, PieceError, Plan, Take, STREAMS_PER_PROVIDER};
+use super::fetch::{prove_size, PieceError};
+use super::place::place;
+use super::plan::Plan;
+use super::provide::{link_with, provide};
 use super::Files;
 use crate::api::{GetUpdate, GetView};
-use crate::error::ApiError;
+use crate::error::GetError;
 use crate::service::LinkHandle;
 
 /// How often progress is reported.
@@ -42,11 +42,11 @@ pub(crate) async fn dial_files(
 }
 
 /// How one provider's part of a download ended.
-struct ProviderEnd {
-    name: String,
-    id: NodeId,
-    sent: u64,
-    error: Option<PieceError>,
+pub(super) struct ProviderEnd {
+    pub name: String,
+    pub id: NodeId,
+    pub sent: u64,
+    pub error: Option<PieceError>,
 }
 
 /// Removes the download from the node's list and makes its progress durable,
@@ -103,56 +103,23 @@ impl Files {
         dir: &str,
         force: bool,
         updates: mpsc::Sender<GetUpdate>,
-    ) -> Result<GetView, ApiError> {
+    ) -> Result<GetView, GetError> {
         let started = Instant::now();
         let dir = PathBuf::from(dir);
         if !dir.is_absolute() {
-            return Err(ApiError::File(format!(
+            return Err(GetError::File(format!(
                 "{} is not an absolute path",
                 dir.display()
             )));
         }
-        let claims = self.find(file).await?;
-        let hash = claims[0].file.hash;
-        let have = self.link.with_store(move |s| s.share(&hash)).await?;
-        if let Some(share) = have.filter(super::unchanged) {
-            return Err(ApiError::AlreadyHave(share.path.display().to_string()));
-        }
-        let entry = self.prove(claims, &updates).await?;
-        let name = entry.file.name.clone();
-        let providers: Vec<(NodeId, String)> = entry
-            .providers
-            .iter()
-            .filter(|p| p.peer.id != self.link.id())
-            .map(|p| (p.peer.id, p.peer.name.to_string()))
-            .collect();
+        let (entry, providers) = self.choose(file, &updates).await?;
+        let (hash, name, size) = (entry.file.hash, entry.file.name, entry.file.size);
         let target = dir.join(safe_file_name(name.as_str()));
         if !force && target.symlink_metadata().is_ok() {
-            return Err(ApiError::Exists(target.display().to_string()));
+            return Err(GetError::Exists(target.display().to_string()));
         }
-        if !self.downloads().insert(hash) {
-            return Err(ApiError::AlreadyDownloading(name.to_string()));
-        }
-        let size = entry.file.size;
-        let plan = match self.open_plan(hash, size).await {
-            Ok(plan) => plan,
-            Err(e) => {
-                self.downloads().remove(&hash);
-                return Err(e);
-            }
-        };
-        let record = StoredDownload {
-            hash,
-            name: name.clone(),
-            size,
-            verified: Vec::new(),
-            started_at_ms: burrow_proto::time::unix_ms(SystemTime::now()),
-        };
-        let running = Running {
-            files: self.clone(),
-            plan: plan.clone(),
-            stored: record,
-        };
+        let running = self.start(hash, &name, size).await?;
+        let plan = running.plan.clone();
         info!(hash = %hash.short(), %name, size, providers = providers.len(), resumed = plan.resumed, "download starting");
         if plan.resumed > 0 {
             let _ = updates
@@ -165,37 +132,9 @@ impl Files {
         let ends = self.run(&plan, &running, providers, &updates).await;
         tracing::debug!(hash = %hash.short(), elapsed_ms = started.elapsed().as_millis() as u64, "providers done");
         running.flush_async().await;
-        let used: Vec<String> = ends
-            .iter()
-            .filter(|e| e.sent > 0)
-            .map(|e| e.name.clone())
-            .collect();
-        if let Some(fatal) = plan
-            .fatal
-            .lock()
-            .expect("fatal lock is never poisoned")
-            .clone()
-        {
-            return Err(ApiError::Download(fatal));
-        }
-        if !plan.complete() {
-            let done = plan.verified.load(Ordering::Relaxed);
-            return Err(ApiError::Download(format!(
-                "no provider left to download from; {done} of {size} bytes are verified and kept"
-            )));
-        }
-        let home = self.link.home().to_path_buf();
-        let plan2 = plan.clone();
-        let placed = tokio::task::spawn_blocking(move || place(&plan2, &home, &target, force))
-            .await
-            .map_err(|e| ApiError::File(e.to_string()))??;
+        finished(&plan, size)?;
+        let placed = self.land(&plan, &name, target, force).await?;
         tracing::debug!(hash = %hash.short(), elapsed_ms = started.elapsed().as_millis() as u64, "synced and in place");
-        self.link
-            .with_store(move |s| s.remove_download(&hash))
-            .await?;
-        if self.link.config().reshare {
-            self.reshare(&placed, hash, name.clone(), size).await;
-        }
         let elapsed_ms = started.elapsed().as_millis() as u64;
         info!(hash = %hash.short(), path = %placed.display(), elapsed_ms, "download finished");
         Ok(GetView {
@@ -203,29 +142,110 @@ impl Files {
             name: name.to_string(),
             size,
             path: placed.display().to_string(),
-            providers: used,
+            providers: ends
+                .iter()
+                .filter(|e| e.sent > 0)
+                .map(|e| e.name.clone())
+                .collect(),
             elapsed_ms,
             resumed_bytes: plan.resumed,
         })
     }
 
+    /// Which file `file` names, with its size proven, and who else offers it.
+    async fn choose(
+        self: &Arc<Self>,
+        file: &str,
+        updates: &mpsc::Sender<GetUpdate>,
+    ) -> Result<(TrackerEntry, Vec<(NodeId, String)>), GetError> {
+        let claims = self.find(file).await?;
+        let hash = claims[0].file.hash;
+        let have = self.link.with_store(move |s| s.share(&hash)).await?;
+        if let Some(share) = have.filter(super::unchanged) {
+            return Err(GetError::AlreadyHave(share.path.display().to_string()));
+        }
+        let entry = self.prove(claims, updates).await?;
+        let providers = entry
+            .providers
+            .iter()
+            .filter(|p| p.peer.id != self.link.id())
+            .map(|p| (p.peer.id, p.peer.name.to_string()))
+            .collect();
+        Ok((entry, providers))
+    }
+
+    /// Starts downloading `hash` (refused if it is already): its partial file,
+    /// and what records its progress.
+    async fn start(
+        self: &Arc<Self>,
+        hash: BlobHash,
+        name: &ShareName,
+        size: u64,
+    ) -> Result<Running, GetError> {
+        if !self.downloads().insert(hash) {
+            return Err(GetError::AlreadyDownloading(name.to_string()));
+        }
+        let plan = match self.open_plan(hash, size).await {
+            Ok(plan) => plan,
+            Err(e) => {
+                self.downloads().remove(&hash);
+                return Err(e);
+            }
+        };
+        Ok(Running {
+            files: self.clone(),
+            plan,
+            stored: StoredDownload {
+                hash,
+                name: name.clone(),
+                size,
+                verified: Vec::new(),
+                started_at_ms: burrow_proto::time::unix_ms(SystemTime::now()),
+            },
+        })
+    }
+
+    /// Puts a complete download in place (see [`place`]), forgets its
+    /// progress, and shares it on if the node does that.
+    async fn land(
+        &self,
+        plan: &Arc<Plan>,
+        name: &ShareName,
+        target: PathBuf,
+        force: bool,
+    ) -> Result<PathBuf, GetError> {
+        let home = self.link.home().to_path_buf();
+        let plan2 = plan.clone();
+        let placed = tokio::task::spawn_blocking(move || place(&plan2, &home, &target, force))
+            .await
+            .map_err(|e| GetError::File(e.to_string()))??;
+        let hash = plan.hash;
+        self.link
+            .with_store(move |s| s.remove_download(&hash))
+            .await?;
+        if self.link.config().reshare {
+            self.reshare(&placed, hash, name.clone(), plan.size).await;
+        }
+        Ok(placed)
+    }
+
     /// Opens the partial download of `hash`, continuing an earlier one of the
     /// same size.
-    async fn open_plan(&self, hash: BlobHash, size: u64) -> Result<Arc<Plan>, ApiError> {
+    async fn open_plan(&self, hash: BlobHash, size: u64) -> Result<Arc<Plan>, GetError> {
         let stored = self.link.with_store(move |s| s.download(&hash)).await?;
         let bits = stored.filter(|d| d.size == size).map(|d| d.verified);
         let partial = super::partial_dir(self.link.home());
         tokio::task::spawn_blocking(move || Plan::open(&partial, hash, size, bits))
             .await
-            .map_err(|e| ApiError::File(e.to_string()))?
+            .map_err(|e| GetError::File(e.to_string()))?
             .map(Arc::new)
-            .map_err(|e| ApiError::File(format!("cannot create the partial file: {e}")))
+            .map_err(|e| GetError::File(format!("cannot create the partial file: {e}")))
     }
 
     /// The tracker's entries for the file `file` means (a hash, or an exact
     /// share name that names one file): one per size its providers claim,
     /// most providers first.
-    async fn find(&self, file: &str) -> Result<Vec<TrackerEntry>, ApiError> {
+    async fn find(&self, file: &str) -> Result<Vec<TrackerEntry>, GetError> {
         let wanted = file.trim();
         let hash = match wanted.parse::<BlobHash>() {
             Ok(hash) => hash,
@@ -242,10 +262,10 @@ impl Files {
                 hashes.sort();
                 hashes.dedup();
                 match hashes.as_slice() {
-                    [] => return Err(ApiError::UnknownFile(wanted.to_string())),
+                    [] => return Err(GetError::UnknownFile(wanted.to_string())),
                     [one] => *one,
                     many => {
-                        return Err(ApiError::AmbiguousFile(
+                        return Err(GetError::AmbiguousFile(
                             wanted.to_string(),
                             many.iter()
                                 .map(|h| h.short())
@@ -258,7 +278,7 @@ impl Files {
         };
         let claims = self.link.tracker(Query::Hash(hash)).await?;
         if claims.is_empty() {
-            return Err(ApiError::UnknownFile(wanted.to_string()));
+            return Err(GetError::UnknownFile(wanted.to_string()));
         }
         Ok(claims)
     }
@@ -274,7 +294,7 @@ impl Files {
         self: &Arc<Self>,
         claims: Vec<TrackerEntry>,
         updates: &mpsc::Sender<GetUpdate>,
-    ) -> Result<TrackerEntry, ApiError> {
+    ) -> Result<TrackerEntry, GetError> {
         let name = claims[0].file.name.to_string();
         let offline = claims.iter().map(|c| c.offline).sum();
         let me = self.link.id();
@@ -328,7 +348,7 @@ impl Files {
             });
         }
         if tries.is_empty() {
-            return Err(ApiError::NoProviders { name, offline });
+            return Err(GetError::NoProviders { name, offline });
         }
         let mut why_not = Vec::new();
         while let Some(done) = tries.join_next().await {
@@ -341,7 +361,7 @@ impl Files {
                 Err(e) => why_not.push(e.to_string()),
             }
         }
-        Err(ApiError::Download(format!(
+        Err(GetError::Download(format!(
             "no provider could show it has {name}: {}",
             why_not.join("; ")
         )))
@@ -433,6 +453,25 @@ impl Files {
     }
 }
 
+/// Whether the download is complete; if not, why it stopped.
+fn finished(plan: &Plan, size: u64) -> Result<(), GetError> {
+    let fatal = plan
+        .fatal
+        .lock()
+        .expect("fatal lock is never poisoned")
+        .clone();
+    if let Some(fatal) = fatal {
+        return Err(GetError::Download(fatal));
+    }
+    if !plan.complete() {
+        let done = plan.verified.load(Ordering::Relaxed);
+        return Err(GetError::Download(format!(
+            "no provider left to download from; {done} of {size} bytes are verified and kept"
+        )));
+    }
+    Ok(())
+}
+
 /// What a person should hear about a provider that stopped.
 fn describe(end: &ProviderEnd) -> Option<String> {
     let who = format!("{} ({})", end.name, end.id.short());
@@ -456,200 +495,4 @@ fn what_happened(who: &str, e: &PieceError) -> String {
         PieceError::Lost(why) => format!("lost {who}: {why}"),
         PieceError::Disk(e) => format!("cannot write the download: {e}"),
     }
-}
-
-/// One provider's part: connect (asking, if we are not linked yet), then run
-/// [`STREAMS_PER_PROVIDER`] workers until the plan is done or the provider fails.
-async fn provide(
-    files: Arc<Files>,
-    plan: Arc<Plan>,
-    id: NodeId,
-    name: String,
-    active: Arc<AtomicUsize>,
-    updates: mpsc::Sender<GetUpdate>,
-) -> ProviderEnd {
-    let sent = Arc::new(AtomicU64::new(0));
-    let end = |error| ProviderEnd {
-        name: name.clone(),
-        id,
-        sent: 0,
-        error,
-    };
-    if let Err(why) = link_with(&files.link, id, &name, &updates).await {
-        return end(Some(PieceError::Gone(why)));
-    }
-    let conn = match dial_files(&files.link, id).await {
-        Ok(c) => c,
-        Err(e) => return end(Some(PieceError::Lost(e.to_string()))),
-    };
-    active.fetch_add(1, Ordering::Relaxed);
-    let failed = Arc::new(std::sync::Mutex::new(None::<PieceError>));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..STREAMS_PER_PROVIDER {
-        let (plan, conn, sent) = (plan.clone(), conn.clone(), sent.clone());
-        let (failed, stop) = (failed.clone(), stop.clone());
-        workers.spawn(tracing::Instrument::in_current_span(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let piece = match plan.take(id) {
-                    Take::Done => return,
-                    Take::Wait => {
-                        plan.wait(Duration::from_millis(200)).await;
-                        continue;
-                    }
-                    Take::Piece(p) => p,
-                };
-                let spans = plan.missing_spans(piece);
-                let result = if spans.is_empty() {
-                    Ok(())
-                } else {
-                    fetch_piece(&plan, &conn, spans, &sent).await
-                };
-                match result {
-                    Ok(()) => {
-                        plan.put_back(piece);
-                        if plan.write_back_due() {
-                            let plan = plan.clone();
-                            tokio::task::spawn_blocking(move || plan.write_back());
-                        }
-                    }
-                    Err(PieceError::Disk(e)) => {
-                        plan.fail(format!("cannot write the download: {e}"));
-                        plan.put_back(piece);
-                        return;
-                    }
-                    Err(e) => {
-                        // Stop this provider's workers before its piece is free
-                        // for another of them to take, and name the first cause
-                        // (the others' errors follow from cutting it off).
-                        stop.store(true, Ordering::Relaxed);
-                        let how = match e {
-                            PieceError::Lied(_) => Failure::Lied,
-                            PieceError::Gone(_) => Failure::Gone,
-                            _ => Failure::Lost,
-                        };
-                        failed
-                            .lock()
-                            .expect("failed lock is never poisoned")
-                            .get_or_insert(e);
-                        if plan.failed(id, piece, how) {
-                            // A liar misbehaved; one without the file only
-                            // has nothing for us.
-                            let code = if how == Failure::Lied {
-                                burrow_net::Close::Misbehaved
-                            } else {
-                                burrow_net::Close::Done
-                            };
-                            conn.close(code.code(), b"dropped");
-                        }
-                        return;
-                    }
-                }
-            }
-        }));
-    }
-    while workers.join_next().await.is_some() {}
-    active.fetch_sub(1, Ordering::Relaxed);
-    conn.close(burrow_net::Close::Done.code(), b"done");
-    let error = failed.lock().expect("failed lock is never poisoned").take();
-    if let Some(e) = &error {
-        warn!(provider = %id.short(), error = ?e, "provider dropped");
-    }
-    ProviderEnd {
-        name: name.clone(),
-        id,
-        sent: sent.load(Ordering::Relaxed),
-        error,
-    }
-}
-
-/// Makes sure we have a link with `id`: asks for one if needed and waits for the
-/// provider to accept (its policy decides who may download).
-async fn link_with(
-    link: &LinkHandle,
-    id: NodeId,
-    name: &str,
-    updates: &mpsc::Sender<GetUpdate>,
-) -> Result<(), String> {
-    let me = link.config().name.to_string();
-    let asking = updates.send(GetUpdate::Notice(format!(
-        "asking {name} for a connection; they must accept (burrow accept {me})"
-    )));
-    link.ensure_link(id, async {
-        let _ = asking.await;
-    })
-    .await
-}
-
-/// Syncs a complete download and moves it to `target` (never over an existing
-/// file unless `force`), and its outboard next to the node's others.
-///
-/// On the same file system the partial file is renamed (`force`) or
-/// hard-linked (no replacing: the link fails if the name is taken). Across
-/// file systems it is copied into a new file of a random name beside the
-/// target (created exclusively, so nothing planted there is followed),
-/// synced, and only then renamed into place; a failed copy leaves nothing
-/// behind. Either way the directory is synced, so the name survives a power
-/// cut as the bytes do.
-fn place(plan: &Plan, home: &Path, target: &Path, force: bool) -> Result<PathBuf, ApiError> {
-    let io = |e: std::io::Error| ApiError::File(format!("{}: {e}", target.display()));
-    let exists = || ApiError::Exists(target.display().to_string());
-    plan.sync().map_err(io)?;
-    let dir = target.parent().expect("targets are dir/name");
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let moved = if force {
-        std::fs::rename(&plan.data_path, target).is_ok()
-    } else {
-        match std::fs::hard_link(&plan.data_path, target) {
-            Ok(()) => true,
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => return Err(exists()),
-            Err(_) => false,
-        }
-    };
-    if !moved {
-        copy_into_place(&plan.data_path, dir, target, force).map_err(|e| {
-            if e.kind() == ErrorKind::AlreadyExists {
-                exists()
-            } else {
-                io(e)
-            }
-        })?;
-    }
-    let _ = std::fs::remove_file(&plan.data_path);
-    sync_dir(dir).map_err(io)?;
-    let outboard = super::outboard_path(home, &plan.hash);
-    if let Some(d) = outboard.parent() {
-        std::fs::create_dir_all(d).map_err(io)?;
-    }
-    std::fs::rename(&plan.outboard_path, &outboard).map_err(io)?;
-    Ok(target.to_path_buf())
-}
-
-/// Copies `from` into a new file in `dir` (random name, created exclusively),
-/// syncs it, and renames it to `target`: over an existing file with
-/// `replace`, else only if the name is free (`AlreadyExists` otherwise). On
-/// any failure the new file is removed.
-fn copy_into_place(from: &Path, dir: &Path, target: &Path, replace: bool) -> std::io::Result<()> {
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".burrow-")
-        .suffix(".part")
-        .tempfile_in(dir)?;
-    let mut source = File::open(from)?;
-    // The partial file's mode, as a copy would have it (a new temporary file
-    // is private to its owner).
-    tmp.as_file()
-        .set_permissions(source.metadata()?.permissions())?;
-    std::io::copy(&mut source, tmp.as_file_mut())?;
-    tmp.as_file().sync_all()?;
-    let placed = if replace {
-        tmp.persist(target)
-    } else {
-        tmp.persist_noclobber(target)
-    };
-    placed.map(drop).map_err(|e| e.error)
-}
-
-/// Makes a directory's entries durable (a rename or link in it).
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
 }

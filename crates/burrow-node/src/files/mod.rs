@@ -18,6 +18,9 @@
 
 pub(crate) mod fetch;
 mod get;
+mod place;
+pub(crate) mod plan;
+mod provide;
 mod quic_io;
 pub(crate) mod serve;
 
@@ -38,7 +41,7 @@ use burrow_store::StoredShare;
 use tracing::{debug, info};
 
 use crate::api::{FileView, ProviderView, SearchView, ShareView};
-use crate::error::ApiError;
+use crate::error::{ListError, ShareError};
 use crate::service::{LinkEvent, LinkHandle, Service, Serving};
 
 /// Bytes a peer may send ahead on one stream: two pieces, so a piece's request
@@ -153,18 +156,18 @@ struct Hashed {
 
 /// Hashes the file at `path` and writes its outboard into `home`'s outboard
 /// directory. Reads the file once, at BLAKE3's speed.
-fn hash_file(home: &Path, path: &Path) -> Result<Hashed, ApiError> {
-    let io = |e: std::io::Error| ApiError::File(format!("{}: {e}", path.display()));
+fn hash_file(home: &Path, path: &Path) -> Result<Hashed, ShareError> {
+    let io = |e: std::io::Error| ShareError::File(format!("{}: {e}", path.display()));
     let file = File::open(path).map_err(io)?;
     let meta = file.metadata().map_err(io)?;
     if !meta.is_file() {
-        return Err(ApiError::File(format!(
+        return Err(ShareError::File(format!(
             "{} is not a regular file",
             path.display()
         )));
     }
     if meta.len() > files::MAX_FILE_SIZE {
-        return Err(ApiError::File(format!(
+        return Err(ShareError::File(format!(
             "{} is larger than the 16 TiB burrow shares",
             path.display()
         )));
@@ -182,7 +185,7 @@ fn hash_file(home: &Path, path: &Path) -> Result<Hashed, ApiError> {
     outboard.data.sync_all().map_err(io)?;
     let after = std::fs::metadata(path).map_err(io)?;
     if after.len() != meta.len() || mtime_ns(&after) != mtime_ns(&meta) {
-        return Err(ApiError::File(format!(
+        return Err(ShareError::File(format!(
             "{} changed while it was being hashed",
             path.display()
         )));
@@ -279,10 +282,10 @@ fn announce_all(link: &LinkHandle) {
 impl Files {
     /// Offers the file at `path` (absolute) as `name` (default: its file name):
     /// hashes it, keeps its outboard, tells the tracker.
-    pub async fn share(&self, path: &str, name: Option<&str>) -> Result<ShareView, ApiError> {
+    pub async fn share(&self, path: &str, name: Option<&str>) -> Result<ShareView, ShareError> {
         let path = PathBuf::from(path);
         if !path.is_absolute() {
-            return Err(ApiError::File(format!(
+            return Err(ShareError::File(format!(
                 "{} is not an absolute path",
                 path.display()
             )));
@@ -295,12 +298,12 @@ impl Files {
                 .unwrap_or_default()
                 .parse(),
         }
-        .map_err(ApiError::BadName)?;
+        .map_err(ShareError::BadName)?;
         let home = self.link.home().to_path_buf();
         let p = path.clone();
         let hashed = tokio::task::spawn_blocking(move || hash_file(&home, &p))
             .await
-            .map_err(|e| ApiError::File(e.to_string()))??;
+            .map_err(|e| ShareError::File(e.to_string()))??;
         let share = StoredShare {
             hash: hashed.hash,
             name,
@@ -328,13 +331,13 @@ impl Files {
     }
 
     /// What this node offers.
-    pub async fn shares(&self) -> Result<Vec<ShareView>, ApiError> {
+    pub async fn shares(&self) -> Result<Vec<ShareView>, ShareError> {
         let shares = self.link.with_store(|s| s.shares()).await?;
         Ok(shares.iter().map(share_view).collect())
     }
 
     /// Stops offering `file` (its hash, a unique hash prefix, or its name).
-    pub async fn unshare(&self, file: &str) -> Result<ShareView, ApiError> {
+    pub async fn unshare(&self, file: &str) -> Result<ShareView, ShareError> {
         let shares = self.link.with_store(|s| s.shares()).await?;
         let wanted = file.trim();
         let matches: Vec<&StoredShare> = shares
@@ -352,9 +355,9 @@ impl Files {
         };
         let share = match matches.as_slice() {
             [one] => (*one).clone(),
-            [] => return Err(ApiError::NoSuchShare(wanted.to_string())),
+            [] => return Err(ShareError::NoSuchShare(wanted.to_string())),
             many => {
-                return Err(ApiError::AmbiguousFile(
+                return Err(ShareError::AmbiguousFile(
                     wanted.to_string(),
                     many.iter()
                         .map(|s| s.hash.short())
@@ -372,22 +375,22 @@ impl Files {
     }
 
     /// Asks the tracker for files whose name contains `query`.
-    pub async fn search(&self, query: &str) -> Result<Vec<SearchView>, ApiError> {
+    pub async fn search(&self, query: &str) -> Result<Vec<SearchView>, ShareError> {
         if query.len() > files::MAX_NAME {
-            return Err(ApiError::BadName(files::ShareNameError::TooLong));
+            return Err(ShareError::BadName(files::ShareNameError::TooLong));
         }
         let found = self.link.tracker(Query::Name(query.to_string())).await?;
         Ok(found.iter().map(search_view).collect())
     }
 
     /// Asks `peer` (connected) what it offers.
-    pub async fn files(&self, peer: &str) -> Result<Vec<FileView>, ApiError> {
+    pub async fn files(&self, peer: &str) -> Result<Vec<FileView>, ListError> {
         let id = self.link.resolve(peer).await?;
         let name = self.link.shown_name(&id);
         if !self.link.linked(&id) {
-            return Err(ApiError::NotConnected(name));
+            return Err(ListError::NotConnected(name));
         }
-        let fail = |e: &dyn std::fmt::Display| ApiError::Peer {
+        let fail = |e: &dyn std::fmt::Display| ListError::Failed {
             name: name.clone(),
             reason: e.to_string(),
         };

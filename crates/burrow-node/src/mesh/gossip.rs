@@ -79,20 +79,7 @@ pub(crate) fn broadcast(mesh: &Mesh, post: &Post, from: Option<NodeId>) {
 /// [`burrow_store::PostQuota`]); neither is the peer's fault (it may only be
 /// passing them on), so neither is a strike.
 async fn accept(mesh: &Arc<Mesh>, peer: NodeId, posts: Vec<Post>) -> Vec<(Post, bool)> {
-    let mut valid = Vec::with_capacity(posts.len());
-    let wall = mesh.link.wall_ms();
-    for p in posts {
-        if let Err(e) = p.verify(wall) {
-            warn!(peer = %peer.short(), post = %p.id.short(), error = %e, "refusing a post");
-            if e.is_forgery() {
-                mesh.link.strike(peer, "broke the mesh protocol");
-            }
-            continue;
-        }
-        if mesh.state().topics.contains(&p.topic) {
-            valid.push(p);
-        }
-    }
+    let valid = verified(mesh, peer, posts);
     if valid.is_empty() {
         return Vec::new();
     }
@@ -118,20 +105,7 @@ async fn accept(mesh: &Arc<Mesh>, peer: NodeId, posts: Vec<Post>) -> Vec<(Post, 
             return Vec::new();
         }
     };
-    let over_quota = stored.iter().filter(|s| **s == Stored::OverQuota).count();
-    if over_quota > 0 {
-        debug!(peer = %peer.short(), over_quota, "posts not kept: their author's share of the topic, or the topic, is full");
-        let mut st = mesh.state();
-        st.stats.over_quota += over_quota as u64;
-        if st.refused.len() + over_quota > MAX_REFUSED {
-            st.refused.clear();
-        }
-        for (p, s) in valid.iter().zip(&stored) {
-            if *s == Stored::OverQuota {
-                st.refused.insert(p.id);
-            }
-        }
-    }
+    remember_refused(mesh, peer, &valid, &stored);
     let out: Vec<(Post, bool)> = valid
         .into_iter()
         .zip(stored)
@@ -202,6 +176,46 @@ async fn within_budget(mesh: &Arc<Mesh>, peer: NodeId, posts: Vec<Post>) -> Vec<
         st.stats.over_link_rate += over;
     }
     kept
+}
+
+/// The posts of `posts` whose signatures hold, in topics we follow; a forgery
+/// counts against `peer`.
+fn verified(mesh: &Mesh, peer: NodeId, posts: Vec<Post>) -> Vec<Post> {
+    let mut valid = Vec::with_capacity(posts.len());
+    let wall = mesh.link.wall_ms();
+    for p in posts {
+        if let Err(e) = p.verify(wall) {
+            warn!(peer = %peer.short(), post = %p.id.short(), error = %e, "refusing a post");
+            if e.is_forgery() {
+                mesh.link.strike(peer, "sent a forged post");
+            }
+            continue;
+        }
+        if mesh.state().topics.contains(&p.topic) {
+            valid.push(p);
+        }
+    }
+    valid
+}
+
+/// Remembers the posts the store refused (over a quota), so reconciliation
+/// bringing them back costs a link's budget only once.
+fn remember_refused(mesh: &Mesh, peer: NodeId, posts: &[Post], stored: &[Stored]) {
+    let over_quota = stored.iter().filter(|s| **s == Stored::OverQuota).count();
+    if over_quota == 0 {
+        return;
+    }
+    debug!(peer = %peer.short(), over_quota, "posts not kept: their author's share of the topic, or the topic, is full");
+    let mut st = mesh.state();
+    st.stats.over_quota += over_quota as u64;
+    if st.refused.len() + over_quota > MAX_REFUSED {
+        st.refused.clear();
+    }
+    for (p, s) in posts.iter().zip(stored) {
+        if *s == Stored::OverQuota {
+            st.refused.insert(p.id);
+        }
+    }
 }
 
 /// Which of `ids` we don't have.
@@ -494,7 +508,7 @@ pub(crate) async fn receive_sync(
         }
         Err(e) => {
             warn!(peer = %peer.short(), error = %e, "bad reconciliation message");
-            mesh.link.strike(peer, "broke the mesh protocol");
+            mesh.link.strike(peer, "sent a bad reconciliation message");
         }
     }
 }
@@ -515,7 +529,7 @@ pub(crate) async fn receive_sync_reply(mesh: &Arc<Mesh>, peer: NodeId, topic: To
         Ok(r) => r,
         Err(e) => {
             warn!(peer = %peer.short(), error = %e, "bad reconciliation answer");
-            mesh.link.strike(peer, "broke the mesh protocol");
+            mesh.link.strike(peer, "sent a bad reconciliation answer");
             return;
         }
     };

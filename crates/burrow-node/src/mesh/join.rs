@@ -31,7 +31,7 @@ use burrow_proto::{Name, NodeId};
 use rand::seq::SliceRandom;
 use tracing::{debug, info, warn};
 
-use crate::error::ApiError;
+use crate::error::TicketError;
 
 use super::{Mesh, MeshState};
 
@@ -105,14 +105,12 @@ pub(crate) fn own_addrs(mesh: &Mesh, st: &MeshState) -> Vec<SocketAddr> {
 }
 
 /// This node's ticket.
-pub(crate) fn ticket(mesh: &Mesh) -> Result<Ticket, ApiError> {
+pub(crate) fn ticket(mesh: &Mesh) -> Result<Ticket, TicketError> {
     let st = mesh.state();
-    let secret = st.secret.ok_or(ApiError::NotServerless)?;
+    let secret = st.secret.ok_or(TicketError::NotServerless)?;
     let addrs = own_addrs(mesh, &st);
     if addrs.is_empty() {
-        return Err(ApiError::Mesh(
-            "this node knows no address of its own yet".into(),
-        ));
+        return Err(TicketError::NoAddress);
     }
     Ok(Ticket {
         id: mesh.link.id(),

@@ -306,27 +306,42 @@ pub(crate) async fn run(
         move || clock_mesh.link.wall_us(),
     )));
     drop(tx);
-
     // Frames are read in their own task (a read must never be cancelled midway)
-    // and handled here, where runs of reconciled posts are stored in batches.
-    let (ftx, mut frx) = mpsc::channel::<MeshFrame>(256);
-    let read_task = tokio::spawn(tracing::Instrument::in_current_span(async move {
-        loop {
-            match reader.read::<MeshFrame>().await {
-                Ok(Some(f)) => {
-                    if ftx.send(f).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(None) => return,
-                Err(e) => {
-                    debug!(error = %e, "mesh stream ended");
+    // and handled here.
+    let (ftx, frx) = mpsc::channel::<MeshFrame>(256);
+    let read_task = tokio::spawn(tracing::Instrument::in_current_span(read_frames(
+        reader, ftx,
+    )));
+    serve_frames(&mesh, peer, frx).await;
+    read_task.abort();
+    pinger.abort();
+    writer.abort();
+    end_session(&mesh, peer, session, &conn);
+}
+
+/// Reads `reader`'s frames into `ftx` until the stream ends.
+async fn read_frames(mut reader: FrameReader, ftx: mpsc::Sender<MeshFrame>) {
+    loop {
+        match reader.read::<MeshFrame>().await {
+            Ok(Some(f)) => {
+                if ftx.send(f).await.is_err() {
                     return;
                 }
             }
+            Ok(None) => return,
+            Err(e) => {
+                debug!(error = %e, "mesh stream ended");
+                return;
+            }
         }
-    }));
-    'frames: while let Some(first) = frx.recv().await {
+    }
+}
+
+/// Handles `peer`'s frames until its stream ends, a frame breaks the
+/// protocol, or the peer is refused; runs of reconciled posts are stored in
+/// batches.
+async fn serve_frames(mesh: &Arc<Mesh>, peer: NodeId, mut frx: mpsc::Receiver<MeshFrame>) {
+    while let Some(first) = frx.recv().await {
         let mut next = Some(first);
         while let Some(frame) = next.take() {
             let ok = match frame {
@@ -342,24 +357,26 @@ pub(crate) async fn run(
                             Err(_) => break,
                         }
                     }
-                    gossip::receive_synced(&mesh, peer, batch).await
+                    gossip::receive_synced(mesh, peer, batch).await
                 }
-                other => handle(&mesh, peer, other).await,
+                other => handle(mesh, peer, other).await,
             };
             if !ok || mesh.link.refused(&peer) {
-                break 'frames;
+                return;
             }
         }
     }
+}
+
+/// Ends mesh session `session` with `peer`: a refused peer's link goes with
+/// it, and the link is forgotten unless a newer session replaced it.
+fn end_session(mesh: &Mesh, peer: NodeId, session: u64, conn: &quinn::Connection) {
     if mesh.link.refused(&peer) {
         warn!(peer = %peer.short(), "closing the mesh link of a misbehaving peer");
         conn.close(burrow_net::Close::Misbehaved.code(), b"misbehaving");
         mesh.link
             .close_link(&peer, burrow_net::Close::Misbehaved, b"misbehaving");
     }
-    read_task.abort();
-    pinger.abort();
-    writer.abort();
     let gone = {
         let mut st = mesh.state();
         let ours = st.links.get(&peer).is_some_and(|l| l.session == session);
@@ -419,24 +436,11 @@ fn admit(
     if mesh.link.refused(&peer) {
         return Err("misbehaving");
     }
-    // Serverless, a member proves it knows the network's secret; with a server,
-    // admission was settled by connect/accept before this connection was let in.
-    if let Some(secret) = st.secret {
-        if proof != Some(mesh::membership_proof(&secret, &peer, &mesh.link.id())) {
-            // Not counted: strangers cost nothing to make, and a count per
-            // stranger would grow without bound.
-            warn!(peer = %peer.short(), "mesh Hello without a valid membership proof");
-            return Err("not a member");
-        }
-        if !mesh.link.admit(peer, &name) {
-            return Err("peer table full");
-        }
-        mesh.link.set_member(&peer, true);
+    member(mesh, &mut st, peer, &name, proof)?;
+    if st.secret.is_some() {
         if let Some(seen) = observed.filter(|a| !burrow_net::paths::is_virtual(*a)) {
             st.observed = Some(seen);
         }
-    } else if !mesh.link.accepted(&peer) {
-        return Err("not accepted");
     }
     let dialer = if dialed { mesh.link.id() } else { peer };
     if let Some(existing) = st.links.get(&peer) {
@@ -492,11 +496,42 @@ fn admit(
     Ok(session)
 }
 
+/// Whether `peer` may have a mesh link: serverless, a member proves it
+/// knows the network's secret (and is admitted to the link as one); with a
+/// server, admission was settled by connect/accept before this connection
+/// was let in.
+fn member(
+    mesh: &Mesh,
+    st: &mut MeshState,
+    peer: NodeId,
+    name: &Name,
+    proof: Option<[u8; 32]>,
+) -> Result<(), &'static str> {
+    let Some(secret) = st.secret else {
+        return if mesh.link.accepted(&peer) {
+            Ok(())
+        } else {
+            Err("not accepted")
+        };
+    };
+    if proof != Some(mesh::membership_proof(&secret, &peer, &mesh.link.id())) {
+        // Not counted: strangers cost nothing to make, and a count per
+        // stranger would grow without bound.
+        warn!(peer = %peer.short(), "mesh Hello without a valid membership proof");
+        return Err("not a member");
+    }
+    if !mesh.link.admit(peer, name) {
+        return Err("peer table full");
+    }
+    mesh.link.set_member(&peer, true);
+    Ok(())
+}
+
 /// Handles one frame; false ends the session.
 async fn handle(mesh: &Arc<Mesh>, peer: NodeId, frame: MeshFrame) -> bool {
     if frame.check().is_err() {
         warn!(peer = %peer.short(), "mesh frame over its limits");
-        return !mesh.link.strike(peer, "broke the mesh protocol");
+        return !mesh.link.strike(peer, "sent a mesh frame over its limits");
     }
     match frame {
         MeshFrame::Hello { .. } => {

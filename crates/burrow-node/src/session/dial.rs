@@ -2,7 +2,9 @@
 //! then UDP, TCP and HTTPS raced (or, where the name resolves only on a
 //! proxy's side, HTTPS through the proxy by name).
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +31,9 @@ const HTTPS_HEAD_START: Duration = Duration::from_secs(4);
 /// The HTTPS port tried when the server's address names none.
 const DEFAULT_HTTPS_PORT: u16 = 443;
 
+/// A connection to the server and its key, or why not.
+pub(super) type Dialed = Result<(quinn::Connection, NodeId), ConnectError>;
+
 /// Dials the server over UDP; when that has not answered within
 /// [`UDP_HEAD_START`], over TCP beside it (QUIC over a TCP link, see
 /// `burrow_net::tcp`); and after [`HTTPS_HEAD_START`], over HTTPS (a
@@ -40,10 +45,7 @@ pub(super) async fn dial(
     inner: &Arc<Inner>,
     addr: SocketAddr,
     expected: Option<NodeId>,
-) -> (
-    SocketAddr,
-    Result<(quinn::Connection, NodeId), ConnectError>,
-) {
+) -> (SocketAddr, Dialed) {
     let ep = &inner.endpoint;
     let udp = ep.connect(addr, rendezvous::ALPN, expected);
     tokio::pin!(udp);
@@ -78,43 +80,42 @@ pub(super) async fn dial(
             .ok();
         over(link, "TCP").await
     };
-    let server = inner.config.server.as_ref();
     // Only where the server says it listens there, or a proxy is the way
     // out (then its usual port): not at every web server on 443 whenever
     // a server is merely down.
-    let proxy = inner.config.proxy.clone();
-    let https_port = server
-        .and_then(|s| s.https)
-        .or(proxy.is_some().then_some(DEFAULT_HTTPS_PORT));
-    let host = server.map_or_else(|| addr.ip().to_string(), |s| s.host.clone());
+    let https_port = inner.config.server.as_ref().and_then(|s| s.https).or(inner
+        .config
+        .proxy
+        .is_some()
+        .then_some(DEFAULT_HTTPS_PORT));
     let https = async {
-        let https_port = https_port?;
+        let port = https_port?;
         tokio::time::sleep(HTTPS_HEAD_START - UDP_HEAD_START).await;
-        let to = SocketAddr::new(addr.ip(), https_port);
-        let via = proxy
-            .as_deref()
-            .map_or(Via::Direct(to), |proxy| Via::Proxy {
-                proxy,
-                server: Some(to),
-            });
-        let link = match ep.dial_https(&host, https_port, via).await {
-            Ok(link) => Some(link),
-            Err(e) => {
-                let via = proxy
-                    .as_deref()
-                    .map(|p| format!(" through the proxy {p}"))
-                    .unwrap_or_default();
-                info!(%to, error = %e, "no HTTPS to the server{via}");
-                None
-            }
-        };
-        over(link, "HTTPS").await
+        over(https_link(inner, addr, port).await, "HTTPS").await
     };
     tokio::pin!(tcp);
     tokio::pin!(https);
+    let result = first_connected(addr, https_port, udp, tcp, https).await;
+    let made: Vec<SocketAddr> = made.lock().expect("never poisoned").drain(..).collect();
+    for link in made {
+        if link != result.0 || result.1.is_err() {
+            ep.close_link(link);
+        }
+    }
+    result
+}
+
+/// The first of the ways to the server to connect (UDP's error when none does).
+async fn first_connected(
+    addr: SocketAddr,
+    https_port: Option<u16>,
+    mut udp: Pin<&mut impl Future<Output = Dialed>>,
+    mut tcp: Pin<&mut impl Future<Output = Option<(SocketAddr, Dialed)>>>,
+    mut https: Pin<&mut impl Future<Output = Option<(SocketAddr, Dialed)>>>,
+) -> (SocketAddr, Dialed) {
     let (mut tcp_done, mut https_done) = (false, false);
     let mut udp_failed = None;
-    let result = loop {
+    loop {
         tokio::select! {
             r = &mut udp, if udp_failed.is_none() => {
                 if r.is_ok() {
@@ -142,14 +143,33 @@ pub(super) async fn dial(
                 break (addr, r);
             }
         }
-    };
-    let made: Vec<SocketAddr> = made.lock().expect("never poisoned").drain(..).collect();
-    for link in made {
-        if link != result.0 || result.1.is_err() {
-            ep.close_link(link);
+    }
+}
+
+/// Makes a link to the server over HTTPS on `port` (through the proxy when
+/// one is set); `None` when that fails (logged).
+async fn https_link(inner: &Inner, addr: SocketAddr, port: u16) -> Option<SocketAddr> {
+    let proxy = inner.config.proxy.as_deref();
+    let host = inner
+        .config
+        .server
+        .as_ref()
+        .map_or_else(|| addr.ip().to_string(), |s| s.host.clone());
+    let to = SocketAddr::new(addr.ip(), port);
+    let via = proxy.map_or(Via::Direct(to), |proxy| Via::Proxy {
+        proxy,
+        server: Some(to),
+    });
+    match inner.endpoint.dial_https(&host, port, via).await {
+        Ok(link) => Some(link),
+        Err(e) => {
+            let via = proxy
+                .map(|p| format!(" through the proxy {p}"))
+                .unwrap_or_default();
+            info!(%to, error = %e, "no HTTPS to the server{via}");
+            None
         }
     }
-    result
 }
 
 /// Resolves `host` (host:port) to the address to dial from our socket at

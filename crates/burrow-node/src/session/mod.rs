@@ -11,19 +11,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use burrow_net::{iface, ConnectError, FrameReader, FrameWriter};
-use burrow_proto::rendezvous::{
-    self, ClientMsg, CloseReason, Direction, LinkOffer, Refusal, ServerMsg,
-};
+use burrow_proto::rendezvous::{self, ClientMsg, ServerMsg};
 use burrow_proto::NodeId;
 use rand::Rng;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::event::NodeEvent;
-use crate::link::{Inner, RequestOp};
+use crate::link::Inner;
 use crate::peers;
 use crate::trust::KnownServers;
 
+mod broker;
 mod dial;
 mod error;
 
@@ -50,6 +49,71 @@ pub(crate) struct Session {
 
 /// Dials the server, checks its key, registers, and applies the Welcome.
 pub(crate) async fn connect(inner: &Arc<Inner>) -> Result<Session, SessionError> {
+    let mut reached = reach(inner).await?;
+    let (mut reader, writer) = hello(inner, &reached.conn, reached.via, reached.local).await?;
+    let first = tokio::time::timeout(WELCOME_TIMEOUT, reader.read::<ServerMsg>())
+        .await
+        .map_err(|_| SessionError::Lost("no answer to Hello".into()))??;
+    match first {
+        Some(ServerMsg::Welcome {
+            observed,
+            also,
+            proof,
+            peers,
+            presence,
+            ..
+        }) => {
+            let (tx, rx) = mpsc::channel::<ClientMsg>(OUTBOX);
+            let welcome = Welcome {
+                observed,
+                also,
+                proof,
+                peers,
+                presence,
+            };
+            apply_welcome(inner, &mut reached, &tx, welcome);
+            Ok(Session {
+                conn: reached.conn,
+                reader,
+                writer,
+                tx,
+                rx,
+            })
+        }
+        Some(ServerMsg::Refused { reason, .. }) => {
+            reached
+                .conn
+                .close(burrow_net::Close::Done.code(), b"refused");
+            Err(SessionError::Refused {
+                reason,
+                us: inner.id,
+            })
+        }
+        Some(other) => Err(SessionError::Lost(format!(
+            "expected Welcome, got {other:?}"
+        ))),
+        None => Err(SessionError::Lost("server closed the session".into())),
+    }
+}
+
+/// The server, reached: how, over which connection, its key.
+struct Reached {
+    /// The server as `host:port`, for people and the known-servers file.
+    host: String,
+    /// Where the session's packets go (a real address, or a TCP link's).
+    via: SocketAddr,
+    conn: quinn::Connection,
+    key: NodeId,
+    /// Our socket's address.
+    local: SocketAddr,
+    /// How deep our NATs are, being measured (see [`measure_nat_hops`]).
+    hop_probe: Option<burrow_net::ttl::HopProbe>,
+}
+
+/// Resolves and dials the server (through the proxy by name where nothing
+/// else reaches it), and checks its key: pinned by the address, or trusted
+/// on first use and remembered.
+async fn reach(inner: &Arc<Inner>) -> Result<Reached, SessionError> {
     let Some(server) = &inner.config.server else {
         return Err(SessionError::Lost("this node runs without a server".into()));
     };
@@ -68,7 +132,6 @@ pub(crate) async fn connect(inner: &Arc<Inner>) -> Result<Session, SessionError>
         }
         Err(e) => return Err(e),
     };
-
     let known = KnownServers::new(&inner.config.home);
     let remembered = known.lookup(&host);
     let expected = server.key.or(remembered);
@@ -109,7 +172,24 @@ pub(crate) async fn connect(inner: &Arc<Inner>) -> Result<Session, SessionError>
             warn!(error = %e, "cannot record the server key");
         }
     }
+    Ok(Reached {
+        host,
+        via,
+        conn,
+        key,
+        local,
+        hop_probe,
+    })
+}
 
+/// Measures how our NAT maps, then opens the session's stream and says
+/// Hello, with our NAT right behind it.
+async fn hello(
+    inner: &Arc<Inner>,
+    conn: &quinn::Connection,
+    via: SocketAddr,
+    local: SocketAddr,
+) -> Result<(FrameReader, FrameWriter), SessionError> {
     // How our NAT maps (STUN at the server's main and measurement ports),
     // measured once the handshake is done and sent right behind the Hello, so
     // the server knows it before anyone can ask to connect to us. Not during
@@ -129,7 +209,7 @@ pub(crate) async fn connect(inner: &Arc<Inner>) -> Result<Session, SessionError>
         .open_bi()
         .await
         .map_err(|e| SessionError::Lost(e.to_string()))?;
-    let mut reader = FrameReader::new(recv, rendezvous::VERSION, rendezvous::MAX_FRAME);
+    let reader = FrameReader::new(recv, rendezvous::VERSION, rendezvous::MAX_FRAME);
     let mut writer = FrameWriter::new(send, rendezvous::VERSION, rendezvous::MAX_FRAME);
     // Relay-only: not even our own addresses go to the server for peers.
     let mut lan_addrs = if inner.config.path == crate::PathPolicy::RelayOnly {
@@ -155,87 +235,80 @@ pub(crate) async fn connect(inner: &Arc<Inner>) -> Result<Session, SessionError>
         }
     };
     writer.write(&ClientMsg::Nat { nat }).await?;
-    let first = tokio::time::timeout(WELCOME_TIMEOUT, reader.read::<ServerMsg>())
-        .await
-        .map_err(|_| SessionError::Lost("no answer to Hello".into()))??;
-    match first {
-        Some(ServerMsg::Welcome {
-            observed,
-            also,
-            proof,
-            peers,
-            presence,
-            ..
-        }) => {
-            let (tx, rx) = mpsc::channel::<ClientMsg>(OUTBOX);
-            {
-                let mut st = inner.state();
-                // Usable as soon as the Welcome is applied: operations queue in the
-                // outbox until the session's writer starts.
-                st.server_tx = Some(tx.clone());
-                st.server_addr = Some(via);
-                st.server_id = Some(key);
-                st.public_addr = Some(observed);
-                st.public_other = None;
-                st.other_proof = Some(proof);
-                st.server_also = also
-                    .iter()
-                    .map(|a| burrow_net::paths::canonical(*a))
-                    .take(rendezvous::MAX_ALSO)
-                    .collect();
-                // Behind a NAT (the server saw another address than ours),
-                // punches open our side first; how deep our NATs are is
-                // measured below, one hop past a home router meanwhile.
-                let behind_nat = !iface::lan_candidates(local)
-                    .iter()
-                    .any(|a| a.ip() == observed.ip());
-                st.open_ttl = behind_nat.then(|| burrow_net::ttl::open_ttl(None));
-                if let Some(probe) = hop_probe.filter(|_| behind_nat) {
-                    measure_nat_hops(inner, probe);
-                }
-                st.presence = presence;
-                for p in st.peers.values_mut() {
-                    p.online = false;
-                }
-                for info in peers {
-                    st.mark_online(info);
-                }
-                let ids: Vec<NodeId> = st.peers.keys().copied().collect();
-                for id in ids {
-                    st.forget_idle(&id);
-                }
-                crate::presence::send_watches(&st);
-            }
-            inner.emit(NodeEvent::ServerConnected {
-                over_tcp: burrow_net::tcp::is_link(via),
-                server: host,
-                public_addr: observed,
-            });
-            if inner.config.path != crate::PathPolicy::RelayOnly && !also.is_empty() {
-                inner.spawn(find_other_family(inner.clone(), also, proof));
-            }
-            peers::relink_all(inner);
-            inner.router().tell(&crate::service::LinkEvent::Registered);
-            Ok(Session {
-                conn,
-                reader,
-                writer,
-                tx,
-                rx,
-            })
+    Ok((reader, writer))
+}
+
+/// What the server's Welcome says.
+struct Welcome {
+    observed: SocketAddr,
+    also: Vec<SocketAddr>,
+    proof: [u8; 12],
+    peers: Vec<rendezvous::PeerInfo>,
+    presence: rendezvous::PresenceScope,
+}
+
+/// Applies the Welcome: the session is usable from here (operations queue on
+/// `tx` until its writer starts), who is online is as the server says, and
+/// every service hears we registered.
+fn apply_welcome(
+    inner: &Arc<Inner>,
+    reached: &mut Reached,
+    tx: &mpsc::Sender<ClientMsg>,
+    w: Welcome,
+) {
+    let Welcome {
+        observed,
+        also,
+        proof,
+        peers,
+        presence,
+    } = w;
+    {
+        let mut st = inner.state();
+        st.server_tx = Some(tx.clone());
+        st.server_addr = Some(reached.via);
+        st.server_id = Some(reached.key);
+        st.public_addr = Some(observed);
+        st.public_other = None;
+        st.other_proof = Some(proof);
+        st.server_also = also
+            .iter()
+            .map(|a| burrow_net::paths::canonical(*a))
+            .take(rendezvous::MAX_ALSO)
+            .collect();
+        // Behind a NAT (the server saw another address than ours),
+        // punches open our side first; how deep our NATs are is
+        // measured below, one hop past a home router meanwhile.
+        let behind_nat = !iface::lan_candidates(reached.local)
+            .iter()
+            .any(|a| a.ip() == observed.ip());
+        st.open_ttl = behind_nat.then(|| burrow_net::ttl::open_ttl(None));
+        if let Some(probe) = reached.hop_probe.take().filter(|_| behind_nat) {
+            measure_nat_hops(inner, probe);
         }
-        Some(ServerMsg::Refused { reason, .. }) => {
-            conn.close(burrow_net::Close::Done.code(), b"refused");
-            Err(SessionError::Refused {
-                reason,
-                us: inner.id,
-            })
+        st.presence = presence;
+        for p in st.peers.values_mut() {
+            p.online = false;
         }
-        Some(other) => Err(SessionError::Lost(format!(
-            "expected Welcome, got {other:?}"
-        ))),
-        None => Err(SessionError::Lost("server closed the session".into())),
+        for info in peers {
+            st.mark_online(info);
+        }
+        let ids: Vec<NodeId> = st.peers.keys().copied().collect();
+        for id in ids {
+            st.forget_idle(&id);
+        }
+        crate::presence::send_watches(&st);
     }
+    inner.emit(NodeEvent::ServerConnected {
+        over_tcp: burrow_net::tcp::is_link(reached.via),
+        server: reached.host.clone(),
+        public_addr: observed,
+    });
+    if inner.config.path != crate::PathPolicy::RelayOnly && !also.is_empty() {
+        inner.spawn(find_other_family(inner.clone(), also, proof));
+    }
+    peers::relink_all(inner);
+    inner.router().tell(&crate::service::LinkEvent::Registered);
 }
 
 /// How long we wait for the server's STUN in our other address family.
@@ -442,115 +515,25 @@ fn handle(inner: &Arc<Inner>, msg: ServerMsg) {
             drop(st);
             inner.emit(NodeEvent::PeerOffline { name });
         }
-        ServerMsg::Pending { peer } => {
-            if let Some(p) = st.peers.get_mut(&peer) {
-                p.request = Some(Direction::Outgoing);
-            }
-            resolve_waiter(&mut st, peer, |op| op == RequestOp::Connect, Ok(()));
-        }
-        ServerMsg::Incoming { peer } => {
-            let name = peer.name.to_string();
-            let id = peer.id;
-            let Some(p) = st.mark_online(peer) else {
-                warn!(%name, "peer table full; ignoring a connect request");
-                return;
-            };
-            p.request = Some(Direction::Incoming);
-            let answer = crate::contacts::answer(&mut st, &id);
-            drop(st);
-            match answer {
-                crate::contacts::Answer::Ask => inner.emit(NodeEvent::IncomingRequest { name }),
-                other => crate::contacts::answer_for_user(inner, id, name, other),
-            }
-        }
         ServerMsg::Notice { text, everyone } => {
             drop(st);
             inner
                 .router()
                 .tell(&crate::service::LinkEvent::Notice { text, everyone });
         }
-        ServerMsg::Accepted(LinkOffer {
-            peer,
-            direction,
-            candidates,
-            peer_nat,
-            punch,
-            relay,
-        }) => {
-            if let Some(p) = st.peers.get_mut(&peer) {
-                p.accepted = true;
-                if direction == Direction::Incoming {
-                    // Our part is done; the requester dials us now.
-                    p.request = None;
-                }
-            }
-            let op = match direction {
-                Direction::Outgoing => RequestOp::Connect,
-                Direction::Incoming => RequestOp::Accept,
-            };
-            resolve_waiter(&mut st, peer, |o| o == op, Ok(()));
-            drop(st);
-            peers::link(inner, peer, direction, &candidates, peer_nat, punch, relay);
-            if direction == Direction::Incoming {
-                inner.spawn(peers::admission_deadline(inner.clone(), peer))
-            }
-        }
-        ServerMsg::Punch(LinkOffer {
-            peer,
-            direction,
-            candidates,
-            peer_nat,
-            punch,
-            relay,
-        }) => {
-            // Only for a link we still have: a stale one is released.
-            let ours = st
-                .peers
-                .get(&peer)
-                .is_some_and(|p| p.connected() || p.accepted);
-            drop(st);
-            if ours {
-                peers::link(inner, peer, direction, &candidates, peer_nat, punch, relay);
-            } else {
-                peers::unlink(inner, peer);
-            }
-        }
+        ServerMsg::Pending { peer } => broker::pending(&mut st, peer),
+        ServerMsg::Incoming { peer } => broker::incoming(inner, st, peer),
+        ServerMsg::Accepted(offer) => broker::accepted(inner, st, offer),
+        ServerMsg::Punch(offer) => broker::punch(inner, st, offer),
         ServerMsg::Closed {
             peer,
             direction,
             reason,
-        } => {
-            let name = st.name_of(&peer);
-            if let Some(p) = st.peers.get_mut(&peer) {
-                p.request = None;
-                // The request is over: only a live connection keeps the peer admitted.
-                p.accepted = p.connected();
-            }
-            let answered = match (direction, reason) {
-                (Direction::Incoming, CloseReason::Rejected) => Some(RequestOp::Reject),
-                (Direction::Outgoing, CloseReason::Cancelled) => Some(RequestOp::Cancel),
-                _ => None,
-            };
-            resolve_waiter(&mut st, peer, |op| Some(op) == answered, Ok(()));
-            st.forget_idle(&peer);
-            drop(st);
-            inner.emit(NodeEvent::RequestClosed {
-                name,
-                direction,
-                reason,
-            });
-        }
+        } => broker::closed(inner, st, peer, direction, reason),
         ServerMsg::Refused {
             peer: Some(peer),
             reason,
-        } => {
-            if let Some(p) = st.peers.get_mut(&peer) {
-                if !p.connected() {
-                    p.accepted = false;
-                }
-            }
-            resolve_waiter(&mut st, peer, |_| true, Err(reason));
-        }
+        } => broker::refused(&mut st, peer, reason),
         ServerMsg::Refused { peer: None, reason } => warn!(%reason, "server refused a message"),
         ServerMsg::Found { query_id, peer } => {
             if let Some(tx) = st.lookups.remove(&query_id) {
@@ -561,20 +544,6 @@ fn handle(inner: &Arc<Inner>, msg: ServerMsg) {
             if let Some(tx) = st.searches.remove(&query_id) {
                 let _ = tx.send(results);
             }
-        }
-    }
-}
-
-/// Answers the operation waiting on `peer`, if `answers` says this reply is its.
-fn resolve_waiter(
-    st: &mut crate::state::State,
-    peer: NodeId,
-    answers: impl Fn(RequestOp) -> bool,
-    result: Result<(), Refusal>,
-) {
-    if st.waiters.get(&peer).is_some_and(|(op, _)| answers(*op)) {
-        if let Some((_, w)) = st.waiters.remove(&peer) {
-            let _ = w.send(result);
         }
     }
 }
