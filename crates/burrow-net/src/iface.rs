@@ -88,6 +88,16 @@ fn parse_default_gateway(table: &str) -> Option<std::net::Ipv4Addr> {
     })
 }
 
+/// Whether this machine has a route to `to` (a UDP socket connects without
+/// sending anything: it fails at once without one).
+pub fn has_route(to: SocketAddr) -> bool {
+    let any: SocketAddr = match to {
+        SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    std::net::UdpSocket::bind(any).is_ok_and(|s| s.connect(to).is_ok())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

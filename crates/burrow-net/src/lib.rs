@@ -14,15 +14,12 @@
 //! - [`iface`]: the machine's own addresses, offered to peers as LAN candidates.
 //! - [`ttl`]: datagrams with a chosen TTL (opening probes), and how many hops
 //!   our NATs are deep.
-//! - [`control`]: the local control sockets the CLI talks to a node or server on.
 
 pub mod close;
-pub mod control;
 pub mod endpoint;
 pub mod framed;
 pub mod https;
 pub mod iface;
-pub mod keyfile;
 pub mod paths;
 pub mod portmap;
 pub mod punch;

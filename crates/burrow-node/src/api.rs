@@ -219,7 +219,7 @@ pub struct SearchView {
     pub offline_providers: u32,
 }
 
-pub use burrow_net::control::Reply;
+pub use burrow_home::control::Reply;
 
 /// The state of our link with a peer, as `peers --json` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -403,4 +403,43 @@ pub struct PostView {
     pub created_at: String,
     /// The hybrid logical clock reading posts are ordered by.
     pub hlc: u64,
+}
+
+impl PostView {
+    /// A post as the API shows it (its author not yet vouched for).
+    pub fn of(p: &burrow_proto::forum::Post) -> PostView {
+        PostView {
+            id: p.id.to_string(),
+            parent: p.parent.map(|id| id.to_string()),
+            author: p.author.to_string(),
+            author_name: p.author_name.to_string(),
+            author_verified: false,
+            topic: p.topic.to_string(),
+            text: p.text.clone(),
+            created_at: rfc3339(p.created.ms()),
+            hlc: p.created.0,
+        }
+    }
+}
+
+/// Unix ms as RFC 3339; times humantime can't write (past year 9999) as ms.
+fn rfc3339(ms: u64) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let t = humantime::format_rfc3339_millis(burrow_proto::time::from_unix_ms(ms));
+    if write!(out, "{t}").is_err() {
+        out = format!("{ms} ms after 1970");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_time_prints() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert!(rfc3339(u64::MAX >> 16).ends_with("ms after 1970"));
+    }
 }

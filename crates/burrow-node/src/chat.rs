@@ -13,7 +13,8 @@ use tracing::{debug, warn};
 use crate::api::MessageView;
 use crate::error::{SendError, StoreFailure};
 use crate::event::NodeEvent;
-use crate::service::{LinkEvent, LinkHandle, Service, Serving};
+use crate::handle::LinkHandle;
+use crate::service::{LinkEvent, Service, Serving};
 
 /// How long a sender waits for the ack.
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);

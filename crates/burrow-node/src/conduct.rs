@@ -17,9 +17,6 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use burrow_proto::NodeId;
-use tracing::warn;
-
-use crate::link::Inner;
 
 /// Strikes after which a peer is refused.
 pub(crate) const STRIKE_LIMIT: u32 = 3;
@@ -75,26 +72,6 @@ impl Conduct {
         *n += 1;
         *n <= REQUESTS_PER_WINDOW
     }
-}
-
-/// Counts a strike against `peer` for `what`; at the limit, closes every
-/// connection with it.
-pub(crate) fn strike(inner: &Inner, peer: NodeId, what: &str) -> bool {
-    let conns = {
-        let mut st = inner.state();
-        if !st.conduct.strike(peer) {
-            return false;
-        }
-        st.peers
-            .get(&peer)
-            .map(|p| p.conns.clone())
-            .unwrap_or_default()
-    };
-    warn!(peer = %peer.short(), what, "refusing a misbehaving peer");
-    for c in conns {
-        c.close(burrow_net::Close::Misbehaved.code(), b"misbehaving");
-    }
-    true
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ pub const MAX_LINE: usize = 64 * 1024;
 /// Default number of messages `messages` returns.
 pub const DEFAULT_MESSAGES: usize = 100;
 
-pub use burrow_net::control::{bind, socket_path, unlink};
+pub use burrow_home::control::{bind, socket_path, unlink};
 
 impl Node {
     /// Starts a node: locks the home directory, opens the store, binds the socket,
@@ -42,7 +42,7 @@ pub(crate) async fn serve(node: Node, listener: UnixListener) {
             s = listener.accept() => s,
         };
         match stream {
-            Ok((stream, _)) if !burrow_net::control::peer_is_owner(&stream) => {
+            Ok((stream, _)) if !burrow_home::control::peer_is_owner(&stream) => {
                 warn!(peer = ?stream.peer_cred().ok(), "refused a control connection from another user");
             }
             Ok((stream, _)) => {

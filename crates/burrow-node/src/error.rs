@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use burrow_proto::chat;
 use burrow_proto::rendezvous::Refusal;
 
-use crate::session::SessionError;
+use crate::session::error::SessionError;
 
 /// Why a node could not start. Each says what to do about it.
 #[derive(Debug, thiserror::Error)]

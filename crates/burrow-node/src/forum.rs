@@ -6,6 +6,7 @@
 //! store, so `burrow forum` works while the daemon is stopped.
 
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -21,6 +22,41 @@ use crate::mesh::Mesh;
 pub use crate::api::PostView;
 pub use crate::names::{shown, vouched};
 
+/// The posts `forum` shows: [`list`], each author's name marked as vouched
+/// for or not by `vouched`. The one read of the forum, for a running node
+/// ([`Mesh::forum`]) and a stopped one ([`read_stopped`]).
+pub fn read(
+    store: &NodeStore,
+    topic: &Topic,
+    thread: Option<&str>,
+    vouched: impl Fn(&NodeId, &str) -> bool,
+) -> Result<Vec<PostView>, ForumError> {
+    let mut posts = list(store, topic, thread)?;
+    mark_vouched(&mut posts, vouched);
+    Ok(posts)
+}
+
+/// The forum of the node at `home` while none runs there (`me`: its key, if
+/// it has one): its store opened read-only, names vouched for as the node
+/// would with no server to ask (ours, and our contacts').
+pub fn read_stopped(
+    home: &Path,
+    me: Option<NodeId>,
+    topic: Option<&str>,
+    thread: Option<&str>,
+) -> Result<Vec<PostView>, ForumError> {
+    let topic = self::topic(topic)?;
+    let store = NodeStore::open_read_only(&home.join("node.db"))?;
+    let contacts = store.contacts()?;
+    read(&store, &topic, thread, |id, name| {
+        let contact = contacts
+            .iter()
+            .find(|c| c.id == *id)
+            .map(|c| c.name.as_str());
+        vouched(id, name, me.as_ref(), contact, None)
+    })
+}
+
 /// Sets [`PostView::author_verified`] on `posts` by `vouched(author, name)`.
 pub fn mark_vouched(posts: &mut [PostView], vouched: impl Fn(&NodeId, &str) -> bool) {
     for p in posts {
@@ -31,30 +67,9 @@ pub fn mark_vouched(posts: &mut [PostView], vouched: impl Fn(&NodeId, &str) -> b
     }
 }
 
-/// The view of a post.
+/// A post as the API shows it (its author not yet vouched for).
 pub fn view(p: &Post) -> PostView {
-    PostView {
-        id: p.id.to_string(),
-        parent: p.parent.map(|id| id.to_string()),
-        author: p.author.to_string(),
-        author_name: p.author_name.to_string(),
-        author_verified: false,
-        topic: p.topic.to_string(),
-        text: p.text.clone(),
-        created_at: rfc3339(p.created.ms()),
-        hlc: p.created.0,
-    }
-}
-
-/// Unix ms as RFC 3339; times humantime can't write (past year 9999) as ms.
-fn rfc3339(ms: u64) -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
-    let t = humantime::format_rfc3339_millis(burrow_proto::time::from_unix_ms(ms));
-    if write!(out, "{t}").is_err() {
-        out = format!("{ms} ms after 1970");
-    }
-    out
+    PostView::of(p)
 }
 
 /// Reads a topic name, or the default topic.
@@ -279,12 +294,14 @@ impl Mesh {
         let topic = self::topic(topic)?;
         self.follow(&topic).await?;
         let thread = thread.map(str::to_string);
-        let mut posts = self
-            .link
-            .with_store_op(move |s| list(s, &topic, thread.as_deref()))
-            .await?;
-        mark_vouched(&mut posts, |id, name| self.link.vouched_name(id, name));
-        Ok(posts)
+        let link = self.link.clone();
+        self.link
+            .with_store_op(move |s| {
+                read(s, &topic, thread.as_deref(), |id, name| {
+                    link.vouched_name(id, name)
+                })
+            })
+            .await
     }
 
     /// Follows `topic`: stores it, tells the links, and reconciles it with those
@@ -336,12 +353,6 @@ mod tests {
             created_at: String::new(),
             hlc,
         }
-    }
-
-    #[test]
-    fn any_time_prints() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
-        assert!(rfc3339(u64::MAX >> 16).ends_with("ms after 1970"));
     }
 
     #[test]

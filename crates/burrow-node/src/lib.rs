@@ -29,6 +29,7 @@ mod error;
 pub mod event;
 pub mod files;
 pub mod forum;
+mod handle;
 mod link;
 pub mod mesh;
 mod names;

@@ -19,7 +19,7 @@ use tracing::Instrument;
 use crate::config::NodeConfig;
 use crate::error::{RequestError, ServerError, StoreFailure};
 use crate::event::NodeEvent;
-use crate::state::{resolve, State};
+use crate::state::{resolve, RequestOp, State};
 
 /// How long an operation waits for the server's answer.
 pub(crate) const SERVER_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -73,6 +73,26 @@ impl Inner {
         let v = self.endpoint.paths().open(peer);
         let (conn, _) = self.endpoint.connect(v, alpn, Some(peer)).await?;
         Ok(conn)
+    }
+
+    /// Counts a strike against `peer` for `what` (see [`crate::conduct`]);
+    /// at the limit, closes every connection with it and returns true.
+    pub(crate) fn strike(&self, peer: NodeId, what: &str) -> bool {
+        let conns = {
+            let mut st = self.state();
+            if !st.conduct.strike(peer) {
+                return false;
+            }
+            st.peers
+                .get(&peer)
+                .map(|p| p.conns.clone())
+                .unwrap_or_default()
+        };
+        tracing::warn!(peer = %peer.short(), what, "refusing a misbehaving peer");
+        for c in conns {
+            c.close(burrow_net::Close::Misbehaved.code(), b"misbehaving");
+        }
+        true
     }
 
     /// Runs `fut` as one of the node's tasks (stopped at shutdown), in the
@@ -259,13 +279,4 @@ impl Inner {
         }
         Err(format!("did not accept within {ACCEPT_WAIT:?}"))
     }
-}
-
-/// The operations that ask the server about a request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum RequestOp {
-    Connect,
-    Accept,
-    Reject,
-    Cancel,
 }

@@ -29,11 +29,13 @@ use crate::error::{
 };
 use crate::event::NodeEvent;
 use crate::files::Files;
-use crate::link::{Inner, RequestOp};
+use crate::handle::LinkHandle;
+use crate::link::Inner;
 use crate::mesh::Mesh;
 use crate::peers;
-use crate::service::{LinkHandle, Router, Service};
+use crate::service::{Router, Service};
 use crate::session;
+use crate::state::RequestOp;
 use crate::state::State;
 
 /// The ALPNs of the node's services, the link's first (see `Node::start`).
@@ -129,7 +131,7 @@ impl Node {
             Some(_) => Some(session::connect(&inner).await?),
             None => None,
         };
-        let listener = burrow_net::control::bind(&home).map_err(|source| StartError::Home {
+        let listener = burrow_home::control::bind(&home).map_err(|source| StartError::Home {
             path: home.clone(),
             source,
         })?;
@@ -469,7 +471,7 @@ impl Node {
             self.inner.endpoint.quic().wait_idle(),
         )
         .await;
-        burrow_net::control::unlink(&self.inner.config.home);
+        burrow_home::control::unlink(&self.inner.config.home);
         // Another node may use this home from now on.
         drop(
             self.inner
@@ -487,7 +489,7 @@ fn open_home(home: &Path) -> Result<(File, NodeStore), StartError> {
         path: home.to_path_buf(),
         source,
     };
-    burrow_net::keyfile::create_private_dir(home).map_err(home_err)?;
+    burrow_home::keyfile::create_private_dir(home).map_err(home_err)?;
     let lock = File::create(home.join("node.lock")).map_err(home_err)?;
     match lock.try_lock() {
         Ok(()) => {}

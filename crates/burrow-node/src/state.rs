@@ -10,7 +10,15 @@ use burrow_proto::{Name, NodeId};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::PeerError;
-use crate::link::RequestOp;
+
+/// The operations that ask the server about a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RequestOp {
+    Connect,
+    Accept,
+    Reject,
+    Cancel,
+}
 
 /// Most peers the node tracks (the server's presence list can be long).
 pub(crate) const MAX_PEERS: usize = 100_000;
@@ -84,7 +92,7 @@ pub(crate) struct State {
     pub searches: HashMap<u32, oneshot::Sender<Vec<TrackerEntry>>>,
     pub next_query: u32,
     /// Who may connect without asking, and what to do with strangers.
-    pub contacts: crate::contacts::Contacts,
+    pub contacts: crate::contacts::book::Contacts,
     /// Whom the server tells us about: everyone, or whom we watch.
     pub presence: burrow_proto::rendezvous::PresenceScope,
     /// Strikes against peers, and their connect requests (see [`crate::conduct`]).

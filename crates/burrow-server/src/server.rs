@@ -404,7 +404,7 @@ pub struct Server {
 impl Server {
     /// Opens the store and binds the socket. Call inside a tokio runtime.
     pub fn bind(secret: &SecretKey, config: ServerConfig) -> Result<Self, ServerError> {
-        burrow_net::keyfile::create_private_dir(&config.home).map_err(ServerError::Home)?;
+        burrow_home::keyfile::create_private_dir(&config.home).map_err(ServerError::Home)?;
         let mut store = ServerStore::open(&config.home.join("server.db"))?;
         let search_store = Arc::new(Mutex::new(ServerStore::open_reader(
             &config.home.join("server.db"),

@@ -38,6 +38,15 @@ pub enum StoreError {
         /// Newest version this build knows.
         known: usize,
     },
+    /// The file was written by an older burrow, and a read-only open can't
+    /// upgrade it.
+    #[error("the store is at schema version {found}, older than this burrow's {known}: start the node once to upgrade it")]
+    Outdated {
+        /// Version found in the file.
+        found: usize,
+        /// Newest version this build knows.
+        known: usize,
+    },
     /// The store's file could not be created or made private.
     #[error("{path}: {source}")]
     Io {
@@ -64,6 +73,31 @@ fn open(path: &std::path::Path, migrations: &[&str]) -> Result<rusqlite::Connect
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     migrate::apply(&mut conn, migrations)?;
+    Ok(conn)
+}
+
+/// Opens the database at `path` for reading only: nothing is created,
+/// migrated or written. A file a newer burrow wrote is refused as
+/// [`StoreError::TooNew`]; one an older burrow wrote, as [`StoreError::Outdated`]
+/// (its schema is upgraded when a node or server opens it to write).
+fn open_read_only(
+    path: &std::path::Path,
+    migrations: &[&str],
+) -> Result<rusqlite::Connection, StoreError> {
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let found: usize =
+        conn.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))? as usize;
+    let known = migrations.len();
+    if found > known {
+        return Err(StoreError::TooNew { found, known });
+    }
+    if found < known {
+        return Err(StoreError::Outdated { found, known });
+    }
     Ok(conn)
 }
 

@@ -191,6 +191,14 @@ impl NodeStore {
         Ok(store)
     }
 
+    /// Opens the store at `path` to read it while no node runs there (the
+    /// forum, offline): nothing is created, migrated or written.
+    pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        Ok(NodeStore {
+            conn: crate::open_read_only(path, MIGRATIONS)?,
+        })
+    }
+
     /// Stores `m`. Returns false when a message with its id was already stored (a
     /// resend after a lost ack): the first copy is kept.
     pub fn insert_message(&mut self, m: &StoredMessage) -> Result<bool, StoreError> {
@@ -482,6 +490,45 @@ mod tests {
         let got = s.messages(10).unwrap();
         assert_eq!(got, vec![msg(1, 100), msg(2, 200)]);
         assert_eq!(s.messages(1).unwrap(), vec![msg(2, 200)]);
+    }
+
+    #[test]
+    fn a_read_only_store_reads_and_refuses_writes_and_older_schemas() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.db");
+        assert!(
+            NodeStore::open_read_only(&path).is_err(),
+            "nothing is created"
+        );
+        assert!(!path.exists());
+        let a = SecretKey::generate(&mut rand::rngs::StdRng::seed_from_u64(1)).public();
+        let contact = Contact {
+            id: a,
+            name: "alice".into(),
+            added_at_ms: 1,
+        };
+        NodeStore::open(&path)
+            .unwrap()
+            .add_contact(&contact)
+            .unwrap();
+        let mut ro = NodeStore::open_read_only(&path).unwrap();
+        assert_eq!(ro.contacts().unwrap(), vec![contact.clone()]);
+        assert!(
+            ro.add_contact(&contact).is_err(),
+            "a read-only store writes nothing"
+        );
+        drop(ro);
+        // A store an older burrow left (one migration short).
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let v: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        conn.pragma_update(None, "user_version", v - 1).unwrap();
+        drop(conn);
+        assert!(matches!(
+            NodeStore::open_read_only(&path),
+            Err(StoreError::Outdated { .. })
+        ));
     }
 
     #[test]

@@ -97,8 +97,7 @@ fn offline(
     topic: Option<&str>,
     thread: Option<&str>,
 ) -> Result<Vec<PostView>, CliError> {
-    let path = home.join("node.db");
-    if !path.exists() {
+    if !home.join("node.db").exists() {
         return Err(CliError::new(
             format!("no node has run in {}", home.display()),
             Some(format!(
@@ -107,22 +106,8 @@ fn offline(
             )),
         ));
     }
-    let store = burrow_store::NodeStore::open(&path)?;
-    let topic = forum::topic(topic).map_err(|e| CliError::new(&e, e.hint()))?;
-    let mut posts = forum::list(&store, &topic, thread).map_err(|e| CliError::new(&e, e.hint()))?;
-    // With no server to ask, only our own name and our contacts' are vouched for.
-    let me = burrow_net::keyfile::load_or_create(&home.join("key"))?
-        .0
-        .public();
-    let contacts = store.contacts()?;
-    forum::mark_vouched(&mut posts, |id, name| {
-        let contact = contacts
-            .iter()
-            .find(|c| c.id == *id)
-            .map(|c| c.name.as_str());
-        forum::vouched(id, name, Some(&me), contact, None)
-    });
-    Ok(posts)
+    let me = burrow_home::keyfile::load(&home.join("key"))?.map(|k| k.public());
+    forum::read_stopped(home, me, topic, thread).map_err(|e| CliError::new(&e, e.hint()))
 }
 
 /// A post's author as people read it: the name, and beside a name the node

@@ -115,7 +115,7 @@ fn parse_presence(s: &str) -> Result<PresenceScope, String> {
 }
 
 pub async fn run(home: PathBuf, args: ServerArgs) -> Result<(), CliError> {
-    let (secret, created) = burrow_net::keyfile::load_or_create(&home.join("key"))?;
+    let (secret, created) = burrow_home::keyfile::load_or_create(&home.join("key"))?;
     let config = ServerConfig {
         listen: args.listen,
         home: home.clone(),

@@ -113,7 +113,7 @@ impl UpArgs {
 }
 
 pub async fn run(home: PathBuf, args: UpArgs) -> Result<(), CliError> {
-    let (secret, created) = burrow_net::keyfile::load_or_create(&home.join("key"))?;
+    let (secret, created) = burrow_home::keyfile::load_or_create(&home.join("key"))?;
     if created {
         println!("created a new identity in {}", home.join("key").display());
     }

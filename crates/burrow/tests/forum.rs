@@ -105,9 +105,16 @@ fn posts_reach_every_member_and_a_returning_member_catches_up() {
     for id in &while_away {
         wait_post(&homes[4], id);
     }
-    // His forum still reads, from the store, without the node.
+    // His forum still reads, from the store, without the node, and the
+    // reading writes nothing there.
+    let db = homes[3].join("node.db");
+    let before = std::fs::read(&db).unwrap();
     let offline = forum(&homes[3]);
     assert_eq!(ids(&offline), [first.clone(), reply.clone()]);
+    assert!(
+        std::fs::read(&db).unwrap() == before,
+        "reading a stopped node's forum wrote to its store"
+    );
 
     procs[3] = loopback_up(&homes[3], &url, "dave");
     let kept = forum(&homes[3]);
@@ -377,7 +384,7 @@ async fn a_post_under_someone_elses_name_shows_its_authors_id() {
 async fn a_flood_of_announcements_is_tracked_only_up_to_a_bound() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("n1");
-    let key = burrow_net::keyfile::load_or_create(&home.join("key"))
+    let key = burrow_home::keyfile::load_or_create(&home.join("key"))
         .unwrap()
         .0;
     let mut config = burrow_node::NodeConfig::new(home, key, None, "n1".parse().unwrap());

@@ -17,11 +17,10 @@ use tracing::{info, warn};
 use super::fetch::{prove_size, PieceError};
 use super::place::place;
 use super::plan::Plan;
-use super::provide::{link_with, provide};
+use super::provide::{dial_files, link_with, provide, ProviderEnd};
 use super::Files;
 use crate::api::{GetUpdate, GetView};
 use crate::error::GetError;
-use crate::service::LinkHandle;
 
 /// How often progress is reported.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
@@ -32,22 +31,6 @@ const FLUSH_EVERY: Duration = Duration::from_secs(1);
 const MAX_CLAIMS: usize = 4;
 /// Providers of one claim asked for its proof, one after another.
 const PROVERS_PER_CLAIM: usize = 3;
-
-/// Opens a files connection to `peer` over our link with it (direct or relayed).
-pub(crate) async fn dial_files(
-    link: &LinkHandle,
-    peer: NodeId,
-) -> Result<quinn::Connection, burrow_net::ConnectError> {
-    link.connect(peer, burrow_proto::files::ALPN).await
-}
-
-/// How one provider's part of a download ended.
-pub(super) struct ProviderEnd {
-    pub name: String,
-    pub id: NodeId,
-    pub sent: u64,
-    pub error: Option<PieceError>,
-}
 
 /// Removes the download from the node's list and makes its progress durable,
 /// however `get` ends (finished, failed, or dropped because the client left).

@@ -42,7 +42,8 @@ use tracing::{debug, info};
 
 use crate::api::{FileView, ProviderView, SearchView, ShareView};
 use crate::error::{ListError, ShareError};
-use crate::service::{LinkEvent, LinkHandle, Service, Serving};
+use crate::handle::LinkHandle;
+use crate::service::{LinkEvent, Service, Serving};
 
 /// Bytes a peer may send ahead on one stream: two pieces, so a piece's request
 /// never waits on credit. quinn's default (1.25 MB) would cap one stream at
@@ -394,7 +395,7 @@ impl Files {
             name: name.clone(),
             reason: e.to_string(),
         };
-        let conn = get::dial_files(&self.link, id)
+        let conn = provide::dial_files(&self.link, id)
             .await
             .map_err(|e| fail(&e))?;
         let list = async {

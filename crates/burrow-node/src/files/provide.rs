@@ -12,11 +12,26 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use super::fetch::{fetch_piece, PieceError, Take, STREAMS_PER_PROVIDER};
-use super::get::{dial_files, ProviderEnd};
 use super::plan::Plan;
 use super::Files;
 use crate::api::GetUpdate;
-use crate::service::LinkHandle;
+use crate::handle::LinkHandle;
+
+/// Opens a files connection to `peer` over our link with it (direct or relayed).
+pub(crate) async fn dial_files(
+    link: &LinkHandle,
+    peer: NodeId,
+) -> Result<quinn::Connection, burrow_net::ConnectError> {
+    link.connect(peer, burrow_proto::files::ALPN).await
+}
+
+/// How one provider's part of a download ended.
+pub(super) struct ProviderEnd {
+    pub name: String,
+    pub id: NodeId,
+    pub sent: u64,
+    pub error: Option<PieceError>,
+}
 
 /// One of a provider's [`STREAMS_PER_PROVIDER`] workers: takes pieces from
 /// the plan and fetches them on its own stream until the plan is done or the

@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 use super::quic_io::{FileSlice, StreamWriter};
 use super::Files;
 use crate::event::NodeEvent;
-use crate::service::LinkHandle;
+use crate::handle::LinkHandle;
 
 /// Files connections one peer may have open to us at once: a `get` opens one
 /// (and one more, briefly, to prove the file's size), so this allows a few

@@ -123,7 +123,7 @@ async fn accept(mesh: &Arc<Mesh>, peer: NodeId, posts: Vec<Post>) -> Vec<(Post, 
     }
     for (p, new) in &out {
         if *new {
-            let mut view = crate::forum::view(p);
+            let mut view = crate::api::PostView::of(p);
             view.author_verified = mesh.link.vouched_name(&p.author, p.author_name.as_str());
             mesh.link.emit(NodeEvent::Post(view));
         }

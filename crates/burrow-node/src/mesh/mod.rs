@@ -32,7 +32,8 @@ use burrow_proto::{Name, NodeId};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::service::{Admission, LinkEvent, LinkHandle, Service, Serving};
+use crate::handle::LinkHandle;
+use crate::service::{Admission, LinkEvent, Service, Serving};
 
 /// Frames queued for one link before gossip to it is dropped (reconciliation
 /// repairs what a slow link missed).

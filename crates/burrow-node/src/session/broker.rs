@@ -10,8 +10,9 @@ use tracing::warn;
 
 use crate::contacts::{self, Answer};
 use crate::event::NodeEvent;
-use crate::link::{Inner, RequestOp};
+use crate::link::Inner;
 use crate::peers;
+use crate::state::RequestOp;
 use crate::state::State;
 
 /// The server holds our request to `peer`.

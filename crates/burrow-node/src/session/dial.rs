@@ -248,16 +248,6 @@ fn pick_server_addr(local: SocketAddr, resolved: &[SocketAddr]) -> Option<Socket
     usable
         .iter()
         .copied()
-        .find(|a| has_route(*a))
+        .find(|a| burrow_net::iface::has_route(*a))
         .or_else(|| usable.first().copied())
-}
-
-/// Whether this machine has a route to `to` (a UDP socket connects without
-/// sending anything: it fails at once without one).
-pub(crate) fn has_route(to: SocketAddr) -> bool {
-    let any: SocketAddr = match to {
-        SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
-        SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
-    };
-    std::net::UdpSocket::bind(any).is_ok_and(|s| s.connect(to).is_ok())
 }

@@ -24,9 +24,8 @@ use crate::trust::KnownServers;
 
 mod broker;
 mod dial;
-mod error;
+pub(crate) mod error;
 
-pub(crate) use dial::has_route;
 use dial::{dial, dial_by_name, server_addr};
 pub use error::SessionError;
 
@@ -323,7 +322,7 @@ async fn find_other_family(inner: Arc<Inner>, also: Vec<SocketAddr>, proof: [u8;
         .into_iter()
         .map(burrow_net::paths::canonical)
         .take(burrow_proto::rendezvous::MAX_ALSO)
-        .filter(|a| has_route(*a))
+        .filter(|a| burrow_net::iface::has_route(*a))
     {
         match inner
             .endpoint

@@ -2,7 +2,7 @@
 //! `burrow console` are its clients.
 //!
 //! One JSON object per line, as on a node's control socket
-//! ([`burrow_net::control`]): a request is `{"cmd": "...", ...}`
+//! ([`burrow_home::control`]): a request is `{"cmd": "...", ...}`
 //! ([`AdminRequest`]); every reply is a [`Reply`].
 //! `log` with `follow` keeps the connection open and sends one more line per
 //! audit entry. The socket is mode 0600 in the 0700 home: only the operator's
@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use burrow_net::control::Reply;
+use burrow_home::control::Reply;
 use burrow_proto::rendezvous::{Refusal, ServerMsg, MAX_NOTICE, MAX_PASSWORD};
 use burrow_proto::{Name, NodeId};
 use burrow_store::BanTarget;
@@ -28,7 +28,7 @@ mod api;
 
 use api::time;
 pub use api::{AdminRequest, BanView, InviteView, LogView, StatusView, UserView};
-pub use burrow_net::control::{bind, socket_path, unlink};
+pub use burrow_home::control::{bind, socket_path, unlink};
 
 use crate::journal::Actor;
 use crate::register::{invite_hash, store, AdmitError};
@@ -47,7 +47,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: UnixListener, stop: Can
             s = listener.accept() => s,
         };
         match stream {
-            Ok((stream, _)) if !burrow_net::control::peer_is_owner(&stream) => {
+            Ok((stream, _)) if !burrow_home::control::peer_is_owner(&stream) => {
                 warn!(peer = ?stream.peer_cred().ok(), "refused an admin connection from another user");
             }
             Ok((stream, _)) => {

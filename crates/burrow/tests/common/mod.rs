@@ -55,7 +55,7 @@ pub fn fast_server_config(home: &Path, listen: SocketAddr) -> ServerConfig {
 }
 
 pub fn server_key(home: &Path) -> SecretKey {
-    burrow_net::keyfile::load_or_create(&home.join("key"))
+    burrow_home::keyfile::load_or_create(&home.join("key"))
         .unwrap()
         .0
 }
@@ -143,7 +143,7 @@ pub async fn start_server(home: &Path) -> TestServer {
 }
 
 pub fn node_config(home: &Path, name: &str, server: &ServerAddr) -> NodeConfig {
-    let key = burrow_net::keyfile::load_or_create(&home.join("key"))
+    let key = burrow_home::keyfile::load_or_create(&home.join("key"))
         .unwrap()
         .0;
     let mut c = NodeConfig::new(

@@ -28,9 +28,8 @@ pub enum KeyFileError {
     TooOpen(String),
 }
 
-/// Loads the key at `path`, creating a fresh one (and its directory, mode 0700) if
-/// there is none. Returns the key and whether it was just created.
-pub fn load_or_create(path: &Path) -> Result<(SecretKey, bool), KeyFileError> {
+/// Loads the key at `path`, if there is one (nothing is created).
+pub fn load(path: &Path) -> Result<Option<SecretKey>, KeyFileError> {
     let show = || path.display().to_string();
     let io_err = |source| KeyFileError::Io {
         path: show(),
@@ -45,9 +44,24 @@ pub fn load_or_create(path: &Path) -> Result<(SecretKey, bool), KeyFileError> {
             let mut seed = [0u8; 32];
             hex::decode_to_slice(text.trim(), &mut seed)
                 .map_err(|_| KeyFileError::Malformed(show()))?;
-            Ok((SecretKey::from_bytes(&seed), false))
+            Ok(Some(SecretKey::from_bytes(&seed)))
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(e)),
+    }
+}
+
+/// Loads the key at `path`, creating a fresh one (and its directory, mode 0700) if
+/// there is none. Returns the key and whether it was just created.
+pub fn load_or_create(path: &Path) -> Result<(SecretKey, bool), KeyFileError> {
+    let show = || path.display().to_string();
+    let io_err = |source| KeyFileError::Io {
+        path: show(),
+        source,
+    };
+    match load(path)? {
+        Some(key) => Ok((key, false)),
+        None => {
             if let Some(dir) = path.parent() {
                 create_private_dir(dir).map_err(io_err)?;
             }
@@ -64,7 +78,6 @@ pub fn load_or_create(path: &Path) -> Result<(SecretKey, bool), KeyFileError> {
             f.sync_all().map_err(io_err)?;
             Ok((key, true))
         }
-        Err(e) => Err(io_err(e)),
     }
 }
 
