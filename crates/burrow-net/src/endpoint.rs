@@ -18,7 +18,6 @@ use burrow_proto::relay::{self, Channel};
 
 use crate::paths::PathTable;
 use crate::socket::{DemuxSocket, RawDatagram, RawSender};
-use crate::stun_server::{GridError, StunGrid};
 use crate::tls;
 
 /// Most STUN queries waiting for an answer at once.
@@ -198,8 +197,13 @@ type RelaySlot = Arc<OnceLock<RelayHandler>>;
 /// Decides whether a TCP connection from an address is taken ([`Endpoint::listen_tcp`]).
 pub type TcpGate = Arc<dyn Fn(SocketAddr) -> bool + Send + Sync>;
 
-/// Where the main socket's STUN requests go when the server runs a [`StunGrid`].
-type GridSlot = Arc<Mutex<Option<std::sync::Weak<StunGrid>>>>;
+/// Answers the Binding requests that reach the main socket (see
+/// [`Endpoint::set_stun_hook`]): given the socket's address, the local IP the
+/// request arrived at (when the socket could tell), its source and the
+/// request. A server's RFC 5780 grid answers through one.
+pub type StunHook =
+    Arc<dyn Fn(SocketAddr, Option<IpAddr>, SocketAddr, stun::Request) + Send + Sync>;
+type StunSlot = Arc<OnceLock<StunHook>>;
 
 /// The shared socket with QUIC and STUN on it.
 pub struct Endpoint {
@@ -209,7 +213,7 @@ pub struct Endpoint {
     transport: Arc<quinn::TransportConfig>,
     connect_timeout: Duration,
     waiters: Waiters,
-    grid: GridSlot,
+    stun_hook: StunSlot,
     punches: crate::punch::Routes,
     birthdays: Arc<crate::side::BirthdaySlots>,
     paths: Arc<PathTable>,
@@ -318,7 +322,7 @@ impl Endpoint {
         .map_err(EndpointError::Quic)?;
 
         let waiters: Waiters = Arc::default();
-        let grid: GridSlot = Arc::default();
+        let stun_hook: StunSlot = Arc::default();
         let punches: crate::punch::Routes = Arc::default();
         let relay: RelaySlot = Arc::default();
         let local = quic.local_addr().map_err(EndpointError::Quic)?;
@@ -326,7 +330,7 @@ impl Endpoint {
             raw_rx,
             raw.clone(),
             waiters.clone(),
-            config.answer_stun.then(|| (local, grid.clone())),
+            config.answer_stun.then(|| (local, stun_hook.clone())),
             punches.clone(),
             relay.clone(),
         ));
@@ -337,7 +341,7 @@ impl Endpoint {
             transport,
             connect_timeout: config.connect_timeout,
             waiters,
-            grid,
+            stun_hook,
             punches,
             birthdays: Arc::default(),
             paths,
@@ -618,15 +622,11 @@ impl Endpoint {
         Ok((conn, actual))
     }
 
-    /// Starts answering STUN with RFC 5780 alternates: the other port, and
-    /// `alt_ip` when the server has a second address. Needs `answer_stun`.
-    pub fn start_stun_grid(&self, alt_ip: Option<IpAddr>) -> Result<Arc<StunGrid>, GridError> {
-        let primary = self
-            .local_addr()
-            .expect("a bound socket has a local address");
-        let grid = StunGrid::start(primary, self.raw.clone(), alt_ip)?;
-        *self.grid.lock().expect("grid lock is never poisoned") = Some(Arc::downgrade(&grid));
-        Ok(grid)
+    /// Hands the Binding requests reaching the main socket to `hook` instead
+    /// of answering them plainly (a server's STUN grid). Needs `answer_stun`.
+    /// Set once; later calls are ignored.
+    pub fn set_stun_hook(&self, hook: StunHook) {
+        let _ = self.stun_hook.set(hook);
     }
 
     /// Starts punching toward `candidates` (see [`burrow_proto::punch`]), doing
@@ -776,12 +776,12 @@ impl Endpoint {
 /// Routes the socket's non-QUIC datagrams: relay datagrams to the relay (on a
 /// server), punch probes to their session, STUN responses to their waiting
 /// query, STUN requests to the responder (when answering: our address and the
-/// grid, if the server runs one); anything else is dropped.
+/// STUN hook, if the server set one); anything else is dropped.
 async fn dispatch(
     mut rx: mpsc::Receiver<RawDatagram>,
     raw: RawSender,
     waiters: Waiters,
-    answer: Option<(SocketAddr, GridSlot)>,
+    answer: Option<(SocketAddr, StunSlot)>,
     punches: crate::punch::Routes,
     relay: RelaySlot,
 ) {
@@ -847,15 +847,10 @@ async fn dispatch(
             tracing::debug!(%from, len = data.len(), "dropping unknown datagram");
             continue;
         }
-        if let Some((local, grid)) = &answer {
+        if let Some((local, hook)) = &answer {
             if let Ok(req) = stun::parse_request(&data) {
-                let grid = grid
-                    .lock()
-                    .expect("grid lock is never poisoned")
-                    .as_ref()
-                    .and_then(|g| g.upgrade());
-                match grid {
-                    Some(grid) => grid.answer(*local, to_ip, from, req),
+                match hook.get() {
+                    Some(hook) => hook(*local, to_ip, from, req),
                     None => {
                         let reply = stun::binding_response(req.tx, from, None, None);
                         if let Err(e) = raw.send_from(from, to_ip, &reply) {
@@ -947,57 +942,6 @@ mod tests {
             .unwrap();
         assert_eq!(who, Some(key(2).public()));
         assert_eq!(data, b"hi");
-    }
-
-    #[tokio::test]
-    async fn the_stun_grid_answers_from_where_it_is_asked_to() {
-        // The alternate port is the main port + 1: retry if that one is taken.
-        let (server, _grid) = (0..10)
-            .find_map(|_| {
-                let ep = Endpoint::bind(
-                    &key(1),
-                    EndpointConfig {
-                        answer_stun: true,
-                        ..local()
-                    },
-                )
-                .ok()?;
-                let grid = ep
-                    .start_stun_grid(Some("127.0.0.2".parse().unwrap()))
-                    .ok()?;
-                Some((ep, grid))
-            })
-            .expect("a free pair of ports");
-        let main = server.local_addr().unwrap();
-        let alt_port = main.port() + 1;
-        let client = Endpoint::bind(&key(2), local()).unwrap();
-        let t = Duration::from_secs(2);
-        let q =
-            |to: SocketAddr, ip: bool, port: bool| client.stun_query(to, Change { ip, port }, t);
-
-        let plain = q(main, false, false).await.unwrap();
-        assert_eq!(plain.mapped, client.local_addr().unwrap());
-        assert_eq!(plain.origin, Some(main));
-        assert_eq!(
-            plain.other,
-            Some(SocketAddr::from(([127, 0, 0, 2], alt_port)))
-        );
-        let both = q(main, true, true).await.unwrap();
-        assert_eq!(
-            both.origin,
-            Some(SocketAddr::from(([127, 0, 0, 2], alt_port)))
-        );
-        let port = q(main, false, true).await.unwrap();
-        assert_eq!(
-            port.origin,
-            Some(SocketAddr::from(([127, 0, 0, 1], alt_port)))
-        );
-        // Asked on an alternate, answering from the main socket.
-        let back = q(SocketAddr::from(([127, 0, 0, 2], alt_port)), true, true)
-            .await
-            .unwrap();
-        assert_eq!(back.origin, Some(main));
-        assert_eq!(back.mapped, plain.mapped);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,7 +25,6 @@ pub mod portmap;
 pub mod punch;
 pub mod side;
 pub mod socket;
-pub mod stun_server;
 pub mod tcp;
 pub mod tls;
 pub mod ttl;
@@ -33,9 +32,8 @@ pub mod virt;
 
 pub use close::Close;
 pub use endpoint::{
-    ConnectError, Endpoint, EndpointConfig, EndpointError, RelayHandler, StunQueryError,
+    ConnectError, Endpoint, EndpointConfig, EndpointError, RelayHandler, StunHook, StunQueryError,
 };
 pub use framed::{FrameReader, FrameWriter, FramedError};
 pub use paths::{Health, PathStatus, PathTable, Route};
-pub use stun_server::{Caller, StunGrid};
 pub use tls::{alpn, peer_id};

@@ -87,7 +87,7 @@ pub fn takes(local: SocketAddr, to: SocketAddr) -> bool {
 
 /// `to` as a socket of family `ipv6` sends to it: an IPv4 address becomes
 /// IPv4-mapped on an IPv6 socket (the form every system accepts there).
-pub(crate) fn on_wire(ipv6: bool, to: SocketAddr) -> SocketAddr {
+pub fn on_wire(ipv6: bool, to: SocketAddr) -> SocketAddr {
     match to {
         SocketAddr::V4(a) if ipv6 => SocketAddr::new(a.ip().to_ipv6_mapped().into(), a.port()),
         other => other,

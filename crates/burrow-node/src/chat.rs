@@ -1,7 +1,8 @@
 //! The chat service: one bidirectional stream per message, acknowledged once the
 //! receiver has stored it (see [`burrow_proto::chat`] for the flow).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use burrow_net::{FrameReader, FrameWriter, FramedError};
@@ -36,10 +37,13 @@ pub enum ChatError {
     BadAck,
 }
 
-/// The chat service. Its connection is the peer's link (`burrow/chat/1`):
-/// the link registers it, then hands it here.
+/// The chat service (`burrow/chat/1`): a connection of its own to each
+/// linked peer it talks to, beside the link's, opened by the first message
+/// either way and kept while it lives.
 pub(crate) struct Chat {
     link: LinkHandle,
+    /// The chat connection we opened to each peer, while it is open.
+    conns: Mutex<HashMap<NodeId, quinn::Connection>>,
 }
 
 impl Service for Chat {
@@ -52,15 +56,47 @@ impl Service for Chat {
     }
 
     fn on_link(self: Arc<Self>, event: &LinkEvent) {
-        if let LinkEvent::Notice { text, everyone } = event {
-            self.notice(text.clone(), *everyone);
+        match event {
+            LinkEvent::Notice { text, everyone } => self.notice(text.clone(), *everyone),
+            // A chat connection outlives no link: the next one opens a new one.
+            LinkEvent::Down { peer } => {
+                if let Some(c) = self.conns().remove(peer) {
+                    c.close(burrow_net::Close::Done.code(), b"link closed");
+                }
+            }
+            _ => {}
         }
     }
 }
 
 impl Chat {
     pub(crate) fn new(link: LinkHandle) -> Arc<Chat> {
-        Arc::new(Chat { link })
+        Arc::new(Chat {
+            link,
+            conns: Mutex::default(),
+        })
+    }
+
+    /// Our chat connection to `peer` (linked): the one we have, or a new one
+    /// on the link's path.
+    async fn conn_to(&self, peer: NodeId) -> Result<quinn::Connection, String> {
+        let open = self.conns().get(&peer).cloned();
+        if let Some(c) = open.filter(|c| c.close_reason().is_none()) {
+            return Ok(c);
+        }
+        let conn = self
+            .link
+            .connect(peer, chat::ALPN)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut conns = self.conns();
+        conns.retain(|_, c| c.close_reason().is_none());
+        conns.insert(peer, conn.clone());
+        Ok(conn)
+    }
+
+    fn conns(&self) -> MutexGuard<'_, HashMap<NodeId, quinn::Connection>> {
+        self.conns.lock().expect("chat lock is never poisoned")
     }
 
     /// Sends `text` to `peer` over our connection. Returns once the peer has
@@ -71,10 +107,9 @@ impl Chat {
         }
         let id = self.link.resolve(peer).await?;
         let name = self.link.shown_name(&id);
-        let conn = self
-            .link
-            .link_conn(&id)
-            .ok_or_else(|| SendError::NotConnected(name.clone()))?;
+        if !self.link.linked(&id) {
+            return Err(SendError::NotConnected(name));
+        }
         let mut msg = StoredMessage {
             id: MessageId::random(&mut rand::thread_rng()),
             from: self.link.id(),
@@ -86,12 +121,11 @@ impl Chat {
             received_at_ms: 0,
             kind: burrow_store::MessageKind::Chat,
         };
-        send(&conn, &msg)
-            .await
-            .map_err(|e| SendError::NotDelivered {
-                name,
-                reason: e.to_string(),
-            })?;
+        let delivered = match self.conn_to(id).await {
+            Ok(conn) => send(&conn, &msg).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        delivered.map_err(|reason| SendError::NotDelivered { name, reason })?;
         msg.received_at_ms = burrow_proto::time::unix_ms(SystemTime::now());
         let stored = msg.clone();
         self.link

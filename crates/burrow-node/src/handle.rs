@@ -89,12 +89,6 @@ impl LinkHandle {
             .is_some_and(|p| p.connected())
     }
 
-    /// `peer`'s link connection, while it is up.
-    pub(crate) fn link_conn(&self, peer: &NodeId) -> Option<quinn::Connection> {
-        let st = self.inner.state();
-        st.peers.get(peer).and_then(|p| p.conn().cloned())
-    }
-
     /// Whether we accepted `peer` (its connections are let in).
     pub(crate) fn accepted(&self, peer: &NodeId) -> bool {
         let st = self.inner.state();
@@ -180,7 +174,7 @@ impl LinkHandle {
     /// proved it a member).
     pub(crate) fn dial_link(&self, peer: NodeId) {
         let inner = self.inner.clone();
-        self.inner.spawn(crate::peers::dial_chat(inner, peer));
+        self.inner.spawn(crate::peers::dial_link(inner, peer));
     }
 
     /// Dials `peer` at the real address `addr` (serverless: from a ticket),

@@ -5,7 +5,8 @@
 //! - the server session ([`session`]): registration, live presence, the connect
 //!   broker; it reconnects with jittered exponential backoff when the server goes;
 //! - peer links ([`peers`]): dialing an accepted peer's candidates, accepting the
-//!   connections of peers we accepted, and tracking each link's state;
+//!   connections of peers we accepted, and tracking each link's state; a link
+//!   is a connection of its own (`burrow/link/1`), the services' beside it;
 //! - services, each on its own ALPN: [`chat`] (`burrow/chat/1`), [`files`]
 //!   (`burrow/files/1`: sharing, serving verified ranges, multi-source downloads)
 //!   and [`mesh`] (`burrow/mesh/1`: forum gossip and reconciliation, clock

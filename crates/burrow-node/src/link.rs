@@ -63,15 +63,25 @@ impl Inner {
         let _ = self.events.send(event);
     }
 
-    /// Opens a connection of `alpn` to `peer` at its link's virtual address
-    /// (direct or relayed underneath, see `burrow_net::paths`).
+    /// Opens a connection of `alpn` to `peer` on its link's path: its virtual
+    /// address (direct or relayed underneath, see `burrow_net::paths`), or
+    /// the real address its link connection came from.
     pub async fn connect_peer(
         &self,
         peer: NodeId,
         alpn: &[u8],
     ) -> Result<quinn::Connection, burrow_net::ConnectError> {
-        let v = self.endpoint.paths().open(peer);
-        let (conn, _) = self.endpoint.connect(v, alpn, Some(peer)).await?;
+        // A link a peer dialed from a real address (serverless, joining from
+        // our ticket) has no path entry: its services go where it came from.
+        let real = self
+            .state()
+            .peers
+            .get(&peer)
+            .and_then(|p| p.conn())
+            .map(|c| burrow_net::paths::canonical(c.remote_address()))
+            .filter(|a| !burrow_net::paths::is_virtual(*a));
+        let to = real.unwrap_or_else(|| self.endpoint.paths().open(peer));
+        let (conn, _) = self.endpoint.connect(to, alpn, Some(peer)).await?;
         Ok(conn)
     }
 

@@ -39,7 +39,8 @@ use crate::state::RequestOp;
 use crate::state::State;
 
 /// The ALPNs of the node's services, the link's first (see `Node::start`).
-const ALPNS: [&[u8]; 3] = [
+const ALPNS: [&[u8]; 4] = [
+    burrow_proto::link::ALPN,
     burrow_proto::chat::ALPN,
     burrow_proto::files::ALPN,
     burrow_proto::mesh::ALPN,
@@ -118,8 +119,12 @@ impl Node {
             files: Files::new(link()),
             mesh: Mesh::new(link(), mesh),
         };
-        let services: Vec<Arc<dyn Service>> =
-            vec![node.chat.clone(), node.files.clone(), node.mesh.clone()];
+        let services: Vec<Arc<dyn Service>> = vec![
+            Arc::new(peers::LinkService),
+            node.chat.clone(),
+            node.files.clone(),
+            node.mesh.clone(),
+        ];
         let router = Router::new(services);
         debug_assert_eq!(
             router.alpns(),

@@ -39,6 +39,8 @@ pub(crate) enum LinkEvent {
     /// A connection of `peer`'s link came up (its first, or another), which
     /// we dialed or it did.
     Up { peer: NodeId, dialed: bool },
+    /// `peer`'s link is down: its last connection closed.
+    Down { peer: NodeId },
     /// The server's operator says `text`, to us or to everyone.
     Notice { text: String, everyone: bool },
 }

@@ -31,6 +31,7 @@ pub mod frame;
 pub mod gossip;
 pub mod id;
 pub mod limit;
+pub mod link;
 pub mod mesh;
 pub mod name;
 pub mod punch;

@@ -21,7 +21,7 @@
 //!  |<-- Accepted{alice, cands,|-- Accepted{bob, cands, --->|
 //!  |            ticket}       |            ticket}         |
 //!  |<======= punch probes both ways, to every candidate ==>|
-//!  |== QUIC (burrow/chat/1): through the relay channel at once,
+//!  |== QUIC (burrow/link/1): through the relay channel at once,
 //!  |   moved to the punched path as soon as it works =====>|
 //!  |                          |                            |
 //!  |-- Repunch{alice} ------->|  (direct path lost, or on a schedule)

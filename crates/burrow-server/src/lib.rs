@@ -29,6 +29,7 @@ mod register;
 mod server;
 mod session;
 pub mod silence;
+pub mod stun_grid;
 pub mod tracker;
 
 pub use admission::{AdmissionConfig, Policy};

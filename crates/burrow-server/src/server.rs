@@ -87,7 +87,7 @@ pub enum ServerError {
     Endpoint(#[from] burrow_net::EndpointError),
     /// The STUN alternates could not be bound.
     #[error(transparent)]
-    Stun(#[from] burrow_net::stun_server::GridError),
+    Stun(#[from] crate::stun_grid::GridError),
     /// The TCP listener could not be bound.
     #[error("cannot listen on TCP {addr}: {source}")]
     Bind {
@@ -394,7 +394,7 @@ pub struct Server {
     shared: Arc<Shared>,
     watched: mpsc::Receiver<(NodeId, quinn::Connection)>,
     idle_timeout: Duration,
-    stun_grid: Arc<burrow_net::StunGrid>,
+    stun_grid: Arc<crate::stun_grid::StunGrid>,
     admin: tokio::net::UnixListener,
     home: PathBuf,
     retry_above: usize,
@@ -422,7 +422,7 @@ impl Server {
         let (endpoint, stun_grid) = loop {
             attempt += 1;
             let endpoint = Self::bind_endpoint(secret, &config)?;
-            match endpoint.start_stun_grid(config.alt_ip) {
+            match crate::stun_grid::start(&endpoint, config.alt_ip) {
                 Ok(grid) => break (endpoint, grid),
                 Err(e) if attempt >= tries => return Err(e.into()),
                 Err(_) => continue,

@@ -5,7 +5,7 @@
 //! A stranger's plain request gets the reflexive address alone; the RFC 5780
 //! answers go in full to addresses with a registered node (as `burrow nat`
 //! runs) and to requests padded to the answer's size (see
-//! `burrow_net::Caller`), so the RFC 5780 run registers a node from its
+//! `burrow_server::stun_grid::Caller`), so the RFC 5780 run registers a node from its
 //! address first.
 //!
 //! Where the tool is missing this test says so and passes, unless

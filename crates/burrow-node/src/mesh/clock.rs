@@ -102,4 +102,27 @@ mod tests {
         e.add(0, u64::MAX, u64::MAX, 0);
         assert_eq!(e.samples.len(), 2);
     }
+
+    /// On paused time (no test waits 20 real seconds): three probes 200 ms
+    /// apart right after a link comes up, then one every 10 s, each stamped
+    /// with the clock as it is sent; none once the link is gone.
+    #[tokio::test(start_paused = true)]
+    async fn probes_come_quickly_at_first_then_with_every_keepalive_round() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let start = tokio::time::Instant::now();
+        let prober = tokio::spawn(probe(tx, move || start.elapsed().as_micros() as u64));
+        let mut sent_at = Vec::new();
+        for _ in 0..5 {
+            let Some(MeshFrame::Ping { t1 }) = rx.recv().await else {
+                panic!("a probe is a Ping");
+            };
+            assert_eq!(t1, start.elapsed().as_micros() as u64, "stamped as sent");
+            sent_at.push(start.elapsed());
+        }
+        let ms = |n: u64| Duration::from_millis(n);
+        assert_eq!(sent_at, [ms(200), ms(400), ms(600), ms(10_600), ms(20_600)]);
+        drop(rx);
+        tokio::time::advance(PROBE_EVERY).await;
+        assert!(prober.await.is_ok(), "the prober ends with its link");
+    }
 }

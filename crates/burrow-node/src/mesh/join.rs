@@ -4,7 +4,7 @@
 //! A network is its secret ([`MeshSecret`]): the first node makes one, and every
 //! ticket carries it. A node started with `--join <ticket>` dials the addresses
 //! in the ticket and proves it holds the secret in its mesh Hello (the other side
-//! proves it back); then the chat connection follows. When both sides are behind
+//! proves it back); then the link's own connection follows. When both sides are behind
 //! NATs that filter, both run `--join` with each other's ticket: their dials
 //! cross and open both NATs, as in a punch.
 //!
@@ -179,10 +179,10 @@ async fn attempt(mesh: &Arc<Mesh>, ticket: &Ticket) -> Result<(), String> {
 }
 
 /// A mesh link came up. Serverless: tell it whom we are linked with, and (as the
-/// side that dialed) open the chat connection if there is none yet: serverless,
+/// side that dialed) open the link's own connection if there is none yet: serverless,
 /// the mesh connection comes first, because its Hello proves membership.
 pub(crate) fn linked(mesh: &Arc<Mesh>, peer: NodeId, dialed: bool) {
-    let chat = {
+    let dial = {
         let mut st = mesh.state();
         if st.secret.is_none() {
             return;
@@ -196,7 +196,7 @@ pub(crate) fn linked(mesh: &Arc<Mesh>, peer: NodeId, dialed: bool) {
         }
         dialed && !mesh.link.linked(&peer)
     };
-    if chat {
+    if dial {
         mesh.link.dial_link(peer);
     }
 }
@@ -328,7 +328,7 @@ pub(crate) fn introduced(
             debug!(peer = %other.short(), via = %via.short(), dial, "introduction not asked for; ignored");
             return;
         }
-        // Admitted for the punch and the mesh connection; chat and files
+        // Admitted for the punch and the mesh connection; its link and services
         // still wait for its mesh Hello to prove it a member.
         if linked || !mesh.link.admit(other, &name) {
             return;

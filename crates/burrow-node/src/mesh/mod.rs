@@ -1,5 +1,5 @@
 //! The mesh service (`burrow/mesh/1`, frames in [`burrow_proto::mesh`]): one
-//! connection per link, beside the chat connection, carrying forum gossip, set
+//! connection per link, beside the link's own, carrying forum gossip, set
 //! reconciliation, clock probes and, without a server, peer exchange and
 //! introductions.
 //!
@@ -9,9 +9,10 @@
 //!   through mutual peers, keeping a target number of links.
 //! - [`clock`]: each link's clock offset, from NTP-style probes.
 //!
-//! Who opens the mesh connection: the side that dialed the link's chat
+//! Who opens the mesh connection: the side that dialed the link's own
 //! connection, right after it came up; or, joining from a ticket, the joiner,
-//! first (its chat connection follows once the mesh Hello proved it a member).
+//! first (the link's own connection follows once the mesh Hello proved it a
+//! member).
 //! If both sides open one at once, both keep the session whose dialer has the
 //! smaller id.
 
@@ -159,7 +160,7 @@ impl Default for MeshState {
     }
 }
 
-/// Opens the mesh connection to `peer` (we dialed its chat connection; or,
+/// Opens the mesh connection to `peer` (we dialed its link connection; or,
 /// serverless, we are about to), unless one is up already.
 pub(crate) async fn dial(mesh: Arc<Mesh>, peer: NodeId) {
     if mesh.state().links.contains_key(&peer) {

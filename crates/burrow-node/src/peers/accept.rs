@@ -11,7 +11,7 @@ use tracing::{debug, info, warn};
 use super::{path_of, unlink};
 use crate::event::NodeEvent;
 use crate::link::Inner;
-use crate::service::{Admission, LinkEvent};
+use crate::service::{Admission, LinkEvent, Service, Serving};
 use crate::state::MAX_CONNS_PER_PEER;
 
 /// After we accept a request, or after a peer's last connection closes, it has
@@ -36,6 +36,23 @@ pub(crate) async fn admission_deadline(inner: Arc<Inner>, peer: NodeId) {
                 unlink(&inner, peer);
             }
         }
+    }
+}
+
+/// The link's own connection as a service (`burrow/link/1`, see
+/// [`burrow_proto::link`]): [`register`] makes it the peer's link, and it
+/// carries nothing until it closes.
+pub(crate) struct LinkService;
+
+impl Service for LinkService {
+    fn alpn(&self) -> &'static [u8] {
+        burrow_proto::link::ALPN
+    }
+
+    fn accept(self: Arc<Self>, _peer: NodeId, conn: quinn::Connection) -> Serving {
+        Box::pin(async move {
+            conn.closed().await;
+        })
     }
 }
 
@@ -116,8 +133,8 @@ pub(crate) async fn accept_loop(inner: Arc<Inner>) {
     }
 }
 
-/// Adds `conn` to `peer`'s live connections (the newest is used), serves chat on
-/// it, and removes it when it closes. People hear of the first connection and of
+/// Adds `conn` to `peer`'s live link connections (the newest is used), tells
+/// the services, and removes it when it closes. People hear of the first connection and of
 /// the last one closing, not of the ones in between.
 pub(super) fn register(inner: &Arc<Inner>, peer: NodeId, conn: quinn::Connection, dialed: bool) {
     let (name, first) = {
@@ -174,6 +191,7 @@ pub(super) fn register(inner: &Arc<Inner>, peer: NodeId, conn: quinn::Connection
                 name
             };
             info!(peer = %peer.short(), %reason, "disconnected");
+            inner2.router().tell(&LinkEvent::Down { peer });
             inner2.emit(NodeEvent::Disconnected { name, reason });
         },
         span,

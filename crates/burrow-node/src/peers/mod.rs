@@ -25,7 +25,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use burrow_net::{Health, Route};
-use burrow_proto::chat;
 use burrow_proto::rendezvous::ClientMsg;
 use burrow_proto::NodeId;
 use tracing::{debug, warn};
@@ -39,7 +38,7 @@ mod accept;
 mod punch;
 
 use accept::register;
-pub(crate) use accept::{accept_loop, admission_deadline};
+pub(crate) use accept::{accept_loop, admission_deadline, LinkService};
 use punch::{left, schedule_repunch};
 pub(crate) use punch::{link, repunch_indirect, request_repunch};
 
@@ -275,20 +274,20 @@ pub(crate) async fn monitor(inner: Arc<Inner>) {
 
 /// Dials `peer` and registers the connection.
 /// Serverless, the mesh connection goes first (its Hello proves membership), and
-/// the chat connection follows once it is up.
+/// the link's own connection follows once it is up.
 pub(crate) async fn dial(inner: Arc<Inner>, peer: NodeId) {
     if inner.config.server.is_none() {
         if let Some(first) = inner.router().dial_first(peer) {
             return first.await;
         }
     }
-    dial_chat(inner, peer).await;
+    dial_link(inner, peer).await;
 }
 
-/// Dials `peer`'s chat connection (the link) at its virtual address.
-pub(crate) async fn dial_chat(inner: Arc<Inner>, peer: NodeId) {
+/// Dials `peer`'s link connection at its virtual address.
+pub(crate) async fn dial_link(inner: Arc<Inner>, peer: NodeId) {
     debug!(peer = %peer.short(), "dialing");
-    match inner.connect_peer(peer, chat::ALPN).await {
+    match inner.connect_peer(peer, burrow_proto::link::ALPN).await {
         Ok(conn) => register(&inner, peer, conn, true),
         Err(e) => fail(&inner, peer, e.to_string()),
     }

@@ -287,11 +287,11 @@ impl Admission {
     }
 
     /// Whether to answer a STUN request from `from`, and as to whom (see
-    /// [`burrow_net::Caller`]): `None` for no answer. On an allowlist server,
+    /// [`crate::stun_grid::Caller`]): `None` for no answer. On an allowlist server,
     /// addresses with no registered node share one bucket. When the table of
     /// buckets is full (a flood from many addresses), strangers get nothing
     /// and registered addresses are still answered.
-    pub fn check_stun(&mut self, now: Now, from: SocketAddr) -> Option<burrow_net::Caller> {
+    pub fn check_stun(&mut self, now: Now, from: SocketAddr) -> Option<crate::stun_grid::Caller> {
         let group = ip_group(from.ip());
         if self.ban_on(&BanTarget::Addr(group), now).is_some() {
             return None;
@@ -310,9 +310,9 @@ impl Admission {
         };
         let allowed = self.stun_limits.allow_or(now.at, key, known);
         let caller = if known {
-            burrow_net::Caller::Known
+            crate::stun_grid::Caller::Known
         } else {
-            burrow_net::Caller::Stranger
+            crate::stun_grid::Caller::Stranger
         };
         allowed.then_some(caller)
     }
@@ -772,7 +772,10 @@ mod tests {
         // A registered node's address gets its own full bucket, and is known.
         a.registered(ip("127.0.0.7"));
         let member: SocketAddr = "127.0.0.7:4000".parse().unwrap();
-        assert_eq!(a.check_stun(now, member), Some(burrow_net::Caller::Known));
+        assert_eq!(
+            a.check_stun(now, member),
+            Some(crate::stun_grid::Caller::Known)
+        );
         assert_eq!(
             (0..99)
                 .filter(|_| a.check_stun(now, member).is_some())
@@ -807,7 +810,10 @@ mod tests {
         assert_eq!(a.check_stun(now, stranger), None);
         a.registered(ip("127.0.0.9"));
         let member = SocketAddr::new(ip("127.0.0.9"), 1);
-        assert_eq!(a.check_stun(now, member), Some(burrow_net::Caller::Known));
+        assert_eq!(
+            a.check_stun(now, member),
+            Some(crate::stun_grid::Caller::Known)
+        );
         // Idle buckets go once full again.
         a.handle_timeout(now.after(Duration::from_secs(30)));
         assert!(a.tracked() <= 3 * 1000, "{}", a.tracked());

@@ -1,4 +1,6 @@
-//! The server's STUN grid for NAT diagnosis (RFC 5780).
+//! The server's STUN grid for NAT diagnosis (RFC 5780). The endpoint hands
+//! it the Binding requests of the main socket (its STUN hook,
+//! `burrow_net::Endpoint::set_stun_hook`); the alternates are its own sockets.
 //!
 //! The main socket (shared with QUIC) is the primary address A1:P1. The alternates
 //! are A1:P2 (P2 = P1 + 1), and, when the server has a second address A2, A2:P1 and
@@ -32,7 +34,8 @@ use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, Runtime};
 use tokio::task::JoinHandle;
 
-use crate::socket::RawSender;
+use burrow_net::socket::RawSender;
+use burrow_net::Endpoint;
 
 /// Decides whether a STUN request from an address is answered, and how (see
 /// [`StunGrid::set_gate`]): a server's rate limits and bans, and whether the
@@ -141,7 +144,7 @@ impl StunGrid {
         let mut alts = Vec::new();
         for addr in addrs {
             let bind = |addr| -> std::io::Result<Arc<dyn AsyncUdpSocket>> {
-                quinn::TokioRuntime.wrap_udp_socket(crate::socket::bind_udp(addr)?)
+                quinn::TokioRuntime.wrap_udp_socket(burrow_net::socket::bind_udp(addr)?)
             };
             let socket = bind(addr).map_err(|source| GridError::Bind { addr, source })?;
             alts.push((addr, socket));
@@ -300,7 +303,7 @@ impl StunGrid {
         }
         let (_, socket) = self.alts.iter().find(|(a, _)| *a == at)?;
         Some(socket.try_send(&Transmit {
-            destination: crate::socket::on_wire(at.is_ipv6(), to),
+            destination: burrow_net::socket::on_wire(at.is_ipv6(), to),
             ecn: None,
             contents: data,
             segment_size: None,
@@ -332,8 +335,96 @@ async fn serve(addr: SocketAddr, socket: Arc<dyn AsyncUdpSocket>, grid: std::syn
             let Some(grid) = grid.upgrade() else { return };
             // A dual-stack socket's IPv4 callers are IPv4 to the answer (a
             // mapped address in XOR-MAPPED-ADDRESS would read as another one).
-            let from = crate::paths::canonical(m.addr);
+            let from = burrow_net::paths::canonical(m.addr);
             grid.answer(addr, m.dst_ip.map(|ip| ip.to_canonical()), from, req);
         }
+    }
+}
+
+/// Starts the grid around `endpoint`'s socket (which must answer STUN) and
+/// hands it the main socket's Binding requests. The alternates are the
+/// main port + 1 and + 2, and with `alt_ip` those two ports and the main one
+/// there.
+pub fn start(endpoint: &Endpoint, alt_ip: Option<IpAddr>) -> Result<Arc<StunGrid>, GridError> {
+    let primary = endpoint
+        .local_addr()
+        .expect("a bound socket has a local address");
+    let grid = StunGrid::start(primary, endpoint.raw_sender().clone(), alt_ip)?;
+    let weak = Arc::downgrade(&grid);
+    endpoint.set_stun_hook(Arc::new(move |arrived_on, to_ip, from, req| {
+        if let Some(grid) = weak.upgrade() {
+            grid.answer(arrived_on, to_ip, from, req);
+        }
+    }));
+    Ok(grid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burrow_net::EndpointConfig;
+    use burrow_proto::stun::Change;
+    use burrow_proto::SecretKey;
+    use rand::SeedableRng;
+    use std::time::Duration;
+
+    fn key(seed: u64) -> SecretKey {
+        SecretKey::generate(&mut rand::rngs::StdRng::seed_from_u64(seed))
+    }
+
+    fn local() -> EndpointConfig {
+        EndpointConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            ..EndpointConfig::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn the_stun_grid_answers_from_where_it_is_asked_to() {
+        // The alternate port is the main port + 1: retry if that one is taken.
+        let (server, _grid) = (0..10)
+            .find_map(|_| {
+                let ep = Endpoint::bind(
+                    &key(1),
+                    EndpointConfig {
+                        answer_stun: true,
+                        ..local()
+                    },
+                )
+                .ok()?;
+                let grid = start(&ep, Some("127.0.0.2".parse().unwrap())).ok()?;
+                Some((ep, grid))
+            })
+            .expect("a free pair of ports");
+        let main = server.local_addr().unwrap();
+        let alt_port = main.port() + 1;
+        let client = Endpoint::bind(&key(2), local()).unwrap();
+        let t = Duration::from_secs(2);
+        let q =
+            |to: SocketAddr, ip: bool, port: bool| client.stun_query(to, Change { ip, port }, t);
+
+        let plain = q(main, false, false).await.unwrap();
+        assert_eq!(plain.mapped, client.local_addr().unwrap());
+        assert_eq!(plain.origin, Some(main));
+        assert_eq!(
+            plain.other,
+            Some(SocketAddr::from(([127, 0, 0, 2], alt_port)))
+        );
+        let both = q(main, true, true).await.unwrap();
+        assert_eq!(
+            both.origin,
+            Some(SocketAddr::from(([127, 0, 0, 2], alt_port)))
+        );
+        let port = q(main, false, true).await.unwrap();
+        assert_eq!(
+            port.origin,
+            Some(SocketAddr::from(([127, 0, 0, 1], alt_port)))
+        );
+        // Asked on an alternate, answering from the main socket.
+        let back = q(SocketAddr::from(([127, 0, 0, 2], alt_port)), true, true)
+            .await
+            .unwrap();
+        assert_eq!(back.origin, Some(main));
+        assert_eq!(back.mapped, plain.mapped);
     }
 }
