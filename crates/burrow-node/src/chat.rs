@@ -37,14 +37,20 @@ pub enum ChatError {
     BadAck,
 }
 
-/// The chat service (`burrow/chat/1`): a connection of its own to each
-/// linked peer it talks to, beside the link's, opened by the first message
-/// either way and kept while it lives.
+/// The chat service (`burrow/chat/1`): one connection of its own with each
+/// linked peer, beside the link's. The dialing side opens it with the link
+/// (so the first message waits for no handshake), either side otherwise with
+/// its first message; both send on whichever came first, and it goes with the
+/// link.
 pub(crate) struct Chat {
     link: LinkHandle,
-    /// The chat connection we opened to each peer, while it is open.
-    conns: Mutex<HashMap<NodeId, quinn::Connection>>,
+    /// The chat connection with each peer (ours or theirs), or the one being
+    /// opened.
+    conns: Mutex<HashMap<NodeId, Slot>>,
 }
+
+/// A peer's chat connection, once open (opened once, however many want it).
+type Slot = Arc<tokio::sync::OnceCell<quinn::Connection>>;
 
 impl Service for Chat {
     fn alpn(&self) -> &'static [u8] {
@@ -52,15 +58,27 @@ impl Service for Chat {
     }
 
     fn accept(self: Arc<Self>, peer: NodeId, conn: quinn::Connection) -> Serving {
+        // Ours to send on too, unless we have one already.
+        let slot = self.conns().entry(peer).or_default().clone();
+        let _ = slot.set(conn.clone());
         Box::pin(async move { serve(&self.link, peer, &conn).await })
     }
 
     fn on_link(self: Arc<Self>, event: &LinkEvent) {
         match event {
             LinkEvent::Notice { text, everyone } => self.notice(text.clone(), *everyone),
+            LinkEvent::Dialing { peer } => {
+                let (chat, peer) = (self.clone(), *peer);
+                self.link.spawn(async move {
+                    if let Err(e) = chat.conn_to(peer).await {
+                        debug!(peer = %peer.short(), error = %e, "no chat connection yet");
+                    }
+                });
+            }
             // A chat connection outlives no link: the next one opens a new one.
             LinkEvent::Down { peer } => {
-                if let Some(c) = self.conns().remove(peer) {
+                let slot = self.conns().remove(peer);
+                if let Some(c) = slot.as_ref().and_then(|s| s.get()) {
                     c.close(burrow_net::Close::Done.code(), b"link closed");
                 }
             }
@@ -77,31 +95,43 @@ impl Chat {
         })
     }
 
-    /// Our chat connection to `peer` (linked): the one we have, or a new one
-    /// on the link's path.
-    async fn conn_to(&self, peer: NodeId) -> Result<quinn::Connection, String> {
-        let open = self.conns().get(&peer).cloned();
-        if let Some(c) = open.filter(|c| c.close_reason().is_none()) {
-            return Ok(c);
+    /// Our chat connection with `peer` (linked): the one we have (or are
+    /// opening), or a new one on the link's path.
+    async fn conn_to(self: &Arc<Self>, peer: NodeId) -> Result<quinn::Connection, String> {
+        for _ in 0..2 {
+            let slot = self.conns().entry(peer).or_default().clone();
+            let conn = slot.get_or_try_init(|| self.open(peer)).await?.clone();
+            if conn.close_reason().is_none() {
+                return Ok(conn);
+            }
+            // Closed since: forget it (unless another replaced it already).
+            let mut conns = self.conns();
+            if conns.get(&peer).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
+                conns.remove(&peer);
+            }
         }
+        Err("the chat connection closed as it opened".into())
+    }
+
+    /// Opens a chat connection to `peer`, and serves what it sends on it.
+    async fn open(self: &Arc<Self>, peer: NodeId) -> Result<quinn::Connection, String> {
         let conn = self
             .link
             .connect(peer, chat::ALPN)
             .await
             .map_err(|e| e.to_string())?;
-        let mut conns = self.conns();
-        conns.retain(|_, c| c.close_reason().is_none());
-        conns.insert(peer, conn.clone());
+        let (link, c) = (self.link.clone(), conn.clone());
+        self.link.spawn(async move { serve(&link, peer, &c).await });
         Ok(conn)
     }
 
-    fn conns(&self) -> MutexGuard<'_, HashMap<NodeId, quinn::Connection>> {
+    fn conns(&self) -> MutexGuard<'_, HashMap<NodeId, Slot>> {
         self.conns.lock().expect("chat lock is never poisoned")
     }
 
     /// Sends `text` to `peer` over our connection. Returns once the peer has
     /// stored it; only then is it stored here as sent.
-    pub async fn send(&self, peer: &str, text: &str) -> Result<MessageView, SendError> {
+    pub async fn send(self: &Arc<Self>, peer: &str, text: &str) -> Result<MessageView, SendError> {
         if text.is_empty() || text.len() > chat::MAX_TEXT {
             return Err(SendError::BadText);
         }

@@ -39,6 +39,10 @@ pub(crate) enum LinkEvent {
     /// A connection of `peer`'s link came up (its first, or another), which
     /// we dialed or it did.
     Up { peer: NodeId, dialed: bool },
+    /// We are dialing `peer`'s link: a service that will want a connection
+    /// of its own may open it now, beside the link's, rather than a round
+    /// trip later.
+    Dialing { peer: NodeId },
     /// `peer`'s link is down: its last connection closed.
     Down { peer: NodeId },
     /// The server's operator says `text`, to us or to everyone.

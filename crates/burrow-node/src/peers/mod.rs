@@ -32,6 +32,7 @@ use tracing::{debug, warn};
 use crate::api::ConnectionState;
 use crate::event::NodeEvent;
 use crate::link::Inner;
+use crate::service::LinkEvent;
 use burrow_proto::punch::policy::Repunch;
 
 mod accept;
@@ -287,6 +288,7 @@ pub(crate) async fn dial(inner: Arc<Inner>, peer: NodeId) {
 /// Dials `peer`'s link connection at its virtual address.
 pub(crate) async fn dial_link(inner: Arc<Inner>, peer: NodeId) {
     debug!(peer = %peer.short(), "dialing");
+    inner.router().tell(&LinkEvent::Dialing { peer });
     match inner.connect_peer(peer, burrow_proto::link::ALPN).await {
         Ok(conn) => register(&inner, peer, conn, true),
         Err(e) => fail(&inner, peer, e.to_string()),
