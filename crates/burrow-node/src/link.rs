@@ -1,6 +1,6 @@
 //! The link layer's core: what every part of a running node shares (its key,
 //! endpoint, store, state, events, tasks). Services never see it: they hold a
-//! [`crate::service::LinkHandle`]; the link's own modules (the session, peer
+//! [`crate::handle::LinkHandle`]; the link's own modules (the session, peer
 //! links, presence, contacts, conduct, NAT) take it directly.
 
 use std::fs::File;

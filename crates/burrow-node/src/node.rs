@@ -252,6 +252,8 @@ impl Node {
 
     /// Everyone known, by name.
     pub fn peers(&self) -> Vec<PeerView> {
+        // The mesh's lock before the link's, never inside it.
+        let offsets = self.mesh.clock_offsets();
         let st = self.inner.state();
         let mut out: Vec<PeerView> = st
             .peers
@@ -277,7 +279,7 @@ impl Node {
                     })
                     .and(p.method),
                 rtt_ms: p.conn().map(|c| c.rtt().as_secs_f64() * 1000.0),
-                clock_offset_ms: self.mesh.clock_offset_ms(id),
+                clock_offset_ms: offsets.get(id).copied(),
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
@@ -441,14 +443,14 @@ impl Node {
     pub async fn shutdown(&self) {
         self.inner.shutdown.cancel();
         // Close peer links first: their tasks end when the connections do.
-        let conns: Vec<quinn::Connection> = {
-            let st = self.inner.state();
-            st.peers
+        let mut conns = self.mesh.conns();
+        conns.extend(
+            self.inner
+                .state()
+                .peers
                 .values()
-                .flat_map(|p| p.conns.iter().cloned())
-                .chain(self.mesh.conns())
-                .collect()
-        };
+                .flat_map(|p| p.conns.iter().cloned()),
+        );
         for c in conns {
             c.close(burrow_net::Close::Done.code(), b"node shutting down");
         }

@@ -7,8 +7,9 @@
 //! [`Service`]: its ALPN, who may open it ([`Admission`]), and what to do with
 //! a connection. It owns its state and reaches the rest of the node only
 //! through a [`LinkHandle`](crate::handle::LinkHandle), and hears what the link does as [`LinkEvent`]s.
-//! Adding a service is one impl and one line in `crate::node`'s list; the
-//! endpoint offers exactly the ALPNs the router has.
+//! Adding a service is one impl, one line in `Node::launch`'s list and its
+//! ALPN in `crate::node`'s (a debug assertion holds the two equal); the
+//! endpoint offers exactly those.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -43,7 +44,8 @@ pub(crate) enum LinkEvent {
     /// of its own may open it now, beside the link's, rather than a round
     /// trip later.
     Dialing { peer: NodeId },
-    /// `peer`'s link is down: its last connection closed.
+    /// `peer`'s link is down: its last connection closed, or it could not
+    /// be made.
     Down { peer: NodeId },
     /// The server's operator says `text`, to us or to everyone.
     Notice { text: String, everyone: bool },

@@ -2,7 +2,7 @@
 //! offsets, peer exchange and introductions between linked nodes, and the tickets
 //! that start a network without a server.
 //!
-//! Each link carries one mesh connection beside its chat connection, opened by
+//! Each link carries one mesh connection beside its own, opened by
 //! the side that dialed the link, with one bidirectional stream. Both ends speak
 //! the same [`MeshFrame`]s over it:
 //!

@@ -1,4 +1,5 @@
-//! `get`: finding a file's providers, connecting to each the way chat does,
+//! `get`: finding a file's providers, asking each for a link when there is
+//! none ([`LinkHandle::ensure_link`](crate::handle::LinkHandle::ensure_link)),
 //! running the [`Plan`] with workers on every provider, and moving the verified
 //! file into place.
 

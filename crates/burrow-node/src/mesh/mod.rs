@@ -198,12 +198,13 @@ impl Mesh {
         self.state.lock().expect("mesh lock is never poisoned")
     }
 
-    /// `peer`'s clock offset from ours, as its mesh link measured it.
-    pub(crate) fn clock_offset_ms(&self, peer: &NodeId) -> Option<f64> {
-        self.state()
-            .links
-            .get(peer)
-            .and_then(|l| l.clock.offset_ms())
+    /// Each linked peer's clock offset from ours, as its mesh link measured it.
+    pub(crate) fn clock_offsets(&self) -> HashMap<NodeId, f64> {
+        let st = self.state();
+        st.links
+            .iter()
+            .filter_map(|(id, l)| Some((*id, l.clock.offset_ms()?)))
+            .collect()
     }
 
     /// Every mesh link's connection (to close at shutdown).
@@ -385,14 +386,16 @@ fn end_session(mesh: &Mesh, peer: NodeId, session: u64, conn: &quinn::Connection
         if ours {
             st.links.remove(&peer);
             st.tree.link_down(&peer);
+            // Under the mesh's lock: a session coming up meanwhile sets it
+            // again only after this.
+            if st.secret.is_some() {
+                mesh.link.set_member(&peer, false);
+            }
         }
         ours
     };
     if gone {
         info!(peer = %peer.short(), "mesh link down");
-        if mesh.state().secret.is_some() {
-            mesh.link.set_member(&peer, false);
-        }
     }
     conn.close(burrow_net::Close::Done.code(), b"mesh session over");
 }

@@ -309,6 +309,7 @@ fn fail(inner: &Arc<Inner>, peer: NodeId, error: String) {
         st.name_of(&peer)
     };
     unlink(inner, peer);
+    inner.router().tell(&LinkEvent::Down { peer });
     warn!(peer = %peer.short(), %error, "could not connect");
     inner.emit(NodeEvent::ConnectFailed { name, error });
 }
