@@ -79,6 +79,17 @@ pub fn chat(data: &[u8]) {
     let _ = decode::<ChatFrame>(VERSION, data, MAX_FRAME);
 }
 
+/// Tunnel frames, as either end reads them from a stream, and datagrams as
+/// they come in (a flow id, then the payload).
+pub fn tunnel(data: &[u8]) {
+    use burrow_proto::tunnel::{decode_datagram, TunnelFrame, MAX_FRAME, VERSION};
+    let _ = decode::<TunnelFrame>(VERSION, data, MAX_FRAME);
+    if let Some((flow, payload)) = decode_datagram(data) {
+        assert!(flow <= burrow_proto::tunnel::MAX_FLOW);
+        assert!(payload.len() < data.len());
+    }
+}
+
 /// Files protocol messages, as a provider (requests) and a downloader
 /// (responses) read them, with the range checks a provider applies, and
 /// names as the downloader turns them into file names.

@@ -41,6 +41,7 @@ pub mod rendezvous;
 pub mod schedule;
 pub mod stun;
 pub mod time;
+pub mod tunnel;
 
 pub use addr::{ip_group, ServerAddr, ServerAddrError};
 pub use files::{BlobHash, ShareName};

@@ -24,6 +24,7 @@ const TARGETS: &[(&str, Body)] = &[
     ("mesh", bodies::mesh),
     ("post", bodies::post),
     ("reconcile", bodies::reconcile),
+    ("tunnel", bodies::tunnel),
 ];
 
 fn fuzz_dir() -> std::path::PathBuf {
