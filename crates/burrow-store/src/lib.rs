@@ -16,11 +16,13 @@ mod forum;
 pub mod migrate;
 pub mod node;
 pub mod server;
+mod tunnel;
 
 pub use admission::{Account, AuditEntry, Ban, BanTarget, BoundName, Redeemed};
 pub use forum::{PostQuota, Stored, StoredPost};
 pub use node::{Contact, MessageKind, NodeStore, StoredDownload, StoredMessage, StoredShare};
 pub use server::{NameBinding, Offered, ServerStore};
+pub use tunnel::{StoredExposure, StoredForward};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -68,6 +68,23 @@ const MIGRATIONS: &[&str] = &[
     // their bodies when the store opens).
     "ALTER TABLE posts ADD COLUMN author BLOB;
     CREATE INDEX posts_by_author ON posts(topic, author);",
+    // Tunnels: the services we expose (to whom), and our forwards to peers'.
+    "CREATE TABLE exposed (
+        name TEXT PRIMARY KEY,
+        addr TEXT NOT NULL,
+        udp INTEGER NOT NULL,
+        allow BLOB NOT NULL,
+        contacts INTEGER NOT NULL,
+        added_at_ms INTEGER NOT NULL
+    );
+    CREATE TABLE forwards (
+        listen TEXT PRIMARY KEY,
+        peer BLOB NOT NULL,
+        peer_name TEXT NOT NULL,
+        service TEXT NOT NULL,
+        udp INTEGER NOT NULL,
+        added_at_ms INTEGER NOT NULL
+    );",
 ];
 
 /// What a stored message is.
