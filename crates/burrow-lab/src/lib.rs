@@ -185,6 +185,15 @@ impl Host {
     pub fn udp(&self, port: u16) -> std::io::Result<UdpSocket> {
         socket_in(&self.ns, SocketAddr::from((self.addr, port)))
     }
+
+    /// Runs `f` inside this host's namespace (see [`ns::within`]): e.g. a
+    /// TCP listener on its loopback, or a connection from it.
+    pub fn within<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+    ) -> std::io::Result<T> {
+        ns::within(&self.ns, f)
+    }
 }
 
 /// A NAT router in front of one or more peers.
@@ -934,6 +943,38 @@ impl Lab {
             &router.host.ns,
             &format!(
                 "table inet loss {{\n chain forward {{\n  type filter hook forward priority -10;\n  numgen random mod 100 < {percent} drop\n }}\n}}\n"
+            ),
+        )
+    }
+
+    /// Drops (`blocked`) or lets through again everything `router` forwards
+    /// to or from `other` (another router's WAN address): the two sites
+    /// can't reach each other directly, while both still reach the server.
+    pub fn set_blocked(
+        &self,
+        router: &Router,
+        other: Ipv4Addr,
+        blocked: bool,
+    ) -> Result<(), LabError> {
+        let _ = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &router.host.ns,
+                "nft",
+                "delete",
+                "table",
+                "inet",
+                "block",
+            ])
+            .output();
+        if !blocked {
+            return Ok(());
+        }
+        nft(
+            &router.host.ns,
+            &format!(
+                "table inet block {{\n chain forward {{\n  type filter hook forward priority -10;\n  ip daddr {other} drop\n  ip saddr {other} drop\n }}\n}}\n"
             ),
         )
     }

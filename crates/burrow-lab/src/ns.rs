@@ -24,6 +24,27 @@ pub fn socket_in(ns: &str, bind: SocketAddr) -> std::io::Result<UdpSocket> {
     .map_err(|_| std::io::Error::other("namespace helper thread panicked"))?
 }
 
+/// Runs `f` on a short-lived thread inside network namespace `ns`: the
+/// sockets it makes (a listener, a connection) stay there for their whole
+/// life, whichever thread uses them later.
+pub fn within<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = File::open(&path)?;
+        // SAFETY: setns on this helper thread only, with a valid netns fd; the
+        // thread ends right after `f`.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        f()
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("namespace helper thread panicked"))?
+}
+
 /// Moves the calling thread into network namespace `ns`, for good: sockets it
 /// creates from now on, and threads it starts, live there. For a thread made
 /// for that purpose (e.g. one running a whole node).

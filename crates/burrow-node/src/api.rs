@@ -127,6 +127,50 @@ pub enum Request {
         #[serde(default)]
         follow: bool,
     },
+    /// Expose a local service to peers (again: change it).
+    Expose {
+        /// Its name.
+        name: String,
+        /// The local address its connections go to.
+        addr: String,
+        /// UDP (else TCP).
+        #[serde(default)]
+        udp: bool,
+        /// Who may reach it: peer names or ids, or `contacts`.
+        allow: Vec<String>,
+    },
+    /// Stop exposing a service.
+    Unexpose {
+        /// Its name.
+        name: String,
+    },
+    /// What this node exposes.
+    Exposed,
+    /// What a peer exposes to us.
+    Services {
+        /// Name or id (prefix).
+        peer: String,
+    },
+    /// Forward a local address to a peer's service.
+    Forward {
+        /// `peer/service`.
+        target: String,
+        /// The local address (or a bare port, on loopback).
+        listen: String,
+    },
+    /// End a forward.
+    Unforward {
+        /// Its local address.
+        listen: String,
+    },
+    /// Our forwards.
+    Forwards,
+    /// One stream to a peer's TCP service: after the `ok` reply, the
+    /// connection carries its bytes both ways.
+    Pipe {
+        /// `peer/service`.
+        target: String,
+    },
 }
 
 /// A line `get` sends while it works.
@@ -163,6 +207,57 @@ pub struct GetView {
     pub elapsed_ms: u64,
     /// Bytes already verified from an earlier, interrupted run.
     pub resumed_bytes: u64,
+}
+
+/// A service this node exposes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExposureView {
+    /// Its name.
+    pub name: String,
+    /// Where its connections go.
+    pub addr: String,
+    /// `tcp` or `udp`.
+    pub transport: String,
+    /// Peers allowed by name.
+    pub allow: Vec<String>,
+    /// Contacts are allowed too.
+    pub contacts: bool,
+    /// Connections (or flows) in now.
+    pub connections: u64,
+}
+
+/// A service a peer exposes to us.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OfferedView {
+    /// Its name.
+    pub name: String,
+    /// `tcp` or `udp`.
+    pub transport: String,
+}
+
+/// A forward: a local address that reaches a peer's service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ForwardView {
+    /// The local address.
+    pub listen: String,
+    /// The peer's name.
+    pub peer: String,
+    /// The peer's id.
+    pub peer_id: String,
+    /// Its service.
+    pub service: String,
+    /// `tcp` or `udp`.
+    pub transport: String,
+    /// Why it doesn't listen (its port was taken when the node started).
+    pub error: Option<String>,
+    /// Connections (or flows) open now.
+    pub open: u64,
+    /// Connections (or flows) in all, since the node started.
+    pub total: u64,
+    /// Bytes sent to the peer.
+    pub bytes_out: u64,
+    /// Bytes that came back.
+    pub bytes_back: u64,
 }
 
 /// A file this node offers.

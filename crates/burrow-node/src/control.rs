@@ -119,8 +119,21 @@ async fn answer(node: &Node, request: Request) -> Reply {
         Request::Messages { limit, .. } => {
             reply(node.messages(limit.unwrap_or(DEFAULT_MESSAGES)).await)
         }
-        // Streams its progress: `client` answers it itself.
+        Request::Expose {
+            name,
+            addr,
+            udp,
+            allow,
+        } => reply(node.expose(&name, &addr, udp, &allow).await),
+        Request::Unexpose { name } => done(node.unexpose(&name).await),
+        Request::Exposed => ok(node.exposed()),
+        Request::Services { peer } => reply(node.services(&peer).await),
+        Request::Forward { target, listen } => reply(node.forward(&target, &listen).await),
+        Request::Unforward { listen } => done(node.unforward(&listen).await),
+        Request::Forwards => ok(node.forwards()),
+        // Streams: `client` answers them itself.
         Request::Get { .. } => Reply::err("get is answered as a stream".into(), None),
+        Request::Pipe { .. } => Reply::err("pipe is answered as a stream".into(), None),
     }
 }
 
@@ -153,6 +166,11 @@ async fn client(node: Node, stream: UnixStream) -> std::io::Result<()> {
         let reply = match request {
             Request::Get { file, dir, force } => {
                 return get(node, &file, &dir, force, &mut write, hung_up(lines)).await;
+            }
+            Request::Pipe { target } => {
+                // The rest of the connection is the stream's: no line limit.
+                lines.get_mut().set_limit(u64::MAX);
+                return pipe(node, &target, lines, write).await;
             }
             Request::Messages {
                 limit,
@@ -201,6 +219,28 @@ async fn get(
         write_reply(write, &ok(update)).await?;
     }
     write_reply(write, &result.map(ok).unwrap_or_else(err)).await
+}
+
+/// Opens a stream to a peer's service and, once it answered, carries the
+/// connection's bytes over it both ways (`burrow pipe`).
+async fn pipe(
+    node: Node,
+    target: &str,
+    mut read: impl tokio::io::AsyncRead + Unpin,
+    mut write: tokio::net::unix::OwnedWriteHalf,
+) -> std::io::Result<()> {
+    let (send, recv) = match node.pipe(target).await {
+        Ok(s) => s,
+        Err(e) => return write_reply(&mut write, &err(e)).await,
+    };
+    write_reply(&mut write, &ok(serde_json::Value::Null)).await?;
+    let bytes = crate::tunnel::splice::Bytes::default();
+    let recv = std::future::ready(Ok(recv));
+    let cancel = node.inner.shutdown.clone();
+    let ended =
+        crate::tunnel::splice::splice(&mut read, &mut write, send, recv, &bytes, &cancel).await;
+    debug!(?ended, "pipe ended");
+    Ok(())
 }
 
 /// Sends the history, then every new message, until the client or node goes away.
@@ -300,6 +340,17 @@ impl ControlClient {
             while let Ok(Some(_)) = self.lines.next_line().await {}
         })
         .await;
+    }
+
+    /// The connection itself, after a `pipe` request's reply: what the node
+    /// sends (the peer's bytes, some perhaps read already), and our side.
+    pub fn into_stream(
+        self,
+    ) -> (
+        BufReader<tokio::net::unix::OwnedReadHalf>,
+        tokio::net::unix::OwnedWriteHalf,
+    ) {
+        (self.lines.into_inner(), self.write)
     }
 
     /// The next reply line (for `follow` streams); `None` when the node hung up.

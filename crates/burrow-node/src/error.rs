@@ -433,3 +433,120 @@ impl Hinted for TicketError {
         }
     }
 }
+
+/// Why `expose` or `unexpose` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExposeError {
+    /// The service's name breaks the rules.
+    #[error("bad service name: {0}")]
+    BadName(burrow_proto::tunnel::ServiceNameError),
+    /// The address to expose is not one.
+    #[error("bad address {0}")]
+    BadAddr(String),
+    /// No `--allow`.
+    #[error("nobody may reach a service exposed to no one")]
+    NobodyAllowed,
+    /// A peer `--allow` names could not be told apart.
+    #[error(transparent)]
+    Peer(#[from] PeerError),
+    /// [`burrow_proto::tunnel::MAX_SERVICES`] are exposed already.
+    #[error("{} services are exposed already", burrow_proto::tunnel::MAX_SERVICES)]
+    TooMany,
+    /// We expose nothing by that name.
+    #[error("you expose no service called {0:?}")]
+    NoSuchService(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreFailure),
+}
+
+impl Hinted for ExposeError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            ExposeError::BadAddr(_) => {
+                Some("e.g. 127.0.0.1:22, [::1]:8080, localhost:80 or just 22".into())
+            }
+            ExposeError::NobodyAllowed => {
+                Some("say who may: --allow <peer> (several times), or --allow contacts".into())
+            }
+            ExposeError::Peer(e) => e.hint(),
+            ExposeError::NoSuchService(_) => Some("burrow expose lists what you expose".into()),
+            _ => None,
+        }
+    }
+}
+
+/// Why `services`, `forward`, `unforward` or `pipe` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    /// Not `peer/service`.
+    #[error("{0:?} is not peer/service")]
+    BadTarget(String),
+    /// The local address is not one.
+    #[error("bad local address {0:?}")]
+    BadListen(String),
+    /// The peer could not be told apart.
+    #[error(transparent)]
+    Peer(#[from] PeerError),
+    /// No link to the peer could be had.
+    #[error("no link to {name}: {why}")]
+    NoLink {
+        /// The peer.
+        name: String,
+        /// Why.
+        why: String,
+    },
+    /// The peer refused (in its words: `alice does not expose "web" to you`).
+    #[error("{0}")]
+    NotExposed(String),
+    /// The tunnel failed.
+    #[error("{0}")]
+    Tunnel(String),
+    /// The local port is taken.
+    #[error("{addr} is in use{}", owner.as_ref().map(|o| format!(" by {o}")).unwrap_or_default())]
+    InUse {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Who holds it, when that can be told.
+        owner: Option<String>,
+    },
+    /// The local port can't be listened on.
+    #[error("cannot listen on {addr}: {why}")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        why: String,
+    },
+    /// A forward listens there already.
+    #[error("a forward listens on {0} already")]
+    Exists(std::net::SocketAddr),
+    /// No forward listens there.
+    #[error("no forward listens on {0}")]
+    NoSuchForward(std::net::SocketAddr),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreFailure),
+}
+
+impl Hinted for ForwardError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            ForwardError::BadTarget(_) => {
+                Some("e.g. alice/web (burrow services alice lists them)".into())
+            }
+            ForwardError::BadListen(_) => {
+                Some("e.g. 127.0.0.1:8080, [::1]:8080 or just 8080".into())
+            }
+            ForwardError::Peer(e) => e.hint(),
+            ForwardError::NotExposed(_) => {
+                Some("burrow services <peer> lists what it exposes to you".into())
+            }
+            ForwardError::InUse { .. } | ForwardError::Exists(_) => {
+                Some("pick another local port (burrow forward lists yours)".into())
+            }
+            ForwardError::NoSuchForward(_) => Some("burrow forward lists yours".into()),
+            _ => None,
+        }
+    }
+}

@@ -106,6 +106,33 @@ pub enum NodeEvent {
     Message(MessageView),
     /// A forum post arrived, or we wrote one.
     Post(crate::api::PostView),
+    /// A forward listens (made now, or again as the node started).
+    ForwardStarted {
+        /// Its local address.
+        listen: String,
+        /// `peer/service`.
+        target: String,
+        /// `tcp` or `udp`.
+        transport: String,
+    },
+    /// A forward's first connection over its peer's tunnel connection (and
+    /// again after the link was made anew): how it is carried.
+    ForwardCarried {
+        /// Its local address.
+        listen: String,
+        /// `peer/service`.
+        target: String,
+        /// Direct or relayed.
+        path: ConnectionState,
+        /// Where packets go.
+        remote: String,
+    },
+    /// Something in a tunnel went wrong, in words (told at most once a
+    /// minute per peer or forward).
+    TunnelTrouble {
+        /// What.
+        text: String,
+    },
     /// A shared file is no longer offered.
     ShareWithdrawn {
         /// Its share name.

@@ -63,6 +63,11 @@ impl LinkHandle {
         (name, st.name_vouched(peer))
     }
 
+    /// The name `peer` goes by here, if we know one.
+    pub(crate) fn known_name(&self, peer: &NodeId) -> Option<String> {
+        self.inner.state().claimed_name(peer).map(|n| n.to_string())
+    }
+
     /// The name `peer` is shown by (with its short id beside one nobody vouches for).
     pub(crate) fn shown_name(&self, peer: &NodeId) -> String {
         self.inner.state().name_of(peer)
@@ -87,6 +92,22 @@ impl LinkHandle {
             .peers
             .get(peer)
             .is_some_and(|p| p.connected())
+    }
+
+    /// Whether `peer` is in our contacts list.
+    pub(crate) fn is_contact(&self, peer: &NodeId) -> bool {
+        self.inner.state().contacts.name(peer).is_some()
+    }
+
+    /// How `peer`'s link is carried now, and where its packets go.
+    pub(crate) fn path(&self, peer: &NodeId) -> (crate::api::ConnectionState, String) {
+        let conn = self
+            .inner
+            .state()
+            .peers
+            .get(peer)
+            .and_then(|p| p.conn().cloned());
+        crate::peers::path_of(&self.inner, peer, conn.as_ref())
     }
 
     /// Whether we accepted `peer` (its connections are let in).

@@ -43,11 +43,13 @@ mod service;
 pub mod session;
 mod state;
 pub mod trust;
+mod tunnel;
 
 pub use config::{NodeConfig, PathPolicy};
 pub use error::{
-    ContactsError, ForumError, GetError, Hinted, ListError, NatError, PeerError, RequestError,
-    SendError, ServerError, ShareError, StartError, StoreFailure, TicketError,
+    ContactsError, ExposeError, ForumError, ForwardError, GetError, Hinted, ListError, NatError,
+    PeerError, RequestError, SendError, ServerError, ShareError, StartError, StoreFailure,
+    TicketError,
 };
 pub use event::NodeEvent;
 pub use node::Node;

@@ -18,14 +18,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::api::{
-    ConnectionState, ConnectionView, ContactView, FileView, GetUpdate, GetView, MessageView,
-    PeerView, PostView, SearchView, SettingsView, ShareView, StatusView,
+    ConnectionState, ConnectionView, ContactView, ExposureView, FileView, ForwardView, GetUpdate,
+    GetView, MessageView, OfferedView, PeerView, PostView, SearchView, SettingsView, ShareView,
+    StatusView,
 };
 use crate::chat::Chat;
 use crate::config::NodeConfig;
 use crate::error::{
-    ContactsError, ForumError, GetError, ListError, NatError, RequestError, SendError, ServerError,
-    ShareError, StartError, StoreFailure, TicketError,
+    ContactsError, ExposeError, ForumError, ForwardError, GetError, ListError, NatError,
+    RequestError, SendError, ServerError, ShareError, StartError, StoreFailure, TicketError,
 };
 use crate::event::NodeEvent;
 use crate::files::Files;
@@ -37,13 +38,15 @@ use crate::service::{Router, Service};
 use crate::session;
 use crate::state::RequestOp;
 use crate::state::State;
+use crate::tunnel::Tunnels;
 
 /// The ALPNs of the node's services, the link's first (see `Node::start`).
-const ALPNS: [&[u8]; 4] = [
+const ALPNS: [&[u8]; 5] = [
     burrow_proto::link::ALPN,
     burrow_proto::chat::ALPN,
     burrow_proto::files::ALPN,
     burrow_proto::mesh::ALPN,
+    burrow_proto::tunnel::ALPN,
 ];
 /// Events buffered for slow watchers before they miss some.
 const EVENT_BUFFER: usize = 1024;
@@ -55,6 +58,7 @@ pub struct Node {
     chat: Arc<Chat>,
     files: Arc<Files>,
     mesh: Arc<Mesh>,
+    tunnels: Arc<Tunnels>,
 }
 
 impl Node {
@@ -78,6 +82,8 @@ impl Node {
         let (lock, mut store) = open_home(&home)?;
         let mesh = crate::mesh::MeshState::load(&mut store, &config)?;
         let contacts = crate::contacts::load(&store)?;
+        let exposures = store.exposures()?;
+        let forwards = store.forwards()?;
         let endpoint = Endpoint::bind(
             &config.secret,
             EndpointConfig {
@@ -118,12 +124,14 @@ impl Node {
             chat: Chat::new(link()),
             files: Files::new(link()),
             mesh: Mesh::new(link(), mesh),
+            tunnels: Tunnels::new(link(), exposures, forwards),
         };
         let services: Vec<Arc<dyn Service>> = vec![
             Arc::new(peers::LinkService),
             node.chat.clone(),
             node.files.clone(),
             node.mesh.clone(),
+            node.tunnels.clone(),
         ];
         let router = Router::new(services);
         debug_assert_eq!(
@@ -145,6 +153,7 @@ impl Node {
         }
         crate::mesh::join::start(&node.mesh);
         node.run_link();
+        node.tunnels.start().await;
         Ok((node, listener))
     }
 
@@ -324,6 +333,58 @@ impl Node {
     /// hashes it, keeps its outboard, tells the tracker.
     pub async fn share(&self, path: &str, name: Option<&str>) -> Result<ShareView, ShareError> {
         self.files.share(path, name).await
+    }
+
+    /// Exposes the local service at `addr` as `name` to the peers `allow`
+    /// names (`contacts` for the contacts list); exposing a name again
+    /// changes it, keeping the connections of peers still allowed.
+    pub async fn expose(
+        &self,
+        name: &str,
+        addr: &str,
+        udp: bool,
+        allow: &[String],
+    ) -> Result<ExposureView, ExposeError> {
+        self.tunnels.expose(name, addr, udp, allow).await
+    }
+
+    /// Stops exposing `name`; its connections end.
+    pub async fn unexpose(&self, name: &str) -> Result<(), ExposeError> {
+        self.tunnels.unexpose(name).await
+    }
+
+    /// What this node exposes, with live connection counts.
+    pub fn exposed(&self) -> Vec<ExposureView> {
+        self.tunnels.exposures()
+    }
+
+    /// What `peer` exposes to us (making the link if needed).
+    pub async fn services(&self, peer: &str) -> Result<Vec<OfferedView>, ForwardError> {
+        self.tunnels.services(peer).await
+    }
+
+    /// Forwards the local address `listen` to `target` (`peer/service`).
+    pub async fn forward(&self, target: &str, listen: &str) -> Result<ForwardView, ForwardError> {
+        self.tunnels.forward(target, listen).await
+    }
+
+    /// Ends the forward on `listen`.
+    pub async fn unforward(&self, listen: &str) -> Result<(), ForwardError> {
+        self.tunnels.unforward(listen).await
+    }
+
+    /// Our forwards, with their connections and bytes.
+    pub fn forwards(&self) -> Vec<ForwardView> {
+        self.tunnels.forward_views()
+    }
+
+    /// A stream to `target`'s TCP service (`peer/service`), once the peer
+    /// accepted it.
+    pub async fn pipe(
+        &self,
+        target: &str,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), ForwardError> {
+        self.tunnels.pipe(target).await
     }
 
     /// What this node offers.

@@ -11,6 +11,7 @@ mod files;
 mod forum;
 mod serve;
 mod stop;
+mod tunnel;
 mod up;
 
 use std::path::PathBuf;
@@ -49,6 +50,9 @@ use clap::{Parser, Subcommand};
   burrow --home ./srv admin ban mallory --for 1h
   burrow --home ./srv console                              an interactive operator console
   burrow --home ./alice settings incoming contacts-only    refuse strangers quietly
+  burrow --home ./alice expose ssh 127.0.0.1:22 --allow bob  offer a local service to bob
+  burrow --home ./bob forward alice/ssh 127.0.0.1:2222     a local port that reaches it
+  ssh -o ProxyCommand='burrow --home ./bob pipe alice/ssh' me@alice
 
 Logs: BURROW_LOG=debug (stderr)."
 )]
@@ -195,6 +199,61 @@ enum Command {
     Settings {
         #[command(subcommand)]
         cmd: Option<SettingsCmd>,
+    },
+    /// Offer a local TCP or UDP service to the peers you name, or list what you offer.
+    ///
+    /// With no arguments, lists your services with their live connections.
+    /// Exposing a name again changes it: connections of peers still allowed
+    /// stay, the others are reset.
+    Expose {
+        /// The service's name (a-z, 0-9, - and _), as peers type it: alice/web.
+        #[arg(requires = "addr")]
+        name: Option<String>,
+        /// Where its connections go: host:port, or a port on this machine.
+        /// Only this address is ever dialed for it. It need not be listening yet.
+        addr: Option<String>,
+        /// A UDP service (a game server, WireGuard) rather than TCP.
+        #[arg(long)]
+        udp: bool,
+        /// Who may reach it: a peer's name or id, or `contacts` for everyone
+        /// in your contacts list (as it is when they connect). Repeat for several.
+        #[arg(long)]
+        allow: Vec<String>,
+    },
+    /// Stop offering a service; its connections end.
+    Unexpose {
+        /// The service's name.
+        name: String,
+    },
+    /// List what a peer exposes to you (asking for a link if there is none).
+    Services {
+        /// Peer name, or a unique prefix of its id.
+        peer: String,
+    },
+    /// Make a local address reach a peer's service, or list your forwards.
+    ///
+    /// TCP or UDP, as the peer exposes it. With no arguments, lists your
+    /// forwards with their connections and bytes. Forwards are kept: they
+    /// listen again when the node restarts. The link to the peer is made
+    /// (asking, as `connect` does) when a connection needs it.
+    Forward {
+        /// peer/service (burrow services <peer> lists them).
+        #[arg(requires = "listen")]
+        target: Option<String>,
+        /// The local address to listen on: host:port, or a port on 127.0.0.1.
+        listen: Option<String>,
+    },
+    /// End a forward, and the connections through it.
+    Unforward {
+        /// Its local address (as `burrow forward` lists it).
+        listen: String,
+    },
+    /// Connect stdin and stdout to a peer's TCP service (ssh's ProxyCommand).
+    ///
+    /// ssh -o ProxyCommand='burrow pipe alice/ssh' me@alice
+    Pipe {
+        /// peer/service.
+        target: String,
     },
     /// Show chat history (and notices from the server's operator).
     Messages {
@@ -345,6 +404,19 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Messages { follow, limit } => {
             client::messages(&home, cli.json, follow, limit).await
         }
+        Command::Expose {
+            name,
+            addr,
+            udp,
+            allow,
+        } => tunnel::expose(&home, cli.json, name.zip(addr), udp, allow).await,
+        Command::Unexpose { name } => tunnel::unexpose(&home, cli.json, name).await,
+        Command::Services { peer } => tunnel::services(&home, cli.json, peer).await,
+        Command::Forward { target, listen } => {
+            tunnel::forward(&home, cli.json, target.zip(listen)).await
+        }
+        Command::Unforward { listen } => tunnel::unforward(&home, cli.json, listen).await,
+        Command::Pipe { target } => tunnel::pipe(&home, target).await,
         Command::Admin { cmd } => admin::run(&home, cli.json, cmd).await,
         Command::Console => admin::console(&home).await,
         Command::Contacts { cmd } => {

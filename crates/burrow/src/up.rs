@@ -248,6 +248,7 @@ pub async fn run(home: PathBuf, args: UpArgs) -> Result<(), CliError> {
     } else {
         println!("online: {}", online.join(", "));
     }
+    crate::tunnel::at_start(&node.exposed(), &node.forwards());
     println!(
         "other commands: burrow --home {} peers | connect <name> | send <name> <text> | messages | share <file> | search <text> | get <file> | post <text> | forum | ticket",
         home.display()
@@ -397,5 +398,8 @@ pub fn describe(event: &NodeEvent, me: &Name) -> Option<String> {
         NodeEvent::ShareWithdrawn { name, path, reason } => {
             format!("no longer sharing {name:?} ({path}): {reason}")
         }
+        NodeEvent::ForwardStarted { .. }
+        | NodeEvent::ForwardCarried { .. }
+        | NodeEvent::TunnelTrouble { .. } => crate::tunnel::describe(event)?,
     })
 }

@@ -5,6 +5,7 @@
 pub mod data;
 pub mod proc;
 pub mod raw;
+pub mod tunnel;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
