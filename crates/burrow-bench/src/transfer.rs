@@ -34,19 +34,19 @@ use crate::median;
 
 /// Where each end of a measurement runs: a lab host, or loopback.
 #[derive(Clone)]
-struct End {
-    host: Option<Host>,
-    ip: std::net::IpAddr,
+pub(crate) struct End {
+    pub(crate) host: Option<Host>,
+    pub(crate) ip: std::net::IpAddr,
 }
 
 impl End {
-    fn enter(&self) {
+    pub(crate) fn enter(&self) {
         if let Some(h) = &self.host {
             burrow_lab::enter_namespace(&h.ns).expect("entering the lab namespace");
         }
     }
 
-    fn command(&self, program: &Path) -> Command {
+    pub(crate) fn command(&self, program: &Path) -> Command {
         match &self.host {
             Some(h) => h.command(program.to_str().expect("a UTF-8 path")),
             None => Command::new(program),
@@ -131,7 +131,7 @@ fn thread_cpu() -> f64 {
 }
 
 /// Plain TCP: the file's bytes from `from` to `to`, read and dropped there.
-fn tcp(file: &Path, from: &End, to: &End) -> Duration {
+pub(crate) fn tcp(file: &Path, from: &End, to: &End) -> Duration {
     let (tx, rx) = std::sync::mpsc::channel();
     let to2 = to.clone();
     let receiver = std::thread::spawn(move || {
@@ -173,9 +173,22 @@ fn tcp(file: &Path, from: &End, to: &End) -> Duration {
     end - start
 }
 
-/// quinn alone: one stream, burrow's TLS and windows, the file's bytes read
+/// A quinn endpoint on a socket with burrow's buffer sizes (the baseline
+/// should not lose datagrams burrow wouldn't).
+fn bare_endpoint(bind: SocketAddr, server: Option<quinn::ServerConfig>) -> quinn::Endpoint {
+    let socket = burrow_net::socket::bind_udp(bind).expect("a UDP socket");
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        server,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .expect("a quinn endpoint")
+}
+
+/// quinn alone: one stream, burrow's TLS, windows and socket buffers, the file's bytes read
 /// and dropped. Returns the time and the CPU seconds of sender and receiver.
-fn bare_quic(file: &Path, from: &End, to: &End) -> (Duration, f64, f64) {
+pub(crate) fn bare_quic(file: &Path, from: &End, to: &End) -> (Duration, f64, f64) {
     let transport = || {
         let mut t = quinn::TransportConfig::default();
         t.stream_receive_window((4u32 << 20).into())
@@ -199,7 +212,7 @@ fn bare_quic(file: &Path, from: &End, to: &End) -> (Duration, f64, f64) {
                 QuicServerConfig::try_from(tls).unwrap(),
             ));
             cfg.transport_config(transport());
-            let ep = quinn::Endpoint::server(cfg, SocketAddr::new(to2.ip, 0)).unwrap();
+            let ep = bare_endpoint(SocketAddr::new(to2.ip, 0), Some(cfg));
             tx.send(ep.local_addr().unwrap()).unwrap();
             let conn = ep.accept().await.unwrap().await.unwrap();
             let cpu0 = thread_cpu();
@@ -230,7 +243,7 @@ fn bare_quic(file: &Path, from: &End, to: &End) -> (Duration, f64, f64) {
                 quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).unwrap()));
             cfg.transport_config(transport());
             let bind = SocketAddr::new(from2.ip, 0);
-            let ep = quinn::Endpoint::client(bind).unwrap();
+            let ep = bare_endpoint(bind, None);
             let mut f = std::fs::File::open(file2).unwrap();
             let start = Instant::now();
             let cpu0 = thread_cpu();
