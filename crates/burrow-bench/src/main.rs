@@ -29,12 +29,16 @@
 //!
 //! `transfer`: see [`transfer`]. Run with `cargo build --release -p burrow &&
 //! cargo run --release -p burrow-bench -- transfer [--lab]`.
+//!
+//! `tunnel`: see [`tunnel`]. Run with `cargo build --release -p burrow -p
+//! burrow-bench && target/release/burrow-bench tunnel [--lab]`.
 
 mod forum;
 mod relay;
 mod server;
 mod tracker;
 mod transfer;
+mod tunnel;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
@@ -119,6 +123,23 @@ enum Bench {
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=20))]
         rounds: u64,
     },
+    /// One TCP connection through a forward beside plain TCP and a bare
+    /// QUIC stream, and a new connection's first byte through an open
+    /// forward beside one made straight to the service.
+    Tunnel {
+        /// Bytes per round, in MiB.
+        #[arg(long, default_value_t = 1024)]
+        size_mib: u64,
+        /// Across the NAT lab (root needed) instead of loopback.
+        #[arg(long)]
+        lab: bool,
+        /// With --lab: one-way delay on every uplink, in milliseconds.
+        #[arg(long, default_value_t = 10)]
+        delay_ms: u64,
+        /// Rounds of bare QUIC then the tunnel; the medians are reported.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=20))]
+        rounds: u64,
+    },
     /// Relayed throughput through one server, 1 and 8 pairs at once, beside
     /// the same pairs direct, and the server's CPU (loopback, release binary).
     Relay {
@@ -173,6 +194,16 @@ fn main() {
             delay_ms,
             rounds,
         } => transfer::run(
+            size_mib,
+            rounds as usize,
+            lab.then(|| Duration::from_millis(delay_ms)),
+        ),
+        Bench::Tunnel {
+            size_mib,
+            lab,
+            delay_ms,
+            rounds,
+        } => tunnel::run(
             size_mib,
             rounds as usize,
             lab.then(|| Duration::from_millis(delay_ms)),
