@@ -52,7 +52,8 @@ pub const MAX_SERVICES: usize = 64;
 /// Most streams (TCP connections and UDP flows) one peer may have open to us
 /// at once; the next open waits for QUIC's stream credit.
 pub const MAX_STREAMS: u32 = 256;
-/// Most UDP flows one peer may have open to us at once.
+/// Most UDP flows one peer may have open to us at once (and on one tunnel
+/// connection).
 pub const MAX_FLOWS: usize = 64;
 /// A UDP flow that carried nothing either way for this long is closed (and
 /// its client's next datagram opens a new one). Two minutes: conntrack's

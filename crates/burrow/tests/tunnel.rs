@@ -339,3 +339,34 @@ fn a_flood_of_refused_streams_is_struck_and_ends_the_link() {
     assert!(run(&ab.bh, &["forward", "alice/web", &port.to_string()]).0);
     assert_eq!(round_trip(connect(port), b"still fine"), b"still fine");
 }
+
+#[test]
+fn a_forward_whose_service_went_stops_asking_and_is_not_taken_for_a_scanner() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ab = alice_and_bob(dir.path());
+    let target = echo_server(1);
+    expose(&ab.ah, &["web", &target.to_string(), "--allow", "bob"]);
+    let port = free_port();
+    assert!(run(&ab.bh, &["forward", "alice/web", &port.to_string()]).0);
+    assert!(run(&ab.ah, &["unexpose", "web"]).0);
+    // A client retrying in a loop: every connection is reset, and after the
+    // first refusal bob's node stops asking alice for a while.
+    for i in 0..60 {
+        // (Only reading: a write that met the reset would take its error.)
+        let mut s = connect(port);
+        let mut buf = Vec::new();
+        let r = s.read_to_end(&mut buf);
+        assert!(
+            matches!(&r, Err(e) if e.kind() == ErrorKind::ConnectionReset),
+            "connection {i}: {r:?}"
+        );
+    }
+    ab.bob.expect_line("alice does not expose \"web\" to you");
+    ab.alice.expect_line("refused bob's connection to \"web\"");
+    let peers = json(&ab.bh, &["peers"]);
+    assert_eq!(
+        peer(&peers, "alice").unwrap()["connection"],
+        "direct",
+        "bob was not struck: {peers}"
+    );
+}

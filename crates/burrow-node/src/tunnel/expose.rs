@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use burrow_net::{FrameReader, FrameWriter};
+use burrow_net::{FrameReader, FrameWriter, FramedError};
 use burrow_proto::tunnel::{
     self, Allow, Offered, Refusal, ServiceName, Transport, TunnelFrame, MAX_SERVICES,
 };
@@ -31,6 +31,9 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Tunnel connections one peer may have open to us at once (one is the
 /// rule; a few cover a reconnect racing the old one's close).
 const CONNS_PER_PEER: usize = 4;
+/// TCP connections and UDP flows into our services at once, from everyone:
+/// each holds a socket, and the node's own file descriptors must not run out.
+const MAX_LIVE: usize = 512;
 
 /// What we expose, with the connections into each.
 pub(crate) struct Exposed {
@@ -103,12 +106,32 @@ impl Exposed {
     ) -> Result<(SocketAddr, u64, CancellationToken), Refusal> {
         let e = self
             .services
-            .get_mut(service)
+            .get(service)
             .filter(|e| e.stored.allow.admits(&peer, contact))
             .ok_or(Refusal::NotExposed)?;
         if e.stored.transport != transport {
             return Err(Refusal::WrongTransport);
         }
+        let udp = transport == Transport::Udp;
+        let (mut all, mut theirs, mut their_flows) = (0, 0, 0);
+        for s in self.services.values() {
+            for (p, _) in s.live.values() {
+                all += 1;
+                if *p == peer {
+                    theirs += 1;
+                    their_flows += usize::from(s.stored.transport == Transport::Udp);
+                }
+            }
+        }
+        let full = all >= MAX_LIVE
+            || theirs >= tunnel::MAX_STREAMS as usize
+            || (udp && their_flows >= tunnel::MAX_FLOWS);
+        if full {
+            return Err(Refusal::Busy);
+        }
+        let Some(e) = self.services.get_mut(service) else {
+            return Err(Refusal::NotExposed);
+        };
         self.next += 1;
         let cancel = CancellationToken::new();
         e.live.insert(self.next, (peer, cancel.clone()));
@@ -274,10 +297,18 @@ async fn local_addr(addr: &str) -> Result<SocketAddr, ExposeError> {
     if let Ok(a) = addr.parse::<SocketAddr>() {
         return Ok(a);
     }
-    let mut found = tokio::net::lookup_host(addr)
+    // A name is resolved once, now. IPv4 first: `localhost` often gives
+    // ::1 first, where many a local service (python's http.server) isn't.
+    let found: Vec<SocketAddr> = tokio::net::lookup_host(addr)
         .await
-        .map_err(|e| bad(&e.to_string()))?;
-    found.next().ok_or_else(|| bad("the name has no address"))
+        .map_err(|e| bad(&e.to_string()))?
+        .collect();
+    found
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(found.first())
+        .copied()
+        .ok_or_else(|| bad("the name has no address"))
 }
 
 /// Serves a tunnel connection `peer` opened, until it closes.
@@ -332,14 +363,20 @@ async fn stream(
 ) {
     let mut reader = FrameReader::new(recv, tunnel::VERSION, tunnel::MAX_FRAME);
     let mut writer = FrameWriter::new(send, tunnel::VERSION, tunnel::MAX_FRAME);
+    // A peer refused for misbehaving since its connection came in gets
+    // nothing more on it.
+    if tunnels.link.refused(&peer) {
+        return;
+    }
     let first = match tokio::time::timeout(FIRST_FRAME, reader.read::<TunnelFrame>()).await {
         Ok(Ok(Some(f))) => f,
-        Ok(Ok(None)) | Err(_) => return,
-        Ok(Err(e)) => {
+        Ok(Err(FramedError::Decode(e))) => {
             debug!(peer = %peer.short(), error = %e, "bad tunnel stream");
             tunnels.link.strike(peer, "a malformed tunnel frame");
             return;
         }
+        // The stream or connection ended early: no fault of the frames.
+        Ok(Ok(None)) | Ok(Err(_)) | Err(_) => return,
     };
     let contact = tunnels.link.is_contact(&peer);
     let (service, transport, flow) = match first {
@@ -367,10 +404,17 @@ async fn stream(
         Ok(a) => a,
         Err(why) => {
             let name = tunnels.link.shown_name(&peer);
+            let said = match why {
+                Refusal::WrongTransport => "the service carries the other transport",
+                Refusal::Busy => "too many of theirs open",
+                _ => "not exposed to them",
+            };
+            // Asking for what one may not have is abuse only in a flood; a
+            // busy or mistaken open is not.
             tunnels.refused(
                 peer,
-                || format!("refused {name}'s connection to \"{service}\": not exposed to them"),
-                true,
+                || format!("refused {name}'s connection to \"{service}\": {said}"),
+                why == Refusal::NotExposed,
             );
             let _ = writer.write(&TunnelFrame::Refused { why }).await;
             writer.finish();
@@ -445,7 +489,7 @@ async fn tcp(
     let recv = ready(Ok(recv));
     let ended = splice::splice(&mut rd, &mut wr, send, recv, &bytes, &ticket.cancel).await;
     if let Ended::Reset(why) = ended {
-        debug!(peer = %peer.short(), service = %ticket.service, %why, "tunnel connection reset");
+        debug!(peer = %peer.short(), service = %ticket.service, ?why, "tunnel connection reset");
         splice::reset_halves(rd, wr);
     }
 }
@@ -491,6 +535,23 @@ mod tests {
         assert_eq!(
             ex.admit(key(1), &name, Transport::Udp, false).err(),
             Some(Refusal::WrongTransport)
+        );
+    }
+
+    #[test]
+    fn one_peer_cannot_hold_more_than_its_share() {
+        let mut ex = Exposed::new(vec![web(vec![key(1), key(2)])]);
+        let name: ServiceName = "web".parse().unwrap();
+        for _ in 0..tunnel::MAX_STREAMS {
+            assert!(ex.admit(key(1), &name, Transport::Tcp, false).is_ok());
+        }
+        assert_eq!(
+            ex.admit(key(1), &name, Transport::Tcp, false).err(),
+            Some(Refusal::Busy)
+        );
+        assert!(
+            ex.admit(key(2), &name, Transport::Tcp, false).is_ok(),
+            "another peer still gets in"
         );
     }
 

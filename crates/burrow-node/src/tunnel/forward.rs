@@ -26,6 +26,10 @@ use crate::event::NodeEvent;
 const ANSWER: Duration = Duration::from_secs(15);
 /// A forward's troubles are told at most this often.
 const TROUBLE_EVERY: Duration = Duration::from_secs(60);
+/// After the peer said its service isn't ours, how long the forward stops
+/// asking (its local connections are reset at once): a client retrying in a
+/// loop must not look like a scanner to the peer.
+const REFUSED_PAUSE: Duration = Duration::from_secs(10);
 
 /// Our forwards, by local address.
 pub(crate) struct Forwards {
@@ -60,6 +64,8 @@ pub(crate) struct Forward {
     told: AtomicUsize,
     /// When a trouble was last told.
     trouble_at: Mutex<Option<Instant>>,
+    /// Until when it doesn't ask the peer (it refused the service).
+    paused_until: Mutex<Option<Instant>>,
 }
 
 /// Counts an open connection or flow while it lives.
@@ -82,6 +88,7 @@ impl Forward {
             error: Mutex::new(None),
             told: AtomicUsize::new(usize::MAX),
             trouble_at: Mutex::new(None),
+            paused_until: Mutex::new(None),
         }
     }
 
@@ -117,6 +124,29 @@ impl Forward {
             path,
             remote,
         });
+    }
+
+    /// The peer refused an open for `why`: past a refusal of the service
+    /// itself, stop asking for a while.
+    pub(crate) fn refused(&self, why: tunnel::Refusal) {
+        if matches!(
+            why,
+            tunnel::Refusal::NotExposed | tunnel::Refusal::WrongTransport
+        ) {
+            *self
+                .paused_until
+                .lock()
+                .expect("pause lock is never poisoned") = Some(Instant::now() + REFUSED_PAUSE);
+        }
+    }
+
+    /// Whether it is not asking the peer now.
+    pub(crate) fn paused(&self) -> bool {
+        let until = *self
+            .paused_until
+            .lock()
+            .expect("pause lock is never poisoned");
+        until.is_some_and(|t| Instant::now() < t)
     }
 
     /// Tells what went wrong (at most once a minute).
@@ -188,10 +218,14 @@ async fn answer(
     mut reader: FrameReader,
     peer: &str,
     service: &ServiceName,
+    on_refusal: impl FnOnce(tunnel::Refusal),
 ) -> Result<quinn::RecvStream, String> {
     match tokio::time::timeout(ANSWER, reader.read::<TunnelFrame>()).await {
         Ok(Ok(Some(TunnelFrame::Opened))) => Ok(reader.into_inner()),
-        Ok(Ok(Some(TunnelFrame::Refused { why }))) => Err(why.explain(peer, service)),
+        Ok(Ok(Some(TunnelFrame::Refused { why }))) => {
+            on_refusal(why);
+            Err(why.explain(peer, service))
+        }
         Ok(Ok(_)) => Err(format!("{peer} answered with something else")),
         Ok(Err(e)) => Err(format!("{peer}'s answer: {e}")),
         Err(_) => Err(format!("{peer} did not answer within {ANSWER:?}")),
@@ -203,11 +237,11 @@ pub(crate) async fn open_stream(
     conn: &quinn::Connection,
     peer: &str,
     service: &ServiceName,
-    transport: Transport,
-    flow: u32,
+    (transport, flow): (Transport, u32),
+    on_refusal: impl FnOnce(tunnel::Refusal),
 ) -> Result<(FrameWriter, FrameReader), String> {
     let (writer, reader) = start_stream(conn, service, transport, flow).await?;
-    let recv = answer(reader, peer, service).await?;
+    let recv = answer(reader, peer, service, on_refusal).await?;
     Ok((
         writer,
         FrameReader::new(recv, tunnel::VERSION, tunnel::MAX_FRAME),
@@ -348,7 +382,7 @@ impl Tunnels {
         let (writer, reader) = start_stream(&c.conn, &service, Transport::Tcp, 0)
             .await
             .map_err(ForwardError::Tunnel)?;
-        let recv = answer(reader, &name, &service)
+        let recv = answer(reader, &name, &service, |_| {})
             .await
             .map_err(ForwardError::NotExposed)?;
         Ok((writer.into_inner(), recv))
@@ -425,6 +459,7 @@ async fn accept_tcp(tunnels: Arc<Tunnels>, fwd: Arc<Forward>, listener: TcpListe
             a = listener.accept() => a,
         };
         match accepted {
+            Ok((tcp, _)) if fwd.paused() => splice::reset(&tcp),
             Ok((tcp, _)) => {
                 let (t, f) = (tunnels.clone(), fwd.clone());
                 tokio::spawn(tracing::Instrument::in_current_span(async move {
@@ -463,11 +498,15 @@ async fn tcp_conn(tunnels: Arc<Tunnels>, fwd: Arc<Forward>, tcp: TcpStream) {
     fwd.carried(&tunnels, &c.conn);
     let name = fwd.peer_name(&tunnels);
     let (mut rd, mut wr) = tcp.into_split();
-    let recv = answer(reader, &name, &fwd.stored.service);
+    let recv = answer(reader, &name, &fwd.stored.service, |why| fwd.refused(why));
     let send = writer.into_inner();
     let ended = splice::splice(&mut rd, &mut wr, send, recv, &fwd.bytes, &fwd.cancel).await;
-    if let Ended::Reset(why) = ended {
-        fwd.trouble(&tunnels, &why);
+    if let Ended::Reset(cause) = ended {
+        // The peer's side is worth a line; the local program's own resets
+        // and our removing the forward are not.
+        if let splice::Cause::Peer(why) = cause {
+            fwd.trouble(&tunnels, &why);
+        }
         splice::reset_halves(rd, wr);
     }
 }

@@ -12,9 +12,12 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-/// Bytes read from the local side at once, handed to quinn as they are (no
-/// copy into its send buffer).
+/// Most bytes read from the local side at once, handed to quinn as they are
+/// (no copy into its send buffer). A connection starts at [`FIRST_BUF`] and
+/// doubles each time a read fills what it has: an idle one holds little.
 const BUF: usize = 256 * 1024;
+/// What a connection reads into at first.
+const FIRST_BUF: usize = 16 * 1024;
 /// Chunks taken from the QUIC side at once (each one STREAM frame, about a
 /// packet), written to the local side in one vectored write: at a chunk a
 /// write, a tunnel ran at a third of a bare QUIC stream's speed.
@@ -26,7 +29,18 @@ pub(crate) enum Ended {
     /// Both directions finished cleanly.
     Clean,
     /// Something failed or was reset: the caller resets its local side too.
-    Reset(String),
+    Reset(Cause),
+}
+
+/// What reset a spliced connection.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Cause {
+    /// The local program, or our socket to it.
+    Local(String),
+    /// The peer: a refusal, a reset, the connection lost.
+    Peer(String),
+    /// We ended it (the forward or the exposure went, the node stops).
+    Here,
 }
 
 /// Bytes carried each way.
@@ -56,38 +70,42 @@ where
 {
     let ended = {
         let out = async {
-            let mut buf = BytesMut::new();
+            let (mut buf, mut want) = (BytesMut::new(), FIRST_BUF);
             loop {
-                if buf.capacity() < BUF / 4 {
-                    buf.reserve(BUF);
+                if buf.capacity() < want / 4 {
+                    buf.reserve(want);
                 }
+                let room = buf.capacity() - buf.len();
                 match rd.read_buf(&mut buf).await {
                     Ok(0) => {
                         let _ = send.finish();
                         return Ok(());
                     }
                     Ok(n) => {
+                        if n == room {
+                            want = (want * 2).min(BUF);
+                        }
                         send.write_chunk(buf.split().freeze())
                             .await
-                            .map_err(|e| format!("to the peer: {e}"))?;
+                            .map_err(|e| Cause::Peer(e.to_string()))?;
                         bytes.out.fetch_add(n as u64, Ordering::Relaxed);
                     }
                     Err(e) => {
                         let _ = send.reset(RESET.into());
-                        return Err(format!("local side: {e}"));
+                        return Err(Cause::Local(e.to_string()));
                     }
                 }
             }
         };
         let back = async {
-            let mut recv = recv.await?;
+            let mut recv = recv.await.map_err(Cause::Peer)?;
             let mut chunks = vec![bytes::Bytes::new(); CHUNKS];
             loop {
                 match recv.read_chunks(&mut chunks).await {
                     Ok(Some(n)) => {
                         let len = write_chunks(wr, &mut chunks[..n])
                             .await
-                            .map_err(|e| format!("local side: {e}"))?;
+                            .map_err(|e| Cause::Local(e.to_string()))?;
                         bytes.back.fetch_add(len as u64, Ordering::Relaxed);
                     }
                     Ok(None) => {
@@ -96,7 +114,7 @@ where
                     }
                     Err(e) => {
                         let _ = recv.stop(RESET.into());
-                        return Err(format!("from the peer: {e}"));
+                        return Err(Cause::Peer(e.to_string()));
                     }
                 }
             }
@@ -110,7 +128,7 @@ where
             let r = tokio::select! {
                 r = &mut out, if !out_done => { out_done = true; r }
                 r = &mut back, if !back_done => { back_done = true; r }
-                _ = cancel.cancelled() => Err("closed here".into()),
+                _ = cancel.cancelled() => Err(Cause::Here),
             };
             if let Err(why) = r {
                 break Ended::Reset(why);

@@ -37,6 +37,7 @@ impl LocalIn<'_> {
         match self {
             LocalIn::Socket(s) => loop {
                 match s.recv(buf).await {
+                    Ok(n) if n > tunnel::MAX_UDP_PAYLOAD => continue,
                     Ok(n) => return Some(Bytes::copy_from_slice(&buf[..n])),
                     // An ICMP unreachable from an earlier send: not fatal.
                     Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
@@ -68,7 +69,9 @@ async fn carry(
     let stream_read = async move {
         let mut reader = reader;
         while let Ok(Some(TunnelFrame::Packet { data })) = reader.read::<TunnelFrame>().await {
-            if data.len() > tunnel::MAX_UDP_PAYLOAD || packets_tx.send(data).await.is_err() {
+            // One too large for the other end's socket is dropped, not
+            // the flow.
+            if data.len() <= tunnel::MAX_UDP_PAYLOAD && packets_tx.send(data).await.is_err() {
                 break;
             }
         }
@@ -200,7 +203,15 @@ pub(crate) async fn forward(tunnels: Arc<Tunnels>, fwd: Arc<Forward>, sock: UdpS
                 }
             },
         };
+        // Larger than any tunnel carries (an IPv6 jumbo, a truncated read):
+        // dropped, as a link with a smaller MTU would.
+        if n > tunnel::MAX_UDP_PAYLOAD {
+            continue;
+        }
         clients.retain(|_, tx| !tx.is_closed());
+        if fwd.paused() {
+            continue;
+        }
         let tx = match clients.get(&from) {
             Some(tx) => tx.clone(),
             None if clients.len() >= tunnel::MAX_FLOWS => continue,
@@ -239,7 +250,11 @@ async fn client_flow(
     };
     let name = fwd.peer_name(&tunnels);
     let service = &fwd.stored.service;
-    let opened = super::forward::open_stream(&c.conn, &name, service, Transport::Udp, flow).await;
+    let opened =
+        super::forward::open_stream(&c.conn, &name, service, (Transport::Udp, flow), |why| {
+            fwd.refused(why)
+        })
+        .await;
     match opened {
         Ok((writer, reader)) => {
             fwd.carried(&tunnels, &c.conn);
