@@ -491,6 +491,58 @@ pub(crate) fn gbit(bytes: u64, d: Duration) -> f64 {
     bytes as f64 * 8.0 / d.as_secs_f64() / 1e9
 }
 
+/// Where a benchmark's parties run: all on loopback, or across the lab with
+/// `delay` on every uplink (one behind a port-restricted NAT, one on the
+/// public segment, so plain TCP reaches it too).
+pub(crate) struct Places {
+    /// The lab, kept for the whole run.
+    pub(crate) lab: Option<Lab>,
+    pub(crate) server: End,
+    /// Behind the NAT.
+    pub(crate) behind: End,
+    /// On the public segment.
+    pub(crate) public: End,
+    /// In words, for the report (`behind` names the NATed party).
+    pub(crate) place: String,
+}
+
+pub(crate) fn places(lab_delay: Option<Duration>, behind: &str) -> Places {
+    let Some(delay) = lab_delay else {
+        let lo = End {
+            host: None,
+            ip: [127, 0, 0, 1].into(),
+        };
+        return Places {
+            lab: None,
+            server: lo.clone(),
+            behind: lo.clone(),
+            public: lo,
+            place: "loopback".into(),
+        };
+    };
+    let mut l = Lab::new().unwrap_or_else(|e| {
+        eprintln!("cannot build the lab (root needed): {e}");
+        std::process::exit(2);
+    });
+    l.set_uplink_delay(delay);
+    let (a, _) = l.add_peer("tx", NatKind::PortRestricted).unwrap();
+    let (b, _) = l.add_peer("rx", NatKind::None).unwrap();
+    let end = |h: Host| End {
+        ip: h.addr.into(),
+        host: Some(h),
+    };
+    Places {
+        server: end(l.server().clone()),
+        behind: end(a),
+        public: end(b),
+        place: format!(
+            "lab: {behind} behind a port-restricted NAT, {} ms round trip",
+            4 * delay.as_millis()
+        ),
+        lab: Some(l),
+    }
+}
+
 /// Runs the benchmark with a file of `size_mib` MiB, on loopback or (with
 /// `delay`) across the lab.
 pub fn run(size_mib: u64, rounds: usize, lab_delay: Option<Duration>) {
@@ -500,36 +552,13 @@ pub fn run(size_mib: u64, rounds: usize, lab_delay: Option<Duration>) {
     let size = size_mib << 20;
     generate(&file, size);
     // Keep the lab alive for the whole run; loopback needs none.
-    let mut lab = None;
-    let (server, from, to, place) = match lab_delay {
-        None => {
-            let lo = End {
-                host: None,
-                ip: [127, 0, 0, 1].into(),
-            };
-            (lo.clone(), lo.clone(), lo, "loopback".to_string())
-        }
-        Some(delay) => {
-            let mut l = Lab::new().unwrap_or_else(|e| {
-                eprintln!("cannot build the lab (root needed): {e}");
-                std::process::exit(2);
-            });
-            l.set_uplink_delay(delay);
-            let (a, _) = l.add_peer("tx", NatKind::PortRestricted).unwrap();
-            let (b, _) = l.add_peer("rx", NatKind::None).unwrap();
-            let s = l.server().clone();
-            let end = |h: Host| End {
-                ip: h.addr.into(),
-                host: Some(h),
-            };
-            let place = format!(
-                "lab: sender behind a port-restricted NAT, {} ms round trip",
-                4 * delay.as_millis()
-            );
-            lab = Some(l);
-            (end(s), end(a), end(b), place)
-        }
-    };
+    let Places {
+        lab,
+        server,
+        behind: from,
+        public: to,
+        place,
+    } = places(lab_delay, "sender");
     println!("transfer: {size_mib} MiB, {place}, {rounds} rounds (bare QUIC and burrow alternate)");
     let t = tcp(&file, &from, &to);
     println!(

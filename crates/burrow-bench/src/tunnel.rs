@@ -22,22 +22,24 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use burrow_lab::{Host, Lab, NatKind};
-
 use crate::median;
 use crate::transfer::{
-    bare_quic, burrow_binary, cli, gbit, generate, peer_is, tcp, wait_for, End, Proc,
+    bare_quic, burrow_binary, cli, gbit, generate, peer_is, places, tcp, wait_for, End, Places,
+    Proc,
 };
 
 /// First-byte samples per kind.
 const FIRST_BYTES: usize = 20;
 
-/// Serves `conns` connections on `end`: each is read to its end and counted;
-/// the time it ended and its byte count come back on the channel. Returns
-/// the address it listens on.
-fn sink(end: &End, conns: usize) -> (SocketAddr, std::sync::mpsc::Receiver<(Instant, u64)>) {
+/// Listens on every address of `end` and hands each of the first `conns`
+/// connections to `each`, on a thread of its own; returns the address to
+/// reach it at.
+fn serve_on(
+    end: &End,
+    conns: usize,
+    mut each: impl FnMut(TcpStream) + Send + 'static,
+) -> SocketAddr {
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let (tx, rx) = std::sync::mpsc::channel();
     let (end, ip) = (end.clone(), end.ip);
     std::thread::spawn(move || {
         end.enter();
@@ -45,44 +47,41 @@ fn sink(end: &End, conns: usize) -> (SocketAddr, std::sync::mpsc::Receiver<(Inst
         let port = l.local_addr().unwrap().port();
         addr_tx.send(SocketAddr::new(ip, port)).unwrap();
         for s in l.incoming().take(conns) {
-            let mut s = s.unwrap();
-            let mut buf = vec![0u8; 1 << 20];
-            let mut n = 0u64;
-            while let Ok(k @ 1..) = s.read(&mut buf) {
-                n += k as u64;
-            }
-            if tx.send((Instant::now(), n)).is_err() {
-                return;
-            }
+            each(s.unwrap());
         }
     });
-    (addr_rx.recv().unwrap(), rx)
+    addr_rx.recv().unwrap()
+}
+
+/// Serves `conns` connections on `end`: each is read to its end and counted;
+/// the time it ended and its byte count come back on the channel.
+fn sink(end: &End, conns: usize) -> (SocketAddr, std::sync::mpsc::Receiver<(Instant, u64)>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let addr = serve_on(end, conns, move |mut s| {
+        let mut buf = vec![0u8; 1 << 20];
+        let mut n = 0u64;
+        while let Ok(k @ 1..) = s.read(&mut buf) {
+            n += k as u64;
+        }
+        let _ = tx.send((Instant::now(), n));
+    });
+    (addr, rx)
 }
 
 /// Answers each byte with one byte, on every connection, until the process
 /// ends (one thread per connection, for `conns` of them).
 fn answerer(end: &End, conns: usize) -> SocketAddr {
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let (end, ip) = (end.clone(), end.ip);
-    std::thread::spawn(move || {
-        end.enter();
-        let l = TcpListener::bind(SocketAddr::new(IpAddr::from([0, 0, 0, 0]), 0)).unwrap();
-        let port = l.local_addr().unwrap().port();
-        addr_tx.send(SocketAddr::new(ip, port)).unwrap();
-        for s in l.incoming().take(conns) {
-            let mut s = s.unwrap();
-            let _ = s.set_nodelay(true);
-            std::thread::spawn(move || {
-                let mut b = [0u8; 1];
-                while let Ok(1) = s.read(&mut b) {
-                    if s.write_all(&b).is_err() {
-                        return;
-                    }
+    serve_on(end, conns, |mut s| {
+        let _ = s.set_nodelay(true);
+        std::thread::spawn(move || {
+            let mut b = [0u8; 1];
+            while let Ok(1) = s.read(&mut b) {
+                if s.write_all(&b).is_err() {
+                    return;
                 }
-            });
-        }
-    });
-    addr_rx.recv().unwrap()
+            }
+        });
+    })
 }
 
 /// From `end`: connect to `addr`, send a byte, wait for the answer.
@@ -232,36 +231,13 @@ pub fn run(size_mib: u64, rounds: usize, lab_delay: Option<Duration>) {
     let file = dir.path().join("data.bin");
     let size = size_mib << 20;
     generate(&file, size);
-    let mut lab = None;
-    let (server, bob, alice, place) = match lab_delay {
-        None => {
-            let lo = End {
-                host: None,
-                ip: [127, 0, 0, 1].into(),
-            };
-            (lo.clone(), lo.clone(), lo, "loopback".to_string())
-        }
-        Some(delay) => {
-            let mut l = Lab::new().unwrap_or_else(|e| {
-                eprintln!("cannot build the lab (root needed): {e}");
-                std::process::exit(2);
-            });
-            l.set_uplink_delay(delay);
-            let (b, _) = l.add_peer("fwd", NatKind::PortRestricted).unwrap();
-            let (a, _) = l.add_peer("exp", NatKind::None).unwrap();
-            let s = l.server().clone();
-            let end = |h: Host| End {
-                ip: h.addr.into(),
-                host: Some(h),
-            };
-            let place = format!(
-                "lab: forwarder behind a port-restricted NAT, {} ms round trip",
-                4 * delay.as_millis()
-            );
-            lab = Some(l);
-            (end(s), end(b), end(a), place)
-        }
-    };
+    let Places {
+        lab,
+        server,
+        behind: bob,
+        public: alice,
+        place,
+    } = places(lab_delay, "forwarder");
     println!(
         "tunnel: {size_mib} MiB, {place}, {rounds} rounds (bare QUIC and the tunnel alternate)"
     );

@@ -416,8 +416,7 @@ async fn stream(
                 || format!("refused {name}'s connection to \"{service}\": {said}"),
                 why == Refusal::NotExposed,
             );
-            let _ = writer.write(&TunnelFrame::Refused { why }).await;
-            writer.finish();
+            refuse(writer, why).await;
             return;
         }
     };
@@ -447,6 +446,12 @@ async fn stream(
     }
 }
 
+/// Answers an `Open` with a refusal, and ends the stream.
+pub(super) async fn refuse(mut writer: FrameWriter, why: Refusal) {
+    let _ = writer.write(&TunnelFrame::Refused { why }).await;
+    writer.finish();
+}
+
 /// Connects a peer's TCP stream to `addr`.
 async fn tcp(
     ticket: &Ticket,
@@ -470,12 +475,7 @@ async fn tcp(
                 || format!("{name}'s connection to \"{service}\" reset: nothing answers at {addr} ({why})"),
                 false,
             );
-            let _ = writer
-                .write(&TunnelFrame::Refused {
-                    why: Refusal::Unreachable,
-                })
-                .await;
-            writer.finish();
+            refuse(writer, Refusal::Unreachable).await;
             return;
         }
     };

@@ -139,10 +139,7 @@ pub(crate) async fn serve_flow(
     mut writer: FrameWriter,
 ) {
     let Some(from_peer) = datagrams.accept(flow) else {
-        let _ = writer
-            .write(&TunnelFrame::Refused { why: Refusal::Busy })
-            .await;
-        writer.finish();
+        super::expose::refuse(writer, Refusal::Busy).await;
         return;
     };
     let bind: SocketAddr = if addr.is_ipv4() {
@@ -160,12 +157,7 @@ pub(crate) async fn serve_flow(
                 false,
             );
             datagrams.close(flow);
-            let _ = writer
-                .write(&TunnelFrame::Refused {
-                    why: Refusal::Unreachable,
-                })
-                .await;
-            writer.finish();
+            super::expose::refuse(writer, Refusal::Unreachable).await;
             return;
         }
     };
