@@ -385,6 +385,62 @@ struct Burrow {
     _server: Proc,
 }
 
+/// A server and two nodes in `dir` (homes `srv`, `alice`, `bob`), bob
+/// linked to alice directly. Fields drop in order: the nodes, then the server.
+pub(crate) struct Pair {
+    pub(crate) alice: Proc,
+    pub(crate) bob: Proc,
+    pub(crate) server: Proc,
+}
+
+/// Starts a [`Pair`]: the server on `server`, alice on `a`, bob on `b`; bob
+/// asks, alice accepts, and it waits for the direct path.
+pub(crate) fn start_pair(bin: &Path, dir: &Path, server: &End, a: &End, b: &End) -> Pair {
+    let srv = Proc::spawn({
+        let mut c = server.command(bin);
+        c.arg("--home").arg(dir.join("srv")).args([
+            "server",
+            "--listen",
+            &format!("{}:0", server.ip),
+        ]);
+        c
+    });
+    let url = srv
+        .expect("join URL:")
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .to_string();
+    let up = |end: &End, name: &str| {
+        let mut c = end.command(bin);
+        c.arg("--home")
+            .arg(dir.join(name))
+            .args(["up", "--server", &url, "--name", name]);
+        if end.host.is_none() {
+            c.args(["--bind", "127.0.0.1:0"]);
+        }
+        let p = Proc::spawn(c);
+        p.expect("is up");
+        p
+    };
+    let (alice, bob) = (up(a, "alice"), up(b, "bob"));
+    let (ah, bh) = (dir.join("alice"), dir.join("bob"));
+    wait_for(bin, &bh, "alice online", |v| peer_is(v, "alice", &["none"]));
+    cli(bin, &bh, &["connect", "alice"]);
+    wait_for(bin, &ah, "bob's request", |v| {
+        peer_is(v, "bob", &["pending_in"])
+    });
+    cli(bin, &ah, &["accept", "bob"]);
+    wait_for(bin, &bh, "a direct path", |v| {
+        peer_is(v, "alice", &["direct"])
+    });
+    Pair {
+        alice,
+        bob,
+        server: srv,
+    }
+}
+
 /// One `get`: its time, and the CPU seconds each node spent on it.
 struct Get {
     elapsed: Duration,
@@ -394,55 +450,19 @@ struct Get {
 
 impl Burrow {
     fn start(bin: &Path, dir: &Path, file: &Path, server: &End, from: &End, to: &End) -> Burrow {
-        let listen = format!("{}:0", server.ip);
-        let srv = Proc::spawn({
-            let mut c = server.command(bin);
-            c.arg("--home")
-                .arg(dir.join("srv"))
-                .args(["server", "--listen", &listen]);
-            c
-        });
-        let url = srv
-            .expect("join URL:")
-            .split_whitespace()
-            .last()
-            .unwrap()
-            .to_string();
-        let up = |end: &End, name: &str| {
-            let mut c = end.command(bin);
-            c.arg("--home")
-                .arg(dir.join(name))
-                .args(["up", "--server", &url, "--name", name]);
-            if end.host.is_none() {
-                c.args(["--bind", "127.0.0.1:0"]);
-            }
-            let p = Proc::spawn(c);
-            p.expect("is up");
-            p
-        };
-        let (alice, bob) = (up(from, "alice"), up(to, "bob"));
-        let (ah, bh) = (dir.join("alice"), dir.join("bob"));
+        let pair = start_pair(bin, dir, server, from, to);
         let t = Instant::now();
-        let shared = cli(bin, &ah, &["share", file.to_str().unwrap()]);
+        let shared = cli(bin, &dir.join("alice"), &["share", file.to_str().unwrap()]);
         let hash_time = t.elapsed();
         let hash = shared["hash"].as_str().unwrap().to_string();
-        wait_for(bin, &bh, "alice online", |v| peer_is(v, "alice", &["none"]));
-        cli(bin, &bh, &["connect", "alice"]);
-        wait_for(bin, &ah, "bob's request", |v| {
-            peer_is(v, "bob", &["pending_in"])
-        });
-        cli(bin, &ah, &["accept", "bob"]);
-        wait_for(bin, &bh, "a direct path", |v| {
-            peer_is(v, "alice", &["direct"])
-        });
         Burrow {
             bin: bin.to_path_buf(),
             dir: dir.to_path_buf(),
             hash,
             hash_time,
-            alice,
-            bob,
-            _server: srv,
+            alice: pair.alice,
+            bob: pair.bob,
+            _server: pair.server,
         }
     }
 

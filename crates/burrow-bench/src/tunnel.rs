@@ -24,8 +24,7 @@ use std::time::{Duration, Instant};
 
 use crate::median;
 use crate::transfer::{
-    bare_quic, burrow_binary, cli, gbit, generate, peer_is, places, tcp, wait_for, End, Places,
-    Proc,
+    bare_quic, burrow_binary, cli, gbit, generate, places, start_pair, tcp, End, Places,
 };
 
 /// First-byte samples per kind.
@@ -126,59 +125,6 @@ fn send_file(end: &End, addr: SocketAddr, file: &Path) -> Instant {
     .unwrap()
 }
 
-/// A server, alice (exposing) and bob (forwarding), linked directly.
-struct Nodes {
-    _alice: Proc,
-    _bob: Proc,
-    _server: Proc,
-}
-
-fn start_nodes(bin: &Path, dir: &Path, server: &End, alice: &End, bob: &End) -> Nodes {
-    let srv = Proc::spawn({
-        let mut c = server.command(bin);
-        c.arg("--home").arg(dir.join("srv")).args([
-            "server",
-            "--listen",
-            &format!("{}:0", server.ip),
-        ]);
-        c
-    });
-    let url = srv
-        .expect("join URL:")
-        .split_whitespace()
-        .last()
-        .unwrap()
-        .to_string();
-    let up = |end: &End, name: &str| {
-        let mut c = end.command(bin);
-        c.arg("--home")
-            .arg(dir.join(name))
-            .args(["up", "--server", &url, "--name", name]);
-        if end.host.is_none() {
-            c.args(["--bind", "127.0.0.1:0"]);
-        }
-        let p = Proc::spawn(c);
-        p.expect("is up");
-        p
-    };
-    let (a, b) = (up(alice, "alice"), up(bob, "bob"));
-    let (ah, bh) = (dir.join("alice"), dir.join("bob"));
-    wait_for(bin, &bh, "alice online", |v| peer_is(v, "alice", &["none"]));
-    cli(bin, &bh, &["connect", "alice"]);
-    wait_for(bin, &ah, "bob's request", |v| {
-        peer_is(v, "bob", &["pending_in"])
-    });
-    cli(bin, &ah, &["accept", "bob"]);
-    wait_for(bin, &bh, "a direct path", |v| {
-        peer_is(v, "alice", &["direct"])
-    });
-    Nodes {
-        _alice: a,
-        _bob: b,
-        _server: srv,
-    }
-}
-
 /// A free TCP port on `end`.
 fn free_port(end: &End) -> u16 {
     let end = end.clone();
@@ -247,7 +193,8 @@ pub fn run(size_mib: u64, rounds: usize, lab_delay: Option<Duration>) {
         gbit(size, t),
         t.as_secs_f64()
     );
-    let nodes = start_nodes(&bin, dir.path(), &server, &alice, &bob);
+    // alice exposes, bob forwards.
+    let nodes = start_pair(&bin, dir.path(), &server, &alice, &bob);
     let ends = (&bob, &alice);
     throughput(&bin, dir.path(), &file, ends, rounds);
     first_bytes(&bin, dir.path(), ends, lab_delay.map(|d| 4 * d));

@@ -924,27 +924,8 @@ impl Lab {
 
     /// Drops `percent`% of the packets `router` forwards, both ways.
     pub fn set_loss(&self, router: &Router, percent: u8) -> Result<(), LabError> {
-        let _ = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &router.host.ns,
-                "nft",
-                "delete",
-                "table",
-                "inet",
-                "loss",
-            ])
-            .output();
-        if percent == 0 {
-            return Ok(());
-        }
-        nft(
-            &router.host.ns,
-            &format!(
-                "table inet loss {{\n chain forward {{\n  type filter hook forward priority -10;\n  numgen random mod 100 < {percent} drop\n }}\n}}\n"
-            ),
-        )
+        let rule = format!("numgen random mod 100 < {percent} drop");
+        forward_filter(router, "loss", (percent > 0).then_some(rule.as_str()))
     }
 
     /// Drops (`blocked`) or lets through again everything `router` forwards
@@ -956,27 +937,8 @@ impl Lab {
         other: Ipv4Addr,
         blocked: bool,
     ) -> Result<(), LabError> {
-        let _ = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &router.host.ns,
-                "nft",
-                "delete",
-                "table",
-                "inet",
-                "block",
-            ])
-            .output();
-        if !blocked {
-            return Ok(());
-        }
-        nft(
-            &router.host.ns,
-            &format!(
-                "table inet block {{\n chain forward {{\n  type filter hook forward priority -10;\n  ip daddr {other} drop\n  ip saddr {other} drop\n }}\n}}\n"
-            ),
-        )
+        let rule = format!("ip daddr {other} drop\n  ip saddr {other} drop");
+        forward_filter(router, "block", blocked.then_some(rule.as_str()))
     }
 
     /// Forgets every NAT mapping on `router`, as if they had all timed out.
@@ -1011,6 +973,32 @@ impl Drop for Lab {
             ns::remove_etc(ns);
         }
     }
+}
+
+/// Replaces `router`'s nftables table `table` with a forward-hook filter
+/// of `rules` (ahead of the NAT's own filter), or removes it (`None`).
+fn forward_filter(router: &Router, table: &str, rules: Option<&str>) -> Result<(), LabError> {
+    let _ = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &router.host.ns,
+            "nft",
+            "delete",
+            "table",
+            "inet",
+            table,
+        ])
+        .output();
+    let Some(rules) = rules else {
+        return Ok(());
+    };
+    nft(
+        &router.host.ns,
+        &format!(
+            "table inet {table} {{\n chain forward {{\n  type filter hook forward priority -10;\n  {rules}\n }}\n}}\n"
+        ),
+    )
 }
 
 /// Installs `kind`'s NAT rules on router namespace `ns` (WAN address `wan`);
