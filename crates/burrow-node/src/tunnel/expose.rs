@@ -430,16 +430,10 @@ async fn stream(
         Transport::Tcp => tcp(&ticket, peer, addr, reader, writer).await,
         Transport::Udp => {
             super::udp::serve_flow(
-                &ticket.tunnels,
-                &ticket.cancel,
-                peer,
-                &service,
-                addr,
-                flow,
-                &conn,
-                &datagrams,
-                reader,
-                writer,
+                (&ticket.tunnels, &service, &ticket.cancel),
+                (peer, addr),
+                (&conn, &datagrams, flow),
+                (reader, writer),
             )
             .await
         }

@@ -49,20 +49,45 @@ impl LocalIn<'_> {
     }
 }
 
-/// Carries one flow until it idles, either end finishes it, or `cancel`.
-#[allow(clippy::too_many_arguments)]
-async fn carry(
-    conn: &quinn::Connection,
-    flow: u32,
-    mut local_in: LocalIn<'_>,
-    local_out: (&UdpSocket, Option<SocketAddr>),
-    mut from_peer: mpsc::Receiver<Bytes>,
+/// A flow's side towards the peer: its stream, and its datagrams on the
+/// tunnel connection.
+struct FlowLink<'a> {
+    conn: &'a quinn::Connection,
+    /// Its id in datagrams.
+    id: u32,
+    /// Its datagrams that came in ([`Datagrams`] hands them over).
+    from_peer: mpsc::Receiver<Bytes>,
     reader: FrameReader,
-    mut writer: FrameWriter,
+    writer: FrameWriter,
+}
+
+/// A flow's local side: where its datagrams come from, and the socket (and,
+/// unconnected, the address) they go back to.
+struct Local<'a> {
+    from: LocalIn<'a>,
+    to: (&'a UdpSocket, Option<SocketAddr>),
+}
+
+/// Carries one flow until it idles, either end finishes it, or `cancel`;
+/// counts its bytes in `counted`, if given.
+async fn carry(
+    link: FlowLink<'_>,
+    local: Local<'_>,
     cancel: &CancellationToken,
     counted: Option<&super::splice::Bytes>,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
+    let FlowLink {
+        conn,
+        id: flow,
+        mut from_peer,
+        reader,
+        mut writer,
+    } = link;
+    let Local {
+        from: mut local_in,
+        to: local_out,
+    } = local;
     // The stream's frames, read apart from the loop (a frame read is not
     // safe to abandon halfway).
     let (packets_tx, mut packets) = mpsc::channel::<Vec<u8>>(PACKETS_QUEUED);
@@ -124,19 +149,13 @@ async fn carry(
     writer.finish();
 }
 
-/// The exposing side of a flow `peer` opened to `service` at `addr`.
-#[allow(clippy::too_many_arguments)]
+/// The exposing side of flow `flow`, which `peer` opened to `service` at
+/// `addr` on `conn` (whose datagrams `datagrams` hands out), until `cancel`.
 pub(crate) async fn serve_flow(
-    tunnels: &Tunnels,
-    cancel: &CancellationToken,
-    peer: NodeId,
-    service: &ServiceName,
-    addr: SocketAddr,
-    flow: u32,
-    conn: &quinn::Connection,
-    datagrams: &Datagrams,
-    reader: FrameReader,
-    mut writer: FrameWriter,
+    (tunnels, service, cancel): (&Tunnels, &ServiceName, &CancellationToken),
+    (peer, addr): (NodeId, SocketAddr),
+    (conn, datagrams, flow): (&quinn::Connection, &Datagrams, u32),
+    (reader, mut writer): (FrameReader, FrameWriter),
 ) {
     let Some(from_peer) = datagrams.accept(flow) else {
         super::expose::refuse(writer, Refusal::Busy).await;
@@ -162,18 +181,18 @@ pub(crate) async fn serve_flow(
         }
     };
     if writer.write(&TunnelFrame::Opened).await.is_ok() {
-        carry(
+        let link = FlowLink {
             conn,
-            flow,
-            LocalIn::Socket(&sock),
-            (&sock, None),
+            id: flow,
             from_peer,
             reader,
             writer,
-            cancel,
-            None,
-        )
-        .await;
+        };
+        let local = Local {
+            from: LocalIn::Socket(&sock),
+            to: (&sock, None),
+        };
+        carry(link, local, cancel, None).await;
     }
     datagrams.close(flow);
 }
@@ -251,18 +270,18 @@ async fn client_flow(
         Ok((writer, reader)) => {
             fwd.carried(&tunnels, &c.conn);
             let _live = fwd.live();
-            carry(
-                &c.conn,
-                flow,
-                LocalIn::Queue(rx),
-                (&sock, Some(client)),
+            let link = FlowLink {
+                conn: &c.conn,
+                id: flow,
                 from_peer,
                 reader,
                 writer,
-                &fwd.cancel,
-                Some(&fwd.bytes),
-            )
-            .await;
+            };
+            let local = Local {
+                from: LocalIn::Queue(rx),
+                to: (&sock, Some(client)),
+            };
+            carry(link, local, &fwd.cancel, Some(&fwd.bytes)).await;
         }
         Err(e) => fwd.trouble(&tunnels, &e),
     }
