@@ -403,19 +403,7 @@ async fn stream(
     let (addr, id, cancel) = match admitted {
         Ok(a) => a,
         Err(why) => {
-            let name = tunnels.link.shown_name(&peer);
-            let said = match why {
-                Refusal::WrongTransport => "the service carries the other transport",
-                Refusal::Busy => "too many of theirs open",
-                _ => "not exposed to them",
-            };
-            // Asking for what one may not have is abuse only in a flood; a
-            // busy or mistaken open is not.
-            tunnels.refused(
-                peer,
-                || format!("refused {name}'s connection to \"{service}\": {said}"),
-                why == Refusal::NotExposed,
-            );
+            tunnels.not_admitted(peer, &service, why);
             refuse(writer, why).await;
             return;
         }
@@ -437,6 +425,24 @@ async fn stream(
             )
             .await
         }
+    }
+}
+
+impl Tunnels {
+    /// Says `peer` was not let into `service`, for `why`. Asking for what one
+    /// may not have is abuse only in a flood; a busy or mistaken open is not.
+    fn not_admitted(&self, peer: NodeId, service: &ServiceName, why: Refusal) {
+        let name = self.link.shown_name(&peer);
+        let said = match why {
+            Refusal::WrongTransport => "the service carries the other transport",
+            Refusal::Busy => "too many of theirs open",
+            _ => "not exposed to them",
+        };
+        self.refused(
+            peer,
+            || format!("refused {name}'s connection to \"{service}\": {said}"),
+            why == Refusal::NotExposed,
+        );
     }
 }
 

@@ -69,55 +69,10 @@ where
     W: AsyncWrite + Unpin,
 {
     let ended = {
-        let out = async {
-            let (mut buf, mut want) = (BytesMut::new(), FIRST_BUF);
-            loop {
-                if buf.capacity() < want / 4 {
-                    buf.reserve(want);
-                }
-                let room = buf.capacity() - buf.len();
-                match rd.read_buf(&mut buf).await {
-                    Ok(0) => {
-                        let _ = send.finish();
-                        return Ok(());
-                    }
-                    Ok(n) => {
-                        if n == room {
-                            want = (want * 2).min(BUF);
-                        }
-                        send.write_chunk(buf.split().freeze())
-                            .await
-                            .map_err(|e| Cause::Peer(e.to_string()))?;
-                        bytes.out.fetch_add(n as u64, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        let _ = send.reset(RESET.into());
-                        return Err(Cause::Local(e.to_string()));
-                    }
-                }
-            }
-        };
+        let out = out(rd, &mut send, bytes);
         let back = async {
-            let mut recv = recv.await.map_err(Cause::Peer)?;
-            let mut chunks = vec![bytes::Bytes::new(); CHUNKS];
-            loop {
-                match recv.read_chunks(&mut chunks).await {
-                    Ok(Some(n)) => {
-                        let len = write_chunks(wr, &mut chunks[..n])
-                            .await
-                            .map_err(|e| Cause::Local(e.to_string()))?;
-                        bytes.back.fetch_add(len as u64, Ordering::Relaxed);
-                    }
-                    Ok(None) => {
-                        let _ = wr.shutdown().await;
-                        return Ok(());
-                    }
-                    Err(e) => {
-                        let _ = recv.stop(RESET.into());
-                        return Err(Cause::Peer(e.to_string()));
-                    }
-                }
-            }
+            let recv = recv.await.map_err(Cause::Peer)?;
+            back(recv, wr, bytes).await
         };
         tokio::pin!(out, back);
         let (mut out_done, mut back_done) = (false, false);
@@ -140,6 +95,69 @@ where
         let _ = send.reset(RESET.into());
     }
     ended
+}
+
+/// The local side's bytes to the peer, until the local side finishes
+/// (a FIN) or fails (a reset).
+async fn out<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    send: &mut quinn::SendStream,
+    bytes: &Bytes,
+) -> Result<(), Cause> {
+    let (mut buf, mut want) = (BytesMut::new(), FIRST_BUF);
+    loop {
+        if buf.capacity() < want / 4 {
+            buf.reserve(want);
+        }
+        let room = buf.capacity() - buf.len();
+        match rd.read_buf(&mut buf).await {
+            Ok(0) => {
+                let _ = send.finish();
+                return Ok(());
+            }
+            Ok(n) => {
+                if n == room {
+                    want = (want * 2).min(BUF);
+                }
+                send.write_chunk(buf.split().freeze())
+                    .await
+                    .map_err(|e| Cause::Peer(e.to_string()))?;
+                bytes.out.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                let _ = send.reset(RESET.into());
+                return Err(Cause::Local(e.to_string()));
+            }
+        }
+    }
+}
+
+/// The peer's bytes to the local side, until the peer finishes (then the
+/// local side's write half is shut) or fails.
+async fn back<W: AsyncWrite + Unpin>(
+    mut recv: quinn::RecvStream,
+    wr: &mut W,
+    bytes: &Bytes,
+) -> Result<(), Cause> {
+    let mut chunks = vec![bytes::Bytes::new(); CHUNKS];
+    loop {
+        match recv.read_chunks(&mut chunks).await {
+            Ok(Some(n)) => {
+                let len = write_chunks(wr, &mut chunks[..n])
+                    .await
+                    .map_err(|e| Cause::Local(e.to_string()))?;
+                bytes.back.fetch_add(len as u64, Ordering::Relaxed);
+            }
+            Ok(None) => {
+                let _ = wr.shutdown().await;
+                return Ok(());
+            }
+            Err(e) => {
+                let _ = recv.stop(RESET.into());
+                return Err(Cause::Peer(e.to_string()));
+            }
+        }
+    }
 }
 
 /// Writes every byte of `chunks` to `wr`, as few writes as it takes;
