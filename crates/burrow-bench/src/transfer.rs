@@ -149,25 +149,7 @@ pub(crate) fn tcp(file: &Path, from: &End, to: &End) -> Duration {
         }
         (Instant::now(), n)
     });
-    let addr = rx.recv().unwrap();
-    let (from2, file2) = (from.clone(), file.to_path_buf());
-    let sender = std::thread::spawn(move || {
-        from2.enter();
-        let mut f = std::fs::File::open(file2).unwrap();
-        let start = Instant::now();
-        let mut s = TcpStream::connect(addr).unwrap();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let k = f.read(&mut buf).unwrap();
-            if k == 0 {
-                break;
-            }
-            s.write_all(&buf[..k]).unwrap();
-        }
-        drop(s);
-        start
-    });
-    let start = sender.join().unwrap();
+    let start = send_file(from, rx.recv().unwrap(), file);
     let (end, n) = receiver.join().unwrap();
     assert_eq!(n, std::fs::metadata(file).unwrap().len());
     end - start
@@ -184,6 +166,30 @@ fn bare_endpoint(bind: SocketAddr, server: Option<quinn::ServerConfig>) -> quinn
         Arc::new(quinn::TokioRuntime),
     )
     .expect("a quinn endpoint")
+}
+
+/// Writes `file` from `end` into `addr`, one connection; returns when it
+/// started.
+pub(crate) fn send_file(end: &End, addr: SocketAddr, file: &Path) -> Instant {
+    let (end, file) = (end.clone(), file.to_path_buf());
+    std::thread::spawn(move || {
+        end.enter();
+        let mut f = std::fs::File::open(file).unwrap();
+        let start = Instant::now();
+        let mut s = TcpStream::connect(addr).unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let k = f.read(&mut buf).unwrap();
+            if k == 0 {
+                break;
+            }
+            s.write_all(&buf[..k]).unwrap();
+        }
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        start
+    })
+    .join()
+    .unwrap()
 }
 
 /// quinn alone: one stream, burrow's TLS, windows and socket buffers, the file's bytes read

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use crate::median;
 use crate::transfer::{
-    bare_quic, burrow_binary, cli, gbit, generate, places, start_pair, tcp, End, Places,
+    bare_quic, burrow_binary, cli, gbit, generate, places, send_file, start_pair, tcp, End, Places,
 };
 
 /// First-byte samples per kind.
@@ -96,30 +96,6 @@ fn first_byte(end: &End, addr: SocketAddr) -> Duration {
         let mut b = [0u8; 1];
         s.read_exact(&mut b).unwrap();
         start.elapsed()
-    })
-    .join()
-    .unwrap()
-}
-
-/// Writes `file` from `end` into `addr`, one connection; returns when it
-/// started.
-fn send_file(end: &End, addr: SocketAddr, file: &Path) -> Instant {
-    let (end, file) = (end.clone(), file.to_path_buf());
-    std::thread::spawn(move || {
-        end.enter();
-        let mut f = std::fs::File::open(file).unwrap();
-        let start = Instant::now();
-        let mut s = TcpStream::connect(addr).unwrap();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let k = f.read(&mut buf).unwrap();
-            if k == 0 {
-                break;
-            }
-            s.write_all(&buf[..k]).unwrap();
-        }
-        s.shutdown(std::net::Shutdown::Write).unwrap();
-        start
     })
     .join()
     .unwrap()
