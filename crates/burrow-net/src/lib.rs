@@ -21,6 +21,7 @@ pub mod framed;
 pub mod https;
 pub mod iface;
 pub mod paths;
+mod plain;
 pub mod portmap;
 pub mod punch;
 pub mod side;

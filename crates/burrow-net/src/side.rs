@@ -94,7 +94,7 @@ impl SideSocket {
     pub(crate) fn send(&self, to: SocketAddr, data: &[u8], ttl: Option<u8>) {
         let to = crate::socket::on_wire(self.ipv6, to);
         let sent = match ttl {
-            Some(ttl) => crate::ttl::send_with_ttl(&*self.socket, to, data, ttl),
+            Some(ttl) => crate::ttl::send_with_ttl((&*self.socket).into(), to, data, ttl),
             None => self.socket.try_send_to(data, to).map(|_| ()),
         };
         if let Err(e) = sent {

@@ -89,13 +89,45 @@ fn bind_udp_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     }
 }
 
+/// `socket` as quinn drives it: through quinn-udp (ECN, packet info,
+/// segmentation offload) where the system takes its options, else as plain
+/// datagrams ([`crate::plain`]), with a warning.
+pub fn for_quic(socket: std::net::UdpSocket) -> io::Result<Arc<dyn AsyncUdpSocket>> {
+    match quinn::TokioRuntime.wrap_udp_socket(socket.try_clone()?) {
+        Ok(inner) => Ok(inner),
+        Err(e) => {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                tracing::warn!(error = %e, "this system's UDP sockets refuse ECN and packet info: using plain datagrams");
+            });
+            Ok(Arc::new(crate::plain::PlainSocket::new(socket)?))
+        }
+    }
+}
+
 /// Errors meaning the system has no IPv6 to bind (a kernel without it, or
 /// with it disabled).
 pub(crate) fn no_ipv6(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EAFNOSUPPORT) | Some(libc::EADDRNOTAVAIL) | Some(libc::EPROTONOSUPPORT)
-    )
+    #[cfg(unix)]
+    let codes = [
+        libc::EAFNOSUPPORT,
+        libc::EADDRNOTAVAIL,
+        libc::EPROTONOSUPPORT,
+    ];
+    // Winsock's WSAEAFNOSUPPORT, WSAEADDRNOTAVAIL, WSAEPROTONOSUPPORT.
+    #[cfg(windows)]
+    let codes = [10047, 10049, 10043];
+    e.raw_os_error().is_some_and(|c| codes.contains(&c))
+}
+
+/// Lets more than one socket bind `socket`'s port (the TCP punch's listener
+/// and its connects): `SO_REUSEPORT` on Unix. On Windows `SO_REUSEADDR`,
+/// which the caller sets on every socket anyway, already does it.
+pub(crate) fn share_port(socket: &socket2::Socket) -> io::Result<()> {
+    #[cfg(unix)]
+    return socket.set_reuse_port(true);
+    #[cfg(windows)]
+    return socket.set_reuse_address(true);
 }
 
 /// Whether a socket bound at `local` can send to `to` (canonical): the IPv6
@@ -225,7 +257,7 @@ impl RawSender {
         if tcp::is_link(to) {
             return self.send(to, data);
         }
-        crate::ttl::send_with_ttl(&*self.same, on_wire(self.ipv6, to), data, ttl)
+        crate::ttl::send_with_ttl((&*self.same).into(), on_wire(self.ipv6, to), data, ttl)
     }
 }
 
@@ -239,7 +271,7 @@ impl DemuxSocket {
     ) -> io::Result<(Arc<DemuxSocket>, RawSender, mpsc::Receiver<RawDatagram>)> {
         let ipv6 = socket.local_addr()?.is_ipv6();
         let same = Arc::new(socket.try_clone()?);
-        let inner = quinn::TokioRuntime.wrap_udp_socket(socket)?;
+        let inner = for_quic(socket)?;
         let (raw_tx, raw_rx) = mpsc::channel(RAW_QUEUE);
         let sender = RawSender {
             inner: inner.clone(),

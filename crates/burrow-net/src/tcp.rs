@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use burrow_proto::punch::{PunchTicket, Role};
+use socket2::SockRef;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -423,7 +424,7 @@ pub(crate) fn bound_socket(local: SocketAddr, shared: bool) -> io::Result<tokio:
     }
     socket.set_reuse_address(true)?;
     if shared {
-        socket.set_reuse_port(true)?;
+        crate::socket::share_port(&socket)?;
     }
     socket.set_nonblocking(true)?;
     socket.bind(&local.into())?;
@@ -526,14 +527,13 @@ pub(crate) async fn simultaneous_open(
 /// The socket stays the same throughout: a second one from the same port
 /// would find the 4-tuple taken.
 async fn open_then_connect(local: SocketAddr, to: SocketAddr, ttl: u8) -> Option<TcpStream> {
-    use std::os::fd::AsRawFd;
     // The family the SYN leaves in (an IPv4 peer of a dual-stack socket
     // goes by IPv4, with IPv4's TTL).
     let ipv6 = crate::paths::canonical(to).is_ipv6();
     let socket = shared_port_socket(local).ok()?;
-    let usual = crate::ttl::ttl_of(&socket, ipv6).ok()?;
-    crate::ttl::set_ttl(&socket, ipv6, ttl).ok()?;
-    let fd = socket.as_raw_fd();
+    let usual = crate::ttl::ttl_of(&SockRef::from(&socket), ipv6).ok()?;
+    crate::ttl::set_ttl(&SockRef::from(&socket), ipv6, ttl).ok()?;
+    let raw = crate::ttl::raw_socket(&socket);
     let connect = socket.connect(dest(local, to));
     tokio::pin!(connect);
     let head_start = burrow_proto::punch::OPEN_HEAD_START;
@@ -541,11 +541,11 @@ async fn open_then_connect(local: SocketAddr, to: SocketAddr, ttl: u8) -> Option
         // Through already (no NAT of the peer's in the way): go on at the
         // usual TTL.
         let stream = r.ok()?;
-        crate::ttl::set_ttl(&stream, ipv6, usual).ok()?;
+        crate::ttl::set_ttl(&SockRef::from(&stream), ipv6, usual).ok()?;
         return Some(stream);
     }
-    // The pending connect owns the descriptor, open while it is.
-    crate::ttl::set_ttl_fd(fd, ipv6, usual).ok()?;
+    // The pending connect owns the socket, open while it is.
+    crate::ttl::set_ttl_raw(raw, ipv6, usual).ok()?;
     tokio::time::timeout(CONNECT_ATTEMPT, connect)
         .await
         .ok()?

@@ -11,12 +11,24 @@
 //!
 //! On a socket others send from too (quinn sends from the node's socket at any
 //! moment), the TTL goes with the one datagram, as an `IP_TTL` or
-//! `IPV6_HOPLIMIT` control message; it never changes the socket's own.
+//! `IPV6_HOPLIMIT` control message; it never changes the socket's own. That
+//! is Linux. Elsewhere (macOS, Windows) the socket's TTL is lowered for the
+//! one send and put back: a QUIC packet quinn sends in that instant leaves
+//! with the low TTL too, dies on the way, and is sent again as any lost
+//! packet is. The hop measurement is Linux's alone; other systems assume
+//! one NAT ([`open_ttl`]).
+//!
+//! This module and [`crate::socket`] are burrow-net's only platform code.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
+#[cfg(target_os = "linux")]
 use std::os::fd::AsRawFd;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+#[cfg(target_os = "linux")]
+use std::time::Instant;
+
+use socket2::SockRef;
 
 /// The most hops [`nat_hops`] looks at (a home router behind a carrier NAT
 /// behind another is three).
@@ -25,13 +37,23 @@ pub const MAX_NAT_HOPS: u8 = 3;
 /// Sends `data` to `to` from `socket` with IP TTL (or IPv6 hop limit) `ttl`,
 /// for this datagram only. An IPv4 destination on an IPv6 socket must come
 /// IPv4-mapped ([`crate::socket::on_wire`]).
-pub fn send_with_ttl(
-    socket: &impl AsRawFd,
-    to: SocketAddr,
-    data: &[u8],
-    ttl: u8,
-) -> io::Result<()> {
-    let fd = socket.as_raw_fd();
+pub fn send_with_ttl(socket: SockRef<'_>, to: SocketAddr, data: &[u8], ttl: u8) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    return send_with_ttl_cmsg(socket.as_raw_fd(), to, data, ttl);
+    #[cfg(not(target_os = "linux"))]
+    {
+        let ipv6 = crate::paths::canonical(to).is_ipv6();
+        let usual = ttl_of(&socket, ipv6)?;
+        set_ttl(&socket, ipv6, ttl)?;
+        let sent = socket.send_to(data, &to.into());
+        set_ttl(&socket, ipv6, usual)?;
+        sent.map(|_| ())
+    }
+}
+
+/// [`send_with_ttl`] with the TTL in a control message: this datagram's alone.
+#[cfg(target_os = "linux")]
+fn send_with_ttl_cmsg(fd: i32, to: SocketAddr, data: &[u8], ttl: u8) -> io::Result<()> {
     let (mut storage, len) = sockaddr(to);
     let mut iov = libc::iovec {
         iov_base: data.as_ptr() as *mut libc::c_void,
@@ -72,47 +94,55 @@ pub fn send_with_ttl(
 }
 
 /// Sets the TTL of every packet `socket` (a TCP socket of ours, not shared)
-/// sends from now on.
-pub fn set_ttl(socket: &impl AsRawFd, ipv6: bool, ttl: u8) -> io::Result<()> {
-    set_ttl_fd(socket.as_raw_fd(), ipv6, ttl)
-}
-
-/// [`set_ttl`] on a socket known by its descriptor (one a pending connect
-/// owns); `fd` must be open.
-pub fn set_ttl_fd(fd: std::os::fd::RawFd, ipv6: bool, ttl: u8) -> io::Result<()> {
-    let (level, kind) = if ipv6 {
-        (libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS)
+/// sends from now on: IPv4's TTL, or IPv6's hop limit when `ipv6`.
+pub fn set_ttl(socket: &socket2::Socket, ipv6: bool, ttl: u8) -> io::Result<()> {
+    if ipv6 {
+        socket.set_unicast_hops_v6(u32::from(ttl))
     } else {
-        (libc::IPPROTO_IP, libc::IP_TTL)
-    };
-    setsockopt_int(fd, level, kind, libc::c_int::from(ttl))
+        socket.set_ttl_v4(u32::from(ttl))
+    }
 }
 
 /// The TTL `socket` sends with now.
-pub fn ttl_of(socket: &impl AsRawFd, ipv6: bool) -> io::Result<u8> {
-    let (level, kind) = if ipv6 {
-        (libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS)
+pub fn ttl_of(socket: &socket2::Socket, ipv6: bool) -> io::Result<u8> {
+    let ttl = if ipv6 {
+        socket.unicast_hops_v6()?
     } else {
-        (libc::IPPROTO_IP, libc::IP_TTL)
+        socket.ttl_v4()?
     };
-    let mut value: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: the kernel writes at most `len` bytes into the live c_int.
-    let r = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            level,
-            kind,
-            &mut value as *mut libc::c_int as *mut libc::c_void,
-            &mut len,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(value.clamp(1, 255) as u8)
+    Ok(ttl.clamp(1, 255) as u8)
 }
 
+/// A socket as the system names it (a descriptor, or a Windows `SOCKET`):
+/// how a socket that a pending connect owns is reached ([`set_ttl_raw`]).
+#[cfg(unix)]
+pub type RawSocket = std::os::fd::RawFd;
+/// A socket as the system names it (a descriptor, or a Windows `SOCKET`):
+/// how a socket that a pending connect owns is reached ([`set_ttl_raw`]).
+#[cfg(windows)]
+pub type RawSocket = std::os::windows::io::RawSocket;
+
+/// The system's name for `socket`.
+pub fn raw_socket(socket: &tokio::net::TcpSocket) -> RawSocket {
+    #[cfg(unix)]
+    return std::os::fd::AsRawFd::as_raw_fd(socket);
+    #[cfg(windows)]
+    return std::os::windows::io::AsRawSocket::as_raw_socket(socket);
+}
+
+/// [`set_ttl`] on a socket known by its system name (one a pending connect
+/// owns); `raw` must stay open for the call.
+pub fn set_ttl_raw(raw: RawSocket, ipv6: bool, ttl: u8) -> io::Result<()> {
+    // SAFETY: the caller keeps the socket open for the call.
+    #[cfg(unix)]
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) };
+    // SAFETY: as above.
+    #[cfg(windows)]
+    let borrowed = unsafe { std::os::windows::io::BorrowedSocket::borrow_raw(raw) };
+    set_ttl(&SockRef::from(&borrowed), ipv6, ttl)
+}
+
+#[cfg(target_os = "linux")]
 fn setsockopt_int(fd: i32, level: i32, kind: i32, value: libc::c_int) -> io::Result<()> {
     // SAFETY: the option value is a live c_int of the length given.
     let r = unsafe {
@@ -130,6 +160,7 @@ fn setsockopt_int(fd: i32, level: i32, kind: i32, value: libc::c_int) -> io::Res
     Ok(())
 }
 
+#[cfg(target_os = "linux")]
 fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     // SAFETY: all-zero is a valid sockaddr_storage; we fill in one family's
     // fields, within its size.
@@ -207,7 +238,7 @@ impl HopProbe {
             // A send that reports an earlier hop's ICMP error (the socket's
             // pending error) sent nothing: send again (bounded).
             for _ in 0..3 {
-                if send_with_ttl(&socket, server, &[0, ttl], ttl).is_ok() {
+                if send_with_ttl((&socket).into(), server, &[0, ttl], ttl).is_ok() {
                     break;
                 }
             }
@@ -332,7 +363,7 @@ mod tests {
     fn a_datagram_sent_with_a_ttl_arrives_on_loopback() {
         let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        send_with_ttl(&tx, rx.local_addr().unwrap(), b"opening", 2).unwrap();
+        send_with_ttl((&tx).into(), rx.local_addr().unwrap(), b"opening", 2).unwrap();
         rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         let mut buf = [0u8; 16];
         let (n, from) = rx.recv_from(&mut buf).unwrap();
@@ -343,6 +374,7 @@ mod tests {
     }
 
     /// Reads one datagram and the TTL it arrived with (`IP_RECVTTL`).
+    #[cfg(target_os = "linux")]
     fn recv_with_ttl(socket: &std::net::UdpSocket) -> (Vec<u8>, u8) {
         setsockopt_int(socket.as_raw_fd(), libc::IPPROTO_IP, libc::IP_RECVTTL, 1).unwrap();
         let mut buf = [0u8; 64];
@@ -376,6 +408,7 @@ mod tests {
     /// From a dual-stack socket to an IPv4 peer (mapped, as burrow sends),
     /// the datagram leaves as IPv4 with the TTL asked for, not the default.
     #[test]
+    #[cfg(target_os = "linux")]
     fn a_dual_stack_socket_sends_ipv4_with_the_ttl_asked() {
         let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
@@ -385,7 +418,7 @@ mod tests {
             return;
         }
         let to = crate::socket::on_wire(true, rx.local_addr().unwrap());
-        send_with_ttl(&tx, to, b"opening", 3).unwrap();
+        send_with_ttl((&tx).into(), to, b"opening", 3).unwrap();
         assert_eq!(recv_with_ttl(&rx), (b"opening".to_vec(), 3));
     }
 
