@@ -1,14 +1,20 @@
-//! Local control sockets: how the CLI talks to a running node
-//! (`<home>/control.sock`) or server (the admin socket). One JSON object per
-//! line each way; every reply is a [`Reply`]. The socket is a Unix socket with
-//! mode 0600 inside the 0700 home, so only its owner reaches it.
+//! Local control connections: how the CLI talks to a running node or server
+//! (its admin socket). One JSON object per line each way; every reply is a
+//! [`Reply`]. The transport is the platform's ([`crate::sys`]): a Unix socket,
+//! `<home>/control.sock`, mode 0600 inside the 0700 home with the peer's uid
+//! checked, on Linux and macOS; a named pipe whose security descriptor admits
+//! our user alone on Windows. Callers see [`Listener`], [`Stream`] and
+//! [`connect`], whichever it is.
+//!
+//! A named pipe has no half-close: a client ends a streaming request by
+//! sending a byte or closing, not by shutting down its writing side.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
-use tokio::net::UnixListener;
+
+use crate::sys;
 
 /// A reply line: `{"ok": true, "data": ...}` or
 /// `{"ok": false, "error": "...", "hint": "..."}`.
@@ -56,47 +62,54 @@ impl Reply {
     }
 }
 
-/// The control socket's path in a node's or server's `home`.
-pub fn socket_path(home: &Path) -> PathBuf {
-    home.join("control.sock")
+/// Where the control connection of the node or server in `home` is: the
+/// socket file on Linux and macOS, the pipe's name on Windows.
+pub fn address(home: &Path) -> PathBuf {
+    sys::address(home)
 }
 
-/// Binds the control socket in `home` (mode 0600), replacing a stale one left
-/// by a process that died; refuses when a live one answers there. The socket
-/// is bound under a private name, given its mode, and only then renamed into
-/// place, so it is never reachable with the mode it was bound with.
-pub fn bind(home: &Path) -> std::io::Result<UnixListener> {
-    let path = &socket_path(home);
-    if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::AddrInUse,
-            "something is already running there",
-        ));
-    }
-    let staging = home.join(format!(".control.sock.{}", std::process::id()));
-    let _ = std::fs::remove_file(&staging);
-    let listener = UnixListener::bind(&staging)?;
-    let placed = std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o600))
-        .and_then(|()| std::fs::rename(&staging, path));
-    if let Err(e) = placed {
-        let _ = std::fs::remove_file(&staging);
-        return Err(e);
-    }
-    Ok(listener)
+/// The listening end of a control connection, bound by a running node or
+/// server.
+pub struct Listener(sys::Listener);
+
+/// One control connection.
+pub struct Stream(sys::Stream);
+
+/// The half of a [`Stream`] that reads.
+pub type ReadHalf = sys::ReadHalf;
+/// The half of a [`Stream`] that writes.
+pub type WriteHalf = sys::WriteHalf;
+
+/// Binds the control connection of `home`, reachable by its owner alone;
+/// a stale one left by a process that died is replaced, a live one refuses
+/// (`AddrInUse`).
+pub fn bind(home: &Path) -> std::io::Result<Listener> {
+    sys::bind(home).map(Listener)
 }
 
-/// Whether the process at the other end of `stream` runs as this process's
-/// user (or as root): only they may drive a node or a server, whatever the
-/// socket's file mode.
-pub fn peer_is_owner(stream: &tokio::net::UnixStream) -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
-    stream
-        .peer_cred()
-        .is_ok_and(|c| c.uid() == me || c.uid() == 0)
+impl Listener {
+    /// The next client. A client run by another user is refused with a
+    /// `PermissionDenied` error that says who it was (the caller logs it and
+    /// goes on).
+    pub async fn accept(&mut self) -> std::io::Result<Stream> {
+        self.0.accept().await.map(Stream)
+    }
+}
+
+/// Connects to the node or server in `home`; `NotFound` or
+/// `ConnectionRefused` when none runs there.
+pub async fn connect(home: &Path) -> std::io::Result<Stream> {
+    sys::connect(home).await.map(Stream)
+}
+
+impl Stream {
+    /// Its two directions, each to a task of its own.
+    pub fn into_split(self) -> (ReadHalf, WriteHalf) {
+        self.0.into_split()
+    }
 }
 
 /// Removes the control socket in `home` (on the way out).
 pub fn unlink(home: &Path) {
-    let _ = std::fs::remove_file(socket_path(home));
+    sys::unlink(home)
 }

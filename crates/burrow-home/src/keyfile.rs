@@ -2,7 +2,6 @@
 
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use burrow_proto::SecretKey;
@@ -24,8 +23,8 @@ pub enum KeyFileError {
     )]
     Malformed(String),
     /// Others can read the file.
-    #[error("key file {0} is readable by other users: run chmod 600 on it")]
-    TooOpen(String),
+    #[error("key file {0} is readable by other users: {1}")]
+    TooOpen(String, &'static str),
 }
 
 /// Loads the key at `path`, if there is one (nothing is created).
@@ -37,9 +36,9 @@ pub fn load(path: &Path) -> Result<Option<SecretKey>, KeyFileError> {
     };
     match fs::read_to_string(path) {
         Ok(text) => {
-            let mode = fs::metadata(path).map_err(io_err)?.permissions().mode();
-            if mode & 0o077 != 0 {
-                return Err(KeyFileError::TooOpen(show()));
+            let meta = fs::metadata(path).map_err(io_err)?;
+            if let Some(what_to_do) = crate::sys::open_to_others(&meta) {
+                return Err(KeyFileError::TooOpen(show(), what_to_do));
             }
             let mut seed = [0u8; 32];
             hex::decode_to_slice(text.trim(), &mut seed)
@@ -66,10 +65,7 @@ pub fn load_or_create(path: &Path) -> Result<(SecretKey, bool), KeyFileError> {
                 create_private_dir(dir).map_err(io_err)?;
             }
             let key = SecretKey::generate(&mut rand::rngs::OsRng);
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
+            let mut f = crate::sys::owner_only(fs::OpenOptions::new().write(true).create_new(true))
                 .open(path)
                 .map_err(io_err)?;
             f.write_all(hex::encode(key.to_bytes()).as_bytes())
@@ -81,51 +77,30 @@ pub fn load_or_create(path: &Path) -> Result<(SecretKey, bool), KeyFileError> {
     }
 }
 
-/// Creates `dir` (and parents) readable by its owner only, if it doesn't exist.
+/// Creates `dir` (and parents) readable by its owner only, if it doesn't
+/// exist; an existing one must be ours and closed to others (on Unix: it
+/// holds the key, the stores and the control socket, whose protection starts
+/// with the directory).
 pub fn create_private_dir(dir: &Path) -> io::Result<()> {
     if dir.as_os_str().is_empty() {
         return Ok(());
     }
     match fs::metadata(dir) {
-        Ok(meta) => check_private_dir(dir, &meta),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir),
+        Ok(meta) if !meta.is_dir() => Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("{} is not a directory", dir.display()),
+        )),
+        Ok(meta) => crate::sys::check_private_dir(dir, &meta),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => crate::sys::create_private_dir(dir),
         Err(e) => Err(e),
     }
-}
-
-/// An existing home must be ours and closed to others: it holds the key, the
-/// stores and the control socket, whose protection starts with the directory.
-fn check_private_dir(dir: &Path, meta: &fs::Metadata) -> io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let denied = |why: String| Err(io::Error::new(io::ErrorKind::PermissionDenied, why));
-    if !meta.is_dir() {
-        return denied(format!("{} is not a directory", dir.display()));
-    }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
-    if meta.uid() != me && me != 0 {
-        return denied(format!(
-            "{} belongs to another user (uid {}); use a home of your own",
-            dir.display(),
-            meta.uid()
-        ));
-    }
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return denied(format!(
-            "{} is open to other users (mode {mode:o}): run chmod 700 on it, or use another home",
-            dir.display()
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(unix)]
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn creates_once_then_loads_the_same_key_with_owner_only_mode() {
@@ -133,6 +108,7 @@ mod tests {
         let path = dir.path().join("home/key");
         let (k1, created) = load_or_create(&path).unwrap();
         assert!(created);
+        #[cfg(unix)]
         assert_eq!(
             fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600
@@ -140,10 +116,13 @@ mod tests {
         let (k2, created) = load_or_create(&path).unwrap();
         assert!(!created);
         assert_eq!(k1.public(), k2.public());
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(matches!(
-            load_or_create(&path),
-            Err(KeyFileError::TooOpen(_))
-        ));
+        #[cfg(unix)]
+        {
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+            assert!(matches!(
+                load_or_create(&path),
+                Err(KeyFileError::TooOpen(..))
+            ));
+        }
     }
 }

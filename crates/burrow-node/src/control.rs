@@ -1,14 +1,14 @@
-//! The local control API on `home/control.sock` (see [`crate::api`] for the format).
-//!
-//! The socket file is created with mode 0600 inside the 0700 home directory: only
-//! its owner can talk to the node. Request lines are bounded ([`MAX_LINE`]).
+//! The local control API (see [`crate::api`] for the format), on the home's
+//! control connection ([`burrow_home::control`]: `home/control.sock` or a
+//! named pipe), which only the home's owner can reach. Request lines are
+//! bounded ([`MAX_LINE`]).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
+use burrow_home::control::{Listener, ReadHalf, Stream, WriteHalf};
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
 use tracing::{debug, warn};
 
 use crate::api::{Reply, Request};
@@ -21,7 +21,7 @@ pub const MAX_LINE: usize = 64 * 1024;
 /// Default number of messages `messages` returns.
 pub const DEFAULT_MESSAGES: usize = 100;
 
-pub use burrow_home::control::{bind, socket_path, unlink};
+pub use burrow_home::control::{address, bind, unlink};
 
 impl Node {
     /// Starts a node: locks the home directory, opens the store, binds the socket,
@@ -35,17 +35,17 @@ impl Node {
 }
 
 /// Serves control clients until shutdown.
-pub(crate) async fn serve(node: Node, listener: UnixListener) {
+pub(crate) async fn serve(node: Node, mut listener: Listener) {
     loop {
         let stream = tokio::select! {
             _ = node.inner.shutdown.cancelled() => return,
             s = listener.accept() => s,
         };
         match stream {
-            Ok((stream, _)) if !burrow_home::control::peer_is_owner(&stream) => {
-                warn!(peer = ?stream.peer_cred().ok(), "refused a control connection from another user");
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                warn!("refused a control connection from {e}");
             }
-            Ok((stream, _)) => {
+            Ok(stream) => {
                 let node = node.clone();
                 tokio::spawn(tracing::Instrument::in_current_span(async move {
                     if let Err(e) = client(node, stream).await {
@@ -137,7 +137,7 @@ async fn answer(node: &Node, request: Request) -> Reply {
     }
 }
 
-async fn client(node: Node, stream: UnixStream) -> std::io::Result<()> {
+async fn client(node: Node, stream: Stream) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read.take(MAX_LINE as u64 * 64));
     let mut line = String::new();
@@ -186,11 +186,12 @@ async fn client(node: Node, stream: UnixStream) -> std::io::Result<()> {
 }
 
 /// Resolves when the client of a streaming request hangs up: a `get` or a
-/// follow has the connection to itself, so whatever else the client sends is
-/// read and dropped (within the connection's read limit) until it closes.
+/// follow has the connection to itself, so anything the client sends after
+/// the request, or its close, ends it (a named pipe has no half-close to
+/// say so with).
 async fn hung_up(mut read: impl tokio::io::AsyncRead + Unpin) {
-    let mut buf = [0u8; 256];
-    while let Ok(1..) = read.read(&mut buf).await {}
+    let mut buf = [0u8; 1];
+    let _ = read.read(&mut buf).await;
 }
 
 /// Runs a download, sending its progress lines, then its result. When the
@@ -202,7 +203,7 @@ async fn get(
     file: &str,
     dir: &str,
     force: bool,
-    write: &mut tokio::net::unix::OwnedWriteHalf,
+    write: &mut WriteHalf,
     hung_up: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
     let (tx, mut rx) = tokio::sync::mpsc::channel(64);
@@ -227,7 +228,7 @@ async fn pipe(
     node: Node,
     target: &str,
     mut read: impl tokio::io::AsyncRead + Unpin,
-    mut write: tokio::net::unix::OwnedWriteHalf,
+    mut write: WriteHalf,
 ) -> std::io::Result<()> {
     let (send, recv) = match node.pipe(target).await {
         Ok(s) => s,
@@ -247,7 +248,7 @@ async fn pipe(
 async fn follow_messages(
     node: Node,
     limit: usize,
-    write: &mut tokio::net::unix::OwnedWriteHalf,
+    write: &mut WriteHalf,
     hung_up: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
     tokio::pin!(hung_up);
@@ -293,14 +294,14 @@ pub enum ClientError {
 
 /// A connection to a running node's control socket.
 pub struct ControlClient {
-    lines: tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
-    write: tokio::net::unix::OwnedWriteHalf,
+    lines: tokio::io::Lines<BufReader<ReadHalf>>,
+    write: WriteHalf,
 }
 
 impl ControlClient {
     /// Connects to the node in `home`.
     pub async fn connect(home: &Path) -> Result<Self, ClientError> {
-        let stream = match UnixStream::connect(socket_path(home)).await {
+        let stream = match burrow_home::control::connect(home).await {
             Ok(s) => s,
             Err(e)
                 if matches!(
@@ -335,6 +336,8 @@ impl ControlClient {
     /// stopped `get` has saved its progress by then). Whatever the node still
     /// sends is dropped.
     pub async fn hang_up(mut self, limit: std::time::Duration) {
+        // A byte, then the close: a named pipe's client has no half-close.
+        let _ = self.write.write_all(b"\n").await;
         let _ = self.write.shutdown().await;
         let _ = tokio::time::timeout(limit, async {
             while let Ok(Some(_)) = self.lines.next_line().await {}
@@ -344,12 +347,7 @@ impl ControlClient {
 
     /// The connection itself, after a `pipe` request's reply: what the node
     /// sends (the peer's bytes, some perhaps read already), and our side.
-    pub fn into_stream(
-        self,
-    ) -> (
-        BufReader<tokio::net::unix::OwnedReadHalf>,
-        tokio::net::unix::OwnedWriteHalf,
-    ) {
+    pub fn into_stream(self) -> (BufReader<ReadHalf>, WriteHalf) {
         (self.lines.into_inner(), self.write)
     }
 

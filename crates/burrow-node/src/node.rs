@@ -11,7 +11,6 @@ use burrow_net::{Endpoint, EndpointConfig};
 use burrow_proto::rendezvous::Direction;
 use burrow_proto::{Name, NodeId};
 use burrow_store::NodeStore;
-use tokio::net::UnixListener;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -65,7 +64,9 @@ impl Node {
     /// Opens the home, binds the socket, registers with the server (failing
     /// if that is refused) and starts the node's tasks; returns the node and
     /// its control socket, which [`Node::start`] (in [`crate::control`]) serves.
-    pub(crate) async fn launch(config: NodeConfig) -> Result<(Node, UnixListener), StartError> {
+    pub(crate) async fn launch(
+        config: NodeConfig,
+    ) -> Result<(Node, burrow_home::control::Listener), StartError> {
         let span = tracing::info_span!(
             "node",
             id = %config.secret.public().short(),
@@ -77,7 +78,7 @@ impl Node {
     async fn launch_in(
         config: NodeConfig,
         span: tracing::Span,
-    ) -> Result<(Node, UnixListener), StartError> {
+    ) -> Result<(Node, burrow_home::control::Listener), StartError> {
         let home = config.home.clone();
         let (lock, mut store) = open_home(&home)?;
         let mesh = crate::mesh::MeshState::load(&mut store, &config)?;

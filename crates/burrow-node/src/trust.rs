@@ -40,12 +40,9 @@ impl KnownServers {
 
     /// Records `key` for `host_port`.
     pub fn remember(&self, host_port: &str, key: &NodeId) -> std::io::Result<()> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(&self.path)?;
+        let mut f =
+            burrow_home::private::owner_only(fs::OpenOptions::new().create(true).append(true))
+                .open(&self.path)?;
         writeln!(f, "{host_port} {key}")?;
         f.sync_all()
     }

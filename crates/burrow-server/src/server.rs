@@ -395,7 +395,7 @@ pub struct Server {
     watched: mpsc::Receiver<(NodeId, quinn::Connection)>,
     idle_timeout: Duration,
     stun_grid: Arc<crate::stun_grid::StunGrid>,
-    admin: tokio::net::UnixListener,
+    admin: burrow_home::control::Listener,
     home: PathBuf,
     retry_above: usize,
     https: Option<SocketAddr>,
@@ -412,7 +412,7 @@ impl Server {
         let bans = store.bans(burrow_proto::time::unix_ms(SystemTime::now()))?;
         let allowed = store.allowed()?;
         let admin = admin::bind(&config.home).map_err(|source| ServerError::Admin {
-            path: admin::socket_path(&config.home),
+            path: admin::address(&config.home),
             source,
         })?;
         // STUN also needs the next port. With a fixed port a clash is an error;

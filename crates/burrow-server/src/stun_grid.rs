@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 use burrow_proto::stun::{self, Request};
 use quinn::udp::{RecvMeta, Transmit};
-use quinn::{AsyncUdpSocket, Runtime};
+use quinn::AsyncUdpSocket;
 use tokio::task::JoinHandle;
 
 use burrow_net::socket::RawSender;
@@ -144,7 +144,7 @@ impl StunGrid {
         let mut alts = Vec::new();
         for addr in addrs {
             let bind = |addr| -> std::io::Result<Arc<dyn AsyncUdpSocket>> {
-                quinn::TokioRuntime.wrap_udp_socket(burrow_net::socket::bind_udp(addr)?)
+                burrow_net::socket::for_quic(burrow_net::socket::bind_udp(addr)?)
             };
             let socket = bind(addr).map_err(|source| GridError::Bind { addr, source })?;
             alts.push((addr, socket));
