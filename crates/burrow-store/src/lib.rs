@@ -15,6 +15,7 @@ pub mod admission;
 mod forum;
 pub mod migrate;
 pub mod node;
+mod path;
 pub mod server;
 mod tunnel;
 
@@ -106,7 +107,6 @@ fn open_read_only(
 /// Makes `path` a file only its owner can read (created so if absent). SQLite
 /// gives the store's `-wal` and `-shm` files the database file's mode.
 fn private_file(path: &std::path::Path) -> Result<(), StoreError> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let io = |e: std::io::Error| StoreError::Io {
         path: path.display().to_string(),
         source: e,
@@ -115,18 +115,31 @@ fn private_file(path: &std::path::Path) -> Result<(), StoreError> {
         .write(true)
         .create(true)
         .truncate(false)
-        .mode(0o600)
         .open(path)
         .map_err(io)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    restrict(path).map_err(io)?;
     // SQLite's own files, left by an earlier run with the mode of its day.
     for suffix in ["-wal", "-shm"] {
         let mut side = path.as_os_str().to_owned();
         side.push(suffix);
         let side = std::path::Path::new(&side);
         if side.exists() {
-            std::fs::set_permissions(side, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+            restrict(side).map_err(io)?;
         }
     }
+    Ok(())
+}
+
+/// Narrows an existing file to its owner: mode 0600.
+#[cfg(unix)]
+fn restrict(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
+
+/// Nothing to narrow on Windows: stores live in the home, whose access list
+/// (its user alone) their files inherit (`burrow_home::private`).
+#[cfg(windows)]
+fn restrict(_path: &std::path::Path) -> std::io::Result<()> {
     Ok(())
 }

@@ -1,7 +1,6 @@
 //! The node's store: chat history, the files it shares, and the downloads in
 //! progress (which chunk groups are verified, so a download resumes).
 
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use burrow_proto::chat::MessageId;
@@ -334,7 +333,7 @@ impl NodeStore {
             params![
                 s.hash.0.as_slice(),
                 s.name.as_str(),
-                s.path.as_os_str().as_bytes(),
+                crate::path::to_sql(&s.path),
                 s.size as i64,
                 s.mtime_ns,
                 s.downloaded,
@@ -376,7 +375,7 @@ impl NodeStore {
             Ok((
                 r.get::<_, Vec<u8>>(0)?,
                 r.get::<_, String>(1)?,
-                r.get::<_, Vec<u8>>(2)?,
+                r.get::<_, rusqlite::types::Value>(2)?,
                 r.get::<_, i64>(3)?,
                 r.get::<_, i64>(4)?,
                 r.get::<_, bool>(5)?,
@@ -389,7 +388,7 @@ impl NodeStore {
             out.push(StoredShare {
                 hash: blob_hash("shares", &hash)?,
                 name: share_name("shares", name)?,
-                path: PathBuf::from(std::ffi::OsStr::from_bytes(&path)),
+                path: crate::path::from_sql("shares", path)?,
                 size: size as u64,
                 mtime_ns,
                 downloaded,

@@ -16,6 +16,7 @@
 //! The tracker on the server hears of every share and unshare, and gets the
 //! whole list again after each registration ([`announce_all`]).
 
+mod disk;
 pub(crate) mod fetch;
 mod get;
 mod place;

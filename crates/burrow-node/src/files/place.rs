@@ -49,7 +49,7 @@ pub(super) fn place(
         })?;
     }
     let _ = std::fs::remove_file(&plan.data_path);
-    sync_dir(dir).map_err(io)?;
+    super::disk::sync_dir(dir).map_err(io)?;
     let outboard = super::outboard_path(home, &plan.hash);
     if let Some(d) = outboard.parent() {
         std::fs::create_dir_all(d).map_err(io)?;
@@ -80,9 +80,4 @@ fn copy_into_place(from: &Path, dir: &Path, target: &Path, replace: bool) -> std
         tmp.persist_noclobber(target)
     };
     placed.map(drop).map_err(|e| e.error)
-}
-
-/// Makes a directory's entries durable (a rename or link in it).
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
 }

@@ -4,7 +4,8 @@
 //!
 //! Verified groups that follow each other are gathered into runs of up to
 //! 1 MiB, and each run is written on a blocking thread while the next one
-//! fills: with direct I/O (`O_DIRECT`) where the file system allows it, so
+//! fills: with direct I/O (`O_DIRECT`, see [`super::disk`] for other
+//! systems) where the file system allows it, so
 //! the bytes go from the run's buffer to the disk without passing through
 //! the page cache. That costs the receiver a fraction of the CPU (0.15
 //! against 0.7 CPU-seconds per GiB here), and a download doesn't evict what
@@ -29,7 +30,6 @@
 //! fetched.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -41,6 +41,8 @@ use burrow_proto::files::{BlobHash, ChunkSpan, CHUNK_GROUP};
 use burrow_proto::schedule::{group_chunks, Bitmap, Failure, Schedule, Take};
 use burrow_proto::NodeId;
 use tokio::sync::Notify;
+
+use super::disk;
 
 /// Verified bytes between background syncs of a download.
 const WRITE_BACK_EVERY: u64 = 64 << 20;
@@ -126,17 +128,13 @@ impl Plan {
                 // Start over: whatever is in the files was never verified.
                 for (f, len) in [(&data, size), (&outboard, tree.outboard_size())] {
                     f.set_len(0)?;
-                    f.set_len(len)?;
+                    f.set_len(len).map_err(|e| disk::no_space(e, dir, len))?;
                 }
                 Bitmap::new(groups)
             }
         };
-        preallocate(&data, size, dir)?;
-        let direct = OpenOptions::new()
-            .write(true)
-            .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
-            .open(&data_path)
-            .ok();
+        disk::preallocate(&data, size, dir)?;
+        let direct = disk::open_uncached(&data_path);
         let schedule = Schedule::new(size, chunks, bitmap);
         let verified = schedule.verified();
         Ok(Plan {
@@ -207,7 +205,7 @@ impl Plan {
 
     /// Writes verified hash pairs (consecutive in the outboard) at `at`.
     pub(super) fn write_parents(&self, at: u64, pairs: &[u8]) -> std::io::Result<()> {
-        self.outboard.write_all_at(pairs, at)
+        disk::write_all_at(&self.outboard, pairs, at)
     }
 
     /// Writes verified bytes at `at` (a group boundary): directly to the
@@ -223,7 +221,7 @@ impl Plan {
             && at.is_multiple_of(DIRECT_ALIGN as u64);
         let direct_len = bytes.len() / DIRECT_ALIGN * DIRECT_ALIGN;
         if let Some(direct) = self.direct_file().filter(|_| aligned && direct_len > 0) {
-            match direct.write_all_at(&bytes[..direct_len], at) {
+            match disk::write_all_at(direct, &bytes[..direct_len], at) {
                 Ok(()) => {
                     cached = &bytes[direct_len..];
                     self.written_direct
@@ -233,11 +231,7 @@ impl Plan {
                 // file system that opened the file but won't write it this
                 // way gets no more direct writes.
                 Err(e) => {
-                    use rustix::io::Errno;
-                    let refused = matches!(
-                        Errno::from_io_error(&e),
-                        Some(Errno::INVAL | Errno::OPNOTSUPP)
-                    );
+                    let refused = disk::refused(&e);
                     tracing::debug!(error = %e, refused, "a direct write failed; writing through the page cache");
                     if refused {
                         self.direct_refused.store(true, Ordering::Relaxed);
@@ -247,7 +241,7 @@ impl Plan {
         }
         let mut offset = at + (bytes.len() - cached.len()) as u64;
         for piece in cached.chunks(CACHED_WRITE) {
-            self.data.write_all_at(piece, offset)?;
+            disk::write_all_at(&self.data, piece, offset)?;
             offset += piece.len() as u64;
         }
         Ok(())
@@ -344,28 +338,6 @@ impl Plan {
             .get_or_insert(error);
         self.stop.store(true, Ordering::Relaxed);
         self.changed.notify_waiters();
-    }
-}
-
-/// Reserves the partial file's blocks before anything is fetched: a disk
-/// too full for the download says so at once, and the writes that follow
-/// don't allocate one block at a time.
-fn preallocate(file: &File, size: u64, dir: &Path) -> std::io::Result<()> {
-    if size == 0 {
-        return Ok(());
-    }
-    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, size) {
-        Ok(()) => Ok(()),
-        Err(rustix::io::Errno::NOSPC) => Err(std::io::Error::new(
-            std::io::ErrorKind::StorageFull,
-            format!(
-                "not enough free space in {} for {size} bytes",
-                dir.display()
-            ),
-        )),
-        // File systems without it allocate as they are written.
-        Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::NOSYS) => Ok(()),
-        Err(e) => Err(e.into()),
     }
 }
 

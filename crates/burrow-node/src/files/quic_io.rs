@@ -251,10 +251,8 @@ impl AsyncSliceReader for FileSlice {
         let mut buf = Vec::with_capacity(want);
         while buf.len() < want {
             let at = offset + buf.len() as u64;
-            match rustix::io::pread(&self.file, rustix::buffer::spare_capacity(&mut buf), at) {
-                Ok(0) => break,
-                Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(e.into()),
+            if super::disk::read_at_into(&self.file, &mut buf, at)? == 0 {
+                break;
             }
         }
         if buf.len() < (end - offset) as usize {
