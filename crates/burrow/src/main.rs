@@ -4,12 +4,14 @@
 
 mod admin;
 mod client;
+mod config;
 mod demo;
 #[cfg(all(target_os = "linux", feature = "lab"))]
 mod demo_lab;
 mod files;
 mod forum;
 mod serve;
+mod service;
 mod stop;
 mod tunnel;
 mod up;
@@ -17,7 +19,8 @@ mod up;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// burrow connects your computers directly across NATs and firewalls.
 ///
@@ -190,6 +193,13 @@ enum Command {
     /// An interactive console on a running server: users, say, tell, kick, ban,
     /// unban, log, ... (type help).
     Console,
+    /// Run this node in the background, as the system runs services: install,
+    /// uninstall, status, logs (systemd on Linux, launchd on macOS, Task
+    /// Scheduler on Windows).
+    Service {
+        #[command(subcommand)]
+        cmd: service::ServiceCmd,
+    },
     /// Peers that may connect without asking: list them, add or remove one.
     Contacts {
         #[command(subcommand)]
@@ -333,39 +343,82 @@ fn init_tracing() {
         .init();
 }
 
+/// The ids of the options in `matches` that the user set, on the command
+/// line or in their environment variables (not those left at defaults).
+fn given(matches: &clap::ArgMatches) -> std::collections::HashSet<String> {
+    matches
+        .ids()
+        .filter(|id| {
+            matches!(
+                matches.value_source(id.as_str()),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            )
+        })
+        .map(|id| id.to_string())
+        .collect()
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     init_tracing();
+    let is_server = matches!(
+        cli.command,
+        Command::Server(_) | Command::Admin { .. } | Command::Console
+    );
+    let home = cli.home.clone().unwrap_or_else(|| default_home(is_server));
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Command::Up(args) = &cli.command {
+    let mut settings = None;
+    if let Command::Up(args) = &mut cli.command {
+        if args.service {
+            let exe = std::env::current_exe().unwrap_or_default();
+            let me = service::Service::new(exe, home.clone(), cli.home.is_none());
+            if let Err(e) = service::schtasks::detach(&me) {
+                return fail(e);
+            }
+        }
+        // The config file fills in what the command line left out, before
+        // the runtime is sized by it.
+        let given = given(matches.subcommand_matches("up").expect("up was parsed"));
+        match config::load(&home) {
+            Ok(loaded) => {
+                loaded.apply(args, &given);
+                settings = Some((loaded, given));
+            }
+            Err(e) => return fail(e),
+        }
         runtime.worker_threads(args.worker_threads());
     }
     let runtime = runtime
         .enable_all()
         .build()
         .expect("the tokio runtime starts");
-    let result = runtime.block_on(run(cli));
-    match result {
+    match runtime.block_on(run(cli, home, settings)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {}", e.message);
-            if let Some(hint) = e.hint {
-                eprintln!("hint: {hint}");
-            }
-            ExitCode::FAILURE
-        }
+        Err(e) => fail(e),
     }
 }
 
-async fn run(cli: Cli) -> Result<(), CliError> {
-    let is_server = matches!(
-        cli.command,
-        Command::Server(_) | Command::Admin { .. } | Command::Console
-    );
-    let home = cli.home.clone().unwrap_or_else(|| default_home(is_server));
+/// Says what went wrong, and what to do.
+fn fail(e: CliError) -> ExitCode {
+    eprintln!("error: {}", e.message);
+    if let Some(hint) = e.hint {
+        eprintln!("hint: {hint}");
+    }
+    ExitCode::FAILURE
+}
+
+async fn run(
+    cli: Cli,
+    home: PathBuf,
+    settings: Option<(config::Loaded, std::collections::HashSet<String>)>,
+) -> Result<(), CliError> {
     match cli.command {
         Command::Server(args) => serve::run(home, args).await,
-        Command::Up(args) => up::run(home, args).await,
+        Command::Up(args) => {
+            let (loaded, given) = settings.expect("up's settings were read");
+            up::run(home, args, loaded, given).await
+        }
         Command::Demo { lab: false } => demo::run().await,
         Command::Demo { lab: true } => demo_lab().await,
         Command::Status => client::status(&home, cli.json).await,
@@ -418,6 +471,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Unforward { listen } => tunnel::unforward(&home, cli.json, listen).await,
         Command::Pipe { target } => tunnel::pipe(&home, target).await,
         Command::Admin { cmd } => admin::run(&home, cli.json, cmd).await,
+        Command::Service { cmd } => service::run(&home, cli.home.is_none(), cmd).await,
         Command::Console => admin::console(&home).await,
         Command::Contacts { cmd } => {
             let (add, remove) = match cmd.unwrap_or(ContactsCmd::List) {

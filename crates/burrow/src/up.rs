@@ -11,7 +11,9 @@ use burrow_proto::{Name, ServerAddr};
 
 use crate::CliError;
 
-/// Options of `burrow up`.
+/// Options of `burrow up`. Each one but the secrets and testing aids is also
+/// a key of the home's config.toml ([`crate::config`]), which supplies what
+/// the command line doesn't.
 #[derive(clap::Args, Debug)]
 pub struct UpArgs {
     /// The rendezvous server: burrow://<server-id>@host:port pins its key;
@@ -19,81 +21,83 @@ pub struct UpArgs {
     /// one the node runs serverless: it starts a network of its own, or joins
     /// one with --join.
     #[arg(long, env = "BURROW_SERVER")]
-    server: Option<ServerAddr>,
+    pub(crate) server: Option<ServerAddr>,
     /// Serverless: join the network of the node whose ticket this is (`burrow
     /// ticket` prints it). Give several to try more nodes; when both sides are
     /// behind NATs, each runs --join with the other's ticket.
-    #[arg(long, conflicts_with = "server")]
-    join: Vec<burrow_proto::mesh::Ticket>,
+    #[arg(long)]
+    pub(crate) join: Vec<burrow_proto::mesh::Ticket>,
     /// Serverless: how many links to look for through introductions by peers.
     #[arg(long, default_value_t = 4)]
-    links: usize,
+    pub(crate) links: usize,
     /// Testing aid: how often dialed links reconcile their forums again.
     #[arg(long, hide = true, default_value = "60s", value_parser = humantime::parse_duration)]
-    resync_every: Duration,
+    pub(crate) resync_every: Duration,
     /// Forum posts kept per author in each topic (authors you vouch for, your
     /// contacts and the server's named users, and you, have no limit).
     #[arg(long, default_value_t = 10_000, value_name = "POSTS")]
-    forum_author_quota: u64,
+    pub(crate) forum_author_quota: u64,
     /// Forum posts in each topic past which new ones are kept only from
     /// authors you vouch for (the rest are not stored or passed on).
     #[arg(long, default_value_t = 100_000, value_name = "POSTS")]
-    forum_topic_quota: u64,
+    pub(crate) forum_topic_quota: u64,
     /// Testing aid: new forum posts one link may bring per second ...
     #[arg(long, hide = true, default_value_t = 100.0)]
-    forum_link_rate: f64,
+    pub(crate) forum_link_rate: f64,
     /// ... and at once.
     #[arg(long, hide = true, default_value_t = 10_000.0)]
-    forum_link_burst: f64,
+    pub(crate) forum_link_burst: f64,
     /// Testing aid: pretend the wall clock is this many milliseconds off.
     #[arg(long, hide = true, default_value_t = 0, allow_hyphen_values = true)]
-    clock_skew_ms: i64,
+    pub(crate) clock_skew_ms: i64,
     /// The name to register (a-z, 0-9, '-', '_'; bound to this node's key).
+    /// Required the first time; saved in the home's config.toml with the
+    /// other options given then.
     #[arg(long, env = "BURROW_NAME")]
-    name: Name,
+    pub(crate) name: Option<Name>,
     /// UDP address for the node's socket. The default takes IPv4 and IPv6 on
     /// one socket (IPv4 alone where the machine has no IPv6); `0.0.0.0:0` is
     /// IPv4 only.
     #[arg(long, default_value = "[::]:0")]
-    bind: SocketAddr,
+    pub(crate) bind: SocketAddr,
     /// QUIC keepalive interval (keeps NAT mappings open).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    keepalive: Duration,
+    pub(crate) keepalive: Duration,
     /// A connection silent this long is dead.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    idle_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
     /// Don't offer files you downloaded to others (by default every finished
     /// download is shared too, from where it was saved).
     #[arg(long)]
-    no_reshare: bool,
+    pub(crate) no_reshare: bool,
     /// Don't ask the router for a public port. By default the node asks it
     /// (PCP, then NAT-PMP, then UPnP) and offers the mapped port to peers, so
     /// they reach it directly even through a symmetric NAT.
     #[arg(long)]
-    no_port_mapping: bool,
+    pub(crate) no_port_mapping: bool,
     /// Never use the server's relay: links go direct (hole punching, port
     /// mapping, TCP simultaneous open) or fail, saying so.
     #[arg(long, conflicts_with = "relay_only")]
-    direct_only: bool,
+    pub(crate) direct_only: bool,
     /// Never punch: every link goes through the server's relay, and the
     /// server hands peers none of this node's addresses, so nobody but the
     /// server learns where it is. Slower than direct.
-    #[arg(long, requires = "server")]
-    relay_only: bool,
+    #[arg(long)]
+    pub(crate) relay_only: bool,
     /// An HTTP proxy to reach the server's HTTPS port through (`CONNECT`),
     /// on networks that let nothing out but through one: `http://host:port`
     /// or `host:port`. Tried when UDP and TCP to the server get nowhere.
     #[arg(long, env = "HTTPS_PROXY", value_name = "URL")]
-    proxy: Option<String>,
+    pub(crate) proxy: Option<String>,
     /// On a server that keeps accounts: read the account's password from
     /// standard input (its first line). With --invite, it becomes the new
     /// account's password. A node whose key already holds its name needs none.
-    #[arg(long, requires = "server")]
-    password_stdin: bool,
+    #[arg(long)]
+    pub(crate) password_stdin: bool,
     /// On a server that keeps accounts: an invite code from its operator,
     /// which makes the account for --name.
-    #[arg(long, requires = "server", value_name = "CODE")]
-    invite: Option<String>,
+    #[arg(long, value_name = "CODE")]
+    pub(crate) invite: Option<String>,
     /// Threads for the node's async work (connections, the API, checking
     /// downloads; disk writes and the store have threads of their own).
     /// Default: half this machine's cores, at least one. quinn drives each
@@ -101,7 +105,17 @@ pub struct UpArgs {
     /// them: on two cores, one thread moved a file with 10-15 % less CPU
     /// than two.
     #[arg(long, value_name = "N")]
-    threads: Option<std::num::NonZeroUsize>,
+    pub(crate) threads: Option<std::num::NonZeroUsize>,
+    /// Write the options given here into the home's config.toml (its
+    /// comments and other keys are kept), so that a bare `burrow up` uses
+    /// them from now on. Without it they hold for this run only, except the
+    /// first time, when the file is written from them.
+    #[arg(long)]
+    pub(crate) save: bool,
+    /// Started by `burrow service`: on Windows, what the node prints goes to
+    /// the service's log and the console is let go.
+    #[arg(long, hide = true)]
+    pub(crate) service: bool,
 }
 
 impl UpArgs {
@@ -112,7 +126,51 @@ impl UpArgs {
     }
 }
 
-pub async fn run(home: PathBuf, args: UpArgs) -> Result<(), CliError> {
+/// What the command line and config file ask for together must make sense:
+/// a name, and the server-only options with a server (which may come from
+/// the file while the option came from the command line).
+fn check(args: &UpArgs, loaded: &crate::config::Loaded) -> Result<Name, CliError> {
+    let whence = if loaded.existed {
+        format!(" (nor in {})", loaded.path.display())
+    } else {
+        String::new()
+    };
+    let name = args.name.clone().ok_or_else(|| {
+        CliError::new(
+            format!("no name to register given{whence}"),
+            Some("give one with --name NAME; the first `burrow up` saves it, with the other options, in the home's config.toml".into()),
+        )
+    })?;
+    if args.server.is_some() && !args.join.is_empty() {
+        return Err(CliError::new(
+            "--join is for serverless networks, but a server is set",
+            Some(format!(
+                "drop --server, or remove `server` from {} for a serverless node",
+                loaded.path.display()
+            )),
+        ));
+    }
+    let needs_server = [
+        (args.relay_only, "--relay-only"),
+        (args.password_stdin, "--password-stdin"),
+        (args.invite.is_some(), "--invite"),
+    ];
+    if let (None, Some((_, flag))) = (&args.server, needs_server.iter().find(|(on, _)| *on)) {
+        return Err(CliError::new(
+            format!("{flag} needs a server{whence}"),
+            Some("give one with --server burrow://<server-id>@host:port".into()),
+        ));
+    }
+    Ok(name)
+}
+
+pub async fn run(
+    home: PathBuf,
+    args: UpArgs,
+    loaded: crate::config::Loaded,
+    given: std::collections::HashSet<String>,
+) -> Result<(), CliError> {
+    let name = check(&args, &loaded)?;
     let (secret, created) = burrow_home::keyfile::load_or_create(&home.join("key"))?;
     if created {
         println!("created a new identity in {}", home.join("key").display());
@@ -129,6 +187,7 @@ pub async fn run(home: PathBuf, args: UpArgs) -> Result<(), CliError> {
         },
         invite: args
             .invite
+            .as_ref()
             .map(|c| secret_arg(c.trim().to_string()))
             .transpose()?,
     };
@@ -151,7 +210,9 @@ pub async fn run(home: PathBuf, args: UpArgs) -> Result<(), CliError> {
         }
     }
     let joining = !args.join.is_empty();
-    let mut config = NodeConfig::new(home.clone(), secret, args.server, args.name);
+    // Written once the node is up, so options that don't work aren't kept.
+    let settings = crate::config::Pending::new(&loaded, &args, &given)?;
+    let mut config = NodeConfig::new(home.clone(), secret, args.server, name);
     config.bind = args.bind;
     config.keepalive = args.keepalive;
     config.idle_timeout = args.idle_timeout;
@@ -235,6 +296,12 @@ pub async fn run(home: PathBuf, args: UpArgs) -> Result<(), CliError> {
         status.public_addr.as_deref().unwrap_or("unknown"),
         status.local_addr
     );
+    if let Some(pending) = settings {
+        match pending.write() {
+            Ok(said) => println!("{said}"),
+            Err(e) => eprintln!("warning: the settings were not saved: {}", e.message),
+        }
+    }
     let online: Vec<String> = node
         .peers()
         .into_iter()
