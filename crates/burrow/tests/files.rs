@@ -1,5 +1,6 @@
 //! File sharing end to end: real `burrow` processes on 127.0.0.1, driven through
 //! the CLI, asserting on what a person or script sees and on the bytes on disk.
+#![cfg(target_os = "linux")] // Unix modes, users and file calls
 
 mod common;
 

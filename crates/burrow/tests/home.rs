@@ -2,6 +2,7 @@
 //! would meet them: a node refuses a home others can open, keeps its key,
 //! stores and control socket owner-only, and its control socket talks only to
 //! its own user, even when someone loosened the modes by hand.
+#![cfg(target_os = "linux")] // Unix modes, users and file calls
 
 mod common;
 

@@ -4,6 +4,7 @@
 //!
 //! Runs as root with iproute2, nftables and conntrack; skips with a printed reason
 //! elsewhere, except under `BURROW_LAB=required` (CI), where it fails.
+#![cfg(target_os = "linux")] // the lab is Linux's network namespaces
 
 mod common;
 

@@ -13,6 +13,7 @@
 //!
 //! The matrix test (`lab_matrix.rs`) shows every cell once; this one is the
 //! repeated measurement behind the README's traversal table.
+#![cfg(target_os = "linux")] // the lab is Linux's network namespaces
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! port 443, in front of a node that reaches the server's HTTPS port (TLS,
 //! then a WebSocket) after UDP and plain TCP got nowhere, and registers,
 //! chats and downloads through the relay over it.
+#![cfg(target_os = "linux")] // the lab is Linux's network namespaces
 
 mod common;
 

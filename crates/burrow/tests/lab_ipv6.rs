@@ -1,5 +1,6 @@
 //! IPv6 in the lab: home routers with no IPv6 NAT but a stateful firewall,
 //! dual-stack nodes, an IPv6-only one, and a server on `[::]` for both.
+#![cfg(target_os = "linux")] // the lab is Linux's network namespaces
 
 mod common;
 

@@ -20,6 +20,7 @@
 //! every peer IPv6 beside its IPv4 (no NAT, a stateful firewall on each
 //! router): there every cell with UDP on both sides goes direct, those IPv4
 //! alone can't do over IPv6.
+#![cfg(target_os = "linux")] // the lab is Linux's network namespaces
 
 mod common;
 

@@ -8,6 +8,7 @@
 //! (`burrow_lab::ROUTABLE_NET`), because miniupnpd refuses to map onto a
 //! reserved WAN address; the lab has no link to the host's network, so those
 //! addresses never leave it.
+#![cfg(target_os = "linux")] // the lab is Linux's network namespaces
 
 mod common;
 

@@ -3,6 +3,7 @@
 //! forwards between its TCP link and the peer's UDP; then the two go direct
 //! by TCP simultaneous open. Real processes, a real kernel firewall dropping
 //! every UDP datagram from the LAN.
+#![cfg(target_os = "linux")] // the lab is Linux's network namespaces
 
 mod common;
 

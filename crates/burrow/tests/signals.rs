@@ -2,6 +2,7 @@
 //! even while events pour in: `up` under presence churn, `messages --follow`
 //! while messages arrive, `get` while it reports progress. Real processes on
 //! 127.0.0.1.
+#![cfg(target_os = "linux")] // Unix signals
 
 mod common;
 

@@ -10,6 +10,7 @@
 //!
 //! Where the tool is missing this test says so and passes, unless
 //! `BURROW_LAB=required` (as in CI, which installs it), where it fails.
+#![cfg(target_os = "linux")] // the lab is Linux's network namespaces
 
 mod common;
 

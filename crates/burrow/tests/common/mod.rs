@@ -2,7 +2,10 @@
 //! `burrow` processes. Every wait is bounded.
 #![allow(dead_code)]
 
+#[cfg(target_os = "linux")]
 pub mod data;
+#[cfg(target_os = "linux")]
+pub mod lab;
 pub mod proc;
 pub mod raw;
 pub mod tunnel;
