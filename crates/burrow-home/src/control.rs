@@ -113,3 +113,52 @@ impl Stream {
 pub fn unlink(home: &Path) {
     sys::unlink(home)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    /// The platform's transport end to end: a client's line reaches the
+    /// listener and the answer comes back; a second node in the same home is
+    /// refused while the first runs; and once it is gone, the home binds
+    /// again.
+    #[tokio::test]
+    async fn a_client_reaches_its_node_and_a_second_node_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        crate::keyfile::create_private_dir(&home).unwrap();
+        let mut listener = bind(&home).unwrap();
+        let served = tokio::spawn(async move {
+            let (read, mut write) = listener.accept().await.unwrap().into_split();
+            let mut line = String::new();
+            BufReader::new(read).read_line(&mut line).await.unwrap();
+            Reply::ok(serde_json::json!({ "heard": line.trim() }))
+                .write_to(&mut write)
+                .await
+                .unwrap();
+            listener
+        });
+        let (read, mut write) = connect(&home).await.unwrap().into_split();
+        write.write_all(b"status\n").await.unwrap();
+        let mut answer = String::new();
+        BufReader::new(read).read_line(&mut answer).await.unwrap();
+        let reply: Reply = serde_json::from_str(&answer).unwrap();
+        assert_eq!(reply.data.unwrap()["heard"], "status");
+
+        let listener = served.await.unwrap();
+        let second = bind(&home).err().expect("a second bind in a live home");
+        assert_eq!(second.kind(), std::io::ErrorKind::AddrInUse);
+        drop(listener);
+        unlink(&home);
+        let again = connect(&home)
+            .await
+            .err()
+            .expect("nothing answers any more");
+        assert!(matches!(
+            again.kind(),
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+        ));
+        bind(&home).expect("the home binds again");
+    }
+}

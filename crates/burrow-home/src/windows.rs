@@ -7,7 +7,9 @@
 //! Pipe names are global, not files in the home: the pipe is named after a
 //! hash of the home's path, and the node takes it as the first instance, so
 //! a name already held (by a node already running, or by anyone else) makes
-//! `bind` fail instead of sharing it.
+//! `bind` fail instead of sharing it. A client checks that the process at
+//! the other end runs as its own user before it sends anything: someone who
+//! took the name first gets no requests (nor passwords, nor a pipe's bytes).
 
 use std::ffi::c_void;
 use std::fs;
@@ -30,7 +32,10 @@ use windows_sys::Win32::Security::{
     TOKEN_USER,
 };
 use windows_sys::Win32::Storage::FileSystem::CreateDirectoryW;
-use windows_sys::Win32::System::Threading::{GetCurrentProcess, OpenProcessToken};
+use windows_sys::Win32::System::Pipes::GetNamedPipeServerProcessId;
+use windows_sys::Win32::System::Threading::{
+    GetCurrentProcess, OpenProcess, OpenProcessToken, PROCESS_QUERY_LIMITED_INFORMATION,
+};
 
 /// What a connection is split into.
 pub type ReadHalf = tokio::io::ReadHalf<Stream>;
@@ -66,12 +71,23 @@ pub enum Stream {
 /// is held already.
 pub fn bind(home: &Path) -> io::Result<Listener> {
     let name = address(home);
+    let in_use = || {
+        io::Error::new(
+            io::ErrorKind::AddrInUse,
+            "something is already running there",
+        )
+    };
+    // A live pipe answers (or is busy answering), as a live Unix socket
+    // does; the first-instance flag below refuses one too where the system
+    // honours it (Wine doesn't).
+    match ClientOptions::new().open(&name) {
+        Ok(_) => return Err(in_use()),
+        Err(e) if e.raw_os_error() == Some(PIPE_BUSY) => return Err(in_use()),
+        Err(_) => {}
+    }
     let next = instance(&name, true).map_err(|e| {
         if e.kind() == io::ErrorKind::PermissionDenied {
-            io::Error::new(
-                io::ErrorKind::AddrInUse,
-                "something is already running there",
-            )
+            in_use()
         } else {
             e
         }
@@ -98,11 +114,14 @@ fn instance(name: &Path, first: bool) -> io::Result<NamedPipeServer> {
 }
 
 impl Listener {
-    /// The next connection. The pipe's descriptor already keeps other users out.
+    /// The next connection. The pipe's descriptor already keeps other users
+    /// out. An instance whose client came and went before it was connected
+    /// is replaced, not retried.
     pub async fn accept(&mut self) -> io::Result<Stream> {
-        self.next.connect().await?;
+        let connected = self.next.connect().await;
         let next = instance(&self.name, false)?;
-        Ok(Stream::Server(std::mem::replace(&mut self.next, next)))
+        let this = std::mem::replace(&mut self.next, next);
+        connected.map(|()| Stream::Server(this))
     }
 }
 
@@ -113,7 +132,10 @@ pub async fn connect(home: &Path) -> io::Result<Stream> {
     let mut tries = 0;
     loop {
         match ClientOptions::new().open(&name) {
-            Ok(client) => return Ok(Stream::Client(client)),
+            Ok(client) => {
+                check_server(&client)?;
+                return Ok(Stream::Client(client));
+            }
             Err(e) if e.raw_os_error() == Some(PIPE_BUSY) && tries < 100 => {
                 tries += 1;
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -252,13 +274,50 @@ impl Drop for Descriptor {
     }
 }
 
+/// Refuses a pipe whose server runs as another user than ours.
+fn check_server(client: &NamedPipeClient) -> io::Result<()> {
+    use std::os::windows::io::AsRawHandle;
+    let mut pid = 0u32;
+    // SAFETY: a live pipe handle and a live u32 to write to.
+    if unsafe { GetNamedPipeServerProcessId(client.as_raw_handle() as HANDLE, &mut pid) } == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: OpenProcess takes no pointers; the handle is closed below.
+    let process = unsafe { OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, 0, pid) };
+    if process.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `process` is a live process handle, closed once read.
+    let theirs = unsafe { process_user_sid(process) };
+    // SAFETY: as above.
+    unsafe { CloseHandle(process) };
+    if theirs? != user_sid()? {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "the control pipe is held by another user's process (pid {pid}); not talking to it"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Our user's SID as text (`S-1-5-21-…`), from the process token.
 fn user_sid() -> io::Result<String> {
+    // SAFETY: the current process's pseudo-handle is always valid.
+    unsafe { process_user_sid(GetCurrentProcess()) }
+}
+
+/// The SID of the user `process` runs as, as text.
+///
+/// # Safety
+/// `process` must be a live process handle with query access.
+unsafe fn process_user_sid(process: HANDLE) -> io::Result<String> {
     // SAFETY: each call gets live buffers of the sizes given; the token is
     // closed and the string freed before returning.
     unsafe {
         let mut token: HANDLE = std::ptr::null_mut();
-        if OpenProcessToken(GetCurrentProcess(), TOKEN_QUERY, &mut token) == 0 {
+        if OpenProcessToken(process, TOKEN_QUERY, &mut token) == 0 {
             return Err(io::Error::last_os_error());
         }
         // TOKEN_USER and the SID it points into: well under 256 bytes.
