@@ -17,10 +17,22 @@ use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
 use tokio::io::ReadBuf;
 
-/// Plain datagrams through a tokio socket.
+/// What [`PlainSocket`] tells quinn it receives at once.
+const RECEIVE_ROOM: usize = 64;
+
+/// Plain datagrams through a tokio socket, sent straight from a clone of it.
 #[derive(Debug)]
 pub(crate) struct PlainSocket {
     io: tokio::net::UdpSocket,
+    /// Sends go to the system at once, not through tokio's record of
+    /// whether the socket is writable: a socket that has sent nothing yet is
+    /// not on that record (on Windows, and under Wine, for a while), and
+    /// burrow's own datagrams (STUN answers, probes) are not retried.
+    send: std::net::UdpSocket,
+    /// Where a datagram lands first: room for the largest, so none fails to
+    /// fit (Windows fails such a receive, WSAEMSGSIZE, losing its sender);
+    /// what quinn's buffer can't hold is cut off, as Unix does.
+    landing: std::sync::Mutex<Vec<u8>>,
 }
 
 impl PlainSocket {
@@ -28,7 +40,9 @@ impl PlainSocket {
     pub(crate) fn new(socket: std::net::UdpSocket) -> io::Result<Self> {
         socket.set_nonblocking(true)?;
         Ok(PlainSocket {
+            send: socket.try_clone()?,
             io: tokio::net::UdpSocket::from_std(socket)?,
+            landing: std::sync::Mutex::new(vec![0; 1 << 16]),
         })
     }
 }
@@ -56,7 +70,16 @@ impl AsyncUdpSocket for PlainSocket {
             .unwrap_or(transmit.contents.len())
             .max(1);
         for datagram in transmit.contents.chunks(segment) {
-            self.io.try_send_to(datagram, transmit.destination)?;
+            if let Err(e) = self.send.send_to(datagram, transmit.destination) {
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    // The buffer is full: tokio learns it, so that quinn's
+                    // wait for writable waits for the system.
+                    let _ = self.io.try_io(tokio::io::Interest::WRITABLE, || {
+                        Err::<(), _>(io::ErrorKind::WouldBlock.into())
+                    });
+                }
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -70,9 +93,12 @@ impl AsyncUdpSocket for PlainSocket {
         let (Some(buf), Some(slot)) = (bufs.first_mut(), meta.first_mut()) else {
             return Poll::Ready(Ok(0));
         };
-        let mut read = ReadBuf::new(buf);
+        let mut landing = self.landing.lock().unwrap_or_else(|e| e.into_inner());
+        let mut read = ReadBuf::new(&mut landing[..]);
         let from = ready!(self.io.poll_recv_from(cx, &mut read))?;
-        let len = read.filled().len();
+        let datagram = read.filled();
+        let len = datagram.len().min(buf.len());
+        buf[..len].copy_from_slice(&datagram[..len]);
         *slot = RecvMeta {
             addr: from,
             len,
@@ -91,8 +117,12 @@ impl AsyncUdpSocket for PlainSocket {
         1
     }
 
+    /// One datagram per receive, but quinn sizes its buffers by this (its
+    /// payload limit, 1472 bytes, times this), and burrow reads more than
+    /// QUIC there: a STUN request padded to 1536 bytes (RFC 5780) must fit
+    /// whole, as it does in the buffers quinn-udp gets with GRO on Linux.
     fn max_receive_segments(&self) -> usize {
-        1
+        RECEIVE_ROOM
     }
 
     fn may_fragment(&self) -> bool {

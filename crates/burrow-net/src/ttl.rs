@@ -42,6 +42,10 @@ pub fn send_with_ttl(socket: SockRef<'_>, to: SocketAddr, data: &[u8], ttl: u8) 
     return send_with_ttl_cmsg(socket.as_raw_fd(), to, data, ttl);
     #[cfg(not(target_os = "linux"))]
     {
+        // One at a time: two probes interleaving could each put back the
+        // other's low TTL for good.
+        static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let ipv6 = crate::paths::canonical(to).is_ipv6();
         let usual = ttl_of(&socket, ipv6)?;
         set_ttl(&socket, ipv6, ttl)?;
@@ -94,23 +98,38 @@ fn send_with_ttl_cmsg(fd: i32, to: SocketAddr, data: &[u8], ttl: u8) -> io::Resu
 }
 
 /// Sets the TTL of every packet `socket` (a TCP socket of ours, not shared)
-/// sends from now on: IPv4's TTL, or IPv6's hop limit when `ipv6`.
+/// sends from now on: IPv4's TTL, or IPv6's hop limit when `ipv6`. An IPv6
+/// socket sending IPv4 (mapped) takes IPv4's option where the system has it
+/// on such sockets (Linux, Windows), else its hop limit.
 pub fn set_ttl(socket: &socket2::Socket, ipv6: bool, ttl: u8) -> io::Result<()> {
+    let ttl = u32::from(ttl);
     if ipv6 {
-        socket.set_unicast_hops_v6(u32::from(ttl))
-    } else {
-        socket.set_ttl_v4(u32::from(ttl))
+        return socket.set_unicast_hops_v6(ttl);
     }
+    socket.set_ttl_v4(ttl).or_else(|e| match is_v6(socket) {
+        true => socket.set_unicast_hops_v6(ttl),
+        false => Err(e),
+    })
 }
 
-/// The TTL `socket` sends with now.
+/// The TTL `socket` sends with now (for `ipv6` or not, as [`set_ttl`]).
 pub fn ttl_of(socket: &socket2::Socket, ipv6: bool) -> io::Result<u8> {
     let ttl = if ipv6 {
         socket.unicast_hops_v6()?
     } else {
-        socket.ttl_v4()?
+        match socket.ttl_v4() {
+            Ok(t) => t,
+            Err(_) if is_v6(socket) => socket.unicast_hops_v6()?,
+            Err(e) => return Err(e),
+        }
     };
     Ok(ttl.clamp(1, 255) as u8)
+}
+
+fn is_v6(socket: &socket2::Socket) -> bool {
+    socket
+        .local_addr()
+        .is_ok_and(|a| a.as_socket().is_some_and(|a| a.is_ipv6()))
 }
 
 /// A socket as the system names it (a descriptor, or a Windows `SOCKET`):
