@@ -66,23 +66,24 @@ pub struct NodeFile {
     forum_topic_quota: Option<u64>,
 }
 
-/// Each key: its `burrow up` option's id, its default as the file would
-/// spell it (`None`: no default), and what it does, for the file's comments.
-const KEYS: &[(&str, &str, Option<&str>, &str)] = &[
-    ("server", "server", None, "The rendezvous server: burrow://<server-id>@host:port (pins its key) or host:port. Absent: serverless."),
-    ("name", "name", None, "The name this node registers (a-z, 0-9, '-', '_')."),
-    ("join", "join", Some("[]"), "Serverless: tickets of nodes whose network to join."),
-    ("links", "links", Some("4"), "Serverless: how many links to look for through introductions."),
-    ("bind", "bind", Some("\"[::]:0\""), "UDP address of the node's socket."),
-    ("keepalive", "keepalive", Some("\"10s\""), "QUIC keepalive interval (keeps NAT mappings open)."),
-    ("idle-timeout", "idle_timeout", Some("\"30s\""), "A connection silent this long is dead."),
-    ("reshare", "no_reshare", Some("true"), "Offer finished downloads to others."),
-    ("port-mapping", "no_port_mapping", Some("true"), "Ask the router for a public port (PCP, NAT-PMP, UPnP)."),
-    ("path", "path", Some("\"any\""), "\"any\", \"direct-only\" (never relay) or \"relay-only\" (never punch)."),
-    ("proxy", "proxy", None, "An HTTP proxy to reach the server through: http://host:port."),
-    ("threads", "threads", None, "Threads for the node's async work (default: half the cores)."),
-    ("forum-author-quota", "forum_author_quota", Some("10000"), "Forum posts kept per author in each topic."),
-    ("forum-topic-quota", "forum_topic_quota", Some("100000"), "Forum posts per topic past which only vouched-for authors are kept."),
+/// Each key: its `burrow up` option's id, its default (or for keys without
+/// one, an example) as the file spells it, and what it does, for the file's
+/// comments.
+const KEYS: &[(&str, &str, &str, &str)] = &[
+    ("server", "server", "\"example.net:7700\"", "The rendezvous server: burrow://<server-id>@host:port (pins its key) or host:port. Absent: serverless."),
+    ("name", "name", "\"alice\"", "The name this node registers (a-z, 0-9, '-', '_')."),
+    ("join", "join", "[]", "Serverless: tickets of nodes whose network to join."),
+    ("links", "links", "4", "Serverless: how many links to look for through introductions."),
+    ("bind", "bind", "\"[::]:0\"", "UDP address of the node's socket."),
+    ("keepalive", "keepalive", "\"10s\"", "QUIC keepalive interval (keeps NAT mappings open)."),
+    ("idle-timeout", "idle_timeout", "\"30s\"", "A connection silent this long is dead."),
+    ("reshare", "no_reshare", "true", "Offer finished downloads to others."),
+    ("port-mapping", "no_port_mapping", "true", "Ask the router for a public port (PCP, NAT-PMP, UPnP)."),
+    ("path", "path", "\"any\"", "\"any\", \"direct-only\" (never relay) or \"relay-only\" (never punch)."),
+    ("proxy", "proxy", "\"http://proxy.example:3128\"", "An HTTP proxy to reach the server through: http://host:port."),
+    ("threads", "threads", "1", "Threads for the node's async work (default: half the cores)."),
+    ("forum-author-quota", "forum_author_quota", "10000", "Forum posts kept per author in each topic."),
+    ("forum-topic-quota", "forum_topic_quota", "100000", "Forum posts per topic past which only vouched-for authors are kept."),
 ];
 
 /// A value the file holds as a string, parsed with `T`'s `FromStr`.
@@ -250,7 +251,7 @@ pub fn fresh(args: &UpArgs, given: &HashSet<String>) -> String {
         out.push_str(&format!("\n# {doc}\n"));
         match value_of(args, id).filter(|_| is_given(given, id)) {
             Some(v) => out.push_str(&format!("{key} = {}\n", v.to_string().trim())),
-            None => out.push_str(&format!("# {key} = {}\n", default.unwrap_or("\"\""))),
+            None => out.push_str(&format!("# {key} = {default}\n")),
         }
     }
     out
@@ -288,7 +289,7 @@ pub struct Pending {
 }
 
 impl Pending {
-    /// What this run will write, if anything.
+    /// What this run will write, if anything: the options `given`.
     pub fn new(
         loaded: &Loaded,
         args: &UpArgs,
@@ -313,8 +314,15 @@ impl Pending {
     /// Writes it (atomically: a crash leaves the old file or the new one)
     /// and says so.
     pub fn write(self) -> Result<String, CliError> {
+        use std::io::Write;
         let staging = self.path.with_extension("toml.new");
-        std::fs::write(&staging, &self.text)?;
+        let _ = std::fs::remove_file(&staging);
+        let mut file = burrow_home::private::owner_only(
+            std::fs::OpenOptions::new().write(true).create_new(true),
+        )
+        .open(&staging)?;
+        file.write_all(self.text.as_bytes())?;
+        file.sync_all()?;
         std::fs::rename(&staging, &self.path)?;
         let what = if self.existed {
             "saved these options in"
@@ -382,6 +390,32 @@ mod tests {
         assert_eq!(bare.name.unwrap().as_str(), "alice");
         assert_eq!(bare.links, 6);
         assert_eq!(bare.keepalive, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn every_commented_key_works_once_uncommented() {
+        let (args, given) = up(&[]);
+        let text = fresh(&args, &given);
+        let uncommented: String = text
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(kv) if kv_line(kv) => kv,
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(
+            uncommented.matches(" = ").count(),
+            KEYS.len(),
+            "{uncommented}"
+        );
+        load_text(&uncommented).unwrap();
+    }
+
+    /// Whether a comment's text is a `key = value` line of the file's.
+    fn kv_line(text: &str) -> bool {
+        KEYS.iter()
+            .any(|(key, ..)| text.starts_with(&format!("{key} = ")))
     }
 
     #[test]

@@ -334,12 +334,22 @@ fn default_home(server: bool) -> PathBuf {
     base.join(if server { "burrow-server" } else { "burrow" })
 }
 
+/// Whether `home` is the node's default home, however it was named (the
+/// service of the default home has the plain name `burrow`).
+fn is_default_home(home: &std::path::Path) -> bool {
+    let absolute = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    absolute(home) == absolute(&default_home(false))
+}
+
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("BURROW_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // Colours only for a person at a terminal, not in a journal or a log file.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .init();
 }
 
@@ -361,7 +371,6 @@ fn given(matches: &clap::ArgMatches) -> std::collections::HashSet<String> {
 fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
     let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    init_tracing();
     let is_server = matches!(
         cli.command,
         Command::Server(_) | Command::Admin { .. } | Command::Console
@@ -372,23 +381,35 @@ fn main() -> ExitCode {
     if let Command::Up(args) = &mut cli.command {
         if args.service {
             let exe = std::env::current_exe().unwrap_or_default();
-            let me = service::Service::new(exe, home.clone(), cli.home.is_none());
+            let me = service::Service::new(exe, home.clone(), is_default_home(&home));
             if let Err(e) = service::schtasks::detach(&me) {
                 return fail(e);
             }
         }
         // The config file fills in what the command line left out, before
         // the runtime is sized by it.
-        let given = given(matches.subcommand_matches("up").expect("up was parsed"));
+        let up = matches.subcommand_matches("up").expect("up was parsed");
+        let given = given(up);
+        // What the first run writes to the file: what was given, but not a
+        // proxy that came from HTTPS_PROXY (the environment's, not burrow's).
+        let saving = given
+            .iter()
+            .filter(|id| {
+                *id != "proxy" || up.value_source("proxy") == Some(ValueSource::CommandLine)
+            })
+            .cloned()
+            .collect();
         match config::load(&home) {
             Ok(loaded) => {
                 loaded.apply(args, &given);
-                settings = Some((loaded, given));
+                settings = Some((loaded, saving));
             }
             Err(e) => return fail(e),
         }
         runtime.worker_threads(args.worker_threads());
     }
+    // After a service's detach: its log is where stderr goes now.
+    init_tracing();
     let runtime = runtime
         .enable_all()
         .build()
@@ -471,7 +492,7 @@ async fn run(
         Command::Unforward { listen } => tunnel::unforward(&home, cli.json, listen).await,
         Command::Pipe { target } => tunnel::pipe(&home, target).await,
         Command::Admin { cmd } => admin::run(&home, cli.json, cmd).await,
-        Command::Service { cmd } => service::run(&home, cli.home.is_none(), cmd).await,
+        Command::Service { cmd } => service::run(&home, is_default_home(&home), cmd).await,
         Command::Console => admin::console(&home).await,
         Command::Contacts { cmd } => {
             let (add, remove) = match cmd.unwrap_or(ContactsCmd::List) {

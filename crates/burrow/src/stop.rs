@@ -22,10 +22,17 @@ pub struct StopSignal {
     ctrl_c: tokio::signal::windows::CtrlC,
     #[cfg(windows)]
     ctrl_break: tokio::signal::windows::CtrlBreak,
+    /// The console window closed, or Windows shutting down: a few seconds
+    /// to say goodbye.
+    #[cfg(windows)]
+    ctrl_close: tokio::signal::windows::CtrlClose,
+    #[cfg(windows)]
+    ctrl_shutdown: tokio::signal::windows::CtrlShutdown,
 }
 
 impl StopSignal {
-    /// Starts catching SIGINT and SIGTERM (Ctrl-C and Ctrl-Break on Windows).
+    /// Starts catching SIGINT and SIGTERM (on Windows Ctrl-C, Ctrl-Break, the
+    /// console closing and the system shutting down).
     /// From here on those signals no longer end the process by themselves:
     /// the command must wait on [`StopSignal::wait`].
     pub fn install() -> io::Result<Self> {
@@ -39,10 +46,12 @@ impl StopSignal {
         }
         #[cfg(windows)]
         {
-            use tokio::signal::windows::{ctrl_break, ctrl_c};
+            use tokio::signal::windows::{ctrl_break, ctrl_c, ctrl_close, ctrl_shutdown};
             Ok(StopSignal {
                 ctrl_c: ctrl_c()?,
                 ctrl_break: ctrl_break()?,
+                ctrl_close: ctrl_close()?,
+                ctrl_shutdown: ctrl_shutdown()?,
             })
         }
     }
@@ -59,6 +68,8 @@ impl StopSignal {
         tokio::select! {
             _ = self.ctrl_c.recv() => {}
             _ = self.ctrl_break.recv() => {}
+            _ = self.ctrl_close.recv() => {}
+            _ = self.ctrl_shutdown.recv() => {}
         }
     }
 }

@@ -168,7 +168,7 @@ pub async fn run(
     home: PathBuf,
     args: UpArgs,
     loaded: crate::config::Loaded,
-    given: std::collections::HashSet<String>,
+    saving: std::collections::HashSet<String>,
 ) -> Result<(), CliError> {
     let name = check(&args, &loaded)?;
     let (secret, created) = burrow_home::keyfile::load_or_create(&home.join("key"))?;
@@ -211,7 +211,7 @@ pub async fn run(
     }
     let joining = !args.join.is_empty();
     // Written once the node is up, so options that don't work aren't kept.
-    let settings = crate::config::Pending::new(&loaded, &args, &given)?;
+    let settings = crate::config::Pending::new(&loaded, &args, &saving)?;
     let mut config = NodeConfig::new(home.clone(), secret, args.server, name);
     config.bind = args.bind;
     config.keepalive = args.keepalive;

@@ -141,14 +141,23 @@ fn reserve(file: &File, size: u64) -> io::Result<()> {
     }
 }
 
+/// `F_PREALLOCATE` adds blocks past those the file has (its physical end):
+/// only what is missing is asked for, so a resumed download, whose file has
+/// its blocks already, doesn't ask for its size again.
 #[cfg(target_os = "macos")]
 fn reserve(file: &File, size: u64) -> io::Result<()> {
     use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    let has = file.metadata()?.blocks().saturating_mul(512);
+    let missing = size.saturating_sub(has);
+    if missing == 0 {
+        return Ok(());
+    }
     let mut store = libc::fstore_t {
         fst_flags: libc::F_ALLOCATEALL,
         fst_posmode: libc::F_PEOFPOSMODE,
         fst_offset: 0,
-        fst_length: size as libc::off_t,
+        fst_length: missing as libc::off_t,
         fst_bytesalloc: 0,
     };
     // SAFETY: fcntl on a descriptor we own, with a live fstore_t.

@@ -58,8 +58,6 @@ pub fn plist(service: &Service, log: &std::path::Path) -> String {
 	</dict>
 	<key>ThrottleInterval</key>
 	<integer>5</integer>
-	<key>ProcessType</key>
-	<string>Background</string>
 	<key>EnvironmentVariables</key>
 	<dict>
 		<key>BURROW_LOG</key>
@@ -119,10 +117,17 @@ pub mod platform {
         // An agent loaded already (an earlier install) is replaced.
         let target = format!("{}/{}", domain(), label(service));
         let _ = command("launchctl", &["bootout", &target]);
-        command(
-            "launchctl",
-            &["bootstrap", &domain(), &plist_path.display().to_string()],
-        )?;
+        // A bootout finishes after it returns: a bootstrap right behind it
+        // can fail ("Bootstrap failed: 5"), so it is tried a few times.
+        let plist_arg = plist_path.display().to_string();
+        let mut tries = 0;
+        while let Err(e) = command("launchctl", &["bootstrap", &domain(), &plist_arg]) {
+            tries += 1;
+            if tries == 5 {
+                return Err(e);
+            }
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
         println!(
             "started {}: it runs at every login from now on",
             label(service)

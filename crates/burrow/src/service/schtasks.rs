@@ -1,7 +1,8 @@
 //! Windows: a Task Scheduler task that starts `burrow up` when the user logs
 //! on, as that user with no elevation (`schtasks /Create /XML`, which needs
-//! no administrator for a task of one's own), restarted every minute if it
-//! fails. A task has no console to write to: `up --service` detaches from
+//! no administrator for a task of one's own), retried every minute if it
+//! fails to start (a node that stopped starts again at the next logon). A
+//! task has no console to write to: `up --service` detaches from
 //! the one it was given and sends what it prints to
 //! `%LOCALAPPDATA%\burrow\logs\<name>.log` ([`detach`]).
 
