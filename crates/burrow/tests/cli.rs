@@ -314,7 +314,8 @@ async fn hostile_input_does_not_stop_the_server() {
     );
     drop(alice);
     let status = srv.terminate();
-    assert!(status.success());
+    // A clean exit on SIGTERM (Windows has none to send: there it is ended).
+    assert!(status.success() || cfg!(windows));
 }
 
 #[test]
