@@ -8,8 +8,10 @@
 //! `--save` writes them into it, keeping its comments and other keys
 //! (`toml_edit`). A key the file doesn't know, or a value that doesn't
 //! parse, stops `up` with the line it is on.
+//!
+//! This module knows the file alone; how `up`'s options map onto its keys
+//! is `UpArgs::fill_from` and `UpArgs::setting` (`up.rs`).
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
@@ -20,7 +22,6 @@ use burrow_proto::mesh::Ticket;
 use burrow_proto::{Name, ServerAddr};
 use serde::{Deserialize, Deserializer};
 
-use crate::up::UpArgs;
 use crate::CliError;
 
 /// The file's name in a home.
@@ -45,25 +46,25 @@ pub enum PathChoice {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct NodeFile {
     #[serde(default, deserialize_with = "parsed")]
-    server: Option<ServerAddr>,
+    pub(crate) server: Option<ServerAddr>,
     #[serde(default, deserialize_with = "parsed")]
-    name: Option<Name>,
+    pub(crate) name: Option<Name>,
     #[serde(default, deserialize_with = "tickets")]
-    join: Option<Vec<Ticket>>,
-    links: Option<usize>,
+    pub(crate) join: Option<Vec<Ticket>>,
+    pub(crate) links: Option<usize>,
     #[serde(default, deserialize_with = "parsed")]
-    bind: Option<SocketAddr>,
+    pub(crate) bind: Option<SocketAddr>,
     #[serde(default, deserialize_with = "duration")]
-    keepalive: Option<Duration>,
+    pub(crate) keepalive: Option<Duration>,
     #[serde(default, deserialize_with = "duration")]
-    idle_timeout: Option<Duration>,
-    reshare: Option<bool>,
-    port_mapping: Option<bool>,
-    path: Option<PathChoice>,
-    proxy: Option<String>,
-    threads: Option<NonZeroUsize>,
-    forum_author_quota: Option<u64>,
-    forum_topic_quota: Option<u64>,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) reshare: Option<bool>,
+    pub(crate) port_mapping: Option<bool>,
+    pub(crate) path: Option<PathChoice>,
+    pub(crate) proxy: Option<String>,
+    pub(crate) threads: Option<NonZeroUsize>,
+    pub(crate) forum_author_quota: Option<u64>,
+    pub(crate) forum_topic_quota: Option<u64>,
 }
 
 /// Each key: its `burrow up` option's id, its default (or for keys without
@@ -122,7 +123,8 @@ pub struct Loaded {
     pub path: PathBuf,
     /// Whether it existed.
     pub existed: bool,
-    file: NodeFile,
+    /// What it holds.
+    pub file: NodeFile,
 }
 
 /// Reads `home`'s config file (an absent one sets nothing).
@@ -160,87 +162,15 @@ impl Loaded {
     pub fn names_a_node(&self) -> bool {
         self.file.name.is_some()
     }
-
-    /// Sets in `args` what the file holds, for every option not `given` on
-    /// the command line or in its environment variable.
-    pub fn apply(&self, args: &mut UpArgs, given: &HashSet<String>) {
-        let f = &self.file;
-        let from_file = |id: &str| !given.contains(id);
-        macro_rules! take {
-            ($key:ident => $field:ident) => {
-                if let (Some(v), true) = (&f.$key, from_file(stringify!($field))) {
-                    args.$field = v.clone().into();
-                }
-            };
-        }
-        take!(server => server);
-        take!(name => name);
-        take!(links => links);
-        take!(bind => bind);
-        take!(keepalive => keepalive);
-        take!(idle_timeout => idle_timeout);
-        take!(proxy => proxy);
-        take!(threads => threads);
-        take!(forum_author_quota => forum_author_quota);
-        take!(forum_topic_quota => forum_topic_quota);
-        if let (Some(join), true) = (&f.join, from_file("join")) {
-            args.join = join.clone();
-        }
-        if let (Some(on), true) = (f.reshare, from_file("no_reshare")) {
-            args.no_reshare = !on;
-        }
-        if let (Some(on), true) = (f.port_mapping, from_file("no_port_mapping")) {
-            args.no_port_mapping = !on;
-        }
-        if let (Some(path), true) = (f.path, from_file("direct_only") && from_file("relay_only")) {
-            args.direct_only = path == PathChoice::DirectOnly;
-            args.relay_only = path == PathChoice::RelayOnly;
-        }
-    }
 }
 
-/// The file's value for `id`'s option, as `args` has it now.
-fn value_of(args: &UpArgs, id: &str) -> Option<toml_edit::Value> {
-    let text = |s: String| Some(toml_edit::Value::from(s));
-    match id {
-        "server" => args.server.as_ref().and_then(|s| text(s.to_string())),
-        "name" => args.name.as_ref().and_then(|n| text(n.to_string())),
-        "join" => Some(toml_edit::Value::Array(
-            args.join.iter().map(|t| t.to_string()).collect(),
-        )),
-        "links" => Some((args.links as i64).into()),
-        "bind" => text(args.bind.to_string()),
-        "keepalive" => text(humantime::format_duration(args.keepalive).to_string()),
-        "idle_timeout" => text(humantime::format_duration(args.idle_timeout).to_string()),
-        "no_reshare" => Some((!args.no_reshare).into()),
-        "no_port_mapping" => Some((!args.no_port_mapping).into()),
-        "path" => text(
-            match (args.direct_only, args.relay_only) {
-                (true, _) => "direct-only",
-                (_, true) => "relay-only",
-                _ => "any",
-            }
-            .into(),
-        ),
-        "proxy" => args.proxy.clone().and_then(text),
-        "threads" => args.threads.map(|n| (n.get() as i64).into()),
-        "forum_author_quota" => Some((args.forum_author_quota as i64).into()),
-        "forum_topic_quota" => Some((args.forum_topic_quota as i64).into()),
-        _ => None,
-    }
-}
+/// What a file is written from: the value to set for an option (by its
+/// clap id), or `None` to leave it to its default.
+pub type Setting<'a> = &'a dyn Fn(&str) -> Option<toml_edit::Value>;
 
-/// Whether the option `id` was `given` (`path` stands for two flags).
-fn is_given(given: &HashSet<String>, id: &str) -> bool {
-    match id {
-        "path" => given.contains("direct_only") || given.contains("relay_only"),
-        id => given.contains(id),
-    }
-}
-
-/// A new file: the `given` options set, every other key a comment with its
-/// default.
-pub fn fresh(args: &UpArgs, given: &HashSet<String>) -> String {
+/// A new file: the keys `setting` gives a value set, every other key a
+/// comment with its default.
+pub fn fresh(setting: Setting) -> String {
     let mut out = String::from(
         "# burrow up's settings for this home, written by the first `burrow up`.\n\
          # A bare `burrow up` starts this node; options on its command line win\n\
@@ -249,7 +179,7 @@ pub fn fresh(args: &UpArgs, given: &HashSet<String>) -> String {
     );
     for (key, id, default, doc) in KEYS {
         out.push_str(&format!("\n# {doc}\n"));
-        match value_of(args, id).filter(|_| is_given(given, id)) {
+        match setting(id) {
             Some(v) => out.push_str(&format!("{key} = {}\n", v.to_string().trim())),
             None => out.push_str(&format!("# {key} = {default}\n")),
         }
@@ -257,12 +187,12 @@ pub fn fresh(args: &UpArgs, given: &HashSet<String>) -> String {
     out
 }
 
-/// `text` (an existing file) with the `given` options set in it; its
+/// `text` (an existing file) with what `setting` gives set in it; its
 /// comments and other keys stay as they were.
-pub fn updated(text: &str, args: &UpArgs, given: &HashSet<String>) -> Result<String, String> {
+pub fn updated(text: &str, setting: Setting) -> Result<String, String> {
     let mut doc: toml_edit::DocumentMut = text.parse().map_err(|e| format!("{e}"))?;
     for (key, id, _, _) in KEYS {
-        if let Some(v) = value_of(args, id).filter(|_| is_given(given, id)) {
+        if let Some(v) = setting(id) {
             match doc.get_mut(key).and_then(|i| i.as_value_mut()) {
                 // Keeps the comment before the key and after its value.
                 Some(old) => {
@@ -289,17 +219,14 @@ pub struct Pending {
 }
 
 impl Pending {
-    /// What this run will write, if anything: the options `given`.
-    pub fn new(
-        loaded: &Loaded,
-        args: &UpArgs,
-        given: &HashSet<String>,
-    ) -> Result<Option<Pending>, CliError> {
+    /// What this run will write, if anything: a fresh file, or with `save`
+    /// what `setting` gives into the old one.
+    pub fn new(loaded: &Loaded, setting: Setting, save: bool) -> Result<Option<Pending>, CliError> {
         let text = if !loaded.existed {
-            fresh(args, given)
-        } else if args.save {
+            fresh(setting)
+        } else if save {
             let old = std::fs::read_to_string(&loaded.path)?;
-            updated(&old, args, given)
+            updated(&old, setting)
                 .map_err(|e| CliError::new(format!("{}: {e}", loaded.path.display()), None))?
         } else {
             return Ok(None);
@@ -339,63 +266,16 @@ impl Pending {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::{CommandFactory, FromArgMatches, Parser};
 
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        up: UpArgs,
-    }
-
-    /// Parses `burrow up` arguments as main does: the options and which were
-    /// given.
-    fn up(argv: &[&str]) -> (UpArgs, HashSet<String>) {
-        let matches = Cli::command()
-            .try_get_matches_from(std::iter::once("up").chain(argv.iter().copied()))
-            .unwrap();
-        let given = crate::given(&matches);
-        (Cli::from_arg_matches(&matches).unwrap().up, given)
-    }
-
-    fn load_text(text: &str) -> Result<Loaded, CliError> {
+    pub(crate) fn load_text(text: &str) -> Result<Loaded, CliError> {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(FILE), text).unwrap();
         load(dir.path())
     }
 
     #[test]
-    fn the_first_file_sets_what_was_given_and_documents_the_rest() {
-        let (args, given) = up(&[
-            "--server",
-            "example.net:7700",
-            "--name",
-            "alice",
-            "--links",
-            "6",
-        ]);
-        let text = fresh(&args, &given);
-        assert!(
-            text.contains("\nserver = \"burrow://example.net:7700\"\n"),
-            "{text}"
-        );
-        assert!(text.contains("\nname = \"alice\"\n"));
-        assert!(text.contains("\nlinks = 6\n"));
-        assert!(text.contains("\n# keepalive = \"10s\"\n"));
-        assert!(text.contains("# QUIC keepalive interval"));
-        // And it reads back as what was given.
-        let loaded = load_text(&text).unwrap();
-        let (mut bare, none) = up(&[]);
-        loaded.apply(&mut bare, &none);
-        assert_eq!(bare.server.unwrap().host_port(), "example.net:7700");
-        assert_eq!(bare.name.unwrap().as_str(), "alice");
-        assert_eq!(bare.links, 6);
-        assert_eq!(bare.keepalive, Duration::from_secs(10));
-    }
-
-    #[test]
     fn every_commented_key_works_once_uncommented() {
-        let (args, given) = up(&[]);
-        let text = fresh(&args, &given);
+        let text = fresh(&|_| None);
         let uncommented: String = text
             .lines()
             .map(|l| match l.strip_prefix("# ") {
@@ -419,20 +299,6 @@ mod tests {
     }
 
     #[test]
-    fn options_on_the_command_line_win_over_the_file() {
-        let loaded = load_text(
-            "name = \"alice\"\nidle-timeout = \"1m\"\npath = \"relay-only\"\nreshare = false\n",
-        )
-        .unwrap();
-        let (mut args, given) = up(&["--name", "bob", "--direct-only"]);
-        loaded.apply(&mut args, &given);
-        assert_eq!(args.name.unwrap().as_str(), "bob");
-        assert!(args.direct_only && !args.relay_only);
-        assert_eq!(args.idle_timeout, Duration::from_secs(60));
-        assert!(args.no_reshare);
-    }
-
-    #[test]
     fn a_bad_key_or_value_is_reported_with_its_line() {
         let e =
             load_text("name = \"alice\"\n# a comment\nsever = \"example.net:7700\"\n").unwrap_err();
@@ -448,11 +314,13 @@ mod tests {
     #[test]
     fn saving_keeps_the_files_comments_and_other_keys() {
         let old = "# my laptop\nname = \"alice\" # the name friends know\n\n# where we meet\nserver = \"old.example:7700\"\nlinks = 5\n";
-        let (args, given) = up(&["--server", "new.example:7700"]);
-        let new = updated(old, &args, &given).unwrap();
+        let new = updated(old, &|id| {
+            (id == "server").then(|| toml_edit::Value::from("new.example:7700"))
+        })
+        .unwrap();
         assert_eq!(
             new,
-            "# my laptop\nname = \"alice\" # the name friends know\n\n# where we meet\nserver = \"burrow://new.example:7700\"\nlinks = 5\n"
+            "# my laptop\nname = \"alice\" # the name friends know\n\n# where we meet\nserver = \"new.example:7700\"\nlinks = 5\n"
         );
     }
 }

@@ -401,7 +401,7 @@ fn main() -> ExitCode {
             .collect();
         match config::load(&home) {
             Ok(loaded) => {
-                loaded.apply(args, &given);
+                args.fill_from(&loaded.file, &given);
                 settings = Some((loaded, saving));
             }
             Err(e) => return fail(e),

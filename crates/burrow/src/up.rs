@@ -1,5 +1,6 @@
 //! `burrow up`: a node in the foreground, saying in plain words what happens.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -9,6 +10,7 @@ use burrow_node::{Node, NodeConfig, NodeEvent};
 use burrow_proto::rendezvous::{CloseReason, Direction};
 use burrow_proto::{Name, ServerAddr};
 
+use crate::config::{NodeFile, PathChoice};
 use crate::CliError;
 
 /// Options of `burrow up`. Each one but the secrets and testing aids is also
@@ -126,6 +128,86 @@ impl UpArgs {
     }
 }
 
+/// `up`'s options against its config file ([`crate::config`]): the keys are
+/// named for the options, `reshare` and `port-mapping` are the `--no-…` flags
+/// turned round, `path` is `--direct-only` or `--relay-only`.
+impl UpArgs {
+    /// Takes from the config file `f` every option not `given` on the
+    /// command line or in its environment variable.
+    pub fn fill_from(&mut self, f: &NodeFile, given: &HashSet<String>) {
+        let from_file = |id: &str| !given.contains(id);
+        macro_rules! take {
+            ($field:ident) => {
+                if let (Some(v), true) = (&f.$field, from_file(stringify!($field))) {
+                    self.$field = v.clone().into();
+                }
+            };
+        }
+        take!(server);
+        take!(name);
+        take!(links);
+        take!(bind);
+        take!(keepalive);
+        take!(idle_timeout);
+        take!(proxy);
+        take!(threads);
+        take!(forum_author_quota);
+        take!(forum_topic_quota);
+        if let (Some(join), true) = (&f.join, from_file("join")) {
+            self.join = join.clone();
+        }
+        if let (Some(on), true) = (f.reshare, from_file("no_reshare")) {
+            self.no_reshare = !on;
+        }
+        if let (Some(on), true) = (f.port_mapping, from_file("no_port_mapping")) {
+            self.no_port_mapping = !on;
+        }
+        if let (Some(path), true) = (f.path, from_file("direct_only") && from_file("relay_only")) {
+            self.direct_only = path == PathChoice::DirectOnly;
+            self.relay_only = path == PathChoice::RelayOnly;
+        }
+    }
+
+    /// The config file's value for the option `id` as it is now, if it was
+    /// `given` (`path` stands for two flags).
+    pub fn setting(&self, id: &str, given: &HashSet<String>) -> Option<toml_edit::Value> {
+        let was_given = match id {
+            "path" => given.contains("direct_only") || given.contains("relay_only"),
+            id => given.contains(id),
+        };
+        if !was_given {
+            return None;
+        }
+        let text = |s: String| Some(toml_edit::Value::from(s));
+        match id {
+            "server" => self.server.as_ref().and_then(|s| text(s.to_string())),
+            "name" => self.name.as_ref().and_then(|n| text(n.to_string())),
+            "join" => Some(toml_edit::Value::Array(
+                self.join.iter().map(|t| t.to_string()).collect(),
+            )),
+            "links" => Some((self.links as i64).into()),
+            "bind" => text(self.bind.to_string()),
+            "keepalive" => text(humantime::format_duration(self.keepalive).to_string()),
+            "idle_timeout" => text(humantime::format_duration(self.idle_timeout).to_string()),
+            "no_reshare" => Some((!self.no_reshare).into()),
+            "no_port_mapping" => Some((!self.no_port_mapping).into()),
+            "path" => text(
+                match (self.direct_only, self.relay_only) {
+                    (true, _) => "direct-only",
+                    (_, true) => "relay-only",
+                    _ => "any",
+                }
+                .into(),
+            ),
+            "proxy" => self.proxy.clone().and_then(text),
+            "threads" => self.threads.map(|n| (n.get() as i64).into()),
+            "forum_author_quota" => Some((self.forum_author_quota as i64).into()),
+            "forum_topic_quota" => Some((self.forum_topic_quota as i64).into()),
+            _ => None,
+        }
+    }
+}
+
 /// What the command line and config file ask for together must make sense:
 /// a name, and the server-only options with a server (which may come from
 /// the file while the option came from the command line).
@@ -168,7 +250,7 @@ pub async fn run(
     home: PathBuf,
     args: UpArgs,
     loaded: crate::config::Loaded,
-    saving: std::collections::HashSet<String>,
+    saving: HashSet<String>,
 ) -> Result<(), CliError> {
     let name = check(&args, &loaded)?;
     let (secret, created) = burrow_home::keyfile::load_or_create(&home.join("key"))?;
@@ -211,7 +293,8 @@ pub async fn run(
     }
     let joining = !args.join.is_empty();
     // Written once the node is up, so options that don't work aren't kept.
-    let settings = crate::config::Pending::new(&loaded, &args, &saving)?;
+    let settings =
+        crate::config::Pending::new(&loaded, &|id| args.setting(id, &saving), args.save)?;
     let mut config = NodeConfig::new(home.clone(), secret, args.server, name);
     config.bind = args.bind;
     config.keepalive = args.keepalive;
@@ -469,4 +552,86 @@ pub fn describe(event: &NodeEvent, me: &Name) -> Option<String> {
         | NodeEvent::ForwardCarried { .. }
         | NodeEvent::TunnelTrouble { .. } => crate::tunnel::describe(event)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{fresh, load, updated, Loaded, FILE};
+    use clap::{CommandFactory, FromArgMatches, Parser};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        up: UpArgs,
+    }
+
+    /// Parses `burrow up` arguments as main does: the options and which were
+    /// given.
+    fn up(argv: &[&str]) -> (UpArgs, HashSet<String>) {
+        let matches = Cli::command()
+            .try_get_matches_from(std::iter::once("up").chain(argv.iter().copied()))
+            .unwrap();
+        let given = crate::given(&matches);
+        (Cli::from_arg_matches(&matches).unwrap().up, given)
+    }
+
+    fn load_text(text: &str) -> Loaded {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(FILE), text).unwrap();
+        load(dir.path()).unwrap()
+    }
+
+    #[test]
+    fn the_first_file_sets_what_was_given_and_documents_the_rest() {
+        let (args, given) = up(&[
+            "--server",
+            "example.net:7700",
+            "--name",
+            "alice",
+            "--links",
+            "6",
+        ]);
+        let text = fresh(&|id| args.setting(id, &given));
+        assert!(
+            text.contains("\nserver = \"burrow://example.net:7700\"\n"),
+            "{text}"
+        );
+        assert!(text.contains("\nname = \"alice\"\n"));
+        assert!(text.contains("\nlinks = 6\n"));
+        assert!(text.contains("\n# keepalive = \"10s\"\n"));
+        assert!(text.contains("# QUIC keepalive interval"));
+        // And it reads back as what was given.
+        let loaded = load_text(&text);
+        let (mut bare, none) = up(&[]);
+        bare.fill_from(&loaded.file, &none);
+        assert_eq!(bare.server.unwrap().host_port(), "example.net:7700");
+        assert_eq!(bare.name.unwrap().as_str(), "alice");
+        assert_eq!(bare.links, 6);
+        assert_eq!(bare.keepalive, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn options_on_the_command_line_win_over_the_file() {
+        let loaded = load_text(
+            "name = \"alice\"\nidle-timeout = \"1m\"\npath = \"relay-only\"\nreshare = false\n",
+        );
+        let (mut args, given) = up(&["--name", "bob", "--direct-only"]);
+        args.fill_from(&loaded.file, &given);
+        assert_eq!(args.name.unwrap().as_str(), "bob");
+        assert!(args.direct_only && !args.relay_only);
+        assert_eq!(args.idle_timeout, Duration::from_secs(60));
+        assert!(args.no_reshare);
+    }
+
+    #[test]
+    fn saving_sets_only_what_was_given() {
+        let old = "name = \"alice\"\nlinks = 5\n";
+        let (args, given) = up(&["--server", "new.example:7700", "--direct-only"]);
+        let new = updated(old, &|id| args.setting(id, &given)).unwrap();
+        assert_eq!(
+            new,
+            "name = \"alice\"\nlinks = 5\nserver = \"burrow://new.example:7700\"\npath = \"direct-only\"\n"
+        );
+    }
 }
